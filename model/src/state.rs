@@ -1,0 +1,115 @@
+//! Task states, Mesos style.
+
+use std::fmt;
+
+/// Where a task is in its lifecycle:
+/// `STAGING → STARTING → RUNNING → {FINISHED, FAILED, KILLED, ERROR, LOST}`, with
+/// `KILLING` between RUNNING and KILLED and `PAUSED` ↔ RUNNING.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum TaskState {
+    Staging,
+    Starting,
+    Running,
+    Paused,
+    Killing,
+    Finished,
+    Failed,
+    Killed,
+    Error,
+    Lost,
+}
+
+impl TaskState {
+    pub const ALL: [TaskState; 10] = [
+        TaskState::Staging,
+        TaskState::Starting,
+        TaskState::Running,
+        TaskState::Paused,
+        TaskState::Killing,
+        TaskState::Finished,
+        TaskState::Failed,
+        TaskState::Killed,
+        TaskState::Error,
+        TaskState::Lost,
+    ];
+
+    /// Terminal states never change again.
+    pub fn is_terminal(self) -> bool {
+        matches!(
+            self,
+            TaskState::Finished | TaskState::Failed | TaskState::Killed | TaskState::Error | TaskState::Lost
+        )
+    }
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            TaskState::Staging => "staging",
+            TaskState::Starting => "starting",
+            TaskState::Running => "running",
+            TaskState::Paused => "paused",
+            TaskState::Killing => "killing",
+            TaskState::Finished => "finished",
+            TaskState::Failed => "failed",
+            TaskState::Killed => "killed",
+            TaskState::Error => "error",
+            TaskState::Lost => "lost",
+        }
+    }
+
+    /// Whether the lifecycle allows moving from `self` to `next`.
+    pub fn can_become(self, next: TaskState) -> bool {
+        use TaskState::*;
+        if self.is_terminal() {
+            return false;
+        }
+        match (self, next) {
+            (_, Lost | Error) => true,
+            (Staging, Starting | Running | Failed | Killed) => true,
+            (Starting, Running | Failed | Killed | Finished) => true,
+            (Running, Paused | Killing | Finished | Failed | Killed) => true,
+            (Paused, Running | Killing | Killed) => true,
+            (Killing, Killed | Finished | Failed) => true,
+            _ => false,
+        }
+    }
+}
+
+impl fmt::Display for TaskState {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+impl std::str::FromStr for TaskState {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        let lower = s.to_ascii_lowercase();
+        let lower = lower.strip_prefix("task_").unwrap_or(&lower);
+        TaskState::ALL.into_iter().find(|t| t.as_str() == lower).ok_or_else(|| {
+            format!(
+                "unknown task state {s:?}; use one of {}",
+                TaskState::ALL.map(|t| t.as_str()).join(", ")
+            )
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn terminal_states_are_final() {
+        for t in TaskState::ALL.into_iter().filter(|t| t.is_terminal()) {
+            for n in TaskState::ALL {
+                assert!(!t.can_become(n), "{t} -> {n}");
+            }
+        }
+        assert!(TaskState::Running.can_become(TaskState::Paused));
+        assert!(TaskState::Paused.can_become(TaskState::Running));
+        assert!(!TaskState::Staging.can_become(TaskState::Paused));
+        assert_eq!("TASK_RUNNING".parse::<TaskState>(), Ok(TaskState::Running));
+        assert!("nope".parse::<TaskState>().unwrap_err().contains("finished"));
+    }
+}

@@ -1,0 +1,154 @@
+//! Sizes (`512MiB`), durations (`30s`) and task limits.
+
+use std::time::Duration;
+
+/// Default `mem` limit of a task: 256 MiB of linear memory plus tables.
+pub const DEFAULT_MEM: u64 = 256 << 20;
+/// Default wall-clock `timeout` of a task: 60 s.
+pub const DEFAULT_TIMEOUT: Duration = Duration::from_secs(60);
+/// Default `max_output` per stream (stdout, stderr): 1 MiB.
+pub const DEFAULT_MAX_OUTPUT: u64 = 1 << 20;
+
+/// Why a size or duration could not be read.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum UnitError {
+    #[error("size {0:?} is not valid; write bytes or a number with KiB/MiB/GiB/TiB (also KB/MB/GB), e.g. 64MiB")]
+    BadSize(String),
+    #[error("duration {0:?} is not valid; write a number with ms, s, m or h, e.g. 500ms or 30s")]
+    BadDuration(String),
+}
+
+/// Parses `1024`, `64KiB`, `1.5GiB`, `512MB`, `2g`. Binary and decimal units are
+/// both read as binary (as Mesos and most operators expect for memory).
+pub fn parse_size(s: &str) -> Result<u64, UnitError> {
+    let t = s.trim();
+    let split = t.find(|c: char| !(c.is_ascii_digit() || c == '.')).unwrap_or(t.len());
+    let (num, unit) = t.split_at(split);
+    let unit = unit.trim().to_ascii_lowercase();
+    let mult: u64 = match unit.as_str() {
+        "" | "b" => 1,
+        "k" | "kb" | "kib" => 1 << 10,
+        "m" | "mb" | "mib" => 1 << 20,
+        "g" | "gb" | "gib" => 1 << 30,
+        "t" | "tb" | "tib" => 1 << 40,
+        _ => return Err(UnitError::BadSize(s.to_string())),
+    };
+    if num.is_empty() {
+        return Err(UnitError::BadSize(s.to_string()));
+    }
+    if let Ok(n) = num.parse::<u64>() {
+        return n.checked_mul(mult).ok_or_else(|| UnitError::BadSize(s.to_string()));
+    }
+    let f: f64 = num.parse().map_err(|_| UnitError::BadSize(s.to_string()))?;
+    let v = f * mult as f64;
+    if !v.is_finite() || v < 0.0 || v > u64::MAX as f64 {
+        return Err(UnitError::BadSize(s.to_string()));
+    }
+    Ok(v.round() as u64)
+}
+
+/// Formats bytes with the largest binary unit that divides them exactly, so the
+/// result parses back to the same number: `512MiB`, `1536KiB`, `1000`.
+pub fn format_size(bytes: u64) -> String {
+    for (unit, shift) in [("TiB", 40), ("GiB", 30), ("MiB", 20), ("KiB", 10)] {
+        let m = 1u64 << shift;
+        if bytes >= m && bytes % m == 0 {
+            return format!("{}{unit}", bytes / m);
+        }
+    }
+    bytes.to_string()
+}
+
+/// Parses `500ms`, `30s`, `2m`, `1h`, `1.5s`; a bare number is seconds.
+pub fn parse_duration(s: &str) -> Result<Duration, UnitError> {
+    let t = s.trim();
+    let split = t.find(|c: char| !(c.is_ascii_digit() || c == '.')).unwrap_or(t.len());
+    let (num, unit) = t.split_at(split);
+    let secs_per: f64 = match unit.trim() {
+        "ms" => 0.001,
+        "" | "s" => 1.0,
+        "m" | "min" => 60.0,
+        "h" => 3600.0,
+        _ => return Err(UnitError::BadDuration(s.to_string())),
+    };
+    let f: f64 = num.parse().map_err(|_| UnitError::BadDuration(s.to_string()))?;
+    let secs = f * secs_per;
+    if !secs.is_finite() || secs < 0.0 || secs > 10.0 * 365.0 * 86400.0 {
+        return Err(UnitError::BadDuration(s.to_string()));
+    }
+    Ok(Duration::from_secs_f64(secs))
+}
+
+/// `250ms`, `30s`, `2m`, `1.5s`.
+pub fn format_duration(d: Duration) -> String {
+    let ms = d.as_millis();
+    if ms < 1000 {
+        format!("{ms}ms")
+    } else if ms % 60_000 == 0 {
+        format!("{}m", ms / 60_000)
+    } else if ms % 1000 == 0 {
+        format!("{}s", ms / 1000)
+    } else {
+        format!("{}s", d.as_secs_f64())
+    }
+}
+
+/// The hard limits of one task run. Every field has a default (see the constants).
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct Limits {
+    /// Total instruction budget; `None` = unlimited (fuel is still counted).
+    pub fuel: Option<u64>,
+    /// Max bytes of linear memory plus tables. Default [`DEFAULT_MEM`].
+    pub mem: u64,
+    /// Wall-clock limit, not counting time spent paused. Default [`DEFAULT_TIMEOUT`].
+    pub timeout: Duration,
+    /// Max bytes kept per output stream; the rest is dropped and reported as
+    /// truncated. Default [`DEFAULT_MAX_OUTPUT`].
+    pub max_output: u64,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Limits { fuel: None, mem: DEFAULT_MEM, timeout: DEFAULT_TIMEOUT, max_output: DEFAULT_MAX_OUTPUT }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn sizes() {
+        for (s, n) in [
+            ("0", 0),
+            ("1024", 1024),
+            ("64KiB", 64 << 10),
+            ("64kb", 64 << 10),
+            ("1.5GiB", 3 << 29),
+            ("256 MiB", 256 << 20),
+            ("2g", 2 << 30),
+        ] {
+            assert_eq!(parse_size(s), Ok(n), "{s}");
+        }
+        for bad in ["", "MiB", "-1", "12 parsecs", "1.2.3MiB"] {
+            assert!(parse_size(bad).is_err(), "{bad}");
+        }
+        for n in [0u64, 1000, 1024, 1536 << 10, 256 << 20, 5 << 40] {
+            assert_eq!(parse_size(&format_size(n)), Ok(n));
+        }
+        assert_eq!(format_size(256 << 20), "256MiB");
+    }
+
+    #[test]
+    fn durations() {
+        for (s, ms) in [("500ms", 500), ("30s", 30_000), ("2m", 120_000), ("1.5s", 1500), ("7", 7000)] {
+            assert_eq!(parse_duration(s), Ok(Duration::from_millis(ms)), "{s}");
+        }
+        for bad in ["", "s", "-1s", "10 fortnights"] {
+            let e = parse_duration(bad).unwrap_err().to_string();
+            assert!(e.contains("ms, s, m or h"), "{e}");
+        }
+        assert_eq!(format_duration(Duration::from_millis(1500)), "1.5s");
+        assert_eq!(format_duration(Duration::from_secs(60)), "1m");
+    }
+}
