@@ -8,14 +8,16 @@
 mod ids;
 mod outcome;
 mod resources;
+mod role;
 mod state;
 mod units;
 
 pub use ids::{AgentId, FrameworkId, IdError, OfferId, TaskId};
 pub use outcome::{Outcome, OutcomeKind};
-pub use resources::{ResourceError, Resources, Scalar, CPUS, DISK, MEM};
+pub use resources::{CPUS, DISK, MEM, ResourceError, Resources, Scalar};
+pub use role::{MAX_ROLE_LEN, Role, RoleError};
 pub use state::TaskState;
 pub use units::{
-    format_duration, format_size, parse_duration, parse_size, Limits, UnitError, DEFAULT_MAX_OUTPUT,
-    DEFAULT_MEM, DEFAULT_TIMEOUT,
+    DEFAULT_MAX_OUTPUT, DEFAULT_MEM, DEFAULT_TIMEOUT, Limits, UnitError, format_duration,
+    format_size, parse_duration, parse_size,
 };

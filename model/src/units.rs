@@ -12,7 +12,9 @@ pub const DEFAULT_MAX_OUTPUT: u64 = 1 << 20;
 /// Why a size or duration could not be read.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum UnitError {
-    #[error("size {0:?} is not valid; write bytes or a number with KiB/MiB/GiB/TiB (also KB/MB/GB), e.g. 64MiB")]
+    #[error(
+        "size {0:?} is not valid; write bytes or a number with KiB/MiB/GiB/TiB (also KB/MB/GB), e.g. 64MiB"
+    )]
     BadSize(String),
     #[error("duration {0:?} is not valid; write a number with ms, s, m or h, e.g. 500ms or 30s")]
     BadDuration(String),
@@ -22,7 +24,9 @@ pub enum UnitError {
 /// both read as binary (as Mesos and most operators expect for memory).
 pub fn parse_size(s: &str) -> Result<u64, UnitError> {
     let t = s.trim();
-    let split = t.find(|c: char| !(c.is_ascii_digit() || c == '.')).unwrap_or(t.len());
+    let split = t
+        .find(|c: char| !(c.is_ascii_digit() || c == '.'))
+        .unwrap_or(t.len());
     let (num, unit) = t.split_at(split);
     let unit = unit.trim().to_ascii_lowercase();
     let mult: u64 = match unit.as_str() {
@@ -37,7 +41,9 @@ pub fn parse_size(s: &str) -> Result<u64, UnitError> {
         return Err(UnitError::BadSize(s.to_string()));
     }
     if let Ok(n) = num.parse::<u64>() {
-        return n.checked_mul(mult).ok_or_else(|| UnitError::BadSize(s.to_string()));
+        return n
+            .checked_mul(mult)
+            .ok_or_else(|| UnitError::BadSize(s.to_string()));
     }
     let f: f64 = num.parse().map_err(|_| UnitError::BadSize(s.to_string()))?;
     let v = f * mult as f64;
@@ -62,7 +68,9 @@ pub fn format_size(bytes: u64) -> String {
 /// Parses `500ms`, `30s`, `2m`, `1h`, `1.5s`; a bare number is seconds.
 pub fn parse_duration(s: &str) -> Result<Duration, UnitError> {
     let t = s.trim();
-    let split = t.find(|c: char| !(c.is_ascii_digit() || c == '.')).unwrap_or(t.len());
+    let split = t
+        .find(|c: char| !(c.is_ascii_digit() || c == '.'))
+        .unwrap_or(t.len());
     let (num, unit) = t.split_at(split);
     let secs_per: f64 = match unit.trim() {
         "ms" => 0.001,
@@ -71,7 +79,9 @@ pub fn parse_duration(s: &str) -> Result<Duration, UnitError> {
         "h" => 3600.0,
         _ => return Err(UnitError::BadDuration(s.to_string())),
     };
-    let f: f64 = num.parse().map_err(|_| UnitError::BadDuration(s.to_string()))?;
+    let f: f64 = num
+        .parse()
+        .map_err(|_| UnitError::BadDuration(s.to_string()))?;
     let secs = f * secs_per;
     if !secs.is_finite() || secs < 0.0 || secs > 10.0 * 365.0 * 86400.0 {
         return Err(UnitError::BadDuration(s.to_string()));
@@ -109,7 +119,12 @@ pub struct Limits {
 
 impl Default for Limits {
     fn default() -> Self {
-        Limits { fuel: None, mem: DEFAULT_MEM, timeout: DEFAULT_TIMEOUT, max_output: DEFAULT_MAX_OUTPUT }
+        Limits {
+            fuel: None,
+            mem: DEFAULT_MEM,
+            timeout: DEFAULT_TIMEOUT,
+            max_output: DEFAULT_MAX_OUTPUT,
+        }
     }
 }
 
@@ -141,7 +156,13 @@ mod tests {
 
     #[test]
     fn durations() {
-        for (s, ms) in [("500ms", 500), ("30s", 30_000), ("2m", 120_000), ("1.5s", 1500), ("7", 7000)] {
+        for (s, ms) in [
+            ("500ms", 500),
+            ("30s", 30_000),
+            ("2m", 120_000),
+            ("1.5s", 1500),
+            ("7", 7000),
+        ] {
             assert_eq!(parse_duration(s), Ok(Duration::from_millis(ms)), "{s}");
         }
         for bad in ["", "s", "-1s", "10 fortnights"] {

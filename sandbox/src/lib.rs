@@ -1,1 +1,235 @@
-//! placeholder
+//! wasmos-sandbox: runs one Wasm task under hard limits.
+//!
+//! The only crate that knows wasmtime. One [`Sandbox`] per process holds the
+//! engine (Cranelift, pooling allocator, fuel, epoch interruption, async), the
+//! WASI linkers and the compiled-module cache. [`Sandbox::run`] takes a prepared
+//! module plus a [`RunRequest`] and always returns an [`Outcome`]: a guest can
+//! only ever harm itself.
+//!
+//! Isolation, the Wasm way:
+//! - `mem`: linear memories plus tables may not grow past the limit; a refused
+//!   `memory.grow` returns -1 in the guest, and a trap after a refusal is
+//!   reported as `out_of_memory`.
+//! - `fuel`: an optional budget; fuel is always counted (unless metering was
+//!   turned off for a benchmark). Tasks yield to the executor every
+//!   [`SandboxConfig::fuel_yield_interval`] units, so thousands share a few threads.
+//! - `timeout`: running (not paused) wall-clock time, enforced by epoch
+//!   interruption inside Wasm and by a timer while the task waits in a host call.
+//! - filesystem: none, unless the request asks for a sandbox directory (created
+//!   lazily, preopened as `/`) or — for local runs only — host directories.
+//! - no network, no inherited environment, stdin closed unless asked for.
+//! - output: bounded per stream; the excess is dropped and flagged.
+
+mod cache;
+mod config;
+mod control;
+mod engine;
+mod fs;
+mod limiter;
+mod output;
+mod run;
+
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use tokio::sync::Semaphore;
+use wasmtime::Engine;
+
+pub use cache::{CacheStats, ModuleHash};
+pub use config::*;
+pub use control::{Signal, TaskControl};
+pub use fs::{InputFile, SandboxDirSpec};
+pub use output::Passthrough;
+pub use wasmos_model::{Limits, Outcome, OutcomeKind};
+
+/// Errors from building a sandbox or preparing a module. Running a task never
+/// returns an error: it returns an [`Outcome`] (possibly of kind `error`).
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum SandboxError {
+    #[error("invalid sandbox configuration: {0}")]
+    Config(String),
+    #[error("{0}")]
+    InvalidModule(String),
+    #[error("{0}")]
+    UnsupportedImport(String),
+}
+
+/// Whether a binary is a core module or a component.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ModuleKind {
+    /// A core module using WASI preview1, entered through `_start`.
+    Core,
+    /// A component exporting `wasi:cli/run`.
+    Component,
+}
+
+/// What a task reads on stdin.
+#[derive(Debug, Clone, Default)]
+pub enum Stdin {
+    /// Closed (end of file at once). The default.
+    #[default]
+    Closed,
+    /// These bytes, then end of file.
+    Bytes(Vec<u8>),
+    /// The host process's own stdin (local runs only).
+    Inherit,
+}
+
+/// A host directory preopened into a local run (`wasmos run --dir`). Cluster
+/// tasks never get these, only their own sandbox directory.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct HostDir {
+    pub host: PathBuf,
+    pub guest: String,
+}
+
+/// Everything about one run except the module.
+#[derive(Debug, Clone, Default)]
+pub struct RunRequest {
+    /// A label for logs and the sandbox directory name (the task id in a cluster).
+    pub name: String,
+    /// The full argv, including argv\[0\] (by convention the module's file name).
+    pub args: Vec<String>,
+    /// The whole environment; nothing is inherited from the host.
+    pub env: Vec<(String, String)>,
+    pub limits: Limits,
+    pub stdin: Stdin,
+    pub sandbox_dir: SandboxDirSpec,
+    /// Local runs only: host directories to preopen read-write.
+    pub host_dirs: Vec<HostDir>,
+    /// Echo stdout/stderr to the host's own as they are written (still captured).
+    pub passthrough: bool,
+}
+
+/// A module compiled, linked and ready to instantiate (held by the cache).
+pub struct Prepared {
+    pub hash: ModuleHash,
+    pub kind: ModuleKind,
+    pub(crate) pre: run::Pre,
+}
+
+impl std::fmt::Debug for Prepared {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Prepared")
+            .field("hash", &self.hash)
+            .field("kind", &self.kind)
+            .finish()
+    }
+}
+
+/// The sandbox: one engine, its linkers, its module cache. Cheap to clone.
+#[derive(Clone)]
+pub struct Sandbox {
+    inner: Arc<Inner>,
+}
+
+pub(crate) struct Inner {
+    pub(crate) cfg: SandboxConfig,
+    pub(crate) engine: Engine,
+    pub(crate) linkers: run::Linkers,
+    pub(crate) cache: cache::ModuleCache,
+    pub(crate) slots: Semaphore,
+    _ticker: engine::EpochTicker,
+}
+
+impl std::fmt::Debug for Sandbox {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Sandbox")
+            .field("cfg", &self.inner.cfg)
+            .finish()
+    }
+}
+
+impl Sandbox {
+    /// Builds the engine, the pooling allocator (which reserves address space
+    /// for `max_concurrent_tasks` slots up front) and starts the epoch ticker.
+    pub fn new(cfg: SandboxConfig) -> Result<Sandbox, SandboxError> {
+        let engine = engine::build_engine(&cfg)?;
+        let linkers = run::Linkers::new(&engine)?;
+        let cache = cache::ModuleCache::new(
+            &engine,
+            cfg.cache_max_entries,
+            cfg.cache_dir.clone(),
+            cfg.cache_max_disk_bytes,
+        );
+        let ticker = engine::EpochTicker::start(engine.clone(), cfg.epoch_tick);
+        let slots = Semaphore::new(cfg.max_concurrent_tasks as usize);
+        Ok(Sandbox {
+            inner: Arc::new(Inner {
+                cfg,
+                engine,
+                linkers,
+                cache,
+                slots,
+                _ticker: ticker,
+            }),
+        })
+    }
+
+    pub fn config(&self) -> &SandboxConfig {
+        &self.inner.cfg
+    }
+
+    /// wasmtime's version, as agents report it on registration.
+    pub fn wasmtime_version() -> &'static str {
+        "48.0.8"
+    }
+
+    pub fn cache_stats(&self) -> CacheStats {
+        self.inner.cache.stats()
+    }
+
+    /// Validates, compiles (or fetches from the memory/disk cache) and links a
+    /// module or component. Blocking: compiling can take a while, so async
+    /// callers should use [`Sandbox::prepare_async`].
+    pub fn prepare(&self, bytes: &[u8]) -> Result<Arc<Prepared>, SandboxError> {
+        run::prepare(&self.inner, bytes)
+    }
+
+    /// [`Sandbox::prepare`] on a blocking thread, unless the module is already
+    /// in the memory cache.
+    pub async fn prepare_async(&self, bytes: Arc<[u8]>) -> Result<Arc<Prepared>, SandboxError> {
+        let hash = ModuleHash::of(&bytes);
+        if let Some(p) = self.inner.cache.get(&hash) {
+            return Ok(p);
+        }
+        let this = self.clone();
+        tokio::task::spawn_blocking(move || this.prepare(&bytes))
+            .await
+            .unwrap_or_else(|e| {
+                Err(SandboxError::InvalidModule(format!(
+                    "module compilation crashed: {e}"
+                )))
+            })
+    }
+
+    /// Runs a prepared module to its end. Never panics or errors on guest
+    /// behaviour; the [`Outcome`] says what happened.
+    pub async fn run(
+        &self,
+        module: &Arc<Prepared>,
+        req: RunRequest,
+        control: &TaskControl,
+    ) -> Outcome {
+        run::run(&self.inner, module, req, control).await
+    }
+
+    /// Prepares `bytes` and runs them; a module that cannot be prepared gives
+    /// an `error` outcome.
+    pub async fn run_bytes(
+        &self,
+        bytes: Arc<[u8]>,
+        req: RunRequest,
+        control: &TaskControl,
+    ) -> Outcome {
+        let started = std::time::Instant::now();
+        match self.prepare_async(bytes).await {
+            Ok(p) => self.run(&p, req, control).await,
+            Err(e) => {
+                let mut o = Outcome::error(e.to_string());
+                o.wall_time = started.elapsed();
+                o
+            }
+        }
+    }
+}

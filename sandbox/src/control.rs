@@ -1,0 +1,109 @@
+//! Kill, pause and resume a running task from outside.
+
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use tokio::sync::watch;
+
+/// What the owner of a task wants it to do.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Signal {
+    Run,
+    Pause,
+    /// Sticky: once killed, a task never runs again.
+    Kill,
+}
+
+/// A handle to steer one task run. Clone it freely; all clones steer the same run.
+///
+/// Pausing does not lose work: the sandbox simply stops polling the task's
+/// future at its next yield point (every `fuel_yield_interval` fuel units), and
+/// polls it again on resume. Paused time does not count toward the timeout.
+#[derive(Debug, Clone)]
+pub struct TaskControl {
+    tx: Arc<watch::Sender<Signal>>,
+}
+
+impl Default for TaskControl {
+    fn default() -> Self {
+        TaskControl::new()
+    }
+}
+
+impl TaskControl {
+    pub fn new() -> TaskControl {
+        TaskControl {
+            tx: Arc::new(watch::Sender::new(Signal::Run)),
+        }
+    }
+
+    fn set(&self, s: Signal) {
+        self.tx.send_if_modified(|cur| {
+            if *cur == Signal::Kill || *cur == s {
+                false
+            } else {
+                *cur = s;
+                true
+            }
+        });
+    }
+
+    /// Ends the task as `killed` at its next yield point.
+    pub fn kill(&self) {
+        self.set(Signal::Kill);
+    }
+    pub fn pause(&self) {
+        self.set(Signal::Pause);
+    }
+    pub fn resume(&self) {
+        self.set(Signal::Run);
+    }
+    pub fn signal(&self) -> Signal {
+        *self.tx.borrow()
+    }
+    pub(crate) fn subscribe(&self) -> watch::Receiver<Signal> {
+        self.tx.subscribe()
+    }
+}
+
+/// Time a task has spent running (not paused), shared with the epoch callback.
+#[derive(Debug)]
+pub(crate) struct ActiveClock {
+    timeout: Duration,
+    /// (time accumulated in earlier running stretches, start of the current one)
+    state: Mutex<(Duration, Option<Instant>)>,
+}
+
+impl ActiveClock {
+    pub(crate) fn start(timeout: Duration) -> ActiveClock {
+        ActiveClock {
+            timeout,
+            state: Mutex::new((Duration::ZERO, Some(Instant::now()))),
+        }
+    }
+    fn lock(&self) -> std::sync::MutexGuard<'_, (Duration, Option<Instant>)> {
+        self.state.lock().unwrap_or_else(|e| e.into_inner())
+    }
+    pub(crate) fn pause(&self) {
+        let mut s = self.lock();
+        if let Some(since) = s.1.take() {
+            s.0 += since.elapsed();
+        }
+    }
+    pub(crate) fn resume(&self) {
+        let mut s = self.lock();
+        if s.1.is_none() {
+            s.1 = Some(Instant::now());
+        }
+    }
+    pub(crate) fn active(&self) -> Duration {
+        let s = self.lock();
+        s.0 + s.1.map(|t| t.elapsed()).unwrap_or_default()
+    }
+    pub(crate) fn remaining(&self) -> Duration {
+        self.timeout.saturating_sub(self.active())
+    }
+    pub(crate) fn expired(&self) -> bool {
+        self.active() >= self.timeout
+    }
+}

@@ -1,0 +1,545 @@
+//! Linking, preparing and running one task.
+
+use std::sync::Arc;
+use std::time::Instant;
+
+use wasmos_model::{Outcome, OutcomeKind};
+use wasmtime::component::ResourceTable;
+use wasmtime::{Engine, InstancePre, Module, Store, Trap, UpdateDeadline, WasmBacktrace};
+use wasmtime_wasi::p1::WasiP1Ctx;
+use wasmtime_wasi::p2::bindings::CommandPre;
+use wasmtime_wasi::p2::pipe::MemoryInputPipe;
+use wasmtime_wasi::{FsPerms, I32Exit, WasiCtx, WasiCtxBuilder, WasiCtxView, WasiView};
+
+use crate::cache::ModuleHash;
+use crate::control::{ActiveClock, Signal};
+use crate::engine::{MAX_INSTANCES_PER_TASK, MAX_MEMORIES_PER_TASK, MAX_TABLES_PER_TASK};
+use crate::limiter::MemLimiter;
+use crate::output::{Capture, Passthrough};
+use crate::{Inner, ModuleKind, Prepared, RunRequest, SandboxError, Stdin, TaskControl};
+
+/// The only import module a core task may use.
+const WASI_P1: &str = "wasi_snapshot_preview1";
+/// Fuel given when no budget is set: effectively unlimited, still counted.
+const UNLIMITED_FUEL: u64 = i64::MAX as u64;
+
+/// A task store's data.
+pub(crate) struct TaskData {
+    wasi: Wasi,
+    limiter: MemLimiter,
+}
+
+enum Wasi {
+    P1(WasiP1Ctx),
+    P2 { ctx: WasiCtx, table: ResourceTable },
+}
+
+impl WasiView for TaskData {
+    fn ctx(&mut self) -> WasiCtxView<'_> {
+        match &mut self.wasi {
+            Wasi::P2 { ctx, table } => WasiCtxView { ctx, table },
+            // Invariant: component linkers are only used with P2 stores.
+            Wasi::P1(_) => unreachable!("a core-module store was given to the component linker"),
+        }
+    }
+}
+
+fn p1_ctx(d: &mut TaskData) -> &mut WasiP1Ctx {
+    match &mut d.wasi {
+        Wasi::P1(c) => c,
+        // Invariant: the core linker is only used with P1 stores.
+        Wasi::P2 { .. } => unreachable!("a component store was given to the core-module linker"),
+    }
+}
+
+pub(crate) struct Linkers {
+    core: wasmtime::Linker<TaskData>,
+    component: wasmtime::component::Linker<TaskData>,
+}
+
+impl Linkers {
+    pub(crate) fn new(engine: &Engine) -> Result<Linkers, SandboxError> {
+        let mut core = wasmtime::Linker::new(engine);
+        wasmtime_wasi::p1::add_to_linker_async(&mut core, p1_ctx)
+            .map_err(|e| SandboxError::Config(format!("linking WASI preview1: {e:#}")))?;
+        let mut component = wasmtime::component::Linker::new(engine);
+        wasmtime_wasi::p2::add_to_linker_async(&mut component)
+            .map_err(|e| SandboxError::Config(format!("linking WASI preview2: {e:#}")))?;
+        Ok(Linkers { core, component })
+    }
+}
+
+pub(crate) enum Pre {
+    Core(InstancePre<TaskData>),
+    Component(CommandPre<TaskData>),
+}
+
+const CORE_VERSION: [u8; 4] = [1, 0, 0, 0];
+
+fn detect(bytes: &[u8]) -> Result<ModuleKind, SandboxError> {
+    if bytes.len() >= 8 && bytes.starts_with(b"\0asm") {
+        return if bytes[4..8] == CORE_VERSION {
+            Ok(ModuleKind::Core)
+        } else if bytes[6..8] == [1, 0] {
+            Ok(ModuleKind::Component)
+        } else {
+            Err(SandboxError::InvalidModule(format!(
+                "unsupported wasm binary version {:?}; build it with a current toolchain (wasm32-wasip1 or wasm32-wasip2)",
+                &bytes[4..8]
+            )))
+        };
+    }
+    if bytes.starts_with(b"\0asm") {
+        return Err(SandboxError::InvalidModule(format!(
+            "module is truncated: {} bytes, shorter than a wasm header; the file is incomplete",
+            bytes.len()
+        )));
+    }
+    // Maybe WAT text (handy for local runs); the wat parser says what is wrong.
+    match std::str::from_utf8(bytes) {
+        Ok(text) if text.trim_start().starts_with('(') => {
+            let trimmed = text.trim_start();
+            let body = trimmed[1..].trim_start();
+            if body.starts_with("component") {
+                Ok(ModuleKind::Component)
+            } else {
+                Ok(ModuleKind::Core)
+            }
+        }
+        _ => {
+            let head: Vec<String> = bytes.iter().take(4).map(|b| format!("{b:02x}")).collect();
+            Err(SandboxError::InvalidModule(format!(
+                "not a wasm module: it starts with bytes [{}] instead of the wasm magic 00 61 73 6d; \
+                 build it for wasm32-wasip1 or wasm32-wasip2",
+                head.join(" ")
+            )))
+        }
+    }
+}
+
+fn invalid(e: wasmtime::Error) -> SandboxError {
+    SandboxError::InvalidModule(format!(
+        "module is not valid wasm: {e:#}; rebuild it for wasm32-wasip1 or wasm32-wasip2"
+    ))
+}
+
+/// Core modules may import only WASI preview1; say exactly which import is not.
+fn check_core_imports(module: &Module) -> Result<(), SandboxError> {
+    let foreign: Vec<String> = module
+        .imports()
+        .filter(|i| i.module() != WASI_P1)
+        .map(|i| format!("`{}::{}`", i.module(), i.name()))
+        .collect();
+    if !foreign.is_empty() {
+        return Err(SandboxError::UnsupportedImport(format!(
+            "unsupported import{} {}: a core task may import only from `{WASI_P1}` (WASI preview1); \
+             link it as a wasm32-wasip1 command with no undefined symbols",
+            if foreign.len() > 1 { "s" } else { "" },
+            foreign.join(", ")
+        )));
+    }
+    if module.get_export("_start").is_none() {
+        return Err(SandboxError::InvalidModule(
+            "module has no `_start` export: it is a library (reactor), not a command; build it as a wasm32-wasip1 binary"
+                .into(),
+        ));
+    }
+    Ok(())
+}
+
+fn link_error(kind: ModuleKind, e: wasmtime::Error) -> SandboxError {
+    let what = match kind {
+        ModuleKind::Core => format!("a core task may import only WASI preview1 (`{WASI_P1}`) functions"),
+        ModuleKind::Component => {
+            "a component task may import only WASI 0.2 (wasi:cli, wasi:io, wasi:clocks, wasi:filesystem, \
+             wasi:random, wasi:sockets) interfaces and must export wasi:cli/run"
+                .to_string()
+        }
+    };
+    SandboxError::UnsupportedImport(format!("unsupported import: {e:#}; {what}"))
+}
+
+pub(crate) fn prepare(inner: &Inner, bytes: &[u8]) -> Result<Arc<Prepared>, SandboxError> {
+    let hash = ModuleHash::of(bytes);
+    if let Some(p) = inner.cache.get(&hash) {
+        return Ok(p);
+    }
+    let kind = detect(bytes)?;
+    let disk = inner.cache.disk_path(&hash, kind == ModuleKind::Component);
+    let pre = match kind {
+        ModuleKind::Core => {
+            let module = load_or_compile(
+                inner,
+                disk.as_deref(),
+                bytes,
+                |e, b| unsafe { Module::deserialize(e, b) },
+                |e, b| Module::new(e, b),
+                |m| m.serialize(),
+            )?;
+            check_core_imports(&module)?;
+            Pre::Core(
+                inner
+                    .linkers
+                    .core
+                    .instantiate_pre(&module)
+                    .map_err(|e| link_error(kind, e))?,
+            )
+        }
+        ModuleKind::Component => {
+            use wasmtime::component::Component;
+            let component = load_or_compile(
+                inner,
+                disk.as_deref(),
+                bytes,
+                |e, b| unsafe { Component::deserialize(e, b) },
+                |e, b| Component::new(e, b),
+                |c| c.serialize(),
+            )?;
+            let ipre = inner
+                .linkers
+                .component
+                .instantiate_pre(&component)
+                .map_err(|e| link_error(kind, e))?;
+            Pre::Component(CommandPre::new(ipre).map_err(|e| {
+                SandboxError::UnsupportedImport(format!(
+                    "component does not export wasi:cli/run ({e:#}); build it as a WASI 0.2 command (wasm32-wasip2 binary)"
+                ))
+            })?)
+        }
+    };
+    let prepared = Arc::new(Prepared { hash, kind, pre });
+    inner.cache.insert(prepared.clone());
+    Ok(prepared)
+}
+
+/// Loads a serialized artifact from the disk cache, or compiles and stores one.
+///
+/// Safety of `deserialize`: the cache directory holds only files this module
+/// wrote (atomically, via rename) for an engine with the same compatibility
+/// hash; wasmtime additionally checks the header and version. Artifacts are
+/// read into memory rather than mapped, so a file changed under us later can
+/// never fault a running task.
+fn load_or_compile<T>(
+    inner: &Inner,
+    disk: Option<&std::path::Path>,
+    bytes: &[u8],
+    deserialize: impl Fn(&Engine, &[u8]) -> wasmtime::Result<T>,
+    compile: impl Fn(&Engine, &[u8]) -> wasmtime::Result<T>,
+    serialize: impl Fn(&T) -> wasmtime::Result<Vec<u8>>,
+) -> Result<T, SandboxError> {
+    if let Some(path) = disk.filter(|p| p.exists()) {
+        if let Ok(t) = std::fs::read(path)
+            .map_err(wasmtime::Error::from)
+            .and_then(|b| deserialize(&inner.engine, &b))
+        {
+            crate::cache::ModuleCache::touch(path);
+            inner.cache.note_disk_hit();
+            return Ok(t);
+        }
+        // Stale or damaged: recompile and overwrite.
+        let _ = std::fs::remove_file(path);
+    }
+    let t = compile(&inner.engine, bytes).map_err(invalid)?;
+    inner.cache.note_compile();
+    if let Some(path) = disk {
+        if let Ok(ser) = serialize(&t) {
+            inner.cache.store(path, &ser);
+        }
+    }
+    Ok(t)
+}
+
+/// How the execution future ended.
+enum Ended {
+    Returned(wasmtime::Result<i32>),
+    InstantiateFailed(wasmtime::Error),
+    Killed,
+    TimedOut,
+}
+
+pub(crate) async fn run(
+    inner: &Inner,
+    module: &Arc<Prepared>,
+    req: RunRequest,
+    control: &TaskControl,
+) -> Outcome {
+    let started = Instant::now();
+    let limits = &req.limits;
+    let fail = |msg: String| {
+        let mut o = Outcome::error(msg);
+        o.wall_time = started.elapsed();
+        o
+    };
+    if limits.mem > inner.cfg.max_task_mem {
+        return fail(format!(
+            "mem limit of {} bytes is over this sandbox's max_task_mem of {} bytes; ask for less memory",
+            limits.mem, inner.cfg.max_task_mem
+        ));
+    }
+    if limits.fuel.is_some() && !inner.cfg.meter_fuel {
+        return fail(
+            "a fuel budget was given but this sandbox runs with fuel metering off; drop the budget"
+                .into(),
+        );
+    }
+    if control.signal() == Signal::Kill {
+        let mut o = fail("killed before it started".into());
+        o.kind = OutcomeKind::Killed;
+        return o;
+    }
+
+    // Wait for a pool slot: past max_concurrent_tasks, runs queue here.
+    let Ok(_permit) = inner.slots.acquire().await else {
+        return fail("the sandbox is shutting down; retry on another agent".into());
+    };
+
+    let dir = match crate::fs::create(&req.sandbox_dir, &inner.cfg.sandbox_root, &req.name) {
+        Ok(d) => d,
+        Err(msg) => return fail(msg),
+    };
+
+    let passthrough = |p| {
+        if req.passthrough {
+            p
+        } else {
+            Passthrough::None
+        }
+    };
+    let stdout = Capture::new(limits.max_output, passthrough(Passthrough::Stdout));
+    let stderr = Capture::new(limits.max_output, passthrough(Passthrough::Stderr));
+    let mut b = WasiCtxBuilder::new();
+    b.args(&req.args)
+        .envs(&req.env)
+        .stdout(stdout.clone())
+        .stderr(stderr.clone())
+        .allow_tcp(false)
+        .allow_udp(false);
+    match req.stdin {
+        Stdin::Closed => {}
+        Stdin::Bytes(v) => {
+            b.stdin(MemoryInputPipe::new(v));
+        }
+        Stdin::Inherit => {
+            b.stdin(wasmtime_wasi::cli::stdin());
+        }
+    }
+    if let Some(d) = &dir {
+        if let Err(e) = b.preopened_dir(d.path(), "/", FsPerms::ReadWrite) {
+            return fail(format!(
+                "cannot preopen the sandbox directory {}: {e:#}",
+                d.path().display()
+            ));
+        }
+    }
+    for hd in &req.host_dirs {
+        if let Err(e) = b.preopened_dir(&hd.host, &hd.guest, FsPerms::ReadWrite) {
+            return fail(format!(
+                "cannot open directory {}: {e:#}; check that it exists",
+                hd.host.display()
+            ));
+        }
+    }
+    let wasi = match module.kind {
+        ModuleKind::Core => Wasi::P1(b.build_p1()),
+        ModuleKind::Component => Wasi::P2 {
+            ctx: b.build(),
+            table: ResourceTable::new(),
+        },
+    };
+    let limiter = MemLimiter::new(
+        limits.mem,
+        MAX_INSTANCES_PER_TASK as usize,
+        MAX_TABLES_PER_TASK as usize,
+        MAX_MEMORIES_PER_TASK as usize,
+    );
+    let mut store = Store::new(&inner.engine, TaskData { wasi, limiter });
+    store.limiter(|d| &mut d.limiter);
+    let initial_fuel = limits.fuel.unwrap_or(UNLIMITED_FUEL);
+    if inner.cfg.meter_fuel {
+        // Cannot fail: metering is on.
+        let _ = store.set_fuel(initial_fuel);
+        let _ = store.fuel_async_yield_interval(Some(inner.cfg.fuel_yield_interval.max(1)));
+    }
+    let clock = Arc::new(ActiveClock::start(limits.timeout));
+    let cb_clock = clock.clone();
+    store.set_epoch_deadline(1);
+    store.epoch_deadline_callback(move |_| {
+        Ok(if cb_clock.expired() {
+            UpdateDeadline::Interrupt
+        } else {
+            UpdateDeadline::Continue(1)
+        })
+    });
+
+    let ended = {
+        let fut = execute(&mut store, &module.pre);
+        let mut fut = std::pin::pin!(fut);
+        let mut rx = control.subscribe();
+        loop {
+            let signal = *rx.borrow_and_update();
+            match signal {
+                Signal::Kill => break Ended::Killed,
+                Signal::Pause => clock.pause(),
+                Signal::Run => clock.resume(),
+            }
+            let running = signal == Signal::Run;
+            let remaining = clock.remaining();
+            tokio::select! {
+                biased;
+                changed = rx.changed() => {
+                    // The control outlives this call (we hold a reference), so the
+                    // channel cannot close; if it somehow did, keep running.
+                    if changed.is_err() { break fut.await; }
+                }
+                r = &mut fut, if running => break r,
+                _ = tokio::time::sleep(remaining), if running => {
+                    if clock.expired() { break Ended::TimedOut; }
+                }
+            }
+        }
+    };
+
+    let fuel_consumed = if inner.cfg.meter_fuel {
+        initial_fuel.saturating_sub(store.get_fuel().unwrap_or(initial_fuel))
+    } else {
+        0
+    };
+    let data = store.data();
+    let peak_memory_bytes = data.limiter.peak();
+    let refused = data.limiter.refused.clone();
+    drop(store);
+    let (stdout, stdout_truncated) = stdout.take();
+    let (stderr, stderr_truncated) = stderr.take();
+    let (kind, exit_code, message) = classify(ended, refused, limits);
+    Outcome {
+        kind,
+        exit_code,
+        fuel_consumed,
+        peak_memory_bytes,
+        wall_time: started.elapsed(),
+        stdout,
+        stderr,
+        stdout_truncated,
+        stderr_truncated,
+        message,
+    }
+}
+
+async fn execute(store: &mut Store<TaskData>, pre: &Pre) -> Ended {
+    match pre {
+        Pre::Core(pre) => {
+            let instance = match pre.instantiate_async(&mut *store).await {
+                Ok(i) => i,
+                Err(e) => return Ended::InstantiateFailed(e),
+            };
+            let start = match instance.get_typed_func::<(), ()>(&mut *store, "_start") {
+                Ok(f) => f,
+                Err(e) => return Ended::InstantiateFailed(e),
+            };
+            Ended::Returned(start.call_async(&mut *store, ()).await.map(|()| 0))
+        }
+        Pre::Component(pre) => {
+            let command = match pre.instantiate_async(&mut *store).await {
+                Ok(c) => c,
+                Err(e) => return Ended::InstantiateFailed(e),
+            };
+            Ended::Returned(
+                command
+                    .wasi_cli_run()
+                    .call_run(&mut *store)
+                    .await
+                    .map(|r| if r.is_ok() { 0 } else { 1 }),
+            )
+        }
+    }
+}
+
+/// Renders a trap or error: the cause, then the wasm backtrace if there is one.
+fn describe(e: &wasmtime::Error) -> String {
+    let mut msg = e.root_cause().to_string();
+    if let Some(bt) = e.downcast_ref::<WasmBacktrace>() {
+        let frames = bt.to_string();
+        if !frames.trim().is_empty() {
+            msg.push('\n');
+            msg.push_str(frames.trim_end());
+        }
+    }
+    msg
+}
+
+fn classify(
+    ended: Ended,
+    refused: Option<String>,
+    limits: &wasmos_model::Limits,
+) -> (OutcomeKind, Option<i32>, Option<String>) {
+    use OutcomeKind::*;
+    let timeout = wasmos_model::format_duration(limits.timeout);
+    match ended {
+        Ended::Killed => (Killed, None, Some("killed".into())),
+        Ended::TimedOut => (
+            TimedOut,
+            None,
+            Some(format!("timed out after {timeout} of running time")),
+        ),
+        Ended::Returned(Ok(0)) => (Finished, Some(0), None),
+        Ended::Returned(Ok(code)) => (
+            Failed,
+            Some(code),
+            Some(format!("exited with code {code}").to_string()),
+        ),
+        Ended::InstantiateFailed(e) => match refused {
+            Some(r) => (
+                OutOfMemory,
+                None,
+                Some(format!("{r} (while instantiating: {})", e.root_cause())),
+            ),
+            None if e.downcast_ref::<Trap>().is_some() => (Failed, None, Some(describe(&e))),
+            None => (
+                Error,
+                None,
+                Some(format!("cannot instantiate the module: {e:#}")),
+            ),
+        },
+        Ended::Returned(Err(e)) => {
+            if let Some(exit) = e.downcast_ref::<I32Exit>() {
+                return if exit.0 == 0 {
+                    (Finished, Some(0), None)
+                } else {
+                    let note = refused
+                        .map(|r| format!("; before exiting, a {r}"))
+                        .unwrap_or_default();
+                    (
+                        Failed,
+                        Some(exit.0),
+                        Some(format!("exited with code {}{note}", exit.0)),
+                    )
+                };
+            }
+            match (e.downcast_ref::<Trap>(), refused) {
+                (Some(Trap::OutOfFuel), _) => {
+                    let budget = limits
+                        .fuel
+                        .map(|f| f.to_string())
+                        .unwrap_or_else(|| "unlimited".into());
+                    (
+                        OutOfFuel,
+                        None,
+                        Some(format!(
+                            "out of fuel: used the whole budget of {budget}; raise --fuel"
+                        )),
+                    )
+                }
+                (Some(Trap::Interrupt), _) => (
+                    TimedOut,
+                    None,
+                    Some(format!(
+                        "timed out after {timeout} of running time\n{}",
+                        describe(&e)
+                    )),
+                ),
+                (_, Some(r)) => (OutOfMemory, None, Some(format!("{r}\n{}", describe(&e)))),
+                (_, None) => (Failed, None, Some(describe(&e))),
+            }
+        }
+    }
+}
