@@ -1,0 +1,3 @@
+//! wasmos CLI tests through the real binary: one binary, one module per command.
+
+mod run;
