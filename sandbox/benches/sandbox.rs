@@ -1,1 +1,112 @@
-fn main() {}
+//! `cargo bench -p wasmos-sandbox`: the sandbox's hot paths.
+//!
+//! - run/noop_cached: instantiate + run + drop of a no-op WASI task whose module
+//!   is already compiled (`Prepared` from the cache) — the per-task launch cost.
+//! - run/noop_cached_sandbox_dir: the same with a sandbox directory created,
+//!   preopened and removed.
+//! - run/hello_rust_cached: the Rust hello guest (prints two lines), if built.
+//! - compile/*: cold compile of a small module (bytes made unique per iteration
+//!   so no cache can answer).
+//! - fuel/*: a 10M-iteration compute loop with fuel metering on and off.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
+
+use criterion::{Criterion, criterion_group, criterion_main};
+use wasmos_sandbox::{Limits, RunRequest, Sandbox, SandboxConfig, SandboxDirSpec, TaskControl};
+
+const NOOP: &str = r#"(module
+  (import "wasi_snapshot_preview1" "proc_exit" (func $exit (param i32)))
+  (memory (export "memory") 1)
+  (func (export "_start")))"#;
+
+const LOOP: &str = r#"(module
+  (memory (export "memory") 1)
+  (func (export "_start") (local $i i32) (local $acc i32)
+    (loop $l
+      (local.set $acc (i32.add (local.get $acc) (i32.mul (local.get $i) (i32.const 7))))
+      (local.set $i (i32.add (local.get $i) (i32.const 1)))
+      (br_if $l (i32.lt_u (local.get $i) (i32.const 10000000))))
+    (if (i32.eq (local.get $acc) (i32.const 1)) (then unreachable))))"#;
+
+fn request() -> RunRequest {
+    RunRequest { name: "bench".into(), args: vec!["noop.wasm".into()], limits: Limits::default(), ..Default::default() }
+}
+
+/// Appends a custom section so the bytes (and hash) differ but the module does not.
+fn unique(bytes: &[u8], n: u64) -> Vec<u8> {
+    let mut v = bytes.to_vec();
+    let name = b"bench";
+    let payload = n.to_le_bytes();
+    v.push(0); // custom section id
+    v.push((1 + name.len() + payload.len()) as u8);
+    v.push(name.len() as u8);
+    v.extend_from_slice(name);
+    v.extend_from_slice(&payload);
+    v
+}
+
+fn benches(c: &mut Criterion) {
+    let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+    let sandbox = Sandbox::new(SandboxConfig { max_concurrent_tasks: 64, ..Default::default() }).unwrap();
+    let control = TaskControl::new();
+    let noop = sandbox.prepare(&wat::parse_str(NOOP).unwrap()).unwrap();
+
+    let mut g = c.benchmark_group("run");
+    g.bench_function("noop_cached", |b| {
+        b.iter(|| {
+            let o = rt.block_on(sandbox.run(&noop, request(), &control));
+            assert_eq!(o.exit_code, Some(0));
+        })
+    });
+    g.bench_function("noop_cached_sandbox_dir", |b| {
+        b.iter(|| {
+            let mut r = request();
+            r.sandbox_dir = SandboxDirSpec { enabled: true, ..Default::default() };
+            let o = rt.block_on(sandbox.run(&noop, r, &control));
+            assert_eq!(o.exit_code, Some(0));
+        })
+    });
+    let hello_path = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../target/guests/hello.wasm");
+    if let Ok(bytes) = std::fs::read(&hello_path) {
+        let hello = sandbox.prepare(&bytes).unwrap();
+        g.bench_function("hello_rust_cached", |b| {
+            b.iter(|| {
+                let o = rt.block_on(sandbox.run(&hello, request(), &control));
+                assert_eq!(o.exit_code, Some(0));
+            })
+        });
+    } else {
+        eprintln!("skipping run/hello_rust_cached: build guests with `cargo xtask guests`");
+    }
+    g.finish();
+
+    let mut g = c.benchmark_group("compile");
+    g.sample_size(20).measurement_time(Duration::from_secs(5));
+    let counter = AtomicU64::new(0);
+    let noop_bytes = wat::parse_str(NOOP).unwrap();
+    g.bench_function("noop_wat_cold", |b| {
+        b.iter(|| sandbox.prepare(&unique(&noop_bytes, counter.fetch_add(1, Ordering::Relaxed))).unwrap())
+    });
+    if let Ok(bytes) = std::fs::read(&hello_path) {
+        g.bench_function("hello_rust_67k_cold", |b| {
+            b.iter(|| sandbox.prepare(&unique(&bytes, counter.fetch_add(1, Ordering::Relaxed))).unwrap())
+        });
+    }
+    g.finish();
+
+    let no_fuel =
+        Sandbox::new(SandboxConfig { max_concurrent_tasks: 4, meter_fuel: false, ..Default::default() }).unwrap();
+    let loop_bytes: Arc<[u8]> = wat::parse_str(LOOP).unwrap().into();
+    let with = sandbox.prepare(&loop_bytes).unwrap();
+    let without = no_fuel.prepare(&loop_bytes).unwrap();
+    let mut g = c.benchmark_group("fuel");
+    g.sample_size(20);
+    g.bench_function("loop_10M_fuel_on", |b| b.iter(|| rt.block_on(sandbox.run(&with, request(), &control))));
+    g.bench_function("loop_10M_fuel_off", |b| b.iter(|| rt.block_on(no_fuel.run(&without, request(), &control))));
+    g.finish();
+}
+
+criterion_group!(sandbox_benches, benches);
+criterion_main!(sandbox_benches);

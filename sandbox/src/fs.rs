@@ -47,7 +47,8 @@ impl TaskDir {
 
 impl Drop for TaskDir {
     fn drop(&mut self) {
-        if !self.keep {
+        // An untouched directory goes with one rmdir; otherwise remove it all.
+        if !self.keep && std::fs::remove_dir(&self.path).is_err() {
             let _ = std::fs::remove_dir_all(&self.path);
         }
     }
