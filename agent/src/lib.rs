@@ -1,1 +1,1 @@
-//! placeholder
+//! wasmos-agent: placeholder until the cluster issue (see ARCHITECTURE.md).

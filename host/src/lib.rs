@@ -1,1 +1,1 @@
-//! placeholder
+//! wasmos-host: placeholder until the cluster issue (see ARCHITECTURE.md).

@@ -1,1 +1,1 @@
-//! placeholder
+//! wasmos-proto: placeholder until the cluster issue (see ARCHITECTURE.md).
