@@ -75,7 +75,7 @@ pub struct ScenarioError {
 
 impl fmt::Display for ScenarioError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        if self.path.is_empty() || self.path == "." {
+        if self.path.is_empty() {
             f.write_str(&self.message)
         } else {
             write!(f, "{}: {}", self.path, self.message)
@@ -155,8 +155,12 @@ fn role(path: &str, s: &str) -> Result<Role, ScenarioError> {
 pub fn parse_scenario(json: &str) -> Result<Scenario, ScenarioError> {
     let de = &mut serde_json::Deserializer::from_str(json);
     let raw: RawScenario = serde_path_to_error::deserialize(de).map_err(|e| {
-        let path = e.path().to_string();
+        let mut path = e.path().to_string();
         let inner = e.into_inner();
+        if path == "." || inner.is_syntax() || inner.is_eof() {
+            // The root, or a place inside broken JSON: the line and column say more.
+            path.clear();
+        }
         let mut msg = inner.to_string();
         if msg.starts_with("unknown field") {
             msg.push_str("; fix the spelling or remove it (the format is in allocator/README.md)");
