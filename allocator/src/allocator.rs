@@ -496,6 +496,11 @@ impl Allocator {
             self.untrack_allocated(slot, e.fw, mi, &e.res);
         }
         let agent = self.agents[slot as usize].take().expect("live agent slot");
+        if self.any_filter {
+            for fw in self.frameworks.iter_mut().flatten() {
+                fw.filters.retain(|(serial, _), _| *serial != agent.serial);
+            }
+        }
         for r in &agent.reservations {
             self.track_reservation(r.role, &r.total(), &r.free, -1);
         }

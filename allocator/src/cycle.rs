@@ -125,11 +125,11 @@ impl Order {
             }
         }
         let mut live = own_live.clone();
-        for n in 1..nr {
-            if own_live[n] > 0 {
+        for (n, &own) in own_live.iter().enumerate().skip(1) {
+            if own > 0 {
                 let mut p = al.roles[n].parent;
                 while p != u32::MAX {
-                    live[p as usize] += own_live[n];
+                    live[p as usize] += own;
                     p = al.roles[p as usize].parent;
                 }
             }

@@ -16,11 +16,13 @@ const ROLES: [&str; 5] = ["a", "b", "a/x", "a/y", "c"];
 /// Roles that may carry quota (top-level, as in Mesos).
 const TOP: [usize; 3] = [0, 1, 4];
 
+/// (cpus, GiB of mem, optional reservation: role index, cpus, GiB)
+type AgentSpec = (u32, u32, Option<(usize, u32, u32)>);
+
 #[derive(Debug, Clone)]
 struct Setup {
     seed: u64,
-    /// (cpus, GiB of mem, optional reservation: role index, cpus, GiB)
-    agents: Vec<(u32, u32, Option<(usize, u32, u32)>)>,
+    agents: Vec<AgentSpec>,
     /// role indices per framework
     frameworks: Vec<Vec<usize>>,
     weights: Vec<u32>,
