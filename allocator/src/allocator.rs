@@ -314,18 +314,20 @@ impl Allocator {
 
     // ----- conversions at the edge ---------------------------------------------
 
-    fn bundle_in(&mut self, a: &Allocation) -> Bundle {
+    /// `a` in dense form; `None` if it names a reservation role the allocator has
+    /// never seen (so nobody can hold such resources).
+    fn bundle_in(&mut self, a: &Allocation) -> Option<Bundle> {
         let unreserved = self.names.qty(&a.unreserved);
         let mut reserved = Vec::new();
         for (role, r) in &a.reserved {
             if r.is_empty() {
                 continue;
             }
-            let node = self.role_node(role);
+            let node = *self.role_index.get(role)?;
             let q = self.names.qty(r);
             reserved.push((node, q));
         }
-        Bundle { unreserved, reserved }
+        Some(Bundle { unreserved, reserved })
     }
 
     pub(crate) fn bundle_out(&self, b: &Bundle) -> Allocation {
@@ -515,18 +517,21 @@ impl Allocator {
     pub fn update_agent(&mut self, id: &AgentId, info: AgentInfo) -> Result<(), AllocatorError> {
         let slot = self.agent_slot(id)?;
         let total = self.names.qty(&info.resources);
-        let mut fixed: Vec<(u32, Qty)> = Vec::new();
-        for (role, r) in &info.reservations {
+        // Roles new to the allocator get their nodes only once the update is
+        // accepted; until then they are u32::MAX - i, which no existing
+        // reservation or allocation can name.
+        let mut fixed: Vec<(u32, Qty, &Role)> = Vec::new();
+        for (i, (role, r)) in info.reservations.iter().enumerate() {
             if !r.is_empty() {
-                let node = self.role_node(role);
+                let node = self.role_index.get(role).copied().unwrap_or(u32::MAX - i as u32);
                 let q = self.names.qty(r);
-                fixed.push((node, q));
+                fixed.push((node, q, role));
             }
         }
         let agent = self.agent(slot);
         // New reservation totals per role: new static + existing dynamic.
         let mut new_res: Vec<Reservation> = Vec::new();
-        for (node, q) in &fixed {
+        for (node, q, _) in &fixed {
             new_res.push(Reservation { role: *node, fixed: q.clone(), dynamic: Qty::default(), free: Qty::default() });
         }
         for old in &agent.reservations {
@@ -579,7 +584,16 @@ impl Allocator {
                 needed: self.names.resources(&needed).to_string(),
             });
         }
-        // Apply: take the old reservations out of the role tree, put the new in.
+        // Apply: create nodes for new roles, take the old reservations out of the
+        // role tree, put the new in.
+        for (node, _, role) in &fixed {
+            if *node >= u32::MAX - fixed.len() as u32 {
+                let real = self.role_node(role);
+                for r in new_res.iter_mut().filter(|r| r.role == *node) {
+                    r.role = real;
+                }
+            }
+        }
         let old = std::mem::take(&mut self.agent_mut(slot).reservations);
         for r in &old {
             self.track_reservation(r.role, &r.total(), &r.free, -1);
@@ -804,7 +818,11 @@ impl Allocator {
             .and_then(|(r, mi)| {
                 self.agent(a).allocs.iter().find(|e| e.fw == f && e.role == r).map(|e| (r, mi, e.res.clone()))
             });
-        let Some((r, mi, _)) = held.as_ref().filter(|(_, _, h)| h.contains(&b)).cloned() else {
+        let found = match (&held, b) {
+            (Some((r, mi, h)), Some(b)) if h.contains(&b) => Some((*r, *mi, b)),
+            _ => None,
+        };
+        let Some((r, mi, b)) = found else {
             let held_str = held.map(|(_, _, h)| self.bundle_out(&h).to_string()).unwrap_or_else(|| "nothing".into());
             return Err(AllocatorError::NotAllocated {
                 framework: framework.clone(),
@@ -859,14 +877,14 @@ impl Allocator {
                 free.reserved.push((rv.role, rv.free.clone()));
             }
         }
-        if !free.contains(&b) {
+        let Some(b) = b.filter(|b| free.contains(b)) else {
             return Err(AllocatorError::NotAvailable {
                 agent: agent.clone(),
                 role: role.clone(),
                 requested: resources.to_string(),
                 available: self.bundle_out(&free).to_string(),
             });
-        }
+        };
         self.track_allocated(a, f, mi, &b);
         Ok(())
     }
@@ -1073,7 +1091,11 @@ impl Allocator {
             if !ag.active {
                 continue;
             }
-            let b = self.stage2_offer(slot as u32, r, hr.as_ref());
+            let mut b = self.stage2_offer(slot as u32, r, hr.as_ref());
+            if let Some((b1, _)) = self.stage1_offer(slot as u32, r, hr.as_ref()) {
+                // Stage 1 may give a role with an unmet guarantee more.
+                b.unreserved = b.unreserved.max(&b1.unreserved);
+            }
             if self.allocatable(&b) {
                 out.push((ag.id.clone(), self.bundle_out(&b)));
             }

@@ -428,7 +428,7 @@ impl Allocator {
 
     /// Stage 1's offer of agent `a` to role `r`, and the part of it that counts
     /// toward unmet guarantees; `None` when it makes no progress on them.
-    fn stage1_offer(&self, a: u32, r: u32, hr: Option<&Headroom>) -> Option<(Bundle, Qty)> {
+    pub(crate) fn stage1_offer(&self, a: u32, r: u32, hr: Option<&Headroom>) -> Option<(Bundle, Qty)> {
         let unmet = self.unmet_guarantee(r);
         if unmet.is_zero() {
             return None;

@@ -130,3 +130,24 @@ fn bad_events_are_refused_with_a_reason() {
     // None of that changed anything.
     assert_eq!(summary(&c.cycle()), ["f@a1: cpus:1;mem:1GiB"]);
 }
+
+#[test]
+fn update_agent_can_reserve_for_new_roles_and_refusals_leave_no_trace() {
+    let mut c = Cluster::new();
+    c.agent("a1", "cpus:4;mem:4GiB").framework("f", &["r2"]);
+    // Refused (the reservation is bigger than the agent): no role "ghost" appears.
+    let bad = AgentInfo::new(r("cpus:4;mem:4GiB")).reserve(role("ghost"), r("cpus:8"));
+    assert!(c.alloc.update_agent(&aid("a1"), bad).is_err());
+    assert_eq!(c.alloc.roles(), [role("r2")]);
+    // Accepted: 1 cpu now belongs to gold, so r2 is offered the other 3.
+    let good = AgentInfo::new(r("cpus:4;mem:4GiB")).reserve(role("gold"), r("cpus:1"));
+    c.alloc.update_agent(&aid("a1"), good).unwrap();
+    assert_eq!(summary(&c.cycle()), ["f@a1: cpus:3;mem:4GiB"]);
+    assert_eq!(c.alloc.role_stats(&role("gold")).unwrap().reserved.to_string(), "cpus:1");
+    // Recovering reserved resources of a role nobody has is refused, and invents no role.
+    let mut bogus = Allocation::default();
+    bogus.reserved.insert(role("nobody"), r("cpus:1"));
+    let e = c.alloc.recover_resources(&fid("f"), &aid("a1"), &role("r2"), &bogus, None, c.now).unwrap_err();
+    assert!(matches!(e, AllocatorError::NotAllocated { .. }), "{e}");
+    assert_eq!(c.alloc.roles(), [role("gold"), role("r2")]);
+}
