@@ -11,7 +11,7 @@
 
 use std::time::{Duration, Instant};
 
-use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion};
+use criterion::{BenchmarkId, Criterion, criterion_group, criterion_main};
 use wasmos_allocator::{AgentInfo, Allocation, Allocator, Config, Offer};
 use wasmos_model::{AgentId, FrameworkId, Resources, Role};
 

@@ -38,9 +38,7 @@ impl Bundle {
 
     pub(crate) fn contains(&self, o: &Bundle) -> bool {
         self.unreserved.contains(&o.unreserved)
-            && o.reserved
-                .iter()
-                .all(|(r, q)| q.is_zero() || self.reserved_for(*r).is_some_and(|mine| mine.contains(q)))
+            && o.reserved.iter().all(|(r, q)| q.is_zero() || self.reserved_for(*r).is_some_and(|mine| mine.contains(q)))
     }
 
     pub(crate) fn add(&mut self, o: &Bundle) {
@@ -351,7 +349,11 @@ impl Allocator {
                 break;
             }
             let node = &mut self.roles[n as usize];
-            if sign > 0 { node.charged.add(q) } else { node.charged.sub(q) }
+            if sign > 0 {
+                node.charged.add(q)
+            } else {
+                node.charged.sub(q)
+            }
             if n == ROOT {
                 break;
             }
@@ -644,7 +646,13 @@ impl Allocator {
                 continue;
             }
             self.roles[node as usize].frameworks += 1;
-            memberships.push(Membership { role: node, subscribed: true, suppressed: false, alloc: Qty::default(), count: 0 });
+            memberships.push(Membership {
+                role: node,
+                subscribed: true,
+                suppressed: false,
+                alloc: Qty::default(),
+                count: 0,
+            });
         }
         let fw = Framework { id: id.clone(), active: true, memberships, filters: HashMap::new() };
         let slot = match self.free_fw_slots.pop() {
@@ -705,8 +713,7 @@ impl Allocator {
                 }
             }
         }
-        let subscribed: Vec<u32> =
-            self.fw(f).memberships.iter().filter(|m| m.subscribed).map(|m| m.role).collect();
+        let subscribed: Vec<u32> = self.fw(f).memberships.iter().filter(|m| m.subscribed).map(|m| m.role).collect();
         self.fw_mut(f).filters.retain(|(_, r), _| subscribed.contains(r));
         Ok(())
     }
@@ -760,7 +767,10 @@ impl Allocator {
                 .get(role)
                 .and_then(|&n| self.fw(f).membership(n))
                 .filter(|&mi| self.fw(f).memberships[mi].subscribed)
-                .ok_or_else(|| AllocatorError::NotSubscribed { framework: self.fw(f).id.clone(), role: role.clone() })?;
+                .ok_or_else(|| AllocatorError::NotSubscribed {
+                    framework: self.fw(f).id.clone(),
+                    role: role.clone(),
+                })?;
             out.push(mi);
         }
         Ok(out)
@@ -810,14 +820,12 @@ impl Allocator {
         let f = self.fw_slot(framework)?;
         let a = self.agent_slot(agent)?;
         let b = self.bundle_in(resources);
-        let held = self
-            .role_index
-            .get(role)
-            .copied()
-            .and_then(|r| self.fw(f).membership(r).map(|mi| (r, mi)))
-            .and_then(|(r, mi)| {
-                self.agent(a).allocs.iter().find(|e| e.fw == f && e.role == r).map(|e| (r, mi, e.res.clone()))
-            });
+        let held =
+            self.role_index.get(role).copied().and_then(|r| self.fw(f).membership(r).map(|mi| (r, mi))).and_then(
+                |(r, mi)| {
+                    self.agent(a).allocs.iter().find(|e| e.fw == f && e.role == r).map(|e| (r, mi, e.res.clone()))
+                },
+            );
         let found = match (&held, b) {
             (Some((r, mi, h)), Some(b)) if h.contains(&b) => Some((*r, *mi, b)),
             _ => None,

@@ -110,7 +110,11 @@ impl Order {
             own_key: vec![None; nr],
             rank,
             fw_rank,
-            fkeys: al.frameworks.iter().map(|f| f.as_ref().map_or(Vec::new(), |f| vec![None; f.memberships.len()])).collect(),
+            fkeys: al
+                .frameworks
+                .iter()
+                .map(|f| f.as_ref().map_or(Vec::new(), |f| vec![None; f.memberships.len()]))
+                .collect(),
         };
         let mut own_live = vec![0u32; nr];
         for (f, fw) in al.frameworks.iter().enumerate() {
@@ -171,7 +175,13 @@ impl Order {
                 share = share.max(v as f64 / t as f64);
             }
         }
-        EKey { share: share_bits(share / node.weight), count: node.own_count, rank: self.rank[n as usize], own: true, node: n }
+        EKey {
+            share: share_bits(share / node.weight),
+            count: node.own_count,
+            rank: self.rank[n as usize],
+            own: true,
+            node: n,
+        }
     }
 
     fn child_ekey(&self, al: &Allocator, n: u32) -> EKey {

@@ -44,6 +44,6 @@ mod types;
 
 pub use allocator::Allocator;
 pub use types::{
-    default_min_allocatable, parse_limit, AgentInfo, Allocation, AllocatorError, Config, Offer, Quota,
-    RoleStats, DEFAULT_REFUSE,
+    AgentInfo, Allocation, AllocatorError, Config, DEFAULT_REFUSE, Offer, Quota, RoleStats, default_min_allocatable,
+    parse_limit,
 };

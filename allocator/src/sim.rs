@@ -14,8 +14,8 @@ use std::time::Duration;
 use serde::Deserialize;
 use wasmos_model::{AgentId, FrameworkId, Resources, Role, Scalar};
 
-use crate::types::{default_min_allocatable, parse_limit, AgentInfo, Allocation, Config, Quota, DEFAULT_REFUSE};
 use crate::Allocator;
+use crate::types::{AgentInfo, Allocation, Config, DEFAULT_REFUSE, Quota, default_min_allocatable, parse_limit};
 
 /// Default `max_cycles`: 1000.
 pub const DEFAULT_MAX_CYCLES: u64 = 1000;
@@ -75,11 +75,7 @@ pub struct ScenarioError {
 
 impl fmt::Display for ScenarioError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        if self.path.is_empty() {
-            f.write_str(&self.message)
-        } else {
-            write!(f, "{}: {}", self.path, self.message)
-        }
+        if self.path.is_empty() { f.write_str(&self.message) } else { write!(f, "{}: {}", self.path, self.message) }
     }
 }
 
@@ -204,7 +200,10 @@ pub fn parse_scenario(json: &str) -> Result<Scenario, ScenarioError> {
         let rl = role(&p, name)?;
         let weight = r.weight.unwrap_or(1.0);
         if !(weight.is_finite() && weight > 0.0) {
-            return Err(err(format!("{p}.weight"), format!("{weight} is not a valid weight; use a positive number such as 1 or 2.5")));
+            return Err(err(
+                format!("{p}.weight"),
+                format!("{weight} is not a valid weight; use a positive number such as 1 or 2.5"),
+            ));
         }
         let guarantee = match &r.quota_guarantee {
             Some(s) => resources(&format!("{p}.quota_guarantee"), s)?,
@@ -218,7 +217,9 @@ pub fn parse_scenario(json: &str) -> Result<Scenario, ScenarioError> {
             if guarantee.get(res_name) > *l {
                 return Err(err(
                     format!("{p}.quota_guarantee"),
-                    format!("guarantee {guarantee} is above the quota_limit for {res_name}; raise the limit or lower the guarantee"),
+                    format!(
+                        "guarantee {guarantee} is above the quota_limit for {res_name}; raise the limit or lower the guarantee"
+                    ),
                 ));
             }
         }
@@ -231,15 +232,15 @@ pub fn parse_scenario(json: &str) -> Result<Scenario, ScenarioError> {
         let p = format!("frameworks[{i}]");
         let id = FrameworkId::new(f.id.clone()).map_err(|e| err(format!("{p}.id"), e.to_string()))?;
         if !fw_ids.insert(id.clone()) {
-            return Err(err(format!("{p}.id"), format!("framework {id} is listed twice; give each framework its own id")));
+            return Err(err(
+                format!("{p}.id"),
+                format!("framework {id} is listed twice; give each framework its own id"),
+            ));
         }
         let rl = role(&format!("{p}.role"), &f.role)?;
         let behaviour = match (&f.task, &f.accept) {
             (Some(_), Some(_)) => {
-                return Err(err(
-                    format!("{p}.accept"),
-                    "give either \"task\" or \"accept\": \"all\", not both",
-                ));
+                return Err(err(format!("{p}.accept"), "give either \"task\" or \"accept\": \"all\", not both"));
             }
             (None, None) => {
                 return Err(err(
@@ -249,9 +250,14 @@ pub fn parse_scenario(json: &str) -> Result<Scenario, ScenarioError> {
             }
             (None, Some(a)) => {
                 if a != "all" {
-                    return Err(err(format!("{p}.accept"), format!("{a:?} is not understood; the only value is \"all\"")));
+                    return Err(err(
+                        format!("{p}.accept"),
+                        format!("{a:?} is not understood; the only value is \"all\""),
+                    ));
                 }
-                for (field, set) in [("tasks_per_offer", f.tasks_per_offer.is_some()), ("max_tasks", f.max_tasks.is_some())] {
+                for (field, set) in
+                    [("tasks_per_offer", f.tasks_per_offer.is_some()), ("max_tasks", f.max_tasks.is_some())]
+                {
                     if set {
                         return Err(err(
                             format!("{p}.{field}"),
@@ -267,10 +273,7 @@ pub fn parse_scenario(json: &str) -> Result<Scenario, ScenarioError> {
                     return Err(err(format!("{p}.task"), "asks for nothing; give a size such as cpus:1;mem:1GiB"));
                 }
                 if f.tasks_per_offer == Some(0) {
-                    return Err(err(
-                        format!("{p}.tasks_per_offer"),
-                        "must be at least 1; use null for as many as fit",
-                    ));
+                    return Err(err(format!("{p}.tasks_per_offer"), "must be at least 1; use null for as many as fit"));
                 }
                 Behaviour::Tasks { task, per_offer: f.tasks_per_offer, max_tasks: f.max_tasks }
             }
@@ -468,7 +471,8 @@ pub fn build_allocator(s: &Scenario) -> Allocator {
         default_refuse: DEFAULT_REFUSE,
     });
     for a in &s.agents {
-        let info = AgentInfo { resources: a.resources.clone(), reservations: a.reserved.clone(), ..AgentInfo::default() };
+        let info =
+            AgentInfo { resources: a.resources.clone(), reservations: a.reserved.clone(), ..AgentInfo::default() };
         alloc.add_agent(a.id.clone(), info).expect("validated scenario: agents are unique and fit");
     }
     for (role, r) in &s.roles {
@@ -517,7 +521,14 @@ pub fn simulate(s: &Scenario) -> SimResult {
                     run.tasks += launched;
                     if !left.is_empty() {
                         alloc
-                            .recover_resources(&offer.framework, &offer.agent, &offer.role, &left, Some(spec.refuse), now)
+                            .recover_resources(
+                                &offer.framework,
+                                &offer.agent,
+                                &offer.role,
+                                &left,
+                                Some(spec.refuse),
+                                now,
+                            )
                             .expect("declining part of a fresh offer");
                     }
                     if max_tasks.is_some_and(|m| run.tasks >= m) && !run.done {
@@ -566,9 +577,8 @@ fn can_place_more(alloc: &Allocator, s: &Scenario, state: &BTreeMap<FrameworkId,
         if state[&f.id].done {
             continue;
         }
-        let room = offerable
-            .entry(&f.role)
-            .or_insert_with(|| alloc.offerable(&f.role).into_iter().map(|(_, a)| a).collect());
+        let room =
+            offerable.entry(&f.role).or_insert_with(|| alloc.offerable(&f.role).into_iter().map(|(_, a)| a).collect());
         let fits = match &f.behaviour {
             Behaviour::AcceptAll => !room.is_empty(),
             Behaviour::Tasks { task, .. } => room.iter().any(|a| a.total().contains(task)),

@@ -4,7 +4,7 @@ use std::collections::BTreeMap;
 use std::fmt;
 use std::time::Duration;
 
-use wasmos_model::{AgentId, FrameworkId, Resources, Role, Scalar, CPUS, MEM};
+use wasmos_model::{AgentId, CPUS, FrameworkId, MEM, Resources, Role, Scalar};
 
 /// How long declined resources stay away from the framework that declined them
 /// when the decline names no `refuse_seconds` (Mesos's default): 5 s.
@@ -27,20 +27,13 @@ pub struct Config {
 
 impl Default for Config {
     fn default() -> Config {
-        Config {
-            seed: 0,
-            min_allocatable: default_min_allocatable(),
-            default_refuse: DEFAULT_REFUSE,
-        }
+        Config { seed: 0, min_allocatable: default_min_allocatable(), default_refuse: DEFAULT_REFUSE }
     }
 }
 
 /// `cpus:0.01` or `mem:32MiB`.
 pub fn default_min_allocatable() -> Vec<Resources> {
-    vec![
-        Resources::new().with(CPUS, Scalar(10)),
-        Resources::new().with(MEM, Scalar::units(32 << 20)),
-    ]
+    vec![Resources::new().with(CPUS, Scalar(10)), Resources::new().with(MEM, Scalar::units(32 << 20))]
 }
 
 /// What an agent brings to the cluster.

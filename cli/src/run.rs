@@ -5,7 +5,7 @@ use std::process::ExitCode;
 use std::sync::Arc;
 use std::time::Duration;
 
-use wasmos_model::{format_size, parse_duration, parse_size, Limits, Outcome, OutcomeKind};
+use wasmos_model::{Limits, Outcome, OutcomeKind, format_size, parse_duration, parse_size};
 use wasmos_sandbox::{HostDir, RunRequest, Sandbox, SandboxConfig, Stdin, TaskControl};
 
 /// Arguments of `wasmos run`.
@@ -173,19 +173,19 @@ pub fn summary(o: &Outcome) -> String {
             line.push_str(&format!(" ({name} truncated)"));
         }
     }
-    if let Some(m) = &o.message {
-        if o.kind != OutcomeKind::Failed || o.exit_code.is_none() {
-            line.push_str("\n  ");
-            line.push_str(&m.replace('\n', "\n  "));
-        }
+    if let Some(m) = &o.message
+        && (o.kind != OutcomeKind::Failed || o.exit_code.is_none())
+    {
+        line.push_str("\n  ");
+        line.push_str(&m.replace('\n', "\n  "));
     }
     line
 }
 
 fn human_bytes(b: u64) -> String {
     match b {
-        _ if b >= 1 << 20 && b % (1 << 20) != 0 => format!("{:.1}MiB", b as f64 / (1u64 << 20) as f64),
-        _ if b >= 1 << 10 && b % (1 << 10) != 0 => format!("{:.1}KiB", b as f64 / 1024.0),
+        _ if b >= 1 << 20 && !b.is_multiple_of(1 << 20) => format!("{:.1}MiB", b as f64 / (1u64 << 20) as f64),
+        _ if b >= 1 << 10 && !b.is_multiple_of(1 << 10) => format!("{:.1}KiB", b as f64 / 1024.0),
         _ => format_size(b),
     }
 }

@@ -9,19 +9,9 @@ pub enum IdError {
     #[error("{kind} id is empty; give a non-empty name")]
     Empty { kind: &'static str },
     #[error("{kind} id is {len} bytes long; keep it at most {max} bytes")]
-    TooLong {
-        kind: &'static str,
-        len: usize,
-        max: usize,
-    },
-    #[error(
-        "{kind} id {id:?} contains {ch:?}; use letters, digits, '-', '_', '.', ':' or '/' only"
-    )]
-    BadChar {
-        kind: &'static str,
-        id: String,
-        ch: char,
-    },
+    TooLong { kind: &'static str, len: usize, max: usize },
+    #[error("{kind} id {id:?} contains {ch:?}; use letters, digits, '-', '_', '.', ':' or '/' only")]
+    BadChar { kind: &'static str, id: String, ch: char },
 }
 
 /// Longest accepted identifier, in bytes.
@@ -32,21 +22,10 @@ fn validate(kind: &'static str, s: &str) -> Result<(), IdError> {
         return Err(IdError::Empty { kind });
     }
     if s.len() > MAX_ID_LEN {
-        return Err(IdError::TooLong {
-            kind,
-            len: s.len(),
-            max: MAX_ID_LEN,
-        });
+        return Err(IdError::TooLong { kind, len: s.len(), max: MAX_ID_LEN });
     }
-    if let Some(ch) = s
-        .chars()
-        .find(|c| !(c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.' | ':' | '/')))
-    {
-        return Err(IdError::BadChar {
-            kind,
-            id: s.to_string(),
-            ch,
-        });
+    if let Some(ch) = s.chars().find(|c| !(c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.' | ':' | '/'))) {
+        return Err(IdError::BadChar { kind, id: s.to_string(), ch });
     }
     Ok(())
 }
@@ -129,10 +108,7 @@ mod tests {
     fn ids_validate() {
         assert!(AgentId::new("agent-1").is_ok());
         assert!(TaskId::new("eng/batch:42").is_ok());
-        assert_eq!(
-            TaskId::new("").unwrap_err(),
-            IdError::Empty { kind: "task" }
-        );
+        assert_eq!(TaskId::new("").unwrap_err(), IdError::Empty { kind: "task" });
         let e = FrameworkId::new("a b").unwrap_err().to_string();
         assert!(e.contains("' '"), "{e}");
         assert!(OfferId::new("x".repeat(256)).is_err());

@@ -18,6 +18,6 @@ pub use resources::{CPUS, DISK, MEM, ResourceError, Resources, Scalar};
 pub use role::{MAX_ROLE_LEN, Role, RoleError};
 pub use state::TaskState;
 pub use units::{
-    DEFAULT_MAX_OUTPUT, DEFAULT_MEM, DEFAULT_TIMEOUT, Limits, UnitError, format_duration,
-    format_size, parse_duration, parse_size,
+    DEFAULT_MAX_OUTPUT, DEFAULT_MEM, DEFAULT_TIMEOUT, Limits, UnitError, format_duration, format_size, parse_duration,
+    parse_size,
 };

@@ -54,11 +54,7 @@ pub enum ResourceError {
     #[error("resource {name} is listed twice; give each resource once")]
     Duplicate { name: String },
     #[error("resource {name} has amount {amount:?}, which is not a number{hint}")]
-    BadAmount {
-        name: String,
-        amount: String,
-        hint: &'static str,
-    },
+    BadAmount { name: String, amount: String, hint: &'static str },
     #[error("resource {name} has a negative amount ({amount}); amounts must be 0 or more")]
     Negative { name: String, amount: String },
     #[error("resource {name} amount {amount} is too large")]
@@ -88,31 +84,18 @@ impl Resources {
         let mut r = Resources::new();
         for entry in s.split(';').map(str::trim).filter(|e| !e.is_empty()) {
             let (name, amount) =
-                entry
-                    .split_once(':')
-                    .ok_or_else(|| ResourceError::MissingColon {
-                        entry: entry.to_string(),
-                    })?;
+                entry.split_once(':').ok_or_else(|| ResourceError::MissingColon { entry: entry.to_string() })?;
             let (name, amount) = (name.trim(), amount.trim());
             if name.is_empty()
-                || !name
-                    .chars()
-                    .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '_' || c == '-')
+                || !name.chars().all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '_' || c == '-')
             {
-                return Err(ResourceError::BadName {
-                    name: name.to_string(),
-                });
+                return Err(ResourceError::BadName { name: name.to_string() });
             }
             if r.items.iter().any(|(n, _)| &**n == name) {
-                return Err(ResourceError::Duplicate {
-                    name: name.to_string(),
-                });
+                return Err(ResourceError::Duplicate { name: name.to_string() });
             }
             if amount.starts_with('-') {
-                return Err(ResourceError::Negative {
-                    name: name.to_string(),
-                    amount: amount.to_string(),
-                });
+                return Err(ResourceError::Negative { name: name.to_string(), amount: amount.to_string() });
             }
             let value = if is_byte_resource(name) {
                 let bytes = parse_size(amount).map_err(|_| ResourceError::BadAmount {
@@ -123,10 +106,7 @@ impl Resources {
                 let bytes = i64::try_from(bytes)
                     .ok()
                     .and_then(|b| b.checked_mul(Scalar::SCALE))
-                    .ok_or_else(|| ResourceError::TooLarge {
-                        name: name.to_string(),
-                        amount: amount.to_string(),
-                    })?;
+                    .ok_or_else(|| ResourceError::TooLarge { name: name.to_string(), amount: amount.to_string() })?;
                 Scalar(bytes)
             } else {
                 let v: f64 = amount.parse().map_err(|_| ResourceError::BadAmount {
@@ -135,10 +115,7 @@ impl Resources {
                     hint: "; write a decimal such as 0.5",
                 })?;
                 if !v.is_finite() || v.abs() > 1e15 {
-                    return Err(ResourceError::TooLarge {
-                        name: name.to_string(),
-                        amount: amount.to_string(),
-                    });
+                    return Err(ResourceError::TooLarge { name: name.to_string(), amount: amount.to_string() });
                 }
                 Scalar::from_f64(v)
             };
@@ -352,13 +329,7 @@ mod tests {
         assert!(!agent.contains(&r("cpus:1.001")));
         assert!(!agent.contains(&r("gpus:1")));
         assert_eq!(agent.checked_sub(&r("cpus:2")), None);
-        assert_eq!(
-            r("cpus:1").add(&r("cpus:0.5;mem:1KiB")),
-            r("cpus:1.5;mem:1KiB")
-        );
-        assert_eq!(
-            r("cpus:1;mem:2KiB").min(&r("cpus:3;mem:1KiB")),
-            r("cpus:1;mem:1KiB")
-        );
+        assert_eq!(r("cpus:1").add(&r("cpus:0.5;mem:1KiB")), r("cpus:1.5;mem:1KiB"));
+        assert_eq!(r("cpus:1;mem:2KiB").min(&r("cpus:3;mem:1KiB")), r("cpus:1;mem:1KiB"));
     }
 }

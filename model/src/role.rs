@@ -15,13 +15,9 @@ pub enum RoleError {
         "role {role:?} has an empty or '.'/'..' path segment; write segments separated by single '/', e.g. eng/batch"
     )]
     BadSegment { role: String },
-    #[error(
-        "role {role:?} has a segment starting with '-'; start each segment with a letter, digit, '_' or '.'"
-    )]
+    #[error("role {role:?} has a segment starting with '-'; start each segment with a letter, digit, '_' or '.'")]
     LeadingDash { role: String },
-    #[error(
-        "role {role:?} contains {ch:?}; use letters, digits, '_', '-', '.' and '/' between segments"
-    )]
+    #[error("role {role:?} contains {ch:?}; use letters, digits, '_', '-', '.' and '/' between segments")]
     BadChar { role: String, ch: char },
 }
 
@@ -43,15 +39,9 @@ impl Role {
             return Err(RoleError::Empty);
         }
         if s.len() > MAX_ROLE_LEN {
-            return Err(RoleError::TooLong {
-                len: s.len(),
-                max: MAX_ROLE_LEN,
-            });
+            return Err(RoleError::TooLong { len: s.len(), max: MAX_ROLE_LEN });
         }
-        if let Some(ch) = s
-            .chars()
-            .find(|c| !(c.is_ascii_alphanumeric() || matches!(c, '_' | '-' | '.' | '/')))
-        {
+        if let Some(ch) = s.chars().find(|c| !(c.is_ascii_alphanumeric() || matches!(c, '_' | '-' | '.' | '/'))) {
             return Err(RoleError::BadChar { role: s, ch });
         }
         for seg in s.split('/') {

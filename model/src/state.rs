@@ -5,9 +5,7 @@ use std::fmt;
 /// Where a task is in its lifecycle:
 /// `STAGING → STARTING → RUNNING → {FINISHED, FAILED, KILLED, ERROR, LOST}`, with
 /// `KILLING` between RUNNING and KILLED and `PAUSED` ↔ RUNNING.
-#[derive(
-    Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, serde::Serialize, serde::Deserialize,
-)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, serde::Serialize, serde::Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum TaskState {
     Staging,
@@ -38,14 +36,7 @@ impl TaskState {
 
     /// Terminal states never change again.
     pub fn is_terminal(self) -> bool {
-        matches!(
-            self,
-            TaskState::Finished
-                | TaskState::Failed
-                | TaskState::Killed
-                | TaskState::Error
-                | TaskState::Lost
-        )
+        matches!(self, TaskState::Finished | TaskState::Failed | TaskState::Killed | TaskState::Error | TaskState::Lost)
     }
 
     pub fn as_str(self) -> &'static str {
@@ -92,15 +83,9 @@ impl std::str::FromStr for TaskState {
     fn from_str(s: &str) -> Result<Self, String> {
         let lower = s.to_ascii_lowercase();
         let lower = lower.strip_prefix("task_").unwrap_or(&lower);
-        TaskState::ALL
-            .into_iter()
-            .find(|t| t.as_str() == lower)
-            .ok_or_else(|| {
-                format!(
-                    "unknown task state {s:?}; use one of {}",
-                    TaskState::ALL.map(|t| t.as_str()).join(", ")
-                )
-            })
+        TaskState::ALL.into_iter().find(|t| t.as_str() == lower).ok_or_else(|| {
+            format!("unknown task state {s:?}; use one of {}", TaskState::ALL.map(|t| t.as_str()).join(", "))
+        })
     }
 }
 
@@ -119,11 +104,6 @@ mod tests {
         assert!(TaskState::Paused.can_become(TaskState::Running));
         assert!(!TaskState::Staging.can_become(TaskState::Paused));
         assert_eq!("TASK_RUNNING".parse::<TaskState>(), Ok(TaskState::Running));
-        assert!(
-            "nope"
-                .parse::<TaskState>()
-                .unwrap_err()
-                .contains("finished")
-        );
+        assert!("nope".parse::<TaskState>().unwrap_err().contains("finished"));
     }
 }

@@ -12,9 +12,7 @@ pub const DEFAULT_MAX_OUTPUT: u64 = 1 << 20;
 /// Why a size or duration could not be read.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum UnitError {
-    #[error(
-        "size {0:?} is not valid; write bytes or a number with KiB/MiB/GiB/TiB (also KB/MB/GB), e.g. 64MiB"
-    )]
+    #[error("size {0:?} is not valid; write bytes or a number with KiB/MiB/GiB/TiB (also KB/MB/GB), e.g. 64MiB")]
     BadSize(String),
     #[error("duration {0:?} is not valid; write a number with ms, s, m or h, e.g. 500ms or 30s")]
     BadDuration(String),
@@ -24,9 +22,7 @@ pub enum UnitError {
 /// both read as binary (as Mesos and most operators expect for memory).
 pub fn parse_size(s: &str) -> Result<u64, UnitError> {
     let t = s.trim();
-    let split = t
-        .find(|c: char| !(c.is_ascii_digit() || c == '.'))
-        .unwrap_or(t.len());
+    let split = t.find(|c: char| !(c.is_ascii_digit() || c == '.')).unwrap_or(t.len());
     let (num, unit) = t.split_at(split);
     let unit = unit.trim().to_ascii_lowercase();
     let mult: u64 = match unit.as_str() {
@@ -41,9 +37,7 @@ pub fn parse_size(s: &str) -> Result<u64, UnitError> {
         return Err(UnitError::BadSize(s.to_string()));
     }
     if let Ok(n) = num.parse::<u64>() {
-        return n
-            .checked_mul(mult)
-            .ok_or_else(|| UnitError::BadSize(s.to_string()));
+        return n.checked_mul(mult).ok_or_else(|| UnitError::BadSize(s.to_string()));
     }
     let f: f64 = num.parse().map_err(|_| UnitError::BadSize(s.to_string()))?;
     let v = f * mult as f64;
@@ -58,7 +52,7 @@ pub fn parse_size(s: &str) -> Result<u64, UnitError> {
 pub fn format_size(bytes: u64) -> String {
     for (unit, shift) in [("TiB", 40), ("GiB", 30), ("MiB", 20), ("KiB", 10)] {
         let m = 1u64 << shift;
-        if bytes >= m && bytes % m == 0 {
+        if bytes >= m && bytes.is_multiple_of(m) {
             return format!("{}{unit}", bytes / m);
         }
     }
@@ -68,9 +62,7 @@ pub fn format_size(bytes: u64) -> String {
 /// Parses `500ms`, `30s`, `2m`, `1h`, `1.5s`; a bare number is seconds.
 pub fn parse_duration(s: &str) -> Result<Duration, UnitError> {
     let t = s.trim();
-    let split = t
-        .find(|c: char| !(c.is_ascii_digit() || c == '.'))
-        .unwrap_or(t.len());
+    let split = t.find(|c: char| !(c.is_ascii_digit() || c == '.')).unwrap_or(t.len());
     let (num, unit) = t.split_at(split);
     let secs_per: f64 = match unit.trim() {
         "ms" => 0.001,
@@ -79,11 +71,9 @@ pub fn parse_duration(s: &str) -> Result<Duration, UnitError> {
         "h" => 3600.0,
         _ => return Err(UnitError::BadDuration(s.to_string())),
     };
-    let f: f64 = num
-        .parse()
-        .map_err(|_| UnitError::BadDuration(s.to_string()))?;
+    let f: f64 = num.parse().map_err(|_| UnitError::BadDuration(s.to_string()))?;
     let secs = f * secs_per;
-    if !secs.is_finite() || secs < 0.0 || secs > 10.0 * 365.0 * 86400.0 {
+    if !secs.is_finite() || !(0.0..=10.0 * 365.0 * 86400.0).contains(&secs) {
         return Err(UnitError::BadDuration(s.to_string()));
     }
     Ok(Duration::from_secs_f64(secs))
@@ -94,9 +84,9 @@ pub fn format_duration(d: Duration) -> String {
     let ms = d.as_millis();
     if ms < 1000 {
         format!("{ms}ms")
-    } else if ms % 60_000 == 0 {
+    } else if ms.is_multiple_of(60_000) {
         format!("{}m", ms / 60_000)
-    } else if ms % 1000 == 0 {
+    } else if ms.is_multiple_of(1000) {
         format!("{}s", ms / 1000)
     } else {
         format!("{}s", d.as_secs_f64())
@@ -119,12 +109,7 @@ pub struct Limits {
 
 impl Default for Limits {
     fn default() -> Self {
-        Limits {
-            fuel: None,
-            mem: DEFAULT_MEM,
-            timeout: DEFAULT_TIMEOUT,
-            max_output: DEFAULT_MAX_OUTPUT,
-        }
+        Limits { fuel: None, mem: DEFAULT_MEM, timeout: DEFAULT_TIMEOUT, max_output: DEFAULT_MAX_OUTPUT }
     }
 }
 
@@ -156,13 +141,7 @@ mod tests {
 
     #[test]
     fn durations() {
-        for (s, ms) in [
-            ("500ms", 500),
-            ("30s", 30_000),
-            ("2m", 120_000),
-            ("1.5s", 1500),
-            ("7", 7000),
-        ] {
+        for (s, ms) in [("500ms", 500), ("30s", 30_000), ("2m", 120_000), ("1.5s", 1500), ("7", 7000)] {
             assert_eq!(parse_duration(s), Ok(Duration::from_millis(ms)), "{s}");
         }
         for bad in ["", "s", "-1s", "10 fortnights"] {

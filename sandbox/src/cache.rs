@@ -73,11 +73,7 @@ impl ModuleCache {
         let mut h = std::collections::hash_map::DefaultHasher::new();
         engine.precompile_compatibility_hash().hash(&mut h);
         ModuleCache {
-            lru: Mutex::new(Lru {
-                map: HashMap::new(),
-                clock: 0,
-                stats: CacheStats::default(),
-            }),
+            lru: Mutex::new(Lru { map: HashMap::new(), clock: 0, stats: CacheStats::default() }),
             max_entries: max_entries.max(1),
             dir,
             max_disk_bytes,
@@ -134,13 +130,7 @@ impl ModuleCache {
     /// Where the serialized artifact for `hash` lives, if there is a disk cache.
     pub(crate) fn disk_path(&self, hash: &ModuleHash, component: bool) -> Option<PathBuf> {
         let kind = if component { "component" } else { "module" };
-        self.dir.as_ref().map(|d| {
-            d.join(format!(
-                "{}-{}.{kind}.cwasm",
-                hash.to_hex(),
-                self.engine_tag
-            ))
-        })
+        self.dir.as_ref().map(|d| d.join(format!("{}-{}.{kind}.cwasm", hash.to_hex(), self.engine_tag)))
     }
 
     /// Marks a disk artifact as just used (LRU order is by modification time).
@@ -159,9 +149,7 @@ impl ModuleCache {
         }
         let tmp = dir.join(format!(
             ".{}.{}.tmp",
-            path.file_name()
-                .and_then(|n| n.to_str())
-                .unwrap_or("artifact"),
+            path.file_name().and_then(|n| n.to_str()).unwrap_or("artifact"),
             std::process::id()
         ));
         if std::fs::write(&tmp, bytes).is_ok() && std::fs::rename(&tmp, path).is_ok() {

@@ -32,9 +32,7 @@ impl Default for TaskControl {
 
 impl TaskControl {
     pub fn new() -> TaskControl {
-        TaskControl {
-            tx: Arc::new(watch::Sender::new(Signal::Run)),
-        }
+        TaskControl { tx: Arc::new(watch::Sender::new(Signal::Run)) }
     }
 
     fn set(&self, s: Signal) {
@@ -76,10 +74,7 @@ pub(crate) struct ActiveClock {
 
 impl ActiveClock {
     pub(crate) fn start(timeout: Duration) -> ActiveClock {
-        ActiveClock {
-            timeout,
-            state: Mutex::new((Duration::ZERO, Some(Instant::now()))),
-        }
+        ActiveClock { timeout, state: Mutex::new((Duration::ZERO, Some(Instant::now()))) }
     }
     fn lock(&self) -> std::sync::MutexGuard<'_, (Duration, Option<Instant>)> {
         self.state.lock().unwrap_or_else(|e| e.into_inner())

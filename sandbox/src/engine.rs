@@ -16,9 +16,7 @@ pub(crate) const MAX_TABLES_PER_TASK: u32 = 8;
 
 pub(crate) fn build_engine(cfg: &SandboxConfig) -> Result<Engine, SandboxError> {
     if cfg.max_concurrent_tasks == 0 {
-        return Err(SandboxError::Config(
-            "max_concurrent_tasks must be at least 1".into(),
-        ));
+        return Err(SandboxError::Config("max_concurrent_tasks must be at least 1".into()));
     }
     if cfg.max_task_mem == 0 || cfg.max_task_mem > 4 << 30 {
         return Err(SandboxError::Config(format!(
@@ -53,8 +51,7 @@ pub(crate) fn build_engine(cfg: &SandboxConfig) -> Result<Engine, SandboxError> 
         .max_wasm_stack(cfg.max_wasm_stack)
         .async_stack_size(cfg.max_wasm_stack + (1 << 20))
         .allocation_strategy(InstanceAllocationStrategy::Pooling(pool));
-    Engine::new(&c)
-        .map_err(|e| SandboxError::Config(format!("cannot build the wasm engine: {e:#}")))
+    Engine::new(&c).map_err(|e| SandboxError::Config(format!("cannot build the wasm engine: {e:#}")))
 }
 
 /// Advances the engine's epoch every tick until dropped.

@@ -75,9 +75,7 @@ pub(crate) fn check_relative(path: &str) -> Result<PathBuf, String> {
         }
     }
     if out.as_os_str().is_empty() {
-        return Err(format!(
-            "input file path {path:?} names no file; give a relative path like data/in.txt"
-        ));
+        return Err(format!("input file path {path:?} names no file; give a relative path like data/in.txt"));
     }
     Ok(out)
 }
@@ -87,11 +85,7 @@ static NEXT_DIR: AtomicU64 = AtomicU64::new(0);
 /// Creates the directory and writes the input files through a capability
 /// handle, so a file path can never land outside it. On any error nothing is
 /// left behind.
-pub(crate) fn create(
-    spec: &SandboxDirSpec,
-    root: &Path,
-    label: &str,
-) -> Result<Option<TaskDir>, String> {
+pub(crate) fn create(spec: &SandboxDirSpec, root: &Path, label: &str) -> Result<Option<TaskDir>, String> {
     if !spec.wanted() {
         return Ok(None);
     }
@@ -105,47 +99,26 @@ pub(crate) fn create(
         None => {
             let safe: String = label
                 .chars()
-                .map(|c| {
-                    if c.is_ascii_alphanumeric() || c == '-' || c == '_' {
-                        c
-                    } else {
-                        '_'
-                    }
-                })
+                .map(|c| if c.is_ascii_alphanumeric() || c == '-' || c == '_' { c } else { '_' })
                 .take(64)
                 .collect();
-            root.join(format!(
-                "{safe}-{}-{}",
-                std::process::id(),
-                NEXT_DIR.fetch_add(1, Ordering::Relaxed)
-            ))
+            root.join(format!("{safe}-{}-{}", std::process::id(), NEXT_DIR.fetch_add(1, Ordering::Relaxed)))
         }
     };
     if let Some(parent) = path.parent() {
-        std::fs::create_dir_all(parent)
-            .map_err(|e| format!("cannot create sandbox root {}: {e}", parent.display()))?;
+        std::fs::create_dir_all(parent).map_err(|e| format!("cannot create sandbox root {}: {e}", parent.display()))?;
     }
-    std::fs::create_dir(&path)
-        .map_err(|e| format!("cannot create sandbox directory {}: {e}", path.display()))?;
+    std::fs::create_dir(&path).map_err(|e| format!("cannot create sandbox directory {}: {e}", path.display()))?;
     // From here on, dropping `dir` cleans up.
-    let dir = TaskDir {
-        path,
-        keep: spec.keep,
-    };
+    let dir = TaskDir { path, keep: spec.keep };
     let cap = cap_std::fs::Dir::open_ambient_dir(dir.path(), cap_std::ambient_authority())
-        .map_err(|e| {
-            format!(
-                "cannot open sandbox directory {}: {e}",
-                dir.path().display()
-            )
-        })?;
+        .map_err(|e| format!("cannot open sandbox directory {}: {e}", dir.path().display()))?;
     for (rel, contents) in checked {
         if let Some(parent) = rel.parent().filter(|p| !p.as_os_str().is_empty()) {
             cap.create_dir_all(parent)
                 .map_err(|e| format!("cannot create {} in the sandbox: {e}", parent.display()))?;
         }
-        cap.write(&rel, contents)
-            .map_err(|e| format!("cannot write input file {}: {e}", rel.display()))?;
+        cap.write(&rel, contents).map_err(|e| format!("cannot write input file {}: {e}", rel.display()))?;
     }
     Ok(Some(dir))
 }
@@ -167,20 +140,14 @@ mod tests {
     fn nothing_left_behind_on_bad_input() {
         let root = std::env::temp_dir().join(format!("wasmos-fs-test-{}", std::process::id()));
         let spec = SandboxDirSpec {
-            files: vec![InputFile {
-                path: "../escape".into(),
-                contents: vec![],
-            }],
+            files: vec![InputFile { path: "../escape".into(), contents: vec![] }],
             ..Default::default()
         };
         assert!(create(&spec, &root, "t").is_err());
         let leftover = std::fs::read_dir(&root).map(|d| d.count()).unwrap_or(0);
         assert_eq!(leftover, 0);
         let spec = SandboxDirSpec {
-            files: vec![InputFile {
-                path: "d/in.txt".into(),
-                contents: b"hi".to_vec(),
-            }],
+            files: vec![InputFile { path: "d/in.txt".into(), contents: b"hi".to_vec() }],
             ..Default::default()
         };
         let dir = create(&spec, &root, "t").unwrap().unwrap();

@@ -110,10 +110,7 @@ pub struct Prepared {
 
 impl std::fmt::Debug for Prepared {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Prepared")
-            .field("hash", &self.hash)
-            .field("kind", &self.kind)
-            .finish()
+        f.debug_struct("Prepared").field("hash", &self.hash).field("kind", &self.kind).finish()
     }
 }
 
@@ -134,9 +131,7 @@ pub(crate) struct Inner {
 
 impl std::fmt::Debug for Sandbox {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Sandbox")
-            .field("cfg", &self.inner.cfg)
-            .finish()
+        f.debug_struct("Sandbox").field("cfg", &self.inner.cfg).finish()
     }
 }
 
@@ -146,24 +141,11 @@ impl Sandbox {
     pub fn new(cfg: SandboxConfig) -> Result<Sandbox, SandboxError> {
         let engine = engine::build_engine(&cfg)?;
         let linkers = run::Linkers::new(&engine)?;
-        let cache = cache::ModuleCache::new(
-            &engine,
-            cfg.cache_max_entries,
-            cfg.cache_dir.clone(),
-            cfg.cache_max_disk_bytes,
-        );
+        let cache =
+            cache::ModuleCache::new(&engine, cfg.cache_max_entries, cfg.cache_dir.clone(), cfg.cache_max_disk_bytes);
         let ticker = engine::EpochTicker::start(engine.clone(), cfg.epoch_tick);
         let slots = Semaphore::new(cfg.max_concurrent_tasks as usize);
-        Ok(Sandbox {
-            inner: Arc::new(Inner {
-                cfg,
-                engine,
-                linkers,
-                cache,
-                slots,
-                _ticker: ticker,
-            }),
-        })
+        Ok(Sandbox { inner: Arc::new(Inner { cfg, engine, linkers, cache, slots, _ticker: ticker }) })
     }
 
     pub fn config(&self) -> &SandboxConfig {
@@ -196,32 +178,18 @@ impl Sandbox {
         let this = self.clone();
         tokio::task::spawn_blocking(move || this.prepare(&bytes))
             .await
-            .unwrap_or_else(|e| {
-                Err(SandboxError::InvalidModule(format!(
-                    "module compilation crashed: {e}"
-                )))
-            })
+            .unwrap_or_else(|e| Err(SandboxError::InvalidModule(format!("module compilation crashed: {e}"))))
     }
 
     /// Runs a prepared module to its end. Never panics or errors on guest
     /// behaviour; the [`Outcome`] says what happened.
-    pub async fn run(
-        &self,
-        module: &Arc<Prepared>,
-        req: RunRequest,
-        control: &TaskControl,
-    ) -> Outcome {
+    pub async fn run(&self, module: &Arc<Prepared>, req: RunRequest, control: &TaskControl) -> Outcome {
         run::run(&self.inner, module, req, control).await
     }
 
     /// Prepares `bytes` and runs them; a module that cannot be prepared gives
     /// an `error` outcome.
-    pub async fn run_bytes(
-        &self,
-        bytes: Arc<[u8]>,
-        req: RunRequest,
-        control: &TaskControl,
-    ) -> Outcome {
+    pub async fn run_bytes(&self, bytes: Arc<[u8]>, req: RunRequest, control: &TaskControl) -> Outcome {
         let started = std::time::Instant::now();
         match self.prepare_async(bytes).await {
             Ok(p) => self.run(&p, req, control).await,

@@ -25,22 +25,8 @@ pub(crate) struct MemLimiter {
 }
 
 impl MemLimiter {
-    pub(crate) fn new(
-        limit: u64,
-        max_instances: usize,
-        max_tables: usize,
-        max_memories: usize,
-    ) -> Self {
-        MemLimiter {
-            limit,
-            used: 0,
-            peak: 0,
-            last_grant: 0,
-            refused: None,
-            max_instances,
-            max_tables,
-            max_memories,
-        }
+    pub(crate) fn new(limit: u64, max_instances: usize, max_tables: usize, max_memories: usize) -> Self {
+        MemLimiter { limit, used: 0, peak: 0, last_grant: 0, refused: None, max_instances, max_tables, max_memories }
     }
 
     pub(crate) fn peak(&self) -> u64 {
@@ -74,12 +60,7 @@ impl MemLimiter {
 }
 
 impl ResourceLimiter for MemLimiter {
-    fn memory_growing(
-        &mut self,
-        current: usize,
-        desired: usize,
-        _maximum: Option<usize>,
-    ) -> wasmtime::Result<bool> {
+    fn memory_growing(&mut self, current: usize, desired: usize, _maximum: Option<usize>) -> wasmtime::Result<bool> {
         Ok(self.grow("memory", current as u64, desired as u64))
     }
 
@@ -88,12 +69,7 @@ impl ResourceLimiter for MemLimiter {
         Ok(())
     }
 
-    fn table_growing(
-        &mut self,
-        current: usize,
-        desired: usize,
-        _maximum: Option<usize>,
-    ) -> wasmtime::Result<bool> {
+    fn table_growing(&mut self, current: usize, desired: usize, _maximum: Option<usize>) -> wasmtime::Result<bool> {
         let b = TABLE_ELEMENT_BYTES as u64;
         Ok(self.grow("table", current as u64 * b, desired as u64 * b))
     }
@@ -124,15 +100,9 @@ mod tests {
         assert!(l.memory_growing(0, 64, None).unwrap());
         assert!(l.table_growing(0, 4, None).unwrap()); // 4 x 8 = 32 bytes: 96 in all
         assert!(!l.memory_growing(64, 72, None).unwrap()); // 104 > 100
-        assert!(
-            l.refused
-                .as_deref()
-                .unwrap()
-                .contains("over its mem limit of 100 bytes")
-        );
+        assert!(l.refused.as_deref().unwrap().contains("over its mem limit of 100 bytes"));
         assert!(l.memory_growing(64, 68, None).unwrap()); // exactly 100
-        l.memory_grow_failed(wasmtime::format_err!("declared maximum"))
-            .unwrap();
+        l.memory_grow_failed(wasmtime::format_err!("declared maximum")).unwrap();
         assert_eq!(l.used, 96);
         assert_eq!(l.peak(), 100);
     }

@@ -41,12 +41,7 @@ const WRITE_BUDGET: usize = 1 << 20;
 impl Capture {
     pub(crate) fn new(limit: u64, passthrough: Passthrough) -> Capture {
         let limit = usize::try_from(limit).unwrap_or(usize::MAX);
-        Capture(Arc::new(Mutex::new(Inner {
-            buf: Vec::new(),
-            limit,
-            truncated: false,
-            passthrough,
-        })))
+        Capture(Arc::new(Mutex::new(Inner { buf: Vec::new(), limit, truncated: false, passthrough })))
     }
 
     fn push(&self, bytes: &[u8]) {
@@ -115,11 +110,7 @@ impl Pollable for Capture {
 }
 
 impl AsyncWrite for Capture {
-    fn poll_write(
-        self: Pin<&mut Self>,
-        _cx: &mut Context<'_>,
-        buf: &[u8],
-    ) -> Poll<std::io::Result<usize>> {
+    fn poll_write(self: Pin<&mut Self>, _cx: &mut Context<'_>, buf: &[u8]) -> Poll<std::io::Result<usize>> {
         self.push(buf);
         Poll::Ready(Ok(buf.len()))
     }

@@ -100,11 +100,7 @@ fn detect(bytes: &[u8]) -> Result<ModuleKind, SandboxError> {
         Ok(text) if text.trim_start().starts_with('(') => {
             let trimmed = text.trim_start();
             let body = trimmed[1..].trim_start();
-            if body.starts_with("component") {
-                Ok(ModuleKind::Component)
-            } else {
-                Ok(ModuleKind::Core)
-            }
+            if body.starts_with("component") { Ok(ModuleKind::Component) } else { Ok(ModuleKind::Core) }
         }
         _ => {
             let head: Vec<String> = bytes.iter().take(4).map(|b| format!("{b:02x}")).collect();
@@ -125,11 +121,8 @@ fn invalid(e: wasmtime::Error) -> SandboxError {
 
 /// Core modules may import only WASI preview1; say exactly which import is not.
 fn check_core_imports(module: &Module) -> Result<(), SandboxError> {
-    let foreign: Vec<String> = module
-        .imports()
-        .filter(|i| i.module() != WASI_P1)
-        .map(|i| format!("`{}::{}`", i.module(), i.name()))
-        .collect();
+    let foreign: Vec<String> =
+        module.imports().filter(|i| i.module() != WASI_P1).map(|i| format!("`{}::{}`", i.module(), i.name())).collect();
     if !foreign.is_empty() {
         return Err(SandboxError::UnsupportedImport(format!(
             "unsupported import{} {}: a core task may import only from `{WASI_P1}` (WASI preview1); \
@@ -177,13 +170,7 @@ pub(crate) fn prepare(inner: &Inner, bytes: &[u8]) -> Result<Arc<Prepared>, Sand
                 |m| m.serialize(),
             )?;
             check_core_imports(&module)?;
-            Pre::Core(
-                inner
-                    .linkers
-                    .core
-                    .instantiate_pre(&module)
-                    .map_err(|e| link_error(kind, e))?,
-            )
+            Pre::Core(inner.linkers.core.instantiate_pre(&module).map_err(|e| link_error(kind, e))?)
         }
         ModuleKind::Component => {
             use wasmtime::component::Component;
@@ -195,11 +182,7 @@ pub(crate) fn prepare(inner: &Inner, bytes: &[u8]) -> Result<Arc<Prepared>, Sand
                 |e, b| Component::new(e, b),
                 |c| c.serialize(),
             )?;
-            let ipre = inner
-                .linkers
-                .component
-                .instantiate_pre(&component)
-                .map_err(|e| link_error(kind, e))?;
+            let ipre = inner.linkers.component.instantiate_pre(&component).map_err(|e| link_error(kind, e))?;
             Pre::Component(CommandPre::new(ipre).map_err(|e| {
                 SandboxError::UnsupportedImport(format!(
                     "component does not export wasi:cli/run ({e:#}); build it as a WASI 0.2 command (wasm32-wasip2 binary)"
@@ -228,10 +211,7 @@ fn load_or_compile<T>(
     serialize: impl Fn(&T) -> wasmtime::Result<Vec<u8>>,
 ) -> Result<T, SandboxError> {
     if let Some(path) = disk.filter(|p| p.exists()) {
-        if let Ok(t) = std::fs::read(path)
-            .map_err(wasmtime::Error::from)
-            .and_then(|b| deserialize(&inner.engine, &b))
-        {
+        if let Ok(t) = std::fs::read(path).map_err(wasmtime::Error::from).and_then(|b| deserialize(&inner.engine, &b)) {
             crate::cache::ModuleCache::touch(path);
             inner.cache.note_disk_hit();
             return Ok(t);
@@ -241,10 +221,10 @@ fn load_or_compile<T>(
     }
     let t = compile(&inner.engine, bytes).map_err(invalid)?;
     inner.cache.note_compile();
-    if let Some(path) = disk {
-        if let Ok(ser) = serialize(&t) {
-            inner.cache.store(path, &ser);
-        }
+    if let Some(path) = disk
+        && let Ok(ser) = serialize(&t)
+    {
+        inner.cache.store(path, &ser);
     }
     Ok(t)
 }
@@ -257,12 +237,7 @@ enum Ended {
     TimedOut,
 }
 
-pub(crate) async fn run(
-    inner: &Inner,
-    module: &Arc<Prepared>,
-    req: RunRequest,
-    control: &TaskControl,
-) -> Outcome {
+pub(crate) async fn run(inner: &Inner, module: &Arc<Prepared>, req: RunRequest, control: &TaskControl) -> Outcome {
     let started = Instant::now();
     let limits = &req.limits;
     let fail = |msg: String| {
@@ -277,10 +252,7 @@ pub(crate) async fn run(
         ));
     }
     if limits.fuel.is_some() && !inner.cfg.meter_fuel {
-        return fail(
-            "a fuel budget was given but this sandbox runs with fuel metering off; drop the budget"
-                .into(),
-        );
+        return fail("a fuel budget was given but this sandbox runs with fuel metering off; drop the budget".into());
     }
     if control.signal() == Signal::Kill {
         let mut o = fail("killed before it started".into());
@@ -299,21 +271,12 @@ pub(crate) async fn run(
     };
 
     let passthrough = |p| {
-        if req.passthrough {
-            p
-        } else {
-            Passthrough::None
-        }
+        if req.passthrough { p } else { Passthrough::None }
     };
     let stdout = Capture::new(limits.max_output, passthrough(Passthrough::Stdout));
     let stderr = Capture::new(limits.max_output, passthrough(Passthrough::Stderr));
     let mut b = WasiCtxBuilder::new();
-    b.args(&req.args)
-        .envs(&req.env)
-        .stdout(stdout.clone())
-        .stderr(stderr.clone())
-        .allow_tcp(false)
-        .allow_udp(false);
+    b.args(&req.args).envs(&req.env).stdout(stdout.clone()).stderr(stderr.clone()).allow_tcp(false).allow_udp(false);
     match req.stdin {
         Stdin::Closed => {}
         Stdin::Bytes(v) => {
@@ -323,28 +286,19 @@ pub(crate) async fn run(
             b.stdin(wasmtime_wasi::cli::stdin());
         }
     }
-    if let Some(d) = &dir {
-        if let Err(e) = b.preopened_dir(d.path(), "/", FsPerms::ReadWrite) {
-            return fail(format!(
-                "cannot preopen the sandbox directory {}: {e:#}",
-                d.path().display()
-            ));
-        }
+    if let Some(d) = &dir
+        && let Err(e) = b.preopened_dir(d.path(), "/", FsPerms::ReadWrite)
+    {
+        return fail(format!("cannot preopen the sandbox directory {}: {e:#}", d.path().display()));
     }
     for hd in &req.host_dirs {
         if let Err(e) = b.preopened_dir(&hd.host, &hd.guest, FsPerms::ReadWrite) {
-            return fail(format!(
-                "cannot open directory {}: {e:#}; check that it exists",
-                hd.host.display()
-            ));
+            return fail(format!("cannot open directory {}: {e:#}; check that it exists", hd.host.display()));
         }
     }
     let wasi = match module.kind {
         ModuleKind::Core => Wasi::P1(b.build_p1()),
-        ModuleKind::Component => Wasi::P2 {
-            ctx: b.build(),
-            table: ResourceTable::new(),
-        },
+        ModuleKind::Component => Wasi::P2 { ctx: b.build(), table: ResourceTable::new() },
     };
     let limiter = MemLimiter::new(
         limits.mem,
@@ -364,11 +318,7 @@ pub(crate) async fn run(
     let cb_clock = clock.clone();
     store.set_epoch_deadline(1);
     store.epoch_deadline_callback(move |_| {
-        Ok(if cb_clock.expired() {
-            UpdateDeadline::Interrupt
-        } else {
-            UpdateDeadline::Continue(1)
-        })
+        Ok(if cb_clock.expired() { UpdateDeadline::Interrupt } else { UpdateDeadline::Continue(1) })
     });
 
     let ended = {
@@ -399,11 +349,8 @@ pub(crate) async fn run(
         }
     };
 
-    let fuel_consumed = if inner.cfg.meter_fuel {
-        initial_fuel.saturating_sub(store.get_fuel().unwrap_or(initial_fuel))
-    } else {
-        0
-    };
+    let fuel_consumed =
+        if inner.cfg.meter_fuel { initial_fuel.saturating_sub(store.get_fuel().unwrap_or(initial_fuel)) } else { 0 };
     let data = store.data();
     let peak_memory_bytes = data.limiter.peak();
     let refused = data.limiter.refused.clone();
@@ -443,13 +390,7 @@ async fn execute(store: &mut Store<TaskData>, pre: &Pre) -> Ended {
                 Ok(c) => c,
                 Err(e) => return Ended::InstantiateFailed(e),
             };
-            Ended::Returned(
-                command
-                    .wasi_cli_run()
-                    .call_run(&mut *store)
-                    .await
-                    .map(|r| if r.is_ok() { 0 } else { 1 }),
-            )
+            Ended::Returned(command.wasi_cli_run().call_run(&mut *store).await.map(|r| if r.is_ok() { 0 } else { 1 }))
         }
     }
 }
@@ -476,67 +417,31 @@ fn classify(
     let timeout = wasmos_model::format_duration(limits.timeout);
     match ended {
         Ended::Killed => (Killed, None, Some("killed".into())),
-        Ended::TimedOut => (
-            TimedOut,
-            None,
-            Some(format!("timed out after {timeout} of running time")),
-        ),
+        Ended::TimedOut => (TimedOut, None, Some(format!("timed out after {timeout} of running time"))),
         Ended::Returned(Ok(0)) => (Finished, Some(0), None),
-        Ended::Returned(Ok(code)) => (
-            Failed,
-            Some(code),
-            Some(format!("exited with code {code}").to_string()),
-        ),
+        Ended::Returned(Ok(code)) => (Failed, Some(code), Some(format!("exited with code {code}").to_string())),
         Ended::InstantiateFailed(e) => match refused {
-            Some(r) => (
-                OutOfMemory,
-                None,
-                Some(format!("{r} (while instantiating: {})", e.root_cause())),
-            ),
+            Some(r) => (OutOfMemory, None, Some(format!("{r} (while instantiating: {})", e.root_cause()))),
             None if e.downcast_ref::<Trap>().is_some() => (Failed, None, Some(describe(&e))),
-            None => (
-                Error,
-                None,
-                Some(format!("cannot instantiate the module: {e:#}")),
-            ),
+            None => (Error, None, Some(format!("cannot instantiate the module: {e:#}"))),
         },
         Ended::Returned(Err(e)) => {
             if let Some(exit) = e.downcast_ref::<I32Exit>() {
                 return if exit.0 == 0 {
                     (Finished, Some(0), None)
                 } else {
-                    let note = refused
-                        .map(|r| format!("; before exiting, a {r}"))
-                        .unwrap_or_default();
-                    (
-                        Failed,
-                        Some(exit.0),
-                        Some(format!("exited with code {}{note}", exit.0)),
-                    )
+                    let note = refused.map(|r| format!("; before exiting, a {r}")).unwrap_or_default();
+                    (Failed, Some(exit.0), Some(format!("exited with code {}{note}", exit.0)))
                 };
             }
             match (e.downcast_ref::<Trap>(), refused) {
                 (Some(Trap::OutOfFuel), _) => {
-                    let budget = limits
-                        .fuel
-                        .map(|f| f.to_string())
-                        .unwrap_or_else(|| "unlimited".into());
-                    (
-                        OutOfFuel,
-                        None,
-                        Some(format!(
-                            "out of fuel: used the whole budget of {budget}; raise --fuel"
-                        )),
-                    )
+                    let budget = limits.fuel.map(|f| f.to_string()).unwrap_or_else(|| "unlimited".into());
+                    (OutOfFuel, None, Some(format!("out of fuel: used the whole budget of {budget}; raise --fuel")))
                 }
-                (Some(Trap::Interrupt), _) => (
-                    TimedOut,
-                    None,
-                    Some(format!(
-                        "timed out after {timeout} of running time\n{}",
-                        describe(&e)
-                    )),
-                ),
+                (Some(Trap::Interrupt), _) => {
+                    (TimedOut, None, Some(format!("timed out after {timeout} of running time\n{}", describe(&e))))
+                }
                 (_, Some(r)) => (OutOfMemory, None, Some(format!("{r}\n{}", describe(&e)))),
                 (_, None) => (Failed, None, Some(describe(&e))),
             }

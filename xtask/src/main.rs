@@ -9,7 +9,7 @@
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
-use anyhow::{bail, Context, Result};
+use anyhow::{Context, Result, bail};
 
 const WASM_TARGETS: [&str; 2] = ["wasm32-wasip1", "wasm32-wasip2"];
 /// Debian's Rust for wasm, used when rustup cannot download targets.
@@ -133,7 +133,9 @@ fn setup(root: &Path) -> Result<RustRoute> {
         apt_install(&DEBIAN_RUST)?;
         RustRoute::Debian
     };
-    if !(has_command("clang-16") && Path::new(WASI_SYSROOT).join("libc.a").exists() && Path::new(CLANG_RT_WASM).exists())
+    if !(has_command("clang-16")
+        && Path::new(WASI_SYSROOT).join("libc.a").exists()
+        && Path::new(CLANG_RT_WASM).exists())
     {
         apt_install(&DEBIAN_C)?;
     }
@@ -176,9 +178,15 @@ fn cargo_guest(root: &Path, route: RustRoute, package: &str, target: &str) -> Re
             cmd.env_remove(var);
         }
     }
-    cmd.current_dir(&examples)
-        .env("CARGO_TARGET_DIR", &target_dir)
-        .args(["build", "--release", "--quiet", "-p", package, "--target", target]);
+    cmd.current_dir(&examples).env("CARGO_TARGET_DIR", &target_dir).args([
+        "build",
+        "--release",
+        "--quiet",
+        "-p",
+        package,
+        "--target",
+        target,
+    ]);
     if route == RustRoute::Debian {
         cmd.args(["-Z", "build-std=std,panic_abort"]);
     }
@@ -219,14 +227,10 @@ fn guests(root: &Path) -> Result<()> {
             std::fs::write(out.join("hello-component.wasm"), component)?;
         }
     }
-    run(Command::new("clang-16").args([
-        "--target=wasm32-wasi",
-        "-O2",
-        "-Wl,--strip-debug",
-        "-o",
-    ])
-    .arg(out.join("hello-c.wasm"))
-    .arg(root.join("examples/tasks/hello-c/hello.c")))?;
+    run(Command::new("clang-16")
+        .args(["--target=wasm32-wasi", "-O2", "-Wl,--strip-debug", "-o"])
+        .arg(out.join("hello-c.wasm"))
+        .arg(root.join("examples/tasks/hello-c/hello.c")))?;
     let mut names: Vec<String> = std::fs::read_dir(&out)?
         .filter_map(Result::ok)
         .map(|e| e.file_name().to_string_lossy().into_owned())
@@ -244,7 +248,9 @@ fn test(root: &Path, extra: &[String]) -> Result<()> {
 
 fn demo(root: &Path) -> Result<()> {
     guests(root)?;
-    run(Command::new("cargo").current_dir(root).args(["run", "--quiet", "-p", "wasmos", "--", "run", "--env", "GREETING=hello"])
+    run(Command::new("cargo")
+        .current_dir(root)
+        .args(["run", "--quiet", "-p", "wasmos", "--", "run", "--env", "GREETING=hello"])
         .arg(guests_dir(root).join("hello.wasm"))
         .args(["--", "wasmos"]))
 }

@@ -90,7 +90,10 @@ fn nested_roles_share_at_each_level() {
         ]}}"#,
         agents(12, "cpus:1;mem:1GiB")
     ));
-    check(&res, &[("X", 3, "cpus:3;mem:3GiB", 0.25), ("Y", 3, "cpus:3;mem:3GiB", 0.25), ("Z", 6, "cpus:6;mem:6GiB", 0.5)]);
+    check(
+        &res,
+        &[("X", 3, "cpus:3;mem:3GiB", 0.25), ("Y", 3, "cpus:3;mem:3GiB", 0.25), ("Z", 6, "cpus:6;mem:6GiB", 0.5)],
+    );
     // eng counts its children: 6/12.
     assert_eq!(res.role("eng").unwrap().dominant_share, 0.5);
     assert_eq!(res.role("eng/a").unwrap().dominant_share, 0.25);
@@ -109,7 +112,10 @@ fn role_with_own_frameworks_and_children() {
         ]}}"#,
         agents(8, "cpus:1;mem:1GiB")
     ));
-    check(&res, &[("E", 2, "cpus:2;mem:2GiB", 0.25), ("X", 2, "cpus:2;mem:2GiB", 0.25), ("Z", 4, "cpus:4;mem:4GiB", 0.5)]);
+    check(
+        &res,
+        &[("E", 2, "cpus:2;mem:2GiB", 0.25), ("X", 2, "cpus:2;mem:2GiB", 0.25), ("Z", 4, "cpus:4;mem:4GiB", 0.5)],
+    );
 }
 
 #[test]
@@ -184,7 +190,11 @@ fn weights_one_to_two_to_three() {
     ));
     check(
         &res,
-        &[("A", 10, "cpus:10;mem:10GiB", 0.1667), ("B", 20, "cpus:20;mem:20GiB", 0.3333), ("C", 30, "cpus:30;mem:30GiB", 0.5)],
+        &[
+            ("A", 10, "cpus:10;mem:10GiB", 0.1667),
+            ("B", 20, "cpus:20;mem:20GiB", 0.3333),
+            ("C", 30, "cpus:30;mem:30GiB", 0.5),
+        ],
     );
 }
 

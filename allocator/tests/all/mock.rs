@@ -2,7 +2,7 @@
 
 use std::time::Duration;
 
-use wasmos_allocator::sim::{parse_scenario, simulate, SimResult};
+use wasmos_allocator::sim::{SimResult, parse_scenario, simulate};
 use wasmos_allocator::{AgentInfo, Allocation, Allocator, Config, Offer, Quota};
 use wasmos_model::{AgentId, FrameworkId, Resources, Role};
 

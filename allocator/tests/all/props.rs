@@ -6,7 +6,7 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::time::Duration;
 
 use proptest::prelude::*;
-use wasmos_allocator::sim::{simulate, Behaviour, Scenario, SimAgent, SimFramework};
+use wasmos_allocator::sim::{Behaviour, Scenario, SimAgent, SimFramework, simulate};
 use wasmos_allocator::{AgentInfo, Allocation, Allocator, Config, Quota};
 use wasmos_model::{Resources, Role, Scalar};
 

@@ -94,9 +94,15 @@ fn limit_of_a_parent_covers_its_children() {
     // ops gets the other 4 of 8 agents <1 cpu, 1 GiB>.
     let mut c = Cluster::new();
     agents(&mut c, 8, "cpus:1;mem:1GiB");
-    c.quota("eng", "", "cpus:4;mem:4GiB").framework("A", &["eng/a"]).framework("B", &["eng/b"]).framework("O", &["ops"]);
+    c.quota("eng", "", "cpus:4;mem:4GiB")
+        .framework("A", &["eng/a"])
+        .framework("B", &["eng/b"])
+        .framework("O", &["ops"]);
     accept_all(&mut c);
-    assert_eq!((c.held("A"), c.held("B"), c.held("O")), ("cpus:2;mem:2GiB".into(), "cpus:2;mem:2GiB".into(), "cpus:4;mem:4GiB".into()));
+    assert_eq!(
+        (c.held("A"), c.held("B"), c.held("O")),
+        ("cpus:2;mem:2GiB".into(), "cpus:2;mem:2GiB".into(), "cpus:4;mem:4GiB".into())
+    );
     assert_eq!(c.alloc.role_stats(&role("eng")).unwrap().consumed.to_string(), "cpus:4;mem:4GiB");
 }
 

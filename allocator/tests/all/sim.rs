@@ -36,8 +36,10 @@ fn the_issue_example_parses_and_runs() {
 
 #[test]
 fn accept_all_takes_whole_offers() {
-    let res = sim(r#"{"agents": [{"id": "a1", "resources": "cpus:2;mem:1GiB"}, {"id": "a2", "resources": "cpus:2;mem:1GiB"}],
-        "frameworks": [{"id": "S", "role": "spark", "accept": "all"}]}"#);
+    let res = sim(
+        r#"{"agents": [{"id": "a1", "resources": "cpus:2;mem:1GiB"}, {"id": "a2", "resources": "cpus:2;mem:1GiB"}],
+        "frameworks": [{"id": "S", "role": "spark", "accept": "all"}]}"#,
+    );
     check(&res, &[("S", 2, "cpus:4;mem:2GiB", 1.0)]);
     assert_eq!(res.cycles, 1);
 }
@@ -117,7 +119,11 @@ const AGENT: &str = r#"{"id": "a1", "resources": "cpus:1;mem:1GiB"}"#;
 #[test]
 fn malformed_scenarios_name_the_field() {
     let fw = |extra: &str| format!(r#"{{"agents": [{AGENT}], "frameworks": [{{"id": "A", "role": "r", {extra}}}]}}"#);
-    bad(&fw(r#""task": "cpus:1", "tasks_per_ofer": 1"#), "frameworks[0].tasks_per_ofer", &["unknown field", "fix the spelling"]);
+    bad(
+        &fw(r#""task": "cpus:1", "tasks_per_ofer": 1"#),
+        "frameworks[0].tasks_per_ofer",
+        &["unknown field", "fix the spelling"],
+    );
     bad(r#"{"agents": [], "frameworks": [], "sead": 1}"#, "sead", &["unknown field `sead`"]);
     bad(&fw(r#""task": "cpus:one""#), "frameworks[0].task", &["not a number"]);
     bad(&fw(r#""task": "cpus:-1""#), "frameworks[0].task", &["negative amount", "0 or more"]);
@@ -144,18 +150,30 @@ fn malformed_scenarios_name_the_field() {
         "agents[0].reserved",
         &["exceed the agent's resources"],
     );
-    bad(r#"{"agents": [{"id": "a1", "resources": "mem:-5GiB"}], "frameworks": []}"#, "agents[0].resources", &["negative"]);
+    bad(
+        r#"{"agents": [{"id": "a1", "resources": "mem:-5GiB"}], "frameworks": []}"#,
+        "agents[0].resources",
+        &["negative"],
+    );
     bad(r#"{"agents": [{"id": "a 1", "resources": "cpus:1"}], "frameworks": []}"#, "agents[0].id", &["' '"]);
     bad(&format!(r#"{{"agents": [{AGENT}, {AGENT}], "frameworks": []}}"#), "agents[1].id", &["listed twice"]);
     bad(r#"{"agents": [], "roles": {"r": {"weight": -1}}, "frameworks": []}"#, "roles.r.weight", &["positive number"]);
-    bad(r#"{"agents": [], "roles": {"r": {"quota_limit": "cpus:x"}}, "frameworks": []}"#, "roles.r.quota_limit", &["not a number"]);
+    bad(
+        r#"{"agents": [], "roles": {"r": {"quota_limit": "cpus:x"}}, "frameworks": []}"#,
+        "roles.r.quota_limit",
+        &["not a number"],
+    );
     bad(
         r#"{"agents": [], "roles": {"r": {"quota_guarantee": "cpus:4", "quota_limit": "cpus:2"}}, "frameworks": []}"#,
         "roles.r.quota_guarantee",
         &["above the quota_limit for cpus"],
     );
     bad(r#"{"agents": [], "roles": {"bad role": {}}, "frameworks": []}"#, "roles.bad role", &["' '"]);
-    bad(r#"{"agents": [], "frameworks": [{"id": "A", "role": "", "accept": "all"}]}"#, "frameworks[0].role", &["empty"]);
+    bad(
+        r#"{"agents": [], "frameworks": [{"id": "A", "role": "", "accept": "all"}]}"#,
+        "frameworks[0].role",
+        &["empty"],
+    );
     bad(r#"{"frameworks": []}"#, "", &["missing field `agents`", "add it"]);
     bad(r#"{"agents": [}"#, "", &["not valid JSON", "line 1"]);
     bad(r#"{"agents": [], "frameworks": [], "max_cycles": 0}"#, "max_cycles", &["at least 1"]);
@@ -163,7 +181,8 @@ fn malformed_scenarios_name_the_field() {
 
 #[test]
 fn roles_not_listed_get_weight_one_and_no_quota() {
-    let s = parse_scenario(r#"{"agents": [], "frameworks": [{"id": "A", "role": "eng/batch", "accept": "all"}]}"#).unwrap();
+    let s =
+        parse_scenario(r#"{"agents": [], "frameworks": [{"id": "A", "role": "eng/batch", "accept": "all"}]}"#).unwrap();
     assert!(s.roles.is_empty());
     let res = simulate(&s);
     // eng/batch and its parent eng both appear, each with weight 1.

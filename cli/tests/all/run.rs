@@ -107,7 +107,12 @@ fn c_program_reads_files_through_dir() {
     let tmp = tempfile::tempdir().unwrap();
     std::fs::write(tmp.path().join("data.txt"), "twelve bytes").unwrap();
     let mapping = format!("{}::/in", tmp.path().display());
-    let o = wasmos().args(["--json", "--dir", &mapping]).arg(guest("hello-c")).args(["--", "/in/data.txt"]).output().unwrap();
+    let o = wasmos()
+        .args(["--json", "--dir", &mapping])
+        .arg(guest("hello-c"))
+        .args(["--", "/in/data.txt"])
+        .output()
+        .unwrap();
     let v = json(&o);
     assert_eq!(v["outcome"], "finished", "{v}");
     assert_eq!(v["stdout"], "hello from C, 1 argument(s)\n/in/data.txt: 12 bytes\n");
@@ -178,7 +183,8 @@ fn bad_modules_are_error_outcomes() {
     assert_eq!(v["outcome"], "error");
     assert!(v["message"].as_str().unwrap().contains("not valid wasm"), "{v}");
 
-    let imports = write_wat(&tmp, "imp.wat", r#"(module (import "env" "host_secret" (func)) (func (export "_start")))"#);
+    let imports =
+        write_wat(&tmp, "imp.wat", r#"(module (import "env" "host_secret" (func)) (func (export "_start")))"#);
     let v = json(&wasmos().arg("--json").arg(&imports).output().unwrap());
     assert_eq!(v["outcome"], "error");
     assert!(v["message"].as_str().unwrap().contains("`env::host_secret`"), "{v}");

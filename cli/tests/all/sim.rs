@@ -71,19 +71,22 @@ fn table_output_is_aligned() {
 #[test]
 fn malformed_scenarios_exit_2_naming_the_field() {
     let dir = tempfile::tempdir().unwrap();
-    let with_fw = |fw: &str| {
-        format!(r#"{{"agents": [{{"id": "a1", "resources": "cpus:1;mem:1GiB"}}], "frameworks": [{fw}]}}"#)
-    };
+    let with_fw =
+        |fw: &str| format!(r#"{{"agents": [{{"id": "a1", "resources": "cpus:1;mem:1GiB"}}], "frameworks": [{fw}]}}"#);
     let cases = [
         // unknown field
-        (with_fw(r#"{"id": "A", "role": "r", "task": "cpus:1", "tasks_per_ofer": 1}"#), &["frameworks[0].tasks_per_ofer", "unknown field"][..]),
+        (
+            with_fw(r#"{"id": "A", "role": "r", "task": "cpus:1", "tasks_per_ofer": 1}"#),
+            &["frameworks[0].tasks_per_ofer", "unknown field"][..],
+        ),
         // bad resource string
         (with_fw(r#"{"id": "A", "role": "r", "task": "cpus:lots"}"#), &["frameworks[0].task", "not a number"][..]),
         // negative amount
         (with_fw(r#"{"id": "A", "role": "r", "task": "cpus:-2"}"#), &["frameworks[0].task", "negative amount"][..]),
         // unknown role reference
         (
-            r#"{"agents": [{"id": "a1", "resources": "cpus:2", "reserved": {"nobody": "cpus:1"}}], "frameworks": []}"#.to_string(),
+            r#"{"agents": [{"id": "a1", "resources": "cpus:2", "reserved": {"nobody": "cpus:1"}}], "frameworks": []}"#
+                .to_string(),
             &["agents[0].reserved.nobody", "role nobody is not defined"][..],
         ),
     ];

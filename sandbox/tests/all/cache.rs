@@ -5,13 +5,8 @@ use wasmos_sandbox::{OutcomeKind, Sandbox, SandboxConfig, TaskControl};
 use crate::*;
 
 fn small(cache_dir: Option<std::path::PathBuf>, entries: usize) -> Sandbox {
-    Sandbox::new(SandboxConfig {
-        max_concurrent_tasks: 4,
-        cache_dir,
-        cache_max_entries: entries,
-        ..Default::default()
-    })
-    .unwrap()
+    Sandbox::new(SandboxConfig { max_concurrent_tasks: 4, cache_dir, cache_max_entries: entries, ..Default::default() })
+        .unwrap()
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -36,20 +31,14 @@ async fn disk_cache_survives_a_restart() {
         sb.prepare(&m).unwrap();
         assert_eq!(sb.cache_stats().compiles, 1);
     }
-    let files: Vec<_> = std::fs::read_dir(tmp.path())
-        .unwrap()
-        .filter_map(Result::ok)
-        .collect();
+    let files: Vec<_> = std::fs::read_dir(tmp.path()).unwrap().filter_map(Result::ok).collect();
     assert_eq!(files.len(), 1, "one artifact, no temp files left");
     // A new sandbox (a restarted process) loads it instead of compiling.
     let sb = small(Some(tmp.path().to_path_buf()), 8);
     let p = sb.prepare(&m).unwrap();
     let s = sb.cache_stats();
     assert_eq!((s.compiles, s.disk_hits), (0, 1));
-    assert_eq!(
-        sb.run(&p, req(limits()), &TaskControl::new()).await.kind,
-        OutcomeKind::Finished
-    );
+    assert_eq!(sb.run(&p, req(limits()), &TaskControl::new()).await.kind, OutcomeKind::Finished);
     drop((p, sb));
 
     // A damaged artifact is recompiled, not trusted.
@@ -62,13 +51,8 @@ async fn disk_cache_survives_a_restart() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn memory_cache_is_bounded_lru() {
     let sb = small(None, 2);
-    let mods: Vec<_> = (0..3)
-        .map(|i| {
-            wat(&format!(
-                r#"(func (export "_start") (call $proc_exit (i32.const {i})))"#
-            ))
-        })
-        .collect();
+    let mods: Vec<_> =
+        (0..3).map(|i| wat(&format!(r#"(func (export "_start") (call $proc_exit (i32.const {i})))"#))).collect();
     sb.prepare(&mods[0]).unwrap();
     sb.prepare(&mods[1]).unwrap();
     sb.prepare(&mods[0]).unwrap(); // 0 is now more recent than 1

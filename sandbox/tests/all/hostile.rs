@@ -16,15 +16,9 @@ async fn a_thousand_tasks_every_tenth_hostile() {
         (drop (call $write (i32.const 1) (i32.const 64) (i32.const 3))))"#);
     let hostile = [
         // infinite loop, stopped by fuel
-        (
-            wat(r#"(func (export "_start") (loop (br 0)))"#),
-            OutcomeKind::OutOfFuel,
-        ),
+        (wat(r#"(func (export "_start") (loop (br 0)))"#), OutcomeKind::OutOfFuel),
         // infinite loop, stopped by the clock (fuel unlimited)
-        (
-            wat(r#"(func (export "_start") (loop (br 0)))"#),
-            OutcomeKind::TimedOut,
-        ),
+        (wat(r#"(func (export "_start") (loop (br 0)))"#), OutcomeKind::TimedOut),
         // memory bomb: grow until refused, then trap
         (
             wat(
@@ -33,10 +27,7 @@ async fn a_thousand_tasks_every_tenth_hostile() {
             OutcomeKind::OutOfMemory,
         ),
         // stack overflow
-        (
-            wat(r#"(func $f (call $f)) (func (export "_start") (call $f))"#),
-            OutcomeKind::Failed,
-        ),
+        (wat(r#"(func $f (call $f)) (func (export "_start") (call $f))"#), OutcomeKind::Failed),
         // output flood forever, stopped by fuel
         (
             wat(r#"(data (i32.const 64) "spam spam spam\n")
@@ -56,30 +47,12 @@ async fn a_thousand_tasks_every_tenth_hostile() {
             } else {
                 (Some(5_000_000), Duration::from_secs(60))
             };
-            (
-                b.clone(),
-                *k,
-                Limits {
-                    fuel,
-                    mem: 8 << 20,
-                    timeout,
-                    max_output: 4096,
-                },
-            )
+            (b.clone(), *k, Limits { fuel, mem: 8 << 20, timeout, max_output: 4096 })
         } else {
-            (
-                benign.clone(),
-                OutcomeKind::Finished,
-                Limits {
-                    timeout: Duration::from_secs(60),
-                    ..Limits::default()
-                },
-            )
+            (benign.clone(), OutcomeKind::Finished, Limits { timeout: Duration::from_secs(60), ..Limits::default() })
         };
         handles.push(tokio::spawn(async move {
-            let o = sandbox()
-                .run_bytes(bytes, req(limits), &TaskControl::new())
-                .await;
+            let o = sandbox().run_bytes(bytes, req(limits), &TaskControl::new()).await;
             (i, expect, o)
         }));
     }

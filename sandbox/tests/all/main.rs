@@ -16,11 +16,7 @@ use wasmos_sandbox::{Limits, Outcome, RunRequest, Sandbox, SandboxConfig, TaskCo
 pub fn sandbox() -> &'static Sandbox {
     static S: OnceLock<Sandbox> = OnceLock::new();
     S.get_or_init(|| {
-        Sandbox::new(SandboxConfig {
-            max_concurrent_tasks: 256,
-            ..Default::default()
-        })
-        .expect("sandbox builds")
+        Sandbox::new(SandboxConfig { max_concurrent_tasks: 256, ..Default::default() }).expect("sandbox builds")
     })
 }
 
@@ -46,25 +42,15 @@ pub const PRELUDE: &str = r#"
 /// A WASI command: the prelude plus `body` (which must define `_start`).
 pub fn wat(body: &str) -> Arc<[u8]> {
     let text = format!("(module {PRELUDE} {body})");
-    wat::parse_str(&text)
-        .unwrap_or_else(|e| panic!("bad test wat: {e}\n{text}"))
-        .into()
+    wat::parse_str(&text).unwrap_or_else(|e| panic!("bad test wat: {e}\n{text}")).into()
 }
 
 pub fn req(limits: Limits) -> RunRequest {
-    RunRequest {
-        name: "test".into(),
-        args: vec!["test.wasm".into()],
-        limits,
-        ..Default::default()
-    }
+    RunRequest { name: "test".into(), args: vec!["test.wasm".into()], limits, ..Default::default() }
 }
 
 pub fn limits() -> Limits {
-    Limits {
-        timeout: Duration::from_secs(20),
-        ..Default::default()
-    }
+    Limits { timeout: Duration::from_secs(20), ..Default::default() }
 }
 
 pub async fn run(bytes: Arc<[u8]>, r: RunRequest) -> Outcome {

@@ -10,11 +10,7 @@ const LOOP_FOREVER: &str = r#"(func (export "_start") (loop (br 0)))"#;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn exit_zero_is_finished_with_fuel_counted() {
-    let o = run(
-        wat(r#"(func (export "_start") (call $proc_exit (i32.const 0)))"#),
-        req(limits()),
-    )
-    .await;
+    let o = run(wat(r#"(func (export "_start") (call $proc_exit (i32.const 0)))"#), req(limits())).await;
     assert_eq!(o.kind, OutcomeKind::Finished, "{o:?}");
     assert_eq!(o.exit_code, Some(0));
     assert!(o.fuel_consumed > 0, "fuel is counted even without a budget");
@@ -27,11 +23,7 @@ async fn exit_zero_is_finished_with_fuel_counted() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn proc_exit_3_is_failed_with_code_3() {
-    let o = run(
-        wat(r#"(func (export "_start") (call $proc_exit (i32.const 3)))"#),
-        req(limits()),
-    )
-    .await;
+    let o = run(wat(r#"(func (export "_start") (call $proc_exit (i32.const 3)))"#), req(limits())).await;
     assert_eq!(o.kind, OutcomeKind::Failed);
     assert_eq!(o.exit_code, Some(3));
     assert_eq!(OutcomeKind::Failed.process_exit_code(o.exit_code), 3);
@@ -39,14 +31,7 @@ async fn proc_exit_3_is_failed_with_code_3() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn infinite_loop_with_fuel_is_out_of_fuel() {
-    let o = run(
-        wat(LOOP_FOREVER),
-        req(Limits {
-            fuel: Some(1_000_000),
-            ..limits()
-        }),
-    )
-    .await;
+    let o = run(wat(LOOP_FOREVER), req(Limits { fuel: Some(1_000_000), ..limits() })).await;
     assert_eq!(o.kind, OutcomeKind::OutOfFuel, "{o:?}");
     assert_eq!(o.exit_code, None);
     // the whole budget went, and not more
@@ -56,14 +41,7 @@ async fn infinite_loop_with_fuel_is_out_of_fuel() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn infinite_loop_without_fuel_times_out() {
     let timeout = Duration::from_millis(300);
-    let o = run(
-        wat(LOOP_FOREVER),
-        req(Limits {
-            timeout,
-            ..limits()
-        }),
-    )
-    .await;
+    let o = run(wat(LOOP_FOREVER), req(Limits { timeout, ..limits() })).await;
     assert_eq!(o.kind, OutcomeKind::TimedOut, "{o:?}");
     assert!(o.wall_time >= timeout, "{:?}", o.wall_time);
     // generous bound: a shared CI machine, but far below "never"
@@ -83,14 +61,7 @@ async fn timeout_applies_while_blocked_in_a_host_call() {
         (i64.store (i32.const 136) (i64.const 0))           ;; precision
         (i32.store16 (i32.const 144) (i32.const 0))         ;; flags: relative
         (drop (call $poll_oneoff (i32.const 104) (i32.const 200) (i32.const 1) (i32.const 300))))"#;
-    let o = run(
-        wat(sleep),
-        req(Limits {
-            timeout: Duration::from_millis(200),
-            ..limits()
-        }),
-    )
-    .await;
+    let o = run(wat(sleep), req(Limits { timeout: Duration::from_millis(200), ..limits() })).await;
     assert_eq!(o.kind, OutcomeKind::TimedOut, "{o:?}");
     assert!(o.wall_time < Duration::from_secs(10), "{:?}", o.wall_time);
 }
@@ -104,24 +75,9 @@ async fn memory_grow_past_mem_fails_inside_the_guest() {
         (if (i32.eq (memory.grow (i32.const 8)) (i32.const -1))
           (then (call $proc_exit (i32.const 7))))
         (call $proc_exit (i32.const 0)))"#;
-    let o = run(
-        wat(guest),
-        req(Limits {
-            mem: 4 * 65536,
-            ..limits()
-        }),
-    )
-    .await;
-    assert_eq!(
-        (o.kind, o.exit_code),
-        (OutcomeKind::Failed, Some(7)),
-        "{o:?}"
-    );
-    assert!(
-        o.message
-            .unwrap()
-            .contains("over its mem limit of 262144 bytes")
-    );
+    let o = run(wat(guest), req(Limits { mem: 4 * 65536, ..limits() })).await;
+    assert_eq!((o.kind, o.exit_code), (OutcomeKind::Failed, Some(7)), "{o:?}");
+    assert!(o.message.unwrap().contains("over its mem limit of 262144 bytes"));
     // 1 initial page; the refused grow never counted
     assert_eq!(o.peak_memory_bytes, 65536);
 }
@@ -131,14 +87,7 @@ async fn trap_after_refused_grow_is_out_of_memory() {
     let guest = r#"
       (func (export "_start")
         (if (i32.eq (memory.grow (i32.const 100)) (i32.const -1)) (then unreachable)))"#;
-    let o = run(
-        wat(guest),
-        req(Limits {
-            mem: 1 << 20,
-            ..limits()
-        }),
-    )
-    .await;
+    let o = run(wat(guest), req(Limits { mem: 1 << 20, ..limits() })).await;
     assert_eq!(o.kind, OutcomeKind::OutOfMemory, "{o:?}");
     assert_eq!(o.exit_code, None);
     let msg = o.message.unwrap();
@@ -158,17 +107,8 @@ async fn peak_memory_follows_grows_within_the_limit() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn initial_memory_over_the_limit_is_out_of_memory() {
     let bytes: std::sync::Arc<[u8]> =
-        wat::parse_str(r#"(module (memory (export "memory") 100) (func (export "_start")))"#)
-            .unwrap()
-            .into();
-    let o = run(
-        bytes,
-        req(Limits {
-            mem: 1 << 20,
-            ..limits()
-        }),
-    )
-    .await;
+        wat::parse_str(r#"(module (memory (export "memory") 100) (func (export "_start")))"#).unwrap().into();
+    let o = run(bytes, req(Limits { mem: 1 << 20, ..limits() })).await;
     assert_eq!(o.kind, OutcomeKind::OutOfMemory, "{o:?}");
 }
 
@@ -187,11 +127,7 @@ async fn deep_recursion_is_failed_with_stack_overflow() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn trap_is_failed_with_message() {
-    let o = run(
-        wat(r#"(func (export "_start") (drop (i32.div_u (i32.const 1) (i32.const 0))))"#),
-        req(limits()),
-    )
-    .await;
+    let o = run(wat(r#"(func (export "_start") (drop (i32.div_u (i32.const 1) (i32.const 0))))"#), req(limits())).await;
     assert_eq!((o.kind, o.exit_code), (OutcomeKind::Failed, None));
     assert!(o.message.unwrap().contains("integer divide by zero"));
 }
@@ -207,14 +143,7 @@ async fn output_flood_is_truncated_and_the_task_finishes() {
           (local.set $i (i32.add (local.get $i) (i32.const 1)))
           (br_if $l (i32.lt_u (local.get $i) (i32.const 100000))))
         (drop (call $write (i32.const 2) (i32.const 64) (i32.const 1))))"#;
-    let o = run(
-        wat(flood),
-        req(Limits {
-            max_output: 1024,
-            ..limits()
-        }),
-    )
-    .await;
+    let o = run(wat(flood), req(Limits { max_output: 1024, ..limits() })).await;
     assert_eq!(o.kind, OutcomeKind::Finished, "{o:?}");
     assert_eq!(o.stdout.len(), 1024);
     assert!(o.stdout_truncated);
@@ -227,11 +156,7 @@ async fn output_flood_is_truncated_and_the_task_finishes() {
 async fn kill_ends_a_running_task() {
     let control = TaskControl::new();
     let c = control.clone();
-    let h = tokio::spawn(async move {
-        sandbox()
-            .run_bytes(wat(LOOP_FOREVER), req(limits()), &c)
-            .await
-    });
+    let h = tokio::spawn(async move { sandbox().run_bytes(wat(LOOP_FOREVER), req(limits()), &c).await });
     tokio::time::sleep(Duration::from_millis(100)).await;
     assert!(!h.is_finished());
     control.kill();
@@ -258,10 +183,7 @@ async fn pause_and_resume_lose_no_work() {
     let c = control.clone();
     let h = tokio::spawn(async move { sandbox().run_bytes(wat(COUNT), req(limits()), &c).await });
     tokio::time::sleep(reference.wall_time * 2 + Duration::from_millis(200)).await;
-    assert!(
-        !h.is_finished(),
-        "a paused task must not progress to its end"
-    );
+    assert!(!h.is_finished(), "a paused task must not progress to its end");
     control.resume();
     tokio::time::sleep(Duration::from_millis(5)).await;
     control.pause(); // and pause again mid-run
@@ -280,16 +202,7 @@ async fn paused_time_does_not_count_toward_the_timeout() {
     let c = control.clone();
     let quick = wat(r#"(func (export "_start"))"#);
     let h = tokio::spawn(async move {
-        sandbox()
-            .run_bytes(
-                quick,
-                req(Limits {
-                    timeout: Duration::from_millis(100),
-                    ..limits()
-                }),
-                &c,
-            )
-            .await
+        sandbox().run_bytes(quick, req(Limits { timeout: Duration::from_millis(100), ..limits() }), &c).await
     });
     tokio::time::sleep(Duration::from_millis(400)).await;
     control.resume();
@@ -301,11 +214,7 @@ async fn paused_time_does_not_count_toward_the_timeout() {
 async fn kill_while_paused() {
     let control = TaskControl::new();
     let c = control.clone();
-    let h = tokio::spawn(async move {
-        sandbox()
-            .run_bytes(wat(LOOP_FOREVER), req(limits()), &c)
-            .await
-    });
+    let h = tokio::spawn(async move { sandbox().run_bytes(wat(LOOP_FOREVER), req(limits()), &c).await });
     tokio::time::sleep(Duration::from_millis(50)).await;
     control.pause();
     tokio::time::sleep(Duration::from_millis(50)).await;
@@ -320,13 +229,12 @@ async fn bad_modules_are_errors_that_say_why() {
         (b"#!/bin/sh\necho hi\n".to_vec(), "not a wasm module"),
         (b"\0asm\x01\0".to_vec(), "truncated"),
         (b"\0asm\x01\0\0\0\x01\x05".to_vec(), "not valid wasm"),
+        (wat::parse_str(r#"(module (import "env" "foo" (func)) (func (export "_start")))"#).unwrap(), "`env::foo`"),
         (
-            wat::parse_str(r#"(module (import "env" "foo" (func)) (func (export "_start")))"#).unwrap(),
-            "`env::foo`",
-        ),
-        (
-            wat::parse_str(r#"(module (import "wasi_snapshot_preview1" "no_such_call" (func)) (func (export "_start")))"#)
-                .unwrap(),
+            wat::parse_str(
+                r#"(module (import "wasi_snapshot_preview1" "no_such_call" (func)) (func (export "_start")))"#,
+            )
+            .unwrap(),
             "no_such_call",
         ),
         (wat::parse_str(r#"(module (func (export "main")))"#).unwrap(), "no `_start`"),
@@ -342,14 +250,7 @@ async fn bad_modules_are_errors_that_say_why() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn limits_over_the_sandbox_maximum_are_refused() {
-    let o = run(
-        wat(r#"(func (export "_start"))"#),
-        req(Limits {
-            mem: 8 << 30,
-            ..limits()
-        }),
-    )
-    .await;
+    let o = run(wat(r#"(func (export "_start"))"#), req(Limits { mem: 8 << 30, ..limits() })).await;
     assert_eq!(o.kind, OutcomeKind::Error);
     assert!(o.message.unwrap().contains("max_task_mem"));
 }

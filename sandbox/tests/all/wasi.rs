@@ -64,11 +64,7 @@ fn create_file(path: &str) -> std::sync::Arc<[u8]> {
 async fn no_filesystem_unless_asked_for() {
     let o = run(create_file("out.txt"), req(limits())).await;
     // errno 8 = EBADF: there is no fd 3 at all
-    assert_eq!(
-        (o.kind, o.exit_code),
-        (OutcomeKind::Failed, Some(8)),
-        "{o:?}"
-    );
+    assert_eq!((o.kind, o.exit_code), (OutcomeKind::Failed, Some(8)), "{o:?}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -76,29 +72,17 @@ async fn sandbox_dir_is_writable_kept_on_request_and_removed_otherwise() {
     let tmp = tempfile::tempdir().unwrap();
     let kept = tmp.path().join("kept");
     let mut r = req(limits());
-    r.sandbox_dir = SandboxDirSpec {
-        enabled: true,
-        path: Some(kept.clone()),
-        keep: true,
-        ..Default::default()
-    };
+    r.sandbox_dir = SandboxDirSpec { enabled: true, path: Some(kept.clone()), keep: true, ..Default::default() };
     let o = run(create_file("out.txt"), r).await;
     assert_eq!(o.kind, OutcomeKind::Finished, "{o:?}");
     assert_eq!(std::fs::read(kept.join("out.txt")).unwrap(), b"hello");
 
     let gone = tmp.path().join("gone");
     let mut r = req(limits());
-    r.sandbox_dir = SandboxDirSpec {
-        enabled: true,
-        path: Some(gone.clone()),
-        ..Default::default()
-    };
+    r.sandbox_dir = SandboxDirSpec { enabled: true, path: Some(gone.clone()), ..Default::default() };
     let o = run(create_file("out.txt"), r).await;
     assert_eq!(o.kind, OutcomeKind::Finished, "{o:?}");
-    assert!(
-        !gone.exists(),
-        "the sandbox directory is removed after the run"
-    );
+    assert!(!gone.exists(), "the sandbox directory is removed after the run");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -107,19 +91,12 @@ async fn path_escape_is_denied() {
     let sandbox_path = tmp.path().join("box");
     for escape in ["../x", "../../x", "a/../../x"] {
         let mut r = req(limits());
-        r.sandbox_dir = SandboxDirSpec {
-            enabled: true,
-            path: Some(sandbox_path.clone()),
-            ..Default::default()
-        };
+        r.sandbox_dir = SandboxDirSpec { enabled: true, path: Some(sandbox_path.clone()), ..Default::default() };
         let o = run(create_file(escape), r).await;
         assert_eq!(o.kind, OutcomeKind::Failed, "{escape}: {o:?}");
         // 76 = ENOTCAPABLE, 63 = EPERM, 44 = ENOENT: any refusal, never success
         assert!(matches!(o.exit_code, Some(76 | 63 | 44)), "{escape}: {o:?}");
-        assert!(
-            !tmp.path().join("x").exists(),
-            "{escape} escaped the sandbox"
-        );
+        assert!(!tmp.path().join("x").exists(), "{escape} escaped the sandbox");
     }
 }
 
@@ -137,20 +114,14 @@ async fn input_files_are_readable_in_the_sandbox() {
         (drop (call $fd_read (i32.load (i32.const 400)) (i32.const 16) (i32.const 1) (i32.const 24)))
         (drop (call $write (i32.const 1) (i32.const 1024) (i32.load (i32.const 24)))))"#;
     let mut r = req(limits());
-    r.sandbox_dir.files = vec![InputFile {
-        path: "data/in.txt".into(),
-        contents: b"input bytes".to_vec(),
-    }];
+    r.sandbox_dir.files = vec![InputFile { path: "data/in.txt".into(), contents: b"input bytes".to_vec() }];
     let o = run(wat(reader), r).await;
     assert_eq!(o.kind, OutcomeKind::Finished, "{o:?}");
     assert_eq!(text(&o.stdout), "input bytes");
 
     // An input path that would escape is refused before anything runs.
     let mut r = req(limits());
-    r.sandbox_dir.files = vec![InputFile {
-        path: "../evil".into(),
-        contents: vec![],
-    }];
+    r.sandbox_dir.files = vec![InputFile { path: "../evil".into(), contents: vec![] }];
     let o = run(wat(reader), r).await;
     assert_eq!(o.kind, OutcomeKind::Error);
     assert!(o.message.unwrap().contains("leaves the sandbox"));
@@ -160,22 +131,13 @@ async fn input_files_are_readable_in_the_sandbox() {
 async fn host_dirs_for_local_runs() {
     let tmp = tempfile::tempdir().unwrap();
     let mut r = req(limits());
-    r.host_dirs = vec![HostDir {
-        host: tmp.path().to_path_buf(),
-        guest: "/data".into(),
-    }];
+    r.host_dirs = vec![HostDir { host: tmp.path().to_path_buf(), guest: "/data".into() }];
     let o = run(create_file("made-by-guest.txt"), r).await;
     assert_eq!(o.kind, OutcomeKind::Finished, "{o:?}");
-    assert_eq!(
-        std::fs::read(tmp.path().join("made-by-guest.txt")).unwrap(),
-        b"hello"
-    );
+    assert_eq!(std::fs::read(tmp.path().join("made-by-guest.txt")).unwrap(), b"hello");
 
     let mut r = req(limits());
-    r.host_dirs = vec![HostDir {
-        host: tmp.path().join("missing"),
-        guest: "/x".into(),
-    }];
+    r.host_dirs = vec![HostDir { host: tmp.path().join("missing"), guest: "/x".into() }];
     let o = run(create_file("f"), r).await;
     assert_eq!(o.kind, OutcomeKind::Error);
     assert!(o.message.unwrap().contains("cannot open directory"));
