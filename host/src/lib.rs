@@ -1,1 +1,144 @@
-//! wasmos-host: placeholder until the cluster issue (see ARCHITECTURE.md).
+//! wasmos-host: the master. It tracks agents and frameworks, runs the
+//! allocator, sends offers, validates every launch against live state, hosts
+//! the built-in `batch` framework, and serves the gRPC APIs (AgentService,
+//! Scheduler, Operator, Artifacts).
+//!
+//! One task owns all state (`master::Master`, an event loop over a closed
+//! enum of commands); services only translate RPCs into commands.
+
+mod artifacts;
+mod batch;
+mod master;
+mod services;
+
+use std::future::Future;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::net::TcpListener;
+use tokio_stream::wrappers::TcpListenerStream;
+use wasmos_model::Role;
+use wasmos_proto::v1;
+
+pub use artifacts::{ArtifactError, ArtifactStore, DEFAULT_MAX_MODULE_BYTES};
+pub use batch::{DEFAULT_MAX_ATTEMPTS, MAX_SKIPPED_PER_OFFER};
+pub use services::MasterHandle;
+
+/// Default [`MasterConfig::agent_heartbeat_interval`].
+pub const DEFAULT_AGENT_HEARTBEAT: Duration = Duration::from_secs(1);
+/// Default [`MasterConfig::agent_timeout`].
+pub const DEFAULT_AGENT_TIMEOUT: Duration = Duration::from_secs(15);
+/// Default [`MasterConfig::framework_heartbeat_interval`].
+pub const DEFAULT_FRAMEWORK_HEARTBEAT: Duration = Duration::from_secs(15);
+/// Default [`MasterConfig::allocation_interval`].
+pub const DEFAULT_ALLOCATION_INTERVAL: Duration = Duration::from_millis(1);
+/// Default [`MasterConfig::batch_refuse`].
+pub const DEFAULT_BATCH_REFUSE: Duration = Duration::from_secs(1);
+/// Default [`MasterConfig::max_submit_count`].
+pub const DEFAULT_MAX_SUBMIT_COUNT: u32 = 1_000_000;
+
+/// How a master runs. Every limit has a default (see the constants).
+#[derive(Debug, Clone)]
+pub struct MasterConfig {
+    /// Where the master keeps its files (today: the artifact store).
+    pub state_dir: PathBuf,
+    /// How often agents must heartbeat. Default 1 s.
+    pub agent_heartbeat_interval: Duration,
+    /// Silence after which an agent is removed and its tasks are LOST. Default 15 s.
+    pub agent_timeout: Duration,
+    /// Heartbeat events to remote frameworks. Default 15 s.
+    pub framework_heartbeat_interval: Duration,
+    /// Least time between two allocation cycles (events in between are
+    /// batched into one cycle). Default 1 ms.
+    pub allocation_interval: Duration,
+    /// Filter for resources the batch framework declines. Default 1 s (any new
+    /// submission revives it).
+    pub batch_refuse: Duration,
+    /// Filter for remote declines that name no `refuse_seconds`. Default 5 s.
+    pub default_refuse: Duration,
+    /// Largest module accepted by Artifacts.Upload. Default 64 MiB.
+    pub max_module_bytes: u64,
+    /// Most tasks one submit may create. Default 1,000,000.
+    pub max_submit_count: u32,
+    /// Role of the built-in batch framework. Default `batch`.
+    pub batch_role: Role,
+    /// Seed of the allocator's agent shuffle.
+    pub seed: u64,
+}
+
+impl MasterConfig {
+    pub fn new(state_dir: PathBuf) -> MasterConfig {
+        MasterConfig {
+            state_dir,
+            agent_heartbeat_interval: DEFAULT_AGENT_HEARTBEAT,
+            agent_timeout: DEFAULT_AGENT_TIMEOUT,
+            framework_heartbeat_interval: DEFAULT_FRAMEWORK_HEARTBEAT,
+            allocation_interval: DEFAULT_ALLOCATION_INTERVAL,
+            batch_refuse: DEFAULT_BATCH_REFUSE,
+            default_refuse: wasmos_allocator::DEFAULT_REFUSE,
+            max_module_bytes: DEFAULT_MAX_MODULE_BYTES,
+            max_submit_count: DEFAULT_MAX_SUBMIT_COUNT,
+            batch_role: Role::new("batch").expect("valid role"),
+            seed: 0,
+        }
+    }
+}
+
+/// Depth of the command queue into the master's event loop.
+const COMMAND_QUEUE: usize = 65_536;
+
+/// Starts the master's event loop (on the current runtime) and returns a handle
+/// whose services can be served with [`serve_with`].
+pub fn start(cfg: MasterConfig) -> Result<MasterHandle, ArtifactError> {
+    let artifacts = Arc::new(ArtifactStore::open(cfg.state_dir.join("artifacts"), cfg.max_module_bytes)?);
+    let (watch, _) = tokio::sync::broadcast::channel(65_536);
+    let (tx, rx) = tokio::sync::mpsc::channel(COMMAND_QUEUE);
+    let master = master::Master::new(cfg, artifacts.clone(), watch.clone());
+    tokio::spawn(master.run(rx));
+    Ok(MasterHandle { tx, watch, artifacts })
+}
+
+/// Serves all four services of `handle` on `listener` until `shutdown` resolves.
+pub async fn serve_with(
+    handle: MasterHandle,
+    listener: TcpListener,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> Result<(), tonic::transport::Error> {
+    let max = wasmos_proto::MAX_MESSAGE_BYTES;
+    tonic::transport::Server::builder()
+        .tcp_nodelay(true)
+        .add_service(
+            v1::agent_service_server::AgentServiceServer::new(handle.clone())
+                .max_decoding_message_size(max)
+                .max_encoding_message_size(max),
+        )
+        .add_service(
+            v1::scheduler_server::SchedulerServer::new(handle.clone())
+                .max_decoding_message_size(max)
+                .max_encoding_message_size(max),
+        )
+        .add_service(
+            v1::operator_server::OperatorServer::new(handle.clone())
+                .max_decoding_message_size(max)
+                .max_encoding_message_size(max),
+        )
+        .add_service(
+            v1::artifacts_server::ArtifactsServer::new(handle)
+                .max_decoding_message_size(max)
+                .max_encoding_message_size(max),
+        )
+        .serve_with_incoming_shutdown(TcpListenerStream::new(listener), shutdown)
+        .await
+}
+
+/// `pub async fn run(listener, config, shutdown)`: a whole master.
+pub async fn run(
+    listener: TcpListener,
+    cfg: MasterConfig,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> Result<(), Box<dyn std::error::Error + Send + Sync>> {
+    let handle = start(cfg)?;
+    serve_with(handle, listener, shutdown).await?;
+    Ok(())
+}

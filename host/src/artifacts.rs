@@ -1,0 +1,105 @@
+//! Content-addressed module store: `<dir>/<sha256>.wasm`, written atomically.
+
+use std::collections::HashMap;
+use std::path::PathBuf;
+use std::sync::RwLock;
+
+use sha2::{Digest, Sha256};
+
+/// Default [`crate::MasterConfig::max_module_bytes`]: 64 MiB.
+pub const DEFAULT_MAX_MODULE_BYTES: u64 = 64 << 20;
+
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+pub enum ArtifactError {
+    #[error("module is {size} bytes, over the {max}-byte limit; shrink it or raise --max-module-size")]
+    TooLarge { size: u64, max: u64 },
+    #[error("upload hash mismatch: the client said {expected} but the bytes hash to {actual}; upload again")]
+    HashMismatch { expected: String, actual: String },
+    #[error("{0:?} is not a sha256 in hex; give 64 hex digits")]
+    BadHash(String),
+    #[error("upload is not a wasm module (it does not start with the wasm magic 00 61 73 6d); build it for wasm32-wasip1 or wasm32-wasip2")]
+    NotWasm,
+    #[error("no module with sha256 {0}; upload it first")]
+    Missing(String),
+    #[error("artifact store i/o: {0}")]
+    Io(String),
+}
+
+pub fn check_hash(s: &str) -> Result<(), ArtifactError> {
+    if s.len() == 64 && s.bytes().all(|b| b.is_ascii_hexdigit() && !b.is_ascii_uppercase()) {
+        Ok(())
+    } else {
+        Err(ArtifactError::BadHash(s.to_string()))
+    }
+}
+
+#[derive(Debug)]
+pub struct ArtifactStore {
+    dir: PathBuf,
+    max_bytes: u64,
+    index: RwLock<HashMap<String, u64>>,
+}
+
+impl ArtifactStore {
+    /// Opens (creating) `dir` and indexes the modules already in it.
+    pub fn open(dir: PathBuf, max_bytes: u64) -> Result<ArtifactStore, ArtifactError> {
+        std::fs::create_dir_all(&dir).map_err(|e| ArtifactError::Io(format!("creating {}: {e}", dir.display())))?;
+        let mut index = HashMap::new();
+        for e in std::fs::read_dir(&dir).map_err(|e| ArtifactError::Io(e.to_string()))?.flatten() {
+            let name = e.file_name().to_string_lossy().into_owned();
+            if let Some(hash) = name.strip_suffix(".wasm") {
+                if check_hash(hash).is_ok() {
+                    index.insert(hash.to_string(), e.metadata().map(|m| m.len()).unwrap_or(0));
+                }
+            }
+        }
+        Ok(ArtifactStore { dir, max_bytes, index: RwLock::new(index) })
+    }
+
+    pub fn max_bytes(&self) -> u64 {
+        self.max_bytes
+    }
+
+    pub fn size(&self, hash: &str) -> Option<u64> {
+        self.index.read().unwrap_or_else(|e| e.into_inner()).get(hash).copied()
+    }
+
+    /// Stores `bytes` if they hash to `expected` (when given) and look like Wasm.
+    /// Returns (hash, existed).
+    pub fn put(&self, expected: Option<&str>, bytes: &[u8]) -> Result<(String, bool), ArtifactError> {
+        if bytes.len() as u64 > self.max_bytes {
+            return Err(ArtifactError::TooLarge { size: bytes.len() as u64, max: self.max_bytes });
+        }
+        let actual = hex::encode(Sha256::digest(bytes));
+        if let Some(exp) = expected.filter(|e| !e.is_empty()) {
+            check_hash(exp)?;
+            if exp != actual {
+                return Err(ArtifactError::HashMismatch { expected: exp.to_string(), actual });
+            }
+        }
+        if !bytes.starts_with(b"\0asm") || bytes.len() < 8 {
+            return Err(ArtifactError::NotWasm);
+        }
+        if self.size(&actual).is_some() {
+            return Ok((actual, true));
+        }
+        let path = self.dir.join(format!("{actual}.wasm"));
+        let tmp = self.dir.join(format!(".{actual}.{}.tmp", std::process::id()));
+        std::fs::write(&tmp, bytes)
+            .and_then(|_| std::fs::rename(&tmp, &path))
+            .map_err(|e| {
+                let _ = std::fs::remove_file(&tmp);
+                ArtifactError::Io(format!("writing {}: {e}", path.display()))
+            })?;
+        self.index.write().unwrap_or_else(|e| e.into_inner()).insert(actual.clone(), bytes.len() as u64);
+        Ok((actual, false))
+    }
+
+    pub fn get(&self, hash: &str) -> Result<Vec<u8>, ArtifactError> {
+        check_hash(hash)?;
+        if self.size(hash).is_none() {
+            return Err(ArtifactError::Missing(hash.to_string()));
+        }
+        std::fs::read(self.dir.join(format!("{hash}.wasm"))).map_err(|e| ArtifactError::Io(e.to_string()))
+    }
+}

@@ -1,0 +1,1194 @@
+//! The master's state and its event loop. One task owns all state; services
+//! send it [`Cmd`]s (a closed enum) and await replies, so there are no locks
+//! around the registry.
+
+use std::collections::{BTreeMap, HashMap, HashSet};
+use std::sync::Arc;
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use tokio::sync::{broadcast, mpsc, oneshot};
+use tonic::Status;
+use wasmos_allocator::{Allocation, Allocator, Config as AllocConfig};
+use wasmos_model::{AgentId, FrameworkId, OfferId, Resources, Role, TaskId, TaskState};
+use wasmos_proto::v1;
+use wasmos_proto::{resources_from_wire, resources_to_wire, state_to_wire};
+
+use crate::MasterConfig;
+use crate::artifacts::ArtifactStore;
+use crate::batch::{Batch, BatchTask, DEFAULT_MAX_ATTEMPTS};
+
+pub(crate) type Reply<T> = oneshot::Sender<Result<T, Status>>;
+pub(crate) type EventTx = mpsc::UnboundedSender<Result<v1::Event, Status>>;
+pub(crate) type CommandTx = mpsc::UnboundedSender<Result<v1::AgentCommand, Status>>;
+
+/// Everything the services can ask of the master.
+pub(crate) enum Cmd {
+    RegisterAgent(v1::RegisterAgentRequest, Reply<v1::RegisterAgentResponse>),
+    AgentCommands(String, CommandTx, Reply<()>),
+    AgentUpdates(v1::StatusUpdates, Reply<v1::StatusAcks>),
+    AgentHeartbeat(String, Reply<()>),
+    Subscribe(v1::FrameworkInfo, EventTx, Reply<()>),
+    Call(v1::Call, Reply<()>),
+    ListAgents(Reply<v1::ListAgentsResponse>),
+    ListFrameworks(Reply<v1::ListFrameworksResponse>),
+    ListTasks(v1::ListTasksRequest, Reply<v1::ListTasksResponse>),
+    GetTask(String, Reply<v1::TaskSummary>),
+    ListRoles(Reply<v1::ListRolesResponse>),
+    Submit(v1::SubmitRequest, Reply<v1::SubmitResponse>),
+    TaskAction(String, TaskAction, Reply<()>),
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum TaskAction {
+    Kill,
+    Pause,
+    Resume,
+}
+
+struct Agent {
+    info: v1::AgentInfo,
+    resources: Resources,
+    attributes: BTreeMap<String, String>,
+    tx: Option<CommandTx>,
+    last_seen: Instant,
+    registered_at_ms: i64,
+    tasks: HashSet<TaskId>,
+    /// Commands waiting for the agent's command stream to attach.
+    pending: Vec<v1::AgentCommand>,
+}
+
+enum FrameworkKind {
+    Batch,
+    Remote { tx: Option<EventTx> },
+}
+
+struct Framework {
+    name: String,
+    role: Role,
+    kind: FrameworkKind,
+    tasks: HashSet<TaskId>,
+    offers: HashSet<OfferId>,
+}
+
+struct Task {
+    name: String,
+    framework: FrameworkId,
+    agent: Option<AgentId>,
+    spec: v1::TaskSpec,
+    resources: Resources,
+    /// What the allocator counts for this task while it holds resources.
+    allocation: Option<Allocation>,
+    state: TaskState,
+    outcome: Option<v1::Outcome>,
+    message: String,
+    submitted_at_ms: i64,
+    started_at_ms: i64,
+    finished_at_ms: i64,
+    attempt: u32,
+    applied: Vec<Vec<u8>>,
+}
+
+struct OfferRec {
+    framework: FrameworkId,
+    agent: AgentId,
+    role: Role,
+    allocation: Allocation,
+}
+
+pub(crate) fn now_ms() -> i64 {
+    SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_millis() as i64).unwrap_or(0)
+}
+
+fn status(task: &TaskId, fw: &FrameworkId, agent: Option<&AgentId>, state: v1::TaskState, reason: &str, message: String) -> v1::TaskStatus {
+    v1::TaskStatus {
+        task_id: task.to_string(),
+        framework_id: fw.to_string(),
+        agent_id: agent.map(|a| a.to_string()).unwrap_or_default(),
+        state: state as i32,
+        uuid: Vec::new(),
+        timestamp_ms: now_ms(),
+        reason: reason.to_string(),
+        message,
+        outcome: None,
+    }
+}
+
+/// Takes `need` out of `pool`: reserved parts first, then unreserved.
+fn take(pool: &mut Allocation, need: &Resources) -> Option<Allocation> {
+    if !pool.total().contains(need) {
+        return None;
+    }
+    let mut left = need.clone();
+    let mut out = Allocation::default();
+    for (role, r) in pool.reserved.iter_mut() {
+        let part = r.min(&left);
+        if !part.is_empty() {
+            r.sub_assign(&part);
+            left.sub_assign(&part);
+            out.reserved.entry(role.clone()).or_default().add_assign(&part);
+        }
+    }
+    pool.reserved.retain(|_, r| !r.is_empty());
+    pool.unreserved.sub_assign(&left);
+    out.unreserved = left;
+    Some(out)
+}
+
+fn merge(into: &mut Allocation, more: &Allocation) {
+    into.unreserved.add_assign(&more.unreserved);
+    for (role, r) in &more.reserved {
+        into.reserved.entry(role.clone()).or_default().add_assign(r);
+    }
+}
+
+pub(crate) struct Master {
+    cfg: MasterConfig,
+    started: Instant,
+    tag: String,
+    next_id: u64,
+    alloc: Allocator,
+    agents: HashMap<AgentId, Agent>,
+    frameworks: HashMap<FrameworkId, Framework>,
+    tasks: HashMap<TaskId, Task>,
+    task_order: Vec<TaskId>,
+    offers: HashMap<OfferId, OfferRec>,
+    batch: Batch,
+    batch_id: FrameworkId,
+    artifacts: Arc<ArtifactStore>,
+    pub(crate) watch: broadcast::Sender<v1::WatchEvent>,
+    dirty: bool,
+}
+
+impl Master {
+    pub(crate) fn new(cfg: MasterConfig, artifacts: Arc<ArtifactStore>, watch: broadcast::Sender<v1::WatchEvent>) -> Master {
+        let tag = format!("{:04x}", (now_ms() as u64 ^ std::process::id() as u64 * 0x9e37) & 0xffff);
+        let mut alloc = Allocator::new(AllocConfig { seed: cfg.seed, ..AllocConfig::default() });
+        let batch_id = FrameworkId::new("batch").expect("valid id");
+        let batch_role = cfg.batch_role.clone();
+        // Cannot fail: a fresh allocator, a valid role.
+        let _ = alloc.add_framework(batch_id.clone(), std::slice::from_ref(&batch_role));
+        let mut frameworks = HashMap::new();
+        frameworks.insert(
+            batch_id.clone(),
+            Framework {
+                name: "batch".into(),
+                role: batch_role,
+                kind: FrameworkKind::Batch,
+                tasks: HashSet::new(),
+                offers: HashSet::new(),
+            },
+        );
+        let mut m = Master {
+            cfg,
+            started: Instant::now(),
+            tag,
+            next_id: 0,
+            alloc,
+            agents: HashMap::new(),
+            frameworks,
+            tasks: HashMap::new(),
+            task_order: Vec::new(),
+            offers: HashMap::new(),
+            batch: Batch::default(),
+            batch_id: batch_id.clone(),
+            artifacts,
+            watch,
+            dirty: false,
+        };
+        // Nothing queued yet: no offers for the batch framework until a submit.
+        let _ = m.alloc.suppress(&batch_id, &[]);
+        m.batch.suppressed = true;
+        m
+    }
+
+    fn clock(&self) -> Duration {
+        self.started.elapsed()
+    }
+
+    fn fresh(&mut self, prefix: &str) -> String {
+        self.next_id += 1;
+        format!("{prefix}-{}-{}", self.tag, self.next_id)
+    }
+
+    /// The event loop: handles commands in batches, then runs an allocation
+    /// cycle if anything changed (at most once per `allocation_interval`).
+    pub(crate) async fn run(mut self, mut rx: mpsc::Receiver<Cmd>) {
+        let mut tick = tokio::time::interval(self.cfg.agent_heartbeat_interval.min(Duration::from_secs(1)));
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let mut last_alloc = Instant::now() - self.cfg.allocation_interval;
+        let mut last_fw_heartbeat = Instant::now();
+        loop {
+            let alloc_at = last_alloc + self.cfg.allocation_interval;
+            tokio::select! {
+                cmd = rx.recv() => {
+                    let Some(cmd) = cmd else { break };
+                    self.handle(cmd);
+                    // Drain what is already queued: one allocation per batch.
+                    for _ in 0..4096 {
+                        match rx.try_recv() {
+                            Ok(cmd) => self.handle(cmd),
+                            Err(_) => break,
+                        }
+                    }
+                }
+                _ = tokio::time::sleep_until(alloc_at.into()), if self.dirty => {}
+                _ = tick.tick() => {
+                    self.check_agents();
+                    if last_fw_heartbeat.elapsed() >= self.cfg.framework_heartbeat_interval {
+                        last_fw_heartbeat = Instant::now();
+                        self.heartbeat_frameworks();
+                    }
+                }
+            }
+            if self.dirty && Instant::now() >= alloc_at {
+                self.dirty = false;
+                last_alloc = Instant::now();
+                self.allocate();
+            }
+        }
+    }
+
+    fn handle(&mut self, cmd: Cmd) {
+        match cmd {
+            Cmd::RegisterAgent(req, reply) => {
+                let _ = reply.send(self.register_agent(req));
+            }
+            Cmd::AgentCommands(id, tx, reply) => {
+                let _ = reply.send(self.attach_agent(&id, tx));
+            }
+            Cmd::AgentUpdates(u, reply) => {
+                let _ = reply.send(self.agent_updates(u));
+            }
+            Cmd::AgentHeartbeat(id, reply) => {
+                let r = match AgentId::new(id.clone()).ok().and_then(|a| self.agents.get_mut(&a)) {
+                    Some(a) => {
+                        a.last_seen = Instant::now();
+                        Ok(())
+                    }
+                    None => Err(Status::not_found(format!("unknown agent {id:?}; register again"))),
+                };
+                let _ = reply.send(r);
+            }
+            Cmd::Subscribe(info, tx, reply) => {
+                let _ = reply.send(self.subscribe(info, tx));
+            }
+            Cmd::Call(call, reply) => {
+                let _ = reply.send(self.call(call));
+            }
+            Cmd::ListAgents(reply) => {
+                let _ = reply.send(Ok(self.list_agents()));
+            }
+            Cmd::ListFrameworks(reply) => {
+                let _ = reply.send(Ok(self.list_frameworks()));
+            }
+            Cmd::ListTasks(req, reply) => {
+                let _ = reply.send(self.list_tasks(req));
+            }
+            Cmd::GetTask(id, reply) => {
+                let r = TaskId::new(id.clone())
+                    .ok()
+                    .and_then(|t| self.tasks.get(&t).map(|task| self.summary(&t, task)))
+                    .ok_or_else(|| Status::not_found(format!("no task {id:?}; list tasks with `wasmos tasks`")));
+                let _ = reply.send(r);
+            }
+            Cmd::ListRoles(reply) => {
+                let _ = reply.send(Ok(self.list_roles()));
+            }
+            Cmd::Submit(req, reply) => {
+                let _ = reply.send(self.submit(req));
+            }
+            Cmd::TaskAction(id, action, reply) => {
+                let r = match TaskId::new(id.clone()) {
+                    Ok(t) => self.task_action(&t, action, None),
+                    Err(e) => Err(Status::invalid_argument(e.to_string())),
+                };
+                let _ = reply.send(r);
+            }
+        }
+    }
+
+    // ------------------------------------------------------------ agents
+
+    fn register_agent(&mut self, req: v1::RegisterAgentRequest) -> Result<v1::RegisterAgentResponse, Status> {
+        let info = req.info.ok_or_else(|| Status::invalid_argument("register without agent info; send AgentInfo"))?;
+        let resources = resources_from_wire(info.resources.as_ref())
+            .map_err(|e| Status::invalid_argument(format!("agent resources: {e}")))?;
+        if resources.is_empty() {
+            return Err(Status::invalid_argument("agent offers no resources; give it e.g. --resources cpus:2;mem:4GiB"));
+        }
+        let mut attributes = BTreeMap::new();
+        for a in &info.attributes {
+            attributes.insert(a.key.clone(), a.value.clone());
+        }
+        let id = if req.agent_id.is_empty() {
+            AgentId::new(self.fresh("agent")).expect("valid id")
+        } else {
+            AgentId::new(req.agent_id.clone()).map_err(|e| Status::invalid_argument(e.to_string()))?
+        };
+        if let Some(existing) = self.agents.get_mut(&id) {
+            // Reregistration of a known agent (e.g. its stream broke).
+            existing.last_seen = Instant::now();
+            existing.info = info;
+            return Ok(v1::RegisterAgentResponse {
+                agent_id: id.to_string(),
+                heartbeat_interval_ms: self.cfg.agent_heartbeat_interval.as_millis() as u64,
+            });
+        }
+        let mut ainfo = wasmos_allocator::AgentInfo::new(resources.clone());
+        ainfo.attributes = attributes.clone();
+        self.alloc.add_agent(id.clone(), ainfo).map_err(|e| Status::invalid_argument(e.to_string()))?;
+        let summary = v1::AgentSummary {
+            agent_id: id.to_string(),
+            info: Some(info.clone()),
+            allocated: None,
+            status: "active".into(),
+            running_tasks: 0,
+            registered_at_ms: now_ms(),
+        };
+        self.agents.insert(
+            id.clone(),
+            Agent {
+                info,
+                resources,
+                attributes,
+                tx: None,
+                last_seen: Instant::now(),
+                registered_at_ms: now_ms(),
+                tasks: HashSet::new(),
+                pending: Vec::new(),
+            },
+        );
+        let _ = self.watch.send(v1::WatchEvent { event: Some(v1::watch_event::Event::AgentAdded(summary)) });
+        self.dirty = true;
+        Ok(v1::RegisterAgentResponse {
+            agent_id: id.to_string(),
+            heartbeat_interval_ms: self.cfg.agent_heartbeat_interval.as_millis() as u64,
+        })
+    }
+
+    fn attach_agent(&mut self, id: &str, tx: CommandTx) -> Result<(), Status> {
+        let agent = AgentId::new(id.to_string())
+            .ok()
+            .and_then(|a| self.agents.get_mut(&a))
+            .ok_or_else(|| Status::not_found(format!("unknown agent {id:?}; register first")))?;
+        for cmd in agent.pending.drain(..) {
+            let _ = tx.send(Ok(cmd));
+        }
+        agent.tx = Some(tx);
+        agent.last_seen = Instant::now();
+        Ok(())
+    }
+
+    fn send_agent(&mut self, agent: &AgentId, cmd: v1::AgentCommand) {
+        if let Some(a) = self.agents.get_mut(agent) {
+            match &a.tx {
+                Some(tx) if tx.send(Ok(cmd.clone())).is_ok() => {}
+                _ => {
+                    a.tx = None;
+                    a.pending.push(cmd);
+                }
+            }
+        }
+    }
+
+    /// Agents silent for longer than `agent_timeout` are removed; their tasks
+    /// are LOST (and batch tasks retried).
+    fn check_agents(&mut self) {
+        let timeout = self.cfg.agent_timeout;
+        let dead: Vec<AgentId> =
+            self.agents.iter().filter(|(_, a)| a.last_seen.elapsed() > timeout).map(|(id, _)| id.clone()).collect();
+        for id in dead {
+            self.remove_agent(&id, "agent_lost", format!("agent {id} missed heartbeats for {timeout:?}"));
+        }
+    }
+
+    fn remove_agent(&mut self, id: &AgentId, reason: &str, message: String) {
+        let Some(agent) = self.agents.remove(id) else { return };
+        let offers: Vec<OfferId> = self.offers.iter().filter(|(_, o)| &o.agent == id).map(|(k, _)| k.clone()).collect();
+        for o in offers {
+            self.rescind(&o);
+        }
+        for t in agent.tasks {
+            if let Some(task) = self.tasks.get_mut(&t) {
+                task.allocation = None; // the agent's resources leave with it
+            }
+            let mut st = status(&t, &self.batch_id, Some(id), v1::TaskState::TaskLost, reason, message.clone());
+            if let Some(task) = self.tasks.get(&t) {
+                st.framework_id = task.framework.to_string();
+            }
+            self.apply_status(st, false);
+        }
+        let _ = self.alloc.remove_agent(id);
+        let _ = self.watch.send(v1::WatchEvent { event: Some(v1::watch_event::Event::AgentRemoved(id.to_string())) });
+        self.dirty = true;
+    }
+
+    fn agent_updates(&mut self, u: v1::StatusUpdates) -> Result<v1::StatusAcks, Status> {
+        let agent = AgentId::new(u.agent_id.clone()).map_err(|e| Status::invalid_argument(e.to_string()))?;
+        match self.agents.get_mut(&agent) {
+            Some(a) => a.last_seen = Instant::now(),
+            None => return Err(Status::not_found(format!("unknown agent {:?}; register again", u.agent_id))),
+        }
+        let mut acks = Vec::with_capacity(u.updates.len());
+        for mut st in u.updates {
+            st.agent_id = agent.to_string();
+            let uuid = st.uuid.clone();
+            self.apply_status(st, true);
+            acks.push(uuid);
+        }
+        Ok(v1::StatusAcks { uuids: acks })
+    }
+
+    /// Applies one status update to the registry and tells the framework.
+    /// Duplicates (same UUID) are ignored; updates for unknown tasks dropped.
+    fn apply_status(&mut self, st: v1::TaskStatus, from_agent: bool) {
+        let Ok(tid) = TaskId::new(st.task_id.clone()) else { return };
+        let Some(state) = wasmos_proto::state_from_wire(st.state) else { return };
+        let now = self.clock();
+        let Some(task) = self.tasks.get_mut(&tid) else { return };
+        if from_agent && !st.uuid.is_empty() {
+            if task.applied.contains(&st.uuid) {
+                return;
+            }
+            task.applied.push(st.uuid.clone());
+        }
+        if task.state.is_terminal() {
+            return;
+        }
+        task.state = state;
+        if !st.message.is_empty() {
+            task.message = st.message.clone();
+        }
+        if st.outcome.is_some() {
+            task.outcome = st.outcome.clone();
+        }
+        if state == TaskState::Running && task.started_at_ms == 0 {
+            task.started_at_ms = st.timestamp_ms.max(1);
+        }
+        let fw = task.framework.clone();
+        if state.is_terminal() {
+            task.finished_at_ms = now_ms();
+            if let (Some(agent), Some(alloc)) = (task.agent.clone(), task.allocation.take()) {
+                let role = self.frameworks.get(&fw).map(|f| f.role.clone());
+                if let Some(role) = role {
+                    let _ = self.alloc.recover_resources(&fw, &agent, &role, &alloc, None, now);
+                }
+                if let Some(a) = self.agents.get_mut(&agent) {
+                    a.tasks.remove(&tid);
+                }
+                self.dirty = true;
+            }
+        }
+        let _ = self.watch.send(v1::WatchEvent { event: Some(v1::watch_event::Event::Task(st.clone())) });
+        self.notify(&fw, st, state);
+    }
+
+    // ------------------------------------------------------------ frameworks
+
+    fn notify(&mut self, fw: &FrameworkId, st: v1::TaskStatus, state: TaskState) {
+        let Some(f) = self.frameworks.get_mut(fw) else { return };
+        match &mut f.kind {
+            FrameworkKind::Remote { tx } => {
+                if let Some(t) = tx {
+                    let ev = v1::Event { event: Some(v1::event::Event::Update(v1::event::Update { status: Some(st.clone()) })) };
+                    if t.send(Ok(ev)).is_err() {
+                        *tx = None;
+                    }
+                }
+                if state.is_terminal() {
+                    f.tasks.remove(&TaskId::new(st.task_id).expect("known task"));
+                }
+            }
+            FrameworkKind::Batch => {
+                let tid = TaskId::new(st.task_id.clone()).expect("known task");
+                if !state.is_terminal() {
+                    return;
+                }
+                // Lost tasks come back to the queue while attempts remain.
+                let retry = st.state == v1::TaskState::TaskLost as i32
+                    && self.batch.tasks.get(&tid).is_some_and(|b| b.attempts < b.max_attempts);
+                if retry {
+                    if let Some(task) = self.tasks.get_mut(&tid) {
+                        task.state = TaskState::Staging;
+                        task.agent = None;
+                        task.finished_at_ms = 0;
+                        task.message = format!("retrying after: {}", st.message);
+                    }
+                    self.batch.requeue(&tid);
+                    self.revive_batch();
+                } else {
+                    self.batch.forget(&tid);
+                    f.tasks.remove(&tid);
+                }
+            }
+        }
+    }
+
+    fn revive_batch(&mut self) {
+        if self.batch.suppressed {
+            let _ = self.alloc.revive(&self.batch_id, &[]);
+            self.batch.suppressed = false;
+        }
+        self.dirty = true;
+    }
+
+    fn subscribe(&mut self, info: v1::FrameworkInfo, tx: EventTx) -> Result<(), Status> {
+        let role = Role::new(if info.role.is_empty() { "default".to_string() } else { info.role.clone() })
+            .map_err(|e| Status::invalid_argument(format!("framework role: {e}")))?;
+        let id = if info.framework_id.is_empty() {
+            FrameworkId::new(self.fresh("fw")).expect("valid id")
+        } else {
+            FrameworkId::new(info.framework_id.clone()).map_err(|e| Status::invalid_argument(e.to_string()))?
+        };
+        if id == self.batch_id {
+            return Err(Status::invalid_argument("framework id \"batch\" is reserved for the built-in framework"));
+        }
+        let subscribed = v1::Event {
+            event: Some(v1::event::Event::Subscribed(v1::event::Subscribed {
+                framework_id: id.to_string(),
+                heartbeat_interval_ms: self.cfg.framework_heartbeat_interval.as_millis() as u64,
+            })),
+        };
+        if let Some(f) = self.frameworks.get_mut(&id) {
+            // Failover: the new connection takes over.
+            if f.role != role {
+                return Err(Status::invalid_argument(format!(
+                    "framework {id} is subscribed in role {}; resubscribe with that role",
+                    f.role
+                )));
+            }
+            let _ = tx.send(Ok(subscribed));
+            f.kind = FrameworkKind::Remote { tx: Some(tx) };
+            let _ = self.alloc.activate_framework(&id);
+            self.dirty = true;
+            return Ok(());
+        }
+        self.alloc.add_framework(id.clone(), std::slice::from_ref(&role)).map_err(|e| Status::invalid_argument(e.to_string()))?;
+        let _ = tx.send(Ok(subscribed));
+        let name = if info.name.is_empty() { id.to_string() } else { info.name.clone() };
+        self.frameworks.insert(
+            id.clone(),
+            Framework { name, role, kind: FrameworkKind::Remote { tx: Some(tx) }, tasks: HashSet::new(), offers: HashSet::new() },
+        );
+        let summary = self.framework_summary(&id);
+        let _ = self.watch.send(v1::WatchEvent { event: summary.map(v1::watch_event::Event::FrameworkAdded) });
+        self.dirty = true;
+        Ok(())
+    }
+
+    fn heartbeat_frameworks(&mut self) {
+        let mut gone = Vec::new();
+        for (id, f) in self.frameworks.iter_mut() {
+            if let FrameworkKind::Remote { tx } = &mut f.kind {
+                let alive = tx
+                    .as_ref()
+                    .is_some_and(|t| t.send(Ok(v1::Event { event: Some(v1::event::Event::Heartbeat(v1::event::Heartbeat {})) })).is_ok());
+                if !alive && tx.is_some() {
+                    *tx = None;
+                    gone.push(id.clone());
+                }
+            }
+        }
+        for id in gone {
+            self.disconnected(&id);
+        }
+    }
+
+    /// A remote framework's stream closed: its offers go back; its tasks keep
+    /// running until it fails over (failover timeouts come with durable state).
+    fn disconnected(&mut self, id: &FrameworkId) {
+        let offers: Vec<OfferId> = self.frameworks.get(id).map(|f| f.offers.iter().cloned().collect()).unwrap_or_default();
+        for o in offers {
+            self.recover_offer(&o, None);
+        }
+        let _ = self.alloc.deactivate_framework(id);
+    }
+
+    fn rescind(&mut self, offer: &OfferId) {
+        let fw = self.offers.get(offer).map(|o| o.framework.clone());
+        self.recover_offer(offer, None);
+        if let Some(fw) = fw {
+            if let Some(FrameworkKind::Remote { tx: Some(tx) }) = self.frameworks.get(&fw).map(|f| &f.kind) {
+                let _ = tx.send(Ok(v1::Event {
+                    event: Some(v1::event::Event::Rescind(v1::event::Rescind { offer_id: offer.to_string() })),
+                }));
+            }
+        }
+    }
+
+    fn recover_offer(&mut self, offer: &OfferId, refuse: Option<Duration>) {
+        let Some(o) = self.offers.remove(offer) else { return };
+        if let Some(f) = self.frameworks.get_mut(&o.framework) {
+            f.offers.remove(offer);
+        }
+        let now = self.clock();
+        let _ = self.alloc.recover_resources(&o.framework, &o.agent, &o.role, &o.allocation, refuse, now);
+        self.dirty = true;
+    }
+
+    // ------------------------------------------------------------ allocation
+
+    fn allocate(&mut self) {
+        let now = self.clock();
+        let offers = self.alloc.allocate(now);
+        let mut remote: HashMap<FrameworkId, Vec<v1::Offer>> = HashMap::new();
+        let mut batch_offers = Vec::new();
+        for o in offers {
+            let id = OfferId::new(self.fresh("offer")).expect("valid id");
+            let agent = self.agents.get(&o.agent);
+            let wire = v1::Offer {
+                offer_id: id.to_string(),
+                framework_id: o.framework.to_string(),
+                agent_id: o.agent.to_string(),
+                hostname: agent.map(|a| a.info.hostname.clone()).unwrap_or_default(),
+                resources: Some(resources_to_wire(&o.resources.total())),
+                attributes: agent.map(|a| a.info.attributes.clone()).unwrap_or_default(),
+            };
+            if let Some(f) = self.frameworks.get_mut(&o.framework) {
+                f.offers.insert(id.clone());
+            }
+            let fw = o.framework.clone();
+            self.offers.insert(
+                id.clone(),
+                OfferRec { framework: o.framework, agent: o.agent, role: o.role, allocation: o.resources },
+            );
+            if fw == self.batch_id {
+                batch_offers.push(id);
+            } else {
+                remote.entry(fw).or_default().push(wire);
+            }
+        }
+        for (fw, offers) in remote {
+            let ids: Vec<String> = offers.iter().map(|o| o.offer_id.clone()).collect();
+            let ok = match self.frameworks.get(&fw).map(|f| &f.kind) {
+                Some(FrameworkKind::Remote { tx: Some(tx) }) => tx
+                    .send(Ok(v1::Event { event: Some(v1::event::Event::Offers(v1::event::Offers { offers })) }))
+                    .is_ok(),
+                _ => false,
+            };
+            if !ok {
+                for id in ids {
+                    self.recover_offer(&OfferId::new(id).expect("valid id"), None);
+                }
+                if let Some(f) = self.frameworks.get_mut(&fw) {
+                    f.kind = FrameworkKind::Remote { tx: None };
+                }
+                self.disconnected(&fw);
+            }
+        }
+        if !batch_offers.is_empty() {
+            self.batch_offers(batch_offers);
+        }
+    }
+
+    fn batch_offers(&mut self, offers: Vec<OfferId>) {
+        for id in offers {
+            let Some(o) = self.offers.get(&id) else { continue };
+            let free = o.allocation.total();
+            let attrs = self.agents.get(&o.agent).map(|a| a.attributes.clone()).unwrap_or_default();
+            let picked = self.batch.pick(&free, &attrs);
+            if picked.is_empty() {
+                self.recover_offer(&id, Some(self.cfg.batch_refuse));
+                continue;
+            }
+            let specs: Vec<v1::TaskSpec> = picked
+                .iter()
+                .filter_map(|t| {
+                    if let Some(b) = self.batch.tasks.get_mut(t) {
+                        b.attempts += 1;
+                    }
+                    let task = self.tasks.get_mut(t)?;
+                    task.attempt += 1;
+                    Some(task.spec.clone())
+                })
+                .collect();
+            let batch_id = self.batch_id.clone();
+            self.accept(&batch_id, &[id], specs, Some(self.cfg.batch_refuse));
+        }
+        if self.batch.queued() == 0 && !self.batch.suppressed {
+            let _ = self.alloc.suppress(&self.batch_id, &[]);
+            self.batch.suppressed = true;
+        }
+    }
+
+    /// ACCEPT, validated against live state (Mesos v1 semantics): stale or
+    /// foreign offers drop every task; each task is checked on its own.
+    fn accept(&mut self, fw: &FrameworkId, offer_ids: &[OfferId], specs: Vec<v1::TaskSpec>, refuse: Option<Duration>) {
+        let is_batch = fw == &self.batch_id;
+        let valid = !offer_ids.is_empty()
+            && offer_ids.iter().all(|o| self.offers.get(o).is_some_and(|r| &r.framework == fw));
+        let one_agent = valid && {
+            let first = &self.offers[&offer_ids[0]].agent;
+            offer_ids.iter().all(|o| &self.offers[o].agent == first)
+        };
+        if !valid || !one_agent {
+            let (reason, msg) = if !valid {
+                ("invalid_offers", "offer is unknown, stale, already used or not this framework's; wait for new offers")
+            } else {
+                ("invalid_offers", "offers span more than one agent; accept offers of one agent per call")
+            };
+            for o in offer_ids {
+                if self.offers.get(o).is_some_and(|r| &r.framework == fw) {
+                    self.recover_offer(o, None);
+                }
+            }
+            for spec in specs {
+                self.refuse_task(fw, spec, v1::TaskState::TaskDropped, reason, msg.to_string());
+            }
+            return;
+        }
+        let mut pool = Allocation::default();
+        let mut agent = None;
+        let mut role = None;
+        for o in offer_ids {
+            let rec = self.offers.remove(o).expect("checked above");
+            if let Some(f) = self.frameworks.get_mut(fw) {
+                f.offers.remove(o);
+            }
+            merge(&mut pool, &rec.allocation);
+            agent = Some(rec.agent);
+            role = Some(rec.role);
+        }
+        let agent = agent.expect("at least one offer");
+        let role = role.expect("at least one offer");
+        let mut launch = Vec::new();
+        for spec in specs {
+            let tid = match TaskId::new(spec.task_id.clone()) {
+                Ok(t) => t,
+                Err(e) => {
+                    self.refuse_task(fw, spec, v1::TaskState::TaskError, "invalid_task_id", e.to_string());
+                    continue;
+                }
+            };
+            let queued_here = is_batch && self.tasks.get(&tid).is_some_and(|t| t.agent.is_none() && t.state == TaskState::Staging);
+            if self.tasks.contains_key(&tid) && !queued_here {
+                self.refuse_task(fw, spec, v1::TaskState::TaskError, "duplicate_task_id", format!("task id {tid} is already in use; pick a unique id"));
+                continue;
+            }
+            if self.artifacts.size(&spec.module_sha256).is_none() {
+                let msg = format!("module {:?} is not in the artifact store; upload it first", spec.module_sha256);
+                self.refuse_task(fw, spec, v1::TaskState::TaskError, "unknown_module", msg);
+                continue;
+            }
+            let resources = match resources_from_wire(spec.resources.as_ref()) {
+                Ok(r) if !r.is_empty() => r,
+                Ok(_) => {
+                    self.refuse_task(fw, spec, v1::TaskState::TaskError, "invalid_resources", "task asks for no resources; give it at least cpus or mem".into());
+                    continue;
+                }
+                Err(e) => {
+                    self.refuse_task(fw, spec, v1::TaskState::TaskError, "invalid_resources", e.to_string());
+                    continue;
+                }
+            };
+            let Some(task_alloc) = take(&mut pool, &resources) else {
+                let msg = format!("task needs {resources}, more than is left of the offer ({})", pool.total());
+                self.refuse_task(fw, spec, v1::TaskState::TaskError, "insufficient_resources", msg);
+                continue;
+            };
+            let now = now_ms();
+            let task = self.tasks.entry(tid.clone()).or_insert_with(|| Task {
+                name: spec.name.clone(),
+                framework: fw.clone(),
+                agent: None,
+                spec: spec.clone(),
+                resources: resources.clone(),
+                allocation: None,
+                state: TaskState::Staging,
+                outcome: None,
+                message: String::new(),
+                submitted_at_ms: now,
+                started_at_ms: 0,
+                finished_at_ms: 0,
+                attempt: 1,
+                applied: Vec::new(),
+            });
+            if !queued_here {
+                self.task_order.push(tid.clone());
+            }
+            task.agent = Some(agent.clone());
+            task.allocation = Some(task_alloc);
+            task.state = TaskState::Staging;
+            if let Some(f) = self.frameworks.get_mut(fw) {
+                f.tasks.insert(tid.clone());
+            }
+            if let Some(a) = self.agents.get_mut(&agent) {
+                a.tasks.insert(tid.clone());
+            }
+            launch.push(spec);
+        }
+        if !pool.is_empty() {
+            let now = self.clock();
+            let _ = self.alloc.recover_resources(fw, &agent, &role, &pool, refuse, now);
+        }
+        if !launch.is_empty() {
+            let cmd = v1::AgentCommand {
+                command: Some(v1::agent_command::Command::Launch(v1::agent_command::Launch {
+                    framework_id: fw.to_string(),
+                    tasks: launch,
+                })),
+            };
+            self.send_agent(&agent, cmd);
+        }
+        self.dirty = true;
+    }
+
+    /// Reports a task that was never launched (TASK_ERROR / TASK_DROPPED).
+    fn refuse_task(&mut self, fw: &FrameworkId, spec: v1::TaskSpec, state: v1::TaskState, reason: &str, message: String) {
+        let st = v1::TaskStatus {
+            task_id: spec.task_id.clone(),
+            framework_id: fw.to_string(),
+            agent_id: String::new(),
+            state: state as i32,
+            uuid: Vec::new(),
+            timestamp_ms: now_ms(),
+            reason: reason.to_string(),
+            message: message.clone(),
+            outcome: None,
+        };
+        match TaskId::new(spec.task_id.clone()) {
+            Ok(tid) if !self.tasks.contains_key(&tid) || (fw == &self.batch_id && self.tasks[&tid].agent.is_none()) => {
+                // Record it, so the refusal is visible through the Operator API.
+                if !self.tasks.contains_key(&tid) {
+                    self.task_order.push(tid.clone());
+                }
+                let t = self.tasks.entry(tid.clone()).or_insert_with(|| Task {
+                    name: spec.name.clone(),
+                    framework: fw.clone(),
+                    agent: None,
+                    spec: spec.clone(),
+                    resources: resources_from_wire(spec.resources.as_ref()).unwrap_or_default(),
+                    allocation: None,
+                    state: TaskState::Staging,
+                    outcome: None,
+                    message: String::new(),
+                    submitted_at_ms: now_ms(),
+                    started_at_ms: 0,
+                    finished_at_ms: 0,
+                    attempt: 1,
+                    applied: Vec::new(),
+                });
+                t.framework = fw.clone();
+                if let Some(f) = self.frameworks.get_mut(fw) {
+                    f.tasks.insert(tid);
+                }
+                self.apply_status(st, false);
+            }
+            _ => {
+                // Unknown or duplicate id: tell the framework, change nothing.
+                let _ = self.watch.send(v1::WatchEvent { event: Some(v1::watch_event::Event::Task(st.clone())) });
+                if let Some(FrameworkKind::Remote { tx: Some(tx) }) = self.frameworks.get(fw).map(|f| &f.kind) {
+                    let _ = tx.send(Ok(v1::Event { event: Some(v1::event::Event::Update(v1::event::Update { status: Some(st) })) }));
+                }
+            }
+        }
+    }
+
+    fn call(&mut self, call: v1::Call) -> Result<(), Status> {
+        let fw = FrameworkId::new(call.framework_id.clone())
+            .map_err(|e| Status::invalid_argument(format!("call framework_id: {e}")))?;
+        if fw == self.batch_id || !self.frameworks.contains_key(&fw) {
+            return Err(Status::not_found(format!("framework {fw} is not subscribed; subscribe first")));
+        }
+        use v1::call::Call as C;
+        let Some(c) = call.call else {
+            return Err(Status::invalid_argument("empty call; set one of accept, decline, kill, ..."));
+        };
+        let refuse_of = |f: &Option<v1::Filters>| {
+            f.as_ref().and_then(|f| f.refuse_seconds).map(|s| Duration::from_secs_f64(s.clamp(0.0, 365.0 * 86400.0)))
+        };
+        match c {
+            C::Accept(a) => {
+                let ids: Vec<OfferId> = a
+                    .offer_ids
+                    .iter()
+                    .map(|o| OfferId::new(o.clone()))
+                    .collect::<Result<_, _>>()
+                    .map_err(|e| Status::invalid_argument(format!("offer id: {e}")))?;
+                let refuse = refuse_of(&a.filters).or(Some(self.cfg.default_refuse));
+                self.accept(&fw, &ids, a.launch, refuse);
+            }
+            C::Decline(d) => {
+                let refuse = refuse_of(&d.filters).or(Some(self.cfg.default_refuse));
+                for o in d.offer_ids {
+                    let Ok(id) = OfferId::new(o) else { continue };
+                    if self.offers.get(&id).is_some_and(|r| r.framework == fw) {
+                        self.recover_offer(&id, refuse);
+                    }
+                }
+            }
+            C::Kill(k) => self.framework_task_action(&fw, &k.task_id, TaskAction::Kill)?,
+            C::Pause(p) => self.framework_task_action(&fw, &p.task_id, TaskAction::Pause)?,
+            C::Resume(r) => self.framework_task_action(&fw, &r.task_id, TaskAction::Resume)?,
+            C::Revive(_) => {
+                let _ = self.alloc.revive(&fw, &[]);
+                self.dirty = true;
+            }
+            C::Suppress(_) => {
+                let _ = self.alloc.suppress(&fw, &[]);
+            }
+            C::Acknowledge(_) => {
+                // Updates are delivered at least once; nothing is kept to resend
+                // yet, so an acknowledgement has nothing to clear.
+            }
+            C::Reconcile(r) => self.reconcile(&fw, r.task_ids),
+            C::Teardown(_) => self.teardown(&fw),
+        }
+        Ok(())
+    }
+
+    fn framework_task_action(&mut self, fw: &FrameworkId, task: &str, action: TaskAction) -> Result<(), Status> {
+        let tid = TaskId::new(task.to_string()).map_err(|e| Status::invalid_argument(e.to_string()))?;
+        self.task_action(&tid, action, Some(fw))
+    }
+
+    fn task_action(&mut self, tid: &TaskId, action: TaskAction, owner: Option<&FrameworkId>) -> Result<(), Status> {
+        let task = self.tasks.get(tid).ok_or_else(|| Status::not_found(format!("no task {tid}; list tasks with `wasmos tasks`")))?;
+        if owner.is_some_and(|o| o != &task.framework) {
+            return Err(Status::permission_denied(format!("task {tid} belongs to another framework")));
+        }
+        if task.state.is_terminal() {
+            return Err(Status::failed_precondition(format!("task {tid} already ended ({})", task.state)));
+        }
+        let fw = task.framework.clone();
+        match (action, task.agent.clone()) {
+            (TaskAction::Kill, None) => {
+                // Still queued in the batch framework: it never ran.
+                self.batch.forget(tid);
+                let st = status(tid, &fw, None, v1::TaskState::TaskKilled, "killed_while_queued", "killed before it was launched".into());
+                self.apply_status(st, false);
+            }
+            (_, None) => {
+                return Err(Status::failed_precondition(format!("task {tid} is not running yet; pause and resume apply to running tasks")));
+            }
+            (action, Some(agent)) => {
+                let id = tid.to_string();
+                let command = match action {
+                    TaskAction::Kill => {
+                        if let Some(t) = self.tasks.get_mut(tid) {
+                            t.state = TaskState::Killing;
+                        }
+                        v1::agent_command::Command::Kill(v1::agent_command::Kill { task_id: id })
+                    }
+                    TaskAction::Pause => v1::agent_command::Command::Pause(v1::agent_command::Pause { task_id: id }),
+                    TaskAction::Resume => v1::agent_command::Command::Resume(v1::agent_command::Resume { task_id: id }),
+                };
+                self.send_agent(&agent, v1::AgentCommand { command: Some(command) });
+            }
+        }
+        Ok(())
+    }
+
+    fn reconcile(&mut self, fw: &FrameworkId, ids: Vec<String>) {
+        let ids: Vec<TaskId> = if ids.is_empty() {
+            self.frameworks.get(fw).map(|f| f.tasks.iter().cloned().collect()).unwrap_or_default()
+        } else {
+            ids.into_iter().filter_map(|i| TaskId::new(i).ok()).collect()
+        };
+        let Some(FrameworkKind::Remote { tx: Some(tx) }) = self.frameworks.get(fw).map(|f| &f.kind) else { return };
+        for tid in ids {
+            let st = match self.tasks.get(&tid).filter(|t| &t.framework == fw) {
+                Some(t) => v1::TaskStatus {
+                    task_id: tid.to_string(),
+                    framework_id: fw.to_string(),
+                    agent_id: t.agent.as_ref().map(|a| a.to_string()).unwrap_or_default(),
+                    state: state_to_wire(t.state) as i32,
+                    uuid: Vec::new(),
+                    timestamp_ms: now_ms(),
+                    reason: "reconciliation".into(),
+                    message: t.message.clone(),
+                    outcome: t.outcome.clone(),
+                },
+                None => status(&tid, fw, None, v1::TaskState::TaskLost, "reconciliation", "the master knows no such task".into()),
+            };
+            let _ = tx.send(Ok(v1::Event { event: Some(v1::event::Event::Update(v1::event::Update { status: Some(st) })) }));
+        }
+    }
+
+    fn teardown(&mut self, fw: &FrameworkId) {
+        let tasks: Vec<TaskId> = self.frameworks.get(fw).map(|f| f.tasks.iter().cloned().collect()).unwrap_or_default();
+        for t in tasks {
+            let _ = self.task_action(&t, TaskAction::Kill, None);
+        }
+        let offers: Vec<OfferId> = self.frameworks.get(fw).map(|f| f.offers.iter().cloned().collect()).unwrap_or_default();
+        for o in offers {
+            self.recover_offer(&o, None);
+        }
+        let _ = self.alloc.deactivate_framework(fw);
+        if let Some(f) = self.frameworks.get_mut(fw) {
+            f.kind = FrameworkKind::Remote { tx: None };
+        }
+        let _ = self.watch.send(v1::WatchEvent { event: Some(v1::watch_event::Event::FrameworkRemoved(fw.to_string())) });
+    }
+
+    // ------------------------------------------------------------ batch submit
+
+    fn submit(&mut self, req: v1::SubmitRequest) -> Result<v1::SubmitResponse, Status> {
+        let tpl = req.template.ok_or_else(|| Status::invalid_argument("submit without a task template"))?;
+        if self.artifacts.size(&tpl.module_sha256).is_none() {
+            return Err(Status::failed_precondition(format!(
+                "module {:?} is not in the artifact store; upload it first",
+                tpl.module_sha256
+            )));
+        }
+        let resources = resources_from_wire(tpl.resources.as_ref()).map_err(|e| Status::invalid_argument(e.to_string()))?;
+        if resources.is_empty() {
+            return Err(Status::invalid_argument("task asks for no resources; give it --cpus or --mem"));
+        }
+        let count = req.count.max(1);
+        if count > self.cfg.max_submit_count {
+            return Err(Status::invalid_argument(format!(
+                "count {count} is over the limit of {} tasks per submit; submit in parts",
+                self.cfg.max_submit_count
+            )));
+        }
+        let base = if tpl.name.is_empty() { "task".to_string() } else { tpl.name.clone() };
+        let max_attempts = if req.max_attempts == 0 { DEFAULT_MAX_ATTEMPTS } else { req.max_attempts };
+        let constraints: Vec<(String, String)> = req.constraints.iter().map(|a| (a.key.clone(), a.value.clone())).collect();
+        let now = now_ms();
+        let mut ids = Vec::with_capacity(count as usize);
+        for _ in 0..count {
+            let tid = TaskId::new(self.fresh("task")).expect("valid id");
+            let mut spec = tpl.clone();
+            spec.task_id = tid.to_string();
+            spec.name = base.clone();
+            self.tasks.insert(
+                tid.clone(),
+                Task {
+                    name: base.clone(),
+                    framework: self.batch_id.clone(),
+                    agent: None,
+                    spec,
+                    resources: resources.clone(),
+                    allocation: None,
+                    state: TaskState::Staging,
+                    outcome: None,
+                    message: "queued".into(),
+                    submitted_at_ms: now,
+                    started_at_ms: 0,
+                    finished_at_ms: 0,
+                    attempt: 0,
+                    applied: Vec::new(),
+                },
+            );
+            self.task_order.push(tid.clone());
+            if let Some(f) = self.frameworks.get_mut(&self.batch_id.clone()) {
+                f.tasks.insert(tid.clone());
+            }
+            self.batch.enqueue(
+                tid.clone(),
+                BatchTask {
+                    resources: resources.clone(),
+                    priority: req.priority,
+                    constraints: constraints.clone(),
+                    attempts: 0,
+                    max_attempts,
+                },
+            );
+            ids.push(tid.to_string());
+        }
+        self.revive_batch();
+        Ok(v1::SubmitResponse { task_ids: ids })
+    }
+
+    // ------------------------------------------------------------ operator views
+
+    fn list_agents(&self) -> v1::ListAgentsResponse {
+        let mut agents: Vec<v1::AgentSummary> = self
+            .agents
+            .iter()
+            .map(|(id, a)| {
+                let free = self.alloc.agent_free(id).map(|f| f.total()).unwrap_or_default();
+                v1::AgentSummary {
+                    agent_id: id.to_string(),
+                    info: Some(a.info.clone()),
+                    allocated: Some(resources_to_wire(&a.resources.saturating_sub(&free))),
+                    status: if a.tx.is_some() { "active".into() } else { "disconnected".into() },
+                    running_tasks: a.tasks.len() as u32,
+                    registered_at_ms: a.registered_at_ms,
+                }
+            })
+            .collect();
+        agents.sort_by(|a, b| a.agent_id.cmp(&b.agent_id));
+        v1::ListAgentsResponse { agents }
+    }
+
+    fn framework_summary(&self, id: &FrameworkId) -> Option<v1::FrameworkSummary> {
+        let f = self.frameworks.get(id)?;
+        let (connected, hosted) = match &f.kind {
+            FrameworkKind::Batch => (true, true),
+            FrameworkKind::Remote { tx } => (tx.is_some(), false),
+        };
+        Some(v1::FrameworkSummary {
+            framework_id: id.to_string(),
+            name: f.name.clone(),
+            role: f.role.to_string(),
+            allocated: self.alloc.framework_allocated(id).map(|r| resources_to_wire(&r)),
+            active_tasks: f.tasks.iter().filter(|t| self.tasks.get(*t).is_some_and(|t| !t.state.is_terminal())).count() as u32,
+            connected,
+            hosted,
+        })
+    }
+
+    fn list_frameworks(&self) -> v1::ListFrameworksResponse {
+        let mut ids: Vec<&FrameworkId> = self.frameworks.keys().collect();
+        ids.sort();
+        v1::ListFrameworksResponse { frameworks: ids.into_iter().filter_map(|id| self.framework_summary(id)).collect() }
+    }
+
+    fn summary(&self, id: &TaskId, t: &Task) -> v1::TaskSummary {
+        v1::TaskSummary {
+            task_id: id.to_string(),
+            name: t.name.clone(),
+            framework_id: t.framework.to_string(),
+            agent_id: t.agent.as_ref().map(|a| a.to_string()).unwrap_or_default(),
+            state: state_to_wire(t.state) as i32,
+            outcome: t.outcome.clone(),
+            submitted_at_ms: t.submitted_at_ms,
+            started_at_ms: t.started_at_ms,
+            finished_at_ms: t.finished_at_ms,
+            attempt: t.attempt,
+            module_sha256: t.spec.module_sha256.clone(),
+            resources: Some(resources_to_wire(&t.resources)),
+            message: t.message.clone(),
+        }
+    }
+
+    fn list_tasks(&self, req: v1::ListTasksRequest) -> Result<v1::ListTasksResponse, Status> {
+        let state = if req.state == 0 {
+            None
+        } else {
+            Some(wasmos_proto::state_from_wire(req.state).ok_or_else(|| Status::invalid_argument("unknown task state"))?)
+        };
+        let fw = if req.framework_id.is_empty() { None } else { Some(req.framework_id.as_str()) };
+        let limit = if req.limit == 0 { usize::MAX } else { req.limit as usize };
+        let tasks = self
+            .task_order
+            .iter()
+            .filter_map(|id| self.tasks.get(id).map(|t| (id, t)))
+            .filter(|(_, t)| state.is_none_or(|s| t.state == s))
+            .filter(|(_, t)| fw.is_none_or(|f| t.framework.as_str() == f))
+            .take(limit)
+            .map(|(id, t)| self.summary(id, t))
+            .collect();
+        Ok(v1::ListTasksResponse { tasks })
+    }
+
+    fn list_roles(&self) -> v1::ListRolesResponse {
+        let mut roles = Vec::new();
+        for role in self.alloc.roles() {
+            let stats = self.alloc.role_stats(&role);
+            let mut frameworks: Vec<String> =
+                self.frameworks.iter().filter(|(_, f)| f.role == role).map(|(id, _)| id.to_string()).collect();
+            frameworks.sort();
+            roles.push(v1::RoleSummary {
+                role: role.to_string(),
+                weight: stats.as_ref().map(|s| s.weight).unwrap_or(1.0),
+                allocated: stats.as_ref().map(|s| resources_to_wire(&s.allocated)),
+                dominant_share: stats.as_ref().map(|s| s.share).unwrap_or(0.0),
+                frameworks,
+            });
+        }
+        v1::ListRolesResponse { roles }
+    }
+}
