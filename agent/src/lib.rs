@@ -1,1 +1,431 @@
-//! wasmos-agent: placeholder until the cluster issue (see ARCHITECTURE.md).
+//! wasmos-agent: a node daemon. It registers its resources with the master,
+//! runs launched tasks in the sandbox, and reports their status updates, each
+//! with a UUID, resending them until the master acknowledges them.
+
+use std::collections::HashMap;
+use std::future::Future;
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use sha2::{Digest, Sha256};
+use tokio::sync::{OnceCell, mpsc};
+use tonic::transport::{Channel, Endpoint};
+use wasmos_model::{OutcomeKind, Resources, TaskId};
+use wasmos_proto::v1;
+use wasmos_proto::v1::agent_service_client::AgentServiceClient;
+use wasmos_proto::v1::artifacts_client::ArtifactsClient;
+use wasmos_sandbox::{
+    InputFile, Prepared, RunRequest, Sandbox, SandboxConfig, SandboxDirSpec, TaskControl,
+};
+
+/// Default [`AgentConfig::update_batch`].
+pub const DEFAULT_UPDATE_BATCH: usize = 4096;
+/// Default [`AgentConfig::max_backoff`].
+pub const DEFAULT_MAX_BACKOFF: Duration = Duration::from_secs(10);
+
+#[derive(Debug, thiserror::Error)]
+pub enum AgentError {
+    #[error("master address {0:?} is not a URL; write e.g. http://127.0.0.1:5050")]
+    BadMaster(String),
+    #[error("sandbox: {0}")]
+    Sandbox(#[from] wasmos_sandbox::SandboxError),
+    #[error("the master refused registration: {0}")]
+    Refused(String),
+    #[error("cannot create work dir {0}: {1}")]
+    WorkDir(PathBuf, std::io::Error),
+}
+
+/// How an agent runs. Every limit has a default.
+#[derive(Debug, Clone)]
+pub struct AgentConfig {
+    /// The master's URL, e.g. `http://127.0.0.1:5050`.
+    pub master: String,
+    /// What this agent offers. Default: the machine's cores and memory.
+    pub resources: Resources,
+    /// Free-form attributes (`zone=eu`), matched by task constraints.
+    pub attributes: Vec<(String, String)>,
+    /// Artifacts, compiled-module cache and sandbox directories live here.
+    pub work_dir: PathBuf,
+    pub hostname: String,
+    /// Sandbox settings (pool size, cache sizes, ...).
+    pub sandbox: SandboxConfig,
+    /// Most status updates sent in one Update call. Default 4096.
+    pub update_batch: usize,
+    /// Longest wait between reconnection attempts (exponential, capped). Default 10 s.
+    pub max_backoff: Duration,
+}
+
+impl AgentConfig {
+    pub fn new(master: impl Into<String>, work_dir: PathBuf) -> AgentConfig {
+        let sandbox = SandboxConfig {
+            cache_dir: Some(work_dir.join("cache")),
+            sandbox_root: work_dir.join("sandboxes"),
+            ..SandboxConfig::default()
+        };
+        AgentConfig {
+            master: master.into(),
+            resources: default_resources(),
+            attributes: Vec::new(),
+            hostname: hostname(),
+            work_dir,
+            sandbox,
+            update_batch: DEFAULT_UPDATE_BATCH,
+            max_backoff: DEFAULT_MAX_BACKOFF,
+        }
+    }
+}
+
+pub fn hostname() -> String {
+    std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .map(|s| s.trim().to_string())
+        .ok()
+        .filter(|s| !s.is_empty())
+        .unwrap_or_else(|| "localhost".into())
+}
+
+/// The machine's cores and physical memory.
+pub fn default_resources() -> Resources {
+    let cores = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1);
+    let mem = std::fs::read_to_string("/proc/meminfo")
+        .ok()
+        .and_then(|m| {
+            m.lines().find(|l| l.starts_with("MemTotal:")).and_then(|l| l.split_whitespace().nth(1)?.parse::<u64>().ok())
+        })
+        .map(|kib| kib * 1024)
+        .unwrap_or(1 << 30);
+    Resources::parse(&format!("cpus:{cores};mem:{mem}")).unwrap_or_default()
+}
+
+/// Per-process generator of status update UUIDs (random-seeded counter).
+struct Uuids {
+    seed: u64,
+    next: AtomicU64,
+}
+
+impl Uuids {
+    fn new() -> Uuids {
+        let t = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_nanos()).unwrap_or(0);
+        let seed = (t as u64) ^ ((std::process::id() as u64) << 32) ^ 0x9e37_79b9_7f4a_7c15;
+        Uuids { seed, next: AtomicU64::new(1) }
+    }
+    fn make(&self) -> Vec<u8> {
+        let n = self.next.fetch_add(1, Ordering::Relaxed);
+        let mut v = Vec::with_capacity(16);
+        v.extend_from_slice(&self.seed.to_le_bytes());
+        v.extend_from_slice(&n.to_le_bytes());
+        v
+    }
+}
+
+struct Shared {
+    cfg: AgentConfig,
+    sandbox: Sandbox,
+    channel: Channel,
+    agent_id: Mutex<String>,
+    uuids: Uuids,
+    updates: mpsc::UnboundedSender<v1::TaskStatus>,
+    controls: Mutex<HashMap<String, TaskControl>>,
+    modules: Mutex<HashMap<String, Arc<OnceCell<Result<Arc<Prepared>, String>>>>>,
+}
+
+fn now_ms() -> i64 {
+    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_millis() as i64).unwrap_or(0)
+}
+
+impl Shared {
+    fn agent_id(&self) -> String {
+        self.agent_id.lock().unwrap_or_else(|e| e.into_inner()).clone()
+    }
+
+    fn send_status(&self, task: &str, fw: &str, state: v1::TaskState, message: String, outcome: Option<v1::Outcome>) {
+        let _ = self.updates.send(v1::TaskStatus {
+            task_id: task.to_string(),
+            framework_id: fw.to_string(),
+            agent_id: self.agent_id(),
+            state: state as i32,
+            uuid: self.uuids.make(),
+            timestamp_ms: now_ms(),
+            reason: String::new(),
+            message,
+            outcome,
+        });
+    }
+
+    fn info(&self) -> v1::AgentInfo {
+        v1::AgentInfo {
+            hostname: self.cfg.hostname.clone(),
+            resources: Some(wasmos_proto::resources_to_wire(&self.cfg.resources)),
+            attributes: self.cfg.attributes.iter().map(|(k, v)| v1::Attribute { key: k.clone(), value: v.clone() }).collect(),
+            wasmtime_version: Sandbox::wasmtime_version().to_string(),
+            target_triple: format!("{}-{}", std::env::consts::ARCH, std::env::consts::OS),
+            agent_version: env!("CARGO_PKG_VERSION").to_string(),
+        }
+    }
+
+    fn client(&self) -> AgentServiceClient<Channel> {
+        AgentServiceClient::new(self.channel.clone())
+            .max_decoding_message_size(wasmos_proto::MAX_MESSAGE_BYTES)
+            .max_encoding_message_size(wasmos_proto::MAX_MESSAGE_BYTES)
+    }
+
+    /// The module for `sha`: from memory, from the work dir, or downloaded once.
+    async fn module(&self, sha: &str) -> Result<Arc<Prepared>, String> {
+        let cell = {
+            let mut m = self.modules.lock().unwrap_or_else(|e| e.into_inner());
+            m.entry(sha.to_string()).or_default().clone()
+        };
+        let r = cell.get_or_init(|| self.fetch_and_prepare(sha.to_string())).await.clone();
+        if r.is_err() {
+            // Do not remember failures: a later launch may succeed.
+            self.modules.lock().unwrap_or_else(|e| e.into_inner()).remove(sha);
+        }
+        r
+    }
+
+    async fn fetch_and_prepare(&self, sha: String) -> Result<Arc<Prepared>, String> {
+        let path = self.cfg.work_dir.join("artifacts").join(format!("{sha}.wasm"));
+        let bytes = match tokio::fs::read(&path).await {
+            Ok(b) if hex::encode(Sha256::digest(&b)) == sha => b,
+            _ => {
+                let mut client = ArtifactsClient::new(self.channel.clone())
+                    .max_decoding_message_size(wasmos_proto::MAX_MESSAGE_BYTES);
+                let mut stream = client
+                    .download(v1::DownloadRequest { sha256: sha.clone() })
+                    .await
+                    .map_err(|e| format!("cannot download module {sha}: {}", e.message()))?
+                    .into_inner();
+                let mut bytes = Vec::new();
+                while let Some(chunk) = stream.message().await.map_err(|e| format!("downloading {sha}: {}", e.message()))? {
+                    bytes.extend_from_slice(&chunk.data);
+                }
+                let got = hex::encode(Sha256::digest(&bytes));
+                if got != sha {
+                    return Err(format!("downloaded module hashes to {got}, not {sha}; the artifact store is damaged"));
+                }
+                if let Some(dir) = path.parent() {
+                    let _ = tokio::fs::create_dir_all(dir).await;
+                    let tmp = dir.join(format!(".{sha}.tmp"));
+                    if tokio::fs::write(&tmp, &bytes).await.is_ok() {
+                        let _ = tokio::fs::rename(&tmp, &path).await;
+                    }
+                }
+                bytes
+            }
+        };
+        self.sandbox.prepare_async(bytes.into()).await.map_err(|e| e.to_string())
+    }
+}
+
+fn outcome_state(kind: OutcomeKind) -> v1::TaskState {
+    match kind {
+        OutcomeKind::Finished => v1::TaskState::TaskFinished,
+        OutcomeKind::Failed | OutcomeKind::OutOfFuel | OutcomeKind::OutOfMemory | OutcomeKind::TimedOut => {
+            v1::TaskState::TaskFailed
+        }
+        OutcomeKind::Killed => v1::TaskState::TaskKilled,
+        OutcomeKind::Error => v1::TaskState::TaskError,
+    }
+}
+
+async fn run_task(shared: Arc<Shared>, fw: String, spec: v1::TaskSpec, control: TaskControl) {
+    let id = spec.task_id.clone();
+    let prepared = match shared.module(&spec.module_sha256).await {
+        Ok(p) => p,
+        Err(msg) => {
+            let o = wasmos_model::Outcome::error(msg.clone());
+            shared.send_status(&id, &fw, v1::TaskState::TaskError, msg, Some(wasmos_proto::outcome_to_wire(&o)));
+            shared.controls.lock().unwrap_or_else(|e| e.into_inner()).remove(&id);
+            return;
+        }
+    };
+    shared.send_status(&id, &fw, v1::TaskState::TaskRunning, String::new(), None);
+    let name = if spec.name.is_empty() { id.clone() } else { spec.name.clone() };
+    let req = RunRequest {
+        name: id.clone(),
+        args: std::iter::once(name).chain(spec.args.iter().cloned()).collect(),
+        env: spec.env.iter().map(|(k, v)| (k.clone(), v.clone())).collect(),
+        limits: wasmos_proto::limits_from_wire(spec.limits.as_ref()),
+        sandbox_dir: SandboxDirSpec {
+            enabled: spec.sandbox_dir,
+            files: spec.files.iter().map(|f| InputFile { path: f.path.clone(), contents: f.contents.clone() }).collect(),
+            ..Default::default()
+        },
+        ..Default::default()
+    };
+    let outcome = shared.sandbox.run(&prepared, req, &control).await;
+    shared.controls.lock().unwrap_or_else(|e| e.into_inner()).remove(&id);
+    let state = outcome_state(outcome.kind);
+    let msg = outcome.message.clone().unwrap_or_default();
+    shared.send_status(&id, &fw, state, msg, Some(wasmos_proto::outcome_to_wire(&outcome)));
+}
+
+fn handle_command(shared: &Arc<Shared>, cmd: v1::AgentCommand) {
+    use v1::agent_command::Command;
+    let control_of = |id: &str| shared.controls.lock().unwrap_or_else(|e| e.into_inner()).get(id).cloned();
+    match cmd.command {
+        Some(Command::Launch(l)) => {
+            for spec in l.tasks {
+                if TaskId::new(spec.task_id.clone()).is_err() {
+                    continue;
+                }
+                let control = TaskControl::new();
+                shared.controls.lock().unwrap_or_else(|e| e.into_inner()).insert(spec.task_id.clone(), control.clone());
+                tokio::spawn(run_task(shared.clone(), l.framework_id.clone(), spec, control));
+            }
+        }
+        Some(Command::Kill(k)) => {
+            if let Some(c) = control_of(&k.task_id) {
+                c.kill();
+            }
+        }
+        Some(Command::Pause(p)) => {
+            if let Some(c) = control_of(&p.task_id) {
+                c.pause();
+                shared.send_status(&p.task_id, "", v1::TaskState::TaskPaused, "paused".into(), None);
+            }
+        }
+        Some(Command::Resume(r)) => {
+            if let Some(c) = control_of(&r.task_id) {
+                c.resume();
+                shared.send_status(&r.task_id, "", v1::TaskState::TaskRunning, "resumed".into(), None);
+            }
+        }
+        None => {}
+    }
+}
+
+/// Sends status updates in batches; keeps each until the master acknowledges it.
+async fn updater(shared: Arc<Shared>, mut rx: mpsc::UnboundedReceiver<v1::TaskStatus>) {
+    let mut pending: Vec<v1::TaskStatus> = Vec::new();
+    let mut backoff = Duration::from_millis(50);
+    loop {
+        if pending.is_empty() {
+            match rx.recv().await {
+                Some(u) => pending.push(u),
+                None => return,
+            }
+        }
+        while pending.len() < shared.cfg.update_batch {
+            match rx.try_recv() {
+                Ok(u) => pending.push(u),
+                Err(_) => break,
+            }
+        }
+        let batch: Vec<v1::TaskStatus> = pending.iter().take(shared.cfg.update_batch).cloned().collect();
+        let n = batch.len();
+        match shared.client().update(v1::StatusUpdates { agent_id: shared.agent_id(), updates: batch }).await {
+            Ok(acks) => {
+                let acked: std::collections::HashSet<Vec<u8>> = acks.into_inner().uuids.into_iter().collect();
+                let mut i = 0;
+                pending.retain(|u| {
+                    i += 1;
+                    !(i <= n && acked.contains(&u.uuid))
+                });
+                backoff = Duration::from_millis(50);
+            }
+            Err(_) => {
+                tokio::time::sleep(backoff).await;
+                backoff = (backoff * 2).min(shared.cfg.max_backoff);
+            }
+        }
+    }
+}
+
+async fn connect(master: &str, max_backoff: Duration) -> Result<Channel, AgentError> {
+    let endpoint = Endpoint::from_shared(master.to_string())
+        .map_err(|_| AgentError::BadMaster(master.to_string()))?
+        .tcp_nodelay(true)
+        .connect_timeout(Duration::from_secs(5));
+    let mut backoff = Duration::from_millis(100);
+    loop {
+        match endpoint.connect().await {
+            Ok(c) => return Ok(c),
+            Err(_) => {
+                tokio::time::sleep(backoff).await;
+                backoff = (backoff * 2).min(max_backoff);
+            }
+        }
+    }
+}
+
+/// Registers (or reregisters) and returns the heartbeat interval.
+async fn register(shared: &Shared) -> Result<Duration, tonic::Status> {
+    let resp = shared
+        .client()
+        .register(v1::RegisterAgentRequest { info: Some(shared.info()), agent_id: shared.agent_id(), running_tasks: vec![] })
+        .await?
+        .into_inner();
+    *shared.agent_id.lock().unwrap_or_else(|e| e.into_inner()) = resp.agent_id;
+    Ok(Duration::from_millis(resp.heartbeat_interval_ms.max(100)))
+}
+
+/// `pub async fn run(config, shutdown)`: a whole agent, until `shutdown`.
+/// Returns the agent id it registered under.
+pub async fn run(cfg: AgentConfig, shutdown: impl Future<Output = ()> + Send) -> Result<String, AgentError> {
+    std::fs::create_dir_all(&cfg.work_dir).map_err(|e| AgentError::WorkDir(cfg.work_dir.clone(), e))?;
+    let sandbox = Sandbox::new(cfg.sandbox.clone())?;
+    let channel = connect(&cfg.master, cfg.max_backoff).await?;
+    let (utx, urx) = mpsc::unbounded_channel();
+    let shared = Arc::new(Shared {
+        cfg,
+        sandbox,
+        channel,
+        agent_id: Mutex::new(String::new()),
+        uuids: Uuids::new(),
+        updates: utx,
+        controls: Mutex::new(HashMap::new()),
+        modules: Mutex::new(HashMap::new()),
+    });
+    let heartbeat = match register(&shared).await {
+        Ok(h) => h,
+        Err(s) if s.code() == tonic::Code::InvalidArgument => return Err(AgentError::Refused(s.message().to_string())),
+        Err(_) => Duration::from_secs(1),
+    };
+    let updater = tokio::spawn(updater(shared.clone(), urx));
+    let hb_shared = shared.clone();
+    let heartbeats = tokio::spawn(async move {
+        let mut t = tokio::time::interval(heartbeat);
+        loop {
+            t.tick().await;
+            let id = hb_shared.agent_id();
+            let _ = hb_shared.client().heartbeat(v1::HeartbeatRequest { agent_id: id }).await;
+        }
+    });
+    let cmd_shared = shared.clone();
+    let commands = async move {
+        let mut backoff = Duration::from_millis(100);
+        loop {
+            let stream = cmd_shared.client().commands(v1::AgentStreamRequest { agent_id: cmd_shared.agent_id() }).await;
+            match stream {
+                Ok(s) => {
+                    backoff = Duration::from_millis(100);
+                    let mut s = s.into_inner();
+                    while let Ok(Some(cmd)) = s.message().await {
+                        handle_command(&cmd_shared, cmd);
+                    }
+                }
+                Err(st) if st.code() == tonic::Code::NotFound => {
+                    // The master forgot us (it restarted, or timed us out).
+                    let _ = register(&cmd_shared).await;
+                }
+                Err(_) => {}
+            }
+            tokio::time::sleep(backoff).await;
+            backoff = (backoff * 2).min(cmd_shared.cfg.max_backoff);
+            let _ = register(&cmd_shared).await;
+        }
+    };
+    tokio::select! {
+        _ = commands => {}
+        _ = shutdown => {}
+    }
+    heartbeats.abort();
+    updater.abort();
+    let id = shared.agent_id();
+    for c in shared.controls.lock().unwrap_or_else(|e| e.into_inner()).values() {
+        c.kill();
+    }
+    Ok(id)
+}

@@ -1,7 +1,11 @@
 //! The `wasmos` command. `main` stays thin: each subcommand lives in its own module.
 
+mod client;
+mod cluster;
 mod run;
 mod sim;
+mod submit;
+mod tasks;
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -21,6 +25,28 @@ enum Command {
     Run(run::RunArgs),
     /// Run the allocator on a scenario file: what would DRF give these tenants?
     Sim(SimArgs),
+    /// Run a master (the control plane).
+    Master(cluster::MasterArgs),
+    /// Run an agent that offers this machine's resources to a master.
+    Agent(cluster::AgentArgs),
+    /// A master plus agents in one process: the embedded default to start with.
+    Dev(cluster::DevArgs),
+    /// Queue tasks in the built-in batch framework (uploading the module if needed).
+    Submit(submit::SubmitArgs),
+    /// List tasks.
+    Tasks(tasks::TasksArgs),
+    /// List agents.
+    Agents(tasks::ListArgs),
+    /// List frameworks.
+    Frameworks(tasks::ListArgs),
+    /// Print a task's output.
+    Logs(tasks::LogsArgs),
+    /// Kill a task.
+    Kill(tasks::TaskArgs),
+    /// Pause a running task (no work is lost).
+    Pause(tasks::TaskArgs),
+    /// Resume a paused task.
+    Resume(tasks::TaskArgs),
 }
 
 /// Arguments of `wasmos sim`.
@@ -38,5 +64,16 @@ fn main() -> ExitCode {
     match cli.command {
         Command::Run(args) => run::main(args),
         Command::Sim(args) => sim::run(&args),
+        Command::Master(args) => cluster::master(args),
+        Command::Agent(args) => cluster::agent(args),
+        Command::Dev(args) => cluster::dev(args),
+        Command::Submit(args) => submit::main(args),
+        Command::Tasks(args) => tasks::tasks(args),
+        Command::Agents(args) => tasks::agents(args),
+        Command::Frameworks(args) => tasks::frameworks(args),
+        Command::Logs(args) => tasks::logs(args),
+        Command::Kill(args) => tasks::action(args, "kill"),
+        Command::Pause(args) => tasks::action(args, "pause"),
+        Command::Resume(args) => tasks::action(args, "resume"),
     }
 }

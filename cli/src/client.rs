@@ -1,0 +1,117 @@
+//! The API client the CLI uses: master address resolution, connections, and
+//! small helpers. The CLI never reaches into server internals.
+
+use std::time::Duration;
+
+use tonic::transport::{Channel, Endpoint};
+use wasmos_proto::v1;
+
+/// Default master address for client commands.
+pub const DEFAULT_MASTER: &str = "http://127.0.0.1:5050";
+
+/// `--master`, else `WASMOS_MASTER`, else `http://127.0.0.1:5050`.
+#[derive(clap::Args, Debug, Clone)]
+pub struct MasterArg {
+    /// The master's address [env: WASMOS_MASTER] [default: http://127.0.0.1:5050]
+    #[arg(long, value_name = "URL")]
+    pub master: Option<String>,
+}
+
+impl MasterArg {
+    pub fn url(&self) -> String {
+        let raw = self
+            .master
+            .clone()
+            .or_else(|| std::env::var("WASMOS_MASTER").ok().filter(|s| !s.is_empty()))
+            .unwrap_or_else(|| DEFAULT_MASTER.to_string());
+        if raw.contains("://") { raw } else { format!("http://{raw}") }
+    }
+
+    pub async fn connect(&self) -> Result<Channel, String> {
+        let url = self.url();
+        let ep = Endpoint::from_shared(url.clone())
+            .map_err(|_| format!("master address {url:?} is not a URL; write e.g. http://127.0.0.1:5050"))?
+            .connect_timeout(Duration::from_secs(5))
+            .tcp_nodelay(true);
+        ep.connect().await.map_err(|e| {
+            format!("cannot reach the master at {url}: {e}; start one with `wasmos dev` or set --master / WASMOS_MASTER")
+        })
+    }
+}
+
+pub fn operator(ch: &Channel) -> v1::operator_client::OperatorClient<Channel> {
+    v1::operator_client::OperatorClient::new(ch.clone())
+        .max_decoding_message_size(1 << 30)
+        .max_encoding_message_size(wasmos_proto::MAX_MESSAGE_BYTES)
+}
+
+pub fn artifacts(ch: &Channel) -> v1::artifacts_client::ArtifactsClient<Channel> {
+    v1::artifacts_client::ArtifactsClient::new(ch.clone())
+        .max_decoding_message_size(wasmos_proto::MAX_MESSAGE_BYTES)
+        .max_encoding_message_size(wasmos_proto::MAX_MESSAGE_BYTES)
+}
+
+/// A gRPC error as a one-line, lower-case message.
+pub fn status_msg(s: &tonic::Status) -> String {
+    let m = s.message();
+    if m.is_empty() { format!("{:?}", s.code()).to_lowercase() } else { m.to_string() }
+}
+
+/// RFC 3339 UTC with milliseconds, from unix milliseconds; `None` for 0.
+pub fn rfc3339(ms: i64) -> Option<String> {
+    if ms <= 0 {
+        return None;
+    }
+    let secs = ms.div_euclid(1000);
+    let millis = ms.rem_euclid(1000);
+    let days = secs.div_euclid(86_400);
+    let rem = secs.rem_euclid(86_400);
+    // Civil date from days since 1970-01-01 (Howard Hinnant's algorithm).
+    let z = days + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z.rem_euclid(146_097);
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let y = yoe + era * 400;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let d = doy - (153 * mp + 2) / 5 + 1;
+    let m = if mp < 10 { mp + 3 } else { mp - 9 };
+    let y = if m <= 2 { y + 1 } else { y };
+    Some(format!(
+        "{y:04}-{m:02}-{d:02}T{:02}:{:02}:{:02}.{millis:03}Z",
+        rem / 3600,
+        (rem % 3600) / 60,
+        rem % 60
+    ))
+}
+
+/// Prints rows as an aligned table (first row is the header).
+pub fn table(rows: &[Vec<String>]) -> String {
+    let cols = rows.iter().map(Vec::len).max().unwrap_or(0);
+    let widths: Vec<usize> =
+        (0..cols).map(|c| rows.iter().map(|r| r.get(c).map(|s| s.chars().count()).unwrap_or(0)).max().unwrap_or(0)).collect();
+    let mut out = String::new();
+    for r in rows {
+        let line: Vec<String> = r
+            .iter()
+            .enumerate()
+            .map(|(i, s)| if i + 1 == r.len() { s.clone() } else { format!("{s:<w$}", w = widths[i]) })
+            .collect();
+        out.push_str(line.join("  ").trim_end());
+        out.push('\n');
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn rfc3339_with_millis() {
+        assert_eq!(rfc3339(0), None);
+        assert_eq!(rfc3339(1).unwrap(), "1970-01-01T00:00:00.001Z");
+        assert_eq!(rfc3339(1_795_000_000_123).unwrap(), "2026-11-18T11:06:40.123Z");
+        assert_eq!(rfc3339(951_782_400_000).unwrap(), "2000-02-29T00:00:00.000Z");
+    }
+}

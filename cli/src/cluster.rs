@@ -1,0 +1,239 @@
+//! `wasmos master`, `wasmos agent` and `wasmos dev` (a master plus agents in
+//! one process, over the same gRPC protocol on loopback).
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::time::Duration;
+
+use wasmos_host::MasterConfig;
+use wasmos_model::{parse_duration, parse_size, Resources, Scalar};
+
+fn duration(s: &str) -> Result<Duration, String> {
+    parse_duration(s).map_err(|e| e.to_string())
+}
+fn size(s: &str) -> Result<u64, String> {
+    parse_size(s).map_err(|e| e.to_string())
+}
+fn resources(s: &str) -> Result<Resources, String> {
+    let r = Resources::parse(s).map_err(|e| e.to_string())?;
+    if r.is_empty() {
+        return Err("resources are empty; give e.g. cpus:2;mem:4GiB".into());
+    }
+    Ok(r)
+}
+fn attributes(s: &str) -> Result<Vec<(String, String)>, String> {
+    s.split(',')
+        .filter(|p| !p.trim().is_empty())
+        .map(|p| match p.split_once('=') {
+            Some((k, v)) if !k.trim().is_empty() => Ok((k.trim().to_string(), v.trim().to_string())),
+            _ => Err(format!("attribute {p:?} is not k=v; write e.g. --attributes zone=eu,rack=r1")),
+        })
+        .collect()
+}
+
+fn default_state_dir(what: &str) -> PathBuf {
+    std::env::var_os("XDG_STATE_HOME")
+        .map(PathBuf::from)
+        .or_else(|| std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".local/state")))
+        .unwrap_or_else(std::env::temp_dir)
+        .join("wasmos")
+        .join(what)
+}
+
+/// Master settings shared by `master` and `dev`.
+#[derive(clap::Args, Debug, Clone)]
+pub struct MasterOpts {
+    /// Address the gRPC API listens on.
+    #[arg(long, value_name = "ADDR", default_value = "127.0.0.1:5050")]
+    pub listen: SocketAddr,
+    /// Where the master keeps its files (artifacts) [default: ~/.local/state/wasmos/master]
+    #[arg(long, value_name = "DIR")]
+    pub state_dir: Option<PathBuf>,
+    /// How often agents heartbeat.
+    #[arg(long, value_name = "DUR", default_value = "1s", value_parser = duration)]
+    pub agent_heartbeat: Duration,
+    /// Silence after which an agent is removed and its tasks are LOST.
+    #[arg(long, value_name = "DUR", default_value = "15s", value_parser = duration)]
+    pub agent_timeout: Duration,
+    /// Least time between allocation cycles (events in between are batched).
+    #[arg(long, value_name = "DUR", default_value = "1ms", value_parser = duration)]
+    pub allocation_interval: Duration,
+    /// Largest module the artifact store accepts.
+    #[arg(long, value_name = "SIZE", default_value = "64MiB", value_parser = size)]
+    pub max_module_size: u64,
+}
+
+impl MasterOpts {
+    fn config(&self, default_dir: &str) -> MasterConfig {
+        let mut cfg = MasterConfig::new(self.state_dir.clone().unwrap_or_else(|| default_state_dir(default_dir)));
+        cfg.agent_heartbeat_interval = self.agent_heartbeat;
+        cfg.agent_timeout = self.agent_timeout;
+        cfg.allocation_interval = self.allocation_interval;
+        cfg.max_module_bytes = self.max_module_size;
+        cfg
+    }
+}
+
+#[derive(clap::Args, Debug)]
+pub struct MasterArgs {
+    #[command(flatten)]
+    pub opts: MasterOpts,
+}
+
+#[derive(clap::Args, Debug)]
+pub struct AgentArgs {
+    /// The master's URL.
+    #[arg(long, value_name = "URL", env = "WASMOS_MASTER", default_value = "http://127.0.0.1:5050")]
+    pub master: String,
+    /// Resources to offer [default: the machine's cores and memory]
+    #[arg(long, value_name = "RES", value_parser = resources)]
+    pub resources: Option<Resources>,
+    /// Attributes, matched by `submit --constraint`.
+    #[arg(long, value_name = "k=v,...", value_parser = attributes)]
+    pub attributes: Option<Vec<(String, String)>>,
+    /// Where artifacts, the compiled-module cache and task sandboxes live
+    /// [default: ~/.local/state/wasmos/agent]
+    #[arg(long, value_name = "DIR")]
+    pub work_dir: Option<PathBuf>,
+    /// Most tasks running at once (sandbox pool slots).
+    #[arg(long, value_name = "N", default_value_t = wasmos_sandbox::DEFAULT_MAX_CONCURRENT_TASKS)]
+    pub max_tasks: u32,
+}
+
+#[derive(clap::Args, Debug)]
+pub struct DevArgs {
+    /// Agents to start in this process.
+    #[arg(long, value_name = "N", default_value_t = 1)]
+    pub agents: u32,
+    /// Resources of each agent [default: the machine's cores and memory, split evenly]
+    #[arg(long, value_name = "RES", value_parser = resources)]
+    pub agent_resources: Option<Resources>,
+    #[command(flatten)]
+    pub opts: MasterOpts,
+}
+
+fn runtime() -> tokio::runtime::Runtime {
+    tokio::runtime::Builder::new_multi_thread().enable_all().build().expect("tokio runtime")
+}
+
+async fn ctrl_c() {
+    let _ = tokio::signal::ctrl_c().await;
+}
+
+pub fn master(args: MasterArgs) -> ExitCode {
+    runtime().block_on(async {
+        let listener = match tokio::net::TcpListener::bind(args.opts.listen).await {
+            Ok(l) => l,
+            Err(e) => {
+                eprintln!("wasmos master: cannot listen on {}: {e}; pick another --listen", args.opts.listen);
+                return ExitCode::from(2);
+            }
+        };
+        let cfg = args.opts.config("master");
+        eprintln!("wasmos master: listening on http://{} (state in {})", args.opts.listen, cfg.state_dir.display());
+        match wasmos_host::run(listener, cfg, ctrl_c()).await {
+            Ok(()) => ExitCode::SUCCESS,
+            Err(e) => {
+                eprintln!("wasmos master: {e}");
+                ExitCode::from(1)
+            }
+        }
+    })
+}
+
+pub fn agent(args: AgentArgs) -> ExitCode {
+    let work_dir = args.work_dir.clone().unwrap_or_else(|| default_state_dir("agent"));
+    let mut cfg = wasmos_agent::AgentConfig::new(args.master.clone(), work_dir);
+    if let Some(r) = args.resources {
+        cfg.resources = r;
+    }
+    cfg.attributes = args.attributes.unwrap_or_default();
+    cfg.sandbox.max_concurrent_tasks = args.max_tasks;
+    eprintln!("wasmos agent: offering {} to {}", cfg.resources, args.master);
+    runtime().block_on(async {
+        match wasmos_agent::run(cfg, ctrl_c()).await {
+            Ok(id) => {
+                eprintln!("wasmos agent: {id} stopped");
+                ExitCode::SUCCESS
+            }
+            Err(e) => {
+                eprintln!("wasmos agent: {e}");
+                ExitCode::from(1)
+            }
+        }
+    })
+}
+
+/// The machine's resources split evenly across `n` agents.
+fn share(n: u32) -> Resources {
+    let all = wasmos_agent::default_resources();
+    let mut out = Resources::new();
+    for (name, v) in all.iter() {
+        let mut each = v.milli() / n.max(1) as i64;
+        if name == wasmos_model::MEM {
+            // whole MiB, so tables stay readable
+            each -= each % ((1i64 << 20) * 1000);
+        }
+        out.set(name, Scalar(each));
+    }
+    out
+}
+
+pub fn dev(args: DevArgs) -> ExitCode {
+    if args.agents == 0 {
+        eprintln!("wasmos dev: --agents must be at least 1");
+        return ExitCode::from(2);
+    }
+    let rt = runtime();
+    rt.block_on(async {
+        let listener = match tokio::net::TcpListener::bind(args.opts.listen).await {
+            Ok(l) => l,
+            Err(e) => {
+                eprintln!("wasmos dev: cannot listen on {}: {e}; pick another --listen", args.opts.listen);
+                return ExitCode::from(2);
+            }
+        };
+        let addr = listener.local_addr().map(|a| a.to_string()).unwrap_or_default();
+        let cfg = args.opts.config("dev");
+        let state_dir = cfg.state_dir.clone();
+        let handle = match wasmos_host::start(cfg) {
+            Ok(h) => h,
+            Err(e) => {
+                eprintln!("wasmos dev: {e}");
+                return ExitCode::from(1);
+            }
+        };
+        let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
+        let mut stop = stop_rx.clone();
+        let server = tokio::spawn(wasmos_host::serve_with(handle, listener, async move {
+            let _ = stop.wait_for(|s| *s).await;
+        }));
+        let resources = args.agent_resources.clone().unwrap_or_else(|| share(args.agents));
+        let url = format!("http://{addr}");
+        let mut agents = Vec::new();
+        for i in 0..args.agents {
+            let mut cfg = wasmos_agent::AgentConfig::new(url.clone(), state_dir.join(format!("agent-{i}")));
+            cfg.resources = resources.clone();
+            cfg.hostname = format!("{}-dev{i}", wasmos_agent::hostname());
+            let mut stop = stop_rx.clone();
+            agents.push(tokio::spawn(wasmos_agent::run(cfg, async move {
+                let _ = stop.wait_for(|s| *s).await;
+            })));
+        }
+        eprintln!(
+            "wasmos dev: master on {url} with {} agent(s) of {resources} (state in {})",
+            args.agents,
+            state_dir.display()
+        );
+        eprintln!("  next: wasmos submit --master {url} --wait target/guests/hello.wasm -- world");
+        eprintln!("        wasmos tasks --master {url}    (Ctrl-C stops the cluster)");
+        ctrl_c().await;
+        let _ = stop_tx.send(true);
+        for a in agents {
+            let _ = a.await;
+        }
+        let _ = server.await;
+        ExitCode::SUCCESS
+    })
+}

@@ -1,0 +1,267 @@
+//! `wasmos submit`: upload a module (unless the master has it), queue tasks in
+//! the batch framework, optionally wait for their outcomes.
+
+use std::collections::HashSet;
+use std::io::Write;
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::time::Duration;
+
+use sha2::{Digest, Sha256};
+use wasmos_model::{parse_duration, parse_size, Limits, OutcomeKind, Resources, Scalar, CPUS, MEM};
+use wasmos_proto::v1;
+
+use crate::client::{self, MasterArg, status_msg};
+
+fn size(s: &str) -> Result<u64, String> {
+    parse_size(s).map_err(|e| e.to_string())
+}
+fn duration(s: &str) -> Result<Duration, String> {
+    parse_duration(s).map_err(|e| e.to_string())
+}
+fn pair(s: &str) -> Result<(String, String), String> {
+    match s.split_once('=') {
+        Some((k, v)) if !k.is_empty() => Ok((k.to_string(), v.to_string())),
+        _ => Err(format!("{s:?} is not K=V")),
+    }
+}
+
+#[derive(clap::Args, Debug)]
+pub struct SubmitArgs {
+    #[command(flatten)]
+    pub master: MasterArg,
+    /// Cores each task reserves (fractional).
+    #[arg(long, value_name = "N", default_value_t = 0.1)]
+    pub cpus: f64,
+    /// Memory each task reserves; also its `mem` limit.
+    #[arg(long, value_name = "SIZE", default_value = "64MiB", value_parser = size)]
+    pub mem: u64,
+    /// Fuel budget per task [default: unlimited, always counted]
+    #[arg(long, value_name = "N")]
+    pub fuel: Option<u64>,
+    /// Wall-clock limit per task.
+    #[arg(long, value_name = "DUR", default_value = "60s", value_parser = duration)]
+    pub timeout: Duration,
+    /// Bytes kept per output stream.
+    #[arg(long, value_name = "SIZE", default_value = "1MiB", value_parser = size)]
+    pub max_output: u64,
+    /// Environment variable for the task (repeatable).
+    #[arg(long = "env", value_name = "K=V", value_parser = pair)]
+    pub env: Vec<(String, String)>,
+    /// Task name (also argv[0]) [default: the module's file name]
+    #[arg(long, value_name = "NAME")]
+    pub name: Option<String>,
+    /// How many identical tasks to queue.
+    #[arg(long, value_name = "N", default_value_t = 1)]
+    pub count: u32,
+    /// Higher runs first; FIFO within a priority.
+    #[arg(long, value_name = "P", default_value_t = 0, allow_hyphen_values = true)]
+    pub priority: i32,
+    /// Only run on agents with this attribute (repeatable).
+    #[arg(long = "constraint", value_name = "ATTR=VALUE", value_parser = pair)]
+    pub constraints: Vec<(String, String)>,
+    /// Wait for every task to end, then print the outcomes.
+    #[arg(long)]
+    pub wait: bool,
+    /// With --wait: one JSON object per task (the `wasmos run --json` keys plus
+    /// task_id, agent_id, state); without: one {"task_id"} object per task.
+    #[arg(long)]
+    pub json: bool,
+    #[arg(value_name = "MODULE.wasm")]
+    pub module: PathBuf,
+    /// Arguments for the task, after `--`.
+    #[arg(value_name = "ARGS", trailing_var_arg = true, allow_hyphen_values = true)]
+    pub args: Vec<String>,
+}
+
+pub fn main(args: SubmitArgs) -> ExitCode {
+    let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().expect("runtime");
+    match rt.block_on(submit(args)) {
+        Ok(code) => code,
+        Err(e) => {
+            eprintln!("wasmos submit: {e}");
+            ExitCode::from(2)
+        }
+    }
+}
+
+/// Uploads `bytes` unless the master already has them; returns the hash.
+pub async fn upload(ch: &tonic::transport::Channel, bytes: &[u8]) -> Result<String, String> {
+    let sha = hex::encode(Sha256::digest(bytes));
+    let mut art = client::artifacts(ch);
+    let has = art.has(v1::HasRequest { sha256: sha.clone() }).await.map_err(|e| status_msg(&e))?.into_inner();
+    if has.present {
+        return Ok(sha);
+    }
+    let chunks: Vec<v1::Chunk> = bytes
+        .chunks(wasmos_proto::CHUNK_BYTES)
+        .enumerate()
+        .map(|(i, c)| v1::Chunk { sha256: if i == 0 { sha.clone() } else { String::new() }, data: c.to_vec() })
+        .collect();
+    let chunks = if chunks.is_empty() { vec![v1::Chunk { sha256: sha.clone(), data: vec![] }] } else { chunks };
+    art.upload(tokio_stream::iter(chunks)).await.map_err(|e| format!("upload refused: {}", status_msg(&e)))?;
+    Ok(sha)
+}
+
+async fn submit(args: SubmitArgs) -> Result<ExitCode, String> {
+    if !(args.cpus >= 0.0 && args.cpus.is_finite()) {
+        return Err(format!("--cpus {} is not a non-negative number", args.cpus));
+    }
+    let bytes = std::fs::read(&args.module)
+        .map_err(|e| format!("cannot read {}: {e}; check the path", args.module.display()))?;
+    let ch = args.master.connect().await?;
+    let sha = upload(&ch, &bytes).await?;
+    let name = args.name.clone().unwrap_or_else(|| {
+        args.module.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_else(|| "task".into())
+    });
+    let resources = Resources::new().with(CPUS, Scalar::from_f64(args.cpus)).with(MEM, Scalar::units(args.mem as i64));
+    let limits = Limits { fuel: args.fuel, mem: args.mem, timeout: args.timeout, max_output: args.max_output };
+    let template = v1::TaskSpec {
+        task_id: String::new(),
+        name,
+        module_sha256: sha,
+        args: args.args.clone(),
+        env: args.env.iter().cloned().collect(),
+        resources: Some(wasmos_proto::resources_to_wire(&resources)),
+        limits: Some(wasmos_proto::limits_to_wire(&limits)),
+        files: vec![],
+        sandbox_dir: false,
+    };
+    let mut op = client::operator(&ch);
+    // Watch before submitting, so no outcome can slip by.
+    let watch = if args.wait {
+        Some(op.watch(v1::WatchRequest { framework_id: "batch".into() }).await.map_err(|e| status_msg(&e))?.into_inner())
+    } else {
+        None
+    };
+    let resp = op
+        .submit(v1::SubmitRequest {
+            template: Some(template),
+            count: args.count,
+            priority: args.priority,
+            constraints: args.constraints.iter().map(|(k, v)| v1::Attribute { key: k.clone(), value: v.clone() }).collect(),
+            max_attempts: 0,
+        })
+        .await
+        .map_err(|e| format!("submit refused: {}", status_msg(&e)))?
+        .into_inner();
+    let Some(watch) = watch else {
+        for id in &resp.task_ids {
+            if args.json {
+                println!("{}", serde_json::json!({ "task_id": id }));
+            } else {
+                println!("{id}");
+            }
+        }
+        return Ok(ExitCode::SUCCESS);
+    };
+
+    let ids: HashSet<String> = resp.task_ids.iter().cloned().collect();
+    let mut done: HashSet<String> = HashSet::new();
+    let total = ids.len();
+    let show_progress = total > 1;
+    let mut last_draw = std::time::Instant::now() - Duration::from_secs(1);
+    let mut poll = tokio::time::interval(Duration::from_millis(500));
+    let mut watch = Some(watch);
+    while done.len() < total {
+        tokio::select! {
+            msg = next(&mut watch) => match msg {
+                Ok(Some(ev)) => {
+                    if let Some(v1::watch_event::Event::Task(st)) = ev.event {
+                        let terminal = wasmos_proto::state_from_wire(st.state).is_some_and(|s| s.is_terminal());
+                        if terminal && ids.contains(&st.task_id) {
+                            done.insert(st.task_id);
+                        }
+                    }
+                }
+                // The stream ended or fell behind: fall back to polling.
+                _ => watch = None,
+            },
+            _ = poll.tick() => {
+                // Catch up with anything the stream missed (retries, lag).
+                let list = op.list_tasks(v1::ListTasksRequest { state: 0, framework_id: "batch".into(), limit: 0 })
+                    .await.map_err(|e| status_msg(&e))?.into_inner();
+                for t in list.tasks {
+                    if ids.contains(&t.task_id) && wasmos_proto::state_from_wire(t.state).is_some_and(|s| s.is_terminal()) {
+                        done.insert(t.task_id);
+                    }
+                }
+            }
+        }
+        if show_progress && !args.json && last_draw.elapsed() >= Duration::from_millis(100) {
+            draw(done.len(), total);
+            last_draw = std::time::Instant::now();
+        }
+    }
+    if show_progress && !args.json {
+        draw(done.len(), total);
+        eprintln!();
+    }
+    let list = op
+        .list_tasks(v1::ListTasksRequest { state: 0, framework_id: "batch".into(), limit: 0 })
+        .await
+        .map_err(|e| status_msg(&e))?
+        .into_inner();
+    let mut by_id: std::collections::HashMap<String, v1::TaskSummary> =
+        list.tasks.into_iter().filter(|t| ids.contains(&t.task_id)).map(|t| (t.task_id.clone(), t)).collect();
+    let mut all_finished = true;
+    let mut single_exit = 0;
+    for id in &resp.task_ids {
+        let Some(t) = by_id.remove(id) else { continue };
+        let state = wasmos_proto::state_from_wire(t.state).map(|s| s.to_string()).unwrap_or_default();
+        let outcome = t.outcome.as_ref().and_then(wasmos_proto::outcome_from_wire);
+        if outcome.as_ref().is_none_or(|o| o.kind != OutcomeKind::Finished) {
+            all_finished = false;
+        }
+        if args.json {
+            let mut obj = match &outcome {
+                Some(o) => crate::run::to_json(o),
+                None => serde_json::json!({
+                    "outcome": null, "exit_code": null, "fuel_consumed": 0, "peak_memory_bytes": 0,
+                    "wall_time_ms": 0.0, "stdout": "", "stderr": "", "stdout_truncated": false,
+                    "stderr_truncated": false, "message": if t.message.is_empty() { None } else { Some(t.message.clone()) },
+                }),
+            };
+            obj["task_id"] = serde_json::json!(t.task_id);
+            obj["agent_id"] = serde_json::json!(t.agent_id);
+            obj["state"] = serde_json::json!(state);
+            println!("{obj}");
+        } else {
+            match &outcome {
+                Some(o) => {
+                    if total == 1 {
+                        let _ = std::io::stdout().write_all(&o.stdout);
+                        let _ = std::io::stderr().write_all(&o.stderr);
+                        single_exit = o.kind.process_exit_code(o.exit_code);
+                    }
+                    let summary = crate::run::summary(o).replacen("wasmos: ", "", 1);
+                    println!("{}  {}  {summary}", t.task_id, if t.agent_id.is_empty() { "-" } else { &t.agent_id });
+                }
+                None => {
+                    single_exit = 125;
+                    println!("{}  {state}  {}", t.task_id, t.message);
+                }
+            }
+        }
+    }
+    Ok(if args.json || total > 1 {
+        if all_finished || args.json { ExitCode::SUCCESS } else { ExitCode::from(1) }
+    } else {
+        ExitCode::from(single_exit as u8)
+    })
+}
+
+/// The next watch event; never resolves once the stream is gone.
+async fn next(w: &mut Option<tonic::Streaming<v1::WatchEvent>>) -> Result<Option<v1::WatchEvent>, tonic::Status> {
+    match w {
+        Some(s) => s.message().await,
+        None => std::future::pending().await,
+    }
+}
+
+fn draw(done: usize, total: usize) {
+    let width = 30;
+    let filled = done * width / total.max(1);
+    eprint!("\r[{}{}] {done}/{total} done", "#".repeat(filled), " ".repeat(width - filled));
+    let _ = std::io::stderr().flush();
+}
