@@ -1,0 +1,254 @@
+//! A remote framework written against the Scheduler API, in the test.
+
+use std::time::Duration;
+
+use tonic::Streaming;
+use wasmos_proto::v1;
+use wasmos_proto::v1::event::Event as E;
+
+use crate::*;
+
+pub struct Framework {
+    pub id: String,
+    events: Streaming<v1::Event>,
+    client: v1::scheduler_client::SchedulerClient<tonic::transport::Channel>,
+}
+
+impl Framework {
+    pub async fn subscribe(c: &Cluster, name: &str, role: &str) -> Framework {
+        let mut client = c.scheduler();
+        let mut events = client
+            .subscribe(v1::SubscribeRequest {
+                framework: Some(v1::FrameworkInfo {
+                    framework_id: String::new(),
+                    name: name.into(),
+                    role: role.into(),
+                    failover_timeout_s: 0.0,
+                }),
+            })
+            .await
+            .unwrap()
+            .into_inner();
+        let first = events.message().await.unwrap().unwrap();
+        let Some(E::Subscribed(s)) = first.event else { panic!("first event is not SUBSCRIBED: {first:?}") };
+        assert!(s.heartbeat_interval_ms > 0);
+        Framework { id: s.framework_id, events, client }
+    }
+
+    /// The next event other than a heartbeat (10 s at most).
+    pub async fn next(&mut self) -> E {
+        loop {
+            let ev = tokio::time::timeout(Duration::from_secs(10), self.events.message())
+                .await
+                .expect("an event within 10 s")
+                .unwrap()
+                .expect("stream open");
+            match ev.event {
+                Some(E::Heartbeat(_)) | None => continue,
+                Some(e) => return e,
+            }
+        }
+    }
+
+    pub async fn offers(&mut self) -> Vec<v1::Offer> {
+        loop {
+            if let E::Offers(o) = self.next().await {
+                return o.offers;
+            }
+        }
+    }
+
+    pub async fn update(&mut self) -> v1::TaskStatus {
+        loop {
+            if let E::Update(u) = self.next().await {
+                return u.status.unwrap();
+            }
+        }
+    }
+
+    pub async fn call(&mut self, call: v1::call::Call) -> Result<(), tonic::Status> {
+        self.client.call(v1::Call { framework_id: self.id.clone(), call: Some(call) }).await.map(|_| ())
+    }
+
+    pub async fn accept(&mut self, offers: &[&v1::Offer], launch: Vec<v1::TaskSpec>) {
+        self.call(v1::call::Call::Accept(v1::call::Accept {
+            offer_ids: offers.iter().map(|o| o.offer_id.clone()).collect(),
+            launch,
+            filters: Some(v1::Filters { refuse_seconds: Some(0.0) }),
+        }))
+        .await
+        .unwrap();
+    }
+
+    pub async fn ack(&mut self, st: &v1::TaskStatus) {
+        if !st.uuid.is_empty() {
+            self.call(v1::call::Call::Acknowledge(v1::call::Acknowledge {
+                agent_id: st.agent_id.clone(),
+                task_id: st.task_id.clone(),
+                uuid: st.uuid.clone(),
+            }))
+            .await
+            .unwrap();
+        }
+    }
+}
+
+fn state(s: &v1::TaskStatus) -> v1::TaskState {
+    v1::TaskState::try_from(s.state).unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn subscribe_offer_launch_update_acknowledge_reconcile() {
+    let c = cluster(1, "cpus:2;mem:1GiB").await;
+    let sha = c.upload_wat(&echo_wat("remote")).await;
+    let mut fw = Framework::subscribe(&c, "remote-test", "eng/remote").await;
+    let offers = fw.offers().await;
+    assert_eq!(offers.len(), 1);
+    let o = &offers[0];
+    let offered = wasmos_proto::resources_from_wire(o.resources.as_ref()).unwrap();
+    assert_eq!(offered.to_string(), "cpus:2;mem:1GiB");
+    fw.accept(&[o], vec![spec("r-1", &sha, "cpus:1;mem:64MiB"), spec("r-2", &sha, "cpus:1;mem:64MiB")]).await;
+    let mut finished = 0;
+    while finished < 2 {
+        let st = fw.update().await;
+        assert!(st.task_id == "r-1" || st.task_id == "r-2");
+        assert_eq!(st.framework_id, fw.id);
+        assert_eq!(st.uuid.len(), 16, "agent updates carry a uuid");
+        match state(&st) {
+            v1::TaskState::TaskRunning => {}
+            v1::TaskState::TaskFinished => {
+                assert_eq!(st.outcome.as_ref().unwrap().stdout, b"remote");
+                finished += 1;
+            }
+            other => panic!("unexpected {other:?}: {st:?}"),
+        }
+        fw.ack(&st).await;
+    }
+    // Implicit reconciliation: every non-terminal task (none left) ...
+    fw.call(v1::call::Call::Reconcile(v1::call::Reconcile { task_ids: vec![] })).await.unwrap();
+    // ... and explicit: the latest state of named tasks, even unknown ones.
+    fw.call(v1::call::Call::Reconcile(v1::call::Reconcile { task_ids: vec!["r-1".into(), "ghost".into()] }))
+        .await
+        .unwrap();
+    let a = fw.update().await;
+    let b = fw.update().await;
+    assert_eq!((a.task_id.as_str(), state(&a), a.reason.as_str()), ("r-1", v1::TaskState::TaskFinished, "reconciliation"));
+    assert_eq!((b.task_id.as_str(), state(&b)), ("ghost", v1::TaskState::TaskLost));
+    // Visible through the Operator API too.
+    let t = c.task("r-1").await;
+    assert_eq!(t.framework_id, fw.id);
+    assert_eq!(t.state, v1::TaskState::TaskFinished as i32);
+    let fws = c.operator().list_frameworks(v1::ListFrameworksRequest {}).await.unwrap().into_inner().frameworks;
+    assert!(fws.iter().any(|f| f.framework_id == fw.id && f.role == "eng/remote" && f.connected && !f.hosted));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bad_launches_are_refused_with_state_and_reason() {
+    let c = cluster(1, "cpus:2;mem:1GiB").await;
+    let sha = c.upload_wat(SPIN).await;
+    let mut fw = Framework::subscribe(&c, "bad", "bad").await;
+    let offers = fw.offers().await;
+    let o = offers[0].clone();
+    // One call: a task that fits, one too big for what is left, a duplicate
+    // id, an unknown module and a malformed id.
+    fw.accept(
+        &[&o],
+        vec![
+            spec("ok-1", &sha, "cpus:1;mem:64MiB"),
+            spec("too-big", &sha, "cpus:1.5;mem:64MiB"),
+            spec("ok-1", &sha, "cpus:0.1;mem:1MiB"),
+            spec("no-module", &"0".repeat(64), "cpus:0.1;mem:1MiB"),
+            spec("bad id!", &sha, "cpus:0.1;mem:1MiB"),
+        ],
+    )
+    .await;
+    let mut seen = std::collections::HashMap::new();
+    while seen.len() < 5 {
+        let st = fw.update().await;
+        let key = if st.task_id == "ok-1" && state(&st) == v1::TaskState::TaskError { "dup".to_string() } else { st.task_id.clone() };
+        fw.ack(&st).await;
+        seen.entry(key).or_insert((state(&st), st.reason.clone(), st.message.clone()));
+    }
+    assert_eq!(seen["ok-1"].0, v1::TaskState::TaskRunning);
+    assert_eq!(seen["too-big"].0, v1::TaskState::TaskError);
+    assert_eq!(seen["too-big"].1, "insufficient_resources");
+    assert_eq!(seen["dup"].1, "duplicate_task_id");
+    assert_eq!(seen["no-module"].1, "unknown_module");
+    assert_eq!(seen["bad id!"].1, "invalid_task_id");
+    for (_, (_, _, msg)) in seen.iter() {
+        assert!(msg.is_empty() || msg.chars().next().unwrap().is_lowercase() || msg.starts_with("task"), "{msg}");
+    }
+    // A stale offer (already used above): every task is dropped.
+    fw.accept(&[&o], vec![spec("late", &sha, "cpus:0.1;mem:1MiB")]).await;
+    let st = loop {
+        let st = fw.update().await;
+        if st.task_id == "late" {
+            break st;
+        }
+    };
+    assert_eq!((state(&st), st.reason.as_str()), (v1::TaskState::TaskDropped, "invalid_offers"));
+    // Calls for unknown frameworks are refused; the master stays up.
+    let mut client = c.scheduler();
+    let e = client.call(v1::Call { framework_id: "nobody".into(), call: None }).await.unwrap_err();
+    assert_eq!(e.code(), tonic::Code::NotFound);
+    // The good task runs; teardown kills it.
+    fw.call(v1::call::Call::Teardown(v1::call::Teardown {})).await.unwrap();
+    let t = c.wait_task("ok-1", None).await;
+    assert_eq!(t.state, v1::TaskState::TaskKilled as i32);
+}
+
+/// Accepts one task per offer, declining the rest with no filter, forever.
+async fn greedy(mut fw: Framework, sha: String, tag: &'static str) {
+    let mut n = 0;
+    loop {
+        match fw.next().await {
+            E::Offers(o) => {
+                for offer in o.offers {
+                    n += 1;
+                    fw.accept(&[&offer], vec![spec(&format!("{tag}-{n}"), &sha, "cpus:0.5;mem:64MiB")]).await;
+                }
+            }
+            E::Update(u) => {
+                let st = u.status.unwrap();
+                fw.ack(&st).await;
+            }
+            _ => {}
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_frameworks_in_two_roles_get_drf_fair_shares() {
+    // 2 agents x 2 cpus = 4 cpus; tasks of 0.5 cpu that run until killed:
+    // 8 slots. DRF over roles a and b (weight 1 each): 4 tasks each,
+    // dominant shares 2/4 = 0.5 and 0.5.
+    let c = cluster(2, "cpus:2;mem:4GiB").await;
+    let sha = c.upload_wat(SPIN).await;
+    let a = Framework::subscribe(&c, "a", "team-a").await;
+    let b = Framework::subscribe(&c, "b", "team-b").await;
+    let (ida, idb) = (a.id.clone(), b.id.clone());
+    let ha = tokio::spawn(greedy(a, sha.clone(), "a"));
+    let hb = tokio::spawn(greedy(b, sha, "b"));
+    let count = |tasks: &[v1::TaskSummary], fw: &str| {
+        tasks
+            .iter()
+            .filter(|t| t.framework_id == fw && t.state == v1::TaskState::TaskRunning as i32)
+            .count()
+    };
+    let mut last = (0, 0);
+    for _ in 0..500 {
+        let tasks = c.operator().list_tasks(v1::ListTasksRequest::default()).await.unwrap().into_inner().tasks;
+        last = (count(&tasks, &ida), count(&tasks, &idb));
+        if last.0 + last.1 == 8 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert_eq!(last, (4, 4), "running tasks per framework");
+    let roles = c.operator().list_roles(v1::ListRolesRequest {}).await.unwrap().into_inner().roles;
+    for r in roles.iter().filter(|r| r.role.starts_with("team-")) {
+        assert!((r.dominant_share - 0.5).abs() < 1e-9, "{r:?}");
+    }
+    ha.abort();
+    hb.abort();
+}
