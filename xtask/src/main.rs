@@ -139,9 +139,31 @@ fn setup(root: &Path) -> Result<RustRoute> {
     {
         apt_install(&DEBIAN_C)?;
     }
+    setup_python(root)?;
     std::fs::create_dir_all(guests_dir(root))?;
     std::fs::write(guests_dir(root).join(".rust-route"), format!("{route:?}\n"))?;
     Ok(route)
+}
+
+/// grpcio + grpcio-tools for the Python remote framework example (and its
+/// test); installed from its requirements.txt only when the import fails.
+fn setup_python(root: &Path) -> Result<()> {
+    let importable = || quiet_ok(Command::new("python3").args(["-c", "import grpc, grpc_tools"]));
+    if importable() {
+        return Ok(());
+    }
+    if !has_command("python3") {
+        bail!("python3 is not installed; the python-remote example and its test need Python 3.9+ with pip");
+    }
+    let req = root.join("examples/frameworks/python-remote/requirements.txt");
+    let mut pip = Command::new("python3");
+    pip.args(["-m", "pip", "install", "--quiet", "--disable-pip-version-check", "-r"]).arg(&req);
+    let hint = format!("installing grpcio failed; try `python3 -m pip install -r {}`", req.display());
+    run(&mut pip).context(hint)?;
+    if !importable() {
+        bail!("pip installed {} but `python3 -c \"import grpc, grpc_tools\"` still fails", req.display());
+    }
+    Ok(())
 }
 
 fn current_route(root: &Path) -> Result<RustRoute> {

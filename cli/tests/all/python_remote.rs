@@ -1,0 +1,139 @@
+//! The Python remote framework example (`examples/frameworks/python-remote/`)
+//! against a real `wasmos dev` cluster: a framework in another language,
+//! using grpcio stubs generated from our .proto, through the Scheduler API.
+
+use std::io::{BufRead, BufReader};
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+use std::sync::mpsc;
+use std::time::Duration;
+
+const TASKS: usize = 20;
+
+fn repo() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("..")
+}
+
+/// A `wasmos dev` child process, killed when dropped (also when a test panics).
+struct Cluster {
+    child: Child,
+    url: String,
+    _state: tempfile::TempDir,
+}
+
+impl Cluster {
+    fn start() -> Cluster {
+        let state = tempfile::tempdir().unwrap();
+        let mut child = Command::new(env!("CARGO_BIN_EXE_wasmos"))
+            .args(["dev", "--listen", "127.0.0.1:0", "--state-dir"])
+            .arg(state.path())
+            .args(["--agent-resources", "cpus:2;mem:2GiB"])
+            .env_remove("WASMOS_MASTER")
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("cannot start `wasmos dev`");
+        let stderr = child.stderr.take().unwrap();
+        let (tx, rx) = mpsc::channel();
+        // Keeps draining stderr after the address line so the child never blocks on a full pipe.
+        std::thread::spawn(move || {
+            for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+                let _ = tx.send(line);
+            }
+        });
+        let mut cluster = Cluster { child, url: String::new(), _state: state };
+        let mut seen = Vec::new();
+        loop {
+            match rx.recv_timeout(Duration::from_secs(30)) {
+                Ok(line) => {
+                    if let Some(rest) = line.split("master on ").nth(1) {
+                        cluster.url = rest.split_whitespace().next().unwrap().to_string();
+                        break;
+                    }
+                    seen.push(line);
+                }
+                Err(e) => panic!("`wasmos dev` printed no `master on` line ({e}); its stderr: {seen:#?}"),
+            }
+        }
+        assert!(cluster.url.starts_with("http://127.0.0.1:"), "{}", cluster.url);
+        cluster
+    }
+
+    /// host:port, as the Python framework takes it.
+    fn addr(&self) -> &str {
+        self.url.trim_start_matches("http://")
+    }
+}
+
+impl Drop for Cluster {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn json_lines(text: &str) -> Vec<serde_json::Value> {
+    text.lines()
+        .filter(|l| !l.trim().is_empty())
+        .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("not a JSON line ({e}): {l}")))
+        .collect()
+}
+
+#[test]
+fn python_framework_runs_tasks_through_the_scheduler_api() {
+    let module = repo().join("target/guests/hello.wasm");
+    assert!(module.exists(), "{} is missing: run `cargo xtask guests` (or `cargo xtask test`) first", module.display());
+    let py = Command::new("python3").args(["-c", "import grpc, grpc_tools"]).output();
+    assert!(
+        py.as_ref().is_ok_and(|o| o.status.success()),
+        "python3 with grpcio and grpcio-tools is needed: run `cargo xtask setup` \
+         (or `python3 -m pip install -r examples/frameworks/python-remote/requirements.txt`): {py:?}"
+    );
+
+    let cluster = Cluster::start();
+    let out = Command::new("python3")
+        .arg(repo().join("examples/frameworks/python-remote/framework.py"))
+        .args(["--master", cluster.addr(), "--module"])
+        .arg(&module)
+        .args(["--tasks", &TASKS.to_string(), "--timeout", "90"])
+        .stdin(Stdio::null())
+        .output()
+        .expect("cannot run python3");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(0), "framework.py failed\nstdout:\n{stdout}\nstderr:\n{stderr}");
+
+    let lines = json_lines(&stdout);
+    let tasks: Vec<_> = lines.iter().filter(|v| v.get("task_id").is_some()).collect();
+    assert_eq!(tasks.len(), TASKS, "one line per task: {stdout}");
+    let mut ids: Vec<&str> = tasks.iter().map(|t| t["task_id"].as_str().unwrap()).collect();
+    ids.sort();
+    ids.dedup();
+    assert_eq!(ids.len(), TASKS, "task ids are unique: {ids:?}");
+    for t in &tasks {
+        assert_eq!(t["state"], "finished", "{t}");
+        assert_eq!(t["exit_code"], 0, "{t}");
+        assert!(t["stdout"].as_str().unwrap().starts_with("hello, "), "{t}");
+    }
+    let summary = &lines.last().expect("a summary line")["summary"];
+    assert_eq!(summary["ok"], true, "{summary}");
+    assert_eq!(summary["finished_ok"], TASKS, "{summary}");
+    assert!(summary["acknowledged"].as_u64().unwrap() >= TASKS as u64, "terminal updates are acknowledged: {summary}");
+    let fw = summary["framework_id"].as_str().expect("the summary names the framework").to_string();
+
+    // The master's view, through the CLI and the Operator API.
+    let listed = Command::new(env!("CARGO_BIN_EXE_wasmos"))
+        .args(["tasks", "--master", &cluster.url, "--json"])
+        .output()
+        .unwrap();
+    assert_eq!(listed.status.code(), Some(0), "{}", String::from_utf8_lossy(&listed.stderr));
+    let all = json_lines(&String::from_utf8_lossy(&listed.stdout));
+    let mine: Vec<_> = all.iter().filter(|t| t["framework"] == fw.as_str()).collect();
+    assert_eq!(mine.len(), TASKS, "the master lists the framework's tasks: {all:#?}");
+    for t in &mine {
+        assert_eq!(t["state"], "finished", "{t}");
+        assert_eq!(t["exit_code"], 0, "{t}");
+        assert!(ids.contains(&t["task_id"].as_str().unwrap()), "{t}");
+    }
+}
