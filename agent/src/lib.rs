@@ -306,6 +306,9 @@ async fn updater(shared: Arc<Shared>, mut rx: mpsc::UnboundedReceiver<v1::TaskSt
                 Some(u) => pending.push(u),
                 None => return,
             }
+            // Let a task that just reported RUNNING finish its (often tiny)
+            // run first, so RUNNING and FINISHED travel in one call.
+            tokio::task::yield_now().await;
         }
         while pending.len() < shared.cfg.update_batch {
             match rx.try_recv() {

@@ -31,8 +31,9 @@ pub const DEFAULT_AGENT_HEARTBEAT: Duration = Duration::from_secs(1);
 pub const DEFAULT_AGENT_TIMEOUT: Duration = Duration::from_secs(15);
 /// Default [`MasterConfig::framework_heartbeat_interval`].
 pub const DEFAULT_FRAMEWORK_HEARTBEAT: Duration = Duration::from_secs(15);
-/// Default [`MasterConfig::allocation_interval`].
-pub const DEFAULT_ALLOCATION_INTERVAL: Duration = Duration::from_millis(1);
+/// Default [`MasterConfig::allocation_interval`]: none beyond the natural
+/// batching of the event loop (one cycle per batch of queued commands).
+pub const DEFAULT_ALLOCATION_INTERVAL: Duration = Duration::ZERO;
 /// Default [`MasterConfig::batch_refuse`].
 pub const DEFAULT_BATCH_REFUSE: Duration = Duration::from_secs(1);
 /// Default [`MasterConfig::max_submit_count`].
@@ -50,7 +51,9 @@ pub struct MasterConfig {
     /// Heartbeat events to remote frameworks. Default 15 s.
     pub framework_heartbeat_interval: Duration,
     /// Least time between two allocation cycles (events in between are
-    /// batched into one cycle). Default 1 ms.
+    /// batched into one cycle). Default 0: one cycle per batch of commands the
+    /// event loop drains, which already batches under load. A cycle also runs
+    /// at least once a second, so expired offer filters are re-offered.
     pub allocation_interval: Duration,
     /// Filter for resources the batch framework declines. Default 1 s (any new
     /// submission revives it).
@@ -128,8 +131,20 @@ pub async fn serve_with(
                 .max_decoding_message_size(max)
                 .max_encoding_message_size(max),
         )
-        .serve_with_incoming_shutdown(TcpListenerStream::new(listener), shutdown)
+        .serve_with_incoming_shutdown(incoming(listener), shutdown)
         .await
+}
+
+/// Accepted connections with Nagle's algorithm off: the server's own
+/// `tcp_nodelay` applies only to listeners it binds itself, and small
+/// request/response pairs otherwise wait ~40 ms for delayed ACKs.
+fn incoming(listener: TcpListener) -> impl tokio_stream::Stream<Item = std::io::Result<tokio::net::TcpStream>> {
+    use tokio_stream::StreamExt;
+    TcpListenerStream::new(listener).map(|s| {
+        let s = s?;
+        s.set_nodelay(true)?;
+        Ok(s)
+    })
 }
 
 /// `pub async fn run(listener, config, shutdown)`: a whole master.

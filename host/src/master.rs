@@ -233,6 +233,9 @@ impl Master {
                 }
                 _ = tokio::time::sleep_until(alloc_at.into()), if self.dirty => {}
                 _ = tick.tick() => {
+                    // At least one cycle per tick: offer filters that expired
+                    // since the last cycle make resources offerable again.
+                    self.dirty = true;
                     self.check_agents();
                     if last_fw_heartbeat.elapsed() >= self.cfg.framework_heartbeat_interval {
                         last_fw_heartbeat = Instant::now();

@@ -282,10 +282,44 @@ fn bench(root: &Path, which: &[String]) -> Result<()> {
         None | Some("all") => vec!["wasmos-sandbox", "wasmos-allocator"],
         Some("sandbox") => vec!["wasmos-sandbox"],
         Some("allocator") => vec!["wasmos-allocator"],
-        Some(other) => bail!("unknown benchmark {other:?}; use sandbox, allocator or all"),
+        Some("e2e") => return bench_e2e(root, &which[1..]),
+        Some(other) => bail!("unknown benchmark {other:?}; use sandbox, allocator, e2e or all"),
     };
     for p in pkgs {
         run(Command::new("cargo").current_dir(root).args(["bench", "-p", p]))?;
     }
     Ok(())
+}
+
+/// `cargo xtask bench e2e [--tasks N] [--latency-samples N]`: starts a release
+/// `wasmos dev` (one agent with the whole machine) and runs the e2e client
+/// against it over loopback gRPC.
+fn bench_e2e(root: &Path, extra: &[String]) -> Result<()> {
+    use std::io::BufRead;
+    run(Command::new("cargo").current_dir(root).args([
+        "build", "--release", "-p", "wasmos", "--bin", "wasmos", "--example", "e2e_bench",
+    ]))?;
+    let state = std::env::temp_dir().join(format!("wasmos-bench-{}", std::process::id()));
+    let mut dev = Command::new(root.join("target/release/wasmos"))
+        .args(["dev", "--listen", "127.0.0.1:0", "--state-dir"])
+        .arg(&state)
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .context("starting wasmos dev")?;
+    let stderr = dev.stderr.take().context("dev stderr")?;
+    let mut lines = std::io::BufReader::new(stderr).lines();
+    let url = loop {
+        let Some(line) = lines.next() else { bail!("wasmos dev exited before it listened") };
+        let line = line?;
+        eprintln!("{line}");
+        if let Some(rest) = line.split("master on ").nth(1) {
+            break rest.split_whitespace().next().unwrap_or_default().to_string();
+        }
+    };
+    std::thread::spawn(move || for _ in lines {});
+    let result = run(Command::new(root.join("target/release/examples/e2e_bench")).args(["--master", &url]).args(extra));
+    let _ = dev.kill();
+    let _ = dev.wait();
+    let _ = std::fs::remove_dir_all(&state);
+    result
 }
