@@ -66,8 +66,13 @@ struct Framework {
     name: String,
     role: Role,
     kind: FrameworkKind,
+    /// Non-terminal tasks, plus terminal ones whose last update is not yet
+    /// acknowledged (Mesos keeps those for reconciliation too).
     tasks: HashSet<TaskId>,
     offers: HashSet<OfferId>,
+    /// Latest update with a UUID per task, until the framework acknowledges it;
+    /// resent when the framework fails over.
+    unacked: HashMap<TaskId, v1::TaskStatus>,
 }
 
 struct Task {
@@ -154,6 +159,8 @@ pub(crate) struct Master {
     offers: HashMap<OfferId, OfferRec>,
     batch: Batch,
     batch_id: FrameworkId,
+    /// Frameworks that were torn down may not come back under the same id.
+    torn_down: HashSet<FrameworkId>,
     artifacts: Arc<ArtifactStore>,
     pub(crate) watch: broadcast::Sender<v1::WatchEvent>,
     dirty: bool,
@@ -176,6 +183,7 @@ impl Master {
                 kind: FrameworkKind::Batch,
                 tasks: HashSet::new(),
                 offers: HashSet::new(),
+                unacked: HashMap::new(),
             },
         );
         let mut m = Master {
@@ -191,6 +199,7 @@ impl Master {
             offers: HashMap::new(),
             batch: Batch::default(),
             batch_id: batch_id.clone(),
+            torn_down: HashSet::new(),
             artifacts,
             watch,
             dirty: false,
@@ -492,14 +501,18 @@ impl Master {
         let Some(f) = self.frameworks.get_mut(fw) else { return };
         match &mut f.kind {
             FrameworkKind::Remote { tx } => {
+                let tid = TaskId::new(st.task_id.clone()).expect("known task");
                 if let Some(t) = tx {
                     let ev = v1::Event { event: Some(v1::event::Event::Update(v1::event::Update { status: Some(st.clone()) })) };
                     if t.send(Ok(ev)).is_err() {
                         *tx = None;
                     }
                 }
-                if state.is_terminal() {
-                    f.tasks.remove(&TaskId::new(st.task_id).expect("known task"));
+                if !st.uuid.is_empty() {
+                    f.unacked.insert(tid.clone(), st);
+                } else if state.is_terminal() && !f.unacked.contains_key(&tid) {
+                    // Nothing to acknowledge (e.g. a refused launch).
+                    f.tasks.remove(&tid);
                 }
             }
             FrameworkKind::Batch => {
@@ -546,6 +559,11 @@ impl Master {
         if id == self.batch_id {
             return Err(Status::invalid_argument("framework id \"batch\" is reserved for the built-in framework"));
         }
+        if self.torn_down.contains(&id) {
+            return Err(Status::failed_precondition(format!(
+                "framework {id} was torn down; subscribe without a framework_id to start a new one"
+            )));
+        }
         let subscribed = v1::Event {
             event: Some(v1::event::Event::Subscribed(v1::event::Subscribed {
                 framework_id: id.to_string(),
@@ -561,6 +579,11 @@ impl Master {
                 )));
             }
             let _ = tx.send(Ok(subscribed));
+            // Redeliver what the previous connection did not acknowledge.
+            for st in f.unacked.values() {
+                let ev = v1::Event { event: Some(v1::event::Event::Update(v1::event::Update { status: Some(st.clone()) })) };
+                let _ = tx.send(Ok(ev));
+            }
             f.kind = FrameworkKind::Remote { tx: Some(tx) };
             let _ = self.alloc.activate_framework(&id);
             self.dirty = true;
@@ -571,7 +594,14 @@ impl Master {
         let name = if info.name.is_empty() { id.to_string() } else { info.name.clone() };
         self.frameworks.insert(
             id.clone(),
-            Framework { name, role, kind: FrameworkKind::Remote { tx: Some(tx) }, tasks: HashSet::new(), offers: HashSet::new() },
+            Framework {
+                name,
+                role,
+                kind: FrameworkKind::Remote { tx: Some(tx) },
+                tasks: HashSet::new(),
+                offers: HashSet::new(),
+                unacked: HashMap::new(),
+            },
         );
         let summary = self.framework_summary(&id);
         let _ = self.watch.send(v1::WatchEvent { event: summary.map(v1::watch_event::Event::FrameworkAdded) });
@@ -930,14 +960,30 @@ impl Master {
             C::Suppress(_) => {
                 let _ = self.alloc.suppress(&fw, &[]);
             }
-            C::Acknowledge(_) => {
-                // Updates are delivered at least once; nothing is kept to resend
-                // yet, so an acknowledgement has nothing to clear.
-            }
+            C::Acknowledge(a) => self.acknowledge(&fw, a)?,
             C::Reconcile(r) => self.reconcile(&fw, r.task_ids),
             C::Teardown(_) => self.teardown(&fw),
         }
         Ok(())
+    }
+
+    fn acknowledge(&mut self, fw: &FrameworkId, a: v1::call::Acknowledge) -> Result<(), Status> {
+        let tid = TaskId::new(a.task_id.clone()).map_err(|e| Status::invalid_argument(e.to_string()))?;
+        let terminal = self.tasks.get(&tid).is_some_and(|t| t.state.is_terminal());
+        let f = self.frameworks.get_mut(fw).expect("checked by call()");
+        match f.unacked.get(&tid) {
+            Some(st) if st.uuid == a.uuid => {
+                f.unacked.remove(&tid);
+                if terminal {
+                    f.tasks.remove(&tid);
+                }
+                Ok(())
+            }
+            // An older update of the task, or one acknowledged before: at-least-once
+            // delivery makes duplicates normal, so this is not an error.
+            Some(_) | None if f.tasks.contains(&tid) || self.tasks.contains_key(&tid) => Ok(()),
+            _ => Err(Status::not_found(format!("framework {fw} has no task {tid} to acknowledge"))),
+        }
     }
 
     fn framework_task_action(&mut self, fw: &FrameworkId, task: &str, action: TaskAction) -> Result<(), Status> {
@@ -1017,10 +1063,16 @@ impl Master {
         for o in offers {
             self.recover_offer(&o, None);
         }
-        let _ = self.alloc.deactivate_framework(fw);
-        if let Some(f) = self.frameworks.get_mut(fw) {
-            f.kind = FrameworkKind::Remote { tx: None };
+        // Killed tasks still hold resources until their agents report back;
+        // those are recovered as their updates arrive (the framework is gone,
+        // so the recovery is skipped and the allocator forgets the framework).
+        if let Some(f) = self.frameworks.remove(fw) {
+            if let FrameworkKind::Remote { tx: Some(tx) } = f.kind {
+                let _ = tx.send(Err(Status::cancelled("framework torn down")));
+            }
         }
+        let _ = self.alloc.remove_framework(fw);
+        self.torn_down.insert(fw.clone());
         let _ = self.watch.send(v1::WatchEvent { event: Some(v1::watch_event::Event::FrameworkRemoved(fw.to_string())) });
     }
 
