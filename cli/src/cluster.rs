@@ -57,7 +57,7 @@ pub struct MasterOpts {
     #[arg(long, value_name = "DUR", default_value = "15s", value_parser = duration)]
     pub agent_timeout: Duration,
     /// Least time between allocation cycles (events in between are batched).
-    #[arg(long, value_name = "DUR", default_value = "1ms", value_parser = duration)]
+    #[arg(long, value_name = "DUR", default_value = "0ms", value_parser = duration)]
     pub allocation_interval: Duration,
     /// Largest module the artifact store accepts.
     #[arg(long, value_name = "SIZE", default_value = "64MiB", value_parser = size)]

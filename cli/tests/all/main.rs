@@ -1,5 +1,7 @@
 //! wasmos CLI tests through the real binary: one binary, one module per command.
 
+mod cluster;
+mod dev;
 mod python_remote;
 mod run;
 mod sim;

@@ -2,75 +2,15 @@
 //! against a real `wasmos dev` cluster: a framework in another language,
 //! using grpcio stubs generated from our .proto, through the Scheduler API.
 
-use std::io::{BufRead, BufReader};
 use std::path::PathBuf;
-use std::process::{Child, Command, Stdio};
-use std::sync::mpsc;
-use std::time::Duration;
+use std::process::{Command, Stdio};
+
+use crate::dev::Cluster;
 
 const TASKS: usize = 20;
 
 fn repo() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("..")
-}
-
-/// A `wasmos dev` child process, killed when dropped (also when a test panics).
-struct Cluster {
-    child: Child,
-    url: String,
-    _state: tempfile::TempDir,
-}
-
-impl Cluster {
-    fn start() -> Cluster {
-        let state = tempfile::tempdir().unwrap();
-        let mut child = Command::new(env!("CARGO_BIN_EXE_wasmos"))
-            .args(["dev", "--listen", "127.0.0.1:0", "--state-dir"])
-            .arg(state.path())
-            .args(["--agent-resources", "cpus:2;mem:2GiB"])
-            .env_remove("WASMOS_MASTER")
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(Stdio::piped())
-            .spawn()
-            .expect("cannot start `wasmos dev`");
-        let stderr = child.stderr.take().unwrap();
-        let (tx, rx) = mpsc::channel();
-        // Keeps draining stderr after the address line so the child never blocks on a full pipe.
-        std::thread::spawn(move || {
-            for line in BufReader::new(stderr).lines().map_while(Result::ok) {
-                let _ = tx.send(line);
-            }
-        });
-        let mut cluster = Cluster { child, url: String::new(), _state: state };
-        let mut seen = Vec::new();
-        loop {
-            match rx.recv_timeout(Duration::from_secs(30)) {
-                Ok(line) => {
-                    if let Some(rest) = line.split("master on ").nth(1) {
-                        cluster.url = rest.split_whitespace().next().unwrap().to_string();
-                        break;
-                    }
-                    seen.push(line);
-                }
-                Err(e) => panic!("`wasmos dev` printed no `master on` line ({e}); its stderr: {seen:#?}"),
-            }
-        }
-        assert!(cluster.url.starts_with("http://127.0.0.1:"), "{}", cluster.url);
-        cluster
-    }
-
-    /// host:port, as the Python framework takes it.
-    fn addr(&self) -> &str {
-        self.url.trim_start_matches("http://")
-    }
-}
-
-impl Drop for Cluster {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
 }
 
 fn json_lines(text: &str) -> Vec<serde_json::Value> {

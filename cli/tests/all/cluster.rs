@@ -1,0 +1,138 @@
+//! The cluster commands through the real binary against `wasmos dev`:
+//! submit, tasks, agents, frameworks, logs, kill, pause, resume.
+
+use std::path::PathBuf;
+use std::process::{Command, Output};
+use std::time::Duration;
+
+use crate::dev::Cluster;
+
+fn guest(name: &str) -> PathBuf {
+    let p = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../target/guests").join(format!("{name}.wasm"));
+    assert!(p.exists(), "{} is missing: run `cargo xtask guests` first", p.display());
+    p
+}
+
+fn wasmos(c: &Cluster, args: &[&str]) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_wasmos")).args(args).env("WASMOS_MASTER", &c.url).output().unwrap()
+}
+
+fn out(o: &Output) -> String {
+    String::from_utf8_lossy(&o.stdout).into_owned()
+}
+fn err(o: &Output) -> String {
+    String::from_utf8_lossy(&o.stderr).into_owned()
+}
+
+fn lines(o: &Output) -> Vec<serde_json::Value> {
+    out(o).lines().map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("{e}: {l}"))).collect()
+}
+
+fn is_rfc3339_ms(v: &serde_json::Value) -> bool {
+    // 2026-11-21T10:48:20.674Z
+    v.as_str().is_some_and(|s| s.len() == 24 && s.ends_with('Z') && &s[10..11] == "T" && &s[19..20] == ".")
+}
+
+#[test]
+fn submit_wait_then_inspect_with_tasks_agents_frameworks_logs() {
+    let c = Cluster::start();
+    let hello = guest("hello");
+    let hello = hello.to_str().unwrap();
+    let o = wasmos(&c, &["submit", "--wait", "--env", "GREETING=hey", hello, "--", "cluster"]);
+    assert_eq!(o.status.code(), Some(0), "{}", err(&o));
+    assert!(out(&o).starts_with("hey, cluster!\n"), "{}", out(&o));
+    let id = out(&o).lines().last().unwrap().split_whitespace().next().unwrap().to_string();
+    assert!(out(&o).lines().last().unwrap().contains("finished exit=0"), "{}", out(&o));
+
+    // --json: the run keys plus task_id, agent_id, state, one object per task
+    let o = wasmos(&c, &["submit", "--wait", "--json", "--count", "3", hello, "--", "--exit", "4"]);
+    assert_eq!(o.status.code(), Some(0), "{}", err(&o));
+    let objs = lines(&o);
+    assert_eq!(objs.len(), 3);
+    for v in &objs {
+        assert_eq!(v["outcome"], "failed");
+        assert_eq!(v["exit_code"], 4);
+        assert_eq!(v["state"], "failed");
+        assert!(v["agent_id"].as_str().unwrap().starts_with("agent-"));
+        assert!(v["stdout"].as_str().unwrap().contains("hello, "));
+        for k in ["fuel_consumed", "peak_memory_bytes", "wall_time_ms", "stderr", "stdout_truncated", "message"] {
+            assert!(v.get(k).is_some(), "{k} missing: {v}");
+        }
+    }
+
+    let o = wasmos(&c, &["tasks", "--json"]);
+    let tasks = lines(&o);
+    assert_eq!(tasks.len(), 4);
+    let t = tasks.iter().find(|t| t["task_id"] == id.as_str()).unwrap();
+    assert_eq!(t["state"], "finished");
+    assert_eq!(t["outcome"], "finished");
+    assert_eq!(t["exit_code"], 0);
+    assert_eq!(t["framework"], "batch");
+    assert_eq!(t["name"], "hello.wasm");
+    for k in ["submitted_at", "started_at", "finished_at"] {
+        assert!(is_rfc3339_ms(&t[k]), "{k}: {}", t[k]);
+    }
+    let o = wasmos(&c, &["tasks", "--state", "failed", "--json"]);
+    assert_eq!(lines(&o).len(), 3);
+    let o = wasmos(&c, &["tasks"]);
+    let table = out(&o);
+    assert!(table.starts_with("TASK "), "{table}");
+    assert_eq!(table.lines().count(), 5);
+
+    let o = wasmos(&c, &["logs", &id]);
+    assert_eq!(out(&o), "hey, cluster!\nargv: [\"hello.wasm\", \"cluster\"]\n");
+    assert_eq!(err(&o), "hello: done\n");
+
+    let o = wasmos(&c, &["agents"]);
+    assert!(out(&o).contains("cpus:2;mem:2GiB"), "{}", out(&o));
+    assert!(out(&o).contains("48.0.8"));
+    let o = wasmos(&c, &["frameworks", "--json"]);
+    let fws = lines(&o);
+    assert_eq!(fws[0]["framework_id"], "batch");
+    assert_eq!(fws[0]["hosted"], true);
+
+    // errors say what to do
+    let o = wasmos(&c, &["logs", "no-such-task"]);
+    assert_eq!(o.status.code(), Some(2));
+    assert!(err(&o).contains("no task"), "{}", err(&o));
+    let o = Command::new(env!("CARGO_BIN_EXE_wasmos")).args(["tasks", "--master", "http://127.0.0.1:1"]).output().unwrap();
+    assert_eq!(o.status.code(), Some(2));
+    assert!(err(&o).contains("start one with `wasmos dev`"), "{}", err(&o));
+    let o = wasmos(&c, &["submit", "/etc/hostname"]);
+    assert_eq!(o.status.code(), Some(2));
+    assert!(err(&o).contains("not a wasm module"), "{}", err(&o));
+}
+
+#[test]
+fn kill_pause_resume_from_the_cli() {
+    let c = Cluster::start();
+    let tmp = tempfile::tempdir().unwrap();
+    let spin_wasm = tmp.path().join("spin.wasm");
+    std::fs::write(&spin_wasm, wat::parse_str(r#"(module (func (export "_start") (loop (br 0))))"#).unwrap()).unwrap();
+    let o = wasmos(&c, &["submit", "--cpus", "1", spin_wasm.to_str().unwrap()]);
+    assert_eq!(o.status.code(), Some(0), "{}", err(&o));
+    let id = out(&o).trim().to_string();
+    let state = || {
+        let o = wasmos(&c, &["tasks", "--json"]);
+        lines(&o).into_iter().find(|t| t["task_id"] == id.as_str()).unwrap()["state"].as_str().unwrap().to_string()
+    };
+    let wait = |want: &str| {
+        for _ in 0..200 {
+            if state() == want {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(25));
+        }
+        panic!("task never reached {want}; it is {}", state());
+    };
+    wait("running");
+    assert!(wasmos(&c, &["pause", &id]).status.success());
+    wait("paused");
+    assert!(wasmos(&c, &["resume", &id]).status.success());
+    wait("running");
+    assert!(wasmos(&c, &["kill", &id]).status.success());
+    wait("killed");
+    let o = wasmos(&c, &["kill", &id]);
+    assert_eq!(o.status.code(), Some(2));
+    assert!(err(&o).contains("already ended"), "{}", err(&o));
+}
