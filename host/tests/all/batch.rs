@@ -130,3 +130,38 @@ async fn constraints_pick_agents_by_attribute() {
         assert_eq!(t.agent_id, wanted);
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tasks_of_a_lost_agent_are_retried_elsewhere() {
+    let c = cluster_with(2, "cpus:1;mem:1GiB", |cfg| {
+        cfg.agent_heartbeat_interval = Duration::from_millis(100);
+        cfg.agent_timeout = Duration::from_millis(500);
+    })
+    .await;
+    let sha = c.upload_wat(SPIN).await;
+    let id = c.operator().submit(submit_req(&sha, 1, "cpus:1;mem:64MiB")).await.unwrap().into_inner().task_ids.remove(0);
+    let first = c.wait_task(&id, Some(v1::TaskState::TaskRunning)).await;
+    let agents = c.operator().list_agents(v1::ListAgentsRequest {}).await.unwrap().into_inner().agents;
+    let idx = agents.iter().position(|a| a.agent_id == first.agent_id).unwrap();
+    // agents are listed sorted by id; hostnames say which test agent it is
+    let host = agents[idx].info.as_ref().unwrap().hostname.clone();
+    let n: usize = host.trim_start_matches("test-agent-").parse().unwrap();
+    c.stop_agent(n);
+    // After the agent times out the task is LOST, requeued, and runs on the other agent.
+    let mut t = c.task(&id).await;
+    for _ in 0..500 {
+        t = c.task(&id).await;
+        if t.state == v1::TaskState::TaskRunning as i32 && t.agent_id != first.agent_id {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    assert_eq!(t.state, v1::TaskState::TaskRunning as i32, "{t:?}");
+    assert_ne!(t.agent_id, first.agent_id);
+    assert_eq!(t.attempt, 2);
+    assert!(t.message.contains("retrying after"), "{t:?}");
+    let agents = c.operator().list_agents(v1::ListAgentsRequest {}).await.unwrap().into_inner().agents;
+    assert_eq!(agents.len(), 1, "the lost agent is gone");
+    c.operator().kill_task(v1::TaskActionRequest { task_id: id.clone() }).await.unwrap();
+    assert_eq!(c.wait_task(&id, None).await.state, v1::TaskState::TaskKilled as i32);
+}

@@ -16,6 +16,7 @@ pub struct Cluster {
     pub url: String,
     pub channel: Channel,
     stop: watch::Sender<bool>,
+    agent_stops: Vec<watch::Sender<bool>>,
     _dir: tempfile::TempDir,
 }
 
@@ -27,17 +28,23 @@ impl Drop for Cluster {
 
 /// A master plus `agents` agents, each offering `resources`.
 pub async fn cluster(agents: usize, resources: &str) -> Cluster {
+    cluster_with(agents, resources, |_| {}).await
+}
+
+pub async fn cluster_with(agents: usize, resources: &str, tweak: impl FnOnce(&mut wasmos_host::MasterConfig)) -> Cluster {
     let dir = tempfile::tempdir().unwrap();
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let url = format!("http://{}", listener.local_addr().unwrap());
     let mut cfg = wasmos_host::MasterConfig::new(dir.path().join("master"));
     cfg.batch_refuse = Duration::from_millis(50);
+    tweak(&mut cfg);
     let handle = wasmos_host::start(cfg).unwrap();
     let (stop, stop_rx) = watch::channel(false);
     let mut rx = stop_rx.clone();
     tokio::spawn(wasmos_host::serve_with(handle, listener, async move {
         let _ = rx.wait_for(|s| *s).await;
     }));
+    let mut agent_stops = Vec::new();
     for i in 0..agents {
         let mut acfg = wasmos_agent::AgentConfig::new(url.clone(), dir.path().join(format!("agent{i}")));
         acfg.resources = Resources::parse(resources).unwrap();
@@ -45,12 +52,18 @@ pub async fn cluster(agents: usize, resources: &str) -> Cluster {
         acfg.sandbox.max_concurrent_tasks = 64;
         acfg.attributes = vec![("index".into(), i.to_string())];
         let mut rx = stop_rx.clone();
+        let (astop, arx) = watch::channel(false);
+        let mut arx = arx;
+        agent_stops.push(astop);
         tokio::spawn(wasmos_agent::run(acfg, async move {
-            let _ = rx.wait_for(|s| *s).await;
+            tokio::select! {
+                _ = rx.wait_for(|s| *s) => {}
+                _ = arx.wait_for(|s| *s) => {}
+            }
         }));
     }
     let channel = tonic::transport::Endpoint::from_shared(url.clone()).unwrap().connect().await.unwrap();
-    let c = Cluster { url, channel, stop, _dir: dir };
+    let c = Cluster { url, channel, stop, agent_stops, _dir: dir };
     // Wait until every agent has registered.
     for _ in 0..200 {
         let n = c.operator().list_agents(v1::ListAgentsRequest {}).await.unwrap().into_inner().agents.len();
@@ -63,6 +76,12 @@ pub async fn cluster(agents: usize, resources: &str) -> Cluster {
 }
 
 impl Cluster {
+    /// Stops agent `i` the way a crash would look to the master: its process
+    /// (here: its task) goes away and heartbeats stop.
+    pub fn stop_agent(&self, i: usize) {
+        let _ = self.agent_stops[i].send(true);
+    }
+
     pub fn operator(&self) -> v1::operator_client::OperatorClient<Channel> {
         v1::operator_client::OperatorClient::new(self.channel.clone())
     }
