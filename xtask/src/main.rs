@@ -265,16 +265,50 @@ fn guests(root: &Path) -> Result<()> {
 
 fn test(root: &Path, extra: &[String]) -> Result<()> {
     guests(root)?;
+    // Cheap when already installed; covers machines whose guests were built
+    // before the Python example existed.
+    setup_python(root)?;
     run(Command::new("cargo").current_dir(root).args(["test", "--workspace"]).args(extra))
 }
 
+/// The README's first command: a `wasmos dev` cluster (master + one agent in
+/// one process), one task submitted and waited for, the task list, then stop.
 fn demo(root: &Path) -> Result<()> {
+    use std::io::BufRead;
     guests(root)?;
-    run(Command::new("cargo")
-        .current_dir(root)
-        .args(["run", "--quiet", "-p", "wasmos", "--", "run", "--env", "GREETING=hello"])
-        .arg(guests_dir(root).join("hello.wasm"))
-        .args(["--", "wasmos"]))
+    run(Command::new("cargo").current_dir(root).args(["build", "--quiet", "-p", "wasmos"]))?;
+    let wasmos = root.join("target/debug/wasmos");
+    run(Command::new(&wasmos).args(["run", "--env", "GREETING=hello"]).arg(guests_dir(root).join("hello.wasm")).args(["--", "wasmos run"]))?;
+    let state = std::env::temp_dir().join(format!("wasmos-demo-{}", std::process::id()));
+    let mut dev = Command::new(&wasmos)
+        .args(["dev", "--listen", "127.0.0.1:0", "--state-dir"])
+        .arg(&state)
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .context("starting wasmos dev")?;
+    let mut lines = std::io::BufReader::new(dev.stderr.take().context("dev stderr")?).lines();
+    let url = loop {
+        let Some(line) = lines.next() else { bail!("wasmos dev exited before it listened") };
+        let line = line?;
+        eprintln!("{line}");
+        if let Some(rest) = line.split("master on ").nth(1) {
+            break rest.split_whitespace().next().unwrap_or_default().to_string();
+        }
+    };
+    std::thread::spawn(move || for _ in lines {});
+    let result = (|| {
+        run(Command::new(&wasmos)
+            .args(["submit", "--master", &url, "--wait", "--env", "GREETING=hello"])
+            .arg(guests_dir(root).join("hello.wasm"))
+            .args(["--", "cluster"]))?;
+        run(Command::new(&wasmos).args(["submit", "--master", &url, "--wait", "--count", "100"]).arg(guests_dir(root).join("hello-component.wasm")).args(["--", "1", "2"]).stdout(std::process::Stdio::null()))?;
+        run(Command::new(&wasmos).args(["agents", "--master", &url]))?;
+        run(Command::new(&wasmos).args(["frameworks", "--master", &url]))
+    })();
+    let _ = dev.kill();
+    let _ = dev.wait();
+    let _ = std::fs::remove_dir_all(&state);
+    result
 }
 
 fn bench(root: &Path, which: &[String]) -> Result<()> {
