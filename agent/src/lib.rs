@@ -16,9 +16,7 @@ use wasmos_model::{OutcomeKind, Resources, TaskId};
 use wasmos_proto::v1;
 use wasmos_proto::v1::agent_service_client::AgentServiceClient;
 use wasmos_proto::v1::artifacts_client::ArtifactsClient;
-use wasmos_sandbox::{
-    InputFile, Prepared, RunRequest, Sandbox, SandboxConfig, SandboxDirSpec, TaskControl,
-};
+use wasmos_sandbox::{InputFile, Prepared, RunRequest, Sandbox, SandboxConfig, SandboxDirSpec, TaskControl};
 
 /// Default [`AgentConfig::update_batch`].
 pub const DEFAULT_UPDATE_BATCH: usize = 4096;
@@ -91,7 +89,9 @@ pub fn default_resources() -> Resources {
     let mem = std::fs::read_to_string("/proc/meminfo")
         .ok()
         .and_then(|m| {
-            m.lines().find(|l| l.starts_with("MemTotal:")).and_then(|l| l.split_whitespace().nth(1)?.parse::<u64>().ok())
+            m.lines()
+                .find(|l| l.starts_with("MemTotal:"))
+                .and_then(|l| l.split_whitespace().nth(1)?.parse::<u64>().ok())
         })
         .map(|kib| kib * 1024)
         .unwrap_or(1 << 30);
@@ -127,8 +127,12 @@ struct Shared {
     uuids: Uuids,
     updates: mpsc::UnboundedSender<v1::TaskStatus>,
     controls: Mutex<HashMap<String, TaskControl>>,
-    modules: Mutex<HashMap<String, Arc<OnceCell<Result<Arc<Prepared>, String>>>>>,
+    modules: Mutex<HashMap<String, ModuleCell>>,
 }
+
+/// One module per hash, fetched and compiled once even when many launches
+/// ask for it at the same moment.
+type ModuleCell = Arc<OnceCell<Result<Arc<Prepared>, String>>>;
 
 fn now_ms() -> i64 {
     std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_millis() as i64).unwrap_or(0)
@@ -157,7 +161,12 @@ impl Shared {
         v1::AgentInfo {
             hostname: self.cfg.hostname.clone(),
             resources: Some(wasmos_proto::resources_to_wire(&self.cfg.resources)),
-            attributes: self.cfg.attributes.iter().map(|(k, v)| v1::Attribute { key: k.clone(), value: v.clone() }).collect(),
+            attributes: self
+                .cfg
+                .attributes
+                .iter()
+                .map(|(k, v)| v1::Attribute { key: k.clone(), value: v.clone() })
+                .collect(),
             wasmtime_version: Sandbox::wasmtime_version().to_string(),
             target_triple: format!("{}-{}", std::env::consts::ARCH, std::env::consts::OS),
             agent_version: env!("CARGO_PKG_VERSION").to_string(),
@@ -197,7 +206,9 @@ impl Shared {
                     .map_err(|e| format!("cannot download module {sha}: {}", e.message()))?
                     .into_inner();
                 let mut bytes = Vec::new();
-                while let Some(chunk) = stream.message().await.map_err(|e| format!("downloading {sha}: {}", e.message()))? {
+                while let Some(chunk) =
+                    stream.message().await.map_err(|e| format!("downloading {sha}: {}", e.message()))?
+                {
                     bytes.extend_from_slice(&chunk.data);
                 }
                 let got = hex::encode(Sha256::digest(&bytes));
@@ -249,7 +260,11 @@ async fn run_task(shared: Arc<Shared>, fw: String, spec: v1::TaskSpec, control: 
         limits: wasmos_proto::limits_from_wire(spec.limits.as_ref()),
         sandbox_dir: SandboxDirSpec {
             enabled: spec.sandbox_dir,
-            files: spec.files.iter().map(|f| InputFile { path: f.path.clone(), contents: f.contents.clone() }).collect(),
+            files: spec
+                .files
+                .iter()
+                .map(|f| InputFile { path: f.path.clone(), contents: f.contents.clone() })
+                .collect(),
             ..Default::default()
         },
         ..Default::default()
@@ -357,7 +372,11 @@ async fn connect(master: &str, max_backoff: Duration) -> Result<Channel, AgentEr
 async fn register(shared: &Shared) -> Result<Duration, tonic::Status> {
     let resp = shared
         .client()
-        .register(v1::RegisterAgentRequest { info: Some(shared.info()), agent_id: shared.agent_id(), running_tasks: vec![] })
+        .register(v1::RegisterAgentRequest {
+            info: Some(shared.info()),
+            agent_id: shared.agent_id(),
+            running_tasks: vec![],
+        })
         .await?
         .into_inner();
     *shared.agent_id.lock().unwrap_or_else(|e| e.into_inner()) = resp.agent_id;

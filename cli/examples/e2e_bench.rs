@@ -28,7 +28,8 @@ async fn main() {
     let master = arg(&args, "--master").expect("--master URL");
     let tasks: u32 = arg(&args, "--tasks").map(|s| s.parse().expect("--tasks N")).unwrap_or(100_000);
     let samples: u32 = arg(&args, "--latency-samples").map(|s| s.parse().expect("N")).unwrap_or(1000);
-    let ch = tonic::transport::Endpoint::from_shared(master.clone()).unwrap().tcp_nodelay(true).connect().await.unwrap();
+    let ch =
+        tonic::transport::Endpoint::from_shared(master.clone()).unwrap().tcp_nodelay(true).connect().await.unwrap();
     let mut op = v1::operator_client::OperatorClient::new(ch.clone()).max_decoding_message_size(1 << 30);
     let mut art = v1::artifacts_client::ArtifactsClient::new(ch.clone());
     let bytes = wat::parse_str(NOOP).unwrap();

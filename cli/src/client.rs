@@ -34,7 +34,9 @@ impl MasterArg {
             .connect_timeout(Duration::from_secs(5))
             .tcp_nodelay(true);
         ep.connect().await.map_err(|e| {
-            format!("cannot reach the master at {url}: {e}; start one with `wasmos dev` or set --master / WASMOS_MASTER")
+            format!(
+                "cannot reach the master at {url}: {e}; start one with `wasmos dev` or set --master / WASMOS_MASTER"
+            )
         })
     }
 }
@@ -77,19 +79,15 @@ pub fn rfc3339(ms: i64) -> Option<String> {
     let d = doy - (153 * mp + 2) / 5 + 1;
     let m = if mp < 10 { mp + 3 } else { mp - 9 };
     let y = if m <= 2 { y + 1 } else { y };
-    Some(format!(
-        "{y:04}-{m:02}-{d:02}T{:02}:{:02}:{:02}.{millis:03}Z",
-        rem / 3600,
-        (rem % 3600) / 60,
-        rem % 60
-    ))
+    Some(format!("{y:04}-{m:02}-{d:02}T{:02}:{:02}:{:02}.{millis:03}Z", rem / 3600, (rem % 3600) / 60, rem % 60))
 }
 
 /// Prints rows as an aligned table (first row is the header).
 pub fn table(rows: &[Vec<String>]) -> String {
     let cols = rows.iter().map(Vec::len).max().unwrap_or(0);
-    let widths: Vec<usize> =
-        (0..cols).map(|c| rows.iter().map(|r| r.get(c).map(|s| s.chars().count()).unwrap_or(0)).max().unwrap_or(0)).collect();
+    let widths: Vec<usize> = (0..cols)
+        .map(|c| rows.iter().map(|r| r.get(c).map(|s| s.chars().count()).unwrap_or(0)).max().unwrap_or(0))
+        .collect();
     let mut out = String::new();
     for r in rows {
         let line: Vec<String> = r

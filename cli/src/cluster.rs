@@ -7,7 +7,7 @@ use std::process::ExitCode;
 use std::time::Duration;
 
 use wasmos_host::MasterConfig;
-use wasmos_model::{parse_duration, parse_size, Resources, Scalar};
+use wasmos_model::{Resources, Scalar, parse_duration, parse_size};
 
 fn duration(s: &str) -> Result<Duration, String> {
     parse_duration(s).map_err(|e| e.to_string())

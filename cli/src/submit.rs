@@ -8,7 +8,7 @@ use std::process::ExitCode;
 use std::time::Duration;
 
 use sha2::{Digest, Sha256};
-use wasmos_model::{parse_duration, parse_size, Limits, OutcomeKind, Resources, Scalar, CPUS, MEM};
+use wasmos_model::{CPUS, Limits, MEM, OutcomeKind, Resources, Scalar, parse_duration, parse_size};
 use wasmos_proto::v1;
 
 use crate::client::{self, MasterArg, status_msg};
@@ -130,7 +130,9 @@ async fn submit(args: SubmitArgs) -> Result<ExitCode, String> {
     let mut op = client::operator(&ch);
     // Watch before submitting, so no outcome can slip by.
     let watch = if args.wait {
-        Some(op.watch(v1::WatchRequest { framework_id: "batch".into() }).await.map_err(|e| status_msg(&e))?.into_inner())
+        Some(
+            op.watch(v1::WatchRequest { framework_id: "batch".into() }).await.map_err(|e| status_msg(&e))?.into_inner(),
+        )
     } else {
         None
     };
@@ -139,7 +141,11 @@ async fn submit(args: SubmitArgs) -> Result<ExitCode, String> {
             template: Some(template),
             count: args.count,
             priority: args.priority,
-            constraints: args.constraints.iter().map(|(k, v)| v1::Attribute { key: k.clone(), value: v.clone() }).collect(),
+            constraints: args
+                .constraints
+                .iter()
+                .map(|(k, v)| v1::Attribute { key: k.clone(), value: v.clone() })
+                .collect(),
             max_attempts: 0,
         })
         .await

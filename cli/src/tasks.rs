@@ -8,7 +8,7 @@ use std::time::Duration;
 use wasmos_model::TaskState;
 use wasmos_proto::v1;
 
-use crate::client::{self, rfc3339, status_msg, table, MasterArg};
+use crate::client::{self, MasterArg, rfc3339, status_msg, table};
 
 fn state(s: &str) -> Result<TaskState, String> {
     s.parse()
@@ -111,7 +111,9 @@ pub fn tasks(args: TasksArgs) -> ExitCode {
             }
             return ExitCode::SUCCESS;
         }
-        let mut rows = vec![["TASK", "NAME", "FRAMEWORK", "AGENT", "STATE", "OUTCOME", "EXIT", "FINISHED"].map(String::from).to_vec()];
+        let mut rows = vec![
+            ["TASK", "NAME", "FRAMEWORK", "AGENT", "STATE", "OUTCOME", "EXIT", "FINISHED"].map(String::from).to_vec(),
+        ];
         for t in &list.tasks {
             let o = t.outcome.as_ref();
             rows.push(vec![
@@ -120,7 +122,9 @@ pub fn tasks(args: TasksArgs) -> ExitCode {
                 t.framework_id.clone(),
                 if t.agent_id.is_empty() { "-".into() } else { t.agent_id.clone() },
                 wasmos_proto::state_from_wire(t.state).map(|s| s.to_string()).unwrap_or_default(),
-                o.and_then(|o| wasmos_proto::outcome_kind_from_wire(o.kind)).map(|k| k.to_string()).unwrap_or("-".into()),
+                o.and_then(|o| wasmos_proto::outcome_kind_from_wire(o.kind))
+                    .map(|k| k.to_string())
+                    .unwrap_or("-".into()),
                 o.and_then(|o| o.exit_code).map(|c| c.to_string()).unwrap_or("-".into()),
                 rfc3339(t.finished_at_ms).unwrap_or("-".into()),
             ]);
@@ -197,7 +201,8 @@ pub fn frameworks(args: ListArgs) -> ExitCode {
             }
             return ExitCode::SUCCESS;
         }
-        let mut rows = vec![["FRAMEWORK", "NAME", "ROLE", "ALLOCATED", "ACTIVE", "CONNECTED", "KIND"].map(String::from).to_vec()];
+        let mut rows =
+            vec![["FRAMEWORK", "NAME", "ROLE", "ALLOCATED", "ACTIVE", "CONNECTED", "KIND"].map(String::from).to_vec()];
         for f in &list.frameworks {
             rows.push(vec![
                 f.framework_id.clone(),
@@ -239,8 +244,11 @@ pub fn logs(args: LogsArgs) -> ExitCode {
                         }
                     }
                     None if !terminal => {
-                        eprintln!("wasmos logs: task {} is {}; output is available when it ends (use --follow)", t.task_id,
-                            wasmos_proto::state_from_wire(t.state).map(|s| s.to_string()).unwrap_or_default());
+                        eprintln!(
+                            "wasmos logs: task {} is {}; output is available when it ends (use --follow)",
+                            t.task_id,
+                            wasmos_proto::state_from_wire(t.state).map(|s| s.to_string()).unwrap_or_default()
+                        );
                     }
                     None => eprintln!("wasmos logs: task {} ended without output: {}", t.task_id, t.message),
                 }

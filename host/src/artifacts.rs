@@ -17,7 +17,9 @@ pub enum ArtifactError {
     HashMismatch { expected: String, actual: String },
     #[error("{0:?} is not a sha256 in hex; give 64 hex digits")]
     BadHash(String),
-    #[error("upload is not a wasm module (it does not start with the wasm magic 00 61 73 6d); build it for wasm32-wasip1 or wasm32-wasip2")]
+    #[error(
+        "upload is not a wasm module (it does not start with the wasm magic 00 61 73 6d); build it for wasm32-wasip1 or wasm32-wasip2"
+    )]
     NotWasm,
     #[error("no module with sha256 {0}; upload it first")]
     Missing(String),
@@ -47,10 +49,10 @@ impl ArtifactStore {
         let mut index = HashMap::new();
         for e in std::fs::read_dir(&dir).map_err(|e| ArtifactError::Io(e.to_string()))?.flatten() {
             let name = e.file_name().to_string_lossy().into_owned();
-            if let Some(hash) = name.strip_suffix(".wasm") {
-                if check_hash(hash).is_ok() {
-                    index.insert(hash.to_string(), e.metadata().map(|m| m.len()).unwrap_or(0));
-                }
+            if let Some(hash) = name.strip_suffix(".wasm")
+                && check_hash(hash).is_ok()
+            {
+                index.insert(hash.to_string(), e.metadata().map(|m| m.len()).unwrap_or(0));
             }
         }
         Ok(ArtifactStore { dir, max_bytes, index: RwLock::new(index) })
@@ -85,12 +87,10 @@ impl ArtifactStore {
         }
         let path = self.dir.join(format!("{actual}.wasm"));
         let tmp = self.dir.join(format!(".{actual}.{}.tmp", std::process::id()));
-        std::fs::write(&tmp, bytes)
-            .and_then(|_| std::fs::rename(&tmp, &path))
-            .map_err(|e| {
-                let _ = std::fs::remove_file(&tmp);
-                ArtifactError::Io(format!("writing {}: {e}", path.display()))
-            })?;
+        std::fs::write(&tmp, bytes).and_then(|_| std::fs::rename(&tmp, &path)).map_err(|e| {
+            let _ = std::fs::remove_file(&tmp);
+            ArtifactError::Io(format!("writing {}: {e}", path.display()))
+        })?;
         self.index.write().unwrap_or_else(|e| e.into_inner()).insert(actual.clone(), bytes.len() as u64);
         Ok((actual, false))
     }

@@ -104,7 +104,14 @@ pub(crate) fn now_ms() -> i64 {
     SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_millis() as i64).unwrap_or(0)
 }
 
-fn status(task: &TaskId, fw: &FrameworkId, agent: Option<&AgentId>, state: v1::TaskState, reason: &str, message: String) -> v1::TaskStatus {
+fn status(
+    task: &TaskId,
+    fw: &FrameworkId,
+    agent: Option<&AgentId>,
+    state: v1::TaskState,
+    reason: &str,
+    message: String,
+) -> v1::TaskStatus {
     v1::TaskStatus {
         task_id: task.to_string(),
         framework_id: fw.to_string(),
@@ -167,8 +174,12 @@ pub(crate) struct Master {
 }
 
 impl Master {
-    pub(crate) fn new(cfg: MasterConfig, artifacts: Arc<ArtifactStore>, watch: broadcast::Sender<v1::WatchEvent>) -> Master {
-        let tag = format!("{:04x}", (now_ms() as u64 ^ std::process::id() as u64 * 0x9e37) & 0xffff);
+    pub(crate) fn new(
+        cfg: MasterConfig,
+        artifacts: Arc<ArtifactStore>,
+        watch: broadcast::Sender<v1::WatchEvent>,
+    ) -> Master {
+        let tag = format!("{:04x}", (now_ms() as u64 ^ (std::process::id() as u64 * 0x9e37)) & 0xffff);
         let mut alloc = Allocator::new(AllocConfig { seed: cfg.seed, ..AllocConfig::default() });
         let batch_id = FrameworkId::new("batch").expect("valid id");
         let batch_role = cfg.batch_role.clone();
@@ -326,7 +337,9 @@ impl Master {
         let resources = resources_from_wire(info.resources.as_ref())
             .map_err(|e| Status::invalid_argument(format!("agent resources: {e}")))?;
         if resources.is_empty() {
-            return Err(Status::invalid_argument("agent offers no resources; give it e.g. --resources cpus:2;mem:4GiB"));
+            return Err(Status::invalid_argument(
+                "agent offers no resources; give it e.g. --resources cpus:2;mem:4GiB",
+            ));
         }
         let mut attributes = BTreeMap::new();
         for a in &info.attributes {
@@ -503,7 +516,9 @@ impl Master {
             FrameworkKind::Remote { tx } => {
                 let tid = TaskId::new(st.task_id.clone()).expect("known task");
                 if let Some(t) = tx {
-                    let ev = v1::Event { event: Some(v1::event::Event::Update(v1::event::Update { status: Some(st.clone()) })) };
+                    let ev = v1::Event {
+                        event: Some(v1::event::Event::Update(v1::event::Update { status: Some(st.clone()) })),
+                    };
                     if t.send(Ok(ev)).is_err() {
                         *tx = None;
                     }
@@ -581,7 +596,8 @@ impl Master {
             let _ = tx.send(Ok(subscribed));
             // Redeliver what the previous connection did not acknowledge.
             for st in f.unacked.values() {
-                let ev = v1::Event { event: Some(v1::event::Event::Update(v1::event::Update { status: Some(st.clone()) })) };
+                let ev =
+                    v1::Event { event: Some(v1::event::Event::Update(v1::event::Update { status: Some(st.clone()) })) };
                 let _ = tx.send(Ok(ev));
             }
             f.kind = FrameworkKind::Remote { tx: Some(tx) };
@@ -589,7 +605,9 @@ impl Master {
             self.dirty = true;
             return Ok(());
         }
-        self.alloc.add_framework(id.clone(), std::slice::from_ref(&role)).map_err(|e| Status::invalid_argument(e.to_string()))?;
+        self.alloc
+            .add_framework(id.clone(), std::slice::from_ref(&role))
+            .map_err(|e| Status::invalid_argument(e.to_string()))?;
         let _ = tx.send(Ok(subscribed));
         let name = if info.name.is_empty() { id.to_string() } else { info.name.clone() };
         self.frameworks.insert(
@@ -613,9 +631,9 @@ impl Master {
         let mut gone = Vec::new();
         for (id, f) in self.frameworks.iter_mut() {
             if let FrameworkKind::Remote { tx } = &mut f.kind {
-                let alive = tx
-                    .as_ref()
-                    .is_some_and(|t| t.send(Ok(v1::Event { event: Some(v1::event::Event::Heartbeat(v1::event::Heartbeat {})) })).is_ok());
+                let alive = tx.as_ref().is_some_and(|t| {
+                    t.send(Ok(v1::Event { event: Some(v1::event::Event::Heartbeat(v1::event::Heartbeat {})) })).is_ok()
+                });
                 if !alive && tx.is_some() {
                     *tx = None;
                     gone.push(id.clone());
@@ -630,7 +648,8 @@ impl Master {
     /// A remote framework's stream closed: its offers go back; its tasks keep
     /// running until it fails over (failover timeouts come with durable state).
     fn disconnected(&mut self, id: &FrameworkId) {
-        let offers: Vec<OfferId> = self.frameworks.get(id).map(|f| f.offers.iter().cloned().collect()).unwrap_or_default();
+        let offers: Vec<OfferId> =
+            self.frameworks.get(id).map(|f| f.offers.iter().cloned().collect()).unwrap_or_default();
         for o in offers {
             self.recover_offer(&o, None);
         }
@@ -640,12 +659,12 @@ impl Master {
     fn rescind(&mut self, offer: &OfferId) {
         let fw = self.offers.get(offer).map(|o| o.framework.clone());
         self.recover_offer(offer, None);
-        if let Some(fw) = fw {
-            if let Some(FrameworkKind::Remote { tx: Some(tx) }) = self.frameworks.get(&fw).map(|f| &f.kind) {
-                let _ = tx.send(Ok(v1::Event {
-                    event: Some(v1::event::Event::Rescind(v1::event::Rescind { offer_id: offer.to_string() })),
-                }));
-            }
+        if let Some(fw) = fw
+            && let Some(FrameworkKind::Remote { tx: Some(tx) }) = self.frameworks.get(&fw).map(|f| &f.kind)
+        {
+            let _ = tx.send(Ok(v1::Event {
+                event: Some(v1::event::Event::Rescind(v1::event::Rescind { offer_id: offer.to_string() })),
+            }));
         }
     }
 
@@ -748,8 +767,8 @@ impl Master {
     /// foreign offers drop every task; each task is checked on its own.
     fn accept(&mut self, fw: &FrameworkId, offer_ids: &[OfferId], specs: Vec<v1::TaskSpec>, refuse: Option<Duration>) {
         let is_batch = fw == &self.batch_id;
-        let valid = !offer_ids.is_empty()
-            && offer_ids.iter().all(|o| self.offers.get(o).is_some_and(|r| &r.framework == fw));
+        let valid =
+            !offer_ids.is_empty() && offer_ids.iter().all(|o| self.offers.get(o).is_some_and(|r| &r.framework == fw));
         let one_agent = valid && {
             let first = &self.offers[&offer_ids[0]].agent;
             offer_ids.iter().all(|o| &self.offers[o].agent == first)
@@ -793,9 +812,16 @@ impl Master {
                     continue;
                 }
             };
-            let queued_here = is_batch && self.tasks.get(&tid).is_some_and(|t| t.agent.is_none() && t.state == TaskState::Staging);
+            let queued_here =
+                is_batch && self.tasks.get(&tid).is_some_and(|t| t.agent.is_none() && t.state == TaskState::Staging);
             if self.tasks.contains_key(&tid) && !queued_here {
-                self.refuse_task(fw, spec, v1::TaskState::TaskError, "duplicate_task_id", format!("task id {tid} is already in use; pick a unique id"));
+                self.refuse_task(
+                    fw,
+                    spec,
+                    v1::TaskState::TaskError,
+                    "duplicate_task_id",
+                    format!("task id {tid} is already in use; pick a unique id"),
+                );
                 continue;
             }
             if self.artifacts.size(&spec.module_sha256).is_none() {
@@ -806,7 +832,13 @@ impl Master {
             let resources = match resources_from_wire(spec.resources.as_ref()) {
                 Ok(r) if !r.is_empty() => r,
                 Ok(_) => {
-                    self.refuse_task(fw, spec, v1::TaskState::TaskError, "invalid_resources", "task asks for no resources; give it at least cpus or mem".into());
+                    self.refuse_task(
+                        fw,
+                        spec,
+                        v1::TaskState::TaskError,
+                        "invalid_resources",
+                        "task asks for no resources; give it at least cpus or mem".into(),
+                    );
                     continue;
                 }
                 Err(e) => {
@@ -867,7 +899,14 @@ impl Master {
     }
 
     /// Reports a task that was never launched (TASK_ERROR / TASK_DROPPED).
-    fn refuse_task(&mut self, fw: &FrameworkId, spec: v1::TaskSpec, state: v1::TaskState, reason: &str, message: String) {
+    fn refuse_task(
+        &mut self,
+        fw: &FrameworkId,
+        spec: v1::TaskSpec,
+        state: v1::TaskState,
+        reason: &str,
+        message: String,
+    ) {
         let st = v1::TaskStatus {
             task_id: spec.task_id.clone(),
             framework_id: fw.to_string(),
@@ -911,7 +950,9 @@ impl Master {
                 // Unknown or duplicate id: tell the framework, change nothing.
                 let _ = self.watch.send(v1::WatchEvent { event: Some(v1::watch_event::Event::Task(st.clone())) });
                 if let Some(FrameworkKind::Remote { tx: Some(tx) }) = self.frameworks.get(fw).map(|f| &f.kind) {
-                    let _ = tx.send(Ok(v1::Event { event: Some(v1::event::Event::Update(v1::event::Update { status: Some(st) })) }));
+                    let _ = tx.send(Ok(v1::Event {
+                        event: Some(v1::event::Event::Update(v1::event::Update { status: Some(st) })),
+                    }));
                 }
             }
         }
@@ -992,7 +1033,10 @@ impl Master {
     }
 
     fn task_action(&mut self, tid: &TaskId, action: TaskAction, owner: Option<&FrameworkId>) -> Result<(), Status> {
-        let task = self.tasks.get(tid).ok_or_else(|| Status::not_found(format!("no task {tid}; list tasks with `wasmos tasks`")))?;
+        let task = self
+            .tasks
+            .get(tid)
+            .ok_or_else(|| Status::not_found(format!("no task {tid}; list tasks with `wasmos tasks`")))?;
         if owner.is_some_and(|o| o != &task.framework) {
             return Err(Status::permission_denied(format!("task {tid} belongs to another framework")));
         }
@@ -1004,11 +1048,20 @@ impl Master {
             (TaskAction::Kill, None) => {
                 // Still queued in the batch framework: it never ran.
                 self.batch.forget(tid);
-                let st = status(tid, &fw, None, v1::TaskState::TaskKilled, "killed_while_queued", "killed before it was launched".into());
+                let st = status(
+                    tid,
+                    &fw,
+                    None,
+                    v1::TaskState::TaskKilled,
+                    "killed_while_queued",
+                    "killed before it was launched".into(),
+                );
                 self.apply_status(st, false);
             }
             (_, None) => {
-                return Err(Status::failed_precondition(format!("task {tid} is not running yet; pause and resume apply to running tasks")));
+                return Err(Status::failed_precondition(format!(
+                    "task {tid} is not running yet; pause and resume apply to running tasks"
+                )));
             }
             (action, Some(agent)) => {
                 let id = tid.to_string();
@@ -1048,9 +1101,17 @@ impl Master {
                     message: t.message.clone(),
                     outcome: t.outcome.clone(),
                 },
-                None => status(&tid, fw, None, v1::TaskState::TaskLost, "reconciliation", "the master knows no such task".into()),
+                None => status(
+                    &tid,
+                    fw,
+                    None,
+                    v1::TaskState::TaskLost,
+                    "reconciliation",
+                    "the master knows no such task".into(),
+                ),
             };
-            let _ = tx.send(Ok(v1::Event { event: Some(v1::event::Event::Update(v1::event::Update { status: Some(st) })) }));
+            let _ = tx
+                .send(Ok(v1::Event { event: Some(v1::event::Event::Update(v1::event::Update { status: Some(st) })) }));
         }
     }
 
@@ -1059,21 +1120,27 @@ impl Master {
         for t in tasks {
             let _ = self.task_action(&t, TaskAction::Kill, None);
         }
-        let offers: Vec<OfferId> = self.frameworks.get(fw).map(|f| f.offers.iter().cloned().collect()).unwrap_or_default();
+        let offers: Vec<OfferId> =
+            self.frameworks.get(fw).map(|f| f.offers.iter().cloned().collect()).unwrap_or_default();
         for o in offers {
             self.recover_offer(&o, None);
         }
         // Killed tasks still hold resources until their agents report back;
         // those are recovered as their updates arrive (the framework is gone,
         // so the recovery is skipped and the allocator forgets the framework).
-        if let Some(f) = self.frameworks.remove(fw) {
-            if let FrameworkKind::Remote { tx: Some(tx) } = f.kind {
-                let _ = tx.send(Err(Status::cancelled("framework torn down")));
-            }
+        if let Some(f) = self.frameworks.remove(fw)
+            && let FrameworkKind::Remote { tx: Some(tx) } = f.kind
+        {
+            let _ = tx.send(Ok(v1::Event {
+                event: Some(v1::event::Event::Error(v1::event::Error {
+                    message: format!("framework {fw} was torn down; its tasks are being killed"),
+                })),
+            }));
         }
         let _ = self.alloc.remove_framework(fw);
         self.torn_down.insert(fw.clone());
-        let _ = self.watch.send(v1::WatchEvent { event: Some(v1::watch_event::Event::FrameworkRemoved(fw.to_string())) });
+        let _ =
+            self.watch.send(v1::WatchEvent { event: Some(v1::watch_event::Event::FrameworkRemoved(fw.to_string())) });
     }
 
     // ------------------------------------------------------------ batch submit
@@ -1086,7 +1153,8 @@ impl Master {
                 tpl.module_sha256
             )));
         }
-        let resources = resources_from_wire(tpl.resources.as_ref()).map_err(|e| Status::invalid_argument(e.to_string()))?;
+        let resources =
+            resources_from_wire(tpl.resources.as_ref()).map_err(|e| Status::invalid_argument(e.to_string()))?;
         if resources.is_empty() {
             return Err(Status::invalid_argument("task asks for no resources; give it --cpus or --mem"));
         }
@@ -1099,7 +1167,8 @@ impl Master {
         }
         let base = if tpl.name.is_empty() { "task".to_string() } else { tpl.name.clone() };
         let max_attempts = if req.max_attempts == 0 { DEFAULT_MAX_ATTEMPTS } else { req.max_attempts };
-        let constraints: Vec<(String, String)> = req.constraints.iter().map(|a| (a.key.clone(), a.value.clone())).collect();
+        let constraints: Vec<(String, String)> =
+            req.constraints.iter().map(|a| (a.key.clone(), a.value.clone())).collect();
         let now = now_ms();
         let mut ids = Vec::with_capacity(count as usize);
         for _ in 0..count {
@@ -1179,7 +1248,8 @@ impl Master {
             name: f.name.clone(),
             role: f.role.to_string(),
             allocated: self.alloc.framework_allocated(id).map(|r| resources_to_wire(&r)),
-            active_tasks: f.tasks.iter().filter(|t| self.tasks.get(*t).is_some_and(|t| !t.state.is_terminal())).count() as u32,
+            active_tasks: f.tasks.iter().filter(|t| self.tasks.get(*t).is_some_and(|t| !t.state.is_terminal())).count()
+                as u32,
             connected,
             hosted,
         })
@@ -1213,7 +1283,10 @@ impl Master {
         let state = if req.state == 0 {
             None
         } else {
-            Some(wasmos_proto::state_from_wire(req.state).ok_or_else(|| Status::invalid_argument("unknown task state"))?)
+            Some(
+                wasmos_proto::state_from_wire(req.state)
+                    .ok_or_else(|| Status::invalid_argument("unknown task state"))?,
+            )
         };
         let fw = if req.framework_id.is_empty() { None } else { Some(req.framework_id.as_str()) };
         let limit = if req.limit == 0 { usize::MAX } else { req.limit as usize };

@@ -41,7 +41,10 @@ fn artifact_status(e: ArtifactError) -> Status {
 
 #[tonic::async_trait]
 impl v1::agent_service_server::AgentService for MasterHandle {
-    async fn register(&self, r: Request<v1::RegisterAgentRequest>) -> Result<Response<v1::RegisterAgentResponse>, Status> {
+    async fn register(
+        &self,
+        r: Request<v1::RegisterAgentRequest>,
+    ) -> Result<Response<v1::RegisterAgentResponse>, Status> {
         let req = r.into_inner();
         self.ask(|reply| Cmd::RegisterAgent(req, reply)).await.map(Response::new)
     }
@@ -70,7 +73,8 @@ impl v1::agent_service_server::AgentService for MasterHandle {
 impl v1::scheduler_server::Scheduler for MasterHandle {
     type SubscribeStream = BoxStream<v1::Event>;
     async fn subscribe(&self, r: Request<v1::SubscribeRequest>) -> Result<Response<Self::SubscribeStream>, Status> {
-        let info = r.into_inner().framework.ok_or_else(|| Status::invalid_argument("subscribe without framework info"))?;
+        let info =
+            r.into_inner().framework.ok_or_else(|| Status::invalid_argument("subscribe without framework info"))?;
         let (tx, rx) = mpsc::unbounded_channel();
         self.ask(|reply| Cmd::Subscribe(info, tx, reply)).await?;
         Ok(Response::new(Box::pin(UnboundedReceiverStream::new(rx))))
@@ -156,7 +160,10 @@ impl v1::artifacts_server::Artifacts for MasterHandle {
                 expected = chunk.sha256;
             }
             if (bytes.len() + chunk.data.len()) as u64 > max {
-                return Err(artifact_status(ArtifactError::TooLarge { size: (bytes.len() + chunk.data.len()) as u64, max }));
+                return Err(artifact_status(ArtifactError::TooLarge {
+                    size: (bytes.len() + chunk.data.len()) as u64,
+                    max,
+                }));
             }
             bytes.extend_from_slice(&chunk.data);
         }

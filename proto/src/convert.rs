@@ -21,7 +21,10 @@ pub fn resources_from_wire(r: Option<&v1::Resources>) -> Result<Resources, Resou
             return Err(ResourceError::BadName { name: s.name.clone() });
         }
         if s.milli < 0 {
-            return Err(ResourceError::Negative { name: s.name.clone(), amount: (s.milli as f64 / 1000.0).to_string() });
+            return Err(ResourceError::Negative {
+                name: s.name.clone(),
+                amount: (s.milli as f64 / 1000.0).to_string(),
+            });
         }
         if out.get(&s.name) != Scalar::ZERO {
             return Err(ResourceError::Duplicate { name: s.name.clone() });

@@ -278,7 +278,10 @@ fn demo(root: &Path) -> Result<()> {
     guests(root)?;
     run(Command::new("cargo").current_dir(root).args(["build", "--quiet", "-p", "wasmos"]))?;
     let wasmos = root.join("target/debug/wasmos");
-    run(Command::new(&wasmos).args(["run", "--env", "GREETING=hello"]).arg(guests_dir(root).join("hello.wasm")).args(["--", "wasmos run"]))?;
+    run(Command::new(&wasmos)
+        .args(["run", "--env", "GREETING=hello"])
+        .arg(guests_dir(root).join("hello.wasm"))
+        .args(["--", "wasmos run"]))?;
     let state = std::env::temp_dir().join(format!("wasmos-demo-{}", std::process::id()));
     let mut dev = Command::new(&wasmos)
         .args(["dev", "--listen", "127.0.0.1:0", "--state-dir"])
@@ -301,7 +304,11 @@ fn demo(root: &Path) -> Result<()> {
             .args(["submit", "--master", &url, "--wait", "--env", "GREETING=hello"])
             .arg(guests_dir(root).join("hello.wasm"))
             .args(["--", "cluster"]))?;
-        run(Command::new(&wasmos).args(["submit", "--master", &url, "--wait", "--count", "100"]).arg(guests_dir(root).join("hello-component.wasm")).args(["--", "1", "2"]).stdout(std::process::Stdio::null()))?;
+        run(Command::new(&wasmos)
+            .args(["submit", "--master", &url, "--wait", "--count", "100"])
+            .arg(guests_dir(root).join("hello-component.wasm"))
+            .args(["--", "1", "2"])
+            .stdout(std::process::Stdio::null()))?;
         run(Command::new(&wasmos).args(["agents", "--master", &url]))?;
         run(Command::new(&wasmos).args(["frameworks", "--master", &url]))
     })();
@@ -331,7 +338,14 @@ fn bench(root: &Path, which: &[String]) -> Result<()> {
 fn bench_e2e(root: &Path, extra: &[String]) -> Result<()> {
     use std::io::BufRead;
     run(Command::new("cargo").current_dir(root).args([
-        "build", "--release", "-p", "wasmos", "--bin", "wasmos", "--example", "e2e_bench",
+        "build",
+        "--release",
+        "-p",
+        "wasmos",
+        "--bin",
+        "wasmos",
+        "--example",
+        "e2e_bench",
     ]))?;
     let state = std::env::temp_dir().join(format!("wasmos-bench-{}", std::process::id()));
     let mut dev = Command::new(root.join("target/release/wasmos"))

@@ -95,7 +95,8 @@ fn submit_wait_then_inspect_with_tasks_agents_frameworks_logs() {
     let o = wasmos(&c, &["logs", "no-such-task"]);
     assert_eq!(o.status.code(), Some(2));
     assert!(err(&o).contains("no task"), "{}", err(&o));
-    let o = Command::new(env!("CARGO_BIN_EXE_wasmos")).args(["tasks", "--master", "http://127.0.0.1:1"]).output().unwrap();
+    let o =
+        Command::new(env!("CARGO_BIN_EXE_wasmos")).args(["tasks", "--master", "http://127.0.0.1:1"]).output().unwrap();
     assert_eq!(o.status.code(), Some(2));
     assert!(err(&o).contains("start one with `wasmos dev`"), "{}", err(&o));
     let o = wasmos(&c, &["submit", "/etc/hostname"]);

@@ -63,4 +63,3 @@ impl Drop for Cluster {
         let _ = self.child.wait();
     }
 }
-

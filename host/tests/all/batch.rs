@@ -39,7 +39,11 @@ async fn submit_offer_launch_running_finished() {
     assert_eq!(agents[0].running_tasks, 0);
     let list = c
         .operator()
-        .list_tasks(v1::ListTasksRequest { state: v1::TaskState::TaskFinished as i32, framework_id: "batch".into(), limit: 0 })
+        .list_tasks(v1::ListTasksRequest {
+            state: v1::TaskState::TaskFinished as i32,
+            framework_id: "batch".into(),
+            limit: 0,
+        })
         .await
         .unwrap()
         .into_inner();
@@ -61,7 +65,8 @@ async fn backlog_larger_than_the_cluster_drains() {
 async fn kill_pause_and_resume_a_running_task() {
     let c = cluster(1, "cpus:2;mem:2GiB").await;
     let sha = c.upload_wat(SPIN).await;
-    let id = c.operator().submit(submit_req(&sha, 1, "cpus:1;mem:64MiB")).await.unwrap().into_inner().task_ids.remove(0);
+    let id =
+        c.operator().submit(submit_req(&sha, 1, "cpus:1;mem:64MiB")).await.unwrap().into_inner().task_ids.remove(0);
     c.wait_task(&id, Some(v1::TaskState::TaskRunning)).await;
     let req = || v1::TaskActionRequest { task_id: id.clone() };
     c.operator().pause_task(req()).await.unwrap();
@@ -84,7 +89,8 @@ async fn queued_tasks_can_be_killed_and_bad_submits_are_refused() {
     // No room for the task (2 cpus asked of a 1-cpu agent): it stays queued.
     let c = cluster(1, "cpus:1;mem:1GiB").await;
     let sha = c.upload_wat(&echo_wat("x")).await;
-    let id = c.operator().submit(submit_req(&sha, 1, "cpus:2;mem:64MiB")).await.unwrap().into_inner().task_ids.remove(0);
+    let id =
+        c.operator().submit(submit_req(&sha, 1, "cpus:2;mem:64MiB")).await.unwrap().into_inner().task_ids.remove(0);
     tokio::time::sleep(Duration::from_millis(200)).await;
     assert_eq!(c.task(&id).await.state, v1::TaskState::TaskStaging as i32);
     c.operator().kill_task(v1::TaskActionRequest { task_id: id.clone() }).await.unwrap();
@@ -139,7 +145,8 @@ async fn tasks_of_a_lost_agent_are_retried_elsewhere() {
     })
     .await;
     let sha = c.upload_wat(SPIN).await;
-    let id = c.operator().submit(submit_req(&sha, 1, "cpus:1;mem:64MiB")).await.unwrap().into_inner().task_ids.remove(0);
+    let id =
+        c.operator().submit(submit_req(&sha, 1, "cpus:1;mem:64MiB")).await.unwrap().into_inner().task_ids.remove(0);
     let first = c.wait_task(&id, Some(v1::TaskState::TaskRunning)).await;
     let agents = c.operator().list_agents(v1::ListAgentsRequest {}).await.unwrap().into_inner().agents;
     let idx = agents.iter().position(|a| a.agent_id == first.agent_id).unwrap();

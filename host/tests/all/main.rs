@@ -31,7 +31,11 @@ pub async fn cluster(agents: usize, resources: &str) -> Cluster {
     cluster_with(agents, resources, |_| {}).await
 }
 
-pub async fn cluster_with(agents: usize, resources: &str, tweak: impl FnOnce(&mut wasmos_host::MasterConfig)) -> Cluster {
+pub async fn cluster_with(
+    agents: usize,
+    resources: &str,
+    tweak: impl FnOnce(&mut wasmos_host::MasterConfig),
+) -> Cluster {
     let dir = tempfile::tempdir().unwrap();
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let url = format!("http://{}", listener.local_addr().unwrap());

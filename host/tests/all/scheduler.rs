@@ -132,7 +132,10 @@ async fn subscribe_offer_launch_update_acknowledge_reconcile() {
         .unwrap();
     let a = fw.update().await;
     let b = fw.update().await;
-    assert_eq!((a.task_id.as_str(), state(&a), a.reason.as_str()), ("r-1", v1::TaskState::TaskFinished, "reconciliation"));
+    assert_eq!(
+        (a.task_id.as_str(), state(&a), a.reason.as_str()),
+        ("r-1", v1::TaskState::TaskFinished, "reconciliation")
+    );
     assert_eq!((b.task_id.as_str(), state(&b)), ("ghost", v1::TaskState::TaskLost));
     // Visible through the Operator API too.
     let t = c.task("r-1").await;
@@ -165,7 +168,11 @@ async fn bad_launches_are_refused_with_state_and_reason() {
     let mut seen = std::collections::HashMap::new();
     while seen.len() < 5 {
         let st = fw.update().await;
-        let key = if st.task_id == "ok-1" && state(&st) == v1::TaskState::TaskError { "dup".to_string() } else { st.task_id.clone() };
+        let key = if st.task_id == "ok-1" && state(&st) == v1::TaskState::TaskError {
+            "dup".to_string()
+        } else {
+            st.task_id.clone()
+        };
         fw.ack(&st).await;
         seen.entry(key).or_insert((state(&st), st.reason.clone(), st.message.clone()));
     }
@@ -230,10 +237,7 @@ async fn two_frameworks_in_two_roles_get_drf_fair_shares() {
     let ha = tokio::spawn(greedy(a, sha.clone(), "a"));
     let hb = tokio::spawn(greedy(b, sha, "b"));
     let count = |tasks: &[v1::TaskSummary], fw: &str| {
-        tasks
-            .iter()
-            .filter(|t| t.framework_id == fw && t.state == v1::TaskState::TaskRunning as i32)
-            .count()
+        tasks.iter().filter(|t| t.framework_id == fw && t.state == v1::TaskState::TaskRunning as i32).count()
     };
     let mut last = (0, 0);
     for _ in 0..500 {
@@ -275,7 +279,10 @@ async fn unacknowledged_updates_are_reconciled_and_redelivered_on_failover() {
     // Implicit reconciliation still reports the unacknowledged terminal task.
     fw.call(v1::call::Call::Reconcile(v1::call::Reconcile { task_ids: vec![] })).await.unwrap();
     let r = fw.update().await;
-    assert_eq!((r.task_id.as_str(), state(&r), r.reason.as_str()), ("f-1", v1::TaskState::TaskFinished, "reconciliation"));
+    assert_eq!(
+        (r.task_id.as_str(), state(&r), r.reason.as_str()),
+        ("f-1", v1::TaskState::TaskFinished, "reconciliation")
+    );
 
     // Fail over: a new connection with the same id gets the update again.
     let id = fw.id.clone();
@@ -283,16 +290,25 @@ async fn unacknowledged_updates_are_reconciled_and_redelivered_on_failover() {
     let mut client = c.scheduler();
     let mut events = client
         .subscribe(v1::SubscribeRequest {
-            framework: Some(v1::FrameworkInfo { framework_id: id.clone(), name: "again".into(), role: "forgetful".into(), failover_timeout_s: 0.0 }),
+            framework: Some(v1::FrameworkInfo {
+                framework_id: id.clone(),
+                name: "again".into(),
+                role: "forgetful".into(),
+                failover_timeout_s: 0.0,
+            }),
         })
         .await
         .unwrap()
         .into_inner();
-    let mut fw = Framework { id: id.clone(), events: {
-        let first = events.message().await.unwrap().unwrap();
-        assert!(matches!(first.event, Some(E::Subscribed(_))));
-        events
-    }, client };
+    let mut fw = Framework {
+        id: id.clone(),
+        events: {
+            let first = events.message().await.unwrap().unwrap();
+            assert!(matches!(first.event, Some(E::Subscribed(_))));
+            events
+        },
+        client,
+    };
     let again = fw.update().await;
     assert_eq!((again.task_id.as_str(), &again.uuid), ("f-1", &fin.uuid));
     fw.ack(&again).await;
@@ -307,11 +323,15 @@ async fn unacknowledged_updates_are_reconciled_and_redelivered_on_failover() {
     let e = c
         .scheduler()
         .subscribe(v1::SubscribeRequest {
-            framework: Some(v1::FrameworkInfo { framework_id: id, name: "x".into(), role: "forgetful".into(), failover_timeout_s: 0.0 }),
+            framework: Some(v1::FrameworkInfo {
+                framework_id: id,
+                name: "x".into(),
+                role: "forgetful".into(),
+                failover_timeout_s: 0.0,
+            }),
         })
         .await
-        .err()
-        .expect("refused");
+        .expect_err("refused");
     assert!(e.message().contains("torn down"), "{e}");
 }
 
