@@ -267,6 +267,8 @@ async fn run_task(shared: Arc<Shared>, fw: String, spec: v1::TaskSpec, control: 
                 .collect(),
             ..Default::default()
         },
+        input: spec.input.clone(),
+        context: wasmos_sandbox::TaskContext { task_id: id.clone(), attempt: 1, framework: fw.clone() },
         ..Default::default()
     };
     let outcome = shared.sandbox.run(&prepared, req, &control).await;

@@ -48,6 +48,8 @@ async fn main() {
         priority: 0,
         constraints: vec![],
         max_attempts: 0,
+        framework: String::new(),
+        estimated_fuel: None,
     };
     let mut watch = op.watch(v1::WatchRequest { framework_id: "batch".into() }).await.unwrap().into_inner();
 

@@ -2,6 +2,7 @@
 
 mod client;
 mod cluster;
+mod framework;
 mod run;
 mod sim;
 mod submit;
@@ -39,6 +40,9 @@ enum Command {
     Agents(tasks::ListArgs),
     /// List frameworks.
     Frameworks(tasks::ListArgs),
+    /// Deploy, list and remove frameworks whose scheduler is a Wasm component.
+    #[command(subcommand)]
+    Framework(framework::FrameworkCmd),
     /// Print a task's output.
     Logs(tasks::LogsArgs),
     /// Kill a task.
@@ -71,6 +75,7 @@ fn main() -> ExitCode {
         Command::Tasks(args) => tasks::tasks(args),
         Command::Agents(args) => tasks::agents(args),
         Command::Frameworks(args) => tasks::frameworks(args),
+        Command::Framework(cmd) => framework::main(cmd),
         Command::Logs(args) => tasks::logs(args),
         Command::Kill(args) => tasks::action(args, "kill"),
         Command::Pause(args) => tasks::action(args, "pause"),

@@ -35,6 +35,11 @@ pub struct RunArgs {
     /// Print exactly one JSON object with the outcome instead of passing output through.
     #[arg(long)]
     pub json: bool,
+    /// Input bytes: `run`'s input for wasmos:task components (their output goes
+    /// to stdout); stdin for WASI commands. Without it, commands read the
+    /// terminal's stdin and task components get empty input.
+    #[arg(long, value_name = "FILE")]
+    pub input: Option<PathBuf>,
     /// Directory of compiled modules (so a second run does not recompile).
     #[arg(long, value_name = "DIR", env = "WASMOS_CACHE_DIR")]
     pub cache_dir: Option<PathBuf>,
@@ -91,6 +96,16 @@ pub fn main(args: RunArgs) -> ExitCode {
             return ExitCode::from(2);
         }
     };
+    let input = match &args.input {
+        Some(p) => match std::fs::read(p) {
+            Ok(b) => Some(b),
+            Err(e) => {
+                eprintln!("wasmos run: cannot read --input {}: {e}; check the path", p.display());
+                return ExitCode::from(2);
+            }
+        },
+        None => None,
+    };
     let cache_dir = if args.no_cache { None } else { args.cache_dir.clone().or_else(default_cache_dir) };
     let sandbox = match Sandbox::new(SandboxConfig { max_concurrent_tasks: 1, cache_dir, ..Default::default() }) {
         Ok(s) => s,
@@ -109,7 +124,8 @@ pub fn main(args: RunArgs) -> ExitCode {
         args: std::iter::once(argv0).chain(args.args.iter().cloned()).collect(),
         env: args.env.clone(),
         limits: Limits { fuel: args.fuel, mem: args.mem, timeout: args.timeout, max_output: args.max_output },
-        stdin: Stdin::Inherit,
+        stdin: if input.is_some() { Stdin::Closed } else { Stdin::Inherit },
+        input: input.unwrap_or_default(),
         host_dirs: args.dirs.clone(),
         passthrough: !args.json,
         ..Default::default()

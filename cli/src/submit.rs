@@ -60,6 +60,16 @@ pub struct SubmitArgs {
     /// Only run on agents with this attribute (repeatable).
     #[arg(long = "constraint", value_name = "ATTR=VALUE", value_parser = pair)]
     pub constraints: Vec<(String, String)>,
+    /// Hand the job to this hosted framework (its scheduler's on-submit)
+    /// instead of the built-in batch queue.
+    #[arg(long, value_name = "NAME")]
+    pub framework: Option<String>,
+    /// A hint for the framework: the fuel one run is expected to use (SJF orders by it).
+    #[arg(long, value_name = "N")]
+    pub estimated_fuel: Option<u64>,
+    /// Input bytes: `run`'s input for wasmos:task components, stdin for WASI commands.
+    #[arg(long, value_name = "FILE")]
+    pub input: Option<PathBuf>,
     /// Wait for every task to end, then print the outcomes.
     #[arg(long)]
     pub wait: bool,
@@ -109,6 +119,10 @@ async fn submit(args: SubmitArgs) -> Result<ExitCode, String> {
     }
     let bytes = std::fs::read(&args.module)
         .map_err(|e| format!("cannot read {}: {e}; check the path", args.module.display()))?;
+    let input = match &args.input {
+        Some(p) => std::fs::read(p).map_err(|e| format!("cannot read --input {}: {e}", p.display()))?,
+        None => Vec::new(),
+    };
     let ch = args.master.connect().await?;
     let sha = upload(&ch, &bytes).await?;
     let name = args.name.clone().unwrap_or_else(|| {
@@ -126,7 +140,10 @@ async fn submit(args: SubmitArgs) -> Result<ExitCode, String> {
         limits: Some(wasmos_proto::limits_to_wire(&limits)),
         files: vec![],
         sandbox_dir: false,
+        input,
     };
+    let framework = args.framework.clone().unwrap_or_default();
+    let watch_fw = if framework.is_empty() { "batch".to_string() } else { String::new() };
     let mut op = client::operator(&ch);
     // Watch before submitting, so no outcome can slip by.
     let watch = if args.wait {
@@ -147,6 +164,8 @@ async fn submit(args: SubmitArgs) -> Result<ExitCode, String> {
                 .map(|(k, v)| v1::Attribute { key: k.clone(), value: v.clone() })
                 .collect(),
             max_attempts: 0,
+            framework: framework.clone(),
+            estimated_fuel: args.estimated_fuel,
         })
         .await
         .map_err(|e| format!("submit refused: {}", status_msg(&e)))?
@@ -185,7 +204,7 @@ async fn submit(args: SubmitArgs) -> Result<ExitCode, String> {
             },
             _ = poll.tick() => {
                 // Catch up with anything the stream missed (retries, lag).
-                let list = op.list_tasks(v1::ListTasksRequest { state: 0, framework_id: "batch".into(), limit: 0 })
+                let list = op.list_tasks(v1::ListTasksRequest { state: 0, framework_id: watch_fw.clone(), limit: 0 })
                     .await.map_err(|e| status_msg(&e))?.into_inner();
                 for t in list.tasks {
                     if ids.contains(&t.task_id) && wasmos_proto::state_from_wire(t.state).is_some_and(|s| s.is_terminal()) {
@@ -204,7 +223,7 @@ async fn submit(args: SubmitArgs) -> Result<ExitCode, String> {
         eprintln!();
     }
     let list = op
-        .list_tasks(v1::ListTasksRequest { state: 0, framework_id: "batch".into(), limit: 0 })
+        .list_tasks(v1::ListTasksRequest { state: 0, framework_id: watch_fw.clone(), limit: 0 })
         .await
         .map_err(|e| status_msg(&e))?
         .into_inner();

@@ -8,6 +8,7 @@
 
 mod artifacts;
 mod batch;
+mod hosted;
 mod master;
 mod services;
 
@@ -23,6 +24,11 @@ use wasmos_proto::v1;
 
 pub use artifacts::{ArtifactError, ArtifactStore, DEFAULT_MAX_MODULE_BYTES};
 pub use batch::{DEFAULT_MAX_ATTEMPTS, MAX_SKIPPED_PER_OFFER};
+pub use hosted::{MAX_CALLS_PER_CALLBACK, MAX_TIMER};
+pub use wasmos_sandbox::SchedulerLimits;
+
+/// Default [`MasterConfig::max_hosted_frameworks`].
+pub const DEFAULT_MAX_HOSTED_FRAMEWORKS: u32 = 64;
 pub use services::MasterHandle;
 
 /// Default [`MasterConfig::agent_heartbeat_interval`].
@@ -68,6 +74,11 @@ pub struct MasterConfig {
     pub batch_role: Role,
     /// Seed of the allocator's agent shuffle.
     pub seed: u64,
+    /// Most hosted (Wasm) schedulers at once. Default 64.
+    pub max_hosted_frameworks: u32,
+    /// Fuel, memory and time limits of every hosted scheduler callback
+    /// (defaults: 100M fuel, 64 MiB, 1 s).
+    pub scheduler_limits: SchedulerLimits,
 }
 
 impl MasterConfig {
@@ -84,6 +95,8 @@ impl MasterConfig {
             max_submit_count: DEFAULT_MAX_SUBMIT_COUNT,
             batch_role: Role::new("batch").expect("valid role"),
             seed: 0,
+            max_hosted_frameworks: DEFAULT_MAX_HOSTED_FRAMEWORKS,
+            scheduler_limits: SchedulerLimits::default(),
         }
     }
 }
@@ -91,15 +104,40 @@ impl MasterConfig {
 /// Depth of the command queue into the master's event loop.
 const COMMAND_QUEUE: usize = 65_536;
 
+/// Why a master could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum StartError {
+    #[error("{0}")]
+    Artifacts(#[from] ArtifactError),
+    #[error("scheduler sandbox: {0}")]
+    Sandbox(#[from] wasmos_sandbox::SandboxError),
+}
+
 /// Starts the master's event loop (on the current runtime) and returns a handle
 /// whose services can be served with [`serve_with`].
-pub fn start(cfg: MasterConfig) -> Result<MasterHandle, ArtifactError> {
+pub fn start(cfg: MasterConfig) -> Result<MasterHandle, StartError> {
     let artifacts = Arc::new(ArtifactStore::open(cfg.state_dir.join("artifacts"), cfg.max_module_bytes)?);
+    let sandbox = wasmos_sandbox::Sandbox::new(wasmos_sandbox::SandboxConfig {
+        max_concurrent_tasks: cfg.max_hosted_frameworks.max(1),
+        max_task_mem: cfg.scheduler_limits.mem.clamp(1 << 20, 4 << 30),
+        ..Default::default()
+    })?;
     let (watch, _) = tokio::sync::broadcast::channel(65_536);
     let (tx, rx) = tokio::sync::mpsc::channel(COMMAND_QUEUE);
+    let scheduler_limits = cfg.scheduler_limits;
+    let max_hosted = cfg.max_hosted_frameworks;
     let master = master::Master::new(cfg, artifacts.clone(), watch.clone());
     tokio::spawn(master.run(rx));
-    Ok(MasterHandle { tx, watch, artifacts })
+    Ok(MasterHandle {
+        tx,
+        watch,
+        artifacts,
+        hosted: Arc::new(hosted::Hosted::default()),
+        sandbox,
+        scheduler_limits,
+        max_hosted,
+        next_job: Arc::new(std::sync::atomic::AtomicU64::new(1)),
+    })
 }
 
 /// Serves all four services of `handle` on `listener` until `shutdown` resolves.

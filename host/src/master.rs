@@ -27,7 +27,8 @@ pub(crate) enum Cmd {
     AgentCommands(String, CommandTx, Reply<()>),
     AgentUpdates(v1::StatusUpdates, Reply<v1::StatusAcks>),
     AgentHeartbeat(String, Reply<()>),
-    Subscribe(v1::FrameworkInfo, EventTx, Reply<()>),
+    /// (info, events, hosted by the master as a Wasm scheduler, reply)
+    Subscribe(v1::FrameworkInfo, EventTx, bool, Reply<()>),
     Call(v1::Call, Reply<()>),
     ListAgents(Reply<v1::ListAgentsResponse>),
     ListFrameworks(Reply<v1::ListFrameworksResponse>),
@@ -73,6 +74,9 @@ struct Framework {
     /// Latest update with a UUID per task, until the framework acknowledges it;
     /// resent when the framework fails over.
     unacked: HashMap<TaskId, v1::TaskStatus>,
+    /// A Wasm scheduler hosted by the master (talks through the same event
+    /// stream and calls as a remote framework).
+    hosted: bool,
 }
 
 struct Task {
@@ -195,6 +199,7 @@ impl Master {
                 tasks: HashSet::new(),
                 offers: HashSet::new(),
                 unacked: HashMap::new(),
+                hosted: true,
             },
         );
         let mut m = Master {
@@ -292,8 +297,8 @@ impl Master {
                 };
                 let _ = reply.send(r);
             }
-            Cmd::Subscribe(info, tx, reply) => {
-                let _ = reply.send(self.subscribe(info, tx));
+            Cmd::Subscribe(info, tx, hosted, reply) => {
+                let _ = reply.send(self.subscribe(info, tx, hosted));
             }
             Cmd::Call(call, reply) => {
                 let _ = reply.send(self.call(call));
@@ -563,7 +568,7 @@ impl Master {
         self.dirty = true;
     }
 
-    fn subscribe(&mut self, info: v1::FrameworkInfo, tx: EventTx) -> Result<(), Status> {
+    fn subscribe(&mut self, info: v1::FrameworkInfo, tx: EventTx, hosted: bool) -> Result<(), Status> {
         let role = Role::new(if info.role.is_empty() { "default".to_string() } else { info.role.clone() })
             .map_err(|e| Status::invalid_argument(format!("framework role: {e}")))?;
         let id = if info.framework_id.is_empty() {
@@ -585,6 +590,11 @@ impl Master {
                 heartbeat_interval_ms: self.cfg.framework_heartbeat_interval.as_millis() as u64,
             })),
         };
+        if self.frameworks.get(&id).is_some_and(|f| f.hosted != hosted) {
+            return Err(Status::failed_precondition(format!(
+                "framework {id} is hosted by the master; manage it with `wasmos framework`"
+            )));
+        }
         if let Some(f) = self.frameworks.get_mut(&id) {
             // Failover: the new connection takes over.
             if f.role != role {
@@ -619,6 +629,7 @@ impl Master {
                 tasks: HashSet::new(),
                 offers: HashSet::new(),
                 unacked: HashMap::new(),
+                hosted,
             },
         );
         let summary = self.framework_summary(&id);
@@ -1241,7 +1252,7 @@ impl Master {
         let f = self.frameworks.get(id)?;
         let (connected, hosted) = match &f.kind {
             FrameworkKind::Batch => (true, true),
-            FrameworkKind::Remote { tx } => (tx.is_some(), false),
+            FrameworkKind::Remote { tx } => (tx.is_some(), f.hosted),
         };
         Some(v1::FrameworkSummary {
             framework_id: id.to_string(),
@@ -1252,6 +1263,10 @@ impl Master {
                 as u32,
             connected,
             hosted,
+            status: if connected { "active".into() } else { "disconnected".into() },
+            last_error: String::new(),
+            callbacks: 0,
+            callback_failures: 0,
         })
     }
 

@@ -18,10 +18,15 @@ pub struct MasterHandle {
     pub(crate) tx: mpsc::Sender<Cmd>,
     pub(crate) watch: tokio::sync::broadcast::Sender<v1::WatchEvent>,
     pub(crate) artifacts: Arc<ArtifactStore>,
+    pub(crate) hosted: Arc<crate::hosted::Hosted>,
+    pub(crate) sandbox: wasmos_sandbox::Sandbox,
+    pub(crate) scheduler_limits: wasmos_sandbox::SchedulerLimits,
+    pub(crate) max_hosted: u32,
+    pub(crate) next_job: Arc<std::sync::atomic::AtomicU64>,
 }
 
 impl MasterHandle {
-    async fn ask<T>(&self, make: impl FnOnce(Reply<T>) -> Cmd) -> Result<T, Status> {
+    pub(crate) async fn ask<T>(&self, make: impl FnOnce(Reply<T>) -> Cmd) -> Result<T, Status> {
         let (tx, rx) = oneshot::channel();
         self.tx.send(make(tx)).await.map_err(|_| Status::unavailable("the master is shutting down; retry shortly"))?;
         rx.await.map_err(|_| Status::internal("the master dropped the request"))?
@@ -76,7 +81,7 @@ impl v1::scheduler_server::Scheduler for MasterHandle {
         let info =
             r.into_inner().framework.ok_or_else(|| Status::invalid_argument("subscribe without framework info"))?;
         let (tx, rx) = mpsc::unbounded_channel();
-        self.ask(|reply| Cmd::Subscribe(info, tx, reply)).await?;
+        self.ask(|reply| Cmd::Subscribe(info, tx, false, reply)).await?;
         Ok(Response::new(Box::pin(UnboundedReceiverStream::new(rx))))
     }
 
@@ -96,7 +101,48 @@ impl v1::operator_server::Operator for MasterHandle {
         &self,
         _: Request<v1::ListFrameworksRequest>,
     ) -> Result<Response<v1::ListFrameworksResponse>, Status> {
-        self.ask(Cmd::ListFrameworks).await.map(Response::new)
+        let mut list = self.ask(Cmd::ListFrameworks).await?;
+        // Hosted frameworks: add their scheduler's health; failed ones are no
+        // longer in the master but stay listed with the reason.
+        for (name, h) in self.hosted.lock().iter() {
+            let st = h.stats.lock().unwrap_or_else(|e| e.into_inner()).clone();
+            match list.frameworks.iter_mut().find(|f| f.framework_id == st.framework_id) {
+                Some(f) => {
+                    f.callbacks = st.callbacks;
+                    f.callback_failures = st.failures;
+                    if st.status == "failed" {
+                        f.status = st.status;
+                        f.last_error = st.last_error;
+                    }
+                }
+                None => list.frameworks.push(v1::FrameworkSummary {
+                    framework_id: st.framework_id,
+                    name: name.clone(),
+                    role: st.role,
+                    allocated: None,
+                    active_tasks: 0,
+                    connected: false,
+                    hosted: true,
+                    status: if st.status == "active" { "removed".into() } else { st.status },
+                    last_error: st.last_error,
+                    callbacks: st.callbacks,
+                    callback_failures: st.failures,
+                }),
+            }
+        }
+        Ok(Response::new(list))
+    }
+
+    async fn deploy_framework(&self, r: Request<v1::DeployRequest>) -> Result<Response<v1::DeployResponse>, Status> {
+        crate::hosted::deploy(self, r.into_inner()).await.map(Response::new)
+    }
+
+    async fn remove_framework(
+        &self,
+        r: Request<v1::RemoveFrameworkRequest>,
+    ) -> Result<Response<v1::RemoveFrameworkResponse>, Status> {
+        crate::hosted::remove(self, &r.into_inner().name).await?;
+        Ok(Response::new(v1::RemoveFrameworkResponse {}))
     }
     async fn list_tasks(&self, r: Request<v1::ListTasksRequest>) -> Result<Response<v1::ListTasksResponse>, Status> {
         let req = r.into_inner();
@@ -111,7 +157,43 @@ impl v1::operator_server::Operator for MasterHandle {
     }
     async fn submit(&self, r: Request<v1::SubmitRequest>) -> Result<Response<v1::SubmitResponse>, Status> {
         let req = r.into_inner();
-        self.ask(|reply| Cmd::Submit(req, reply)).await.map(Response::new)
+        if req.framework.is_empty() || req.framework == "batch" {
+            return self.ask(|reply| Cmd::Submit(req, reply)).await.map(Response::new);
+        }
+        // A job for a hosted framework: its scheduler's on-submit decides.
+        let tpl = req.template.ok_or_else(|| Status::invalid_argument("submit without a task template"))?;
+        if self.artifacts.size(&tpl.module_sha256).is_none() {
+            return Err(Status::failed_precondition(format!(
+                "module {:?} is not in the artifact store; upload it first",
+                tpl.module_sha256
+            )));
+        }
+        let jobs = {
+            let map = self.hosted.lock();
+            let h = map.get(&req.framework).ok_or_else(|| {
+                Status::not_found(format!(
+                    "no hosted framework {:?}; deploy one with `wasmos framework deploy` or list them with `wasmos framework ls`",
+                    req.framework
+                ))
+            })?;
+            let st = h.stats.lock().unwrap_or_else(|e| e.into_inner());
+            if st.status != "active" {
+                return Err(Status::failed_precondition(format!(
+                    "framework {} is {}: {}; redeploy it",
+                    req.framework, st.status, st.last_error
+                )));
+            }
+            h.jobs.clone().ok_or_else(|| Status::unavailable("framework is shutting down"))?
+        };
+        let mut ids = Vec::new();
+        for _ in 0..req.count.max(1) {
+            let n = self.next_job.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            let id = format!("{}-job-{n}", req.framework);
+            let job = crate::hosted::job_from_template(id.clone(), &tpl, req.priority, req.estimated_fuel);
+            jobs.send(job).map_err(|_| Status::unavailable("the framework's scheduler stopped; redeploy it"))?;
+            ids.push(id);
+        }
+        Ok(Response::new(v1::SubmitResponse { task_ids: ids }))
     }
     async fn kill_task(&self, r: Request<v1::TaskActionRequest>) -> Result<Response<v1::TaskActionResponse>, Status> {
         let id = r.into_inner().task_id;

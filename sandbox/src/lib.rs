@@ -28,6 +28,8 @@ mod fs;
 mod limiter;
 mod output;
 mod run;
+mod scheduler;
+mod worlds;
 
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -40,6 +42,14 @@ pub use config::*;
 pub use control::{Signal, TaskControl};
 pub use fs::{InputFile, SandboxDirSpec};
 pub use output::Passthrough;
+pub use scheduler::{
+    CallbackError, CallbackErrorKind, SchedulerInstance, SchedulerLimits, DEFAULT_CALLBACK_FUEL,
+    DEFAULT_CALLBACK_TIMEOUT, DEFAULT_SCHEDULER_MEM,
+};
+/// The `wasmos:scheduler` types (offers, calls, statuses, jobs) as plain Rust data.
+pub mod sched {
+    pub use crate::worlds::scheduler::wasmos::scheduler::types::*;
+}
 pub use wasmos_model::{Limits, Outcome, OutcomeKind};
 
 /// Errors from building a sandbox or preparing a module. Running a task never
@@ -61,6 +71,22 @@ pub enum ModuleKind {
     Core,
     /// A component exporting `wasi:cli/run`.
     Component,
+    /// A component of the `wasmos:task` world: `run(input) -> result<output, string>`.
+    TaskComponent,
+}
+
+/// What a task learns about itself through `wasmos:task/context`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TaskContext {
+    pub task_id: String,
+    pub attempt: u32,
+    pub framework: String,
+}
+
+impl Default for TaskContext {
+    fn default() -> Self {
+        TaskContext { task_id: "local".into(), attempt: 1, framework: "local".into() }
+    }
 }
 
 /// What a task reads on stdin.
@@ -99,6 +125,13 @@ pub struct RunRequest {
     pub host_dirs: Vec<HostDir>,
     /// Echo stdout/stderr to the host's own as they are written (still captured).
     pub passthrough: bool,
+    /// Input bytes: `run`'s argument for `wasmos:task` components; stdin for
+    /// WASI commands (unless `stdin` says otherwise).
+    pub input: Vec<u8>,
+    /// Task id, attempt and framework, for `wasmos:task/context`.
+    pub context: TaskContext,
+    /// Where `report-progress` stores its latest value (`f32::to_bits`).
+    pub progress: Option<std::sync::Arc<std::sync::atomic::AtomicU32>>,
 }
 
 /// A module compiled, linked and ready to instantiate (held by the cache).

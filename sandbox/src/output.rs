@@ -44,7 +44,7 @@ impl Capture {
         Capture(Arc::new(Mutex::new(Inner { buf: Vec::new(), limit, truncated: false, passthrough })))
     }
 
-    fn push(&self, bytes: &[u8]) {
+    pub(crate) fn push_bytes(&self, bytes: &[u8]) {
         let mut inner = self.0.lock().unwrap_or_else(|e| e.into_inner());
         let room = inner.limit.saturating_sub(inner.buf.len());
         let keep = &bytes[..bytes.len().min(room)];
@@ -89,7 +89,7 @@ impl StdoutStream for Capture {
 #[wasmtime_wasi::async_trait]
 impl OutputStream for Capture {
     fn write(&mut self, bytes: Bytes) -> Result<(), StreamError> {
-        self.push(&bytes);
+        self.push_bytes(&bytes);
         Ok(())
     }
     fn flush(&mut self) -> Result<(), StreamError> {
@@ -111,7 +111,7 @@ impl Pollable for Capture {
 
 impl AsyncWrite for Capture {
     fn poll_write(self: Pin<&mut Self>, _cx: &mut Context<'_>, buf: &[u8]) -> Poll<std::io::Result<usize>> {
-        self.push(buf);
+        self.push_bytes(buf);
         Poll::Ready(Ok(buf.len()))
     }
     fn poll_flush(self: Pin<&mut Self>, _cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
@@ -129,14 +129,14 @@ mod tests {
     #[test]
     fn keeps_at_most_limit_and_flags_truncation() {
         let c = Capture::new(5, Passthrough::None);
-        c.push(b"abc");
-        c.push(b"defgh");
-        c.push(b"ij");
+        c.push_bytes(b"abc");
+        c.push_bytes(b"defgh");
+        c.push_bytes(b"ij");
         let (buf, truncated) = c.take();
         assert_eq!(buf, b"abcde");
         assert!(truncated);
         let c = Capture::new(5, Passthrough::None);
-        c.push(b"abcde");
+        c.push_bytes(b"abcde");
         assert_eq!(c.take(), (b"abcde".to_vec(), false));
     }
 }

@@ -23,13 +23,19 @@ const WASI_P1: &str = "wasi_snapshot_preview1";
 /// Fuel given when no budget is set: effectively unlimited, still counted.
 const UNLIMITED_FUEL: u64 = i64::MAX as u64;
 
-/// A task store's data.
+/// A task store's data (also a hosted scheduler's).
 pub(crate) struct TaskData {
-    wasi: Wasi,
-    limiter: MemLimiter,
+    pub(crate) wasi: Wasi,
+    pub(crate) limiter: MemLimiter,
+    pub(crate) context: crate::TaskContext,
+    pub(crate) progress: Option<Arc<std::sync::atomic::AtomicU32>>,
+    /// Where `context.log` lines go (the task's stderr).
+    pub(crate) log_to: Option<Capture>,
+    /// `host.log` lines of a scheduler callback, drained after each call.
+    pub(crate) sched_logs: Vec<(crate::worlds::scheduler::wasmos::scheduler::types::LogLevel, String)>,
 }
 
-enum Wasi {
+pub(crate) enum Wasi {
     P1(WasiP1Ctx),
     P2 { ctx: WasiCtx, table: ResourceTable },
 }
@@ -54,7 +60,7 @@ fn p1_ctx(d: &mut TaskData) -> &mut WasiP1Ctx {
 
 pub(crate) struct Linkers {
     core: wasmtime::Linker<TaskData>,
-    component: wasmtime::component::Linker<TaskData>,
+    pub(crate) component: wasmtime::component::Linker<TaskData>,
 }
 
 impl Linkers {
@@ -65,6 +71,11 @@ impl Linkers {
         let mut component = wasmtime::component::Linker::new(engine);
         wasmtime_wasi::p2::add_to_linker_async(&mut component)
             .map_err(|e| SandboxError::Config(format!("linking WASI preview2: {e:#}")))?;
+        use wasmtime::component::HasSelf;
+        crate::worlds::task::Task::add_to_linker::<TaskData, HasSelf<TaskData>>(&mut component, |d| d)
+            .map_err(|e| SandboxError::Config(format!("linking wasmos:task: {e:#}")))?;
+        crate::worlds::scheduler::Scheduler::add_to_linker::<TaskData, HasSelf<TaskData>>(&mut component, |d| d)
+            .map_err(|e| SandboxError::Config(format!("linking wasmos:scheduler: {e:#}")))?;
         Ok(Linkers { core, component })
     }
 }
@@ -72,6 +83,7 @@ impl Linkers {
 pub(crate) enum Pre {
     Core(InstancePre<TaskData>),
     Component(CommandPre<TaskData>),
+    Task(crate::worlds::task::TaskPre<TaskData>),
 }
 
 const CORE_VERSION: [u8; 4] = [1, 0, 0, 0];
@@ -143,7 +155,7 @@ fn check_core_imports(module: &Module) -> Result<(), SandboxError> {
 fn link_error(kind: ModuleKind, e: wasmtime::Error) -> SandboxError {
     let what = match kind {
         ModuleKind::Core => format!("a core task may import only WASI preview1 (`{WASI_P1}`) functions"),
-        ModuleKind::Component => {
+        ModuleKind::Component | ModuleKind::TaskComponent => {
             "a component task may import only WASI 0.2 (wasi:cli, wasi:io, wasi:clocks, wasi:filesystem, \
              wasi:random, wasi:sockets) interfaces and must export wasi:cli/run"
                 .to_string()
@@ -160,6 +172,7 @@ pub(crate) fn prepare(inner: &Inner, bytes: &[u8]) -> Result<Arc<Prepared>, Sand
     let kind = detect(bytes)?;
     let disk = inner.cache.disk_path(&hash, kind == ModuleKind::Component);
     let pre = match kind {
+        ModuleKind::TaskComponent => unreachable!("detect() never says TaskComponent"),
         ModuleKind::Core => {
             let module = load_or_compile(
                 inner,
@@ -183,13 +196,21 @@ pub(crate) fn prepare(inner: &Inner, bytes: &[u8]) -> Result<Arc<Prepared>, Sand
                 |c| c.serialize(),
             )?;
             let ipre = inner.linkers.component.instantiate_pre(&component).map_err(|e| link_error(kind, e))?;
-            Pre::Component(CommandPre::new(ipre).map_err(|e| {
-                SandboxError::UnsupportedImport(format!(
-                    "component does not export wasi:cli/run ({e:#}); build it as a WASI 0.2 command (wasm32-wasip2 binary)"
-                ))
-            })?)
+            match CommandPre::new(ipre.clone()) {
+                Ok(c) => Pre::Component(c),
+                Err(e1) => match crate::worlds::task::TaskPre::new(ipre) {
+                    Ok(t) => Pre::Task(t),
+                    Err(e2) => {
+                        return Err(SandboxError::UnsupportedImport(format!(
+                            "component exports neither wasi:cli/run ({e1:#}) nor the wasmos:task `run` function \
+                             ({e2:#}); build it as a WASI 0.2 command (wasm32-wasip2) or for the wasmos:task world"
+                        )));
+                    }
+                },
+            }
         }
     };
+    let kind = if matches!(pre, Pre::Task(_)) { ModuleKind::TaskComponent } else { kind };
     let prepared = Arc::new(Prepared { hash, kind, pre });
     inner.cache.insert(prepared.clone());
     Ok(prepared)
@@ -232,6 +253,8 @@ fn load_or_compile<T>(
 /// How the execution future ended.
 enum Ended {
     Returned(wasmtime::Result<i32>),
+    /// A `wasmos:task` component's `run` returned `err(message)`.
+    TaskError(String),
     InstantiateFailed(wasmtime::Error),
     Killed,
     TimedOut,
@@ -277,7 +300,13 @@ pub(crate) async fn run(inner: &Inner, module: &Arc<Prepared>, req: RunRequest, 
     let stderr = Capture::new(limits.max_output, passthrough(Passthrough::Stderr));
     let mut b = WasiCtxBuilder::new();
     b.args(&req.args).envs(&req.env).stdout(stdout.clone()).stderr(stderr.clone()).allow_tcp(false).allow_udp(false);
-    match req.stdin {
+    let stdin = match req.stdin {
+        Stdin::Closed if !req.input.is_empty() && module.kind != ModuleKind::TaskComponent => {
+            Stdin::Bytes(req.input.clone())
+        }
+        other => other,
+    };
+    match stdin {
         Stdin::Closed => {}
         Stdin::Bytes(v) => {
             b.stdin(MemoryInputPipe::new(v));
@@ -298,7 +327,7 @@ pub(crate) async fn run(inner: &Inner, module: &Arc<Prepared>, req: RunRequest, 
     }
     let wasi = match module.kind {
         ModuleKind::Core => Wasi::P1(b.build_p1()),
-        ModuleKind::Component => Wasi::P2 { ctx: b.build(), table: ResourceTable::new() },
+        ModuleKind::Component | ModuleKind::TaskComponent => Wasi::P2 { ctx: b.build(), table: ResourceTable::new() },
     };
     let limiter = MemLimiter::new(
         limits.mem,
@@ -306,7 +335,17 @@ pub(crate) async fn run(inner: &Inner, module: &Arc<Prepared>, req: RunRequest, 
         MAX_TABLES_PER_TASK as usize,
         MAX_MEMORIES_PER_TASK as usize,
     );
-    let mut store = Store::new(&inner.engine, TaskData { wasi, limiter });
+    let mut store = Store::new(
+        &inner.engine,
+        TaskData {
+            wasi,
+            limiter,
+            context: req.context.clone(),
+            progress: req.progress.clone(),
+            log_to: Some(stderr.clone()),
+            sched_logs: Vec::new(),
+        },
+    );
     store.limiter(|d| &mut d.limiter);
     let initial_fuel = limits.fuel.unwrap_or(UNLIMITED_FUEL);
     if inner.cfg.meter_fuel {
@@ -322,7 +361,7 @@ pub(crate) async fn run(inner: &Inner, module: &Arc<Prepared>, req: RunRequest, 
     });
 
     let ended = {
-        let fut = execute(&mut store, &module.pre);
+        let fut = execute(&mut store, &module.pre, &req.input, &stdout);
         let mut fut = std::pin::pin!(fut);
         let mut rx = control.subscribe();
         loop {
@@ -372,7 +411,7 @@ pub(crate) async fn run(inner: &Inner, module: &Arc<Prepared>, req: RunRequest, 
     }
 }
 
-async fn execute(store: &mut Store<TaskData>, pre: &Pre) -> Ended {
+async fn execute(store: &mut Store<TaskData>, pre: &Pre, input: &[u8], stdout: &Capture) -> Ended {
     match pre {
         Pre::Core(pre) => {
             let instance = match pre.instantiate_async(&mut *store).await {
@@ -391,6 +430,20 @@ async fn execute(store: &mut Store<TaskData>, pre: &Pre) -> Ended {
                 Err(e) => return Ended::InstantiateFailed(e),
             };
             Ended::Returned(command.wasi_cli_run().call_run(&mut *store).await.map(|r| if r.is_ok() { 0 } else { 1 }))
+        }
+        Pre::Task(pre) => {
+            let task = match pre.instantiate_async(&mut *store).await {
+                Ok(t) => t,
+                Err(e) => return Ended::InstantiateFailed(e),
+            };
+            match task.call_run(&mut *store, input).await {
+                Ok(Ok(out)) => {
+                    stdout.push_bytes(&out);
+                    Ended::Returned(Ok(0))
+                }
+                Ok(Err(msg)) => Ended::TaskError(msg),
+                Err(e) => Ended::Returned(Err(e)),
+            }
         }
     }
 }
@@ -419,6 +472,7 @@ fn classify(
         Ended::Killed => (Killed, None, Some("killed".into())),
         Ended::TimedOut => (TimedOut, None, Some(format!("timed out after {timeout} of running time"))),
         Ended::Returned(Ok(0)) => (Finished, Some(0), None),
+        Ended::TaskError(msg) => (Failed, Some(1), Some(msg)),
         Ended::Returned(Ok(code)) => (Failed, Some(code), Some(format!("exited with code {code}").to_string())),
         Ended::InstantiateFailed(e) => match refused {
             Some(r) => (OutOfMemory, None, Some(format!("{r} (while instantiating: {})", e.root_cause()))),

@@ -13,6 +13,8 @@ fn submit_req(sha: &str, count: u32, res: &str) -> v1::SubmitRequest {
         priority: 0,
         constraints: vec![],
         max_attempts: 0,
+        framework: String::new(),
+        estimated_fuel: None,
     }
 }
 

@@ -164,5 +164,6 @@ pub fn spec(id: &str, sha: &str, res: &str) -> v1::TaskSpec {
         limits: None,
         files: vec![],
         sandbox_dir: false,
+        input: vec![],
     }
 }
