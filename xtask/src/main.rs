@@ -140,6 +140,7 @@ fn setup(root: &Path) -> Result<RustRoute> {
         apt_install(&DEBIAN_C)?;
     }
     setup_python(root)?;
+    setup_languages(root)?;
     std::fs::create_dir_all(guests_dir(root))?;
     std::fs::write(guests_dir(root).join(".rust-route"), format!("{route:?}\n"))?;
     Ok(route)
@@ -253,6 +254,7 @@ fn guests(root: &Path) -> Result<()> {
         .args(["--target=wasm32-wasi", "-O2", "-Wl,--strip-debug", "-o"])
         .arg(out.join("hello-c.wasm"))
         .arg(root.join("examples/tasks/hello-c/hello.c")))?;
+    language_guests(root, &out)?;
     let mut names: Vec<String> = std::fs::read_dir(&out)?
         .filter_map(Result::ok)
         .map(|e| e.file_name().to_string_lossy().into_owned())
@@ -370,4 +372,228 @@ fn bench_e2e(root: &Path, extra: &[String]) -> Result<()> {
     let _ = dev.wait();
     let _ = std::fs::remove_dir_all(&state);
     result
+}
+
+// ---------------------------------------------------------------------------
+// Task examples in other languages: Zig, Go, AssemblyScript (wasip1 commands),
+// Python and JavaScript (components of the `wasmos:task` world).
+// ---------------------------------------------------------------------------
+
+/// Debian bookworm ships Go 1.19; `GOOS=wasip1` needs 1.21+, so Go comes from
+/// bookworm-backports.
+const GO_PACKAGE: &str = "golang-1.23-go";
+const GO_BIN: &str = "/usr/lib/go-1.23/bin/go";
+const BACKPORTS_SOURCES: &str = "/etc/apt/sources.list.d/bookworm-backports.sources";
+/// Example folders with a package.json and package-lock.json.
+const NPM_EXAMPLES: [&str; 2] = ["examples/tasks/hello-as", "examples/tasks/upper-js"];
+
+/// Every toolchain of the non-Rust, non-C examples; quick (a few process
+/// spawns, no network) when all are installed.
+fn setup_languages(root: &Path) -> Result<()> {
+    setup_zig(root)?;
+    setup_go()?;
+    setup_node(root)?;
+    setup_componentize_py(root)
+}
+
+/// Zig, from PyPI's `ziglang` (pinned in examples/tasks/hello-zig/requirements.txt).
+fn setup_zig(root: &Path) -> Result<()> {
+    pip_pinned(&root.join("examples/tasks/hello-zig/requirements.txt"))
+}
+
+/// componentize-py, from PyPI (pinned in examples/tasks/wordcount-py/requirements.txt).
+fn setup_componentize_py(root: &Path) -> Result<()> {
+    pip_pinned(&root.join("examples/tasks/wordcount-py/requirements.txt"))
+}
+
+/// Installs `name==version` lines of a requirements file with pip unless
+/// exactly those versions are already installed.
+fn pip_pinned(req: &Path) -> Result<()> {
+    let text = std::fs::read_to_string(req).with_context(|| format!("reading {}", req.display()))?;
+    let pins: Vec<(&str, &str)> = text
+        .lines()
+        .map(|l| l.split('#').next().unwrap_or_default().trim())
+        .filter_map(|l| l.split_once("=="))
+        .collect();
+    let check = pins
+        .iter()
+        .map(|(name, version)| format!("m.version({name:?}) == {version:?}"))
+        .collect::<Vec<_>>()
+        .join(" and ");
+    let installed = || {
+        quiet_ok(Command::new("python3").args([
+            "-c",
+            &format!("import sys, importlib.metadata as m\ntry: sys.exit(0 if {check} else 1)\nexcept m.PackageNotFoundError: sys.exit(1)"),
+        ]))
+    };
+    if installed() {
+        return Ok(());
+    }
+    if !has_command("python3") {
+        bail!("python3 (with pip) is needed to install {}", req.display());
+    }
+    let mut pip = Command::new("python3");
+    pip.args(["-m", "pip", "install", "--quiet", "--disable-pip-version-check", "-r"]).arg(req);
+    run(&mut pip).with_context(|| format!("try `python3 -m pip install -r {}`", req.display()))?;
+    if !installed() {
+        bail!("pip installed {} but the pinned versions are still not importable", req.display());
+    }
+    Ok(())
+}
+
+/// A Go of at least 1.21 (the first with `GOOS=wasip1`): Debian's golang-1.23-go
+/// from bookworm-backports, unless a recent enough `go` is on PATH.
+fn setup_go() -> Result<()> {
+    if go_command().is_some() {
+        return Ok(());
+    }
+    let os_release = std::fs::read_to_string("/etc/os-release").unwrap_or_default();
+    if !os_release.lines().any(|l| l == "VERSION_CODENAME=bookworm") {
+        bail!("no Go 1.21+ found: install Go 1.21 or newer (for GOOS=wasip1) and put `go` on PATH");
+    }
+    let has_backports = |dir: &str| {
+        std::fs::read_dir(dir)
+            .into_iter()
+            .flatten()
+            .filter_map(Result::ok)
+            .any(|e| std::fs::read_to_string(e.path()).is_ok_and(|t| t.contains("bookworm-backports")))
+    };
+    if !has_backports("/etc/apt/sources.list.d")
+        && !std::fs::read_to_string("/etc/apt/sources.list").is_ok_and(|t| t.contains("bookworm-backports"))
+    {
+        eprintln!("xtask: adding Debian bookworm-backports to apt's sources (for {GO_PACKAGE})");
+        std::fs::write(
+            BACKPORTS_SOURCES,
+            "Types: deb\nURIs: http://deb.debian.org/debian\nSuites: bookworm-backports\nComponents: main\n\
+             Signed-By: /usr/share/keyrings/debian-archive-keyring.gpg\n",
+        )
+        .with_context(|| format!("writing {BACKPORTS_SOURCES} (run as root)"))?;
+        // apt_install skips `apt-get update` only when nothing is missing, and
+        // golang-1.23-go is missing here, so the new source is read.
+    }
+    apt_install(&[GO_PACKAGE])?;
+    go_command().map(|_| ()).context("golang-1.23-go is installed but its go does not run")
+}
+
+/// The `go` to use: Debian's golang-1.23-go, else a `go` on PATH of 1.21 or newer.
+fn go_command() -> Option<PathBuf> {
+    if quiet_ok(Command::new(GO_BIN).arg("version")) {
+        return Some(PathBuf::from(GO_BIN));
+    }
+    let out = Command::new("go").arg("env").arg("GOVERSION").output().ok().filter(|o| o.status.success())?;
+    // go1.22.3, go1.24rc1
+    let v = String::from_utf8_lossy(&out.stdout).trim().trim_start_matches("go").to_string();
+    let mut parts = v.split(|c: char| !c.is_ascii_digit()).map(|p| p.parse::<u32>().unwrap_or(0));
+    let (major, minor) = (parts.next()?, parts.next()?);
+    ((major, minor) >= (1, 21)).then(|| PathBuf::from("go"))
+}
+
+/// Node.js and npm (Debian's when missing), then `npm ci` in each npm example
+/// whose node_modules is missing or older than its package-lock.json.
+fn setup_node(root: &Path) -> Result<()> {
+    if !(has_command("node") && has_command("npm")) {
+        apt_install(&["nodejs", "npm"])?;
+    }
+    for dir in NPM_EXAMPLES {
+        let dir = root.join(dir);
+        let lock = dir.join("package-lock.json");
+        let installed = dir.join("node_modules/.package-lock.json");
+        if is_fresh(&installed, &[lock]) {
+            continue;
+        }
+        run(Command::new("npm").current_dir(&dir).args(["ci", "--no-audit", "--no-fund", "--loglevel=error"]))
+            .with_context(|| format!("installing the npm packages of {}", dir.display()))?;
+    }
+    Ok(())
+}
+
+/// True when `out` exists and is at least as new as every one of `inputs`.
+fn is_fresh(out: &Path, inputs: &[PathBuf]) -> bool {
+    let mtime = |p: &Path| std::fs::metadata(p).and_then(|m| m.modified()).ok();
+    let Some(built) = mtime(out) else { return false };
+    inputs.iter().all(|i| mtime(i).is_some_and(|t| t <= built))
+}
+
+/// Builds the Zig, Go, AssemblyScript, Python and JavaScript examples into
+/// `out` (each skipped when its .wasm is newer than its sources).
+fn language_guests(root: &Path, out: &Path) -> Result<()> {
+    setup_languages(root)?;
+    let ex = root.join("examples/tasks");
+    let task_wit = root.join("wit/task/task.wit");
+
+    // Zig: a wasip1 command.
+    let dir = ex.join("hello-zig");
+    let wasm = out.join("hello-zig.wasm");
+    if !is_fresh(&wasm, &[dir.join("hello.zig"), dir.join("requirements.txt")]) {
+        run(Command::new("python3")
+            .current_dir(&dir)
+            .args(["-m", "ziglang", "build-exe", "-target", "wasm32-wasi", "-O", "ReleaseSmall", "-fstrip"])
+            .arg("hello.zig")
+            .arg(format!("-femit-bin={}", wasm.display())))?;
+    }
+
+    // Go: a wasip1 command.
+    let dir = ex.join("hello-go");
+    let wasm = out.join("hello-go.wasm");
+    if !is_fresh(&wasm, &[dir.join("main.go"), dir.join("go.mod")]) {
+        let go = go_command().context("no Go 1.21+ (run `cargo xtask setup`)")?;
+        run(Command::new(go)
+            .current_dir(&dir)
+            .env("GOOS", "wasip1")
+            .env("GOARCH", "wasm")
+            .env("GOTOOLCHAIN", "local")
+            .env("GOPROXY", "off")
+            .args(["build", "-trimpath", "-ldflags=-s", "-o"])
+            .arg(&wasm)
+            .arg("."))?;
+    }
+
+    // AssemblyScript: a wasip1 command through @assemblyscript/wasi-shim.
+    let dir = ex.join("hello-as");
+    let wasm = out.join("hello-as.wasm");
+    if !is_fresh(&wasm, &[dir.join("assembly/index.ts"), dir.join("package-lock.json")]) {
+        run(Command::new("node")
+            .current_dir(&dir)
+            .args([
+                "node_modules/assemblyscript/bin/asc.js",
+                "assembly/index.ts",
+                "--config",
+                "node_modules/@assemblyscript/wasi-shim/asconfig.json",
+                "-O3",
+                "--noAssert",
+                "-o",
+            ])
+            .arg(&wasm))?;
+    }
+
+    // Python: a wasmos:task component (componentize-py).
+    let dir = ex.join("wordcount-py");
+    let wasm = out.join("wordcount-py.wasm");
+    if !is_fresh(&wasm, &[dir.join("app.py"), dir.join("requirements.txt"), task_wit.clone()]) {
+        run(Command::new("python3")
+            .current_dir(&dir)
+            .env("PYTHONDONTWRITEBYTECODE", "1")
+            .args([
+                "-c",
+                "import sys; from componentize_py import script; sys.argv[0] = 'componentize-py'; sys.exit(script())",
+                "--quiet",
+                "-d",
+            ])
+            .arg(root.join("wit/task"))
+            .args(["-w", "task", "componentize", "app", "-o"])
+            .arg(&wasm))?;
+    }
+
+    // JavaScript: a wasmos:task component (componentize-js); no wasi:http.
+    let dir = ex.join("upper-js");
+    let wasm = out.join("upper-js.wasm");
+    if !is_fresh(&wasm, &[dir.join("upper.js"), dir.join("package-lock.json"), task_wit]) {
+        run(Command::new("node")
+            .current_dir(&dir)
+            .args(["node_modules/@bytecodealliance/componentize-js/src/cli.js", "upper.js", "--wit"])
+            .arg(root.join("wit/task"))
+            .args(["-n", "task", "-d", "http", "fetch-event", "-o"])
+            .arg(&wasm))?;
+    }
+    Ok(())
 }

@@ -1,0 +1,3 @@
+module wasmos.example/hello-go
+
+go 1.23
