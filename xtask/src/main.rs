@@ -217,9 +217,48 @@ fn cargo_guest(root: &Path, route: RustRoute, package: &str, target: &str) -> Re
     Ok(target_dir.join(target).join("release").join(format!("{package}.wasm")))
 }
 
+/// Rust guests that are components of the wasmos WIT worlds (`cdylib`s using
+/// the guest SDK): (package, output name).
+const RUST_COMPONENTS: &[(&str, &str)] = &[
+    ("sjf", "sjf"),
+    ("srtf", "srtf"),
+    ("service", "service"),
+    ("hostile", "hostile"),
+    ("primes", "primes"),
+];
+
+/// Builds the RUST_COMPONENTS: natively for wasm32-wasip2, or (fallback) for
+/// wasip1 and then wrapped with wit-component and the preview1 reactor adapter.
+fn rust_components(root: &Path, route: RustRoute, componentize_anyway: bool) -> Result<()> {
+    let out = guests_dir(root);
+    for (package, name) in RUST_COMPONENTS {
+        if !root.join("examples").join("frameworks").join(package).exists()
+            && !root.join("examples").join("tasks").join(package).exists()
+        {
+            continue;
+        }
+        if route == RustRoute::Rustup && !componentize_anyway {
+            let c = cargo_guest(root, route, package, "wasm32-wasip2")?;
+            std::fs::copy(&c, out.join(format!("{name}.wasm")))?;
+        } else {
+            let core = cargo_guest(root, route, package, "wasm32-wasip1")?;
+            let component = componentize_with(
+                &std::fs::read(&core)?,
+                wasi_preview1_component_adapter_provider::WASI_SNAPSHOT_PREVIEW1_REACTOR_ADAPTER,
+            )?;
+            std::fs::write(out.join(format!("{name}.wasm")), component)?;
+        }
+    }
+    Ok(())
+}
+
 /// Wraps a wasip1 command module into a `wasi:cli/run` component.
 fn componentize(core: &[u8]) -> Result<Vec<u8>> {
-    let adapter = wasi_preview1_component_adapter_provider::WASI_SNAPSHOT_PREVIEW1_COMMAND_ADAPTER;
+    componentize_with(core, wasi_preview1_component_adapter_provider::WASI_SNAPSHOT_PREVIEW1_COMMAND_ADAPTER)
+}
+
+/// Wraps a wasip1 core module into a component with the given preview1 adapter.
+fn componentize_with(core: &[u8], adapter: &[u8]) -> Result<Vec<u8>> {
     wit_component::ComponentEncoder::default()
         .module(core)
         .context("reading the core module")?
@@ -250,6 +289,7 @@ fn guests(root: &Path) -> Result<()> {
             std::fs::write(out.join("hello-component.wasm"), component)?;
         }
     }
+    rust_components(root, route, componentize_anyway)?;
     run(Command::new("clang-16")
         .args(["--target=wasm32-wasi", "-O2", "-Wl,--strip-debug", "-o"])
         .arg(out.join("hello-c.wasm"))
