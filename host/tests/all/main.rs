@@ -2,6 +2,7 @@
 //! sockets (port 0), driven through the public gRPC APIs only.
 
 mod batch;
+mod hosted;
 mod scheduler;
 
 use std::time::Duration;
@@ -115,10 +116,14 @@ impl Cluster {
         self.operator().get_task(v1::GetTaskRequest { task_id: id.into() }).await.unwrap().into_inner()
     }
 
-    /// Polls until the task is in `state` (or any terminal state if `None`).
+    /// Polls until the task is in `state` (or any terminal state if `None`);
+    /// a task not launched yet (unknown to the master) is waited for too.
     pub async fn wait_task(&self, id: &str, state: Option<v1::TaskState>) -> v1::TaskSummary {
         for _ in 0..1000 {
-            let t = self.task(id).await;
+            let Ok(t) = self.operator().get_task(v1::GetTaskRequest { task_id: id.into() }).await.map(|t| t.into_inner()) else {
+                tokio::time::sleep(Duration::from_millis(10)).await;
+                continue;
+            };
             let done = match state {
                 Some(s) => t.state == s as i32,
                 None => wasmos_proto::state_from_wire(t.state).is_some_and(|s| s.is_terminal()),

@@ -1,0 +1,151 @@
+//! Frameworks whose scheduler is a Wasm component hosted by the master
+//! (guests built by `cargo xtask guests`).
+
+use std::collections::HashMap;
+use std::time::Duration;
+
+use wasmos_proto::v1;
+
+use crate::*;
+
+fn guest(name: &str) -> Vec<u8> {
+    let p = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../target/guests").join(format!("{name}.wasm"));
+    std::fs::read(&p).unwrap_or_else(|e| panic!("{}: {e}; run `cargo xtask guests` first", p.display()))
+}
+
+async fn deploy(c: &Cluster, name: &str, module: &str, role: &str, config: &str) -> Result<String, tonic::Status> {
+    let sha = c.upload(guest(module)).await;
+    c.operator()
+        .deploy_framework(v1::DeployRequest { name: name.into(), role: role.into(), config: config.into(), module_sha256: sha })
+        .await
+        .map(|r| r.into_inner().framework_id)
+}
+
+fn job(framework: &str, sha: &str, input: &str, estimated_fuel: Option<u64>) -> v1::SubmitRequest {
+    v1::SubmitRequest {
+        template: Some(v1::TaskSpec {
+            name: "primes".into(),
+            module_sha256: sha.into(),
+            resources: resources("cpus:1;mem:64MiB"),
+            input: input.as_bytes().to_vec(),
+            ..Default::default()
+        }),
+        count: 1,
+        priority: 0,
+        constraints: vec![],
+        max_attempts: 0,
+        framework: framework.into(),
+        estimated_fuel,
+    }
+}
+
+async fn frameworks(c: &Cluster) -> HashMap<String, v1::FrameworkSummary> {
+    let list = c.operator().list_frameworks(v1::ListFrameworksRequest {}).await.unwrap().into_inner().frameworks;
+    list.into_iter().map(|f| (f.name.clone(), f)).collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sjf_completes_a_mixed_backlog_shortest_first() {
+    // One slot (cpus:1, each job cpus:1): jobs queue while a long one runs.
+    let c = cluster(1, "cpus:1;mem:1GiB").await;
+    deploy(&c, "sjf", "sjf", "batch", "").await.unwrap();
+    let primes = c.upload(guest("primes")).await;
+    let mut watch = c.operator().watch(v1::WatchRequest { framework_id: String::new() }).await.unwrap().into_inner();
+    let blocker = c.operator().submit(job("sjf", &primes, "300000", None)).await.unwrap().into_inner().task_ids.remove(0);
+    // wait until the blocker runs, then queue four jobs out of order
+    loop {
+        if let Some(v1::watch_event::Event::Task(st)) = watch.message().await.unwrap().unwrap().event {
+            if st.task_id == blocker && st.state == v1::TaskState::TaskRunning as i32 {
+                break;
+            }
+        }
+    }
+    let mut by_estimate = Vec::new();
+    for est in [4_000_000u64, 1_000_000, 3_000_000, 2_000_000] {
+        let id = c.operator().submit(job("sjf", &primes, "20000", Some(est))).await.unwrap().into_inner().task_ids.remove(0);
+        by_estimate.push((est, id));
+    }
+    let mut started = Vec::new();
+    let mut finished = 0;
+    while finished < 5 {
+        let ev = tokio::time::timeout(Duration::from_secs(30), watch.message()).await.expect("progress").unwrap().unwrap();
+        if let Some(v1::watch_event::Event::Task(st)) = ev.event {
+            if st.state == v1::TaskState::TaskRunning as i32 && st.task_id != blocker {
+                started.push(st.task_id.clone());
+            }
+            if st.state == v1::TaskState::TaskFinished as i32 {
+                assert_eq!(st.outcome.as_ref().unwrap().stdout, if st.task_id == blocker { b"25997 primes below 300000\n".to_vec() } else { b"2262 primes below 20000\n".to_vec() });
+                finished += 1;
+            }
+            assert_ne!(st.state, v1::TaskState::TaskFailed as i32, "{st:?}");
+        }
+    }
+    by_estimate.sort();
+    let expected: Vec<String> = by_estimate.into_iter().map(|(_, id)| id).collect();
+    assert_eq!(started, expected, "jobs start in ascending estimated fuel");
+    let f = &frameworks(&c).await["sjf"];
+    assert!(f.hosted && f.status == "active" && f.callbacks > 0, "{f:?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn hostile_schedulers_fail_alone() {
+    let c = cluster_with(1, "cpus:2;mem:1GiB", |cfg| {
+        cfg.scheduler_limits.fuel_per_callback = 20_000_000;
+        cfg.scheduler_limits.mem = 16 << 20;
+    })
+    .await;
+    deploy(&c, "good", "sjf", "good", "").await.unwrap();
+    for mode in ["loop", "bomb", "trap", "garbage"] {
+        deploy(&c, &format!("bad-{mode}"), "hostile", &format!("bad-{mode}"), mode).await.unwrap();
+    }
+    // Each hostile scheduler meets an offer, breaks, and is failed.
+    let mut fws = frameworks(&c).await;
+    for _ in 0..500 {
+        fws = frameworks(&c).await;
+        if ["loop", "bomb", "trap", "garbage"].iter().all(|m| fws[&format!("bad-{m}")].status == "failed") {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    for (mode, want) in [("loop", "fuel"), ("bomb", "mem limit"), ("trap", "unreachable"), ("garbage", "invalid call")] {
+        let f = &fws[&format!("bad-{mode}")];
+        assert_eq!(f.status, "failed", "{f:?}");
+        assert!(f.last_error.contains(want), "{mode}: {}", f.last_error);
+        assert_eq!(f.callback_failures, 1);
+    }
+    // The master and the healthy framework carry on.
+    let primes = c.upload(guest("primes")).await;
+    let id = c.operator().submit(job("good", &primes, "1000", Some(1))).await.unwrap().into_inner().task_ids.remove(0);
+    let t = c.wait_task(&id, None).await;
+    assert_eq!(t.state, v1::TaskState::TaskFinished as i32, "{t:?}");
+    assert_eq!(t.outcome.unwrap().stdout, b"168 primes below 1000\n");
+    assert_eq!(frameworks(&c).await["good"].status, "active");
+    // A failed framework takes no jobs, and says why.
+    let e = c.operator().submit(job("bad-loop", &primes, "1", None)).await.unwrap_err();
+    assert!(e.message().contains("failed"), "{e}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bad_deploys_are_refused_with_reasons() {
+    let c = cluster(1, "cpus:1;mem:1GiB").await;
+    let cases = [
+        ("hello", "", "must be a component"),
+        ("hello-component", "", "does not implement the wasmos:scheduler world"),
+        ("hostile", "nonsense", "refused its config"),
+    ];
+    for (module, config, want) in cases {
+        let e = deploy(&c, "x", module, "r", config).await.unwrap_err();
+        assert!(e.message().contains(want), "{module}: {e}");
+    }
+    deploy(&c, "once", "sjf", "r", "").await.unwrap();
+    let e = deploy(&c, "once", "sjf", "r", "").await.unwrap_err();
+    assert_eq!(e.code(), tonic::Code::AlreadyExists);
+    let e = deploy(&c, "batch", "sjf", "r", "").await.unwrap_err();
+    assert!(e.message().contains("taken"), "{e}");
+    let sha = c.upload(guest("primes")).await;
+    let e = c.operator().submit(job("nobody", &sha, "1", None)).await.unwrap_err();
+    assert_eq!(e.code(), tonic::Code::NotFound);
+    // remove tears it down; it can then be deployed again
+    c.operator().remove_framework(v1::RemoveFrameworkRequest { name: "once".into() }).await.unwrap();
+    deploy(&c, "once", "sjf", "r", "").await.unwrap();
+}
