@@ -528,7 +528,7 @@ fn go_command() -> Option<PathBuf> {
     ((major, minor) >= (1, 21)).then(|| PathBuf::from("go"))
 }
 
-/// Node.js and npm (Debian's when missing), then `npm ci` in each npm example
+/// Node.js and npm (Debian's when missing), then `npm install` in each npm example
 /// whose node_modules is missing or older than its package-lock.json.
 fn setup_node(root: &Path) -> Result<()> {
     if !(has_command("node") && has_command("npm")) {
@@ -541,8 +541,17 @@ fn setup_node(root: &Path) -> Result<()> {
         if is_fresh(&installed, &[lock]) {
             continue;
         }
-        run(Command::new("npm").current_dir(&dir).args(["ci", "--no-audit", "--no-fund", "--loglevel=error"]))
-            .with_context(|| format!("installing the npm packages of {}", dir.display()))?;
+        // `npm install` (not `npm ci`) from the lock: npm 11's `ci` rejects
+        // these lock files for missing optional platform packages (npm/cli#9846).
+        // --no-save keeps package.json and package-lock.json untouched.
+        run(Command::new("npm").current_dir(&dir).args([
+            "install",
+            "--no-save",
+            "--no-audit",
+            "--no-fund",
+            "--loglevel=error",
+        ]))
+        .with_context(|| format!("installing the npm packages of {}", dir.display()))?;
     }
     Ok(())
 }
