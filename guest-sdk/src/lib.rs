@@ -121,6 +121,12 @@ pub mod res {
     }
 }
 
+/// `key=value,key=value` configs (what the example frameworks take): the value
+/// of `key`, if present.
+pub fn config_value<'a>(config: &'a str, key: &str) -> Option<&'a str> {
+    config.split(',').filter_map(|kv| kv.split_once('=')).find(|(k, _)| k.trim() == key).map(|(_, v)| v.trim())
+}
+
 /// The task that runs a job as submitted (task id = job id, so
 /// `wasmos submit --wait` can follow it).
 pub fn task_for(job: Job) -> TaskSpec {

@@ -194,7 +194,9 @@ fn translate(call: sched::Call, held: &mut HashSet<String>, timer: &mut Option<I
             if d > MAX_TIMER {
                 return Err(format!("set-timer of {ms} ms is longer than the one-day maximum"));
             }
-            *timer = Some(Instant::now() + d);
+            // One timer per framework: the earliest one asked for wins.
+            let at = Instant::now() + d;
+            *timer = Some(timer.map_or(at, |t| t.min(at)));
             return Ok(None);
         }
     }))

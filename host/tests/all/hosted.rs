@@ -149,3 +149,93 @@ async fn bad_deploys_are_refused_with_reasons() {
     c.operator().remove_framework(v1::RemoveFrameworkRequest { name: "once".into() }).await.unwrap();
     deploy(&c, "once", "sjf", "r", "").await.unwrap();
 }
+
+/// Collects task events of the given ids until `done` says stop (30 s max).
+async fn events_until(
+    watch: &mut tonic::Streaming<v1::WatchEvent>,
+    mut done: impl FnMut(&v1::TaskStatus) -> bool,
+) -> Vec<(String, v1::TaskState)> {
+    let mut seen = Vec::new();
+    loop {
+        let ev = tokio::time::timeout(Duration::from_secs(30), watch.message()).await.expect("progress").unwrap().unwrap();
+        if let Some(v1::watch_event::Event::Task(st)) = ev.event {
+            seen.push((st.task_id.clone(), v1::TaskState::try_from(st.state).unwrap()));
+            if done(&st) {
+                return seen;
+            }
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn srtf_preempts_a_long_task_and_resumes_it_without_losing_work() {
+    use v1::TaskState::*;
+    let c = cluster(1, "cpus:2;mem:1GiB").await;
+    deploy(&c, "srtf", "srtf", "batch", "active=1").await.unwrap();
+    let primes = c.upload(guest("primes")).await;
+    let mut watch = c.operator().watch(v1::WatchRequest { framework_id: String::new() }).await.unwrap().into_inner();
+    let long = c.operator().submit(job("srtf", &primes, "300000", Some(1 << 40))).await.unwrap().into_inner().task_ids.remove(0);
+    events_until(&mut watch, |st| st.task_id == long && st.state == TaskRunning as i32).await;
+    let short = c.operator().submit(job("srtf", &primes, "20000", Some(1_000_000))).await.unwrap().into_inner().task_ids.remove(0);
+    let seen = events_until(&mut watch, |st| st.task_id == long && st.state == TaskFinished as i32).await;
+    let order: Vec<(String, v1::TaskState)> = seen.into_iter().filter(|(_, s)| *s != TaskStaging).collect();
+    let expected = vec![
+        (long.clone(), TaskPaused),
+        (short.clone(), TaskRunning),
+        (short.clone(), TaskFinished),
+        (long.clone(), TaskRunning),
+        (long.clone(), TaskFinished),
+    ];
+    assert_eq!(order, expected);
+    // No work lost: the preempted run used exactly the fuel of an undisturbed one.
+    let preempted = c.task(&long).await.outcome.unwrap();
+    assert_eq!(preempted.stdout, b"25997 primes below 300000\n");
+    let mut req = job("", &primes, "300000", None);
+    req.framework = String::new();
+    let reference = c.operator().submit(req).await.unwrap().into_inner().task_ids.remove(0);
+    let reference = c.wait_task(&reference, None).await.outcome.unwrap();
+    assert_eq!(preempted.fuel_consumed, reference.fuel_consumed);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn service_keeps_replicas_running_and_restarts_a_dead_one() {
+    let c = cluster(1, "cpus:2;mem:1GiB").await;
+    let fw = deploy(&c, "svc", "service", "web", "replicas=2,backoff_ms=50").await.unwrap();
+    let spin = c.upload_wat(SPIN).await;
+    let mut req = job("svc", &spin, "", None);
+    req.template.as_mut().unwrap().resources = resources("cpus:0.1;mem:16MiB");
+    c.operator().submit(req).await.unwrap();
+    let running = |c: &Cluster| {
+        let c = c.operator();
+        let fw = fw.clone();
+        async move {
+            let mut c = c;
+            let tasks = c.list_tasks(v1::ListTasksRequest { state: 0, framework_id: fw, limit: 0 }).await.unwrap().into_inner().tasks;
+            let live: Vec<String> =
+                tasks.iter().filter(|t| t.state == v1::TaskState::TaskRunning as i32).map(|t| t.task_id.clone()).collect();
+            (live, tasks.len())
+        }
+    };
+    let mut state = (vec![], 0);
+    for _ in 0..500 {
+        state = running(&c).await;
+        if state.0.len() == 2 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    assert_eq!(state.0.len(), 2, "two replicas running: {state:?}");
+    let victim = state.0[0].clone();
+    c.operator().kill_task(v1::TaskActionRequest { task_id: victim.clone() }).await.unwrap();
+    for _ in 0..500 {
+        state = running(&c).await;
+        if state.0.len() == 2 && state.1 == 3 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    assert_eq!((state.0.len(), state.1), (2, 3), "a third replica replaced the killed one: {state:?}");
+    assert!(!state.0.contains(&victim));
+    assert_eq!(c.task(&victim).await.state, v1::TaskState::TaskKilled as i32);
+    c.operator().remove_framework(v1::RemoveFrameworkRequest { name: "svc".into() }).await.unwrap();
+}
