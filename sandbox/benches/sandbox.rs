@@ -108,5 +108,49 @@ fn benches(c: &mut Criterion) {
     g.finish();
 }
 
-criterion_group!(sandbox_benches, benches);
+/// Hosted scheduler callback overhead: `on-offers` with 10 offers on the SJF
+/// example (empty queue: it declines all ten and suppresses), and `on-update`.
+fn scheduler_benches(c: &mut Criterion) {
+    use wasmos_sandbox::sched::{Offer, Scalar, TaskState, TaskStatus};
+    let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../target/guests/sjf.wasm");
+    let Ok(bytes) = std::fs::read(&path) else {
+        eprintln!("skipping scheduler/*: build guests with `cargo xtask guests`");
+        return;
+    };
+    let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+    let sandbox = Sandbox::new(SandboxConfig { max_concurrent_tasks: 2, ..Default::default() }).unwrap();
+    let mut inst = rt.block_on(sandbox.instantiate_scheduler(bytes.into(), Default::default())).unwrap();
+    rt.block_on(inst.init("")).unwrap().unwrap();
+    let offers: Vec<Offer> = (0..10)
+        .map(|i| Offer {
+            id: format!("offer-{i}"),
+            agent_id: format!("agent-{i}"),
+            hostname: "host".into(),
+            resources: vec![
+                Scalar { name: "cpus".into(), milli: 2000 },
+                Scalar { name: "mem".into(), milli: (4i64 << 30) * 1000 },
+            ],
+            attributes: vec![("zone".into(), "eu".into())],
+        })
+        .collect();
+    let status = TaskStatus {
+        task_id: "t-1".into(),
+        agent_id: "agent-1".into(),
+        state: TaskState::Finished,
+        reason: String::new(),
+        message: String::new(),
+        outcome: None,
+    };
+    let mut g = c.benchmark_group("scheduler");
+    g.bench_function("on_offers_10", |b| {
+        b.iter(|| {
+            let calls = rt.block_on(inst.on_offers(&offers)).unwrap();
+            assert_eq!(calls.len(), 11);
+        })
+    });
+    g.bench_function("on_update", |b| b.iter(|| rt.block_on(inst.on_update(&status)).unwrap()));
+    g.finish();
+}
+
+criterion_group!(sandbox_benches, benches, scheduler_benches);
 criterion_main!(sandbox_benches);
