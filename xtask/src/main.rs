@@ -273,8 +273,10 @@ fn guests(root: &Path) -> Result<()> {
     let route = current_route(root)?;
     let out = guests_dir(root);
     std::fs::create_dir_all(&out)?;
-    let hello = cargo_guest(root, route, "hello", "wasm32-wasip1")?;
-    std::fs::copy(&hello, out.join("hello.wasm"))?;
+    for command in ["hello", "wordcount"] {
+        let wasm = cargo_guest(root, route, command, "wasm32-wasip1")?;
+        std::fs::copy(&wasm, out.join(format!("{command}.wasm")))?;
+    }
     // WASMOS_COMPONENTIZE=1 takes the fallback path (wasip1 + adapter) even
     // with rustup, to exercise it.
     let componentize_anyway = std::env::var_os("WASMOS_COMPONENTIZE").is_some_and(|v| v == "1");

@@ -137,3 +137,60 @@ fn kill_pause_resume_from_the_cli() {
     assert_eq!(o.status.code(), Some(2));
     assert!(err(&o).contains("already ended"), "{}", err(&o));
 }
+
+#[test]
+fn task_components_and_input_locally_and_on_the_cluster() {
+    let tmp = tempfile::tempdir().unwrap();
+    let n = tmp.path().join("n.txt");
+    std::fs::write(&n, "1000").unwrap();
+    let text = tmp.path().join("text.txt");
+    std::fs::write(&text, "one two\nthree four five\n").unwrap();
+    let (n, text) = (n.to_str().unwrap(), text.to_str().unwrap());
+    let primes = guest("primes");
+    let wc = guest("wordcount");
+    // Locally: a wasmos:task component gets --input as run's input ...
+    let o = Command::new(env!("CARGO_BIN_EXE_wasmos")).args(["run", "--no-cache", "--input", n]).arg(&primes).output().unwrap();
+    assert_eq!(o.status.code(), Some(0), "{}", err(&o));
+    assert_eq!(out(&o), "168 primes below 1000\n");
+    assert!(err(&o).contains("counting primes below 1000"), "context.log goes to stderr: {}", err(&o));
+    // ... and an err result is a failed outcome with its message.
+    let bad = tmp.path().join("bad.txt");
+    std::fs::write(&bad, "many").unwrap();
+    let o = Command::new(env!("CARGO_BIN_EXE_wasmos"))
+        .args(["run", "--no-cache", "--json", "--input", bad.to_str().unwrap()])
+        .arg(&primes)
+        .output()
+        .unwrap();
+    let v: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+    assert_eq!(v["outcome"], "failed");
+    assert!(v["message"].as_str().unwrap().contains("is not a number"), "{v}");
+
+    // On the cluster: --input reaches the task (run's input, or a command's stdin).
+    let c = Cluster::start();
+    let o = wasmos(&c, &["submit", "--wait", "--json", "--input", n, primes.to_str().unwrap()]);
+    assert_eq!(lines(&o)[0]["stdout"], "168 primes below 1000\n", "{}", err(&o));
+    let o = wasmos(&c, &["submit", "--wait", "--json", "--input", text, wc.to_str().unwrap()]);
+    assert_eq!(lines(&o)[0]["stdout"], "2 5 24 -\n", "{}", err(&o));
+
+    // A hosted framework through the CLI: deploy, submit jobs to it, list, remove.
+    let sjf = guest("sjf");
+    let o = wasmos(&c, &["framework", "deploy", "--name", "sjf", "--role", "batch", sjf.to_str().unwrap()]);
+    assert_eq!(o.status.code(), Some(0), "{}", err(&o));
+    let o = wasmos(
+        &c,
+        &["submit", "--framework", "sjf", "--estimated-fuel", "10", "--wait", "--json", "--input", n, primes.to_str().unwrap()],
+    );
+    let v = &lines(&o)[0];
+    assert_eq!((v["state"].as_str(), v["stdout"].as_str()), (Some("finished"), Some("168 primes below 1000\n")), "{}", err(&o));
+    assert!(v["task_id"].as_str().unwrap().starts_with("sjf-job-"));
+    let o = wasmos(&c, &["framework", "ls", "--json"]);
+    let fws = lines(&o);
+    let f = fws.iter().find(|f| f["name"] == "sjf").expect("listed");
+    assert_eq!((f["hosted"].as_bool(), f["status"].as_str()), (Some(true), Some("active")));
+    assert!(f["callbacks"].as_u64().unwrap() > 0);
+    let o = wasmos(&c, &["framework", "rm", "sjf"]);
+    assert_eq!(o.status.code(), Some(0), "{}", err(&o));
+    let o = wasmos(&c, &["submit", "--framework", "sjf", primes.to_str().unwrap()]);
+    assert_eq!(o.status.code(), Some(2));
+    assert!(err(&o).contains("no hosted framework"), "{}", err(&o));
+}
