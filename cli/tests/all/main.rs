@@ -2,6 +2,7 @@
 
 mod cluster;
 mod dev;
+mod languages;
 mod python_remote;
 mod run;
 mod sim;
