@@ -318,6 +318,15 @@ async fn fail(name: &str, framework_id: &str, handle: &MasterHandle, stats: &Arc
 
 /// Deploys a hosted framework: instantiate, init, subscribe, start the actor.
 pub(crate) async fn deploy(handle: &MasterHandle, req: v1::DeployRequest) -> Result<v1::DeployResponse, Status> {
+    deploy_as(handle, req, None).await
+}
+
+/// [`deploy`], optionally taking over an existing framework id (restart).
+pub(crate) async fn deploy_as(
+    handle: &MasterHandle,
+    req: v1::DeployRequest,
+    framework_id: Option<String>,
+) -> Result<v1::DeployResponse, Status> {
     wasmos_model::FrameworkId::new(req.name.clone())
         .map_err(|e| Status::invalid_argument(format!("framework name: {e}")))?;
     if req.name == "batch" {
@@ -356,8 +365,14 @@ pub(crate) async fn deploy(handle: &MasterHandle, req: v1::DeployRequest) -> Res
         Err(e) => return Err(Status::invalid_argument(format!("the scheduler failed in init: {e}"))),
     };
     let (tx, mut rx) = mpsc::unbounded_channel();
-    let info = v1::FrameworkInfo { framework_id: String::new(), name: req.name.clone(), role: role.to_string(), failover_timeout_s: 0.0 };
-    handle.ask(|reply| Cmd::Subscribe(info, tx, true, reply)).await?;
+    let info = v1::FrameworkInfo {
+        framework_id: framework_id.unwrap_or_default(),
+        name: req.name.clone(),
+        role: role.to_string(),
+        failover_timeout_s: 0.0,
+    };
+    let hinfo = crate::master::HostedInfo { module_sha256: req.module_sha256.clone(), config: req.config.clone() };
+    handle.ask(|reply| Cmd::Subscribe(info, tx, Some(hinfo), reply)).await?;
     let framework_id = match rx.recv().await {
         Some(Ok(v1::Event { event: Some(v1::event::Event::Subscribed(s)) })) => s.framework_id,
         _ => return Err(Status::internal("subscribing the hosted framework failed")),

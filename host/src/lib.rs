@@ -11,6 +11,7 @@ mod batch;
 mod hosted;
 mod master;
 mod services;
+mod store;
 
 use std::future::Future;
 use std::path::PathBuf;
@@ -42,6 +43,8 @@ pub const DEFAULT_FRAMEWORK_HEARTBEAT: Duration = Duration::from_secs(15);
 pub const DEFAULT_ALLOCATION_INTERVAL: Duration = Duration::ZERO;
 /// Default [`MasterConfig::batch_refuse`].
 pub const DEFAULT_BATCH_REFUSE: Duration = Duration::from_secs(1);
+/// Default [`MasterConfig::agent_reregister_timeout`].
+pub const DEFAULT_AGENT_REREGISTER_TIMEOUT: Duration = Duration::from_secs(120);
 /// Default [`MasterConfig::max_submit_count`].
 pub const DEFAULT_MAX_SUBMIT_COUNT: u32 = 1_000_000;
 
@@ -54,6 +57,9 @@ pub struct MasterConfig {
     pub agent_heartbeat_interval: Duration,
     /// Silence after which an agent is removed and its tasks are LOST. Default 15 s.
     pub agent_timeout: Duration,
+    /// After a master restart, how long agents from the registry have to
+    /// reregister before their tasks are LOST (and batch tasks retried). Default 2 min.
+    pub agent_reregister_timeout: Duration,
     /// Heartbeat events to remote frameworks. Default 15 s.
     pub framework_heartbeat_interval: Duration,
     /// Least time between two allocation cycles (events in between are
@@ -87,6 +93,7 @@ impl MasterConfig {
             state_dir,
             agent_heartbeat_interval: DEFAULT_AGENT_HEARTBEAT,
             agent_timeout: DEFAULT_AGENT_TIMEOUT,
+            agent_reregister_timeout: DEFAULT_AGENT_REREGISTER_TIMEOUT,
             framework_heartbeat_interval: DEFAULT_FRAMEWORK_HEARTBEAT,
             allocation_interval: DEFAULT_ALLOCATION_INTERVAL,
             batch_refuse: DEFAULT_BATCH_REFUSE,
@@ -111,6 +118,8 @@ pub enum StartError {
     Artifacts(#[from] ArtifactError),
     #[error("scheduler sandbox: {0}")]
     Sandbox(#[from] wasmos_sandbox::SandboxError),
+    #[error("{0}")]
+    Registry(#[from] store::StoreError),
 }
 
 /// Starts the master's event loop (on the current runtime) and returns a handle
@@ -126,9 +135,11 @@ pub fn start(cfg: MasterConfig) -> Result<MasterHandle, StartError> {
     let (tx, rx) = tokio::sync::mpsc::channel(COMMAND_QUEUE);
     let scheduler_limits = cfg.scheduler_limits;
     let max_hosted = cfg.max_hosted_frameworks;
-    let master = master::Master::new(cfg, artifacts.clone(), watch.clone());
+    let (registry, loaded) = store::Registry::open(&cfg.state_dir)?;
+    let hosted_to_restart: Vec<_> = loaded.frameworks.iter().filter(|f| f.hosted).cloned().collect();
+    let master = master::Master::new(cfg, artifacts.clone(), watch.clone(), Some((registry, loaded)));
     tokio::spawn(master.run(rx));
-    Ok(MasterHandle {
+    let handle = MasterHandle {
         tx,
         watch,
         artifacts,
@@ -137,7 +148,19 @@ pub fn start(cfg: MasterConfig) -> Result<MasterHandle, StartError> {
         scheduler_limits,
         max_hosted,
         next_job: Arc::new(std::sync::atomic::AtomicU64::new(1)),
-    })
+    };
+    // Hosted schedulers come back from their module and config; their state
+    // starts fresh (reconciliation tells them about their tasks).
+    for f in hosted_to_restart {
+        let h = handle.clone();
+        tokio::spawn(async move {
+            let req = v1::DeployRequest { name: f.name.clone(), role: f.role, config: f.config, module_sha256: f.module_sha256 };
+            if let Err(e) = hosted::deploy_as(&h, req, Some(f.framework_id)).await {
+                eprintln!("wasmos master: cannot restart hosted framework {}: {}", f.name, e.message());
+            }
+        });
+    }
+    Ok(handle)
 }
 
 /// Serves all four services of `handle` on `listener` until `shutdown` resolves.

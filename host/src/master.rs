@@ -27,8 +27,8 @@ pub(crate) enum Cmd {
     AgentCommands(String, CommandTx, Reply<()>),
     AgentUpdates(v1::StatusUpdates, Reply<v1::StatusAcks>),
     AgentHeartbeat(String, Reply<()>),
-    /// (info, events, hosted by the master as a Wasm scheduler, reply)
-    Subscribe(v1::FrameworkInfo, EventTx, bool, Reply<()>),
+    /// (info, events, Some if hosted by the master as a Wasm scheduler, reply)
+    Subscribe(v1::FrameworkInfo, EventTx, Option<HostedInfo>, Reply<()>),
     Call(v1::Call, Reply<()>),
     ListAgents(Reply<v1::ListAgentsResponse>),
     ListFrameworks(Reply<v1::ListFrameworksResponse>),
@@ -77,7 +77,23 @@ struct Framework {
     /// A Wasm scheduler hosted by the master (talks through the same event
     /// stream and calls as a remote framework).
     hosted: bool,
+    hosted_info: Option<HostedInfo>,
+    /// How long a disconnected framework keeps its tasks before teardown.
+    failover_timeout: Duration,
+    disconnected_at: Option<Instant>,
 }
+
+/// A framework's failover timeout: its own, or the default of one week.
+fn failover_of(info: &v1::FrameworkInfo) -> Duration {
+    if info.failover_timeout_s > 0.0 && info.failover_timeout_s.is_finite() {
+        Duration::from_secs_f64(info.failover_timeout_s.min(10.0 * 365.0 * 86400.0))
+    } else {
+        DEFAULT_FAILOVER_TIMEOUT
+    }
+}
+
+/// Default failover timeout of a framework: one week (Mesos's batch default).
+pub(crate) const DEFAULT_FAILOVER_TIMEOUT: Duration = Duration::from_secs(7 * 86400);
 
 struct Task {
     name: String,
@@ -95,6 +111,53 @@ struct Task {
     finished_at_ms: i64,
     attempt: u32,
     applied: Vec<Vec<u8>>,
+}
+
+/// The task table, remembering which tasks changed since the last commit.
+#[derive(Default)]
+struct Tasks {
+    map: HashMap<TaskId, Task>,
+    dirty: HashSet<TaskId>,
+}
+
+impl Tasks {
+    fn get(&self, id: &TaskId) -> Option<&Task> {
+        self.map.get(id)
+    }
+    fn get_mut(&mut self, id: &TaskId) -> Option<&mut Task> {
+        let t = self.map.get_mut(id)?;
+        self.dirty.insert(id.clone());
+        Some(t)
+    }
+    fn insert(&mut self, id: TaskId, t: Task) {
+        self.dirty.insert(id.clone());
+        self.map.insert(id, t);
+    }
+    fn contains_key(&self, id: &TaskId) -> bool {
+        self.map.contains_key(id)
+    }
+    fn entry(&mut self, id: TaskId) -> std::collections::hash_map::Entry<'_, TaskId, Task> {
+        self.dirty.insert(id.clone());
+        self.map.entry(id)
+    }
+}
+
+impl std::ops::Index<&TaskId> for Tasks {
+    type Output = Task;
+    fn index(&self, id: &TaskId) -> &Task {
+        &self.map[id]
+    }
+}
+
+/// How many applied status-update UUIDs are remembered per task (duplicates
+/// come from resends of recent updates only).
+const APPLIED_UUIDS_KEPT: usize = 16;
+
+/// What a hosted framework needs to be started again after a master restart.
+#[derive(Debug, Clone, Default)]
+pub(crate) struct HostedInfo {
+    pub module_sha256: String,
+    pub config: String,
 }
 
 struct OfferRec {
@@ -165,7 +228,7 @@ pub(crate) struct Master {
     alloc: Allocator,
     agents: HashMap<AgentId, Agent>,
     frameworks: HashMap<FrameworkId, Framework>,
-    tasks: HashMap<TaskId, Task>,
+    tasks: Tasks,
     task_order: Vec<TaskId>,
     offers: HashMap<OfferId, OfferRec>,
     batch: Batch,
@@ -175,6 +238,14 @@ pub(crate) struct Master {
     artifacts: Arc<ArtifactStore>,
     pub(crate) watch: broadcast::Sender<v1::WatchEvent>,
     dirty: bool,
+    registry: Option<crate::store::Registry>,
+    dirty_frameworks: HashSet<FrameworkId>,
+    dirty_agents: HashSet<AgentId>,
+    /// Replies held back until this batch's changes are committed.
+    deferred: Vec<Box<dyn FnOnce() + Send>>,
+    /// Agents known from the registry that have not reregistered since the
+    /// master started, with the deadline for doing so.
+    recovering: HashMap<AgentId, Instant>,
 }
 
 impl Master {
@@ -182,6 +253,7 @@ impl Master {
         cfg: MasterConfig,
         artifacts: Arc<ArtifactStore>,
         watch: broadcast::Sender<v1::WatchEvent>,
+        registry: Option<(crate::store::Registry, crate::store::Loaded)>,
     ) -> Master {
         let tag = format!("{:04x}", (now_ms() as u64 ^ (std::process::id() as u64 * 0x9e37)) & 0xffff);
         let mut alloc = Allocator::new(AllocConfig { seed: cfg.seed, ..AllocConfig::default() });
@@ -200,6 +272,9 @@ impl Master {
                 offers: HashSet::new(),
                 unacked: HashMap::new(),
                 hosted: true,
+                hosted_info: None,
+                failover_timeout: DEFAULT_FAILOVER_TIMEOUT,
+                disconnected_at: None,
             },
         );
         let mut m = Master {
@@ -210,7 +285,7 @@ impl Master {
             alloc,
             agents: HashMap::new(),
             frameworks,
-            tasks: HashMap::new(),
+            tasks: Tasks::default(),
             task_order: Vec::new(),
             offers: HashMap::new(),
             batch: Batch::default(),
@@ -219,11 +294,80 @@ impl Master {
             artifacts,
             watch,
             dirty: false,
+            registry: None,
+            dirty_frameworks: HashSet::new(),
+            dirty_agents: HashSet::new(),
+            deferred: Vec::new(),
+            recovering: HashMap::new(),
         };
         // Nothing queued yet: no offers for the batch framework until a submit.
         let _ = m.alloc.suppress(&batch_id, &[]);
         m.batch.suppressed = true;
+        if let Some((reg, loaded)) = registry {
+            m.restore(loaded);
+            m.registry = Some(reg);
+        }
         m
+    }
+
+    fn defer(&mut self, f: impl FnOnce() + Send + 'static) {
+        self.deferred.push(Box::new(f));
+    }
+
+    /// Commits what changed in this batch, then releases the held replies.
+    /// If the commit fails, the replies say so and the master exits: running
+    /// on without durability would break the promise the API makes.
+    fn persist(&mut self) {
+        let mut changes = crate::store::Changes { next_id: self.next_id, ..Default::default() };
+        for id in std::mem::take(&mut self.tasks.dirty) {
+            if let Some(t) = self.tasks.get(&id) {
+                let b = self.batch.tasks.get(&id);
+                let rec = v1::StoredTask {
+                    summary: Some(self.summary(&id, t)),
+                    spec: Some(t.spec.clone()),
+                    priority: b.map(|b| b.priority).unwrap_or(0),
+                    constraints: b
+                        .map(|b| b.constraints.iter().map(|(k, v)| v1::Attribute { key: k.clone(), value: v.clone() }).collect())
+                        .unwrap_or_default(),
+                    max_attempts: b.map(|b| b.max_attempts).unwrap_or(0),
+                    applied_uuids: t.applied.clone(),
+                };
+                changes.tasks.push((id.to_string(), wasmos_proto::encode(&rec)));
+            }
+        }
+        for id in std::mem::take(&mut self.dirty_frameworks) {
+            let rec = self.frameworks.get(&id).filter(|_| id != self.batch_id).map(|f| {
+                wasmos_proto::encode(&v1::StoredFramework {
+                    framework_id: id.to_string(),
+                    name: f.name.clone(),
+                    role: f.role.to_string(),
+                    hosted: f.hosted,
+                    module_sha256: f.hosted_info.as_ref().map(|h| h.module_sha256.clone()).unwrap_or_default(),
+                    config: f.hosted_info.as_ref().map(|h| h.config.clone()).unwrap_or_default(),
+                    failover_timeout_s: f.failover_timeout.as_secs_f64(),
+                })
+            });
+            changes.frameworks.push((id.to_string(), rec));
+        }
+        for id in std::mem::take(&mut self.dirty_agents) {
+            let rec = self.agents.get(&id).map(|a| {
+                wasmos_proto::encode(&v1::StoredAgent {
+                    agent_id: id.to_string(),
+                    info: Some(a.info.clone()),
+                    registered_at_ms: a.registered_at_ms,
+                })
+            });
+            changes.agents.push((id.to_string(), rec));
+        }
+        if let (Some(reg), false) = (&self.registry, changes.is_empty()) {
+            if let Err(e) = reg.commit(&changes) {
+                eprintln!("wasmos master: cannot write the registry: {e}; stopping so nothing unrecorded is acknowledged");
+                std::process::exit(70);
+            }
+        }
+        for f in self.deferred.drain(..) {
+            f();
+        }
     }
 
     fn clock(&self) -> Duration {
@@ -248,7 +392,8 @@ impl Master {
                 cmd = rx.recv() => {
                     let Some(cmd) = cmd else { break };
                     self.handle(cmd);
-                    // Drain what is already queued: one allocation per batch.
+                    // Drain what is already queued: one allocation and one
+                    // registry commit per batch.
                     for _ in 0..4096 {
                         match rx.try_recv() {
                             Ok(cmd) => self.handle(cmd),
@@ -262,6 +407,8 @@ impl Master {
                     // since the last cycle make resources offerable again.
                     self.dirty = true;
                     self.check_agents();
+                    self.expire_recovering();
+                    self.expire_frameworks();
                     if last_fw_heartbeat.elapsed() >= self.cfg.framework_heartbeat_interval {
                         last_fw_heartbeat = Instant::now();
                         self.heartbeat_frameworks();
@@ -273,19 +420,26 @@ impl Master {
                 last_alloc = Instant::now();
                 self.allocate();
             }
+            self.persist();
         }
     }
 
     fn handle(&mut self, cmd: Cmd) {
         match cmd {
             Cmd::RegisterAgent(req, reply) => {
-                let _ = reply.send(self.register_agent(req));
+                let r = self.register_agent(req);
+                self.defer(move || {
+                    let _ = reply.send(r);
+                });
             }
             Cmd::AgentCommands(id, tx, reply) => {
                 let _ = reply.send(self.attach_agent(&id, tx));
             }
             Cmd::AgentUpdates(u, reply) => {
-                let _ = reply.send(self.agent_updates(u));
+                let r = self.agent_updates(u);
+                self.defer(move || {
+                    let _ = reply.send(r);
+                });
             }
             Cmd::AgentHeartbeat(id, reply) => {
                 let r = match AgentId::new(id.clone()).ok().and_then(|a| self.agents.get_mut(&a)) {
@@ -298,10 +452,16 @@ impl Master {
                 let _ = reply.send(r);
             }
             Cmd::Subscribe(info, tx, hosted, reply) => {
-                let _ = reply.send(self.subscribe(info, tx, hosted));
+                let r = self.subscribe(info, tx, hosted);
+                self.defer(move || {
+                    let _ = reply.send(r);
+                });
             }
             Cmd::Call(call, reply) => {
-                let _ = reply.send(self.call(call));
+                let r = self.call(call);
+                self.defer(move || {
+                    let _ = reply.send(r);
+                });
             }
             Cmd::ListAgents(reply) => {
                 let _ = reply.send(Ok(self.list_agents()));
@@ -323,7 +483,10 @@ impl Master {
                 let _ = reply.send(Ok(self.list_roles()));
             }
             Cmd::Submit(req, reply) => {
-                let _ = reply.send(self.submit(req));
+                let r = self.submit(req);
+                self.defer(move || {
+                    let _ = reply.send(r);
+                });
             }
             Cmd::TaskAction(id, action, reply) => {
                 let r = match TaskId::new(id.clone()) {
@@ -389,11 +552,183 @@ impl Master {
             },
         );
         let _ = self.watch.send(v1::WatchEvent { event: Some(v1::watch_event::Event::AgentAdded(summary)) });
+        self.dirty_agents.insert(id.clone());
         self.dirty = true;
+        if self.recovering.remove(&id).is_some() {
+            self.reconcile_agent(&id, &req.running_tasks);
+        }
         Ok(v1::RegisterAgentResponse {
             agent_id: id.to_string(),
             heartbeat_interval_ms: self.cfg.agent_heartbeat_interval.as_millis() as u64,
         })
+    }
+
+    /// After a master failover: an agent from the registry came back and said
+    /// which tasks it runs. Those resume being tracked (their resources count
+    /// again); the ones it no longer has are LOST; the ones the master does not
+    /// know (or has given up on) are killed.
+    fn reconcile_agent(&mut self, id: &AgentId, running: &[v1::TaskStatus]) {
+        let reported: HashSet<&str> = running.iter().map(|t| t.task_id.as_str()).collect();
+        let mine: Vec<TaskId> = self
+            .tasks
+            .map
+            .iter()
+            .filter(|(_, t)| t.agent.as_ref() == Some(id) && !t.state.is_terminal())
+            .map(|(k, _)| k.clone())
+            .collect();
+        for tid in mine {
+            if reported.contains(tid.as_str()) {
+                let (fw, resources) = {
+                    let t = &self.tasks[&tid];
+                    (t.framework.clone(), t.resources.clone())
+                };
+                let role = self.frameworks.get(&fw).map(|f| f.role.clone());
+                let alloc = Allocation::from(resources);
+                if let Some(role) = role {
+                    if self.alloc.add_allocation(&fw, id, &role, &alloc).is_ok() {
+                        if let Some(t) = self.tasks.get_mut(&tid) {
+                            t.allocation = Some(alloc);
+                        }
+                    }
+                }
+                if let Some(a) = self.agents.get_mut(id) {
+                    a.tasks.insert(tid);
+                }
+            } else {
+                let fw = self.tasks[&tid].framework.clone();
+                let st = status(&tid, &fw, Some(id), v1::TaskState::TaskLost, "agent_failover", format!("task was not running on agent {id} after the master restarted"));
+                self.apply_status(st, false);
+            }
+        }
+        for t in running {
+            let known = TaskId::new(t.task_id.clone()).ok().and_then(|tid| self.tasks.get(&tid)).is_some_and(|k| !k.state.is_terminal() && k.agent.as_ref() == Some(id));
+            if !known {
+                let cmd = v1::AgentCommand { command: Some(v1::agent_command::Command::Kill(v1::agent_command::Kill { task_id: t.task_id.clone() })) };
+                self.send_agent(id, cmd);
+            }
+        }
+    }
+
+    /// Agents from the registry that did not come back in time: their tasks are LOST.
+    fn expire_recovering(&mut self) {
+        let now = Instant::now();
+        let expired: Vec<AgentId> = self.recovering.iter().filter(|(_, d)| **d <= now).map(|(k, _)| k.clone()).collect();
+        for id in expired {
+            self.recovering.remove(&id);
+            let lost: Vec<TaskId> = self
+                .tasks
+                .map
+                .iter()
+                .filter(|(_, t)| t.agent.as_ref() == Some(&id) && !t.state.is_terminal())
+                .map(|(k, _)| k.clone())
+                .collect();
+            for tid in lost {
+                let fw = self.tasks[&tid].framework.clone();
+                let st = status(&tid, &fw, Some(&id), v1::TaskState::TaskLost, "agent_gone", format!("agent {id} did not reregister within {:?} of the master restarting", self.cfg.agent_reregister_timeout));
+                self.apply_status(st, false);
+            }
+            self.dirty_agents.insert(id);
+        }
+    }
+
+    /// Remote frameworks disconnected longer than their failover timeout are torn down.
+    fn expire_frameworks(&mut self) {
+        let gone: Vec<FrameworkId> = self
+            .frameworks
+            .iter()
+            .filter(|(_, f)| f.disconnected_at.is_some_and(|d| d.elapsed() >= f.failover_timeout))
+            .map(|(k, _)| k.clone())
+            .collect();
+        for id in gone {
+            self.teardown(&id);
+        }
+    }
+
+    /// Rebuilds the in-memory state from the registry after a restart.
+    fn restore(&mut self, loaded: crate::store::Loaded) {
+        self.next_id = self.next_id.max(loaded.next_id);
+        let now = Instant::now();
+        for f in loaded.frameworks {
+            let (Ok(id), Ok(role)) = (FrameworkId::new(f.framework_id.clone()), Role::new(f.role.clone())) else { continue };
+            if id == self.batch_id || self.alloc.add_framework(id.clone(), std::slice::from_ref(&role)).is_err() {
+                continue;
+            }
+            let _ = self.alloc.deactivate_framework(&id);
+            self.frameworks.insert(
+                id,
+                Framework {
+                    name: f.name,
+                    role,
+                    kind: FrameworkKind::Remote { tx: None },
+                    tasks: HashSet::new(),
+                    offers: HashSet::new(),
+                    unacked: HashMap::new(),
+                    hosted: f.hosted,
+                    hosted_info: f.hosted.then(|| HostedInfo { module_sha256: f.module_sha256, config: f.config }),
+                    failover_timeout: if f.failover_timeout_s > 0.0 { Duration::from_secs_f64(f.failover_timeout_s) } else { DEFAULT_FAILOVER_TIMEOUT },
+                    disconnected_at: Some(now),
+                },
+            );
+        }
+        for a in loaded.agents {
+            if let Ok(id) = AgentId::new(a.agent_id) {
+                self.recovering.insert(id, now + self.cfg.agent_reregister_timeout);
+            }
+        }
+        let mut order: Vec<(i64, u64, TaskId)> = Vec::new();
+        for rec in loaded.tasks {
+            let (Some(sum), Some(spec)) = (rec.summary, rec.spec) else { continue };
+            let (Ok(tid), Ok(fw)) = (TaskId::new(sum.task_id.clone()), FrameworkId::new(sum.framework_id.clone())) else { continue };
+            let Some(state) = wasmos_proto::state_from_wire(sum.state) else { continue };
+            let agent = if sum.agent_id.is_empty() { None } else { AgentId::new(sum.agent_id.clone()).ok() };
+            let resources = resources_from_wire(sum.resources.as_ref()).unwrap_or_default();
+            let seq: u64 = sum.task_id.rsplit('-').next().and_then(|n| n.parse().ok()).unwrap_or(0);
+            order.push((sum.submitted_at_ms, seq, tid.clone()));
+            if !state.is_terminal() {
+                if let Some(f) = self.frameworks.get_mut(&fw) {
+                    f.tasks.insert(tid.clone());
+                }
+                if fw == self.batch_id {
+                    let bt = BatchTask {
+                        resources: resources.clone(),
+                        priority: rec.priority,
+                        constraints: rec.constraints.iter().map(|a| (a.key.clone(), a.value.clone())).collect(),
+                        attempts: sum.attempt,
+                        max_attempts: if rec.max_attempts == 0 { DEFAULT_MAX_ATTEMPTS } else { rec.max_attempts },
+                    };
+                    if agent.is_none() {
+                        self.batch.enqueue(tid.clone(), bt);
+                    } else {
+                        self.batch.tasks.insert(tid.clone(), bt);
+                    }
+                }
+            }
+            self.tasks.map.insert(
+                tid,
+                Task {
+                    name: sum.name,
+                    framework: fw,
+                    agent,
+                    spec,
+                    resources,
+                    allocation: None,
+                    state,
+                    outcome: sum.outcome,
+                    message: sum.message,
+                    submitted_at_ms: sum.submitted_at_ms,
+                    started_at_ms: sum.started_at_ms,
+                    finished_at_ms: sum.finished_at_ms,
+                    attempt: sum.attempt,
+                    applied: rec.applied_uuids,
+                },
+            );
+        }
+        order.sort();
+        self.task_order = order.into_iter().map(|(_, _, t)| t).collect();
+        if self.batch.queued() > 0 {
+            self.revive_batch();
+        }
+        self.dirty = true;
     }
 
     fn attach_agent(&mut self, id: &str, tx: CommandTx) -> Result<(), Status> {
@@ -449,6 +784,7 @@ impl Master {
             self.apply_status(st, false);
         }
         let _ = self.alloc.remove_agent(id);
+        self.dirty_agents.insert(id.clone());
         let _ = self.watch.send(v1::WatchEvent { event: Some(v1::watch_event::Event::AgentRemoved(id.to_string())) });
         self.dirty = true;
     }
@@ -481,6 +817,9 @@ impl Master {
                 return;
             }
             task.applied.push(st.uuid.clone());
+            if task.applied.len() > APPLIED_UUIDS_KEPT {
+                task.applied.remove(0);
+            }
         }
         if task.state.is_terminal() {
             return;
@@ -568,7 +907,8 @@ impl Master {
         self.dirty = true;
     }
 
-    fn subscribe(&mut self, info: v1::FrameworkInfo, tx: EventTx, hosted: bool) -> Result<(), Status> {
+    fn subscribe(&mut self, info: v1::FrameworkInfo, tx: EventTx, hosted_info: Option<HostedInfo>) -> Result<(), Status> {
+        let hosted = hosted_info.is_some();
         let role = Role::new(if info.role.is_empty() { "default".to_string() } else { info.role.clone() })
             .map_err(|e| Status::invalid_argument(format!("framework role: {e}")))?;
         let id = if info.framework_id.is_empty() {
@@ -611,7 +951,12 @@ impl Master {
                 let _ = tx.send(Ok(ev));
             }
             f.kind = FrameworkKind::Remote { tx: Some(tx) };
+            f.disconnected_at = None;
+            if hosted_info.is_some() {
+                f.hosted_info = hosted_info;
+            }
             let _ = self.alloc.activate_framework(&id);
+            self.dirty_frameworks.insert(id);
             self.dirty = true;
             return Ok(());
         }
@@ -630,8 +975,12 @@ impl Master {
                 offers: HashSet::new(),
                 unacked: HashMap::new(),
                 hosted,
+                hosted_info,
+                failover_timeout: failover_of(&info),
+                disconnected_at: None,
             },
         );
+        self.dirty_frameworks.insert(id.clone());
         let summary = self.framework_summary(&id);
         let _ = self.watch.send(v1::WatchEvent { event: summary.map(v1::watch_event::Event::FrameworkAdded) });
         self.dirty = true;
@@ -659,6 +1008,9 @@ impl Master {
     /// A remote framework's stream closed: its offers go back; its tasks keep
     /// running until it fails over (failover timeouts come with durable state).
     fn disconnected(&mut self, id: &FrameworkId) {
+        if let Some(f) = self.frameworks.get_mut(id) {
+            f.disconnected_at.get_or_insert_with(Instant::now);
+        }
         let offers: Vec<OfferId> =
             self.frameworks.get(id).map(|f| f.offers.iter().cloned().collect()).unwrap_or_default();
         for o in offers {
@@ -1150,6 +1502,7 @@ impl Master {
         }
         let _ = self.alloc.remove_framework(fw);
         self.torn_down.insert(fw.clone());
+        self.dirty_frameworks.insert(fw.clone());
         let _ =
             self.watch.send(v1::WatchEvent { event: Some(v1::watch_event::Event::FrameworkRemoved(fw.to_string())) });
     }

@@ -81,7 +81,7 @@ impl v1::scheduler_server::Scheduler for MasterHandle {
         let info =
             r.into_inner().framework.ok_or_else(|| Status::invalid_argument("subscribe without framework info"))?;
         let (tx, rx) = mpsc::unbounded_channel();
-        self.ask(|reply| Cmd::Subscribe(info, tx, false, reply)).await?;
+        self.ask(|reply| Cmd::Subscribe(info, tx, None, reply)).await?;
         Ok(Response::new(Box::pin(UnboundedReceiverStream::new(rx))))
     }
 

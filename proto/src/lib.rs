@@ -8,6 +8,16 @@ pub mod v1 {
 
 mod convert;
 
+/// Encodes a wire message (for the master's registry records).
+pub fn encode<M: prost::Message>(m: &M) -> Vec<u8> {
+    m.encode_to_vec()
+}
+
+/// Decodes a wire message; `None` if the bytes are not one.
+pub fn decode<M: prost::Message + Default>(b: &[u8]) -> Option<M> {
+    M::decode(b).ok()
+}
+
 pub use convert::*;
 
 /// Largest gRPC message either side accepts (modules travel in chunks below this).
