@@ -536,6 +536,22 @@ fn setup_node(root: &Path) -> Result<()> {
     if !(has_command("node") && has_command("npm")) {
         apt_install(&["nodejs", "npm"])?;
     }
+    // componentize-js's parser (oxc-parser) needs Node.js 20+; Debian 12's own is 18.
+    let node = Command::new("node").arg("--version").output().context("running node --version")?;
+    let major: u32 = String::from_utf8_lossy(&node.stdout)
+        .trim()
+        .trim_start_matches('v')
+        .split('.')
+        .next()
+        .unwrap_or("0")
+        .parse()
+        .unwrap_or(0);
+    if major < 20 {
+        bail!(
+            "Node.js 20 or newer is needed for componentize-js (found {}); install it and re-run",
+            String::from_utf8_lossy(&node.stdout).trim()
+        );
+    }
     for dir in NPM_EXAMPLES {
         let dir = root.join(dir);
         let lock = dir.join("package-lock.json");
