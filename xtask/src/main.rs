@@ -426,8 +426,9 @@ fn bench_e2e(root: &Path, extra: &[String]) -> Result<()> {
 const GO_PACKAGE: &str = "golang-1.23-go";
 const GO_BIN: &str = "/usr/lib/go-1.23/bin/go";
 const BACKPORTS_SOURCES: &str = "/etc/apt/sources.list.d/bookworm-backports.sources";
-/// Example folders with a package.json and package-lock.json.
-const NPM_EXAMPLES: [&str; 2] = ["examples/tasks/hello-as", "examples/tasks/upper-js"];
+/// Example folders with a package.json and package-lock.json (examples/js:
+/// componentize-js and jco, shared by the JavaScript components).
+const NPM_EXAMPLES: [&str; 2] = ["examples/tasks/hello-as", "examples/js"];
 
 /// Every toolchain of the non-Rust, non-C examples; quick (a few process
 /// spawns, no network) when all are installed.
@@ -586,7 +587,6 @@ fn is_fresh(out: &Path, inputs: &[PathBuf]) -> bool {
 fn language_guests(root: &Path, out: &Path) -> Result<()> {
     setup_languages(root)?;
     let ex = root.join("examples/tasks");
-    let task_wit = root.join("wit/task/task.wit");
 
     // Zig: a wasip1 command.
     let dir = ex.join("hello-zig");
@@ -633,34 +633,57 @@ fn language_guests(root: &Path, out: &Path) -> Result<()> {
             .arg(&wasm))?;
     }
 
-    // Python: a wasmos:task component (componentize-py).
-    let dir = ex.join("wordcount-py");
-    let wasm = out.join("wordcount-py.wasm");
-    if !is_fresh(&wasm, &[dir.join("app.py"), dir.join("requirements.txt"), task_wit.clone()]) {
-        run(Command::new("python3")
-            .current_dir(&dir)
-            .env("PYTHONDONTWRITEBYTECODE", "1")
-            .args([
-                "-c",
-                "import sys; from componentize_py import script; sys.argv[0] = 'componentize-py'; sys.exit(script())",
-                "--quiet",
-                "-d",
-            ])
-            .arg(root.join("wit/task"))
-            .args(["-w", "task", "componentize", "app", "-o"])
-            .arg(&wasm))?;
-    }
-
-    // JavaScript: a wasmos:task component (componentize-js); no wasi:http.
-    let dir = ex.join("upper-js");
-    let wasm = out.join("upper-js.wasm");
-    if !is_fresh(&wasm, &[dir.join("upper.js"), dir.join("package-lock.json"), task_wit]) {
-        run(Command::new("node")
-            .current_dir(&dir)
-            .args(["node_modules/@bytecodealliance/componentize-js/src/cli.js", "upper.js", "--wit"])
-            .arg(root.join("wit/task"))
-            .args(["-n", "task", "-d", "http", "fetch-event", "-o"])
-            .arg(&wasm))?;
-    }
+    // Python and JavaScript: components of the wasmos:task world, and hosted
+    // schedulers of the wasmos:scheduler world, built the same way.
+    let frameworks = root.join("examples/frameworks");
+    py_component(root, &ex.join("wordcount-py"), "app", "task", &out.join("wordcount-py.wasm"))?;
+    py_component(root, &frameworks.join("fifo-py"), "fifo", "scheduler", &out.join("fifo-py.wasm"))?;
+    js_component(root, &ex.join("upper-js/upper.js"), "task", &out.join("upper-js.wasm"))?;
+    js_component(root, &frameworks.join("fifo-js/fifo.js"), "scheduler", &out.join("fifo-js.wasm"))?;
     Ok(())
+}
+
+/// componentize-py: the Python module `module` of `dir` as a component of
+/// `world` (wit/<world>/), unless `out` is newer than its sources.
+fn py_component(root: &Path, dir: &Path, module: &str, world: &str, out: &Path) -> Result<()> {
+    let wit = root.join("wit").join(world);
+    let inputs = [
+        dir.join(format!("{module}.py")),
+        wit.join(format!("{world}.wit")),
+        root.join("examples/tasks/wordcount-py/requirements.txt"),
+    ];
+    if is_fresh(out, &inputs) {
+        return Ok(());
+    }
+    run(Command::new("python3")
+        .current_dir(dir)
+        .env("PYTHONDONTWRITEBYTECODE", "1")
+        .args([
+            "-c",
+            "import sys; from componentize_py import script; sys.argv[0] = 'componentize-py'; sys.exit(script())",
+            "--quiet",
+            "-d",
+        ])
+        .arg(&wit)
+        .args(["-w", world, "componentize", module, "-o"])
+        .arg(out))
+}
+
+/// componentize-js (from examples/js/node_modules): the JavaScript module
+/// `source` as a component of `world` (wit/<world>/), without wasi:http (which
+/// wasmos does not provide), unless `out` is newer than its sources.
+fn js_component(root: &Path, source: &Path, world: &str, out: &Path) -> Result<()> {
+    let wit = root.join("wit").join(world);
+    let js = root.join("examples/js");
+    let inputs = [source.to_path_buf(), wit.join(format!("{world}.wit")), js.join("package-lock.json")];
+    if is_fresh(out, &inputs) {
+        return Ok(());
+    }
+    run(Command::new("node")
+        .arg(js.join("node_modules/@bytecodealliance/componentize-js/src/cli.js"))
+        .arg(source)
+        .arg("--wit")
+        .arg(&wit)
+        .args(["-n", world, "-d", "http", "fetch-event", "-o"])
+        .arg(out))
 }

@@ -166,3 +166,30 @@ fn python_and_javascript_components_run_on_a_cluster_with_input() {
     assert_finished(&v);
     assert_eq!(v["stdout"].as_str().unwrap(), TEXT.to_uppercase(), "{v}");
 }
+
+#[test]
+fn python_and_javascript_schedulers_run_jobs_as_hosted_frameworks() {
+    let c = Cluster::start();
+    let wasmos = |args: &[&str]| {
+        let o = Command::new(env!("CARGO_BIN_EXE_wasmos")).args(args).env("WASMOS_MASTER", &c.url).output().unwrap();
+        let (out, err) = (String::from_utf8_lossy(&o.stdout).into_owned(), String::from_utf8_lossy(&o.stderr));
+        assert_eq!(o.status.code(), Some(0), "wasmos {args:?}: {out}\n{err}");
+        out
+    };
+    for (name, task, lang) in [("fifo-py", "hello-zig", "Zig"), ("fifo-js", "hello-as", "AssemblyScript")] {
+        let sched = guest(name);
+        wasmos(&["framework", "deploy", sched.to_str().unwrap(), "--name", name, "--role", "eng", "--config", "{}"]);
+        let task = guest(task);
+        let out = wasmos(&["submit", "--framework", name, "--wait", "--json", "--count", "3", task.to_str().unwrap()]);
+        let objs: Vec<serde_json::Value> = out.lines().map(|l| serde_json::from_str(l).unwrap()).collect();
+        assert_eq!(objs.len(), 3, "{out}");
+        for v in &objs {
+            assert_finished(v);
+            assert_eq!(v["state"], "finished", "{v}");
+            assert_eq!(v["stdout"], format!("hello from {lang}!\nargs: 0\n"), "{v}");
+        }
+        let ls = wasmos(&["framework", "ls"]);
+        let row = ls.lines().find(|l| l.starts_with(name)).unwrap_or_else(|| panic!("{name} in {ls}"));
+        assert!(row.contains("active"), "{ls}");
+    }
+}
