@@ -113,7 +113,7 @@ fn python_component_counts_words_and_fails_on_bad_input() {
 }
 
 #[test]
-fn javascript_component_upper_cases_its_input_and_fails_on_empty_input() {
+fn javascript_component_upper_cases_its_input_and_fails_on_bad_input() {
     let tmp = tempfile::tempdir().unwrap();
     let up = guest("upper-js");
     let v = run_json(&up, Some(&write(&tmp, "text.txt", "hello, wasm — ünïcode\n".as_bytes())), &[]);
@@ -130,6 +130,10 @@ fn javascript_component_upper_cases_its_input_and_fails_on_empty_input() {
     let v = run_json(&up, None, &[]);
     assert_eq!(v["outcome"], "failed", "{v}");
     assert!(v["message"].as_str().unwrap().contains("empty input"), "{v}");
+
+    let v = run_json(&up, Some(&write(&tmp, "bad.bin", b"caf\xe9 \xff")), &[]);
+    assert_eq!(v["outcome"], "failed", "{v}");
+    assert!(v["message"].as_str().unwrap().starts_with("input is not UTF-8 text"), "an err, not a trap: {v}");
 }
 
 /// `wasmos submit --wait --json`: the one task's JSON object.

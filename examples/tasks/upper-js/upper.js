@@ -6,7 +6,14 @@ import { reportProgress, log } from "wasmos:task/context@0.1.0";
 const CHUNK = 4096;
 
 export function run(input) {
-  const text = new TextDecoder("utf-8", { fatal: true }).decode(input); // throws on bad UTF-8 → err
+  // Only a thrown *string* becomes the `err` result; any other exception traps
+  // (the task then fails with a trap message), so turn errors into strings.
+  let text;
+  try {
+    text = new TextDecoder("utf-8", { fatal: true }).decode(input);
+  } catch (e) {
+    throw `input is not UTF-8 text: ${e.message}`;
+  }
   if (text.length === 0) {
     throw "empty input: give the text to upper-case with --input FILE";
   }
