@@ -20,6 +20,8 @@ use wasmos_sandbox::{InputFile, Prepared, RunRequest, Sandbox, SandboxConfig, Sa
 
 /// Default [`AgentConfig::update_batch`].
 pub const DEFAULT_UPDATE_BATCH: usize = 4096;
+/// How long a module download keeps being retried while the master is unreachable.
+pub const FETCH_PATIENCE: Duration = Duration::from_secs(60);
 /// Default [`AgentConfig::max_backoff`].
 pub const DEFAULT_MAX_BACKOFF: Duration = Duration::from_secs(10);
 
@@ -193,24 +195,41 @@ impl Shared {
         r
     }
 
+    async fn download(&self, sha: &str) -> Result<Vec<u8>, tonic::Status> {
+        let mut client =
+            ArtifactsClient::new(self.channel.clone()).max_decoding_message_size(wasmos_proto::MAX_MESSAGE_BYTES);
+        let mut stream = client.download(v1::DownloadRequest { sha256: sha.to_string() }).await?.into_inner();
+        let mut bytes = Vec::new();
+        while let Some(chunk) = stream.message().await? {
+            bytes.extend_from_slice(&chunk.data);
+        }
+        Ok(bytes)
+    }
+
     async fn fetch_and_prepare(&self, sha: String) -> Result<Arc<Prepared>, String> {
         let path = self.cfg.work_dir.join("artifacts").join(format!("{sha}.wasm"));
         let bytes = match tokio::fs::read(&path).await {
             Ok(b) if hex::encode(Sha256::digest(&b)) == sha => b,
             _ => {
-                let mut client = ArtifactsClient::new(self.channel.clone())
-                    .max_decoding_message_size(wasmos_proto::MAX_MESSAGE_BYTES);
-                let mut stream = client
-                    .download(v1::DownloadRequest { sha256: sha.clone() })
-                    .await
-                    .map_err(|e| format!("cannot download module {sha}: {}", e.message()))?
-                    .into_inner();
-                let mut bytes = Vec::new();
-                while let Some(chunk) =
-                    stream.message().await.map_err(|e| format!("downloading {sha}: {}", e.message()))?
-                {
-                    bytes.extend_from_slice(&chunk.data);
-                }
+                // The master may be restarting: retry transient failures with
+                // backoff for up to FETCH_PATIENCE; a missing module fails at once.
+                let started = std::time::Instant::now();
+                let mut backoff = Duration::from_millis(100);
+                let bytes = loop {
+                    match self.download(&sha).await {
+                        Ok(b) => break b,
+                        Err(s) if s.code() == tonic::Code::NotFound || s.code() == tonic::Code::InvalidArgument => {
+                            return Err(format!("cannot download module {sha}: {}", s.message()));
+                        }
+                        Err(s) if started.elapsed() >= FETCH_PATIENCE => {
+                            return Err(format!("cannot download module {sha} within {FETCH_PATIENCE:?}: {}", s.message()));
+                        }
+                        Err(_) => {
+                            tokio::time::sleep(backoff).await;
+                            backoff = (backoff * 2).min(self.cfg.max_backoff);
+                        }
+                    }
+                };
                 let got = hex::encode(Sha256::digest(&bytes));
                 if got != sha {
                     return Err(format!("downloaded module hashes to {got}, not {sha}; the artifact store is damaged"));

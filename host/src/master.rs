@@ -243,6 +243,8 @@ pub(crate) struct Master {
     dirty_agents: HashSet<AgentId>,
     /// Replies held back until this batch's changes are committed.
     deferred: Vec<Box<dyn FnOnce() + Send>>,
+    /// Agent commands held back until this batch's changes are committed.
+    outbox: Vec<(AgentId, v1::AgentCommand)>,
     /// Agents known from the registry that have not reregistered since the
     /// master started, with the deadline for doing so.
     recovering: HashMap<AgentId, Instant>,
@@ -298,6 +300,7 @@ impl Master {
             dirty_frameworks: HashSet::new(),
             dirty_agents: HashSet::new(),
             deferred: Vec::new(),
+            outbox: Vec::new(),
             recovering: HashMap::new(),
         };
         // Nothing queued yet: no offers for the batch framework until a submit.
@@ -365,6 +368,7 @@ impl Master {
                 std::process::exit(70);
             }
         }
+        self.flush_outbox();
         for f in self.deferred.drain(..) {
             f();
         }
@@ -744,7 +748,19 @@ impl Master {
         Ok(())
     }
 
+    /// Queues a command for an agent; it leaves after this batch's registry
+    /// commit, so an agent never runs a launch the registry does not know.
     fn send_agent(&mut self, agent: &AgentId, cmd: v1::AgentCommand) {
+        self.outbox.push((agent.clone(), cmd));
+    }
+
+    fn flush_outbox(&mut self) {
+        for (agent, cmd) in std::mem::take(&mut self.outbox) {
+            self.deliver_agent(&agent, cmd);
+        }
+    }
+
+    fn deliver_agent(&mut self, agent: &AgentId, cmd: v1::AgentCommand) {
         if let Some(a) = self.agents.get_mut(agent) {
             match &a.tx {
                 Some(tx) if tx.send(Ok(cmd.clone())).is_ok() => {}
@@ -823,6 +839,9 @@ impl Master {
         }
         if task.state.is_terminal() {
             return;
+        }
+        if task.agent.is_none() && from_agent {
+            task.agent = AgentId::new(st.agent_id.clone()).ok();
         }
         task.state = state;
         if !st.message.is_empty() {

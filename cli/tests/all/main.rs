@@ -4,5 +4,6 @@ mod cluster;
 mod dev;
 mod languages;
 mod python_remote;
+mod recovery;
 mod run;
 mod sim;

@@ -1,0 +1,157 @@
+//! Failures with real processes: `kill -9` the master and restart it on the
+//! same state directory; `kill -9` an agent and start a new one. Nothing the
+//! API acknowledged is lost, and every task ends exactly once.
+
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Output, Stdio};
+use std::time::{Duration, Instant};
+
+struct Proc(Child);
+impl Drop for Proc {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+}
+
+fn bin() -> Command {
+    let mut c = Command::new(env!("CARGO_BIN_EXE_wasmos"));
+    c.env_remove("WASMOS_MASTER").stdin(Stdio::null()).stdout(Stdio::null()).stderr(Stdio::null());
+    c
+}
+
+fn master(state: &Path, port: u16) -> Proc {
+    Proc(
+        bin()
+            .args(["master", "--listen", &format!("127.0.0.1:{port}"), "--state-dir"])
+            .arg(state)
+            .args(["--agent-heartbeat", "200ms", "--agent-timeout", "2s"])
+            .spawn()
+            .unwrap(),
+    )
+}
+
+fn agent(url: &str, work: &Path) -> Proc {
+    Proc(bin().args(["agent", "--master", url, "--resources", "cpus:2;mem:2GiB", "--work-dir"]).arg(work).spawn().unwrap())
+}
+
+fn cli(url: &str, args: &[&str]) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_wasmos")).args(args).args(["--master", url]).output().unwrap()
+}
+
+fn lines(o: &Output) -> Vec<serde_json::Value> {
+    String::from_utf8_lossy(&o.stdout).lines().map(|l| serde_json::from_str(l).unwrap()).collect()
+}
+
+fn wait_for(what: &str, timeout: Duration, mut f: impl FnMut() -> bool) {
+    let t0 = Instant::now();
+    while t0.elapsed() < timeout {
+        if f() {
+            return;
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    panic!("timed out waiting for {what}");
+}
+
+fn guest(name: &str) -> String {
+    let p = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../target/guests").join(format!("{name}.wasm"));
+    assert!(p.exists(), "{} is missing: run `cargo xtask guests` first", p.display());
+    p.to_string_lossy().into_owned()
+}
+
+fn tasks(url: &str) -> Vec<serde_json::Value> {
+    let o = cli(url, &["tasks", "--json"]);
+    if !o.status.success() {
+        return vec![];
+    }
+    lines(&o)
+}
+
+#[test]
+fn master_kill_9_and_restart_loses_nothing() {
+    let tmp = tempfile::tempdir().unwrap();
+    let port = free_port();
+    let url = format!("http://127.0.0.1:{port}");
+    let state = tmp.path().join("master");
+    let mut m = master(&state, port);
+    let _a = agent(&url, &tmp.path().join("agent"));
+    wait_for("the agent", Duration::from_secs(20), || lines(&cli(&url, &["agents", "--json"])).len() == 1);
+
+    // A long task (runs across the failover) and a backlog of short ones.
+    let n = tmp.path().join("n.txt");
+    std::fs::write(&n, "1200000").unwrap();
+    let o = cli(&url, &["submit", "--cpus", "1", "--input", n.to_str().unwrap(), &guest("primes")]);
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let long = String::from_utf8_lossy(&o.stdout).trim().to_string();
+    wait_for("the long task to run", Duration::from_secs(20), || {
+        tasks(&url).iter().any(|t| t["task_id"] == long.as_str() && t["state"] == "running")
+    });
+    let o = cli(&url, &["submit", "--count", "300", "--cpus", "0.01", "--mem", "4MiB", &guest("hello")]);
+    assert!(o.status.success());
+    let short: Vec<String> = String::from_utf8_lossy(&o.stdout).lines().map(String::from).collect();
+    assert_eq!(short.len(), 300);
+
+    // kill -9 right after the submission was acknowledged; restart on the same state.
+    m.0.kill().unwrap();
+    m.0.wait().unwrap();
+    let t0 = Instant::now();
+    let _m = master(&state, port);
+    wait_for("the master to answer again", Duration::from_secs(20), || cli(&url, &["tasks", "--json"]).status.success());
+    let recovery = t0.elapsed();
+    eprintln!("master answered {recovery:?} after restart");
+
+    let mut seen = String::new();
+    let t1 = Instant::now();
+    while t1.elapsed() < Duration::from_secs(60) {
+        let ts = tasks(&url);
+        let mut counts = std::collections::BTreeMap::new();
+        for t in &ts {
+            *counts.entry(t["state"].as_str().unwrap_or("?").to_string()).or_insert(0) += 1;
+        }
+        seen = format!("{} tasks: {counts:?}", ts.len());
+        let ended = |t: &serde_json::Value| ["finished", "failed", "lost", "error", "killed"].contains(&t["state"].as_str().unwrap_or(""));
+        if ts.len() == 301 && ts.iter().all(ended) {
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    eprintln!("after restart: {seen}");
+    let ts = tasks(&url);
+    assert_eq!(ts.len(), 301, "no acknowledged submission is missing");
+    for t in &ts {
+        assert_eq!(t["state"], "finished", "{t}");
+    }
+    // The long task kept running through the failover: one attempt, tracked again.
+    let l = ts.iter().find(|t| t["task_id"] == long.as_str()).unwrap();
+    assert_eq!(l["attempt"], 1, "{l}");
+    let o = cli(&url, &["logs", &long]);
+    assert_eq!(String::from_utf8_lossy(&o.stdout), "92938 primes below 1200000\n");
+}
+
+#[test]
+fn agent_kill_9_tasks_are_retried_on_a_new_agent() {
+    let tmp = tempfile::tempdir().unwrap();
+    let port = free_port();
+    let url = format!("http://127.0.0.1:{port}");
+    let _m = master(&tmp.path().join("master"), port);
+    let mut a = agent(&url, &tmp.path().join("agent-a"));
+    wait_for("the agent", Duration::from_secs(20), || lines(&cli(&url, &["agents", "--json"])).len() == 1);
+    let n = tmp.path().join("n.txt");
+    std::fs::write(&n, "600000").unwrap();
+    let o = cli(&url, &["submit", "--cpus", "1", "--input", n.to_str().unwrap(), &guest("primes")]);
+    let id = String::from_utf8_lossy(&o.stdout).trim().to_string();
+    wait_for("the task to run", Duration::from_secs(20), || tasks(&url).iter().any(|t| t["task_id"] == id.as_str() && t["state"] == "running"));
+    a.0.kill().unwrap();
+    a.0.wait().unwrap();
+    let _b = agent(&url, &tmp.path().join("agent-b"));
+    wait_for("the task to finish elsewhere", Duration::from_secs(60), || {
+        tasks(&url).iter().any(|t| t["task_id"] == id.as_str() && t["state"] == "finished")
+    });
+    let t = tasks(&url).into_iter().find(|t| t["task_id"] == id.as_str()).unwrap();
+    assert_eq!(t["attempt"], 2, "{t}");
+}
