@@ -59,6 +59,10 @@ pub struct MasterOpts {
     /// Least time between allocation cycles (events in between are batched).
     #[arg(long, value_name = "DUR", default_value = "0ms", value_parser = duration)]
     pub allocation_interval: Duration,
+    /// Where the registry lives: `file` (state-dir/registry.redb, survives
+    /// restarts) or `in-memory` (faster; a restart forgets everything).
+    #[arg(long, value_name = "KIND", default_value = "file", value_parser = ["file", "in-memory"])]
+    pub registry: String,
     /// Largest module the artifact store accepts.
     #[arg(long, value_name = "SIZE", default_value = "64MiB", value_parser = size)]
     pub max_module_size: u64,
@@ -71,6 +75,7 @@ impl MasterOpts {
         cfg.agent_timeout = self.agent_timeout;
         cfg.allocation_interval = self.allocation_interval;
         cfg.max_module_bytes = self.max_module_size;
+        cfg.durable_registry = self.registry == "file";
         cfg
     }
 }

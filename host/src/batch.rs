@@ -33,6 +33,9 @@ pub(crate) struct Batch {
     seq: u64,
     pub tasks: HashMap<TaskId, BatchTask>,
     pub suppressed: bool,
+    /// Queued tasks that started elsewhere (adopted after a master restart):
+    /// skipped when their queue entry comes up.
+    taken: std::collections::HashSet<TaskId>,
 }
 
 impl Batch {
@@ -51,7 +54,12 @@ impl Batch {
     }
 
     pub fn queued(&self) -> usize {
-        self.queue.len()
+        self.queue.len().saturating_sub(self.taken.len())
+    }
+
+    /// Removes a queued task from the queue, keeping its batch record (it runs).
+    pub fn take(&mut self, id: &TaskId) {
+        self.taken.insert(id.clone());
     }
 
     /// Drops a task from the queue (killed while queued); lazily skipped on pop.
@@ -66,6 +74,9 @@ impl Batch {
         let mut picked = Vec::new();
         let mut skipped = Vec::new();
         while let Some(entry) = self.queue.pop() {
+            if self.taken.remove(&entry.2) {
+                continue;
+            }
             let Some(t) = self.tasks.get(&entry.2) else { continue }; // forgotten
             let fits = left.contains(&t.resources)
                 && t.constraints.iter().all(|(k, v)| attributes.get(k).is_some_and(|a| a == v));

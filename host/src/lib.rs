@@ -80,6 +80,10 @@ pub struct MasterConfig {
     pub batch_role: Role,
     /// Seed of the allocator's agent shuffle.
     pub seed: u64,
+    /// Keep the registry in `state_dir/registry.redb` (default), or only in
+    /// memory (like Mesos's `--registry=in_memory`: faster, but a restarted
+    /// master forgets everything).
+    pub durable_registry: bool,
     /// Most hosted (Wasm) schedulers at once. Default 64.
     pub max_hosted_frameworks: u32,
     /// Fuel, memory and time limits of every hosted scheduler callback
@@ -102,6 +106,7 @@ impl MasterConfig {
             max_submit_count: DEFAULT_MAX_SUBMIT_COUNT,
             batch_role: Role::new("batch").expect("valid role"),
             seed: 0,
+            durable_registry: true,
             max_hosted_frameworks: DEFAULT_MAX_HOSTED_FRAMEWORKS,
             scheduler_limits: SchedulerLimits::default(),
         }
@@ -135,9 +140,10 @@ pub fn start(cfg: MasterConfig) -> Result<MasterHandle, StartError> {
     let (tx, rx) = tokio::sync::mpsc::channel(COMMAND_QUEUE);
     let scheduler_limits = cfg.scheduler_limits;
     let max_hosted = cfg.max_hosted_frameworks;
-    let (registry, loaded) = store::Registry::open(&cfg.state_dir)?;
-    let hosted_to_restart: Vec<_> = loaded.frameworks.iter().filter(|f| f.hosted).cloned().collect();
-    let master = master::Master::new(cfg, artifacts.clone(), watch.clone(), Some((registry, loaded)));
+    let registry = if cfg.durable_registry { Some(store::Registry::open(&cfg.state_dir)?) } else { None };
+    let hosted_to_restart: Vec<_> =
+        registry.as_ref().map(|(_, l)| l.frameworks.iter().filter(|f| f.hosted).cloned().collect()).unwrap_or_default();
+    let master = master::Master::new(cfg, artifacts.clone(), watch.clone(), registry);
     tokio::spawn(master.run(rx));
     let handle = MasterHandle {
         tx,

@@ -238,7 +238,8 @@ pub(crate) struct Master {
     artifacts: Arc<ArtifactStore>,
     pub(crate) watch: broadcast::Sender<v1::WatchEvent>,
     dirty: bool,
-    registry: Option<crate::store::Registry>,
+    /// The registry writer thread (absent without a registry).
+    writer: Option<std::sync::mpsc::Sender<(crate::store::Changes, Vec<Box<dyn FnOnce() + Send>>)>>,
     dirty_frameworks: HashSet<FrameworkId>,
     dirty_agents: HashSet<AgentId>,
     /// Replies held back until this batch's changes are committed.
@@ -296,7 +297,7 @@ impl Master {
             artifacts,
             watch,
             dirty: false,
-            registry: None,
+            writer: None,
             dirty_frameworks: HashSet::new(),
             dirty_agents: HashSet::new(),
             deferred: Vec::new(),
@@ -308,7 +309,7 @@ impl Master {
         m.batch.suppressed = true;
         if let Some((reg, loaded)) = registry {
             m.restore(loaded);
-            m.registry = Some(reg);
+            m.writer = Some(crate::store::spawn_writer(reg));
         }
         m
     }
@@ -321,6 +322,17 @@ impl Master {
     /// If the commit fails, the replies say so and the master exits: running
     /// on without durability would break the promise the API makes.
     fn persist(&mut self) {
+        if self.writer.is_none() {
+            // In-memory registry: nothing to write.
+            self.tasks.dirty.clear();
+            self.dirty_frameworks.clear();
+            self.dirty_agents.clear();
+            self.flush_outbox();
+            for f in std::mem::take(&mut self.deferred) {
+                f();
+            }
+            return;
+        }
         let mut changes = crate::store::Changes { next_id: self.next_id, ..Default::default() };
         for id in std::mem::take(&mut self.tasks.dirty) {
             if let Some(t) = self.tasks.get(&id) {
@@ -362,15 +374,23 @@ impl Master {
             });
             changes.agents.push((id.to_string(), rec));
         }
-        if let (Some(reg), false) = (&self.registry, changes.is_empty()) {
-            if let Err(e) = reg.commit(&changes) {
-                eprintln!("wasmos master: cannot write the registry: {e}; stopping so nothing unrecorded is acknowledged");
-                std::process::exit(70);
-            }
-        }
+        // Agent commands go out now; replies wait for the commit. A launch the
+        // registry never recorded (master killed before committing) is killed
+        // when its agent reregisters; nothing acknowledged depends on it.
         self.flush_outbox();
-        for f in self.deferred.drain(..) {
-            f();
+        let deferred = std::mem::take(&mut self.deferred);
+        match &self.writer {
+            Some(w) if !changes.is_empty() || !deferred.is_empty() => {
+                // The writer thread commits (grouping queued batches into one
+                // transaction) and then releases the replies, so the event loop
+                // never waits for the disk.
+                let _ = w.send((changes, deferred));
+            }
+            _ => {
+                for f in deferred {
+                    f();
+                }
+            }
         }
     }
 
@@ -605,6 +625,32 @@ impl Master {
             }
         }
         for t in running {
+            // Launched just before the restart but recorded as still queued: adopt it.
+            if let Ok(tid) = TaskId::new(t.task_id.clone()) {
+                let queued = self.tasks.get(&tid).is_some_and(|k| k.agent.is_none() && k.state == TaskState::Staging);
+                if queued {
+                    let (fw, resources) = {
+                        let k = &self.tasks[&tid];
+                        (k.framework.clone(), k.resources.clone())
+                    };
+                    let role = self.frameworks.get(&fw).map(|f| f.role.clone());
+                    let alloc = Allocation::from(resources);
+                    if let Some(role) = role {
+                        if self.alloc.add_allocation(&fw, id, &role, &alloc).is_ok() {
+                            self.batch.take(&tid);
+                            if let Some(k) = self.tasks.get_mut(&tid) {
+                                k.agent = Some(id.clone());
+                                k.allocation = Some(alloc);
+                                k.state = TaskState::Running;
+                            }
+                            if let Some(a) = self.agents.get_mut(id) {
+                                a.tasks.insert(tid.clone());
+                            }
+                            continue;
+                        }
+                    }
+                }
+            }
             let known = TaskId::new(t.task_id.clone()).ok().and_then(|tid| self.tasks.get(&tid)).is_some_and(|k| !k.state.is_terminal() && k.agent.as_ref() == Some(id));
             if !known {
                 let cmd = v1::AgentCommand { command: Some(v1::agent_command::Command::Kill(v1::agent_command::Kill { task_id: t.task_id.clone() })) };
@@ -827,7 +873,13 @@ impl Master {
         let Ok(tid) = TaskId::new(st.task_id.clone()) else { return };
         let Some(state) = wasmos_proto::state_from_wire(st.state) else { return };
         let now = self.clock();
-        let Some(task) = self.tasks.get_mut(&tid) else { return };
+        // Only transitions recovery needs are written to the registry: where a
+        // task ended (or that it got an agent). RUNNING/PAUSED are re-learned
+        // from the agents when they reregister after a master restart.
+        if state.is_terminal() || self.tasks.get(&tid).is_some_and(|t| t.agent.is_none()) {
+            self.tasks.dirty.insert(tid.clone());
+        }
+        let Some(task) = self.tasks.map.get_mut(&tid) else { return };
         if from_agent && !st.uuid.is_empty() {
             if task.applied.contains(&st.uuid) {
                 return;
@@ -1234,7 +1286,14 @@ impl Master {
                 continue;
             };
             let now = now_ms();
-            let task = self.tasks.entry(tid.clone()).or_insert_with(|| Task {
+            // A queued batch task that is launched is not written again until it
+            // ends: after a restart its agent reports it running and the master
+            // adopts it (see reconcile_agent). Other frameworks' tasks are new
+            // here and recorded now.
+            if !queued_here {
+                self.tasks.dirty.insert(tid.clone());
+            }
+            let task = self.tasks.map.entry(tid.clone()).or_insert_with(|| Task {
                 name: spec.name.clone(),
                 framework: fw.clone(),
                 agent: None,

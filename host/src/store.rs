@@ -133,3 +133,46 @@ impl Registry {
         w.commit().map_err(|e| err("commit")(e.to_string()))
     }
 }
+
+type Batch = (Changes, Vec<Box<dyn FnOnce() + Send>>);
+
+/// Starts the registry writer: it takes batches in order, merges whatever is
+/// queued into one transaction (group commit), commits, then runs the held
+/// replies. A failed commit stops the process: acknowledging without a
+/// durable record would break the API's promise.
+pub(crate) fn spawn_writer(reg: Registry) -> std::sync::mpsc::Sender<Batch> {
+    let (tx, rx) = std::sync::mpsc::channel::<Batch>();
+    std::thread::Builder::new()
+        .name("wasmos-registry".into())
+        .spawn(move || {
+            while let Ok(first) = rx.recv() {
+                let mut batches = vec![first];
+                while let Ok(more) = rx.try_recv() {
+                    batches.push(more);
+                    if batches.len() >= 64 {
+                        break;
+                    }
+                }
+                let mut merged = Changes::default();
+                let mut replies = Vec::new();
+                for (c, r) in batches {
+                    merged.tasks.extend(c.tasks);
+                    merged.frameworks.extend(c.frameworks);
+                    merged.agents.extend(c.agents);
+                    merged.next_id = merged.next_id.max(c.next_id);
+                    replies.extend(r);
+                }
+                if !merged.is_empty() {
+                    if let Err(e) = reg.commit(&merged) {
+                        eprintln!("wasmos master: cannot write the registry: {e}; stopping so nothing unrecorded is acknowledged");
+                        std::process::exit(70);
+                    }
+                }
+                for f in replies {
+                    f();
+                }
+            }
+        })
+        .expect("spawning the registry writer");
+    tx
+}

@@ -26,10 +26,14 @@ pub(crate) fn build_engine(cfg: &SandboxConfig) -> Result<Engine, SandboxError> 
     }
     let n = cfg.max_concurrent_tasks;
     let mut pool = PoolingAllocationConfig::default();
+    // Core instances and tables are cheap to reserve: room for every task to
+    // be a big component (componentize-py/-js ones have a dozen core
+    // instances). Memories reserve address space, so two per task, but never
+    // fewer than one task's worth.
     pool.total_component_instances(n)
-        .total_core_instances(n.saturating_mul(4))
-        .total_memories(n.saturating_mul(2))
-        .total_tables(n.saturating_mul(4))
+        .total_core_instances(n.saturating_mul(MAX_INSTANCES_PER_TASK))
+        .total_memories(n.saturating_mul(2).max(MAX_MEMORIES_PER_TASK))
+        .total_tables(n.saturating_mul(MAX_TABLES_PER_TASK))
         .total_stacks(n)
         .max_core_instances_per_component(MAX_INSTANCES_PER_TASK)
         .max_memories_per_component(MAX_MEMORIES_PER_TASK)

@@ -376,10 +376,21 @@ fn bench(root: &Path, which: &[String]) -> Result<()> {
     Ok(())
 }
 
-/// `cargo xtask bench e2e [--tasks N] [--latency-samples N]`: starts a release
-/// `wasmos dev` (one agent with the whole machine) and runs the e2e client
-/// against it over loopback gRPC.
+/// `cargo xtask bench e2e [--registry in-memory] [--tasks N] [--latency-samples N]`:
+/// starts a release `wasmos dev` (one agent with the whole machine; durable
+/// registry unless `--registry in-memory`) and runs the e2e client against it
+/// over loopback gRPC.
 fn bench_e2e(root: &Path, extra: &[String]) -> Result<()> {
+    let (registry, extra): (String, Vec<String>) = match extra.iter().position(|a| a == "--registry") {
+        Some(i) if i + 1 < extra.len() => {
+            let mut rest = extra.to_vec();
+            let v = rest.remove(i + 1);
+            rest.remove(i);
+            (v, rest)
+        }
+        _ => ("file".into(), extra.to_vec()),
+    };
+    let extra = &extra[..];
     use std::io::BufRead;
     run(Command::new("cargo").current_dir(root).args([
         "build",
@@ -393,7 +404,7 @@ fn bench_e2e(root: &Path, extra: &[String]) -> Result<()> {
     ]))?;
     let state = std::env::temp_dir().join(format!("wasmos-bench-{}", std::process::id()));
     let mut dev = Command::new(root.join("target/release/wasmos"))
-        .args(["dev", "--listen", "127.0.0.1:0", "--state-dir"])
+        .args(["dev", "--listen", "127.0.0.1:0", "--registry", &registry, "--state-dir"])
         .arg(&state)
         .stderr(std::process::Stdio::piped())
         .spawn()
