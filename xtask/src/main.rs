@@ -38,9 +38,9 @@ fn real_main() -> Result<()> {
         _ => {
             eprintln!(
                 "usage: cargo xtask <command>\n\n  setup   install guest toolchains (rustup wasm targets, or Debian's \
-                 rustc-web; clang-16 + wasi-libc)\n  guests  build example guests into target/guests/\n  test    setup, \
+                 rustc-web; clang-16 + wasi-libc; Zig, Go, Node packages, componentize-py, grpcio)\n  guests  build example guests into target/guests/\n  test    setup, \
                  guests, then cargo test --workspace\n  demo    run the hello guest under `wasmos run`\n  bench   run \
-                 criterion benchmarks: bench [sandbox|allocator|all]"
+                 criterion benchmarks: bench [sandbox|allocator|all], or bench e2e [--registry in-memory]"
             );
             std::process::exit(2);
         }
