@@ -129,10 +129,6 @@ impl Tasks {
         self.dirty.insert(id.clone());
         Some(t)
     }
-    fn insert(&mut self, id: TaskId, t: Task) {
-        self.dirty.insert(id.clone());
-        self.map.insert(id, t);
-    }
     fn contains_key(&self, id: &TaskId) -> bool {
         self.map.contains_key(id)
     }
@@ -242,6 +238,8 @@ pub(crate) struct Master {
     writer: Option<std::sync::mpsc::Sender<(crate::store::Changes, Vec<Box<dyn FnOnce() + Send>>)>>,
     dirty_frameworks: HashSet<FrameworkId>,
     dirty_agents: HashSet<AgentId>,
+    /// Submissions accepted in this batch, stored as one record each.
+    new_submissions: Vec<v1::StoredSubmission>,
     /// Replies held back until this batch's changes are committed.
     deferred: Vec<Box<dyn FnOnce() + Send>>,
     /// Agent commands held back until this batch's changes are committed.
@@ -300,6 +298,7 @@ impl Master {
             writer: None,
             dirty_frameworks: HashSet::new(),
             dirty_agents: HashSet::new(),
+            new_submissions: Vec::new(),
             deferred: Vec::new(),
             outbox: Vec::new(),
             recovering: HashMap::new(),
@@ -327,6 +326,7 @@ impl Master {
             self.tasks.dirty.clear();
             self.dirty_frameworks.clear();
             self.dirty_agents.clear();
+            self.new_submissions.clear();
             self.flush_outbox();
             for f in std::mem::take(&mut self.deferred) {
                 f();
@@ -363,6 +363,10 @@ impl Master {
                 })
             });
             changes.frameworks.push((id.to_string(), rec));
+        }
+        for sub in std::mem::take(&mut self.new_submissions) {
+            let key = format!("task-{}-{}", sub.tag, sub.first);
+            changes.submissions.push((key, wasmos_proto::encode(&sub)));
         }
         for id in std::mem::take(&mut self.dirty_agents) {
             let rec = self.agents.get(&id).map(|a| {
@@ -772,6 +776,51 @@ impl Master {
                     applied: rec.applied_uuids,
                 },
             );
+        }
+        // Tasks of stored submissions without a record of their own are still
+        // queued (or were launched and will be adopted when their agent
+        // reregisters).
+        for sub in loaded.submissions {
+            let Some(tpl) = sub.template else { continue };
+            let resources = resources_from_wire(tpl.resources.as_ref()).unwrap_or_default();
+            let constraints: Vec<(String, String)> = sub.constraints.iter().map(|a| (a.key.clone(), a.value.clone())).collect();
+            let max_attempts = if sub.max_attempts == 0 { DEFAULT_MAX_ATTEMPTS } else { sub.max_attempts };
+            for n in sub.first..sub.first + sub.count as u64 {
+                let Ok(tid) = TaskId::new(format!("task-{}-{n}", sub.tag)) else { continue };
+                if self.tasks.contains_key(&tid) {
+                    continue;
+                }
+                let mut spec = tpl.clone();
+                spec.task_id = tid.to_string();
+                spec.name = sub.name.clone();
+                self.tasks.map.insert(
+                    tid.clone(),
+                    Task {
+                        name: sub.name.clone(),
+                        framework: self.batch_id.clone(),
+                        agent: None,
+                        spec,
+                        resources: resources.clone(),
+                        allocation: None,
+                        state: TaskState::Staging,
+                        outcome: None,
+                        message: "queued".into(),
+                        submitted_at_ms: sub.submitted_at_ms,
+                        started_at_ms: 0,
+                        finished_at_ms: 0,
+                        attempt: 0,
+                        applied: Vec::new(),
+                    },
+                );
+                order.push((sub.submitted_at_ms, n, tid.clone()));
+                if let Some(f) = self.frameworks.get_mut(&self.batch_id.clone()) {
+                    f.tasks.insert(tid.clone());
+                }
+                self.batch.enqueue(
+                    tid,
+                    BatchTask { resources: resources.clone(), priority: sub.priority, constraints: constraints.clone(), attempts: 0, max_attempts },
+                );
+            }
         }
         order.sort();
         self.task_order = order.into_iter().map(|(_, _, t)| t).collect();
@@ -1613,12 +1662,24 @@ impl Master {
             req.constraints.iter().map(|a| (a.key.clone(), a.value.clone())).collect();
         let now = now_ms();
         let mut ids = Vec::with_capacity(count as usize);
+        // One registry record for the whole submission (ids are consecutive).
+        self.new_submissions.push(v1::StoredSubmission {
+            tag: self.tag.clone(),
+            first: self.next_id + 1,
+            count,
+            template: Some(tpl.clone()),
+            priority: req.priority,
+            constraints: req.constraints.clone(),
+            max_attempts,
+            submitted_at_ms: now,
+            name: base.clone(),
+        });
         for _ in 0..count {
             let tid = TaskId::new(self.fresh("task")).expect("valid id");
             let mut spec = tpl.clone();
             spec.task_id = tid.to_string();
             spec.name = base.clone();
-            self.tasks.insert(
+            self.tasks.map.insert(
                 tid.clone(),
                 Task {
                     name: base.clone(),

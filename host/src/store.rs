@@ -15,6 +15,7 @@ const TASKS: TableDefinition<&str, &[u8]> = TableDefinition::new("tasks");
 const FRAMEWORKS: TableDefinition<&str, &[u8]> = TableDefinition::new("frameworks");
 const AGENTS: TableDefinition<&str, &[u8]> = TableDefinition::new("agents");
 const META: TableDefinition<&str, u64> = TableDefinition::new("meta");
+const SUBMISSIONS: TableDefinition<&str, &[u8]> = TableDefinition::new("submissions");
 
 #[derive(Debug, thiserror::Error)]
 #[error("registry {0}")]
@@ -30,6 +31,7 @@ pub(crate) struct Loaded {
     pub tasks: Vec<v1::StoredTask>,
     pub frameworks: Vec<v1::StoredFramework>,
     pub agents: Vec<v1::StoredAgent>,
+    pub submissions: Vec<v1::StoredSubmission>,
     pub next_id: u64,
     pub epoch: u64,
 }
@@ -40,12 +42,13 @@ pub(crate) struct Changes {
     pub tasks: Vec<(String, Vec<u8>)>,
     pub frameworks: Vec<(String, Option<Vec<u8>>)>,
     pub agents: Vec<(String, Option<Vec<u8>>)>,
+    pub submissions: Vec<(String, Vec<u8>)>,
     pub next_id: u64,
 }
 
 impl Changes {
     pub fn is_empty(&self) -> bool {
-        self.tasks.is_empty() && self.frameworks.is_empty() && self.agents.is_empty()
+        self.tasks.is_empty() && self.frameworks.is_empty() && self.agents.is_empty() && self.submissions.is_empty()
     }
 }
 
@@ -71,6 +74,7 @@ impl Registry {
                 w.open_table(TASKS).map_err(|e| err("tasks")(e.to_string()))?;
                 w.open_table(FRAMEWORKS).map_err(|e| err("frameworks")(e.to_string()))?;
                 w.open_table(AGENTS).map_err(|e| err("agents")(e.to_string()))?;
+                w.open_table(SUBMISSIONS).map_err(|e| err("submissions")(e.to_string()))?;
             }
             w.commit().map_err(|e| err("commit")(e.to_string()))?;
         }
@@ -96,6 +100,15 @@ impl Registry {
             loaded.agents.push(
                 wasmos_proto::decode(v.value())
                     .ok_or_else(|| StoreError(format!("agent record {:?} is damaged", k.value())))?,
+            );
+        }
+        drop(t);
+        let t = r.open_table(SUBMISSIONS).map_err(|e| err("submissions")(e.to_string()))?;
+        for row in t.iter().map_err(|e| err("submissions")(e.to_string()))? {
+            let (k, v) = row.map_err(|e| err("submissions")(e.to_string()))?;
+            loaded.submissions.push(
+                wasmos_proto::decode(v.value())
+                    .ok_or_else(|| StoreError(format!("submission record {:?} is damaged", k.value())))?,
             );
         }
         drop(t);
@@ -126,6 +139,10 @@ impl Registry {
                     None => a.remove(k.as_str()).map(|_| ()),
                 }
                 .map_err(|e| err("agents")(e.to_string()))?;
+            }
+            let mut sub = w.open_table(SUBMISSIONS).map_err(|e| err("submissions")(e.to_string()))?;
+            for (k, v) in &changes.submissions {
+                sub.insert(k.as_str(), v.as_slice()).map_err(|e| err("submissions")(e.to_string()))?;
             }
             let mut m = w.open_table(META).map_err(|e| err("meta")(e.to_string()))?;
             m.insert("next_id", changes.next_id).map_err(|e| err("meta")(e.to_string()))?;
@@ -159,6 +176,7 @@ pub(crate) fn spawn_writer(reg: Registry) -> std::sync::mpsc::Sender<Batch> {
                     merged.tasks.extend(c.tasks);
                     merged.frameworks.extend(c.frameworks);
                     merged.agents.extend(c.agents);
+                    merged.submissions.extend(c.submissions);
                     merged.next_id = merged.next_id.max(c.next_id);
                     replies.extend(r);
                 }
