@@ -547,9 +547,25 @@ impl Master {
             AgentId::new(req.agent_id.clone()).map_err(|e| Status::invalid_argument(e.to_string()))?
         };
         if let Some(existing) = self.agents.get_mut(&id) {
-            // Reregistration of a known agent (e.g. its stream broke).
+            // Reregistration of a known agent (e.g. its stream broke): tasks it
+            // runs that are no longer its own are killed.
             existing.last_seen = Instant::now();
             existing.info = info;
+            let stray: Vec<String> = req
+                .running_tasks
+                .iter()
+                .filter(|t| {
+                    TaskId::new(t.task_id.clone())
+                        .ok()
+                        .and_then(|tid| self.tasks.get(&tid))
+                        .is_none_or(|k| k.state.is_terminal() || k.agent.as_ref() != Some(&id))
+                })
+                .map(|t| t.task_id.clone())
+                .collect();
+            for t in stray {
+                let cmd = v1::AgentCommand { command: Some(v1::agent_command::Command::Kill(v1::agent_command::Kill { task_id: t })) };
+                self.send_agent(&id, cmd);
+            }
             return Ok(v1::RegisterAgentResponse {
                 agent_id: id.to_string(),
                 heartbeat_interval_ms: self.cfg.agent_heartbeat_interval.as_millis() as u64,
@@ -582,9 +598,8 @@ impl Master {
         let _ = self.watch.send(v1::WatchEvent { event: Some(v1::watch_event::Event::AgentAdded(summary)) });
         self.dirty_agents.insert(id.clone());
         self.dirty = true;
-        if self.recovering.remove(&id).is_some() {
-            self.reconcile_agent(&id, &req.running_tasks);
-        }
+        self.recovering.remove(&id);
+        self.reconcile_agent(&id, &req.running_tasks);
         Ok(v1::RegisterAgentResponse {
             agent_id: id.to_string(),
             heartbeat_interval_ms: self.cfg.agent_heartbeat_interval.as_millis() as u64,
@@ -941,8 +956,14 @@ impl Master {
         if task.state.is_terminal() {
             return;
         }
-        if task.agent.is_none() && from_agent {
-            task.agent = AgentId::new(st.agent_id.clone()).ok();
+        if from_agent {
+            match &task.agent {
+                None => task.agent = AgentId::new(st.agent_id.clone()).ok(),
+                // An update from an agent the task has left (it was lost there
+                // and runs elsewhere now): stale, not applied.
+                Some(a) if a.as_str() != st.agent_id => return,
+                Some(_) => {}
+            }
         }
         task.state = state;
         if !st.message.is_empty() {
