@@ -129,6 +129,9 @@ struct Shared {
     uuids: Uuids,
     updates: mpsc::UnboundedSender<v1::TaskStatus>,
     controls: Mutex<HashMap<String, TaskControl>>,
+    /// Tasks with status updates not yet acknowledged (count per task): the
+    /// master must not give these up as lost when we reregister.
+    unacked: Mutex<HashMap<String, usize>>,
     modules: Mutex<HashMap<String, ModuleCell>>,
 }
 
@@ -146,6 +149,7 @@ impl Shared {
     }
 
     fn send_status(&self, task: &str, fw: &str, state: v1::TaskState, message: String, outcome: Option<v1::Outcome>) {
+        *self.unacked.lock().unwrap_or_else(|e| e.into_inner()).entry(task.to_string()).or_default() += 1;
         let _ = self.updates.send(v1::TaskStatus {
             task_id: task.to_string(),
             framework_id: fw.to_string(),
@@ -358,10 +362,24 @@ async fn updater(shared: Arc<Shared>, mut rx: mpsc::UnboundedReceiver<v1::TaskSt
             Ok(acks) => {
                 let acked: std::collections::HashSet<Vec<u8>> = acks.into_inner().uuids.into_iter().collect();
                 let mut i = 0;
+                let mut done = Vec::new();
                 pending.retain(|u| {
                     i += 1;
-                    !(i <= n && acked.contains(&u.uuid))
+                    let ack = i <= n && acked.contains(&u.uuid);
+                    if ack {
+                        done.push(u.task_id.clone());
+                    }
+                    !ack
                 });
+                let mut un = shared.unacked.lock().unwrap_or_else(|e| e.into_inner());
+                for t in done {
+                    if let Some(c) = un.get_mut(&t) {
+                        *c -= 1;
+                        if *c == 0 {
+                            un.remove(&t);
+                        }
+                    }
+                }
                 backoff = Duration::from_millis(50);
             }
             Err(_) => {
@@ -419,6 +437,7 @@ pub async fn run(cfg: AgentConfig, shutdown: impl Future<Output = ()> + Send) ->
         uuids: Uuids::new(),
         updates: utx,
         controls: Mutex::new(HashMap::new()),
+        unacked: Mutex::new(HashMap::new()),
         modules: Mutex::new(HashMap::new()),
     });
     let heartbeat = match register(&shared).await {

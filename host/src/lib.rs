@@ -224,3 +224,23 @@ pub async fn run(
     serve_with(handle, listener, shutdown).await?;
     Ok(())
 }
+
+/// The tasks a (stopped) master's registry holds, by id, with their state
+/// names: what `cargo xtask chaos` compares with the Operator API. Tasks of a
+/// submission without a record of their own are `staging` (queued).
+pub fn registry_tasks(state_dir: &std::path::Path) -> Result<std::collections::BTreeMap<String, String>, StartError> {
+    let (_reg, loaded) = store::Registry::open(state_dir)?;
+    let mut out = std::collections::BTreeMap::new();
+    for t in loaded.tasks {
+        if let Some(s) = t.summary {
+            let state = wasmos_proto::state_from_wire(s.state).map(|x| x.to_string()).unwrap_or_default();
+            out.insert(s.task_id, state);
+        }
+    }
+    for sub in loaded.submissions {
+        for n in sub.first..sub.first + sub.count as u64 {
+            out.entry(format!("task-{}-{n}", sub.tag)).or_insert_with(|| "staging".to_string());
+        }
+    }
+    Ok(out)
+}

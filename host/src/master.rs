@@ -145,6 +145,10 @@ impl std::ops::Index<&TaskId> for Tasks {
     }
 }
 
+/// How long after an agent reregisters a task it did not report may still get
+/// its (resent) final update before it is declared LOST.
+const UNREPORTED_GRACE: Duration = Duration::from_secs(5);
+
 /// How many applied status-update UUIDs are remembered per task (duplicates
 /// come from resends of recent updates only).
 const APPLIED_UUIDS_KEPT: usize = 16;
@@ -244,6 +248,9 @@ pub(crate) struct Master {
     deferred: Vec<Box<dyn FnOnce() + Send>>,
     /// Agent commands held back until this batch's changes are committed.
     outbox: Vec<(AgentId, v1::AgentCommand)>,
+    /// Tasks their agent did not report at reregistration: LOST at the deadline
+    /// unless an update for them arrives first.
+    unreported: HashMap<TaskId, Instant>,
     /// Agents known from the registry that have not reregistered since the
     /// master started, with the deadline for doing so.
     recovering: HashMap<AgentId, Instant>,
@@ -301,6 +308,7 @@ impl Master {
             new_submissions: Vec::new(),
             deferred: Vec::new(),
             outbox: Vec::new(),
+            unreported: HashMap::new(),
             recovering: HashMap::new(),
         };
         // Nothing queued yet: no offers for the batch framework until a submit.
@@ -436,6 +444,7 @@ impl Master {
                     self.dirty = true;
                     self.check_agents();
                     self.expire_recovering();
+                    self.expire_unreported();
                     self.expire_frameworks();
                     if last_fw_heartbeat.elapsed() >= self.cfg.framework_heartbeat_interval {
                         last_fw_heartbeat = Instant::now();
@@ -638,9 +647,10 @@ impl Master {
                     a.tasks.insert(tid);
                 }
             } else {
-                let fw = self.tasks[&tid].framework.clone();
-                let st = status(&tid, &fw, Some(id), v1::TaskState::TaskLost, "agent_failover", format!("task was not running on agent {id} after the master restarted"));
-                self.apply_status(st, false);
+                // Not running there: its final update may still be on its way
+                // (resent after the failover), so it is declared LOST only if
+                // nothing arrives within the grace period.
+                self.unreported.insert(tid, Instant::now() + UNREPORTED_GRACE);
             }
         }
         for t in running {
@@ -675,6 +685,24 @@ impl Master {
                 let cmd = v1::AgentCommand { command: Some(v1::agent_command::Command::Kill(v1::agent_command::Kill { task_id: t.task_id.clone() })) };
                 self.send_agent(id, cmd);
             }
+        }
+    }
+
+    /// Tasks an agent did not report at reregistration and that got no update since.
+    fn expire_unreported(&mut self) {
+        let now = Instant::now();
+        let due: Vec<TaskId> = self.unreported.iter().filter(|(_, d)| **d <= now).map(|(k, _)| k.clone()).collect();
+        for tid in due {
+            self.unreported.remove(&tid);
+            let Some(t) = self.tasks.get(&tid) else { continue };
+            if t.state.is_terminal() {
+                continue;
+            }
+            let (fw, agent) = (t.framework.clone(), t.agent.clone());
+            let st = status(&tid, &fw, agent.as_ref(), v1::TaskState::TaskLost, "agent_failover", format!(
+                "task was not running on agent {} after the master restarted", agent.as_ref().map(|a| a.as_str()).unwrap_or("?")
+            ));
+            self.apply_status(st, false);
         }
     }
 
@@ -957,6 +985,7 @@ impl Master {
             return;
         }
         if from_agent {
+            self.unreported.remove(&tid);
             match &task.agent {
                 None => task.agent = AgentId::new(st.agent_id.clone()).ok(),
                 // An update from an agent the task has left (it was lost there

@@ -35,12 +35,13 @@ fn real_main() -> Result<()> {
         Some("test") => test(&root, &args[1..]),
         Some("demo") => demo(&root),
         Some("bench") => bench(&root, &args[1..]),
+        Some("chaos") => chaos(&root, &args[1..]),
         _ => {
             eprintln!(
                 "usage: cargo xtask <command>\n\n  setup   install guest toolchains (rustup wasm targets, or Debian's \
                  rustc-web; clang-16 + wasi-libc; Zig, Go, Node packages, componentize-py, grpcio)\n  guests  build example guests into target/guests/\n  test    setup, \
                  guests, then cargo test --workspace\n  demo    run the hello guest under `wasmos run`\n  bench   run \
-                 criterion benchmarks: bench [sandbox|allocator|all], or bench e2e [--registry in-memory]"
+                 criterion benchmarks: bench [sandbox|allocator|all], or bench e2e [--registry in-memory]\n  chaos   fault injection with real processes: chaos [--tasks N] [--framework-tasks N]"
             );
             std::process::exit(2);
         }
@@ -312,7 +313,23 @@ fn test(root: &Path, extra: &[String]) -> Result<()> {
     // Cheap when already installed; covers machines whose guests were built
     // before the Python example existed.
     setup_python(root)?;
-    run(Command::new("cargo").current_dir(root).args(["test", "--workspace"]).args(extra))
+    run(Command::new("cargo").current_dir(root).args(["test", "--workspace"]).args(extra))?;
+    // The fault-injection suite, at a size that keeps CI short.
+    chaos(root, &["--tasks".into(), "600".into(), "--framework-tasks".into(), "40".into()])
+}
+
+/// `cargo xtask chaos [--tasks N] [--framework-tasks N]`: the fault-injection
+/// suite with real `wasmos master`/`wasmos agent` processes (see
+/// cli/examples/chaos.rs). Debug build, so it reuses the test build.
+fn chaos(root: &Path, extra: &[String]) -> Result<()> {
+    guests(root)?;
+    run(Command::new("cargo").current_dir(root).args(["build", "--quiet", "-p", "wasmos", "--bin", "wasmos", "--example", "chaos"]))?;
+    run(Command::new(root.join("target/debug/examples/chaos"))
+        .arg("--wasmos")
+        .arg(root.join("target/debug/wasmos"))
+        .arg("--guests")
+        .arg(guests_dir(root))
+        .args(extra))
 }
 
 /// The README's first command: a `wasmos dev` cluster (master + one agent in
