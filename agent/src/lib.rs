@@ -2,7 +2,9 @@
 //! runs launched tasks in the sandbox, and reports their status updates, each
 //! with a UUID, resending them until the master acknowledges them.
 
-use std::collections::HashMap;
+mod checkpoint;
+
+use std::collections::{HashMap, HashSet};
 use std::future::Future;
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -55,6 +57,9 @@ pub struct AgentConfig {
     pub update_batch: usize,
     /// Longest wait between reconnection attempts (exponential, capped). Default 10 s.
     pub max_backoff: Duration,
+    /// Keep a checkpoint in the work dir (agent id, launched tasks,
+    /// unacknowledged updates) so a restarted agent resumes. Default on.
+    pub checkpoint: bool,
 }
 
 impl AgentConfig {
@@ -73,6 +78,7 @@ impl AgentConfig {
             sandbox,
             update_batch: DEFAULT_UPDATE_BATCH,
             max_backoff: DEFAULT_MAX_BACKOFF,
+            checkpoint: true,
         }
     }
 }
@@ -133,6 +139,7 @@ struct Shared {
     /// master must not give these up as lost when we reregister.
     unacked: Mutex<HashMap<String, usize>>,
     modules: Mutex<HashMap<String, ModuleCell>>,
+    checkpoint: Option<checkpoint::Checkpoint>,
 }
 
 /// One module per hash, fetched and compiled once even when many launches
@@ -306,6 +313,12 @@ fn handle_command(shared: &Arc<Shared>, cmd: v1::AgentCommand) {
     let control_of = |id: &str| shared.controls.lock().unwrap_or_else(|e| e.into_inner()).get(id).cloned();
     match cmd.command {
         Some(Command::Launch(l)) => {
+            if let Some(cp) = &shared.checkpoint {
+                let ids: Vec<(String, String)> = l.tasks.iter().map(|t| (t.task_id.clone(), l.framework_id.clone())).collect();
+                if let Err(e) = cp.launched(&ids) {
+                    eprintln!("wasmos agent: checkpoint: {e}");
+                }
+            }
             for spec in l.tasks {
                 if TaskId::new(spec.task_id.clone()).is_err() {
                     continue;
@@ -337,8 +350,10 @@ fn handle_command(shared: &Arc<Shared>, cmd: v1::AgentCommand) {
 }
 
 /// Sends status updates in batches; keeps each until the master acknowledges it.
-async fn updater(shared: Arc<Shared>, mut rx: mpsc::UnboundedReceiver<v1::TaskStatus>) {
+async fn updater(shared: Arc<Shared>, mut rx: mpsc::UnboundedReceiver<v1::TaskStatus>, restored: Vec<Vec<u8>>) {
     let mut pending: Vec<v1::TaskStatus> = Vec::new();
+    // Updates already in the checkpoint.
+    let mut saved: HashSet<Vec<u8>> = restored.into_iter().collect();
     let mut backoff = Duration::from_millis(50);
     loop {
         if pending.is_empty() {
@@ -358,19 +373,39 @@ async fn updater(shared: Arc<Shared>, mut rx: mpsc::UnboundedReceiver<v1::TaskSt
         }
         let batch: Vec<v1::TaskStatus> = pending.iter().take(shared.cfg.update_batch).cloned().collect();
         let n = batch.len();
+        if let Some(cp) = &shared.checkpoint {
+            let unsaved: Vec<&v1::TaskStatus> = batch.iter().filter(|u| !saved.contains(&u.uuid)).collect();
+            match cp.save_updates(&unsaved) {
+                Ok(()) => saved.extend(unsaved.iter().map(|u| u.uuid.clone())),
+                Err(e) => eprintln!("wasmos agent: checkpoint: {e}"),
+            }
+        }
         match shared.client().update(v1::StatusUpdates { agent_id: shared.agent_id(), updates: batch }).await {
             Ok(acks) => {
                 let acked: std::collections::HashSet<Vec<u8>> = acks.into_inner().uuids.into_iter().collect();
                 let mut i = 0;
                 let mut done = Vec::new();
+                let mut ended = Vec::new();
                 pending.retain(|u| {
                     i += 1;
                     let ack = i <= n && acked.contains(&u.uuid);
                     if ack {
                         done.push(u.task_id.clone());
+                        if wasmos_proto::state_from_wire(u.state).is_some_and(|s| s.is_terminal()) {
+                            ended.push(u.task_id.clone());
+                        }
                     }
                     !ack
                 });
+                if let Some(cp) = &shared.checkpoint {
+                    let uuids: Vec<Vec<u8>> = acked.iter().cloned().collect();
+                    for u in &uuids {
+                        saved.remove(u);
+                    }
+                    if let Err(e) = cp.acked(&uuids, &ended) {
+                        eprintln!("wasmos agent: checkpoint: {e}");
+                    }
+                }
                 let mut un = shared.unacked.lock().unwrap_or_else(|e| e.into_inner());
                 for t in done {
                     if let Some(c) = un.get_mut(&t) {
@@ -418,6 +453,11 @@ async fn register(shared: &Shared) -> Result<Duration, tonic::Status> {
         })
         .await?
         .into_inner();
+    if let Some(cp) = &shared.checkpoint {
+        if let Err(e) = cp.set_agent_id(&resp.agent_id) {
+            eprintln!("wasmos agent: checkpoint: {e}");
+        }
+    }
     *shared.agent_id.lock().unwrap_or_else(|e| e.into_inner()) = resp.agent_id;
     Ok(Duration::from_millis(resp.heartbeat_interval_ms.max(100)))
 }
@@ -428,24 +468,49 @@ pub async fn run(cfg: AgentConfig, shutdown: impl Future<Output = ()> + Send) ->
     std::fs::create_dir_all(&cfg.work_dir).map_err(|e| AgentError::WorkDir(cfg.work_dir.clone(), e))?;
     let sandbox = Sandbox::new(cfg.sandbox.clone())?;
     let channel = connect(&cfg.master, cfg.max_backoff).await?;
+    let (checkpoint, restored) = if cfg.checkpoint {
+        match checkpoint::Checkpoint::open(&cfg.work_dir) {
+            Ok((c, r)) => (Some(c), r),
+            Err(e) => return Err(AgentError::WorkDir(cfg.work_dir.clone(), std::io::Error::other(e))),
+        }
+    } else {
+        (None, checkpoint::Restored::default())
+    };
     let (utx, urx) = mpsc::unbounded_channel();
     let shared = Arc::new(Shared {
         cfg,
         sandbox,
         channel,
-        agent_id: Mutex::new(String::new()),
+        agent_id: Mutex::new(restored.agent_id.clone()),
         uuids: Uuids::new(),
         updates: utx,
         controls: Mutex::new(HashMap::new()),
         unacked: Mutex::new(HashMap::new()),
         modules: Mutex::new(HashMap::new()),
+        checkpoint,
     });
+    // Resume from the checkpoint: resend what was not acknowledged; tasks that
+    // were running when the previous process died are LOST.
+    let restored_uuids: Vec<Vec<u8>> = restored.updates.iter().map(|u| u.uuid.clone()).collect();
+    let mut ended: HashSet<String> = HashSet::new();
+    for u in restored.updates {
+        if wasmos_proto::state_from_wire(u.state).is_some_and(|s| s.is_terminal()) {
+            ended.insert(u.task_id.clone());
+        }
+        *shared.unacked.lock().unwrap_or_else(|e| e.into_inner()).entry(u.task_id.clone()).or_default() += 1;
+        let _ = shared.updates.send(u);
+    }
+    for (task, fw) in restored.tasks {
+        if !ended.contains(&task) {
+            shared.send_status(&task, &fw, v1::TaskState::TaskLost, "the agent restarted while the task ran".into(), None);
+        }
+    }
     let heartbeat = match register(&shared).await {
         Ok(h) => h,
         Err(s) if s.code() == tonic::Code::InvalidArgument => return Err(AgentError::Refused(s.message().to_string())),
         Err(_) => Duration::from_secs(1),
     };
-    let updater = tokio::spawn(updater(shared.clone(), urx));
+    let updater = tokio::spawn(updater(shared.clone(), urx, restored_uuids));
     let hb_shared = shared.clone();
     let heartbeats = tokio::spawn(async move {
         let mut t = tokio::time::interval(heartbeat);

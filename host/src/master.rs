@@ -987,6 +987,8 @@ impl Master {
         if from_agent {
             self.unreported.remove(&tid);
             match &task.agent {
+                // A LOST report for a task that is queued again: stale.
+                None if state == TaskState::Lost => return,
                 None => task.agent = AgentId::new(st.agent_id.clone()).ok(),
                 // An update from an agent the task has left (it was lost there
                 // and runs elsewhere now): stale, not applied.

@@ -155,3 +155,33 @@ fn agent_kill_9_tasks_are_retried_on_a_new_agent() {
     let t = tasks(&url).into_iter().find(|t| t["task_id"] == id.as_str()).unwrap();
     assert_eq!(t["attempt"], 2, "{t}");
 }
+
+#[test]
+fn agent_restarts_from_its_checkpoint_under_the_same_id() {
+    let tmp = tempfile::tempdir().unwrap();
+    let port = free_port();
+    let url = format!("http://127.0.0.1:{port}");
+    let _m = master(&tmp.path().join("master"), port);
+    let work = tmp.path().join("agent");
+    let mut a = agent(&url, &work);
+    let id_of = |url: &str| lines(&cli(url, &["agents", "--json"])).first().map(|a| a["agent_id"].as_str().unwrap().to_string());
+    wait_for("the agent", Duration::from_secs(90), || id_of(&url).is_some());
+    let first_id = id_of(&url).unwrap();
+    let n = tmp.path().join("n.txt");
+    std::fs::write(&n, "5000000").unwrap();
+    let o = cli(&url, &["submit", "--cpus", "1", "--input", n.to_str().unwrap(), &guest("primes")]);
+    let id = String::from_utf8_lossy(&o.stdout).trim().to_string();
+    wait_for("the task to run", Duration::from_secs(90), || tasks(&url).iter().any(|t| t["task_id"] == id.as_str() && t["state"] == "running"));
+    a.0.kill().unwrap();
+    a.0.wait().unwrap();
+    let _a2 = agent(&url, &work);
+    wait_for("the task to finish after a retry", Duration::from_secs(120), || {
+        tasks(&url).iter().any(|t| t["task_id"] == id.as_str() && t["state"] == "finished")
+    });
+    let t = tasks(&url).into_iter().find(|t| t["task_id"] == id.as_str()).unwrap();
+    assert_eq!(t["attempt"], 2, "{t}");
+    assert_eq!(t["agent_id"].as_str(), Some(first_id.as_str()), "it ran again on the same agent");
+    let agents = lines(&cli(&url, &["agents", "--json"]));
+    assert_eq!(agents.len(), 1, "the restarted agent came back under its id: {agents:?}");
+    assert_eq!(agents[0]["agent_id"].as_str(), Some(first_id.as_str()));
+}
