@@ -313,12 +313,6 @@ fn handle_command(shared: &Arc<Shared>, cmd: v1::AgentCommand) {
     let control_of = |id: &str| shared.controls.lock().unwrap_or_else(|e| e.into_inner()).get(id).cloned();
     match cmd.command {
         Some(Command::Launch(l)) => {
-            if let Some(cp) = &shared.checkpoint {
-                let ids: Vec<(String, String)> = l.tasks.iter().map(|t| (t.task_id.clone(), l.framework_id.clone())).collect();
-                if let Err(e) = cp.launched(&ids) {
-                    eprintln!("wasmos agent: checkpoint: {e}");
-                }
-            }
             for spec in l.tasks {
                 if TaskId::new(spec.task_id.clone()).is_err() {
                     continue;
@@ -373,14 +367,9 @@ async fn updater(shared: Arc<Shared>, mut rx: mpsc::UnboundedReceiver<v1::TaskSt
         }
         let batch: Vec<v1::TaskStatus> = pending.iter().take(shared.cfg.update_batch).cloned().collect();
         let n = batch.len();
-        if let Some(cp) = &shared.checkpoint {
-            let unsaved: Vec<&v1::TaskStatus> = batch.iter().filter(|u| !saved.contains(&u.uuid)).collect();
-            match cp.save_updates(&unsaved) {
-                Ok(()) => saved.extend(unsaved.iter().map(|u| u.uuid.clone())),
-                Err(e) => eprintln!("wasmos agent: checkpoint: {e}"),
-            }
-        }
-        match shared.client().update(v1::StatusUpdates { agent_id: shared.agent_id(), updates: batch }).await {
+        let mut client = shared.client();
+        let result = client.update(v1::StatusUpdates { agent_id: shared.agent_id(), updates: batch }).await;
+        match result {
             Ok(acks) => {
                 let acked: std::collections::HashSet<Vec<u8>> = acks.into_inner().uuids.into_iter().collect();
                 let mut i = 0;
@@ -397,14 +386,19 @@ async fn updater(shared: Arc<Shared>, mut rx: mpsc::UnboundedReceiver<v1::TaskSt
                     }
                     !ack
                 });
-                if let Some(cp) = &shared.checkpoint {
-                    let uuids: Vec<Vec<u8>> = acked.iter().cloned().collect();
+                if shared.checkpoint.is_some() && acked.iter().any(|u| saved.contains(u)) {
+                    let uuids: Vec<Vec<u8>> = acked.iter().filter(|u| saved.contains(*u)).cloned().collect();
                     for u in &uuids {
                         saved.remove(u);
                     }
-                    if let Err(e) = cp.acked(&uuids, &ended) {
-                        eprintln!("wasmos agent: checkpoint: {e}");
-                    }
+                    // Forgetting need not wait: a stale entry after a crash is only
+                    // resent, and the master drops the duplicate by its UUID.
+                    let sh = shared.clone();
+                    tokio::task::spawn_blocking(move || {
+                        if let Some(Err(e)) = sh.checkpoint.as_ref().map(|cp| cp.acked(&uuids, &ended)) {
+                            eprintln!("wasmos agent: checkpoint: {e}");
+                        }
+                    });
                 }
                 let mut un = shared.unacked.lock().unwrap_or_else(|e| e.into_inner());
                 for t in done {
@@ -418,6 +412,26 @@ async fn updater(shared: Arc<Shared>, mut rx: mpsc::UnboundedReceiver<v1::TaskSt
                 backoff = Duration::from_millis(50);
             }
             Err(_) => {
+                // The master cannot be reached: from now on what waits here is
+                // kept in the checkpoint, so it survives an agent restart and
+                // is delivered when the master is back (edge agents). While the
+                // master answers, updates are acknowledged within a round trip
+                // and are not written (an agent that dies in that window has its
+                // tasks declared LOST and retried).
+                let unsaved: Vec<v1::TaskStatus> = pending.iter().filter(|u| !saved.contains(&u.uuid)).cloned().collect();
+                if shared.checkpoint.is_some() && !unsaved.is_empty() {
+                    let sh = shared.clone();
+                    let ok = tokio::task::spawn_blocking(move || {
+                        let refs: Vec<&v1::TaskStatus> = unsaved.iter().collect();
+                        sh.checkpoint.as_ref().map(|cp| cp.save_updates(&refs).map(|()| unsaved.iter().map(|u| u.uuid.clone()).collect::<Vec<_>>()))
+                    })
+                    .await;
+                    match ok {
+                        Ok(Some(Ok(uuids))) => saved.extend(uuids),
+                        Ok(Some(Err(e))) => eprintln!("wasmos agent: checkpoint: {e}"),
+                        _ => {}
+                    }
+                }
                 tokio::time::sleep(backoff).await;
                 backoff = (backoff * 2).min(shared.cfg.max_backoff);
             }

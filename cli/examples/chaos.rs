@@ -192,6 +192,13 @@ async fn wait_up(url: &str, timeout: Duration) -> Option<Duration> {
 
 #[tokio::main(flavor = "multi_thread", worker_threads = 2)]
 async fn main() {
+    // All processes are owned by `chaos()` and killed when it returns, also
+    // when an invariant failed: only then does the exit code say so.
+    let ok = chaos().await;
+    std::process::exit(if ok { 0 } else { 1 });
+}
+
+async fn chaos() -> bool {
     let args: Vec<String> = std::env::args().collect();
     let wasmos = PathBuf::from(arg(&args, "--wasmos").expect("--wasmos PATH"));
     let guests = PathBuf::from(arg(&args, "--guests").expect("--guests DIR"));
@@ -433,6 +440,7 @@ async fn main() {
             println!("    - {f}");
         }
         println!("0 passed, 1 failed");
-        std::process::exit(1);
+        return false;
     }
+    true
 }

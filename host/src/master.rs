@@ -575,6 +575,20 @@ impl Master {
                 let cmd = v1::AgentCommand { command: Some(v1::agent_command::Command::Kill(v1::agent_command::Kill { task_id: t })) };
                 self.send_agent(&id, cmd);
             }
+            // Tasks the master has there that the agent no longer knows (it
+            // restarted without its checkpoint): LOST after the grace period,
+            // unless their final update arrives first.
+            let reported: HashSet<&str> = req.running_tasks.iter().map(|t| t.task_id.as_str()).collect();
+            let missing: Vec<TaskId> = self
+                .tasks
+                .map
+                .iter()
+                .filter(|(k, t)| t.agent.as_ref() == Some(&id) && !t.state.is_terminal() && !reported.contains(k.as_str()))
+                .map(|(k, _)| k.clone())
+                .collect();
+            for tid in missing {
+                self.unreported.entry(tid).or_insert_with(|| Instant::now() + UNREPORTED_GRACE);
+            }
             return Ok(v1::RegisterAgentResponse {
                 agent_id: id.to_string(),
                 heartbeat_interval_ms: self.cfg.agent_heartbeat_interval.as_millis() as u64,
