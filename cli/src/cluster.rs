@@ -7,14 +7,8 @@ use std::process::ExitCode;
 use std::time::Duration;
 
 use wasmos_host::MasterConfig;
-use wasmos_model::{Resources, Scalar, parse_duration, parse_size};
+use wasmos_model::{Resources, Scalar};
 
-fn duration(s: &str) -> Result<Duration, String> {
-    parse_duration(s).map_err(|e| e.to_string())
-}
-fn size(s: &str) -> Result<u64, String> {
-    parse_size(s).map_err(|e| e.to_string())
-}
 fn resources(s: &str) -> Result<Resources, String> {
     let r = Resources::parse(s).map_err(|e| e.to_string())?;
     if r.is_empty() {
@@ -51,20 +45,36 @@ pub struct MasterOpts {
     #[arg(long, value_name = "DIR")]
     pub state_dir: Option<PathBuf>,
     /// How often agents heartbeat.
-    #[arg(long, value_name = "DUR", default_value = "1s", value_parser = duration)]
+    #[arg(long, value_name = "DUR", default_value = "1s", value_parser = crate::args::duration)]
     pub agent_heartbeat: Duration,
     /// Silence after which an agent is removed and its tasks are LOST.
-    #[arg(long, value_name = "DUR", default_value = "15s", value_parser = duration)]
+    #[arg(long, value_name = "DUR", default_value = "15s", value_parser = crate::args::duration)]
     pub agent_timeout: Duration,
+    /// After a master restart, how long agents from the registry have to
+    /// reregister before their tasks are LOST.
+    #[arg(long, value_name = "DUR", default_value = "2m", value_parser = crate::args::duration)]
+    pub agent_reregister_timeout: Duration,
+    /// Most hosted (Wasm) schedulers at once.
+    #[arg(long, value_name = "N", default_value_t = wasmos_host::DEFAULT_MAX_HOSTED_FRAMEWORKS)]
+    pub max_hosted_frameworks: u32,
+    /// Fuel each hosted scheduler callback may use.
+    #[arg(long, value_name = "N", default_value_t = wasmos_sandbox::DEFAULT_CALLBACK_FUEL)]
+    pub scheduler_fuel: u64,
+    /// Memory (plus tables) a hosted scheduler may hold.
+    #[arg(long, value_name = "SIZE", default_value = "64MiB", value_parser = crate::args::size)]
+    pub scheduler_mem: u64,
+    /// Wall-clock limit of one hosted scheduler callback.
+    #[arg(long, value_name = "DUR", default_value = "1s", value_parser = crate::args::duration)]
+    pub scheduler_timeout: Duration,
     /// Least time between allocation cycles (events in between are batched).
-    #[arg(long, value_name = "DUR", default_value = "0ms", value_parser = duration)]
+    #[arg(long, value_name = "DUR", default_value = "0ms", value_parser = crate::args::duration)]
     pub allocation_interval: Duration,
     /// Where the registry lives: `file` (state-dir/registry.redb, survives
     /// restarts) or `in-memory` (faster; a restart forgets everything).
     #[arg(long, value_name = "KIND", default_value = "file", value_parser = ["file", "in-memory"])]
     pub registry: String,
     /// Largest module the artifact store accepts.
-    #[arg(long, value_name = "SIZE", default_value = "64MiB", value_parser = size)]
+    #[arg(long, value_name = "SIZE", default_value = "64MiB", value_parser = crate::args::size)]
     pub max_module_size: u64,
 }
 
@@ -76,6 +86,13 @@ impl MasterOpts {
         cfg.allocation_interval = self.allocation_interval;
         cfg.max_module_bytes = self.max_module_size;
         cfg.durable_registry = self.registry == "file";
+        cfg.agent_reregister_timeout = self.agent_reregister_timeout;
+        cfg.max_hosted_frameworks = self.max_hosted_frameworks;
+        cfg.scheduler_limits = wasmos_host::SchedulerLimits {
+            fuel_per_callback: self.scheduler_fuel,
+            mem: self.scheduler_mem,
+            timeout: self.scheduler_timeout,
+        };
         cfg
     }
 }

@@ -1,5 +1,6 @@
 //! The `wasmos` command. `main` stays thin: each subcommand lives in its own module.
 
+mod args;
 mod client;
 mod cluster;
 mod framework;

@@ -5,7 +5,7 @@ use std::process::ExitCode;
 use std::sync::Arc;
 use std::time::Duration;
 
-use wasmos_model::{Limits, Outcome, OutcomeKind, format_size, parse_duration, parse_size};
+use wasmos_model::{Limits, Outcome, OutcomeKind, format_size};
 use wasmos_sandbox::{HostDir, RunRequest, Sandbox, SandboxConfig, Stdin, TaskControl};
 
 /// Arguments of `wasmos run`.
@@ -17,16 +17,16 @@ pub struct RunArgs {
     #[arg(long, value_name = "N")]
     pub fuel: Option<u64>,
     /// Max linear memory plus tables (bytes, KiB, MiB, GiB).
-    #[arg(long, value_name = "SIZE", default_value = "256MiB", value_parser = size)]
+    #[arg(long, value_name = "SIZE", default_value = "256MiB", value_parser = crate::args::size)]
     pub mem: u64,
     /// Wall-clock limit (ms, s, m, h).
-    #[arg(long, value_name = "DUR", default_value = "60s", value_parser = duration)]
+    #[arg(long, value_name = "DUR", default_value = "60s", value_parser = crate::args::duration)]
     pub timeout: Duration,
     /// Max bytes kept per output stream (stdout, stderr); the rest is dropped and reported.
-    #[arg(long, value_name = "SIZE", default_value = "1MiB", value_parser = size)]
+    #[arg(long, value_name = "SIZE", default_value = "1MiB", value_parser = crate::args::size)]
     pub max_output: u64,
     /// Environment variable for the guest (repeatable); nothing is inherited.
-    #[arg(long = "env", value_name = "K=V", value_parser = env_pair)]
+    #[arg(long = "env", value_name = "K=V", value_parser = crate::args::key_value)]
     pub env: Vec<(String, String)>,
     /// Preopen a host directory read-write at GUEST (default: the same path). Repeatable.
     /// Without it the guest sees no filesystem.
@@ -54,20 +54,6 @@ pub struct RunArgs {
     pub args: Vec<String>,
 }
 
-fn size(s: &str) -> Result<u64, String> {
-    parse_size(s).map_err(|e| e.to_string())
-}
-
-fn duration(s: &str) -> Result<Duration, String> {
-    parse_duration(s).map_err(|e| e.to_string())
-}
-
-fn env_pair(s: &str) -> Result<(String, String), String> {
-    match s.split_once('=') {
-        Some((k, v)) if !k.is_empty() => Ok((k.to_string(), v.to_string())),
-        _ => Err(format!("environment entry {s:?} is not K=V; write e.g. --env NAME=value")),
-    }
-}
 
 fn host_dir(s: &str) -> Result<HostDir, String> {
     let (host, guest) = match s.split_once("::") {

@@ -8,23 +8,11 @@ use std::process::ExitCode;
 use std::time::Duration;
 
 use sha2::{Digest, Sha256};
-use wasmos_model::{CPUS, Limits, MEM, OutcomeKind, Resources, Scalar, parse_duration, parse_size};
+use wasmos_model::{CPUS, Limits, MEM, OutcomeKind, Resources, Scalar};
 use wasmos_proto::v1;
 
 use crate::client::{self, MasterArg, status_msg};
 
-fn size(s: &str) -> Result<u64, String> {
-    parse_size(s).map_err(|e| e.to_string())
-}
-fn duration(s: &str) -> Result<Duration, String> {
-    parse_duration(s).map_err(|e| e.to_string())
-}
-fn pair(s: &str) -> Result<(String, String), String> {
-    match s.split_once('=') {
-        Some((k, v)) if !k.is_empty() => Ok((k.to_string(), v.to_string())),
-        _ => Err(format!("{s:?} is not K=V")),
-    }
-}
 
 #[derive(clap::Args, Debug)]
 pub struct SubmitArgs {
@@ -34,19 +22,19 @@ pub struct SubmitArgs {
     #[arg(long, value_name = "N", default_value_t = 0.1)]
     pub cpus: f64,
     /// Memory each task reserves; also its `mem` limit.
-    #[arg(long, value_name = "SIZE", default_value = "64MiB", value_parser = size)]
+    #[arg(long, value_name = "SIZE", default_value = "64MiB", value_parser = crate::args::size)]
     pub mem: u64,
     /// Fuel budget per task [default: unlimited, always counted]
     #[arg(long, value_name = "N")]
     pub fuel: Option<u64>,
     /// Wall-clock limit per task.
-    #[arg(long, value_name = "DUR", default_value = "60s", value_parser = duration)]
+    #[arg(long, value_name = "DUR", default_value = "60s", value_parser = crate::args::duration)]
     pub timeout: Duration,
     /// Bytes kept per output stream.
-    #[arg(long, value_name = "SIZE", default_value = "1MiB", value_parser = size)]
+    #[arg(long, value_name = "SIZE", default_value = "1MiB", value_parser = crate::args::size)]
     pub max_output: u64,
     /// Environment variable for the task (repeatable).
-    #[arg(long = "env", value_name = "K=V", value_parser = pair)]
+    #[arg(long = "env", value_name = "K=V", value_parser = crate::args::key_value)]
     pub env: Vec<(String, String)>,
     /// Task name (also argv[0]) [default: the module's file name]
     #[arg(long, value_name = "NAME")]
@@ -58,7 +46,7 @@ pub struct SubmitArgs {
     #[arg(long, value_name = "P", default_value_t = 0, allow_hyphen_values = true)]
     pub priority: i32,
     /// Only run on agents with this attribute (repeatable).
-    #[arg(long = "constraint", value_name = "ATTR=VALUE", value_parser = pair)]
+    #[arg(long = "constraint", value_name = "ATTR=VALUE", value_parser = crate::args::key_value)]
     pub constraints: Vec<(String, String)>,
     /// Hand the job to this hosted framework (its scheduler's on-submit)
     /// instead of the built-in batch queue.

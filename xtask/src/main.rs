@@ -332,21 +332,15 @@ fn chaos(root: &Path, extra: &[String]) -> Result<()> {
         .args(extra))
 }
 
-/// The README's first command: a `wasmos dev` cluster (master + one agent in
-/// one process), one task submitted and waited for, the task list, then stop.
-fn demo(root: &Path) -> Result<()> {
+/// Starts `wasmos dev` on a free loopback port with a fresh state dir and
+/// returns it with the URL it printed (its stderr keeps being drained).
+fn start_dev(wasmos: &Path, state: &Path, extra: &[&str]) -> Result<(std::process::Child, String)> {
     use std::io::BufRead;
-    guests(root)?;
-    run(Command::new("cargo").current_dir(root).args(["build", "--quiet", "-p", "wasmos"]))?;
-    let wasmos = root.join("target/debug/wasmos");
-    run(Command::new(&wasmos)
-        .args(["run", "--env", "GREETING=hello"])
-        .arg(guests_dir(root).join("hello.wasm"))
-        .args(["--", "wasmos run"]))?;
-    let state = std::env::temp_dir().join(format!("wasmos-demo-{}", std::process::id()));
-    let mut dev = Command::new(&wasmos)
-        .args(["dev", "--listen", "127.0.0.1:0", "--state-dir"])
-        .arg(&state)
+    let mut dev = Command::new(wasmos)
+        .args(["dev", "--listen", "127.0.0.1:0"])
+        .args(extra)
+        .arg("--state-dir")
+        .arg(state)
         .stderr(std::process::Stdio::piped())
         .spawn()
         .context("starting wasmos dev")?;
@@ -360,6 +354,21 @@ fn demo(root: &Path) -> Result<()> {
         }
     };
     std::thread::spawn(move || for _ in lines {});
+    Ok((dev, url))
+}
+
+/// The README's first command: a `wasmos dev` cluster (master + one agent in
+/// one process), one task submitted and waited for, the task list, then stop.
+fn demo(root: &Path) -> Result<()> {
+    guests(root)?;
+    run(Command::new("cargo").current_dir(root).args(["build", "--quiet", "-p", "wasmos"]))?;
+    let wasmos = root.join("target/debug/wasmos");
+    run(Command::new(&wasmos)
+        .args(["run", "--env", "GREETING=hello"])
+        .arg(guests_dir(root).join("hello.wasm"))
+        .args(["--", "wasmos run"]))?;
+    let state = std::env::temp_dir().join(format!("wasmos-demo-{}", std::process::id()));
+    let (mut dev, url) = start_dev(&wasmos, &state, &[])?;
     let result = (|| {
         run(Command::new(&wasmos)
             .args(["submit", "--master", &url, "--wait", "--env", "GREETING=hello"])
@@ -408,7 +417,6 @@ fn bench_e2e(root: &Path, extra: &[String]) -> Result<()> {
         _ => ("file".into(), extra.to_vec()),
     };
     let extra = &extra[..];
-    use std::io::BufRead;
     run(Command::new("cargo").current_dir(root).args([
         "build",
         "--release",
@@ -420,23 +428,7 @@ fn bench_e2e(root: &Path, extra: &[String]) -> Result<()> {
         "e2e_bench",
     ]))?;
     let state = std::env::temp_dir().join(format!("wasmos-bench-{}", std::process::id()));
-    let mut dev = Command::new(root.join("target/release/wasmos"))
-        .args(["dev", "--listen", "127.0.0.1:0", "--registry", &registry, "--state-dir"])
-        .arg(&state)
-        .stderr(std::process::Stdio::piped())
-        .spawn()
-        .context("starting wasmos dev")?;
-    let stderr = dev.stderr.take().context("dev stderr")?;
-    let mut lines = std::io::BufReader::new(stderr).lines();
-    let url = loop {
-        let Some(line) = lines.next() else { bail!("wasmos dev exited before it listened") };
-        let line = line?;
-        eprintln!("{line}");
-        if let Some(rest) = line.split("master on ").nth(1) {
-            break rest.split_whitespace().next().unwrap_or_default().to_string();
-        }
-    };
-    std::thread::spawn(move || for _ in lines {});
+    let (mut dev, url) = start_dev(&root.join("target/release/wasmos"), &state, &["--registry", &registry])?;
     let result = run(Command::new(root.join("target/release/examples/e2e_bench")).args(["--master", &url]).args(extra));
     let _ = dev.kill();
     let _ = dev.wait();
