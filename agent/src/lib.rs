@@ -233,7 +233,10 @@ impl Shared {
                             return Err(format!("cannot download module {sha}: {}", s.message()));
                         }
                         Err(s) if started.elapsed() >= FETCH_PATIENCE => {
-                            return Err(format!("cannot download module {sha} within {FETCH_PATIENCE:?}: {}", s.message()));
+                            return Err(format!(
+                                "cannot download module {sha} within {FETCH_PATIENCE:?}: {}",
+                                s.message()
+                            ));
                         }
                         Err(_) => {
                             tokio::time::sleep(backoff).await;
@@ -418,12 +421,15 @@ async fn updater(shared: Arc<Shared>, mut rx: mpsc::UnboundedReceiver<v1::TaskSt
                 // master answers, updates are acknowledged within a round trip
                 // and are not written (an agent that dies in that window has its
                 // tasks declared LOST and retried).
-                let unsaved: Vec<v1::TaskStatus> = pending.iter().filter(|u| !saved.contains(&u.uuid)).cloned().collect();
+                let unsaved: Vec<v1::TaskStatus> =
+                    pending.iter().filter(|u| !saved.contains(&u.uuid)).cloned().collect();
                 if shared.checkpoint.is_some() && !unsaved.is_empty() {
                     let sh = shared.clone();
                     let ok = tokio::task::spawn_blocking(move || {
                         let refs: Vec<&v1::TaskStatus> = unsaved.iter().collect();
-                        sh.checkpoint.as_ref().map(|cp| cp.save_updates(&refs).map(|()| unsaved.iter().map(|u| u.uuid.clone()).collect::<Vec<_>>()))
+                        sh.checkpoint.as_ref().map(|cp| {
+                            cp.save_updates(&refs).map(|()| unsaved.iter().map(|u| u.uuid.clone()).collect::<Vec<_>>())
+                        })
                     })
                     .await;
                     match ok {
@@ -467,10 +473,10 @@ async fn register(shared: &Shared) -> Result<Duration, tonic::Status> {
         })
         .await?
         .into_inner();
-    if let Some(cp) = &shared.checkpoint {
-        if let Err(e) = cp.set_agent_id(&resp.agent_id) {
-            eprintln!("wasmos agent: checkpoint: {e}");
-        }
+    if let Some(cp) = &shared.checkpoint
+        && let Err(e) = cp.set_agent_id(&resp.agent_id)
+    {
+        eprintln!("wasmos agent: checkpoint: {e}");
     }
     *shared.agent_id.lock().unwrap_or_else(|e| e.into_inner()) = resp.agent_id;
     Ok(Duration::from_millis(resp.heartbeat_interval_ms.max(100)))
@@ -516,7 +522,13 @@ pub async fn run(cfg: AgentConfig, shutdown: impl Future<Output = ()> + Send) ->
     }
     for (task, fw) in restored.tasks {
         if !ended.contains(&task) {
-            shared.send_status(&task, &fw, v1::TaskState::TaskLost, "the agent restarted while the task ran".into(), None);
+            shared.send_status(
+                &task,
+                &fw,
+                v1::TaskState::TaskLost,
+                "the agent restarted while the task ran".into(),
+                None,
+            );
         }
     }
     let heartbeat = match register(&shared).await {

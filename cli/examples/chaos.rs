@@ -34,13 +34,8 @@ impl Proc {
             .and_then(|p| std::fs::OpenOptions::new().create(true).append(true).open(p).ok())
             .map(Stdio::from)
             .unwrap_or_else(Stdio::null);
-        let child = Command::new(bin)
-            .args(argv)
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(log)
-            .spawn()
-            .expect("spawn");
+        let child =
+            Command::new(bin).args(argv).stdin(Stdio::null()).stdout(Stdio::null()).stderr(log).spawn().expect("spawn");
         Proc { child, argv: argv.to_vec() }
     }
     fn kill9(&mut self) {
@@ -111,7 +106,12 @@ async fn framework(
 ) -> String {
     let ch = connect(&url).await;
     let mut client = v1::scheduler_client::SchedulerClient::new(ch);
-    let info = v1::FrameworkInfo { framework_id: id.clone(), name: "chaos-remote".into(), role: "remote".into(), failover_timeout_s: 600.0 };
+    let info = v1::FrameworkInfo {
+        framework_id: id.clone(),
+        name: "chaos-remote".into(),
+        role: "remote".into(),
+        failover_timeout_s: 600.0,
+    };
     let mut events = match client.subscribe(v1::SubscribeRequest { framework: Some(info) }).await {
         Ok(s) => s.into_inner(),
         Err(_) => return id,
@@ -150,16 +150,25 @@ async fn framework(
                                 task_id: format!("remote-{}", *n),
                                 name: "hello.wasm".into(),
                                 module_sha256: sha.clone(),
-                                resources: Some(wasmos_proto::resources_to_wire(&Resources::parse("cpus:0.05;mem:8MiB").unwrap())),
+                                resources: Some(wasmos_proto::resources_to_wire(
+                                    &Resources::parse("cpus:0.05;mem:8MiB").unwrap(),
+                                )),
                                 ..Default::default()
                             });
                         }
                         tasks
                     };
                     let call = if tasks.is_empty() {
-                        v1::call::Call::Decline(v1::call::Decline { offer_ids: vec![offer.offer_id], filters: Some(v1::Filters { refuse_seconds: Some(1.0) }) })
+                        v1::call::Call::Decline(v1::call::Decline {
+                            offer_ids: vec![offer.offer_id],
+                            filters: Some(v1::Filters { refuse_seconds: Some(1.0) }),
+                        })
                     } else {
-                        v1::call::Call::Accept(v1::call::Accept { offer_ids: vec![offer.offer_id], launch: tasks, filters: None })
+                        v1::call::Call::Accept(v1::call::Accept {
+                            offer_ids: vec![offer.offer_id],
+                            launch: tasks,
+                            filters: None,
+                        })
                     };
                     let _ = client.call(v1::Call { framework_id: fid.clone(), call: Some(call) }).await;
                 }
@@ -170,7 +179,11 @@ async fn framework(
                     ended.lock().unwrap().insert(st.task_id.clone());
                 }
                 if !st.uuid.is_empty() {
-                    let ack = v1::call::Call::Acknowledge(v1::call::Acknowledge { agent_id: st.agent_id, task_id: st.task_id, uuid: st.uuid });
+                    let ack = v1::call::Call::Acknowledge(v1::call::Acknowledge {
+                        agent_id: st.agent_id,
+                        task_id: st.task_id,
+                        uuid: st.uuid,
+                    });
                     let _ = client.call(v1::Call { framework_id: fid.clone(), call: Some(ack) }).await;
                 }
             }
@@ -209,17 +222,32 @@ async fn chaos() -> bool {
     let url = format!("http://127.0.0.1:{port}");
     let state = dir.path().join("master");
     let master_argv: Vec<String> = [
-        "master", "--listen", &format!("127.0.0.1:{port}"), "--state-dir", state.to_str().unwrap(),
-        "--agent-heartbeat", "200ms", "--agent-timeout", "2s",
+        "master",
+        "--listen",
+        &format!("127.0.0.1:{port}"),
+        "--state-dir",
+        state.to_str().unwrap(),
+        "--agent-heartbeat",
+        "200ms",
+        "--agent-timeout",
+        "2s",
     ]
     .iter()
     .map(|s| s.to_string())
     .collect();
     let agent_argv = |name: &str| -> Vec<String> {
-        ["agent", "--master", &url, "--resources", "cpus:2;mem:2GiB", "--work-dir", dir.path().join(name).to_str().unwrap()]
-            .iter()
-            .map(|s| s.to_string())
-            .collect()
+        [
+            "agent",
+            "--master",
+            &url,
+            "--resources",
+            "cpus:2;mem:2GiB",
+            "--work-dir",
+            dir.path().join(name).to_str().unwrap(),
+        ]
+        .iter()
+        .map(|s| s.to_string())
+        .collect()
     };
     let mut master = Proc::spawn(&wasmos, &master_argv);
     wait_up(&url, Duration::from_secs(30)).await.expect("master starts");
@@ -238,7 +266,8 @@ async fn chaos() -> bool {
     // Modules.
     let mut art = v1::artifacts_client::ArtifactsClient::new(ch.clone());
     let upload = |name: &str| {
-        let bytes = std::fs::read(guests.join(format!("{name}.wasm"))).unwrap_or_else(|e| panic!("{name}.wasm: {e}; run `cargo xtask guests`"));
+        let bytes = std::fs::read(guests.join(format!("{name}.wasm")))
+            .unwrap_or_else(|e| panic!("{name}.wasm: {e}; run `cargo xtask guests`"));
         let sha = hex::encode(Sha256::digest(&bytes));
         (sha, bytes)
     };
@@ -279,7 +308,15 @@ async fn chaos() -> bool {
     let launched = Arc::new(Mutex::new(0usize));
     let fw_ended = Arc::new(Mutex::new(HashSet::new()));
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
-    let fw = tokio::spawn(framework(url.clone(), String::new(), hello_sha.clone(), fw_tasks, launched.clone(), fw_ended.clone(), stop_rx));
+    let fw = tokio::spawn(framework(
+        url.clone(),
+        String::new(),
+        hello_sha.clone(),
+        fw_tasks,
+        launched.clone(),
+        fw_ended.clone(),
+        stop_rx,
+    ));
 
     // Round 1, then kill -9 the master and restart it.
     let (ids, input) = submit(per, 1).await;
@@ -320,7 +357,15 @@ async fn chaos() -> bool {
     let _ = stop_tx.send(true);
     let fid = fw.await.unwrap();
     let (stop_tx2, stop_rx2) = tokio::sync::watch::channel(false);
-    let fw2 = tokio::spawn(framework(url.clone(), fid.clone(), hello_sha.clone(), fw_tasks, launched.clone(), fw_ended.clone(), stop_rx2));
+    let fw2 = tokio::spawn(framework(
+        url.clone(),
+        fid.clone(),
+        hello_sha.clone(),
+        fw_tasks,
+        launched.clone(),
+        fw_ended.clone(),
+        stop_rx2,
+    ));
     faults.push(format!("remote framework {fid} disconnected and reconnected"));
 
     // Round 4.
@@ -336,7 +381,9 @@ async fn chaos() -> bool {
     while Instant::now() < deadline {
         if let Some(ts) = list(&url).await {
             let batch_done = expected.keys().all(|id| {
-                ts.iter().any(|t| &t.task_id == id && wasmos_proto::state_from_wire(t.state).is_some_and(|s| s.is_terminal()))
+                ts.iter().any(|t| {
+                    &t.task_id == id && wasmos_proto::state_from_wire(t.state).is_some_and(|s| s.is_terminal())
+                })
             });
             let fw_done = fw_ended.lock().unwrap().len() >= fw_tasks;
             final_tasks = ts;
@@ -368,7 +415,11 @@ async fn chaos() -> bool {
                     Some(wasmos_model::TaskState::Finished) => {
                         finished += 1;
                         let want = *cache.entry(*input).or_insert_with(|| primes_below(*input));
-                        let out = t.outcome.as_ref().map(|o| String::from_utf8_lossy(&o.stdout).to_string()).unwrap_or_default();
+                        let out = t
+                            .outcome
+                            .as_ref()
+                            .map(|o| String::from_utf8_lossy(&o.stdout).to_string())
+                            .unwrap_or_default();
                         if out != format!("{want} primes below {input}\n") {
                             failures.push(format!("task {id} finished with wrong output {out:?}"));
                         }
@@ -398,7 +449,16 @@ async fn chaos() -> bool {
             let history: Vec<String> = events
                 .iter()
                 .filter(|e| &e.task_id == id)
-                .map(|e| format!("{}:{}:{}:{}:{}", wasmos_proto::state_from_wire(e.state).map(|s| s.to_string()).unwrap_or_default(), e.reason, hex::encode(&e.uuid).get(..6).unwrap_or(""), e.agent_id, e.timestamp_ms % 100000))
+                .map(|e| {
+                    format!(
+                        "{}:{}:{}:{}:{}",
+                        wasmos_proto::state_from_wire(e.state).map(|s| s.to_string()).unwrap_or_default(),
+                        e.reason,
+                        hex::encode(&e.uuid).get(..6).unwrap_or(""),
+                        e.agent_id,
+                        e.timestamp_ms % 100000
+                    )
+                })
                 .collect();
             failures.push(format!("task {id} reached a terminal state {n} times: {}", history.join(" ")));
         }
@@ -417,7 +477,10 @@ async fn chaos() -> bool {
         Ok(reg) => {
             let mismatched: Vec<_> = api.iter().filter(|(id, st)| reg.get(*id) != Some(st)).take(5).collect();
             if !mismatched.is_empty() {
-                failures.push(format!("registry disagrees with the Operator API for {} task(s), e.g. {mismatched:?}", mismatched.len()));
+                failures.push(format!(
+                    "registry disagrees with the Operator API for {} task(s), e.g. {mismatched:?}",
+                    mismatched.len()
+                ));
             }
         }
         Err(e) => failures.push(format!("registry does not open: {e}")),

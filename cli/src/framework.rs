@@ -6,7 +6,7 @@ use std::process::ExitCode;
 
 use wasmos_proto::v1;
 
-use crate::client::{self, status_msg, table, MasterArg};
+use crate::client::{self, MasterArg, status_msg, table};
 
 #[derive(clap::Subcommand, Debug)]
 pub enum FrameworkCmd {
@@ -72,11 +72,15 @@ pub fn main(cmd: FrameworkCmd) -> ExitCode {
                     Ok(s) => s,
                     Err(e) => return fail(e),
                 };
-                let req = v1::DeployRequest { name: a.name.clone(), role: a.role, config: a.config, module_sha256: sha };
+                let req =
+                    v1::DeployRequest { name: a.name.clone(), role: a.role, config: a.config, module_sha256: sha };
                 match client::operator(&ch).deploy_framework(req).await {
                     Ok(r) => {
                         println!("{}", r.into_inner().framework_id);
-                        eprintln!("wasmos framework: {} deployed; submit jobs with `wasmos submit --framework {}`", a.name, a.name);
+                        eprintln!(
+                            "wasmos framework: {} deployed; submit jobs with `wasmos submit --framework {}`",
+                            a.name, a.name
+                        );
                         ExitCode::SUCCESS
                     }
                     Err(e) => fail(status_msg(&e)),
@@ -105,8 +109,11 @@ pub fn main(cmd: FrameworkCmd) -> ExitCode {
                     }
                     return ExitCode::SUCCESS;
                 }
-                let mut rows =
-                    vec![["NAME", "FRAMEWORK", "ROLE", "KIND", "STATUS", "ACTIVE", "CALLBACKS", "ERROR"].map(String::from).to_vec()];
+                let mut rows = vec![
+                    ["NAME", "FRAMEWORK", "ROLE", "KIND", "STATUS", "ACTIVE", "CALLBACKS", "ERROR"]
+                        .map(String::from)
+                        .to_vec(),
+                ];
                 for f in &list {
                     rows.push(vec![
                         f.name.clone(),
@@ -127,7 +134,8 @@ pub fn main(cmd: FrameworkCmd) -> ExitCode {
                     Ok(c) => c,
                     Err(e) => return fail(e),
                 };
-                match client::operator(&ch).remove_framework(v1::RemoveFrameworkRequest { name: a.name.clone() }).await {
+                match client::operator(&ch).remove_framework(v1::RemoveFrameworkRequest { name: a.name.clone() }).await
+                {
                     Ok(_) => {
                         eprintln!("wasmos framework: {} removed", a.name);
                         ExitCode::SUCCESS

@@ -54,7 +54,6 @@ pub struct RunArgs {
     pub args: Vec<String>,
 }
 
-
 fn host_dir(s: &str) -> Result<HostDir, String> {
     let (host, guest) = match s.split_once("::") {
         Some((h, g)) => (h, g),

@@ -13,7 +13,6 @@ use wasmos_proto::v1;
 
 use crate::client::{self, MasterArg, status_msg};
 
-
 #[derive(clap::Args, Debug)]
 pub struct SubmitArgs {
     #[command(flatten)]

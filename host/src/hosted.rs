@@ -15,7 +15,7 @@ use std::time::{Duration, Instant};
 use tokio::sync::mpsc;
 use tonic::Status;
 use wasmos_proto::v1;
-use wasmos_sandbox::{sched, SchedulerInstance};
+use wasmos_sandbox::{SchedulerInstance, sched};
 
 use crate::master::Cmd;
 use crate::services::MasterHandle;
@@ -65,7 +65,8 @@ fn scalars_to_wire(s: &[sched::Scalar]) -> Result<v1::Resources, String> {
 }
 
 fn scalars_from_wire(r: Option<&v1::Resources>) -> Vec<sched::Scalar> {
-    r.map(|r| r.scalars.iter().map(|s| sched::Scalar { name: s.name.clone(), milli: s.milli }).collect()).unwrap_or_default()
+    r.map(|r| r.scalars.iter().map(|s| sched::Scalar { name: s.name.clone(), milli: s.milli }).collect())
+        .unwrap_or_default()
 }
 
 fn limits_to_wire(l: &sched::Limits) -> v1::Limits {
@@ -74,10 +75,20 @@ fn limits_to_wire(l: &sched::Limits) -> v1::Limits {
 
 pub(crate) fn limits_from_wire(l: Option<&v1::Limits>) -> sched::Limits {
     let l = l.cloned().unwrap_or_default();
-    sched::Limits { fuel: l.fuel, mem_bytes: l.mem_bytes, timeout_ms: l.timeout_ms, max_output_bytes: l.max_output_bytes }
+    sched::Limits {
+        fuel: l.fuel,
+        mem_bytes: l.mem_bytes,
+        timeout_ms: l.timeout_ms,
+        max_output_bytes: l.max_output_bytes,
+    }
 }
 
-pub(crate) fn job_from_template(id: String, t: &v1::TaskSpec, priority: i32, estimated_fuel: Option<u64>) -> sched::Job {
+pub(crate) fn job_from_template(
+    id: String,
+    t: &v1::TaskSpec,
+    priority: i32,
+    estimated_fuel: Option<u64>,
+) -> sched::Job {
     sched::Job {
         id,
         name: t.name.clone(),
@@ -136,7 +147,11 @@ fn status_from_wire(s: &v1::TaskStatus) -> sched::TaskStatus {
 }
 
 /// Checks one call and turns it into a gRPC call; `Err` = the scheduler is broken.
-fn translate(call: sched::Call, held: &mut HashSet<String>, timer: &mut Option<Instant>) -> Result<Option<v1::call::Call>, String> {
+fn translate(
+    call: sched::Call,
+    held: &mut HashSet<String>,
+    timer: &mut Option<Instant>,
+) -> Result<Option<v1::call::Call>, String> {
     use v1::call::Call as C;
     let take_offers = |ids: &[String], held: &mut HashSet<String>| -> Result<(), String> {
         if ids.is_empty() {

@@ -160,7 +160,12 @@ pub fn start(cfg: MasterConfig) -> Result<MasterHandle, StartError> {
     for f in hosted_to_restart {
         let h = handle.clone();
         tokio::spawn(async move {
-            let req = v1::DeployRequest { name: f.name.clone(), role: f.role, config: f.config, module_sha256: f.module_sha256 };
+            let req = v1::DeployRequest {
+                name: f.name.clone(),
+                role: f.role,
+                config: f.config,
+                module_sha256: f.module_sha256,
+            };
             if let Err(e) = hosted::deploy_as(&h, req, Some(f.framework_id)).await {
                 eprintln!("wasmos master: cannot restart hosted framework {}: {}", f.name, e.message());
             }

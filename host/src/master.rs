@@ -350,7 +350,12 @@ impl Master {
                     spec: Some(t.spec.clone()),
                     priority: b.map(|b| b.priority).unwrap_or(0),
                     constraints: b
-                        .map(|b| b.constraints.iter().map(|(k, v)| v1::Attribute { key: k.clone(), value: v.clone() }).collect())
+                        .map(|b| {
+                            b.constraints
+                                .iter()
+                                .map(|(k, v)| v1::Attribute { key: k.clone(), value: v.clone() })
+                                .collect()
+                        })
                         .unwrap_or_default(),
                     max_attempts: b.map(|b| b.max_attempts).unwrap_or(0),
                     applied_uuids: t.applied.clone(),
@@ -572,7 +577,9 @@ impl Master {
                 .map(|t| t.task_id.clone())
                 .collect();
             for t in stray {
-                let cmd = v1::AgentCommand { command: Some(v1::agent_command::Command::Kill(v1::agent_command::Kill { task_id: t })) };
+                let cmd = v1::AgentCommand {
+                    command: Some(v1::agent_command::Command::Kill(v1::agent_command::Kill { task_id: t })),
+                };
                 self.send_agent(&id, cmd);
             }
             // Tasks the master has there that the agent no longer knows (it
@@ -583,7 +590,9 @@ impl Master {
                 .tasks
                 .map
                 .iter()
-                .filter(|(k, t)| t.agent.as_ref() == Some(&id) && !t.state.is_terminal() && !reported.contains(k.as_str()))
+                .filter(|(k, t)| {
+                    t.agent.as_ref() == Some(&id) && !t.state.is_terminal() && !reported.contains(k.as_str())
+                })
                 .map(|(k, _)| k.clone())
                 .collect();
             for tid in missing {
@@ -650,15 +659,25 @@ impl Master {
                 };
                 let role = self.frameworks.get(&fw).map(|f| f.role.clone());
                 let alloc = Allocation::from(resources);
-                if let Some(role) = role {
-                    if self.alloc.add_allocation(&fw, id, &role, &alloc).is_ok() {
-                        if let Some(t) = self.tasks.get_mut(&tid) {
-                            t.allocation = Some(alloc);
-                        }
-                    }
+                if let Some(role) = role
+                    && self.alloc.add_allocation(&fw, id, &role, &alloc).is_ok()
+                    && let Some(t) = self.tasks.get_mut(&tid)
+                {
+                    t.allocation = Some(alloc);
                 }
                 if let Some(a) = self.agents.get_mut(id) {
-                    a.tasks.insert(tid);
+                    a.tasks.insert(tid.clone());
+                }
+                if self.tasks.get(&tid).is_some_and(|t| t.state == TaskState::Unreachable) {
+                    let st = status(
+                        &tid,
+                        &fw,
+                        Some(id),
+                        v1::TaskState::TaskRunning,
+                        "agent_reregistered",
+                        format!("agent {id} is back"),
+                    );
+                    self.apply_status(st, false);
                 }
             } else {
                 // Not running there: its final update may still be on its way
@@ -678,25 +697,32 @@ impl Master {
                     };
                     let role = self.frameworks.get(&fw).map(|f| f.role.clone());
                     let alloc = Allocation::from(resources);
-                    if let Some(role) = role {
-                        if self.alloc.add_allocation(&fw, id, &role, &alloc).is_ok() {
-                            self.batch.take(&tid);
-                            if let Some(k) = self.tasks.get_mut(&tid) {
-                                k.agent = Some(id.clone());
-                                k.allocation = Some(alloc);
-                                k.state = TaskState::Running;
-                            }
-                            if let Some(a) = self.agents.get_mut(id) {
-                                a.tasks.insert(tid.clone());
-                            }
-                            continue;
+                    if let Some(role) = role
+                        && self.alloc.add_allocation(&fw, id, &role, &alloc).is_ok()
+                    {
+                        self.batch.take(&tid);
+                        if let Some(k) = self.tasks.get_mut(&tid) {
+                            k.agent = Some(id.clone());
+                            k.allocation = Some(alloc);
+                            k.state = TaskState::Running;
                         }
+                        if let Some(a) = self.agents.get_mut(id) {
+                            a.tasks.insert(tid.clone());
+                        }
+                        continue;
                     }
                 }
             }
-            let known = TaskId::new(t.task_id.clone()).ok().and_then(|tid| self.tasks.get(&tid)).is_some_and(|k| !k.state.is_terminal() && k.agent.as_ref() == Some(id));
+            let known = TaskId::new(t.task_id.clone())
+                .ok()
+                .and_then(|tid| self.tasks.get(&tid))
+                .is_some_and(|k| !k.state.is_terminal() && k.agent.as_ref() == Some(id));
             if !known {
-                let cmd = v1::AgentCommand { command: Some(v1::agent_command::Command::Kill(v1::agent_command::Kill { task_id: t.task_id.clone() })) };
+                let cmd = v1::AgentCommand {
+                    command: Some(v1::agent_command::Command::Kill(v1::agent_command::Kill {
+                        task_id: t.task_id.clone(),
+                    })),
+                };
                 self.send_agent(id, cmd);
             }
         }
@@ -713,9 +739,17 @@ impl Master {
                 continue;
             }
             let (fw, agent) = (t.framework.clone(), t.agent.clone());
-            let st = status(&tid, &fw, agent.as_ref(), v1::TaskState::TaskLost, "agent_failover", format!(
-                "task was not running on agent {} after the master restarted", agent.as_ref().map(|a| a.as_str()).unwrap_or("?")
-            ));
+            let st = status(
+                &tid,
+                &fw,
+                agent.as_ref(),
+                v1::TaskState::TaskLost,
+                "agent_failover",
+                format!(
+                    "task was not running on agent {} after the master restarted",
+                    agent.as_ref().map(|a| a.as_str()).unwrap_or("?")
+                ),
+            );
             self.apply_status(st, false);
         }
     }
@@ -723,7 +757,8 @@ impl Master {
     /// Agents from the registry that did not come back in time: their tasks are LOST.
     fn expire_recovering(&mut self) {
         let now = Instant::now();
-        let expired: Vec<AgentId> = self.recovering.iter().filter(|(_, d)| **d <= now).map(|(k, _)| k.clone()).collect();
+        let expired: Vec<AgentId> =
+            self.recovering.iter().filter(|(_, d)| **d <= now).map(|(k, _)| k.clone()).collect();
         for id in expired {
             self.recovering.remove(&id);
             let lost: Vec<TaskId> = self
@@ -734,8 +769,19 @@ impl Master {
                 .map(|(k, _)| k.clone())
                 .collect();
             for tid in lost {
-                let fw = self.tasks[&tid].framework.clone();
-                let st = status(&tid, &fw, Some(&id), v1::TaskState::TaskLost, "agent_gone", format!("agent {id} did not reregister within {:?} of the master restarting", self.cfg.agent_reregister_timeout));
+                let (fw, unreachable) = {
+                    let t = &self.tasks[&tid];
+                    (t.framework.clone(), t.state == TaskState::Unreachable)
+                };
+                let state = if unreachable { v1::TaskState::TaskGone } else { v1::TaskState::TaskLost };
+                let st = status(
+                    &tid,
+                    &fw,
+                    Some(&id),
+                    state,
+                    "agent_gone",
+                    format!("agent {id} did not reregister within {:?}", self.cfg.agent_reregister_timeout),
+                );
                 self.apply_status(st, false);
             }
             self.dirty_agents.insert(id);
@@ -760,7 +806,9 @@ impl Master {
         self.next_id = self.next_id.max(loaded.next_id);
         let now = Instant::now();
         for f in loaded.frameworks {
-            let (Ok(id), Ok(role)) = (FrameworkId::new(f.framework_id.clone()), Role::new(f.role.clone())) else { continue };
+            let (Ok(id), Ok(role)) = (FrameworkId::new(f.framework_id.clone()), Role::new(f.role.clone())) else {
+                continue;
+            };
             if id == self.batch_id || self.alloc.add_framework(id.clone(), std::slice::from_ref(&role)).is_err() {
                 continue;
             }
@@ -775,8 +823,12 @@ impl Master {
                     offers: HashSet::new(),
                     unacked: HashMap::new(),
                     hosted: f.hosted,
-                    hosted_info: f.hosted.then(|| HostedInfo { module_sha256: f.module_sha256, config: f.config }),
-                    failover_timeout: if f.failover_timeout_s > 0.0 { Duration::from_secs_f64(f.failover_timeout_s) } else { DEFAULT_FAILOVER_TIMEOUT },
+                    hosted_info: f.hosted.then_some(HostedInfo { module_sha256: f.module_sha256, config: f.config }),
+                    failover_timeout: if f.failover_timeout_s > 0.0 {
+                        Duration::from_secs_f64(f.failover_timeout_s)
+                    } else {
+                        DEFAULT_FAILOVER_TIMEOUT
+                    },
                     disconnected_at: Some(now),
                 },
             );
@@ -789,7 +841,10 @@ impl Master {
         let mut order: Vec<(i64, u64, TaskId)> = Vec::new();
         for rec in loaded.tasks {
             let (Some(sum), Some(spec)) = (rec.summary, rec.spec) else { continue };
-            let (Ok(tid), Ok(fw)) = (TaskId::new(sum.task_id.clone()), FrameworkId::new(sum.framework_id.clone())) else { continue };
+            let (Ok(tid), Ok(fw)) = (TaskId::new(sum.task_id.clone()), FrameworkId::new(sum.framework_id.clone()))
+            else {
+                continue;
+            };
             let Some(state) = wasmos_proto::state_from_wire(sum.state) else { continue };
             let agent = if sum.agent_id.is_empty() { None } else { AgentId::new(sum.agent_id.clone()).ok() };
             let resources = resources_from_wire(sum.resources.as_ref()).unwrap_or_default();
@@ -840,7 +895,8 @@ impl Master {
         for sub in loaded.submissions {
             let Some(tpl) = sub.template else { continue };
             let resources = resources_from_wire(tpl.resources.as_ref()).unwrap_or_default();
-            let constraints: Vec<(String, String)> = sub.constraints.iter().map(|a| (a.key.clone(), a.value.clone())).collect();
+            let constraints: Vec<(String, String)> =
+                sub.constraints.iter().map(|a| (a.key.clone(), a.value.clone())).collect();
             let max_attempts = if sub.max_attempts == 0 { DEFAULT_MAX_ATTEMPTS } else { sub.max_attempts };
             for n in sub.first..sub.first + sub.count as u64 {
                 let Ok(tid) = TaskId::new(format!("task-{}-{n}", sub.tag)) else { continue };
@@ -875,7 +931,13 @@ impl Master {
                 }
                 self.batch.enqueue(
                     tid,
-                    BatchTask { resources: resources.clone(), priority: sub.priority, constraints: constraints.clone(), attempts: 0, max_attempts },
+                    BatchTask {
+                        resources: resources.clone(),
+                        priority: sub.priority,
+                        constraints: constraints.clone(),
+                        attempts: 0,
+                        max_attempts,
+                    },
                 );
             }
         }
@@ -935,6 +997,11 @@ impl Master {
         }
     }
 
+    /// An agent stopped answering: its resources leave the pool and its
+    /// offers are rescinded. Its batch tasks are LOST (and retried at once);
+    /// other frameworks' tasks become UNREACHABLE: if the agent reregisters
+    /// within `agent_reregister_timeout` they resume being tracked, otherwise
+    /// they are GONE.
     fn remove_agent(&mut self, id: &AgentId, reason: &str, message: String) {
         let Some(agent) = self.agents.remove(id) else { return };
         let offers: Vec<OfferId> = self.offers.iter().filter(|(_, o)| &o.agent == id).map(|(k, _)| k.clone()).collect();
@@ -942,16 +1009,15 @@ impl Master {
             self.rescind(&o);
         }
         for t in agent.tasks {
-            if let Some(task) = self.tasks.get_mut(&t) {
-                task.allocation = None; // the agent's resources leave with it
-            }
-            let mut st = status(&t, &self.batch_id, Some(id), v1::TaskState::TaskLost, reason, message.clone());
-            if let Some(task) = self.tasks.get(&t) {
-                st.framework_id = task.framework.to_string();
-            }
+            let Some(task) = self.tasks.get_mut(&t) else { continue };
+            task.allocation = None; // the agent's resources leave with it
+            let fw = task.framework.clone();
+            let state = if fw == self.batch_id { v1::TaskState::TaskLost } else { v1::TaskState::TaskUnreachable };
+            let st = status(&t, &fw, Some(id), state, reason, message.clone());
             self.apply_status(st, false);
         }
         let _ = self.alloc.remove_agent(id);
+        self.recovering.insert(id.clone(), Instant::now() + self.cfg.agent_reregister_timeout);
         self.dirty_agents.insert(id.clone());
         let _ = self.watch.send(v1::WatchEvent { event: Some(v1::watch_event::Event::AgentRemoved(id.to_string())) });
         self.dirty = true;
@@ -1093,7 +1159,12 @@ impl Master {
         self.dirty = true;
     }
 
-    fn subscribe(&mut self, info: v1::FrameworkInfo, tx: EventTx, hosted_info: Option<HostedInfo>) -> Result<(), Status> {
+    fn subscribe(
+        &mut self,
+        info: v1::FrameworkInfo,
+        tx: EventTx,
+        hosted_info: Option<HostedInfo>,
+    ) -> Result<(), Status> {
         let hosted = hosted_info.is_some();
         let role = Role::new(if info.role.is_empty() { "default".to_string() } else { info.role.clone() })
             .map_err(|e| Status::invalid_argument(format!("framework role: {e}")))?;
@@ -1817,7 +1888,7 @@ impl Master {
             name: f.name.clone(),
             role: f.role.to_string(),
             allocated: self.alloc.framework_allocated(id).map(|r| resources_to_wire(&r)),
-            active_tasks: f.tasks.iter().filter(|t| self.tasks.get(*t).is_some_and(|t| !t.state.is_terminal())).count()
+            active_tasks: f.tasks.iter().filter(|t| self.tasks.get(t).is_some_and(|t| !t.state.is_terminal())).count()
                 as u32,
             connected,
             hosted,

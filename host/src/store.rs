@@ -67,8 +67,10 @@ impl Registry {
             let w = db.begin_write().map_err(|e| err("begin")(e.to_string()))?;
             {
                 let mut meta = w.open_table(META).map_err(|e| err("meta")(e.to_string()))?;
-                let epoch = meta.get("epoch").map_err(|e| err("meta")(e.to_string()))?.map(|v| v.value()).unwrap_or(0) + 1;
-                loaded.next_id = meta.get("next_id").map_err(|e| err("meta")(e.to_string()))?.map(|v| v.value()).unwrap_or(0);
+                let epoch =
+                    meta.get("epoch").map_err(|e| err("meta")(e.to_string()))?.map(|v| v.value()).unwrap_or(0) + 1;
+                loaded.next_id =
+                    meta.get("next_id").map_err(|e| err("meta")(e.to_string()))?.map(|v| v.value()).unwrap_or(0);
                 meta.insert("epoch", epoch).map_err(|e| err("meta")(e.to_string()))?;
                 loaded.epoch = epoch;
                 w.open_table(TASKS).map_err(|e| err("tasks")(e.to_string()))?;
@@ -180,11 +182,13 @@ pub(crate) fn spawn_writer(reg: Registry) -> std::sync::mpsc::Sender<Batch> {
                     merged.next_id = merged.next_id.max(c.next_id);
                     replies.extend(r);
                 }
-                if !merged.is_empty() {
-                    if let Err(e) = reg.commit(&merged) {
-                        eprintln!("wasmos master: cannot write the registry: {e}; stopping so nothing unrecorded is acknowledged");
-                        std::process::exit(70);
-                    }
+                if !merged.is_empty()
+                    && let Err(e) = reg.commit(&merged)
+                {
+                    eprintln!(
+                        "wasmos master: cannot write the registry: {e}; stopping so nothing unrecorded is acknowledged"
+                    );
+                    std::process::exit(70);
                 }
                 for f in replies {
                     f();

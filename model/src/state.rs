@@ -4,7 +4,10 @@ use std::fmt;
 
 /// Where a task is in its lifecycle:
 /// `STAGING → STARTING → RUNNING → {FINISHED, FAILED, KILLED, ERROR, LOST}`, with
-/// `KILLING` between RUNNING and KILLED and `PAUSED` ↔ RUNNING.
+/// `KILLING` between RUNNING and KILLED and `PAUSED` ↔ RUNNING. A task whose
+/// agent stopped answering is `UNREACHABLE` (not terminal: the agent may come
+/// back and the task resume being tracked) and `GONE` (terminal) when the
+/// agent does not come back in time.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, serde::Serialize, serde::Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum TaskState {
@@ -18,10 +21,12 @@ pub enum TaskState {
     Killed,
     Error,
     Lost,
+    Unreachable,
+    Gone,
 }
 
 impl TaskState {
-    pub const ALL: [TaskState; 10] = [
+    pub const ALL: [TaskState; 12] = [
         TaskState::Staging,
         TaskState::Starting,
         TaskState::Running,
@@ -32,11 +37,21 @@ impl TaskState {
         TaskState::Killed,
         TaskState::Error,
         TaskState::Lost,
+        TaskState::Unreachable,
+        TaskState::Gone,
     ];
 
     /// Terminal states never change again.
     pub fn is_terminal(self) -> bool {
-        matches!(self, TaskState::Finished | TaskState::Failed | TaskState::Killed | TaskState::Error | TaskState::Lost)
+        matches!(
+            self,
+            TaskState::Finished
+                | TaskState::Failed
+                | TaskState::Killed
+                | TaskState::Error
+                | TaskState::Lost
+                | TaskState::Gone
+        )
     }
 
     pub fn as_str(self) -> &'static str {
@@ -51,6 +66,8 @@ impl TaskState {
             TaskState::Killed => "killed",
             TaskState::Error => "error",
             TaskState::Lost => "lost",
+            TaskState::Unreachable => "unreachable",
+            TaskState::Gone => "gone",
         }
     }
 
@@ -62,6 +79,8 @@ impl TaskState {
         }
         match (self, next) {
             (_, Lost | Error) => true,
+            (Unreachable, Gone | Running | Paused | Killing | Killed | Finished | Failed) => true,
+            (Staging | Starting | Running | Paused | Killing, Unreachable) => true,
             (Staging, Starting | Running | Failed | Killed) => true,
             (Starting, Running | Failed | Killed | Finished) => true,
             (Running, Paused | Killing | Finished | Failed | Killed) => true,

@@ -67,6 +67,8 @@ pub fn state_to_wire(s: TaskState) -> v1::TaskState {
         TaskState::Killed => v1::TaskState::TaskKilled,
         TaskState::Error => v1::TaskState::TaskError,
         TaskState::Lost => v1::TaskState::TaskLost,
+        TaskState::Unreachable => v1::TaskState::TaskUnreachable,
+        TaskState::Gone => v1::TaskState::TaskGone,
     }
 }
 
@@ -83,7 +85,9 @@ pub fn state_from_wire(s: i32) -> Option<TaskState> {
         v1::TaskState::TaskFailed => TaskState::Failed,
         v1::TaskState::TaskKilled => TaskState::Killed,
         v1::TaskState::TaskError | v1::TaskState::TaskDropped => TaskState::Error,
-        v1::TaskState::TaskLost | v1::TaskState::TaskGone | v1::TaskState::TaskUnreachable => TaskState::Lost,
+        v1::TaskState::TaskLost => TaskState::Lost,
+        v1::TaskState::TaskUnreachable => TaskState::Unreachable,
+        v1::TaskState::TaskGone => TaskState::Gone,
         v1::TaskState::Unspecified => return None,
     })
 }

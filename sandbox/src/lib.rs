@@ -43,8 +43,8 @@ pub use control::{Signal, TaskControl};
 pub use fs::{InputFile, SandboxDirSpec};
 pub use output::Passthrough;
 pub use scheduler::{
-    CallbackError, CallbackErrorKind, SchedulerInstance, SchedulerLimits, DEFAULT_CALLBACK_FUEL,
-    DEFAULT_CALLBACK_TIMEOUT, DEFAULT_SCHEDULER_MEM,
+    CallbackError, CallbackErrorKind, DEFAULT_CALLBACK_FUEL, DEFAULT_CALLBACK_TIMEOUT, DEFAULT_SCHEDULER_MEM,
+    SchedulerInstance, SchedulerLimits,
 };
 /// The `wasmos:scheduler` types (offers, calls, statuses, jobs) as plain Rust data.
 pub mod sched {

@@ -41,7 +41,11 @@ pub struct SchedulerLimits {
 
 impl Default for SchedulerLimits {
     fn default() -> Self {
-        SchedulerLimits { fuel_per_callback: DEFAULT_CALLBACK_FUEL, mem: DEFAULT_SCHEDULER_MEM, timeout: DEFAULT_CALLBACK_TIMEOUT }
+        SchedulerLimits {
+            fuel_per_callback: DEFAULT_CALLBACK_FUEL,
+            mem: DEFAULT_SCHEDULER_MEM,
+            timeout: DEFAULT_CALLBACK_TIMEOUT,
+        }
     }
 }
 
@@ -78,7 +82,10 @@ pub struct SchedulerInstance {
 
 impl std::fmt::Debug for SchedulerInstance {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("SchedulerInstance").field("callbacks", &self.callbacks).field("poisoned", &self.poisoned).finish()
+        f.debug_struct("SchedulerInstance")
+            .field("callbacks", &self.callbacks)
+            .field("poisoned", &self.poisoned)
+            .finish()
     }
 }
 
@@ -124,7 +131,10 @@ impl Sandbox {
         })?;
         let mut b = WasiCtxBuilder::new();
         // Scheduler stdout/stderr are kept small and discarded: use host.log.
-        b.stdout(Capture::new(0, Passthrough::None)).stderr(Capture::new(0, Passthrough::None)).allow_tcp(false).allow_udp(false);
+        b.stdout(Capture::new(0, Passthrough::None))
+            .stderr(Capture::new(0, Passthrough::None))
+            .allow_tcp(false)
+            .allow_udp(false);
         let data = TaskData {
             wasi: Wasi::P2 { ctx: b.build(), table: ResourceTable::new() },
             limiter: MemLimiter::new(limits.mem, 16, 8, 4),
@@ -170,7 +180,8 @@ impl SchedulerInstance {
         self.callbacks += 1;
         let left = self.store.get_fuel().unwrap_or(0);
         self.fuel_used += self.limits.fuel_per_callback.saturating_sub(left);
-        self.logs = std::mem::take(&mut self.store.data_mut().sched_logs).into_iter().map(|(l, m)| (level(l), m)).collect();
+        self.logs =
+            std::mem::take(&mut self.store.data_mut().sched_logs).into_iter().map(|(l, m)| (level(l), m)).collect();
         let err = match r {
             Ok(Ok(v)) => return Ok(v),
             Err(_) => CallbackError {
@@ -187,7 +198,11 @@ impl SchedulerInstance {
                         message: format!("used its whole budget of {} fuel", self.limits.fuel_per_callback),
                     },
                     (_, Some(r)) => CallbackError { kind: CallbackErrorKind::OutOfMemory, callback, message: r },
-                    _ => CallbackError { kind: CallbackErrorKind::Trap, callback, message: format!("{:#}", e.root_cause()) },
+                    _ => CallbackError {
+                        kind: CallbackErrorKind::Trap,
+                        callback,
+                        message: format!("{:#}", e.root_cause()),
+                    },
                 }
             }
         };
@@ -221,7 +236,8 @@ impl SchedulerInstance {
 
     pub async fn on_rescind(&mut self, offer_id: &str) -> Result<Vec<Call>, CallbackError> {
         self.before("on-rescind")?;
-        let r = tokio::time::timeout(self.limits.timeout, self.bindings.call_on_rescind(&mut self.store, offer_id)).await;
+        let r =
+            tokio::time::timeout(self.limits.timeout, self.bindings.call_on_rescind(&mut self.store, offer_id)).await;
         self.after("on-rescind", r)
     }
 

@@ -220,13 +220,8 @@ fn cargo_guest(root: &Path, route: RustRoute, package: &str, target: &str) -> Re
 
 /// Rust guests that are components of the wasmos WIT worlds (`cdylib`s using
 /// the guest SDK): (package, output name).
-const RUST_COMPONENTS: &[(&str, &str)] = &[
-    ("sjf", "sjf"),
-    ("srtf", "srtf"),
-    ("service", "service"),
-    ("hostile", "hostile"),
-    ("primes", "primes"),
-];
+const RUST_COMPONENTS: &[(&str, &str)] =
+    &[("sjf", "sjf"), ("srtf", "srtf"), ("service", "service"), ("hostile", "hostile"), ("primes", "primes")];
 
 /// Builds the RUST_COMPONENTS: natively for wasm32-wasip2, or (fallback) for
 /// wasip1 and then wrapped with wit-component and the preview1 reactor adapter.
@@ -323,7 +318,16 @@ fn test(root: &Path, extra: &[String]) -> Result<()> {
 /// cli/examples/chaos.rs). Debug build, so it reuses the test build.
 fn chaos(root: &Path, extra: &[String]) -> Result<()> {
     guests(root)?;
-    run(Command::new("cargo").current_dir(root).args(["build", "--quiet", "-p", "wasmos", "--bin", "wasmos", "--example", "chaos"]))?;
+    run(Command::new("cargo").current_dir(root).args([
+        "build",
+        "--quiet",
+        "-p",
+        "wasmos",
+        "--bin",
+        "wasmos",
+        "--example",
+        "chaos",
+    ]))?;
     run(Command::new(root.join("target/debug/examples/chaos"))
         .arg("--wasmos")
         .arg(root.join("target/debug/wasmos"))

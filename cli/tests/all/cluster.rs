@@ -149,7 +149,11 @@ fn task_components_and_input_locally_and_on_the_cluster() {
     let primes = guest("primes");
     let wc = guest("wordcount");
     // Locally: a wasmos:task component gets --input as run's input ...
-    let o = Command::new(env!("CARGO_BIN_EXE_wasmos")).args(["run", "--no-cache", "--input", n]).arg(&primes).output().unwrap();
+    let o = Command::new(env!("CARGO_BIN_EXE_wasmos"))
+        .args(["run", "--no-cache", "--input", n])
+        .arg(&primes)
+        .output()
+        .unwrap();
     assert_eq!(o.status.code(), Some(0), "{}", err(&o));
     assert_eq!(out(&o), "168 primes below 1000\n");
     assert!(err(&o).contains("counting primes below 1000"), "context.log goes to stderr: {}", err(&o));
@@ -178,10 +182,26 @@ fn task_components_and_input_locally_and_on_the_cluster() {
     assert_eq!(o.status.code(), Some(0), "{}", err(&o));
     let o = wasmos(
         &c,
-        &["submit", "--framework", "sjf", "--estimated-fuel", "10", "--wait", "--json", "--input", n, primes.to_str().unwrap()],
+        &[
+            "submit",
+            "--framework",
+            "sjf",
+            "--estimated-fuel",
+            "10",
+            "--wait",
+            "--json",
+            "--input",
+            n,
+            primes.to_str().unwrap(),
+        ],
     );
     let v = &lines(&o)[0];
-    assert_eq!((v["state"].as_str(), v["stdout"].as_str()), (Some("finished"), Some("168 primes below 1000\n")), "{}", err(&o));
+    assert_eq!(
+        (v["state"].as_str(), v["stdout"].as_str()),
+        (Some("finished"), Some("168 primes below 1000\n")),
+        "{}",
+        err(&o)
+    );
     assert!(v["task_id"].as_str().unwrap().starts_with("sjf-job-"));
     let o = wasmos(&c, &["framework", "ls", "--json"]);
     let fws = lines(&o);

@@ -36,7 +36,13 @@ fn master(state: &Path, port: u16) -> Proc {
 }
 
 fn agent(url: &str, work: &Path) -> Proc {
-    Proc(bin().args(["agent", "--master", url, "--resources", "cpus:2;mem:2GiB", "--work-dir"]).arg(work).spawn().unwrap())
+    Proc(
+        bin()
+            .args(["agent", "--master", url, "--resources", "cpus:2;mem:2GiB", "--work-dir"])
+            .arg(work)
+            .spawn()
+            .unwrap(),
+    )
 }
 
 fn cli(url: &str, args: &[&str]) -> Output {
@@ -101,7 +107,9 @@ fn master_kill_9_and_restart_loses_nothing() {
     m.0.wait().unwrap();
     let t0 = Instant::now();
     let _m = master(&state, port);
-    wait_for("the master to answer again", Duration::from_secs(90), || cli(&url, &["tasks", "--json"]).status.success());
+    wait_for("the master to answer again", Duration::from_secs(90), || {
+        cli(&url, &["tasks", "--json"]).status.success()
+    });
     let recovery = t0.elapsed();
     eprintln!("master answered {recovery:?} after restart");
 
@@ -114,7 +122,9 @@ fn master_kill_9_and_restart_loses_nothing() {
             *counts.entry(t["state"].as_str().unwrap_or("?").to_string()).or_insert(0) += 1;
         }
         seen = format!("{} tasks: {counts:?}", ts.len());
-        let ended = |t: &serde_json::Value| ["finished", "failed", "lost", "error", "killed"].contains(&t["state"].as_str().unwrap_or(""));
+        let ended = |t: &serde_json::Value| {
+            ["finished", "failed", "lost", "error", "killed"].contains(&t["state"].as_str().unwrap_or(""))
+        };
         if ts.len() == 301 && ts.iter().all(ended) {
             break;
         }
@@ -145,7 +155,9 @@ fn agent_kill_9_tasks_are_retried_on_a_new_agent() {
     std::fs::write(&n, "5000000").unwrap(); // a few seconds: still running when its agent dies
     let o = cli(&url, &["submit", "--cpus", "1", "--input", n.to_str().unwrap(), &guest("primes")]);
     let id = String::from_utf8_lossy(&o.stdout).trim().to_string();
-    wait_for("the task to run", Duration::from_secs(90), || tasks(&url).iter().any(|t| t["task_id"] == id.as_str() && t["state"] == "running"));
+    wait_for("the task to run", Duration::from_secs(90), || {
+        tasks(&url).iter().any(|t| t["task_id"] == id.as_str() && t["state"] == "running")
+    });
     a.0.kill().unwrap();
     a.0.wait().unwrap();
     let _b = agent(&url, &tmp.path().join("agent-b"));
@@ -164,14 +176,18 @@ fn agent_restarts_from_its_checkpoint_under_the_same_id() {
     let _m = master(&tmp.path().join("master"), port);
     let work = tmp.path().join("agent");
     let mut a = agent(&url, &work);
-    let id_of = |url: &str| lines(&cli(url, &["agents", "--json"])).first().map(|a| a["agent_id"].as_str().unwrap().to_string());
+    let id_of = |url: &str| {
+        lines(&cli(url, &["agents", "--json"])).first().map(|a| a["agent_id"].as_str().unwrap().to_string())
+    };
     wait_for("the agent", Duration::from_secs(90), || id_of(&url).is_some());
     let first_id = id_of(&url).unwrap();
     let n = tmp.path().join("n.txt");
     std::fs::write(&n, "5000000").unwrap();
     let o = cli(&url, &["submit", "--cpus", "1", "--input", n.to_str().unwrap(), &guest("primes")]);
     let id = String::from_utf8_lossy(&o.stdout).trim().to_string();
-    wait_for("the task to run", Duration::from_secs(90), || tasks(&url).iter().any(|t| t["task_id"] == id.as_str() && t["state"] == "running"));
+    wait_for("the task to run", Duration::from_secs(90), || {
+        tasks(&url).iter().any(|t| t["task_id"] == id.as_str() && t["state"] == "running")
+    });
     a.0.kill().unwrap();
     a.0.wait().unwrap();
     let _a2 = agent(&url, &work);

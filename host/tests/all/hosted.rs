@@ -16,7 +16,12 @@ fn guest(name: &str) -> Vec<u8> {
 async fn deploy(c: &Cluster, name: &str, module: &str, role: &str, config: &str) -> Result<String, tonic::Status> {
     let sha = c.upload(guest(module)).await;
     c.operator()
-        .deploy_framework(v1::DeployRequest { name: name.into(), role: role.into(), config: config.into(), module_sha256: sha })
+        .deploy_framework(v1::DeployRequest {
+            name: name.into(),
+            role: role.into(),
+            config: config.into(),
+            module_sha256: sha,
+        })
         .await
         .map(|r| r.into_inner().framework_id)
 }
@@ -51,30 +56,41 @@ async fn sjf_completes_a_mixed_backlog_shortest_first() {
     deploy(&c, "sjf", "sjf", "batch", "").await.unwrap();
     let primes = c.upload(guest("primes")).await;
     let mut watch = c.operator().watch(v1::WatchRequest { framework_id: String::new() }).await.unwrap().into_inner();
-    let blocker = c.operator().submit(job("sjf", &primes, "300000", None)).await.unwrap().into_inner().task_ids.remove(0);
+    let blocker =
+        c.operator().submit(job("sjf", &primes, "300000", None)).await.unwrap().into_inner().task_ids.remove(0);
     // wait until the blocker runs, then queue four jobs out of order
     loop {
-        if let Some(v1::watch_event::Event::Task(st)) = watch.message().await.unwrap().unwrap().event {
-            if st.task_id == blocker && st.state == v1::TaskState::TaskRunning as i32 {
-                break;
-            }
+        if let Some(v1::watch_event::Event::Task(st)) = watch.message().await.unwrap().unwrap().event
+            && st.task_id == blocker
+            && st.state == v1::TaskState::TaskRunning as i32
+        {
+            break;
         }
     }
     let mut by_estimate = Vec::new();
     for est in [4_000_000u64, 1_000_000, 3_000_000, 2_000_000] {
-        let id = c.operator().submit(job("sjf", &primes, "20000", Some(est))).await.unwrap().into_inner().task_ids.remove(0);
+        let id =
+            c.operator().submit(job("sjf", &primes, "20000", Some(est))).await.unwrap().into_inner().task_ids.remove(0);
         by_estimate.push((est, id));
     }
     let mut started = Vec::new();
     let mut finished = 0;
     while finished < 5 {
-        let ev = tokio::time::timeout(Duration::from_secs(30), watch.message()).await.expect("progress").unwrap().unwrap();
+        let ev =
+            tokio::time::timeout(Duration::from_secs(30), watch.message()).await.expect("progress").unwrap().unwrap();
         if let Some(v1::watch_event::Event::Task(st)) = ev.event {
             if st.state == v1::TaskState::TaskRunning as i32 && st.task_id != blocker {
                 started.push(st.task_id.clone());
             }
             if st.state == v1::TaskState::TaskFinished as i32 {
-                assert_eq!(st.outcome.as_ref().unwrap().stdout, if st.task_id == blocker { b"25997 primes below 300000\n".to_vec() } else { b"2262 primes below 20000\n".to_vec() });
+                assert_eq!(
+                    st.outcome.as_ref().unwrap().stdout,
+                    if st.task_id == blocker {
+                        b"25997 primes below 300000\n".to_vec()
+                    } else {
+                        b"2262 primes below 20000\n".to_vec()
+                    }
+                );
                 finished += 1;
             }
             assert_ne!(st.state, v1::TaskState::TaskFailed as i32, "{st:?}");
@@ -107,7 +123,8 @@ async fn hostile_schedulers_fail_alone() {
         }
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
-    for (mode, want) in [("loop", "fuel"), ("bomb", "mem limit"), ("trap", "unreachable"), ("garbage", "invalid call")] {
+    for (mode, want) in [("loop", "fuel"), ("bomb", "mem limit"), ("trap", "unreachable"), ("garbage", "invalid call")]
+    {
         let f = &fws[&format!("bad-{mode}")];
         assert_eq!(f.status, "failed", "{f:?}");
         assert!(f.last_error.contains(want), "{mode}: {}", f.last_error);
@@ -157,7 +174,8 @@ async fn events_until(
 ) -> Vec<(String, v1::TaskState)> {
     let mut seen = Vec::new();
     loop {
-        let ev = tokio::time::timeout(Duration::from_secs(30), watch.message()).await.expect("progress").unwrap().unwrap();
+        let ev =
+            tokio::time::timeout(Duration::from_secs(30), watch.message()).await.expect("progress").unwrap().unwrap();
         if let Some(v1::watch_event::Event::Task(st)) = ev.event {
             seen.push((st.task_id.clone(), v1::TaskState::try_from(st.state).unwrap()));
             if done(&st) {
@@ -174,9 +192,23 @@ async fn srtf_preempts_a_long_task_and_resumes_it_without_losing_work() {
     deploy(&c, "srtf", "srtf", "batch", "active=1").await.unwrap();
     let primes = c.upload(guest("primes")).await;
     let mut watch = c.operator().watch(v1::WatchRequest { framework_id: String::new() }).await.unwrap().into_inner();
-    let long = c.operator().submit(job("srtf", &primes, "300000", Some(1 << 40))).await.unwrap().into_inner().task_ids.remove(0);
+    let long = c
+        .operator()
+        .submit(job("srtf", &primes, "300000", Some(1 << 40)))
+        .await
+        .unwrap()
+        .into_inner()
+        .task_ids
+        .remove(0);
     events_until(&mut watch, |st| st.task_id == long && st.state == TaskRunning as i32).await;
-    let short = c.operator().submit(job("srtf", &primes, "20000", Some(1_000_000))).await.unwrap().into_inner().task_ids.remove(0);
+    let short = c
+        .operator()
+        .submit(job("srtf", &primes, "20000", Some(1_000_000)))
+        .await
+        .unwrap()
+        .into_inner()
+        .task_ids
+        .remove(0);
     let seen = events_until(&mut watch, |st| st.task_id == long && st.state == TaskFinished as i32).await;
     let order: Vec<(String, v1::TaskState)> = seen.into_iter().filter(|(_, s)| *s != TaskStaging).collect();
     let expected = vec![
@@ -210,9 +242,17 @@ async fn service_keeps_replicas_running_and_restarts_a_dead_one() {
         let fw = fw.clone();
         async move {
             let mut c = c;
-            let tasks = c.list_tasks(v1::ListTasksRequest { state: 0, framework_id: fw, limit: 0 }).await.unwrap().into_inner().tasks;
-            let live: Vec<String> =
-                tasks.iter().filter(|t| t.state == v1::TaskState::TaskRunning as i32).map(|t| t.task_id.clone()).collect();
+            let tasks = c
+                .list_tasks(v1::ListTasksRequest { state: 0, framework_id: fw, limit: 0 })
+                .await
+                .unwrap()
+                .into_inner()
+                .tasks;
+            let live: Vec<String> = tasks
+                .iter()
+                .filter(|t| t.state == v1::TaskState::TaskRunning as i32)
+                .map(|t| t.task_id.clone())
+                .collect();
             (live, tasks.len())
         }
     };

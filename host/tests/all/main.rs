@@ -120,7 +120,9 @@ impl Cluster {
     /// a task not launched yet (unknown to the master) is waited for too.
     pub async fn wait_task(&self, id: &str, state: Option<v1::TaskState>) -> v1::TaskSummary {
         for _ in 0..1000 {
-            let Ok(t) = self.operator().get_task(v1::GetTaskRequest { task_id: id.into() }).await.map(|t| t.into_inner()) else {
+            let Ok(t) =
+                self.operator().get_task(v1::GetTaskRequest { task_id: id.into() }).await.map(|t| t.into_inner())
+            else {
                 tokio::time::sleep(Duration::from_millis(10)).await;
                 continue;
             };

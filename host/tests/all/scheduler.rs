@@ -352,3 +352,34 @@ async fn declined_resources_come_back_when_the_filter_expires() {
     assert_eq!(again.len(), 1);
     assert!(t0.elapsed() >= Duration::from_millis(300), "not before the filter expires: {:?}", t0.elapsed());
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tasks_of_a_silent_agent_become_unreachable_then_gone() {
+    use v1::TaskState::*;
+    let c = cluster_with(1, "cpus:1;mem:1GiB", |cfg| {
+        cfg.agent_heartbeat_interval = Duration::from_millis(100);
+        cfg.agent_timeout = Duration::from_millis(400);
+        cfg.agent_reregister_timeout = Duration::from_millis(800);
+    })
+    .await;
+    let sha = c.upload_wat(SPIN).await;
+    let mut fw = Framework::subscribe(&c, "partition-aware", "p").await;
+    let offers = fw.offers().await;
+    fw.accept(&[&offers[0]], vec![spec("p-1", &sha, "cpus:0.5;mem:16MiB")]).await;
+    loop {
+        let st = fw.update().await;
+        fw.ack(&st).await;
+        if state(&st) == TaskRunning {
+            break;
+        }
+    }
+    c.stop_agent(0);
+    // Silent past agent_timeout: UNREACHABLE (not terminal) ...
+    let st = fw.update().await;
+    assert_eq!((st.task_id.as_str(), state(&st), st.reason.as_str()), ("p-1", TaskUnreachable, "agent_lost"));
+    assert_eq!(c.task("p-1").await.state, TaskUnreachable as i32);
+    // ... and GONE (terminal) when it does not come back within agent_reregister_timeout.
+    let st = fw.update().await;
+    assert_eq!((st.task_id.as_str(), state(&st), st.reason.as_str()), ("p-1", TaskGone, "agent_gone"));
+    assert!(wasmos_proto::state_from_wire(c.task("p-1").await.state).unwrap().is_terminal());
+}
