@@ -746,7 +746,7 @@ impl Master {
                 v1::TaskState::TaskLost,
                 "agent_failover",
                 format!(
-                    "task was not running on agent {} after the master restarted",
+                    "task was not running on agent {} when it reregistered (the agent or the master restarted)",
                     agent.as_ref().map(|a| a.as_str()).unwrap_or("?")
                 ),
             );
@@ -1100,7 +1100,13 @@ impl Master {
                 self.dirty = true;
             }
         }
-        let _ = self.watch.send(v1::WatchEvent { event: Some(v1::watch_event::Event::Task(st.clone())) });
+        // Watchers see an update only once it is committed, so the observed
+        // history has each update once even across a master failover.
+        let watch = self.watch.clone();
+        let ev = v1::WatchEvent { event: Some(v1::watch_event::Event::Task(st.clone())) };
+        self.defer(move || {
+            let _ = watch.send(ev);
+        });
         self.notify(&fw, st, state);
     }
 
