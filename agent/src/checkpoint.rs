@@ -1,10 +1,9 @@
 //! The agent's checkpoint under `--work-dir`: its id and the status updates
-//! it holds while the master cannot be reached. After an agent restart it reregisters under the same
-//! id and resends those updates; tasks that were running when the process
-//! died are not reported by it, and the master declares them LOST after a
-//! short grace period (their framework then retries them). The `tasks` table
-//! (launched tasks, reported LOST at once on restart) is kept for older
-//! checkpoints but no longer written on the launch path, which must not wait
+//! it holds while the master cannot be reached. After an agent restart it
+//! reregisters under the same id and resends those updates; tasks that were
+//! running when the process died are not reported by it, and the master
+//! declares them LOST after a short grace period (their framework then
+//! retries them). Launches are not recorded: the launch path must not wait
 //! for the disk.
 
 use std::path::Path;
@@ -13,7 +12,6 @@ use redb::{Database, ReadableDatabase, ReadableTable, TableDefinition};
 use wasmos_proto::v1;
 
 const META: TableDefinition<&str, &str> = TableDefinition::new("meta");
-const TASKS: TableDefinition<&str, &str> = TableDefinition::new("tasks");
 /// uuid (hex) -> encoded TaskStatus
 const UPDATES: TableDefinition<&str, &[u8]> = TableDefinition::new("updates");
 
@@ -25,8 +23,6 @@ pub(crate) struct Checkpoint {
 #[derive(Default)]
 pub(crate) struct Restored {
     pub agent_id: String,
-    /// task id -> framework id
-    pub tasks: Vec<(String, String)>,
     pub updates: Vec<v1::TaskStatus>,
 }
 
@@ -41,7 +37,6 @@ impl Checkpoint {
         {
             let w = db.begin_write().map_err(e)?;
             w.open_table(META).map_err(e)?;
-            w.open_table(TASKS).map_err(e)?;
             w.open_table(UPDATES).map_err(e)?;
             w.commit().map_err(e)?;
         }
@@ -50,10 +45,6 @@ impl Checkpoint {
             let t = db.begin_read().map_err(e)?;
             let meta = t.open_table(META).map_err(e)?;
             r.agent_id = meta.get("agent_id").map_err(e)?.map(|v| v.value().to_string()).unwrap_or_default();
-            for row in t.open_table(TASKS).map_err(e)?.iter().map_err(e)? {
-                let (k, v) = row.map_err(e)?;
-                r.tasks.push((k.value().to_string(), v.value().to_string()));
-            }
             for row in t.open_table(UPDATES).map_err(e)?.iter().map_err(e)? {
                 let (_, v) = row.map_err(e)?;
                 if let Some(st) = wasmos_proto::decode::<v1::TaskStatus>(v.value()) {
@@ -73,18 +64,6 @@ impl Checkpoint {
         w.commit().map_err(e)
     }
 
-    #[allow(dead_code)]
-    pub fn launched(&self, tasks: &[(String, String)]) -> Result<(), String> {
-        let w = self.db.begin_write().map_err(e)?;
-        {
-            let mut t = w.open_table(TASKS).map_err(e)?;
-            for (id, fw) in tasks {
-                t.insert(id.as_str(), fw.as_str()).map_err(e)?;
-            }
-        }
-        w.commit().map_err(e)
-    }
-
     /// Makes updates durable before they are sent.
     pub fn save_updates(&self, ups: &[&v1::TaskStatus]) -> Result<(), String> {
         if ups.is_empty() {
@@ -100,17 +79,13 @@ impl Checkpoint {
         w.commit().map_err(e)
     }
 
-    /// Forgets acknowledged updates, and tasks whose final update was acknowledged.
-    pub fn acked(&self, uuids: &[Vec<u8>], finished_tasks: &[String]) -> Result<(), String> {
+    /// Forgets acknowledged updates.
+    pub fn acked(&self, uuids: &[Vec<u8>]) -> Result<(), String> {
         let w = self.db.begin_write().map_err(e)?;
         {
             let mut t = w.open_table(UPDATES).map_err(e)?;
             for u in uuids {
                 t.remove(hex::encode(u).as_str()).map_err(e)?;
-            }
-            let mut t = w.open_table(TASKS).map_err(e)?;
-            for id in finished_tasks {
-                t.remove(id.as_str()).map_err(e)?;
             }
         }
         w.commit().map_err(e)

@@ -57,8 +57,8 @@ pub struct AgentConfig {
     pub update_batch: usize,
     /// Longest wait between reconnection attempts (exponential, capped). Default 10 s.
     pub max_backoff: Duration,
-    /// Keep a checkpoint in the work dir (agent id, launched tasks,
-    /// unacknowledged updates) so a restarted agent resumes. Default on.
+    /// Keep a checkpoint in the work dir (agent id; updates held while the
+    /// master is unreachable) so a restarted agent resumes. Default on.
     pub checkpoint: bool,
 }
 
@@ -377,15 +377,11 @@ async fn updater(shared: Arc<Shared>, mut rx: mpsc::UnboundedReceiver<v1::TaskSt
                 let acked: std::collections::HashSet<Vec<u8>> = acks.into_inner().uuids.into_iter().collect();
                 let mut i = 0;
                 let mut done = Vec::new();
-                let mut ended = Vec::new();
                 pending.retain(|u| {
                     i += 1;
                     let ack = i <= n && acked.contains(&u.uuid);
                     if ack {
                         done.push(u.task_id.clone());
-                        if wasmos_proto::state_from_wire(u.state).is_some_and(|s| s.is_terminal()) {
-                            ended.push(u.task_id.clone());
-                        }
                     }
                     !ack
                 });
@@ -398,7 +394,7 @@ async fn updater(shared: Arc<Shared>, mut rx: mpsc::UnboundedReceiver<v1::TaskSt
                     // resent, and the master drops the duplicate by its UUID.
                     let sh = shared.clone();
                     tokio::task::spawn_blocking(move || {
-                        if let Some(Err(e)) = sh.checkpoint.as_ref().map(|cp| cp.acked(&uuids, &ended)) {
+                        if let Some(Err(e)) = sh.checkpoint.as_ref().map(|cp| cp.acked(&uuids)) {
                             eprintln!("wasmos agent: checkpoint: {e}");
                         }
                     });
@@ -509,27 +505,11 @@ pub async fn run(cfg: AgentConfig, shutdown: impl Future<Output = ()> + Send) ->
         modules: Mutex::new(HashMap::new()),
         checkpoint,
     });
-    // Resume from the checkpoint: resend what was not acknowledged; tasks that
-    // were running when the previous process died are LOST.
+    // Resume from the checkpoint: resend what was not acknowledged.
     let restored_uuids: Vec<Vec<u8>> = restored.updates.iter().map(|u| u.uuid.clone()).collect();
-    let mut ended: HashSet<String> = HashSet::new();
     for u in restored.updates {
-        if wasmos_proto::state_from_wire(u.state).is_some_and(|s| s.is_terminal()) {
-            ended.insert(u.task_id.clone());
-        }
         *shared.unacked.lock().unwrap_or_else(|e| e.into_inner()).entry(u.task_id.clone()).or_default() += 1;
         let _ = shared.updates.send(u);
-    }
-    for (task, fw) in restored.tasks {
-        if !ended.contains(&task) {
-            shared.send_status(
-                &task,
-                &fw,
-                v1::TaskState::TaskLost,
-                "the agent restarted while the task ran".into(),
-                None,
-            );
-        }
     }
     let heartbeat = match register(&shared).await {
         Ok(h) => h,

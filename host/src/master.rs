@@ -638,6 +638,27 @@ impl Master {
         })
     }
 
+    /// Counts a task's resources on `agent` again and records it there (after a
+    /// failover, when the agent says it runs the task). False if the allocator
+    /// refuses (unknown framework, no room), which leaves the task untouched.
+    fn track_on_agent(&mut self, tid: &TaskId, agent: &AgentId) -> bool {
+        let Some(t) = self.tasks.get(tid) else { return false };
+        let fw = t.framework.clone();
+        let alloc = Allocation::from(t.resources.clone());
+        let Some(role) = self.frameworks.get(&fw).map(|f| f.role.clone()) else { return false };
+        if self.alloc.add_allocation(&fw, agent, &role, &alloc).is_err() {
+            return false;
+        }
+        if let Some(t) = self.tasks.get_mut(tid) {
+            t.agent = Some(agent.clone());
+            t.allocation = Some(alloc);
+        }
+        if let Some(a) = self.agents.get_mut(agent) {
+            a.tasks.insert(tid.clone());
+        }
+        true
+    }
+
     /// After a master failover: an agent from the registry came back and said
     /// which tasks it runs. Those resume being tracked (their resources count
     /// again); the ones it no longer has are LOST; the ones the master does not
@@ -653,19 +674,10 @@ impl Master {
             .collect();
         for tid in mine {
             if reported.contains(tid.as_str()) {
-                let (fw, resources) = {
-                    let t = &self.tasks[&tid];
-                    (t.framework.clone(), t.resources.clone())
-                };
-                let role = self.frameworks.get(&fw).map(|f| f.role.clone());
-                let alloc = Allocation::from(resources);
-                if let Some(role) = role
-                    && self.alloc.add_allocation(&fw, id, &role, &alloc).is_ok()
-                    && let Some(t) = self.tasks.get_mut(&tid)
+                let fw = self.tasks[&tid].framework.clone();
+                if !self.track_on_agent(&tid, id)
+                    && let Some(a) = self.agents.get_mut(id)
                 {
-                    t.allocation = Some(alloc);
-                }
-                if let Some(a) = self.agents.get_mut(id) {
                     a.tasks.insert(tid.clone());
                 }
                 if self.tasks.get(&tid).is_some_and(|t| t.state == TaskState::Unreachable) {
@@ -690,27 +702,12 @@ impl Master {
             // Launched just before the restart but recorded as still queued: adopt it.
             if let Ok(tid) = TaskId::new(t.task_id.clone()) {
                 let queued = self.tasks.get(&tid).is_some_and(|k| k.agent.is_none() && k.state == TaskState::Staging);
-                if queued {
-                    let (fw, resources) = {
-                        let k = &self.tasks[&tid];
-                        (k.framework.clone(), k.resources.clone())
-                    };
-                    let role = self.frameworks.get(&fw).map(|f| f.role.clone());
-                    let alloc = Allocation::from(resources);
-                    if let Some(role) = role
-                        && self.alloc.add_allocation(&fw, id, &role, &alloc).is_ok()
-                    {
-                        self.batch.take(&tid);
-                        if let Some(k) = self.tasks.get_mut(&tid) {
-                            k.agent = Some(id.clone());
-                            k.allocation = Some(alloc);
-                            k.state = TaskState::Running;
-                        }
-                        if let Some(a) = self.agents.get_mut(id) {
-                            a.tasks.insert(tid.clone());
-                        }
-                        continue;
+                if queued && self.track_on_agent(&tid, id) {
+                    self.batch.take(&tid);
+                    if let Some(k) = self.tasks.get_mut(&tid) {
+                        k.state = TaskState::Running;
                     }
+                    continue;
                 }
             }
             let known = TaskId::new(t.task_id.clone())
