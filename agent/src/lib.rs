@@ -57,8 +57,9 @@ pub struct AgentConfig {
     pub update_batch: usize,
     /// Longest wait between reconnection attempts (exponential, capped). Default 10 s.
     pub max_backoff: Duration,
-    /// Keep a checkpoint in the work dir (agent id; updates held while the
-    /// master is unreachable) so a restarted agent resumes. Default on.
+    /// Keep a checkpoint in the work dir (agent id, launched tasks,
+    /// unacknowledged updates) so a restarted agent resumes: it resends the
+    /// updates and reports the tasks it was running as LOST. Default on.
     pub checkpoint: bool,
 }
 
@@ -134,12 +135,19 @@ struct Shared {
     agent_id: Mutex<String>,
     uuids: Uuids,
     updates: mpsc::UnboundedSender<v1::TaskStatus>,
-    controls: Mutex<HashMap<String, TaskControl>>,
+    /// Tasks running (or paused) here.
+    live: Mutex<HashMap<String, Live>>,
     /// Tasks with status updates not yet acknowledged (count per task): the
     /// master must not give these up as lost when we reregister.
     unacked: Mutex<HashMap<String, usize>>,
     modules: Mutex<HashMap<String, ModuleCell>>,
     checkpoint: Option<checkpoint::Checkpoint>,
+}
+
+struct Live {
+    control: TaskControl,
+    framework: String,
+    paused: bool,
 }
 
 /// One module per hash, fetched and compiled once even when many launches
@@ -156,18 +164,70 @@ impl Shared {
     }
 
     fn send_status(&self, task: &str, fw: &str, state: v1::TaskState, message: String, outcome: Option<v1::Outcome>) {
+        self.send_status_with_reason(task, fw, state, "", message, outcome);
+    }
+
+    fn send_status_with_reason(
+        &self,
+        task: &str,
+        fw: &str,
+        state: v1::TaskState,
+        reason: &str,
+        message: String,
+        outcome: Option<v1::Outcome>,
+    ) {
         *self.unacked.lock().unwrap_or_else(|e| e.into_inner()).entry(task.to_string()).or_default() += 1;
-        let _ = self.updates.send(v1::TaskStatus {
+        let st = v1::TaskStatus {
             task_id: task.to_string(),
             framework_id: fw.to_string(),
             agent_id: self.agent_id(),
             state: state as i32,
             uuid: self.uuids.make(),
             timestamp_ms: now_ms(),
-            reason: String::new(),
+            reason: reason.to_string(),
             message,
             outcome,
-        });
+        };
+        if let Some(cp) = &self.checkpoint {
+            cp.update(&st);
+        }
+        let _ = self.updates.send(st);
+    }
+
+    fn forget_live(&self, task: &str) {
+        self.live.lock().unwrap_or_else(|e| e.into_inner()).remove(task);
+    }
+
+    /// What this agent reports when it (re)registers: the tasks it runs, and
+    /// the ones whose updates the master has not acknowledged yet (so the
+    /// master waits for those updates instead of giving the tasks up).
+    fn known_tasks(&self) -> Vec<v1::TaskStatus> {
+        let agent_id = self.agent_id();
+        let mut out: Vec<v1::TaskStatus> = self
+            .live
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .iter()
+            .map(|(id, l)| v1::TaskStatus {
+                task_id: id.clone(),
+                framework_id: l.framework.clone(),
+                agent_id: agent_id.clone(),
+                state: if l.paused { v1::TaskState::TaskPaused } else { v1::TaskState::TaskRunning } as i32,
+                ..Default::default()
+            })
+            .collect();
+        let seen: HashSet<String> = out.iter().map(|t| t.task_id.clone()).collect();
+        for id in self.unacked.lock().unwrap_or_else(|e| e.into_inner()).keys() {
+            if !seen.contains(id) {
+                out.push(v1::TaskStatus {
+                    task_id: id.clone(),
+                    agent_id: agent_id.clone(),
+                    state: v1::TaskState::TaskRunning as i32,
+                    ..Default::default()
+                });
+            }
+        }
+        out
     }
 
     fn info(&self) -> v1::AgentInfo {
@@ -279,8 +339,8 @@ async fn run_task(shared: Arc<Shared>, fw: String, spec: v1::TaskSpec, control: 
         Ok(p) => p,
         Err(msg) => {
             let o = wasmos_model::Outcome::error(msg.clone());
+            shared.forget_live(&id);
             shared.send_status(&id, &fw, v1::TaskState::TaskError, msg, Some(wasmos_proto::outcome_to_wire(&o)));
-            shared.controls.lock().unwrap_or_else(|e| e.into_inner()).remove(&id);
             return;
         }
     };
@@ -305,7 +365,7 @@ async fn run_task(shared: Arc<Shared>, fw: String, spec: v1::TaskSpec, control: 
         ..Default::default()
     };
     let outcome = shared.sandbox.run(&prepared, req, &control).await;
-    shared.controls.lock().unwrap_or_else(|e| e.into_inner()).remove(&id);
+    shared.forget_live(&id);
     let state = outcome_state(outcome.kind);
     let msg = outcome.message.clone().unwrap_or_default();
     shared.send_status(&id, &fw, state, msg, Some(wasmos_proto::outcome_to_wire(&outcome)));
@@ -313,7 +373,16 @@ async fn run_task(shared: Arc<Shared>, fw: String, spec: v1::TaskSpec, control: 
 
 fn handle_command(shared: &Arc<Shared>, cmd: v1::AgentCommand) {
     use v1::agent_command::Command;
-    let control_of = |id: &str| shared.controls.lock().unwrap_or_else(|e| e.into_inner()).get(id).cloned();
+    // Marks a live task paused or not and returns its control and framework.
+    let with_live = |id: &str, paused: Option<bool>| {
+        let mut live = shared.live.lock().unwrap_or_else(|e| e.into_inner());
+        live.get_mut(id).map(|l| {
+            if let Some(p) = paused {
+                l.paused = p;
+            }
+            (l.control.clone(), l.framework.clone())
+        })
+    };
     match cmd.command {
         Some(Command::Launch(l)) => {
             for spec in l.tasks {
@@ -321,25 +390,38 @@ fn handle_command(shared: &Arc<Shared>, cmd: v1::AgentCommand) {
                     continue;
                 }
                 let control = TaskControl::new();
-                shared.controls.lock().unwrap_or_else(|e| e.into_inner()).insert(spec.task_id.clone(), control.clone());
+                {
+                    let mut live = shared.live.lock().unwrap_or_else(|e| e.into_inner());
+                    if live.contains_key(&spec.task_id) {
+                        // A launch resent across a failover: it already runs here.
+                        continue;
+                    }
+                    live.insert(
+                        spec.task_id.clone(),
+                        Live { control: control.clone(), framework: l.framework_id.clone(), paused: false },
+                    );
+                }
+                if let Some(cp) = &shared.checkpoint {
+                    cp.launched(&spec.task_id, &l.framework_id);
+                }
                 tokio::spawn(run_task(shared.clone(), l.framework_id.clone(), spec, control));
             }
         }
         Some(Command::Kill(k)) => {
-            if let Some(c) = control_of(&k.task_id) {
+            if let Some((c, _)) = with_live(&k.task_id, None) {
                 c.kill();
             }
         }
         Some(Command::Pause(p)) => {
-            if let Some(c) = control_of(&p.task_id) {
+            if let Some((c, fw)) = with_live(&p.task_id, Some(true)) {
                 c.pause();
-                shared.send_status(&p.task_id, "", v1::TaskState::TaskPaused, "paused".into(), None);
+                shared.send_status(&p.task_id, &fw, v1::TaskState::TaskPaused, "paused".into(), None);
             }
         }
         Some(Command::Resume(r)) => {
-            if let Some(c) = control_of(&r.task_id) {
+            if let Some((c, fw)) = with_live(&r.task_id, Some(false)) {
                 c.resume();
-                shared.send_status(&r.task_id, "", v1::TaskState::TaskRunning, "resumed".into(), None);
+                shared.send_status(&r.task_id, &fw, v1::TaskState::TaskRunning, "resumed".into(), None);
             }
         }
         None => {}
@@ -347,10 +429,8 @@ fn handle_command(shared: &Arc<Shared>, cmd: v1::AgentCommand) {
 }
 
 /// Sends status updates in batches; keeps each until the master acknowledges it.
-async fn updater(shared: Arc<Shared>, mut rx: mpsc::UnboundedReceiver<v1::TaskStatus>, restored: Vec<Vec<u8>>) {
+async fn updater(shared: Arc<Shared>, mut rx: mpsc::UnboundedReceiver<v1::TaskStatus>) {
     let mut pending: Vec<v1::TaskStatus> = Vec::new();
-    // Updates already in the checkpoint.
-    let mut saved: HashSet<Vec<u8>> = restored.into_iter().collect();
     let mut backoff = Duration::from_millis(50);
     loop {
         if pending.is_empty() {
@@ -374,30 +454,26 @@ async fn updater(shared: Arc<Shared>, mut rx: mpsc::UnboundedReceiver<v1::TaskSt
         let result = client.update(v1::StatusUpdates { agent_id: shared.agent_id(), updates: batch }).await;
         match result {
             Ok(acks) => {
-                let acked: std::collections::HashSet<Vec<u8>> = acks.into_inner().uuids.into_iter().collect();
+                let acked: HashSet<Vec<u8>> = acks.into_inner().uuids.into_iter().collect();
                 let mut i = 0;
                 let mut done = Vec::new();
+                let mut ended = Vec::new();
+                let mut uuids = Vec::new();
                 pending.retain(|u| {
                     i += 1;
                     let ack = i <= n && acked.contains(&u.uuid);
                     if ack {
                         done.push(u.task_id.clone());
+                        uuids.push(u.uuid.clone());
+                        if wasmos_proto::state_from_wire(u.state).is_some_and(|s| s.is_terminal()) {
+                            ended.push(u.task_id.clone());
+                        }
                     }
                     !ack
                 });
-                if shared.checkpoint.is_some() && acked.iter().any(|u| saved.contains(u)) {
-                    let uuids: Vec<Vec<u8>> = acked.iter().filter(|u| saved.contains(*u)).cloned().collect();
-                    for u in &uuids {
-                        saved.remove(u);
-                    }
-                    // Forgetting need not wait: a stale entry after a crash is only
-                    // resent, and the master drops the duplicate by its UUID.
-                    let sh = shared.clone();
-                    tokio::task::spawn_blocking(move || {
-                        if let Some(Err(e)) = sh.checkpoint.as_ref().map(|cp| cp.acked(&uuids)) {
-                            eprintln!("wasmos agent: checkpoint: {e}");
-                        }
-                    });
+                if let Some(cp) = &shared.checkpoint {
+                    cp.acked(&uuids);
+                    cp.ended(&ended);
                 }
                 let mut un = shared.unacked.lock().unwrap_or_else(|e| e.into_inner());
                 for t in done {
@@ -411,29 +487,9 @@ async fn updater(shared: Arc<Shared>, mut rx: mpsc::UnboundedReceiver<v1::TaskSt
                 backoff = Duration::from_millis(50);
             }
             Err(_) => {
-                // The master cannot be reached: from now on what waits here is
-                // kept in the checkpoint, so it survives an agent restart and
-                // is delivered when the master is back (edge agents). While the
-                // master answers, updates are acknowledged within a round trip
-                // and are not written (an agent that dies in that window has its
-                // tasks declared LOST and retried).
-                let unsaved: Vec<v1::TaskStatus> =
-                    pending.iter().filter(|u| !saved.contains(&u.uuid)).cloned().collect();
-                if shared.checkpoint.is_some() && !unsaved.is_empty() {
-                    let sh = shared.clone();
-                    let ok = tokio::task::spawn_blocking(move || {
-                        let refs: Vec<&v1::TaskStatus> = unsaved.iter().collect();
-                        sh.checkpoint.as_ref().map(|cp| {
-                            cp.save_updates(&refs).map(|()| unsaved.iter().map(|u| u.uuid.clone()).collect::<Vec<_>>())
-                        })
-                    })
-                    .await;
-                    match ok {
-                        Ok(Some(Ok(uuids))) => saved.extend(uuids),
-                        Ok(Some(Err(e))) => eprintln!("wasmos agent: checkpoint: {e}"),
-                        _ => {}
-                    }
-                }
+                // The master cannot be reached (edge agents, failover): keep
+                // everything (it is in the checkpoint) and retry with capped
+                // exponential backoff.
                 tokio::time::sleep(backoff).await;
                 backoff = (backoff * 2).min(shared.cfg.max_backoff);
             }
@@ -465,14 +521,12 @@ async fn register(shared: &Shared) -> Result<Duration, tonic::Status> {
         .register(v1::RegisterAgentRequest {
             info: Some(shared.info()),
             agent_id: shared.agent_id(),
-            running_tasks: vec![],
+            running_tasks: shared.known_tasks(),
         })
         .await?
         .into_inner();
-    if let Some(cp) = &shared.checkpoint
-        && let Err(e) = cp.set_agent_id(&resp.agent_id)
-    {
-        eprintln!("wasmos agent: checkpoint: {e}");
+    if let Some(cp) = &shared.checkpoint {
+        cp.set_agent_id(&resp.agent_id);
     }
     *shared.agent_id.lock().unwrap_or_else(|e| e.into_inner()) = resp.agent_id;
     Ok(Duration::from_millis(resp.heartbeat_interval_ms.max(100)))
@@ -500,23 +554,39 @@ pub async fn run(cfg: AgentConfig, shutdown: impl Future<Output = ()> + Send) ->
         agent_id: Mutex::new(restored.agent_id.clone()),
         uuids: Uuids::new(),
         updates: utx,
-        controls: Mutex::new(HashMap::new()),
+        live: Mutex::new(HashMap::new()),
         unacked: Mutex::new(HashMap::new()),
         modules: Mutex::new(HashMap::new()),
         checkpoint,
     });
-    // Resume from the checkpoint: resend what was not acknowledged.
-    let restored_uuids: Vec<Vec<u8>> = restored.updates.iter().map(|u| u.uuid.clone()).collect();
+    // Resume from the checkpoint: resend what was not acknowledged; tasks that
+    // were running when the previous process ended are LOST.
+    let mut ended: HashSet<String> = HashSet::new();
     for u in restored.updates {
+        if wasmos_proto::state_from_wire(u.state).is_some_and(|s| s.is_terminal()) {
+            ended.insert(u.task_id.clone());
+        }
         *shared.unacked.lock().unwrap_or_else(|e| e.into_inner()).entry(u.task_id.clone()).or_default() += 1;
         let _ = shared.updates.send(u);
+    }
+    for (task, fw) in restored.tasks {
+        if !ended.contains(&task) {
+            shared.send_status_with_reason(
+                &task,
+                &fw,
+                v1::TaskState::TaskLost,
+                "agent_restarted",
+                "the agent restarted while the task ran".into(),
+                None,
+            );
+        }
     }
     let heartbeat = match register(&shared).await {
         Ok(h) => h,
         Err(s) if s.code() == tonic::Code::InvalidArgument => return Err(AgentError::Refused(s.message().to_string())),
         Err(_) => Duration::from_secs(1),
     };
-    let updater = tokio::spawn(updater(shared.clone(), urx, restored_uuids));
+    let updater = tokio::spawn(updater(shared.clone(), urx));
     let hb_shared = shared.clone();
     let heartbeats = tokio::spawn(async move {
         let mut t = tokio::time::interval(heartbeat);
@@ -557,8 +627,14 @@ pub async fn run(cfg: AgentConfig, shutdown: impl Future<Output = ()> + Send) ->
     heartbeats.abort();
     updater.abort();
     let id = shared.agent_id();
-    for c in shared.controls.lock().unwrap_or_else(|e| e.into_inner()).values() {
-        c.kill();
+    // Close the checkpoint first: the kills below are the agent's doing, not
+    // the tasks' fate; after a restart these tasks are reported LOST (and
+    // retried), not KILLED.
+    if let Some(cp) = &shared.checkpoint {
+        cp.close();
+    }
+    for l in shared.live.lock().unwrap_or_else(|e| e.into_inner()).values() {
+        l.control.kill();
     }
     Ok(id)
 }

@@ -88,9 +88,10 @@ fn master_kill_9_and_restart_loses_nothing() {
     let _a = agent(&url, &tmp.path().join("agent"));
     wait_for("the agent", Duration::from_secs(90), || lines(&cli(&url, &["agents", "--json"])).len() == 1);
 
-    // A long task (runs across the failover) and a backlog of short ones.
+    // A long task (about 10 s: runs across the failover and well past the
+    // master's 5 s grace for unreported tasks) and a backlog of short ones.
     let n = tmp.path().join("n.txt");
-    std::fs::write(&n, "1200000").unwrap();
+    std::fs::write(&n, "20000000").unwrap();
     let o = cli(&url, &["submit", "--cpus", "1", "--input", n.to_str().unwrap(), &guest("primes")]);
     assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
     let long = String::from_utf8_lossy(&o.stdout).trim().to_string();
@@ -136,11 +137,12 @@ fn master_kill_9_and_restart_loses_nothing() {
     for t in &ts {
         assert_eq!(t["state"], "finished", "{t}");
     }
-    // The long task kept running through the failover: one attempt, tracked again.
+    // The long task kept running through the failover: the agent reported it
+    // when it reregistered, so it was tracked again (one attempt, not LOST).
     let l = ts.iter().find(|t| t["task_id"] == long.as_str()).unwrap();
     assert_eq!(l["attempt"], 1, "{l}");
     let o = cli(&url, &["logs", &long]);
-    assert_eq!(String::from_utf8_lossy(&o.stdout), "92938 primes below 1200000\n");
+    assert_eq!(String::from_utf8_lossy(&o.stdout), "1270607 primes below 20000000\n");
 }
 
 #[test]
@@ -196,6 +198,10 @@ fn agent_restarts_from_its_checkpoint_under_the_same_id() {
     });
     let t = tasks(&url).into_iter().find(|t| t["task_id"] == id.as_str()).unwrap();
     assert_eq!(t["attempt"], 2, "{t}");
+    // Reported LOST by the restarted agent from its checkpoint (not by the
+    // master's grace period for tasks nobody reports).
+    let msg = t["message"].as_str().unwrap_or("");
+    assert!(msg.contains("the agent restarted while the task ran"), "{t}");
     assert_eq!(t["agent_id"].as_str(), Some(first_id.as_str()), "it ran again on the same agent");
     let agents = lines(&cli(&url, &["agents", "--json"]));
     assert_eq!(agents.len(), 1, "the restarted agent came back under its id: {agents:?}");
