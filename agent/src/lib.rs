@@ -26,6 +26,8 @@ pub const DEFAULT_UPDATE_BATCH: usize = 4096;
 pub const FETCH_PATIENCE: Duration = Duration::from_secs(60);
 /// Default [`AgentConfig::max_backoff`].
 pub const DEFAULT_MAX_BACKOFF: Duration = Duration::from_secs(10);
+/// Default [`AgentConfig::checkpoint_interval`].
+pub const DEFAULT_CHECKPOINT_INTERVAL: Duration = Duration::from_millis(20);
 
 #[derive(Debug, thiserror::Error)]
 pub enum AgentError {
@@ -61,6 +63,11 @@ pub struct AgentConfig {
     /// unacknowledged updates) so a restarted agent resumes: it resends the
     /// updates and reports the tasks it was running as LOST. Default on.
     pub checkpoint: bool,
+    /// How long checkpoint changes gather before one commit. Tasks that start
+    /// and end within it never touch the disk; a crash loses at most this
+    /// much (those tasks are then declared LOST by the master and retried).
+    /// Default 20 ms.
+    pub checkpoint_interval: Duration,
 }
 
 impl AgentConfig {
@@ -80,6 +87,7 @@ impl AgentConfig {
             update_batch: DEFAULT_UPDATE_BATCH,
             max_backoff: DEFAULT_MAX_BACKOFF,
             checkpoint: true,
+            checkpoint_interval: DEFAULT_CHECKPOINT_INTERVAL,
         }
     }
 }
@@ -539,7 +547,7 @@ pub async fn run(cfg: AgentConfig, shutdown: impl Future<Output = ()> + Send) ->
     let sandbox = Sandbox::new(cfg.sandbox.clone())?;
     let channel = connect(&cfg.master, cfg.max_backoff).await?;
     let (checkpoint, restored) = if cfg.checkpoint {
-        match checkpoint::Checkpoint::open(&cfg.work_dir) {
+        match checkpoint::Checkpoint::open(&cfg.work_dir, cfg.checkpoint_interval) {
             Ok((c, r)) => (Some(c), r),
             Err(e) => return Err(AgentError::WorkDir(cfg.work_dir.clone(), std::io::Error::other(e))),
         }

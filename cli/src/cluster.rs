@@ -121,6 +121,22 @@ pub struct AgentArgs {
     /// Most tasks running at once (sandbox pool slots).
     #[arg(long, value_name = "N", default_value_t = wasmos_sandbox::DEFAULT_MAX_CONCURRENT_TASKS)]
     pub max_tasks: u32,
+    /// Most status updates sent to the master in one call.
+    #[arg(long, value_name = "N", default_value_t = wasmos_agent::DEFAULT_UPDATE_BATCH)]
+    pub update_batch: usize,
+    /// Longest wait between retries while the master cannot be reached
+    /// (exponential backoff, capped here).
+    #[arg(long, value_name = "DUR", value_parser = crate::args::duration, default_value = "10s")]
+    pub max_backoff: Duration,
+    /// How long checkpoint changes (launched tasks, unacknowledged updates)
+    /// gather before one commit to the work dir; a crash loses at most this
+    /// much, and those tasks are retried.
+    #[arg(long, value_name = "DUR", value_parser = crate::args::duration, default_value = "20ms")]
+    pub checkpoint_interval: Duration,
+    /// Keep no checkpoint: a restarted agent comes back as a new agent and
+    /// the master declares its tasks LOST after a grace period.
+    #[arg(long)]
+    pub no_checkpoint: bool,
 }
 
 #[derive(clap::Args, Debug)]
@@ -131,6 +147,12 @@ pub struct DevArgs {
     /// Resources of each agent [default: the machine's cores and memory, split evenly]
     #[arg(long, value_name = "RES", value_parser = resources)]
     pub agent_resources: Option<Resources>,
+    /// How long each agent's checkpoint changes gather before one commit.
+    #[arg(long, value_name = "DUR", value_parser = crate::args::duration, default_value = "20ms")]
+    pub checkpoint_interval: Duration,
+    /// Agents keep no checkpoint (their tasks are not recovered after a restart).
+    #[arg(long)]
+    pub no_checkpoint: bool,
     #[command(flatten)]
     pub opts: MasterOpts,
 }
@@ -172,6 +194,10 @@ pub fn agent(args: AgentArgs) -> ExitCode {
     }
     cfg.attributes = args.attributes.unwrap_or_default();
     cfg.sandbox.max_concurrent_tasks = args.max_tasks;
+    cfg.update_batch = args.update_batch.max(1);
+    cfg.max_backoff = args.max_backoff;
+    cfg.checkpoint_interval = args.checkpoint_interval;
+    cfg.checkpoint = !args.no_checkpoint;
     eprintln!("wasmos agent: offering {} to {}", cfg.resources, args.master);
     runtime().block_on(async {
         match wasmos_agent::run(cfg, ctrl_c()).await {
@@ -238,6 +264,8 @@ pub fn dev(args: DevArgs) -> ExitCode {
             let mut cfg = wasmos_agent::AgentConfig::new(url.clone(), state_dir.join(format!("agent-{i}")));
             cfg.resources = resources.clone();
             cfg.hostname = format!("{}-dev{i}", wasmos_agent::hostname());
+            cfg.checkpoint_interval = args.checkpoint_interval;
+            cfg.checkpoint = !args.no_checkpoint;
             let mut stop = stop_rx.clone();
             agents.push(tokio::spawn(wasmos_agent::run(cfg, async move {
                 let _ = stop.wait_for(|s| *s).await;

@@ -41,7 +41,7 @@ fn real_main() -> Result<()> {
                 "usage: cargo xtask <command>\n\n  setup   install guest toolchains (rustup wasm targets, or Debian's \
                  rustc-web; clang-16 + wasi-libc; Zig, Go, Node packages, componentize-py, grpcio)\n  guests  build example guests into target/guests/\n  test    setup, \
                  guests, then cargo test --workspace\n  demo    run the hello guest under `wasmos run`\n  bench   run \
-                 criterion benchmarks: bench [sandbox|allocator|all], or bench e2e [--registry in-memory]\n  chaos   fault injection with real processes: chaos [--tasks N] [--framework-tasks N]"
+                 criterion benchmarks: bench [sandbox|allocator|all], or bench e2e [--registry in-memory] [--agent-checkpoint off]\n  chaos   fault injection with real processes: chaos [--tasks N] [--framework-tasks N]"
             );
             std::process::exit(2);
         }
@@ -406,7 +406,7 @@ fn bench(root: &Path, which: &[String]) -> Result<()> {
     Ok(())
 }
 
-/// `cargo xtask bench e2e [--registry in-memory] [--tasks N] [--latency-samples N]`:
+/// `cargo xtask bench e2e [--registry in-memory] [--agent-checkpoint off] [--tasks N] [--latency-samples N]`:
 /// starts a release `wasmos dev` (one agent with the whole machine; durable
 /// registry unless `--registry in-memory`) and runs the e2e client against it
 /// over loopback gRPC.
@@ -420,6 +420,20 @@ fn bench_e2e(root: &Path, extra: &[String]) -> Result<()> {
         }
         _ => ("file".into(), extra.to_vec()),
     };
+    // `--agent-checkpoint off`: the agent keeps no checkpoint (for an A/B of its cost).
+    let (dev_extra, extra): (Vec<&str>, Vec<String>) = match extra.iter().position(|a| a == "--agent-checkpoint") {
+        Some(i) if i + 1 < extra.len() => {
+            let mut rest = extra.clone();
+            let v = rest.remove(i + 1);
+            rest.remove(i);
+            match v.as_str() {
+                "off" => (vec!["--no-checkpoint"], rest),
+                "on" => (vec![], rest),
+                _ => bail!("--agent-checkpoint takes on or off, not {v:?}"),
+            }
+        }
+        _ => (vec![], extra),
+    };
     let extra = &extra[..];
     run(Command::new("cargo").current_dir(root).args([
         "build",
@@ -432,7 +446,7 @@ fn bench_e2e(root: &Path, extra: &[String]) -> Result<()> {
         "e2e_bench",
     ]))?;
     let state = std::env::temp_dir().join(format!("wasmos-bench-{}", std::process::id()));
-    let (mut dev, url) = start_dev(&root.join("target/release/wasmos"), &state, &["--registry", &registry])?;
+    let (mut dev, url) = start_dev(&root.join("target/release/wasmos"), &state, &[&["--registry", registry.as_str()][..], &dev_extra].concat())?;
     let result = run(Command::new(root.join("target/release/examples/e2e_bench")).args(["--master", &url]).args(extra));
     let _ = dev.kill();
     let _ = dev.wait();
