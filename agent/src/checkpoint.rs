@@ -115,7 +115,8 @@ impl Checkpoint {
         // Resend in the order they were made (uuids end with a counter per process,
         // timestamps order across processes).
         r.updates.sort_by_key(|u| u.timestamp_ms);
-        let inner = Arc::new(Inner { pending: Mutex::new(Pending::default()), wake: Condvar::new(), done: Condvar::new() });
+        let inner =
+            Arc::new(Inner { pending: Mutex::new(Pending::default()), wake: Condvar::new(), done: Condvar::new() });
         let w = inner.clone();
         std::thread::Builder::new()
             .name("wasmos-checkpoint".into())

@@ -4,6 +4,7 @@ mod args;
 mod client;
 mod cluster;
 mod framework;
+mod roles;
 mod run;
 mod sim;
 mod submit;
@@ -41,6 +42,15 @@ enum Command {
     Agents(tasks::ListArgs),
     /// List frameworks.
     Frameworks(tasks::ListArgs),
+    /// List roles: weight, quota, reservations, allocation and share.
+    Roles(tasks::ListArgs),
+    /// Set a role's weight and quota (kept in the master's registry).
+    #[command(subcommand)]
+    Role(roles::RoleCmd),
+    /// Set part of an agent aside for a role (a dynamic reservation).
+    Reserve(roles::ReserveArgs),
+    /// Release a dynamic reservation.
+    Unreserve(roles::ReserveArgs),
     /// Deploy, list and remove frameworks whose scheduler is a Wasm component.
     #[command(subcommand)]
     Framework(framework::FrameworkCmd),
@@ -77,6 +87,10 @@ fn main() -> ExitCode {
         Command::Agents(args) => tasks::agents(args),
         Command::Frameworks(args) => tasks::frameworks(args),
         Command::Framework(cmd) => framework::main(cmd),
+        Command::Roles(args) => roles::list(args),
+        Command::Role(cmd) => roles::role(cmd),
+        Command::Reserve(args) => roles::reserve(args, true),
+        Command::Unreserve(args) => roles::reserve(args, false),
         Command::Logs(args) => tasks::logs(args),
         Command::Kill(args) => tasks::action(args, "kill"),
         Command::Pause(args) => tasks::action(args, "pause"),

@@ -223,6 +223,7 @@ async fn send_call(handle: &MasterHandle, fw: &str, call: v1::call::Call) -> Res
 }
 
 /// The actor that drives one hosted scheduler until it fails or is removed.
+#[allow(clippy::too_many_arguments)] // one actor's whole context, passed once at spawn
 pub(crate) async fn run_actor(
     name: String,
     framework_id: String,

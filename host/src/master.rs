@@ -2,13 +2,13 @@
 //! send it [`Cmd`]s (a closed enum) and await replies, so there are no locks
 //! around the registry.
 
-use std::collections::{BTreeMap, HashMap, HashSet};
+use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use tokio::sync::{broadcast, mpsc, oneshot};
 use tonic::Status;
-use wasmos_allocator::{Allocation, Allocator, Config as AllocConfig};
+use wasmos_allocator::{Allocation, Allocator, Config as AllocConfig, Quota};
 use wasmos_model::{AgentId, FrameworkId, OfferId, Resources, Role, TaskId, TaskState};
 use wasmos_proto::v1;
 use wasmos_proto::{resources_from_wire, resources_to_wire, state_to_wire};
@@ -35,6 +35,9 @@ pub(crate) enum Cmd {
     ListTasks(v1::ListTasksRequest, Reply<v1::ListTasksResponse>),
     GetTask(String, Reply<v1::TaskSummary>),
     ListRoles(Reply<v1::ListRolesResponse>),
+    UpdateRole(v1::UpdateRoleRequest, Reply<v1::UpdateRoleResponse>),
+    /// (request, true to reserve / false to unreserve, reply)
+    Reserve(v1::ReserveRequest, bool, Reply<v1::ReserveResponse>),
     Submit(v1::SubmitRequest, Reply<v1::SubmitResponse>),
     TaskAction(String, TaskAction, Reply<()>),
 }
@@ -167,6 +170,35 @@ struct OfferRec {
     allocation: Allocation,
 }
 
+fn quota_to_wire(q: &Quota) -> v1::Quota {
+    v1::Quota {
+        guarantee: Some(resources_to_wire(&q.guarantee)),
+        limit: Some(v1::Resources {
+            scalars: q.limit.iter().map(|(n, v)| v1::Scalar { name: n.clone(), milli: v.milli() }).collect(),
+        }),
+    }
+}
+
+/// A quota from the wire; in the limit, explicit zero amounts are kept (none
+/// of that resource), which `resources_from_wire` would drop.
+fn quota_from_wire(q: Option<&v1::Quota>) -> Result<Quota, Status> {
+    let Some(q) = q else { return Ok(Quota::default()) };
+    let guarantee = resources_from_wire(q.guarantee.as_ref())
+        .map_err(|e| Status::invalid_argument(format!("quota guarantee: {e}")))?;
+    // Checks names and signs the usual way.
+    resources_from_wire(q.limit.as_ref()).map_err(|e| Status::invalid_argument(format!("quota limit: {e}")))?;
+    let mut limit = BTreeMap::new();
+    for s in q.limit.iter().flat_map(|l| &l.scalars) {
+        if limit.insert(s.name.clone(), wasmos_model::Scalar(s.milli)).is_some() {
+            return Err(Status::invalid_argument(format!(
+                "quota limit names {} twice; give each resource once",
+                s.name
+            )));
+        }
+    }
+    Ok(Quota { guarantee, limit })
+}
+
 pub(crate) fn now_ms() -> i64 {
     SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_millis() as i64).unwrap_or(0)
 }
@@ -239,8 +271,14 @@ pub(crate) struct Master {
     pub(crate) watch: broadcast::Sender<v1::WatchEvent>,
     dirty: bool,
     /// The registry writer thread (absent without a registry).
-    writer: Option<std::sync::mpsc::Sender<(crate::store::Changes, Vec<Box<dyn FnOnce() + Send>>)>>,
+    writer: Option<crate::store::WriterTx>,
     dirty_frameworks: HashSet<FrameworkId>,
+    /// Roles whose weight or quota an operator set (the rest have defaults).
+    role_settings: BTreeMap<Role, v1::StoredRole>,
+    /// Dynamic reservations by (agent, role), applied whenever the agent registers.
+    reservations: BTreeMap<(AgentId, Role), Resources>,
+    dirty_roles: BTreeSet<Role>,
+    dirty_reservations: BTreeSet<(AgentId, Role)>,
     dirty_agents: HashSet<AgentId>,
     /// Submissions accepted in this batch, stored as one record each.
     new_submissions: Vec<v1::StoredSubmission>,
@@ -304,6 +342,10 @@ impl Master {
             dirty: false,
             writer: None,
             dirty_frameworks: HashSet::new(),
+            role_settings: BTreeMap::new(),
+            reservations: BTreeMap::new(),
+            dirty_roles: BTreeSet::new(),
+            dirty_reservations: BTreeSet::new(),
             dirty_agents: HashSet::new(),
             new_submissions: Vec::new(),
             deferred: Vec::new(),
@@ -334,6 +376,8 @@ impl Master {
             self.tasks.dirty.clear();
             self.dirty_frameworks.clear();
             self.dirty_agents.clear();
+            self.dirty_roles.clear();
+            self.dirty_reservations.clear();
             self.new_submissions.clear();
             self.flush_outbox();
             for f in std::mem::take(&mut self.deferred) {
@@ -390,6 +434,20 @@ impl Master {
                 })
             });
             changes.agents.push((id.to_string(), rec));
+        }
+        for role in std::mem::take(&mut self.dirty_roles) {
+            let rec = self.role_settings.get(&role).map(wasmos_proto::encode);
+            changes.roles.push((role.to_string(), rec));
+        }
+        for key in std::mem::take(&mut self.dirty_reservations) {
+            let rec = self.reservations.get(&key).map(|r| {
+                wasmos_proto::encode(&v1::StoredReservation {
+                    agent_id: key.0.to_string(),
+                    role: key.1.to_string(),
+                    resources: Some(resources_to_wire(r)),
+                })
+            });
+            changes.reservations.push((format!("{} {}", key.0, key.1), rec));
         }
         // Agent commands go out now; replies wait for the commit. A launch the
         // registry never recorded (master killed before committing) is killed
@@ -524,6 +582,18 @@ impl Master {
             Cmd::ListRoles(reply) => {
                 let _ = reply.send(Ok(self.list_roles()));
             }
+            Cmd::UpdateRole(req, reply) => {
+                let r = self.update_role(req);
+                self.defer(move || {
+                    let _ = reply.send(r);
+                });
+            }
+            Cmd::Reserve(req, reserve, reply) => {
+                let r = self.reserve(req, reserve);
+                self.defer(move || {
+                    let _ = reply.send(r);
+                });
+            }
             Cmd::Submit(req, reply) => {
                 let r = self.submit(req);
                 self.defer(move || {
@@ -606,6 +676,7 @@ impl Master {
         let mut ainfo = wasmos_allocator::AgentInfo::new(resources.clone());
         ainfo.attributes = attributes.clone();
         self.alloc.add_agent(id.clone(), ainfo).map_err(|e| Status::invalid_argument(e.to_string()))?;
+        self.apply_reservations(&id);
         let summary = v1::AgentSummary {
             agent_id: id.to_string(),
             info: Some(info.clone()),
@@ -801,6 +872,24 @@ impl Master {
     /// Rebuilds the in-memory state from the registry after a restart.
     fn restore(&mut self, loaded: crate::store::Loaded) {
         self.next_id = self.next_id.max(loaded.next_id);
+        for rec in loaded.roles {
+            let Ok(role) = Role::new(rec.role.clone()) else { continue };
+            if let Err(e) = self.apply_role(&role, &rec) {
+                eprintln!("wasmos master: registry role {role}: {e}; keeping the defaults for it");
+            }
+            self.role_settings.insert(role, rec);
+        }
+        for rec in loaded.reservations {
+            let (Ok(agent), Ok(role), Ok(res)) = (
+                AgentId::new(rec.agent_id.clone()),
+                Role::new(rec.role.clone()),
+                resources_from_wire(rec.resources.as_ref()),
+            ) else {
+                continue;
+            };
+            // Applied when the agent reregisters.
+            self.reservations.insert((agent, role), res);
+        }
         let now = Instant::now();
         for f in loaded.frameworks {
             let (Ok(id), Ok(role)) = (FrameworkId::new(f.framework_id.clone()), Role::new(f.role.clone())) else {
@@ -1949,21 +2038,150 @@ impl Master {
         Ok(v1::ListTasksResponse { tasks })
     }
 
-    fn list_roles(&self) -> v1::ListRolesResponse {
-        let mut roles = Vec::new();
-        for role in self.alloc.roles() {
-            let stats = self.alloc.role_stats(&role);
-            let mut frameworks: Vec<String> =
-                self.frameworks.iter().filter(|(_, f)| f.role == role).map(|(id, _)| id.to_string()).collect();
-            frameworks.sort();
-            roles.push(v1::RoleSummary {
-                role: role.to_string(),
-                weight: stats.as_ref().map(|s| s.weight).unwrap_or(1.0),
-                allocated: stats.as_ref().map(|s| resources_to_wire(&s.allocated)),
-                dominant_share: stats.as_ref().map(|s| s.share).unwrap_or(0.0),
-                frameworks,
-            });
+    fn role_summary(&self, role: &Role) -> v1::RoleSummary {
+        let stats = self.alloc.role_stats(role);
+        let mut frameworks: Vec<String> =
+            self.frameworks.iter().filter(|(_, f)| &f.role == role).map(|(id, _)| id.to_string()).collect();
+        frameworks.sort();
+        v1::RoleSummary {
+            role: role.to_string(),
+            weight: stats.as_ref().map(|s| s.weight).unwrap_or(1.0),
+            allocated: stats.as_ref().map(|s| resources_to_wire(&s.allocated)),
+            dominant_share: stats.as_ref().map(|s| s.share).unwrap_or(0.0),
+            frameworks,
+            quota: stats.as_ref().map(|s| quota_to_wire(&s.quota)),
+            reserved: stats.as_ref().map(|s| resources_to_wire(&s.reserved)),
         }
-        v1::ListRolesResponse { roles }
+    }
+
+    fn list_roles(&self) -> v1::ListRolesResponse {
+        v1::ListRolesResponse { roles: self.alloc.roles().iter().map(|r| self.role_summary(r)).collect() }
+    }
+
+    /// Gives the allocator a role's stored weight and quota.
+    fn apply_role(&mut self, role: &Role, rec: &v1::StoredRole) -> Result<(), Status> {
+        let quota = quota_from_wire(rec.quota.as_ref())?;
+        let weight = if rec.weight > 0.0 { rec.weight } else { 1.0 };
+        self.alloc.update_weight(role, weight).map_err(|e| Status::invalid_argument(e.to_string()))?;
+        self.alloc.set_quota(role, quota).map_err(|e| Status::invalid_argument(e.to_string()))
+    }
+
+    fn update_role(&mut self, req: v1::UpdateRoleRequest) -> Result<v1::UpdateRoleResponse, Status> {
+        let role =
+            Role::new(req.role.clone()).map_err(|e| Status::invalid_argument(format!("role {:?}: {e}", req.role)))?;
+        let mut rec = self.role_settings.get(&role).cloned().unwrap_or_else(|| v1::StoredRole {
+            role: role.to_string(),
+            weight: 1.0,
+            quota: None,
+        });
+        if let Some(w) = req.weight {
+            if !(w.is_finite() && w > 0.0) {
+                return Err(Status::invalid_argument(format!(
+                    "weight {w} for role {role} is invalid; use a positive number such as 1 or 2.5"
+                )));
+            }
+            rec.weight = w;
+        }
+        let mut quota = if req.clear_quota { v1::Quota::default() } else { rec.quota.clone().unwrap_or_default() };
+        if req.quota_guarantee.is_some() {
+            quota.guarantee = req.quota_guarantee.clone();
+        }
+        if req.quota_limit.is_some() {
+            quota.limit = req.quota_limit.clone();
+        }
+        rec.quota = Some(quota);
+        // Check everything before changing anything.
+        let parsed = quota_from_wire(rec.quota.as_ref())?;
+        for (name, limit) in &parsed.limit {
+            if parsed.guarantee.get(name) > *limit {
+                return Err(Status::invalid_argument(format!(
+                    "role {role}: quota guarantee {} exceeds the limit for {name}; raise --limit or lower --guarantee",
+                    parsed.guarantee
+                )));
+            }
+        }
+        self.apply_role(&role, &rec)?;
+        self.role_settings.insert(role.clone(), rec);
+        self.dirty_roles.insert(role.clone());
+        self.dirty = true;
+        Ok(v1::UpdateRoleResponse { role: Some(self.role_summary(&role)) })
+    }
+
+    /// Reserves (or unreserves) part of an agent for a role, and records it.
+    fn reserve(&mut self, req: v1::ReserveRequest, reserve: bool) -> Result<v1::ReserveResponse, Status> {
+        let verb = if reserve { "reserve" } else { "unreserve" };
+        let agent = AgentId::new(req.agent_id.clone())
+            .map_err(|e| Status::invalid_argument(format!("agent id {:?}: {e}", req.agent_id)))?;
+        let role =
+            Role::new(req.role.clone()).map_err(|e| Status::invalid_argument(format!("role {:?}: {e}", req.role)))?;
+        let res = resources_from_wire(req.resources.as_ref())
+            .map_err(|e| Status::invalid_argument(format!("resources: {e}")))?;
+        if res.is_empty() {
+            return Err(Status::invalid_argument(format!("nothing to {verb}; give resources, e.g. cpus:1;mem:1GiB")));
+        }
+        let key = (agent.clone(), role.clone());
+        let registered = self.agents.contains_key(&agent);
+        if !registered && !reserve && self.reservations.contains_key(&key) {
+            // The agent is gone (or not back yet): only the record changes.
+            let held = self.reservations.get(&key).cloned().unwrap_or_default();
+            if !held.contains(&res) {
+                return Err(Status::failed_precondition(format!(
+                    "agent {agent} has only {held} reserved for role {role}; cannot unreserve {res}"
+                )));
+            }
+        } else if !registered {
+            if self.recovering.contains_key(&agent) {
+                return Err(Status::failed_precondition(format!(
+                    "agent {agent} has not reregistered since the master restarted; retry when `wasmos agents` lists it"
+                )));
+            }
+            return Err(Status::not_found(format!("no agent {agent}; list agents with `wasmos agents`")));
+        }
+        if reserve {
+            if self.alloc.reserve(&agent, &role, &res).is_err() {
+                // Outstanding offers may hold the resources: rescind the
+                // agent's offers (as Mesos does) and try once more.
+                let held: Vec<OfferId> =
+                    self.offers.iter().filter(|(_, o)| o.agent == agent).map(|(id, _)| id.clone()).collect();
+                for o in held {
+                    self.rescind(&o);
+                }
+                self.alloc
+                    .reserve(&agent, &role, &res)
+                    .map_err(|e| Status::failed_precondition(format!("{e}; free it up or reserve less")))?;
+            }
+            self.reservations.entry(key.clone()).or_default().add_assign(&res);
+        } else {
+            if registered {
+                self.alloc.unreserve(&agent, &role, &res).map_err(|e| Status::failed_precondition(e.to_string()))?;
+            }
+            if let Some(r) = self.reservations.get_mut(&key) {
+                r.sub_assign(&res);
+                if r.is_empty() {
+                    self.reservations.remove(&key);
+                }
+            }
+        }
+        self.dirty_reservations.insert(key.clone());
+        self.dirty = true;
+        let now = self.reservations.get(&key).cloned().unwrap_or_default();
+        Ok(v1::ReserveResponse { reserved: Some(resources_to_wire(&now)) })
+    }
+
+    /// Gives a (re)registered agent its recorded dynamic reservations back. One
+    /// that no longer fits (the agent came back smaller) is kept on record and
+    /// reported, not dropped.
+    fn apply_reservations(&mut self, agent: &AgentId) {
+        let mine: Vec<(Role, Resources)> = self
+            .reservations
+            .iter()
+            .filter(|((a, _), _)| a == agent)
+            .map(|((_, r), res)| (r.clone(), res.clone()))
+            .collect();
+        for (role, res) in mine {
+            if let Err(e) = self.alloc.reserve(agent, &role, &res) {
+                eprintln!("wasmos master: cannot apply the reservation of {res} for role {role} on agent {agent}: {e}");
+            }
+        }
     }
 }

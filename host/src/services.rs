@@ -155,6 +155,18 @@ impl v1::operator_server::Operator for MasterHandle {
     async fn list_roles(&self, _: Request<v1::ListRolesRequest>) -> Result<Response<v1::ListRolesResponse>, Status> {
         self.ask(Cmd::ListRoles).await.map(Response::new)
     }
+    async fn update_role(&self, r: Request<v1::UpdateRoleRequest>) -> Result<Response<v1::UpdateRoleResponse>, Status> {
+        let req = r.into_inner();
+        self.ask(|reply| Cmd::UpdateRole(req, reply)).await.map(Response::new)
+    }
+    async fn reserve(&self, r: Request<v1::ReserveRequest>) -> Result<Response<v1::ReserveResponse>, Status> {
+        let req = r.into_inner();
+        self.ask(|reply| Cmd::Reserve(req, true, reply)).await.map(Response::new)
+    }
+    async fn unreserve(&self, r: Request<v1::ReserveRequest>) -> Result<Response<v1::ReserveResponse>, Status> {
+        let req = r.into_inner();
+        self.ask(|reply| Cmd::Reserve(req, false, reply)).await.map(Response::new)
+    }
     async fn submit(&self, r: Request<v1::SubmitRequest>) -> Result<Response<v1::SubmitResponse>, Status> {
         let req = r.into_inner();
         if req.framework.is_empty() || req.framework == "batch" {

@@ -72,6 +72,8 @@ impl TaskState {
     }
 
     /// Whether the lifecycle allows moving from `self` to `next`.
+    // A table of transitions reads better as a match than as `matches!`.
+    #[allow(clippy::match_like_matches_macro)]
     pub fn can_become(self, next: TaskState) -> bool {
         use TaskState::*;
         if self.is_terminal() {

@@ -13,6 +13,11 @@ pub fn encode<M: prost::Message>(m: &M) -> Vec<u8> {
     m.encode_to_vec()
 }
 
+/// Any wire message (what [`encode`] and [`decode`] take), so other crates
+/// can be generic over records without depending on prost.
+pub trait Wire: prost::Message + Default {}
+impl<M: prost::Message + Default> Wire for M {}
+
 /// Decodes a wire message; `None` if the bytes are not one.
 pub fn decode<M: prost::Message + Default>(b: &[u8]) -> Option<M> {
     M::decode(b).ok()

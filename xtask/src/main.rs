@@ -446,7 +446,11 @@ fn bench_e2e(root: &Path, extra: &[String]) -> Result<()> {
         "e2e_bench",
     ]))?;
     let state = std::env::temp_dir().join(format!("wasmos-bench-{}", std::process::id()));
-    let (mut dev, url) = start_dev(&root.join("target/release/wasmos"), &state, &[&["--registry", registry.as_str()][..], &dev_extra].concat())?;
+    let (mut dev, url) = start_dev(
+        &root.join("target/release/wasmos"),
+        &state,
+        &[&["--registry", registry.as_str()][..], &dev_extra].concat(),
+    )?;
     let result = run(Command::new(root.join("target/release/examples/e2e_bench")).args(["--master", &url]).args(extra));
     let _ = dev.kill();
     let _ = dev.wait();

@@ -207,3 +207,43 @@ fn agent_restarts_from_its_checkpoint_under_the_same_id() {
     assert_eq!(agents.len(), 1, "the restarted agent came back under its id: {agents:?}");
     assert_eq!(agents[0]["agent_id"].as_str(), Some(first_id.as_str()));
 }
+
+#[test]
+fn roles_and_reservations_survive_a_master_restart() {
+    let tmp = tempfile::tempdir().unwrap();
+    let port = free_port();
+    let url = format!("http://127.0.0.1:{port}");
+    let state = tmp.path().join("master");
+    let mut m = master(&state, port);
+    let _a = agent(&url, &tmp.path().join("agent"));
+    wait_for("the agent", Duration::from_secs(90), || lines(&cli(&url, &["agents", "--json"])).len() == 1);
+    let agent_id = lines(&cli(&url, &["agents", "--json"]))[0]["agent_id"].as_str().unwrap().to_string();
+
+    let ok = |o: Output| {
+        assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+        String::from_utf8_lossy(&o.stdout).into_owned()
+    };
+    ok(cli(&url, &["role", "set", "eng", "--weight", "3", "--guarantee", "cpus:0.5", "--limit", "cpus:1.5;gpus:0"]));
+    let out = ok(cli(&url, &["reserve", &agent_id, "eng", "cpus:1;mem:256MiB"]));
+    assert!(out.contains("cpus:1;mem:256MiB reserved for role eng"), "{out}");
+    // A refused request answers with a reason and exit 2.
+    let bad = cli(&url, &["role", "set", "eng", "--weight", "-1"]);
+    assert_eq!(bad.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&bad.stderr).contains("weight -1 for role eng is invalid"), "{bad:?}");
+
+    let eng =
+        |url: &str| lines(&cli(url, &["roles", "--json"])).into_iter().find(|r| r["role"] == "eng").unwrap_or_default();
+    let before = eng(&url);
+    assert_eq!(before["weight"], 3.0, "{before}");
+    assert_eq!(before["guarantee"], "cpus:0.5", "{before}");
+    assert_eq!(before["limit"], "cpus:1.5;gpus:0", "{before}");
+    assert_eq!(before["reserved"], "cpus:1;mem:256MiB", "{before}");
+
+    m.0.kill().unwrap();
+    m.0.wait().unwrap();
+    let _m = master(&state, port);
+    // The reservation counts again once the agent has reregistered.
+    wait_for("the role with its reservation after the restart", Duration::from_secs(90), || eng(&url) == before);
+    let out = ok(cli(&url, &["unreserve", &agent_id, "eng", "cpus:1;mem:256MiB"]));
+    assert!(out.contains("nothing reserved for role eng"), "{out}");
+}

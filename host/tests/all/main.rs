@@ -3,6 +3,7 @@
 
 mod batch;
 mod hosted;
+mod roles;
 mod scheduler;
 
 use std::time::Duration;

@@ -1,0 +1,212 @@
+//! `wasmos roles`, `wasmos role set`, `wasmos reserve|unreserve`: fair-sharing
+//! settings through the Operator API. The master keeps them in its registry,
+//! so they survive restarts.
+
+use std::collections::BTreeMap;
+use std::process::ExitCode;
+
+use wasmos_model::{Resources, Scalar};
+use wasmos_proto::v1;
+
+use crate::client::{self, MasterArg, status_msg, table};
+
+#[derive(clap::Subcommand, Debug)]
+pub enum RoleCmd {
+    /// Set a role's weight and/or quota (what is not given stays as it is).
+    Set(RoleSetArgs),
+}
+
+#[derive(clap::Args, Debug)]
+pub struct RoleSetArgs {
+    #[command(flatten)]
+    pub master: MasterArg,
+    /// The role, e.g. eng or eng/batch.
+    pub role: String,
+    /// Share entitlement relative to other roles (default of every role: 1).
+    #[arg(long, value_name = "W", allow_negative_numbers = true)]
+    pub weight: Option<f64>,
+    /// Resources the role is offered before others, e.g. cpus:4;mem:8GiB.
+    #[arg(long, value_name = "RES", value_parser = resources)]
+    pub guarantee: Option<Resources>,
+    /// Most the role may hold, e.g. cpus:8 (a resource left out is unlimited; cpus:0 means none).
+    #[arg(long, value_name = "RES", value_parser = limit)]
+    pub limit: Option<BTreeMap<String, Scalar>>,
+    /// Drop the role's guarantee and limit (before applying --guarantee/--limit).
+    #[arg(long)]
+    pub clear_quota: bool,
+    #[arg(long)]
+    pub json: bool,
+}
+
+#[derive(clap::Args, Debug)]
+pub struct ReserveArgs {
+    #[command(flatten)]
+    pub master: MasterArg,
+    /// The agent (see `wasmos agents`).
+    pub agent: String,
+    /// The role the resources are set aside for.
+    pub role: String,
+    /// What to reserve or release, e.g. cpus:1;mem:1GiB.
+    #[arg(value_parser = resources)]
+    pub resources: Resources,
+}
+
+fn resources(s: &str) -> Result<Resources, String> {
+    let r = Resources::parse(s).map_err(|e| e.to_string())?;
+    if r.is_empty() {
+        return Err("resources are empty; give e.g. cpus:1;mem:1GiB".into());
+    }
+    Ok(r)
+}
+
+fn limit(s: &str) -> Result<BTreeMap<String, Scalar>, String> {
+    wasmos_allocator::parse_limit(s).map_err(|e| e.to_string())
+}
+
+fn rt() -> tokio::runtime::Runtime {
+    tokio::runtime::Builder::new_current_thread().enable_all().build().expect("runtime")
+}
+
+fn fail(cmd: &str, e: String) -> ExitCode {
+    eprintln!("wasmos {cmd}: {e}");
+    ExitCode::from(2)
+}
+
+/// Resources as text; empty ones as "".
+fn res(r: &Option<v1::Resources>) -> String {
+    wasmos_proto::resources_from_wire(r.as_ref())
+        .ok()
+        .filter(|r| !r.is_empty())
+        .map(|r| r.to_string())
+        .unwrap_or_default()
+}
+
+/// A limit as written on the command line (zeros kept; empty: unlimited).
+fn limit_text(r: &Option<v1::Resources>) -> String {
+    let parts: Vec<String> = r
+        .iter()
+        .flat_map(|l| &l.scalars)
+        .map(|s| {
+            let mut one = Resources::new();
+            one.set(&s.name, Scalar(s.milli));
+            if s.milli == 0 { format!("{}:0", s.name) } else { one.to_string() }
+        })
+        .collect();
+    parts.join(";")
+}
+
+fn role_json(r: &v1::RoleSummary) -> serde_json::Value {
+    let q = r.quota.clone().unwrap_or_default();
+    serde_json::json!({
+        "role": r.role, "weight": r.weight, "guarantee": res(&q.guarantee), "limit": limit_text(&q.limit),
+        "reserved": res(&r.reserved), "allocated": res(&r.allocated), "share": r.dominant_share,
+        "frameworks": r.frameworks,
+    })
+}
+
+pub fn list(args: crate::tasks::ListArgs) -> ExitCode {
+    rt().block_on(async {
+        let ch = match args.master.connect().await {
+            Ok(c) => c,
+            Err(e) => return fail("roles", e),
+        };
+        let list = match client::operator(&ch).list_roles(v1::ListRolesRequest {}).await {
+            Ok(l) => l.into_inner(),
+            Err(e) => return fail("roles", status_msg(&e)),
+        };
+        if args.json {
+            for r in &list.roles {
+                println!("{}", role_json(r));
+            }
+            return ExitCode::SUCCESS;
+        }
+        let mut rows = vec![
+            ["ROLE", "WEIGHT", "GUARANTEE", "LIMIT", "RESERVED", "ALLOCATED", "SHARE", "FRAMEWORKS"]
+                .map(String::from)
+                .to_vec(),
+        ];
+        for r in &list.roles {
+            let q = r.quota.clone().unwrap_or_default();
+            let or_dash = |s: String| if s.is_empty() { "-".to_string() } else { s };
+            rows.push(vec![
+                r.role.clone(),
+                format!("{}", r.weight),
+                or_dash(res(&q.guarantee)),
+                or_dash(limit_text(&q.limit)),
+                or_dash(res(&r.reserved)),
+                or_dash(res(&r.allocated)),
+                format!("{:.3}", r.dominant_share),
+                or_dash(r.frameworks.join(",")),
+            ]);
+        }
+        print!("{}", table(&rows));
+        ExitCode::SUCCESS
+    })
+}
+
+pub fn role(cmd: RoleCmd) -> ExitCode {
+    let RoleCmd::Set(a) = cmd;
+    if a.weight.is_none() && a.guarantee.is_none() && a.limit.is_none() && !a.clear_quota {
+        return fail("role set", "nothing to set; give --weight, --guarantee, --limit or --clear-quota".into());
+    }
+    rt().block_on(async {
+        let ch = match a.master.connect().await {
+            Ok(c) => c,
+            Err(e) => return fail("role set", e),
+        };
+        let req = v1::UpdateRoleRequest {
+            role: a.role.clone(),
+            weight: a.weight,
+            quota_guarantee: a.guarantee.as_ref().map(wasmos_proto::resources_to_wire),
+            quota_limit: a.limit.as_ref().map(|l| v1::Resources {
+                scalars: l.iter().map(|(n, v)| v1::Scalar { name: n.clone(), milli: v.milli() }).collect(),
+            }),
+            clear_quota: a.clear_quota,
+        };
+        match client::operator(&ch).update_role(req).await {
+            Ok(r) => {
+                let r = r.into_inner().role.unwrap_or_default();
+                if a.json {
+                    println!("{}", role_json(&r));
+                } else {
+                    let q = r.quota.clone().unwrap_or_default();
+                    println!(
+                        "role {}: weight {}, guarantee {}, limit {}",
+                        r.role,
+                        r.weight,
+                        Some(res(&q.guarantee)).filter(|s| !s.is_empty()).unwrap_or_else(|| "none".into()),
+                        Some(limit_text(&q.limit)).filter(|s| !s.is_empty()).unwrap_or_else(|| "none".into()),
+                    );
+                }
+                ExitCode::SUCCESS
+            }
+            Err(e) => fail("role set", status_msg(&e)),
+        }
+    })
+}
+
+pub fn reserve(a: ReserveArgs, reserve: bool) -> ExitCode {
+    let verb = if reserve { "reserve" } else { "unreserve" };
+    rt().block_on(async {
+        let ch = match a.master.connect().await {
+            Ok(c) => c,
+            Err(e) => return fail(verb, e),
+        };
+        let req = v1::ReserveRequest {
+            agent_id: a.agent.clone(),
+            role: a.role.clone(),
+            resources: Some(wasmos_proto::resources_to_wire(&a.resources)),
+        };
+        let mut op = client::operator(&ch);
+        let r = if reserve { op.reserve(req).await } else { op.unreserve(req).await };
+        match r {
+            Ok(r) => {
+                let now = res(&r.into_inner().reserved);
+                let now = if now.is_empty() { "nothing".to_string() } else { now };
+                println!("agent {}: {now} reserved for role {}", a.agent, a.role);
+                ExitCode::SUCCESS
+            }
+            Err(e) => fail(verb, status_msg(&e)),
+        }
+    })
+}
