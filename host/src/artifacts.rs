@@ -43,12 +43,18 @@ pub struct ArtifactStore {
 }
 
 impl ArtifactStore {
-    /// Opens (creating) `dir` and indexes the modules already in it.
+    /// Opens (creating) `dir` and indexes the modules already in it (the
+    /// directory is the index: it survives restarts as it is).
     pub fn open(dir: PathBuf, max_bytes: u64) -> Result<ArtifactStore, ArtifactError> {
         std::fs::create_dir_all(&dir).map_err(|e| ArtifactError::Io(format!("creating {}: {e}", dir.display())))?;
         let mut index = HashMap::new();
         for e in std::fs::read_dir(&dir).map_err(|e| ArtifactError::Io(e.to_string()))?.flatten() {
             let name = e.file_name().to_string_lossy().into_owned();
+            if name.starts_with('.') && name.ends_with(".tmp") {
+                // An upload cut short by a crash: never acknowledged.
+                let _ = std::fs::remove_file(e.path());
+                continue;
+            }
             if let Some(hash) = name.strip_suffix(".wasm")
                 && check_hash(hash).is_ok()
             {
@@ -87,7 +93,17 @@ impl ArtifactStore {
         }
         let path = self.dir.join(format!("{actual}.wasm"));
         let tmp = self.dir.join(format!(".{actual}.{}.tmp", std::process::id()));
-        std::fs::write(&tmp, bytes).and_then(|_| std::fs::rename(&tmp, &path)).map_err(|e| {
+        // Flushed before the rename and the reply: the registry may refer to
+        // this module as soon as the upload is acknowledged.
+        let write = || -> std::io::Result<()> {
+            use std::io::Write;
+            let mut f = std::fs::File::create(&tmp)?;
+            f.write_all(bytes)?;
+            f.sync_all()?;
+            std::fs::rename(&tmp, &path)?;
+            std::fs::File::open(&self.dir)?.sync_all()
+        };
+        write().map_err(|e| {
             let _ = std::fs::remove_file(&tmp);
             ArtifactError::Io(format!("writing {}: {e}", path.display()))
         })?;
