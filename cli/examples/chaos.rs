@@ -263,6 +263,27 @@ async fn chaos() -> bool {
     let seen = Arc::new(Mutex::new(Vec::new()));
     watch_all(url.clone(), seen.clone());
 
+    // Operator settings that must survive every fault: a role's weight and
+    // quota, and a dynamic reservation on one of the agents (both get faults).
+    let agents = op(&ch).list_agents(v1::ListAgentsRequest {}).await.expect("agents").into_inner().agents;
+    let first_agent = agents.first().map(|a| a.agent_id.clone());
+    let res = |s: &str| Some(wasmos_proto::resources_to_wire(&Resources::parse(s).unwrap()));
+    op(&ch)
+        .update_role(v1::UpdateRoleRequest {
+            role: "eng".into(),
+            weight: Some(2.5),
+            quota_guarantee: res("cpus:0.2"),
+            quota_limit: res("cpus:1"),
+            clear_quota: false,
+        })
+        .await
+        .expect("update role");
+    let reserved_on = first_agent.expect("an agent");
+    op(&ch)
+        .reserve(v1::ReserveRequest { agent_id: reserved_on.clone(), role: "eng".into(), resources: res("cpus:0.1") })
+        .await
+        .expect("reserve");
+
     // Modules.
     let mut art = v1::artifacts_client::ArtifactsClient::new(ch.clone());
     let upload = |name: &str| {
@@ -466,6 +487,24 @@ async fn chaos() -> bool {
     let fw_done = fw_ended.lock().unwrap().len();
     if fw_done < fw_tasks {
         failures.push(format!("remote framework saw {fw_done} of its {fw_tasks} tasks end"));
+    }
+    // Role settings and the reservation survived.
+    let eng = op(&connect(&url).await)
+        .list_roles(v1::ListRolesRequest {})
+        .await
+        .map(|r| r.into_inner().roles.into_iter().find(|r| r.role == "eng"));
+    match eng {
+        Ok(Some(r)) => {
+            let q = r.quota.clone().unwrap_or_default();
+            if r.weight != 2.5
+                || q.guarantee != res("cpus:0.2")
+                || q.limit != res("cpus:1")
+                || r.reserved != res("cpus:0.1")
+            {
+                failures.push(format!("role eng changed across the faults: {r:?}"));
+            }
+        }
+        other => failures.push(format!("role eng is missing after the faults: {other:?}")),
     }
     // The registry file opens and matches the Operator API.
     let api: BTreeMap<String, String> = final_tasks
