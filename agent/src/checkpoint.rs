@@ -71,6 +71,7 @@ struct Inner {
     pending: Mutex<Pending>,
     wake: Condvar,
     done: Condvar,
+    thread: Mutex<Option<std::thread::JoinHandle<()>>>,
 }
 
 /// A handle to the checkpoint; cheap to call from async code (it only takes
@@ -95,15 +96,19 @@ impl Checkpoint {
         let mut r = Restored::default();
         let mut on_disk_tasks = HashSet::new();
         let mut on_disk_updates = HashSet::new();
+        let mut damaged = Vec::new();
         {
             let t = db.begin_read().map_err(e)?;
             let meta = t.open_table(META).map_err(e)?;
             r.agent_id = meta.get("agent_id").map_err(e)?.map(|v| v.value().to_string()).unwrap_or_default();
             for row in t.open_table(UPDATES).map_err(e)?.iter().map_err(e)? {
                 let (k, v) = row.map_err(e)?;
-                on_disk_updates.insert(k.value().to_string());
-                if let Some(st) = wasmos_proto::decode::<v1::TaskStatus>(v.value()) {
-                    r.updates.push(st);
+                match wasmos_proto::decode::<v1::TaskStatus>(v.value()) {
+                    Some(st) => {
+                        on_disk_updates.insert(k.value().to_string());
+                        r.updates.push(st);
+                    }
+                    None => damaged.push(k.value().to_string()),
                 }
             }
             for row in t.open_table(TASKS).map_err(e)?.iter().map_err(e)? {
@@ -112,21 +117,43 @@ impl Checkpoint {
                 r.tasks.push((k.value().to_string(), v.value().to_string()));
             }
         }
-        // Resend in the order they were made (uuids end with a counter per process,
-        // timestamps order across processes).
-        r.updates.sort_by_key(|u| u.timestamp_ms);
-        let inner =
-            Arc::new(Inner { pending: Mutex::new(Pending::default()), wake: Condvar::new(), done: Condvar::new() });
+        // Resend in the order they were made: timestamps order across
+        // processes, the uuid's counter (bytes 8..16, little-endian) within one.
+        r.updates.sort_by_key(|u| {
+            let n = u.uuid.get(8..16).and_then(|b| <[u8; 8]>::try_from(b).ok()).map(u64::from_le_bytes).unwrap_or(0);
+            (u.timestamp_ms, n)
+        });
+        if !damaged.is_empty() {
+            eprintln!("wasmos agent: checkpoint: dropping {} damaged update record(s)", damaged.len());
+            let w = db.begin_write().map_err(e)?;
+            {
+                let mut t = w.open_table(UPDATES).map_err(e)?;
+                for k in &damaged {
+                    t.remove(k.as_str()).map_err(e)?;
+                }
+            }
+            w.commit().map_err(e)?;
+        }
+        let inner = Arc::new(Inner {
+            pending: Mutex::new(Pending::default()),
+            wake: Condvar::new(),
+            done: Condvar::new(),
+            thread: Mutex::new(None),
+        });
         let w = inner.clone();
-        std::thread::Builder::new()
+        let handle = std::thread::Builder::new()
             .name("wasmos-checkpoint".into())
             .spawn(move || writer(db, w, interval, on_disk_tasks, on_disk_updates))
             .map_err(|x| format!("cannot start the checkpoint writer: {x}"))?;
+        *inner.thread.lock().unwrap_or_else(|e| e.into_inner()) = Some(handle);
         Ok((Checkpoint { inner }, r))
     }
 
     fn change(&self, f: impl FnOnce(&mut Pending)) {
         let mut p = self.inner.pending.lock().unwrap_or_else(|e| e.into_inner());
+        if p.closed {
+            return;
+        }
         f(&mut p);
         if p.idle {
             p.idle = false;
@@ -144,15 +171,6 @@ impl Checkpoint {
         });
     }
 
-    /// The task's final update was acknowledged: nothing more to report for it.
-    pub fn ended(&self, tasks: &[String]) {
-        self.change(|p| {
-            for t in tasks {
-                p.tasks.insert(t.clone(), None);
-            }
-        });
-    }
-
     pub fn update(&self, st: &v1::TaskStatus) {
         let bytes = wasmos_proto::encode(st);
         self.change(|p| {
@@ -160,16 +178,21 @@ impl Checkpoint {
         });
     }
 
-    /// Forgets acknowledged updates.
-    pub fn acked(&self, uuids: &[Vec<u8>]) {
+    /// Forgets acknowledged updates, and the tasks whose final update is
+    /// among them (one change, so no commit holds one without the other).
+    pub fn acked(&self, uuids: &[Vec<u8>], ended: &[String]) {
         self.change(|p| {
             for u in uuids {
                 p.updates.insert(hex::encode(u), None);
+            }
+            for t in ended {
+                p.tasks.insert(t.clone(), None);
             }
         });
     }
 
     /// Waits until everything changed so far is committed.
+    #[cfg(test)]
     pub fn flush(&self) {
         let mut p = self.inner.pending.lock().unwrap_or_else(|e| e.into_inner());
         // A commit in progress may predate our changes: wait for the next one too.
@@ -181,10 +204,19 @@ impl Checkpoint {
         }
     }
 
-    /// Flushes and stops the writer.
+    /// Commits what changed so far, stops the writer and waits for it to let
+    /// go of the database. Later changes are ignored.
     pub fn close(&self) {
-        self.flush();
-        self.change(|p| p.closed = true);
+        {
+            let mut p = self.inner.pending.lock().unwrap_or_else(|e| e.into_inner());
+            p.closed = true;
+            p.flushing = true;
+            self.inner.wake.notify_one();
+        }
+        let handle = self.inner.thread.lock().unwrap_or_else(|e| e.into_inner()).take();
+        if let Some(h) = handle {
+            let _ = h.join();
+        }
     }
 }
 
@@ -216,10 +248,30 @@ fn writer(
             (p.agent_id.take(), std::mem::take(&mut p.tasks), std::mem::take(&mut p.updates))
         };
         let (agent_id, tasks, updates) = taken;
-        if let Err(x) = write(&db, agent_id, tasks, updates, &mut tasks_on_disk, &mut updates_on_disk) {
-            eprintln!("wasmos agent: cannot write the checkpoint: {x}");
-        }
+        let kept = (agent_id.clone(), tasks.clone(), updates.clone());
+        let result = write(&db, agent_id, tasks, updates, &mut tasks_on_disk, &mut updates_on_disk);
         let mut p = inner.pending.lock().unwrap_or_else(|e| e.into_inner());
+        if let Err(x) = result {
+            // Keep what was not written (newer changes win) and try again
+            // after the next interval.
+            eprintln!("wasmos agent: cannot write the checkpoint: {x}; retrying");
+            let (agent_id, tasks, updates) = kept;
+            if p.agent_id.is_none() {
+                p.agent_id = agent_id;
+            }
+            for (k, v) in tasks {
+                p.tasks.entry(k).or_insert(v);
+            }
+            for (k, v) in updates {
+                p.updates.entry(k).or_insert(v);
+            }
+            if p.closed {
+                // Shutting down: give up rather than spin.
+                p.writing = false;
+                inner.done.notify_all();
+                return;
+            }
+        }
         p.writing = false;
         p.commits += 1;
         inner.done.notify_all();
@@ -278,4 +330,58 @@ fn write(
         }
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn status(task: &str, counter: u64, ts: i64, state: v1::TaskState) -> v1::TaskStatus {
+        let mut uuid = 7u64.to_le_bytes().to_vec();
+        uuid.extend_from_slice(&counter.to_le_bytes());
+        v1::TaskStatus { task_id: task.into(), uuid, timestamp_ms: ts, state: state as i32, ..Default::default() }
+    }
+
+    #[test]
+    fn what_is_not_acknowledged_survives_a_reopen_in_order() {
+        let dir = tempfile::tempdir().unwrap();
+        let (cp, r) = Checkpoint::open(dir.path(), Duration::from_millis(5)).unwrap();
+        assert!(r.agent_id.is_empty() && r.tasks.is_empty() && r.updates.is_empty());
+        cp.set_agent_id("agent-1");
+        cp.launched("t1", "batch");
+        cp.launched("t2", "fw");
+        // Same millisecond: the uuid counter orders them (256 > 1 although
+        // its little-endian hex sorts first).
+        cp.update(&status("t1", 256, 10, v1::TaskState::TaskPaused));
+        cp.update(&status("t1", 1, 10, v1::TaskState::TaskRunning));
+        let fin = status("t2", 2, 11, v1::TaskState::TaskFinished);
+        cp.update(&fin);
+        cp.flush();
+        // t2's final update is acknowledged: t2 is forgotten with it.
+        cp.acked(std::slice::from_ref(&fin.uuid), &["t2".to_string()]);
+        cp.close();
+        // Changes after close are ignored (the agent's own kills at shutdown).
+        cp.launched("t3", "batch");
+
+        let (_cp2, r) = Checkpoint::open(dir.path(), Duration::from_millis(5)).unwrap();
+        assert_eq!(r.agent_id, "agent-1");
+        assert_eq!(r.tasks, vec![("t1".to_string(), "batch".to_string())]);
+        let states: Vec<i32> = r.updates.iter().map(|u| u.state).collect();
+        assert_eq!(states, vec![v1::TaskState::TaskRunning as i32, v1::TaskState::TaskPaused as i32]);
+    }
+
+    #[test]
+    fn a_task_that_starts_and_ends_within_one_interval_is_never_written() {
+        let dir = tempfile::tempdir().unwrap();
+        let (cp, _) = Checkpoint::open(dir.path(), Duration::from_secs(3600)).unwrap();
+        cp.launched("short", "batch");
+        let st = status("short", 1, 1, v1::TaskState::TaskFinished);
+        cp.update(&st);
+        cp.acked(&[st.uuid.clone()], &["short".to_string()]);
+        cp.launched("long", "batch");
+        cp.close();
+        let (_cp2, r) = Checkpoint::open(dir.path(), Duration::from_millis(5)).unwrap();
+        assert_eq!(r.tasks, vec![("long".to_string(), "batch".to_string())]);
+        assert!(r.updates.is_empty());
+    }
 }

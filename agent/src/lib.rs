@@ -347,8 +347,10 @@ async fn run_task(shared: Arc<Shared>, fw: String, spec: v1::TaskSpec, control: 
         Ok(p) => p,
         Err(msg) => {
             let o = wasmos_model::Outcome::error(msg.clone());
-            shared.forget_live(&id);
+            // Reported before it leaves `live`, so a registration in between
+            // still lists the task.
             shared.send_status(&id, &fw, v1::TaskState::TaskError, msg, Some(wasmos_proto::outcome_to_wire(&o)));
+            shared.forget_live(&id);
             return;
         }
     };
@@ -373,10 +375,10 @@ async fn run_task(shared: Arc<Shared>, fw: String, spec: v1::TaskSpec, control: 
         ..Default::default()
     };
     let outcome = shared.sandbox.run(&prepared, req, &control).await;
-    shared.forget_live(&id);
     let state = outcome_state(outcome.kind);
     let msg = outcome.message.clone().unwrap_or_default();
     shared.send_status(&id, &fw, state, msg, Some(wasmos_proto::outcome_to_wire(&outcome)));
+    shared.forget_live(&id);
 }
 
 fn handle_command(shared: &Arc<Shared>, cmd: v1::AgentCommand) {
@@ -480,8 +482,12 @@ async fn updater(shared: Arc<Shared>, mut rx: mpsc::UnboundedReceiver<v1::TaskSt
                     !ack
                 });
                 if let Some(cp) = &shared.checkpoint {
-                    cp.acked(&uuids);
-                    cp.ended(&ended);
+                    // A task launched again since (a retry here) keeps its
+                    // entry; the check and the change happen under the live
+                    // lock, which a launch takes before recording itself.
+                    let live = shared.live.lock().unwrap_or_else(|e| e.into_inner());
+                    ended.retain(|t| !live.contains_key(t));
+                    cp.acked(&uuids, &ended);
                 }
                 let mut un = shared.unacked.lock().unwrap_or_else(|e| e.into_inner());
                 for t in done {

@@ -279,6 +279,9 @@ pub(crate) struct Master {
     reservations: BTreeMap<(AgentId, Role), Resources>,
     dirty_roles: BTreeSet<Role>,
     dirty_reservations: BTreeSet<(AgentId, Role)>,
+    /// Recorded reservations the allocator does not hold (their agent came
+    /// back with less free than they need); retried every tick.
+    unapplied: BTreeSet<(AgentId, Role)>,
     dirty_agents: HashSet<AgentId>,
     /// Submissions accepted in this batch, stored as one record each.
     new_submissions: Vec<v1::StoredSubmission>,
@@ -292,6 +295,10 @@ pub(crate) struct Master {
     /// Agents known from the registry that have not reregistered since the
     /// master started, with the deadline for doing so.
     recovering: HashMap<AgentId, Instant>,
+    /// Batch tasks restored from a submission record (never launched as far
+    /// as the registry knows): an agent that reports one ran the previous
+    /// master's unrecorded launch, which is adopted. Cleared at launch.
+    adoptable: HashSet<TaskId>,
 }
 
 impl Master {
@@ -346,12 +353,14 @@ impl Master {
             reservations: BTreeMap::new(),
             dirty_roles: BTreeSet::new(),
             dirty_reservations: BTreeSet::new(),
+            unapplied: BTreeSet::new(),
             dirty_agents: HashSet::new(),
             new_submissions: Vec::new(),
             deferred: Vec::new(),
             outbox: Vec::new(),
             unreported: HashMap::new(),
             recovering: HashMap::new(),
+            adoptable: HashSet::new(),
         };
         // Nothing queued yet: no offers for the batch framework until a submit.
         let _ = m.alloc.suppress(&batch_id, &[]);
@@ -506,6 +515,7 @@ impl Master {
                     // since the last cycle make resources offerable again.
                     self.dirty = true;
                     self.check_agents();
+                    self.retry_unapplied();
                     self.expire_recovering();
                     self.expire_unreported();
                     self.expire_frameworks();
@@ -715,11 +725,21 @@ impl Master {
     fn track_on_agent(&mut self, tid: &TaskId, agent: &AgentId) -> bool {
         let Some(t) = self.tasks.get(tid) else { return false };
         let fw = t.framework.clone();
-        let alloc = Allocation::from(t.resources.clone());
+        let need = t.resources.clone();
         let Some(role) = self.frameworks.get(&fw).map(|f| f.role.clone()) else { return false };
-        if self.alloc.add_allocation(&fw, agent, &role, &alloc).is_err() {
-            return false;
-        }
+        // As at launch: reserved parts the role may use first, then unreserved.
+        let mut pool = self.alloc.agent_free(agent).unwrap_or_default();
+        pool.reserved.retain(|r, _| r.covers(&role));
+        let first = take(&mut pool, &need).unwrap_or_else(|| Allocation::from(need.clone()));
+        let alloc = if self.alloc.add_allocation(&fw, agent, &role, &first).is_ok() {
+            first
+        } else {
+            let plain = Allocation::from(need);
+            if self.alloc.add_allocation(&fw, agent, &role, &plain).is_err() {
+                return false;
+            }
+            plain
+        };
         if let Some(t) = self.tasks.get_mut(tid) {
             t.agent = Some(agent.clone());
             t.allocation = Some(alloc);
@@ -770,10 +790,15 @@ impl Master {
             }
         }
         for t in running {
-            // Launched just before the restart but recorded as still queued: adopt it.
+            // Launched just before the restart but recorded as still queued:
+            // adopt it. Only tasks the registry has as never launched qualify;
+            // one that was LOST and queued again runs here as a given-up
+            // attempt and is killed below.
             if let Ok(tid) = TaskId::new(t.task_id.clone()) {
-                let queued = self.tasks.get(&tid).is_some_and(|k| k.agent.is_none() && k.state == TaskState::Staging);
+                let queued = self.adoptable.contains(&tid)
+                    && self.tasks.get(&tid).is_some_and(|k| k.agent.is_none() && k.state == TaskState::Staging);
                 if queued && self.track_on_agent(&tid, id) {
+                    self.adoptable.remove(&tid);
                     self.batch.take(&tid);
                     if let Some(k) = self.tasks.get_mut(&tid) {
                         k.state = TaskState::Running;
@@ -1015,6 +1040,7 @@ impl Master {
                 if let Some(f) = self.frameworks.get_mut(&self.batch_id.clone()) {
                     f.tasks.insert(tid.clone());
                 }
+                self.adoptable.insert(tid.clone());
                 self.batch.enqueue(
                     tid,
                     BatchTask {
@@ -1155,7 +1181,10 @@ impl Master {
             match &task.agent {
                 // A LOST report for a task that is queued again: stale.
                 None if state == TaskState::Lost => return,
-                None => task.agent = AgentId::new(st.agent_id.clone()).ok(),
+                // Launched by the previous master incarnation, never recorded.
+                None if self.adoptable.contains(&tid) => task.agent = AgentId::new(st.agent_id.clone()).ok(),
+                // From an attempt that was given up (LOST, queued again): stale.
+                None => return,
                 // An update from an agent the task has left (it was lost there
                 // and runs elsewhere now): stale, not applied.
                 Some(a) if a.as_str() != st.agent_id => return,
@@ -1593,6 +1622,7 @@ impl Master {
             task.agent = Some(agent.clone());
             task.allocation = Some(task_alloc);
             task.state = TaskState::Staging;
+            self.adoptable.remove(&tid);
             if let Some(f) = self.frameworks.get_mut(fw) {
                 f.tasks.insert(tid.clone());
             }
@@ -2062,8 +2092,11 @@ impl Master {
     fn apply_role(&mut self, role: &Role, rec: &v1::StoredRole) -> Result<(), Status> {
         let quota = quota_from_wire(rec.quota.as_ref())?;
         let weight = if rec.weight > 0.0 { rec.weight } else { 1.0 };
-        self.alloc.update_weight(role, weight).map_err(|e| Status::invalid_argument(e.to_string()))?;
-        self.alloc.set_quota(role, quota).map_err(|e| Status::invalid_argument(e.to_string()))
+        if !weight.is_finite() {
+            return Err(Status::invalid_argument(format!("weight {weight} for role {role} is invalid")));
+        }
+        self.alloc.set_quota(role, quota).map_err(|e| Status::invalid_argument(e.to_string()))?;
+        self.alloc.update_weight(role, weight).map_err(|e| Status::invalid_argument(e.to_string()))
     }
 
     fn update_role(&mut self, req: v1::UpdateRoleRequest) -> Result<v1::UpdateRoleResponse, Status> {
@@ -2120,9 +2153,17 @@ impl Master {
             return Err(Status::invalid_argument(format!("nothing to {verb}; give resources, e.g. cpus:1;mem:1GiB")));
         }
         let key = (agent.clone(), role.clone());
-        let registered = self.agents.contains_key(&agent);
+        // The allocator holds the recorded reservation only if the agent is
+        // registered and it could be applied.
+        let registered = self.agents.contains_key(&agent) && !self.unapplied.contains(&key);
+        if reserve && self.unapplied.contains(&key) {
+            return Err(Status::failed_precondition(format!(
+                "the reservation for role {role} on agent {agent} is recorded but not applied (the agent came back with less free); unreserve it first"
+            )));
+        }
         if !registered && !reserve && self.reservations.contains_key(&key) {
-            // The agent is gone (or not back yet): only the record changes.
+            // The agent is gone, not back yet, or the reservation could not
+            // be applied: only the record changes.
             let held = self.reservations.get(&key).cloned().unwrap_or_default();
             if !held.contains(&res) {
                 return Err(Status::failed_precondition(format!(
@@ -2138,11 +2179,19 @@ impl Master {
             return Err(Status::not_found(format!("no agent {agent}; list agents with `wasmos agents`")));
         }
         if reserve {
-            if self.alloc.reserve(&agent, &role, &res).is_err() {
+            if let Err(e) = self.alloc.reserve(&agent, &role, &res) {
                 // Outstanding offers may hold the resources: rescind the
-                // agent's offers (as Mesos does) and try once more.
+                // agent's offers (as Mesos does) and try once more, but only
+                // if that would make room.
                 let held: Vec<OfferId> =
                     self.offers.iter().filter(|(_, o)| o.agent == agent).map(|(id, _)| id.clone()).collect();
+                let mut could = self.alloc.agent_free(&agent).map(|f| f.unreserved).unwrap_or_default();
+                for o in &held {
+                    could.add_assign(&self.offers[o].allocation.unreserved);
+                }
+                if !could.contains(&res) {
+                    return Err(Status::failed_precondition(format!("{e}; free it up or reserve less")));
+                }
                 for o in held {
                     self.rescind(&o);
                 }
@@ -2159,6 +2208,7 @@ impl Master {
                 r.sub_assign(&res);
                 if r.is_empty() {
                     self.reservations.remove(&key);
+                    self.unapplied.remove(&key);
                 }
             }
         }
@@ -2179,8 +2229,30 @@ impl Master {
             .map(|((_, r), res)| (r.clone(), res.clone()))
             .collect();
         for (role, res) in mine {
-            if let Err(e) = self.alloc.reserve(agent, &role, &res) {
-                eprintln!("wasmos master: cannot apply the reservation of {res} for role {role} on agent {agent}: {e}");
+            let key = (agent.clone(), role.clone());
+            match self.alloc.reserve(agent, &role, &res) {
+                Ok(()) => {
+                    self.unapplied.remove(&key);
+                }
+                Err(e) => {
+                    if self.unapplied.insert(key) {
+                        eprintln!(
+                            "wasmos master: cannot apply the reservation of {res} for role {role} on agent {agent} yet: {e}; retrying as resources free up"
+                        );
+                    }
+                }
+            }
+        }
+    }
+
+    /// Tries the recorded reservations that did not fit when their agent registered.
+    fn retry_unapplied(&mut self) {
+        for (agent, role) in std::mem::take(&mut self.unapplied) {
+            let Some(res) = self.reservations.get(&(agent.clone(), role.clone())).cloned() else { continue };
+            if !self.alloc.has_agent(&agent) || self.alloc.reserve(&agent, &role, &res).is_err() {
+                self.unapplied.insert((agent, role));
+            } else {
+                self.dirty = true;
             }
         }
     }
