@@ -377,7 +377,7 @@ mod tests {
         cp.launched("short", "batch");
         let st = status("short", 1, 1, v1::TaskState::TaskFinished);
         cp.update(&st);
-        cp.acked(&[st.uuid.clone()], &["short".to_string()]);
+        cp.acked(std::slice::from_ref(&st.uuid), &["short".to_string()]);
         cp.launched("long", "batch");
         cp.close();
         let (_cp2, r) = Checkpoint::open(dir.path(), Duration::from_millis(5)).unwrap();
