@@ -2,7 +2,7 @@
 
 use std::time::Duration;
 
-use wasmos_model::{parse_duration, parse_size};
+use wasmos_model::{Resources, parse_duration, parse_size};
 
 /// `64MiB`, `1GiB`, `4096`.
 pub fn size(s: &str) -> Result<u64, String> {
@@ -20,4 +20,13 @@ pub fn key_value(s: &str) -> Result<(String, String), String> {
         Some((k, v)) if !k.is_empty() => Ok((k.to_string(), v.to_string())),
         _ => Err(format!("{s:?} is not K=V; write e.g. --env NAME=value")),
     }
+}
+
+/// `cpus:2;mem:4GiB` (not empty).
+pub fn resources(s: &str) -> Result<Resources, String> {
+    let r = Resources::parse(s).map_err(|e| e.to_string())?;
+    if r.is_empty() {
+        return Err("resources are empty; give e.g. cpus:2;mem:4GiB".into());
+    }
+    Ok(r)
 }

@@ -113,3 +113,23 @@ mod tests {
         assert_eq!(rfc3339(951_782_400_000).unwrap(), "2000-02-29T00:00:00.000Z");
     }
 }
+
+/// A single-threaded runtime for one client command.
+pub fn rt() -> tokio::runtime::Runtime {
+    tokio::runtime::Builder::new_current_thread().enable_all().build().expect("runtime")
+}
+
+/// Prints `wasmos CMD: E` and returns exit code 2.
+pub fn fail(cmd: &str, e: String) -> std::process::ExitCode {
+    eprintln!("wasmos {cmd}: {e}");
+    std::process::ExitCode::from(2)
+}
+
+/// Wire resources as text (`cpus:1;mem:64MiB`); empty ones as "".
+pub fn res(r: &Option<v1::Resources>) -> String {
+    wasmos_proto::resources_from_wire(r.as_ref())
+        .ok()
+        .filter(|r| !r.is_empty())
+        .map(|r| r.to_string())
+        .unwrap_or_default()
+}

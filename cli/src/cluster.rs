@@ -9,13 +9,6 @@ use std::time::Duration;
 use wasmos_host::MasterConfig;
 use wasmos_model::{Resources, Scalar};
 
-fn resources(s: &str) -> Result<Resources, String> {
-    let r = Resources::parse(s).map_err(|e| e.to_string())?;
-    if r.is_empty() {
-        return Err("resources are empty; give e.g. cpus:2;mem:4GiB".into());
-    }
-    Ok(r)
-}
 fn attributes(s: &str) -> Result<Vec<(String, String)>, String> {
     s.split(',')
         .filter(|p| !p.trim().is_empty())
@@ -109,7 +102,7 @@ pub struct AgentArgs {
     #[arg(long, value_name = "URL", env = "WASMOS_MASTER", default_value = "http://127.0.0.1:5050")]
     pub master: String,
     /// Resources to offer [default: the machine's cores and memory]
-    #[arg(long, value_name = "RES", value_parser = resources)]
+    #[arg(long, value_name = "RES", value_parser = crate::args::resources)]
     pub resources: Option<Resources>,
     /// Attributes, matched by `submit --constraint`.
     #[arg(long, value_name = "k=v,...", value_parser = attributes)]
@@ -145,7 +138,7 @@ pub struct DevArgs {
     #[arg(long, value_name = "N", default_value_t = 1)]
     pub agents: u32,
     /// Resources of each agent [default: the machine's cores and memory, split evenly]
-    #[arg(long, value_name = "RES", value_parser = resources)]
+    #[arg(long, value_name = "RES", value_parser = crate::args::resources)]
     pub agent_resources: Option<Resources>,
     /// How long each agent's checkpoint changes gather before one commit.
     #[arg(long, value_name = "DUR", value_parser = crate::args::duration, default_value = "20ms")]

@@ -8,7 +8,7 @@ use std::process::ExitCode;
 use wasmos_model::{Resources, Scalar};
 use wasmos_proto::v1;
 
-use crate::client::{self, MasterArg, status_msg, table};
+use crate::client::{self, MasterArg, fail, res, rt, status_msg, table};
 
 #[derive(clap::Subcommand, Debug)]
 pub enum RoleCmd {
@@ -26,7 +26,7 @@ pub struct RoleSetArgs {
     #[arg(long, value_name = "W", allow_negative_numbers = true)]
     pub weight: Option<f64>,
     /// Resources the role is offered before others, e.g. cpus:4;mem:8GiB.
-    #[arg(long, value_name = "RES", value_parser = resources)]
+    #[arg(long, value_name = "RES", value_parser = crate::args::resources)]
     pub guarantee: Option<Resources>,
     /// Most the role may hold, e.g. cpus:8 (a resource left out is unlimited; cpus:0 means none).
     #[arg(long, value_name = "RES", value_parser = limit)]
@@ -47,38 +47,12 @@ pub struct ReserveArgs {
     /// The role the resources are set aside for.
     pub role: String,
     /// What to reserve or release, e.g. cpus:1;mem:1GiB.
-    #[arg(value_parser = resources)]
+    #[arg(value_parser = crate::args::resources)]
     pub resources: Resources,
-}
-
-fn resources(s: &str) -> Result<Resources, String> {
-    let r = Resources::parse(s).map_err(|e| e.to_string())?;
-    if r.is_empty() {
-        return Err("resources are empty; give e.g. cpus:1;mem:1GiB".into());
-    }
-    Ok(r)
 }
 
 fn limit(s: &str) -> Result<BTreeMap<String, Scalar>, String> {
     wasmos_allocator::parse_limit(s).map_err(|e| e.to_string())
-}
-
-fn rt() -> tokio::runtime::Runtime {
-    tokio::runtime::Builder::new_current_thread().enable_all().build().expect("runtime")
-}
-
-fn fail(cmd: &str, e: String) -> ExitCode {
-    eprintln!("wasmos {cmd}: {e}");
-    ExitCode::from(2)
-}
-
-/// Resources as text; empty ones as "".
-fn res(r: &Option<v1::Resources>) -> String {
-    wasmos_proto::resources_from_wire(r.as_ref())
-        .ok()
-        .filter(|r| !r.is_empty())
-        .map(|r| r.to_string())
-        .unwrap_or_default()
 }
 
 /// A limit as written on the command line (zeros kept; empty: unlimited).

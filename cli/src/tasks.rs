@@ -8,7 +8,7 @@ use std::time::Duration;
 use wasmos_model::TaskState;
 use wasmos_proto::v1;
 
-use crate::client::{self, MasterArg, rfc3339, status_msg, table};
+use crate::client::{self, MasterArg, fail, res, rfc3339, rt, status_msg, table};
 
 fn state(s: &str) -> Result<TaskState, String> {
     s.parse()
@@ -53,19 +53,6 @@ pub struct TaskArgs {
     #[command(flatten)]
     pub master: MasterArg,
     pub task: String,
-}
-
-fn rt() -> tokio::runtime::Runtime {
-    tokio::runtime::Builder::new_current_thread().enable_all().build().expect("runtime")
-}
-
-fn fail(cmd: &str, e: String) -> ExitCode {
-    eprintln!("wasmos {cmd}: {e}");
-    ExitCode::from(2)
-}
-
-fn res(r: &Option<v1::Resources>) -> String {
-    wasmos_proto::resources_from_wire(r.as_ref()).map(|r| r.to_string()).unwrap_or_default()
 }
 
 pub fn task_json(t: &v1::TaskSummary) -> serde_json::Value {

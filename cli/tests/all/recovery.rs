@@ -78,15 +78,22 @@ fn tasks(url: &str) -> Vec<serde_json::Value> {
     lines(&o)
 }
 
+/// A master on `dir/master` and one agent on `dir/agent`, registered.
+/// Returns (url, master state dir, port, master, agent).
+fn master_and_agent(dir: &Path) -> (String, PathBuf, u16, Proc, Proc) {
+    let port = free_port();
+    let url = format!("http://127.0.0.1:{port}");
+    let state = dir.join("master");
+    let m = master(&state, port);
+    let a = agent(&url, &dir.join("agent"));
+    wait_for("the agent", Duration::from_secs(90), || lines(&cli(&url, &["agents", "--json"])).len() == 1);
+    (url, state, port, m, a)
+}
+
 #[test]
 fn master_kill_9_and_restart_loses_nothing() {
     let tmp = tempfile::tempdir().unwrap();
-    let port = free_port();
-    let url = format!("http://127.0.0.1:{port}");
-    let state = tmp.path().join("master");
-    let mut m = master(&state, port);
-    let _a = agent(&url, &tmp.path().join("agent"));
-    wait_for("the agent", Duration::from_secs(90), || lines(&cli(&url, &["agents", "--json"])).len() == 1);
+    let (url, state, port, mut m, _a) = master_and_agent(tmp.path());
 
     // A long task (about 10 s: runs across the failover and well past the
     // master's 5 s grace for unreported tasks) and a backlog of short ones.
@@ -211,12 +218,7 @@ fn agent_restarts_from_its_checkpoint_under_the_same_id() {
 #[test]
 fn roles_and_reservations_survive_a_master_restart() {
     let tmp = tempfile::tempdir().unwrap();
-    let port = free_port();
-    let url = format!("http://127.0.0.1:{port}");
-    let state = tmp.path().join("master");
-    let mut m = master(&state, port);
-    let _a = agent(&url, &tmp.path().join("agent"));
-    wait_for("the agent", Duration::from_secs(90), || lines(&cli(&url, &["agents", "--json"])).len() == 1);
+    let (url, state, port, mut m, _a) = master_and_agent(tmp.path());
     let agent_id = lines(&cli(&url, &["agents", "--json"]))[0]["agent_id"].as_str().unwrap().to_string();
 
     let ok = |o: Output| {
