@@ -101,19 +101,6 @@ pub fn table(rows: &[Vec<String>]) -> String {
     out
 }
 
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn rfc3339_with_millis() {
-        assert_eq!(rfc3339(0), None);
-        assert_eq!(rfc3339(1).unwrap(), "1970-01-01T00:00:00.001Z");
-        assert_eq!(rfc3339(1_795_000_000_123).unwrap(), "2026-11-18T11:06:40.123Z");
-        assert_eq!(rfc3339(951_782_400_000).unwrap(), "2000-02-29T00:00:00.000Z");
-    }
-}
-
 /// A single-threaded runtime for one client command.
 pub fn rt() -> tokio::runtime::Runtime {
     tokio::runtime::Builder::new_current_thread().enable_all().build().expect("runtime")
@@ -132,4 +119,17 @@ pub fn res(r: &Option<v1::Resources>) -> String {
         .filter(|r| !r.is_empty())
         .map(|r| r.to_string())
         .unwrap_or_default()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn rfc3339_with_millis() {
+        assert_eq!(rfc3339(0), None);
+        assert_eq!(rfc3339(1).unwrap(), "1970-01-01T00:00:00.001Z");
+        assert_eq!(rfc3339(1_795_000_000_123).unwrap(), "2026-11-18T11:06:40.123Z");
+        assert_eq!(rfc3339(951_782_400_000).unwrap(), "2000-02-29T00:00:00.000Z");
+    }
 }
