@@ -376,6 +376,13 @@ impl Master {
         self.deferred.push(Box::new(f));
     }
 
+    /// Answers once this batch's registry changes are committed.
+    fn reply_after_commit<T: Send + 'static>(&mut self, reply: Reply<T>, r: Result<T, Status>) {
+        self.defer(move || {
+            let _ = reply.send(r);
+        });
+    }
+
     /// Commits what changed in this batch, then releases the held replies.
     /// If the commit fails, the replies say so and the master exits: running
     /// on without durability would break the promise the API makes.
@@ -538,18 +545,14 @@ impl Master {
         match cmd {
             Cmd::RegisterAgent(req, reply) => {
                 let r = self.register_agent(req);
-                self.defer(move || {
-                    let _ = reply.send(r);
-                });
+                self.reply_after_commit(reply, r);
             }
             Cmd::AgentCommands(id, tx, reply) => {
                 let _ = reply.send(self.attach_agent(&id, tx));
             }
             Cmd::AgentUpdates(u, reply) => {
                 let r = self.agent_updates(u);
-                self.defer(move || {
-                    let _ = reply.send(r);
-                });
+                self.reply_after_commit(reply, r);
             }
             Cmd::AgentHeartbeat(id, reply) => {
                 let r = match AgentId::new(id.clone()).ok().and_then(|a| self.agents.get_mut(&a)) {
@@ -563,15 +566,11 @@ impl Master {
             }
             Cmd::Subscribe(info, tx, hosted, reply) => {
                 let r = self.subscribe(info, tx, hosted);
-                self.defer(move || {
-                    let _ = reply.send(r);
-                });
+                self.reply_after_commit(reply, r);
             }
             Cmd::Call(call, reply) => {
                 let r = self.call(call);
-                self.defer(move || {
-                    let _ = reply.send(r);
-                });
+                self.reply_after_commit(reply, r);
             }
             Cmd::ListAgents(reply) => {
                 let _ = reply.send(Ok(self.list_agents()));
@@ -594,21 +593,15 @@ impl Master {
             }
             Cmd::UpdateRole(req, reply) => {
                 let r = self.update_role(req);
-                self.defer(move || {
-                    let _ = reply.send(r);
-                });
+                self.reply_after_commit(reply, r);
             }
             Cmd::Reserve(req, reserve, reply) => {
                 let r = self.reserve(req, reserve);
-                self.defer(move || {
-                    let _ = reply.send(r);
-                });
+                self.reply_after_commit(reply, r);
             }
             Cmd::Submit(req, reply) => {
                 let r = self.submit(req);
-                self.defer(move || {
-                    let _ = reply.send(r);
-                });
+                self.reply_after_commit(reply, r);
             }
             Cmd::TaskAction(id, action, reply) => {
                 let r = match TaskId::new(id.clone()) {

@@ -90,6 +90,19 @@ fn master_and_agent(dir: &Path) -> (String, PathBuf, u16, Proc, Proc) {
     (url, state, port, m, a)
 }
 
+/// Submits a primes task that runs a few seconds (still running when its
+/// agent is killed) and waits until it runs; returns its id.
+fn submit_running_primes(url: &str, dir: &Path) -> String {
+    let n = dir.join("n.txt");
+    std::fs::write(&n, "5000000").unwrap();
+    let o = cli(url, &["submit", "--cpus", "1", "--input", n.to_str().unwrap(), &guest("primes")]);
+    let id = String::from_utf8_lossy(&o.stdout).trim().to_string();
+    wait_for("the task to run", Duration::from_secs(90), || {
+        tasks(url).iter().any(|t| t["task_id"] == id.as_str() && t["state"] == "running")
+    });
+    id
+}
+
 #[test]
 fn master_kill_9_and_restart_loses_nothing() {
     let tmp = tempfile::tempdir().unwrap();
@@ -160,13 +173,7 @@ fn agent_kill_9_tasks_are_retried_on_a_new_agent() {
     let _m = master(&tmp.path().join("master"), port);
     let mut a = agent(&url, &tmp.path().join("agent-a"));
     wait_for("the agent", Duration::from_secs(90), || lines(&cli(&url, &["agents", "--json"])).len() == 1);
-    let n = tmp.path().join("n.txt");
-    std::fs::write(&n, "5000000").unwrap(); // a few seconds: still running when its agent dies
-    let o = cli(&url, &["submit", "--cpus", "1", "--input", n.to_str().unwrap(), &guest("primes")]);
-    let id = String::from_utf8_lossy(&o.stdout).trim().to_string();
-    wait_for("the task to run", Duration::from_secs(90), || {
-        tasks(&url).iter().any(|t| t["task_id"] == id.as_str() && t["state"] == "running")
-    });
+    let id = submit_running_primes(&url, tmp.path());
     a.0.kill().unwrap();
     a.0.wait().unwrap();
     let _b = agent(&url, &tmp.path().join("agent-b"));
@@ -190,13 +197,7 @@ fn agent_restarts_from_its_checkpoint_under_the_same_id() {
     };
     wait_for("the agent", Duration::from_secs(90), || id_of(&url).is_some());
     let first_id = id_of(&url).unwrap();
-    let n = tmp.path().join("n.txt");
-    std::fs::write(&n, "5000000").unwrap();
-    let o = cli(&url, &["submit", "--cpus", "1", "--input", n.to_str().unwrap(), &guest("primes")]);
-    let id = String::from_utf8_lossy(&o.stdout).trim().to_string();
-    wait_for("the task to run", Duration::from_secs(90), || {
-        tasks(&url).iter().any(|t| t["task_id"] == id.as_str() && t["state"] == "running")
-    });
+    let id = submit_running_primes(&url, tmp.path());
     a.0.kill().unwrap();
     a.0.wait().unwrap();
     let _a2 = agent(&url, &work);
