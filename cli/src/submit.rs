@@ -128,6 +128,7 @@ async fn submit(args: SubmitArgs) -> Result<ExitCode, String> {
         files: vec![],
         sandbox_dir: false,
         input,
+        attempt: 0,
     };
     let framework = args.framework.clone().unwrap_or_default();
     let watch_fw = if framework.is_empty() { "batch".to_string() } else { String::new() };

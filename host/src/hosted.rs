@@ -183,6 +183,7 @@ fn translate(
                     files: vec![],
                     sandbox_dir: false,
                     input: t.input,
+                    attempt: 0,
                 });
             }
             C::Accept(v1::call::Accept {

@@ -173,5 +173,6 @@ pub fn spec(id: &str, sha: &str, res: &str) -> v1::TaskSpec {
         files: vec![],
         sandbox_dir: false,
         input: vec![],
+        attempt: 0,
     }
 }
