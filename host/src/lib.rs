@@ -4,14 +4,16 @@
 //! Scheduler, Operator, Artifacts).
 //!
 //! One task owns all state (`master::Master`, an event loop over a closed
-//! enum of commands); services only translate RPCs into commands.
+//! enum of commands in domain types); `api/` only translates RPCs into
+//! commands, and `registry/` stores what the tables say changed.
 
+mod api;
 mod artifacts;
 mod batch;
+mod handle;
 mod hosted;
 mod master;
-mod services;
-mod store;
+mod registry;
 
 use std::future::Future;
 use std::path::PathBuf;
@@ -30,7 +32,7 @@ pub use wasmos_sandbox::SchedulerLimits;
 
 /// Default [`MasterConfig::max_hosted_frameworks`].
 pub const DEFAULT_MAX_HOSTED_FRAMEWORKS: u32 = 64;
-pub use services::MasterHandle;
+pub use handle::MasterHandle;
 
 /// Default [`MasterConfig::agent_heartbeat_interval`].
 pub const DEFAULT_AGENT_HEARTBEAT: Duration = Duration::from_secs(1);
@@ -124,7 +126,7 @@ pub enum StartError {
     #[error("scheduler sandbox: {0}")]
     Sandbox(#[from] wasmos_sandbox::SandboxError),
     #[error("{0}")]
-    Registry(#[from] store::StoreError),
+    Registry(#[from] registry::RegistryError),
 }
 
 /// Starts the master's event loop (on the current runtime) and returns a handle
@@ -139,35 +141,28 @@ pub fn start(cfg: MasterConfig) -> Result<MasterHandle, StartError> {
     let (watch, _) = tokio::sync::broadcast::channel(65_536);
     let (tx, rx) = tokio::sync::mpsc::channel(COMMAND_QUEUE);
     let scheduler_limits = cfg.scheduler_limits;
-    let max_hosted = cfg.max_hosted_frameworks;
-    let registry = if cfg.durable_registry { Some(store::Registry::open(&cfg.state_dir)?) } else { None };
-    let hosted_to_restart: Vec<_> =
-        registry.as_ref().map(|(_, l)| l.frameworks.iter().filter(|f| f.hosted).cloned().collect()).unwrap_or_default();
+    let registry = if cfg.durable_registry { Some(registry::open(&cfg.state_dir)?) } else { None };
+    let hosted_to_restart: Vec<_> = registry
+        .as_ref()
+        .map(|(_, l)| l.frameworks.iter().filter(|f| f.hosted.is_some()).cloned().collect())
+        .unwrap_or_default();
     let master = master::Master::new(cfg, artifacts.clone(), watch.clone(), registry);
     tokio::spawn(master.run(rx));
-    let handle = MasterHandle {
-        tx,
-        watch,
-        artifacts,
-        hosted: Arc::new(hosted::Hosted::default()),
-        sandbox,
-        scheduler_limits,
-        max_hosted,
-        next_job: Arc::new(std::sync::atomic::AtomicU64::new(1)),
-    };
+    let handle = MasterHandle { tx, watch, artifacts, sandbox, scheduler_limits };
     // Hosted schedulers come back from their module and config; their state
     // starts fresh (reconciliation tells them about their tasks).
     for f in hosted_to_restart {
         let h = handle.clone();
         tokio::spawn(async move {
-            let req = v1::DeployRequest {
+            let info = f.hosted.unwrap_or_default();
+            let req = hosted::Deploy {
                 name: f.name.clone(),
-                role: f.role,
-                config: f.config,
-                module_sha256: f.module_sha256,
+                role: f.role.to_string(),
+                config: info.config,
+                module_sha256: info.module_sha256,
             };
-            if let Err(e) = hosted::deploy_as(&h, req, Some(f.framework_id)).await {
-                eprintln!("wasmos master: cannot restart hosted framework {}: {}", f.name, e.message());
+            if let Err(e) = hosted::deploy(&h, req, Some(f.id)).await {
+                eprintln!("wasmos master: cannot restart hosted framework {}: {e}", f.name);
             }
         });
     }
@@ -234,17 +229,14 @@ pub async fn run(
 /// names: what `cargo xtask chaos` compares with the Operator API. Tasks of a
 /// submission without a record of their own are `staging` (queued).
 pub fn registry_tasks(state_dir: &std::path::Path) -> Result<std::collections::BTreeMap<String, String>, StartError> {
-    let (_reg, loaded) = store::Registry::open(state_dir)?;
+    let (_reg, loaded) = registry::open(state_dir)?;
     let mut out = std::collections::BTreeMap::new();
     for t in loaded.tasks {
-        if let Some(s) = t.summary {
-            let state = wasmos_proto::state_from_wire(s.state).map(|x| x.to_string()).unwrap_or_default();
-            out.insert(s.task_id, state);
-        }
+        out.insert(t.view.task_id.to_string(), t.view.state.to_string());
     }
     for sub in loaded.submissions {
-        for n in sub.first..sub.first + sub.count as u64 {
-            out.entry(format!("task-{}-{n}", sub.tag)).or_insert_with(|| "staging".to_string());
+        for (_, id) in sub.task_ids() {
+            out.entry(id).or_insert_with(|| "staging".to_string());
         }
     }
     Ok(out)

@@ -10,6 +10,7 @@ mod outcome;
 mod resources;
 mod role;
 mod state;
+mod task;
 mod units;
 
 pub use ids::{AgentId, FrameworkId, IdError, OfferId, TaskId};
@@ -17,6 +18,7 @@ pub use outcome::{Outcome, OutcomeKind};
 pub use resources::{CPUS, DISK, MEM, ResourceError, Resources, Scalar};
 pub use role::{MAX_ROLE_LEN, Role, RoleError};
 pub use state::TaskState;
+pub use task::{InputFile, TaskSpec};
 pub use units::{
     DEFAULT_MAX_OUTPUT, DEFAULT_MEM, DEFAULT_TIMEOUT, Limits, UnitError, format_duration, format_size, parse_duration,
     parse_size,

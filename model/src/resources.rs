@@ -124,6 +124,31 @@ impl Resources {
         Ok(r)
     }
 
+    /// Builds a bag from (name, amount in thousandths) pairs, as they travel
+    /// on the wire: names are checked as in [`Resources::parse`], negative
+    /// amounts and names given twice are refused, zero amounts are dropped.
+    pub fn from_milli<'a>(items: impl IntoIterator<Item = (&'a str, i64)>) -> Result<Resources, ResourceError> {
+        let mut out = Resources::new();
+        for (name, milli) in items {
+            if name.is_empty()
+                || !name.chars().all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '_' || c == '-')
+            {
+                return Err(ResourceError::BadName { name: name.to_string() });
+            }
+            if milli < 0 {
+                return Err(ResourceError::Negative {
+                    name: name.to_string(),
+                    amount: (milli as f64 / 1000.0).to_string(),
+                });
+            }
+            if out.get(name) != Scalar::ZERO {
+                return Err(ResourceError::Duplicate { name: name.to_string() });
+            }
+            out.set(name, Scalar(milli));
+        }
+        Ok(out)
+    }
+
     /// Builder-style: `Resources::new().with(CPUS, Scalar::units(2))`.
     pub fn with(mut self, name: &str, amount: Scalar) -> Resources {
         self.set(name, amount);

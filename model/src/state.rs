@@ -7,7 +7,8 @@ use std::fmt;
 /// `KILLING` between RUNNING and KILLED and `PAUSED` ↔ RUNNING. A task whose
 /// agent stopped answering is `UNREACHABLE` (not terminal: the agent may come
 /// back and the task resume being tracked) and `GONE` (terminal) when the
-/// agent does not come back in time.
+/// agent does not come back in time. `DROPPED` (terminal) is a launch the
+/// master refused before it reached an agent because its offers were invalid.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, serde::Serialize, serde::Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum TaskState {
@@ -23,10 +24,11 @@ pub enum TaskState {
     Lost,
     Unreachable,
     Gone,
+    Dropped,
 }
 
 impl TaskState {
-    pub const ALL: [TaskState; 12] = [
+    pub const ALL: [TaskState; 13] = [
         TaskState::Staging,
         TaskState::Starting,
         TaskState::Running,
@@ -39,6 +41,7 @@ impl TaskState {
         TaskState::Lost,
         TaskState::Unreachable,
         TaskState::Gone,
+        TaskState::Dropped,
     ];
 
     /// Terminal states never change again.
@@ -51,6 +54,7 @@ impl TaskState {
                 | TaskState::Error
                 | TaskState::Lost
                 | TaskState::Gone
+                | TaskState::Dropped
         )
     }
 
@@ -68,6 +72,7 @@ impl TaskState {
             TaskState::Lost => "lost",
             TaskState::Unreachable => "unreachable",
             TaskState::Gone => "gone",
+            TaskState::Dropped => "dropped",
         }
     }
 
@@ -83,7 +88,9 @@ impl TaskState {
             (_, Lost | Error) => true,
             (Unreachable, Gone | Running | Paused | Killing | Killed | Finished | Failed) => true,
             (Staging | Starting | Running | Paused | Killing, Unreachable) => true,
-            (Staging, Starting | Running | Failed | Killed) => true,
+            // A launch can be refused (dropped), paused or killed before its
+            // agent reports it running.
+            (Staging, Starting | Running | Paused | Killing | Failed | Killed | Dropped) => true,
             (Starting, Running | Failed | Killed | Finished) => true,
             (Running, Paused | Killing | Finished | Failed | Killed) => true,
             (Paused, Running | Killing | Killed) => true,
@@ -123,7 +130,11 @@ mod tests {
         }
         assert!(TaskState::Running.can_become(TaskState::Paused));
         assert!(TaskState::Paused.can_become(TaskState::Running));
-        assert!(!TaskState::Staging.can_become(TaskState::Paused));
+        assert!(TaskState::Staging.can_become(TaskState::Dropped));
+        assert!(!TaskState::Running.can_become(TaskState::Dropped));
+        assert!(!TaskState::Killing.can_become(TaskState::Running));
+        assert!(TaskState::Unreachable.can_become(TaskState::Running));
+        assert!(TaskState::Dropped.is_terminal());
         assert_eq!("TASK_RUNNING".parse::<TaskState>(), Ok(TaskState::Running));
         assert!("nope".parse::<TaskState>().unwrap_err().contains("finished"));
     }

@@ -113,6 +113,20 @@ impl Default for Limits {
     }
 }
 
+impl Limits {
+    /// Limits as they travel on the wire and through WIT: a zero `mem`,
+    /// `timeout_ms` or `max_output` means the default.
+    pub fn or_defaults(fuel: Option<u64>, mem: u64, timeout_ms: u64, max_output: u64) -> Limits {
+        let d = Limits::default();
+        Limits {
+            fuel,
+            mem: if mem == 0 { d.mem } else { mem },
+            timeout: if timeout_ms == 0 { d.timeout } else { Duration::from_millis(timeout_ms) },
+            max_output: if max_output == 0 { d.max_output } else { max_output },
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

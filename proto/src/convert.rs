@@ -2,7 +2,7 @@
 
 use std::time::Duration;
 
-use wasmos_model::{Limits, Outcome, OutcomeKind, ResourceError, Resources, Scalar, TaskState};
+use wasmos_model::{InputFile, Limits, Outcome, OutcomeKind, ResourceError, Resources, TaskSpec, TaskState};
 
 use crate::v1;
 
@@ -12,26 +12,8 @@ pub fn resources_to_wire(r: &Resources) -> v1::Resources {
 
 /// Reads wire resources; negative amounts or bad names are refused.
 pub fn resources_from_wire(r: Option<&v1::Resources>) -> Result<Resources, ResourceError> {
-    let mut out = Resources::new();
-    let Some(r) = r else { return Ok(out) };
-    for s in &r.scalars {
-        if s.name.is_empty()
-            || !s.name.chars().all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '_' || c == '-')
-        {
-            return Err(ResourceError::BadName { name: s.name.clone() });
-        }
-        if s.milli < 0 {
-            return Err(ResourceError::Negative {
-                name: s.name.clone(),
-                amount: (s.milli as f64 / 1000.0).to_string(),
-            });
-        }
-        if out.get(&s.name) != Scalar::ZERO {
-            return Err(ResourceError::Duplicate { name: s.name.clone() });
-        }
-        out.set(&s.name, Scalar(s.milli));
-    }
-    Ok(out)
+    let Some(r) = r else { return Ok(Resources::new()) };
+    Resources::from_milli(r.scalars.iter().map(|s| (s.name.as_str(), s.milli)))
 }
 
 pub fn limits_to_wire(l: &Limits) -> v1::Limits {
@@ -45,14 +27,47 @@ pub fn limits_to_wire(l: &Limits) -> v1::Limits {
 
 /// Zero fields mean "the default".
 pub fn limits_from_wire(l: Option<&v1::Limits>) -> Limits {
-    let d = Limits::default();
-    let Some(l) = l else { return d };
-    Limits {
-        fuel: l.fuel,
-        mem: if l.mem_bytes == 0 { d.mem } else { l.mem_bytes },
-        timeout: if l.timeout_ms == 0 { d.timeout } else { Duration::from_millis(l.timeout_ms) },
-        max_output: if l.max_output_bytes == 0 { d.max_output } else { l.max_output_bytes },
+    let Some(l) = l else { return Limits::default() };
+    Limits::or_defaults(l.fuel, l.mem_bytes, l.timeout_ms, l.max_output_bytes)
+}
+
+pub fn spec_to_wire(s: &TaskSpec) -> v1::TaskSpec {
+    v1::TaskSpec {
+        task_id: s.task_id.clone(),
+        name: s.name.clone(),
+        module_sha256: s.module_sha256.clone(),
+        args: s.args.clone(),
+        env: s.env.iter().map(|(k, v)| (k.clone(), v.clone())).collect(),
+        resources: Some(resources_to_wire(&s.resources)),
+        limits: Some(limits_to_wire(&s.limits)),
+        files: s.files.iter().map(|f| v1::InputFile { path: f.path.clone(), contents: f.contents.clone() }).collect(),
+        sandbox_dir: s.sandbox_dir,
+        input: s.input.clone(),
+        attempt: s.attempt,
     }
+}
+
+/// A wire task spec; its resources may be invalid, which is reported on that
+/// task alone (the spec comes back with empty resources and the error).
+pub fn spec_from_wire(s: &v1::TaskSpec) -> (TaskSpec, Option<ResourceError>) {
+    let (resources, err) = match resources_from_wire(s.resources.as_ref()) {
+        Ok(r) => (r, None),
+        Err(e) => (Resources::new(), Some(e)),
+    };
+    let spec = TaskSpec {
+        task_id: s.task_id.clone(),
+        name: s.name.clone(),
+        module_sha256: s.module_sha256.clone(),
+        args: s.args.clone(),
+        env: s.env.iter().map(|(k, v)| (k.clone(), v.clone())).collect(),
+        resources,
+        limits: limits_from_wire(s.limits.as_ref()),
+        files: s.files.iter().map(|f| InputFile { path: f.path.clone(), contents: f.contents.clone() }).collect(),
+        sandbox_dir: s.sandbox_dir,
+        input: s.input.clone(),
+        attempt: s.attempt,
+    };
+    (spec, err)
 }
 
 pub fn state_to_wire(s: TaskState) -> v1::TaskState {
@@ -69,11 +84,11 @@ pub fn state_to_wire(s: TaskState) -> v1::TaskState {
         TaskState::Lost => v1::TaskState::TaskLost,
         TaskState::Unreachable => v1::TaskState::TaskUnreachable,
         TaskState::Gone => v1::TaskState::TaskGone,
+        TaskState::Dropped => v1::TaskState::TaskDropped,
     }
 }
 
-/// `None` for states the model does not have (dropped, unreachable, gone map
-/// to their closest model state by the caller) or an unknown number.
+/// `None` for an unknown number.
 pub fn state_from_wire(s: i32) -> Option<TaskState> {
     Some(match v1::TaskState::try_from(s).ok()? {
         v1::TaskState::TaskStaging => TaskState::Staging,
@@ -84,7 +99,8 @@ pub fn state_from_wire(s: i32) -> Option<TaskState> {
         v1::TaskState::TaskFinished => TaskState::Finished,
         v1::TaskState::TaskFailed => TaskState::Failed,
         v1::TaskState::TaskKilled => TaskState::Killed,
-        v1::TaskState::TaskError | v1::TaskState::TaskDropped => TaskState::Error,
+        v1::TaskState::TaskError => TaskState::Error,
+        v1::TaskState::TaskDropped => TaskState::Dropped,
         v1::TaskState::TaskLost => TaskState::Lost,
         v1::TaskState::TaskUnreachable => TaskState::Unreachable,
         v1::TaskState::TaskGone => TaskState::Gone,

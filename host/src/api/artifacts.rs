@@ -1,0 +1,72 @@
+//! `wasmos.v1.Artifacts`: modules by SHA-256, streamed in chunks.
+
+use tokio_stream::StreamExt;
+use tonic::{Request, Response, Status, Streaming};
+use wasmos_proto::v1;
+
+use super::BoxStream;
+use crate::MasterHandle;
+use crate::artifacts::ArtifactError;
+
+fn artifact_status(e: ArtifactError) -> Status {
+    match e {
+        ArtifactError::Missing(_) => Status::not_found(e.to_string()),
+        ArtifactError::Io(_) => Status::internal(e.to_string()),
+        ArtifactError::TooLarge { .. } => Status::resource_exhausted(e.to_string()),
+        _ => Status::invalid_argument(e.to_string()),
+    }
+}
+
+#[tonic::async_trait]
+impl v1::artifacts_server::Artifacts for MasterHandle {
+    async fn upload(&self, r: Request<Streaming<v1::Chunk>>) -> Result<Response<v1::UploadResponse>, Status> {
+        let mut stream = r.into_inner();
+        let max = self.artifacts.max_bytes();
+        let mut expected = String::new();
+        let mut bytes = Vec::new();
+        while let Some(chunk) = stream.next().await {
+            let chunk = chunk?;
+            if expected.is_empty() && !chunk.sha256.is_empty() {
+                expected = chunk.sha256;
+            }
+            if (bytes.len() + chunk.data.len()) as u64 > max {
+                return Err(artifact_status(ArtifactError::TooLarge {
+                    size: (bytes.len() + chunk.data.len()) as u64,
+                    max,
+                }));
+            }
+            bytes.extend_from_slice(&chunk.data);
+        }
+        let store = self.artifacts.clone();
+        let size = bytes.len() as u64;
+        let (sha256, existed) = tokio::task::spawn_blocking(move || store.put(Some(&expected), &bytes))
+            .await
+            .map_err(|e| Status::internal(e.to_string()))?
+            .map_err(artifact_status)?;
+        Ok(Response::new(v1::UploadResponse { sha256, size, existed }))
+    }
+
+    async fn has(&self, r: Request<v1::HasRequest>) -> Result<Response<v1::HasResponse>, Status> {
+        let h = r.into_inner().sha256;
+        crate::artifacts::check_hash(&h).map_err(artifact_status)?;
+        let size = self.artifacts.size(&h);
+        Ok(Response::new(v1::HasResponse { present: size.is_some(), size: size.unwrap_or(0) }))
+    }
+
+    type DownloadStream = BoxStream<v1::Chunk>;
+    async fn download(&self, r: Request<v1::DownloadRequest>) -> Result<Response<Self::DownloadStream>, Status> {
+        let h = r.into_inner().sha256;
+        let store = self.artifacts.clone();
+        let hash = h.clone();
+        let bytes = tokio::task::spawn_blocking(move || store.get(&hash))
+            .await
+            .map_err(|e| Status::internal(e.to_string()))?
+            .map_err(artifact_status)?;
+        let chunks: Vec<Result<v1::Chunk, Status>> = bytes
+            .chunks(wasmos_proto::CHUNK_BYTES)
+            .enumerate()
+            .map(|(i, c)| Ok(v1::Chunk { sha256: if i == 0 { h.clone() } else { String::new() }, data: c.to_vec() }))
+            .collect();
+        Ok(Response::new(Box::pin(tokio_stream::iter(chunks))))
+    }
+}

@@ -1,0 +1,370 @@
+//! The master's state and its event loop. One task owns all state; services
+//! send it [`cmd::Cmd`]s (a closed enum, in domain types) and await replies,
+//! so there are no locks around the registry.
+//!
+//! - `cmd.rs`: the commands, replies, errors, principals and `authorize`.
+//! - `types.rs`: domain types commands carry in and views carry out.
+//! - `agents.rs`, `frameworks.rs`, `tasks.rs`, `offers.rs`: the tables (each
+//!   owns its rows and journals its own changes) and what happens to them.
+//! - [`State`] (here): the four tables, and the operations that keep their
+//!   cross-indexes in step (task ↔ agent, offer ↔ framework).
+//! - `validate.rs`: pure checks over a read-only `State`, returning plans.
+//! - `roles.rs`, `recovery.rs`, `hosting.rs`, `effects.rs`, `views.rs`.
+
+pub(crate) mod agents;
+pub(crate) mod cmd;
+pub(crate) mod effects;
+pub(crate) mod frameworks;
+mod hosting;
+pub(crate) mod offers;
+pub(crate) mod recovery;
+pub(crate) mod roles;
+pub(crate) mod tasks;
+pub(crate) mod types;
+pub(crate) mod validate;
+pub(crate) mod views;
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use tokio::sync::{broadcast, mpsc};
+use wasmos_allocator::{Allocation, Allocator, Config as AllocConfig};
+use wasmos_model::{AgentId, FrameworkId, OfferId, TaskId};
+
+use self::agents::Agents;
+use self::cmd::{Cmd, Envelope};
+use self::effects::Effects;
+use self::frameworks::{Framework, Frameworks, Kind};
+use self::offers::{OfferRec, Offers};
+use self::recovery::Recovery;
+use self::roles::Roles;
+use self::tasks::Tasks;
+use self::types::*;
+use crate::MasterConfig;
+use crate::artifacts::ArtifactStore;
+use crate::batch::Batch;
+use crate::registry::{self, Loaded, WriterTx};
+
+/// The tables. Operations that touch two of them live here, so their
+/// cross-indexes cannot drift apart.
+#[derive(Default)]
+pub(crate) struct State {
+    pub agents: Agents,
+    pub frameworks: Frameworks,
+    pub tasks: Tasks,
+    pub offers: Offers,
+}
+
+impl State {
+    /// Places a task on `agent` (or nowhere) holding `alloc`; the agents'
+    /// task sets follow.
+    pub fn place(&mut self, tid: &TaskId, agent: Option<AgentId>, alloc: Option<Allocation>) {
+        let Some(old) = self.tasks.get(tid).map(|t| t.agent().cloned()) else { return };
+        if let Some(old) = old.as_ref().filter(|o| Some(*o) != agent.as_ref()) {
+            self.agents.remove_task(old, tid);
+        }
+        if let Some(a) = &agent {
+            self.agents.add_task(a, tid);
+        }
+        self.tasks.set_placement(tid, agent, alloc);
+    }
+
+    /// A task stops holding resources (it ended): returns where and what it
+    /// held, if anything. It keeps its agent for the record.
+    pub fn release(&mut self, tid: &TaskId) -> Option<(AgentId, Allocation)> {
+        let agent = self.tasks.get(tid)?.agent().cloned()?;
+        self.agents.remove_task(&agent, tid);
+        let alloc = self.tasks.take_allocation(tid)?;
+        Some((agent, alloc))
+    }
+
+    pub fn add_offer(&mut self, id: OfferId, rec: OfferRec) {
+        self.frameworks.add_offer(&rec.framework, &id);
+        self.offers.insert(id, rec);
+    }
+
+    pub fn take_offer(&mut self, id: &OfferId) -> Option<OfferRec> {
+        let rec = self.offers.remove(id)?;
+        self.frameworks.remove_offer(&rec.framework, id);
+        Some(rec)
+    }
+}
+
+/// Id generation: `PREFIX-TAG-N`, with N counting up across restarts (the
+/// registry keeps it) and TAG telling incarnations apart.
+pub(crate) struct Ids {
+    pub tag: String,
+    pub next: u64,
+}
+
+impl Ids {
+    pub fn fresh(&mut self, prefix: &str) -> String {
+        self.next += 1;
+        format!("{prefix}-{}-{}", self.tag, self.next)
+    }
+    /// The number the next [`Ids::fresh`] will use.
+    pub fn peek(&self) -> u64 {
+        self.next + 1
+    }
+}
+
+/// Counters the loop bumps (for metrics).
+#[derive(Debug, Default, Clone)]
+pub(crate) struct Metrics {
+    pub commands: u64,
+    pub cycles: u64,
+    /// Task state moves the lifecycle does not allow (refused, logged).
+    pub illegal_moves: u64,
+    pub denied: u64,
+}
+
+pub(crate) struct Master {
+    cfg: MasterConfig,
+    started: Instant,
+    ids: Ids,
+    alloc: Allocator,
+    state: State,
+    batch: Batch,
+    batch_id: FrameworkId,
+    roles: Roles,
+    recovery: Recovery,
+    artifacts: Arc<ArtifactStore>,
+    effects: Effects,
+    metrics: Metrics,
+    /// An allocation cycle is due (something changed).
+    cycle_due: bool,
+    /// The registry writer thread (absent with the in-memory registry).
+    writer: Option<WriterTx>,
+    /// Ids of jobs submitted to hosted frameworks.
+    next_job: u64,
+}
+
+impl Master {
+    pub(crate) fn new(
+        cfg: MasterConfig,
+        artifacts: Arc<ArtifactStore>,
+        watch: broadcast::Sender<WatchEvent>,
+        registry: Option<(Box<dyn registry::Registry>, Loaded)>,
+    ) -> Master {
+        let tag = format!("{:04x}", (now_ms() as u64 ^ (std::process::id() as u64 * 0x9e37)) & 0xffff);
+        let mut alloc = Allocator::new(AllocConfig { seed: cfg.seed, ..AllocConfig::default() });
+        let batch_id = FrameworkId::new("batch").expect("valid id");
+        let batch_role = cfg.batch_role.clone();
+        // Cannot fail: a fresh allocator, a valid role.
+        let _ = alloc.add_framework(batch_id.clone(), std::slice::from_ref(&batch_role));
+        let mut state = State::default();
+        state.frameworks.insert(
+            batch_id.clone(),
+            Framework::new("batch".into(), batch_role, Kind::Batch, DEFAULT_FAILOVER_TIMEOUT),
+            false,
+        );
+        let mut m = Master {
+            cfg,
+            started: Instant::now(),
+            ids: Ids { tag, next: 0 },
+            alloc,
+            state,
+            batch: Batch::default(),
+            batch_id: batch_id.clone(),
+            roles: Roles::default(),
+            recovery: Recovery::default(),
+            artifacts,
+            effects: Effects::new(watch),
+            metrics: Metrics::default(),
+            cycle_due: false,
+            writer: None,
+            next_job: 0,
+        };
+        // Nothing queued yet: no offers for the batch framework until a submit.
+        let _ = m.alloc.suppress(&batch_id, &[]);
+        m.batch.suppressed = true;
+        if let Some((reg, loaded)) = registry {
+            m.restore(loaded);
+            m.writer = Some(registry::spawn_writer(reg));
+        }
+        m
+    }
+
+    fn clock(&self) -> Duration {
+        self.started.elapsed()
+    }
+
+    pub(super) fn revive_batch(&mut self) {
+        if self.batch.suppressed {
+            let _ = self.alloc.revive(&self.batch_id, &[]);
+            self.batch.suppressed = false;
+        }
+        self.cycle_due = true;
+    }
+
+    /// The event loop: handles commands in batches, then runs an allocation
+    /// cycle if anything changed (at most once per `allocation_interval`),
+    /// then hands the batch's changes to the registry writer.
+    pub(crate) async fn run(mut self, mut rx: mpsc::Receiver<Envelope>) {
+        let mut tick = tokio::time::interval(self.cfg.agent_heartbeat_interval.min(Duration::from_secs(1)));
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let mut last_alloc = Instant::now() - self.cfg.allocation_interval;
+        let mut last_fw_heartbeat = Instant::now();
+        loop {
+            let alloc_at = last_alloc + self.cfg.allocation_interval;
+            tokio::select! {
+                env = rx.recv() => {
+                    let Some(env) = env else { break };
+                    self.handle(env);
+                    // Drain what is already queued: one allocation and one
+                    // registry commit per batch.
+                    for _ in 0..4096 {
+                        match rx.try_recv() {
+                            Ok(env) => self.handle(env),
+                            Err(_) => break,
+                        }
+                    }
+                }
+                _ = tokio::time::sleep_until(alloc_at.into()), if self.cycle_due => {}
+                _ = tick.tick() => {
+                    // At least one cycle per tick: offer filters that expired
+                    // since the last cycle make resources offerable again.
+                    self.cycle_due = true;
+                    self.check_agents();
+                    self.retry_unapplied();
+                    self.expire_recovering();
+                    self.expire_unreported();
+                    self.expire_frameworks();
+                    if last_fw_heartbeat.elapsed() >= self.cfg.framework_heartbeat_interval {
+                        last_fw_heartbeat = Instant::now();
+                        self.heartbeat_frameworks();
+                    }
+                }
+            }
+            if self.cycle_due && Instant::now() >= alloc_at {
+                self.cycle_due = false;
+                last_alloc = Instant::now();
+                self.allocate();
+            }
+            self.persist();
+        }
+    }
+
+    fn handle(&mut self, env: Envelope) {
+        self.metrics.commands += 1;
+        if let Err(e) = cmd::authorize(&env.principal, &env.cmd) {
+            self.metrics.denied += 1;
+            env.cmd.refuse(e);
+            return;
+        }
+        match env.cmd {
+            Cmd::RegisterAgent(req, reply) => {
+                let r = self.register_agent(req);
+                self.effects.reply_after_commit(reply, r);
+            }
+            Cmd::AttachAgent(id, tx, reply) => {
+                let _ = reply.send(self.attach_agent(&id, tx));
+            }
+            Cmd::AgentUpdates(agent, updates, reply) => {
+                let r = self.agent_updates(agent, updates);
+                self.effects.reply_after_commit(reply, r);
+            }
+            Cmd::AgentHeartbeat(id, reply) => {
+                let _ = reply.send(self.agent_heartbeat(&id));
+            }
+            Cmd::Subscribe(info, tx, hosted, reply) => {
+                let r = self.subscribe(info, tx, hosted);
+                self.effects.reply_after_commit(reply, r);
+            }
+            Cmd::Call(fw, call, reply) => {
+                let r = self.call(fw, call);
+                self.effects.reply_after_commit(reply, r);
+            }
+            Cmd::ListAgents(reply) => {
+                let _ = reply.send(Ok(self.list_agents()));
+            }
+            Cmd::ListFrameworks(reply) => {
+                let _ = reply.send(Ok(self.list_frameworks()));
+            }
+            Cmd::ListTasks(filter, reply) => {
+                let _ = reply.send(Ok(self.list_tasks(&filter)));
+            }
+            Cmd::GetTask(id, reply) => {
+                let _ = reply.send(self.get_task(&id));
+            }
+            Cmd::ListRoles(reply) => {
+                let _ = reply.send(Ok(self.list_roles()));
+            }
+            Cmd::UpdateRole(u, reply) => {
+                let r = self.update_role(u);
+                self.effects.reply_after_commit(reply, r);
+            }
+            Cmd::Reserve(r, reply) => {
+                let r = self.reserve(r, true);
+                self.effects.reply_after_commit(reply, r);
+            }
+            Cmd::Unreserve(r, reply) => {
+                let r = self.reserve(r, false);
+                self.effects.reply_after_commit(reply, r);
+            }
+            Cmd::Submit(s, reply) => {
+                let r = self.submit(s);
+                self.effects.reply_after_commit(reply, r);
+            }
+            Cmd::TaskAction(id, action, reply) => {
+                let _ = reply.send(self.task_action(&id, action, None));
+            }
+            Cmd::HostedCheck(name, reply) => {
+                let _ = reply.send(self.hosted_check(&name));
+            }
+            Cmd::HostedAttach(fw, link) => self.hosted_attach(&fw, link),
+            Cmd::HostedCalls(fw, calls, callbacks, reply) => {
+                let r = self.hosted_calls(fw, calls, callbacks);
+                self.effects.reply_after_commit(reply, Ok(r));
+            }
+            Cmd::HostedFailed(fw, why, reply) => {
+                self.hosted_failed(&fw, why);
+                self.effects.reply_after_commit(reply, Ok(()));
+            }
+            Cmd::HostedRemove(name, reply) => {
+                let r = self.hosted_remove(&name);
+                self.effects.reply_after_commit(reply, r);
+            }
+            Cmd::HostedSubmit(name, jobs, reply) => {
+                let _ = reply.send(self.hosted_submit(&name, jobs));
+            }
+        }
+    }
+
+    /// Sends this batch's agent commands, then hands its changes and held
+    /// replies to the registry writer, which commits before it releases
+    /// them. If the commit fails, the master exits: running on without
+    /// durability would break the promise the API makes.
+    fn persist(&mut self) {
+        // Agent commands go out now; replies wait for the commit. A launch the
+        // registry never recorded (master killed before committing) is killed
+        // when its agent reregisters; nothing acknowledged depends on it.
+        for (agent, cmd) in self.effects.take_outbox() {
+            if let Some(a) = self.state.agents.get_mut(&agent) {
+                a.deliver(cmd);
+            }
+        }
+        let changes = registry::journal::collect(
+            &mut self.state,
+            &mut self.roles,
+            &self.batch,
+            &self.batch_id,
+            self.ids.next,
+            self.writer.is_some(),
+        );
+        let deferred = self.effects.take_deferred();
+        match &self.writer {
+            Some(w) if !changes.is_empty() || !deferred.is_empty() => {
+                // The writer thread commits (grouping queued batches into one
+                // transaction) and then releases the replies, so the event loop
+                // never waits for the disk.
+                let _ = w.send((changes, deferred));
+            }
+            _ => {
+                for f in deferred {
+                    f();
+                }
+            }
+        }
+    }
+}

@@ -1,0 +1,274 @@
+//! Recovery: the master's state rebuilt from the registry after a restart,
+//! agents reconciled as they come back, and the deadlines of what did not.
+
+use std::collections::{HashMap, HashSet};
+use std::time::{Duration, Instant};
+
+use wasmos_allocator::Allocation;
+use wasmos_model::{AgentId, TaskId, TaskState};
+
+use super::Master;
+use super::frameworks::{Framework, Hosted, Kind};
+use super::tasks::Task;
+use super::types::*;
+use super::validate::take;
+use crate::batch::{BatchTask, DEFAULT_MAX_ATTEMPTS};
+use crate::registry::Loaded;
+
+/// How long after an agent reregisters a task it did not report may still get
+/// its (resent) final update before it is declared LOST.
+pub(crate) const UNREPORTED_GRACE: Duration = Duration::from_secs(5);
+
+/// Deadlines and marks that only matter while the cluster recovers.
+#[derive(Default)]
+pub(crate) struct Recovery {
+    /// Tasks their agent did not report at reregistration: LOST at the deadline
+    /// unless an update for them arrives first.
+    pub unreported: HashMap<TaskId, Instant>,
+    /// Agents known from the registry (or removed as silent) that have not
+    /// reregistered, with the deadline for doing so.
+    pub recovering: HashMap<AgentId, Instant>,
+    /// Batch tasks restored from a submission record (never launched as far
+    /// as the registry knows): an agent that reports one ran the previous
+    /// master's unrecorded launch, which is adopted. Cleared at launch.
+    pub adoptable: HashSet<TaskId>,
+}
+
+impl Recovery {
+    /// LOST after the grace period unless an update arrives (an earlier
+    /// deadline stays).
+    pub fn unreported_after_grace(&mut self, tid: TaskId) {
+        self.unreported.entry(tid).or_insert_with(|| Instant::now() + UNREPORTED_GRACE);
+    }
+}
+
+impl Master {
+    /// Rebuilds the in-memory state from the registry after a restart.
+    pub(super) fn restore(&mut self, loaded: Loaded) {
+        self.ids.next = self.ids.next.max(loaded.next_id);
+        for (role, s) in loaded.roles {
+            if let Err(e) = self.apply_role(&role, &s) {
+                eprintln!("wasmos master: registry role {role}: {e}; keeping the defaults for it");
+            }
+            self.roles.restore_settings(role, s);
+        }
+        for (key, res) in loaded.reservations {
+            // Applied when the agent reregisters.
+            self.roles.restore_reservation(key, res);
+        }
+        let now = Instant::now();
+        for f in loaded.frameworks {
+            if f.id == self.batch_id || self.alloc.add_framework(f.id.clone(), std::slice::from_ref(&f.role)).is_err() {
+                continue;
+            }
+            let _ = self.alloc.deactivate_framework(&f.id);
+            let kind = match f.hosted {
+                Some(info) => Kind::Hosted(Hosted { info, link: None, callbacks: 0 }),
+                None => Kind::Remote,
+            };
+            let mut fw = Framework::new(f.name, f.role, kind, f.failover_timeout);
+            fw.disconnected_at = Some(now);
+            self.state.frameworks.insert(f.id, fw, false);
+        }
+        for a in loaded.agents {
+            self.recovery.recovering.insert(a.id, now + self.cfg.agent_reregister_timeout);
+        }
+        let mut rows: Vec<(i64, u64, TaskId, Task)> = Vec::new();
+        for rec in loaded.tasks {
+            let tid = rec.view.task_id.clone();
+            let seq: u64 = tid.as_str().rsplit('-').next().and_then(|n| n.parse().ok()).unwrap_or(0);
+            let fw = rec.view.framework_id.clone();
+            if !rec.view.state.is_terminal() {
+                self.state.frameworks.add_task(&fw, &tid);
+                if fw == self.batch_id {
+                    let bt = BatchTask {
+                        resources: rec.spec.resources.clone(),
+                        priority: rec.priority,
+                        constraints: rec.constraints.clone(),
+                        attempts: rec.view.attempt,
+                        max_attempts: if rec.max_attempts == 0 { DEFAULT_MAX_ATTEMPTS } else { rec.max_attempts },
+                    };
+                    if rec.view.agent_id.is_none() {
+                        self.batch.enqueue(tid.clone(), bt);
+                    } else {
+                        self.batch.tasks.insert(tid.clone(), bt);
+                    }
+                }
+            }
+            rows.push((rec.view.submitted_at_ms, seq, tid, Task::restored(rec)));
+        }
+        // Tasks of stored submissions without a record of their own are still
+        // queued (or were launched and will be adopted when their agent
+        // reregisters).
+        let mut queued = Vec::new();
+        let known: HashSet<TaskId> = rows.iter().map(|r| r.2.clone()).collect();
+        for sub in loaded.submissions {
+            let max_attempts = if sub.max_attempts == 0 { DEFAULT_MAX_ATTEMPTS } else { sub.max_attempts };
+            for (n, id) in sub.task_ids() {
+                let Ok(tid) = TaskId::new(id) else { continue };
+                if known.contains(&tid) {
+                    continue;
+                }
+                let mut spec = sub.template.clone();
+                spec.task_id = tid.to_string();
+                spec.name = sub.name.clone();
+                queued.push((sub.submitted_at_ms, n, tid, spec, sub.priority, sub.constraints.clone(), max_attempts));
+            }
+        }
+        rows.sort_by(|a, b| (a.0, a.1, &a.2).cmp(&(b.0, b.1, &b.2)));
+        queued.sort_by(|a, b| (a.0, a.1, &a.2).cmp(&(b.0, b.1, &b.2)));
+        // Listing order: by submission time, then sequence, across both.
+        let mut rows = rows.into_iter().peekable();
+        let mut queued = queued.into_iter().peekable();
+        loop {
+            let take_row = match (rows.peek(), queued.peek()) {
+                (Some(r), Some(q)) => (r.0, r.1, &r.2) <= (q.0, q.1, &q.2),
+                (Some(_), None) => true,
+                (None, Some(_)) => false,
+                (None, None) => break,
+            };
+            if take_row {
+                let (_, _, tid, task) = rows.next().expect("peeked");
+                self.state.tasks.restore(vec![(tid, task)]);
+            } else {
+                let (at, _, tid, spec, priority, constraints, max_attempts) = queued.next().expect("peeked");
+                self.recovery.adoptable.insert(tid.clone());
+                self.enqueue_batch(tid, spec, at, priority, &constraints, max_attempts);
+            }
+        }
+        if self.batch.queued() > 0 {
+            self.revive_batch();
+        }
+        self.cycle_due = true;
+    }
+
+    /// Counts a task's resources on `agent` again and records it there (after a
+    /// failover, when the agent says it runs the task). False if the allocator
+    /// refuses (unknown framework, no room), which leaves the task untouched.
+    fn track_on_agent(&mut self, tid: &TaskId, agent: &AgentId) -> bool {
+        let Some(t) = self.state.tasks.get(tid) else { return false };
+        let fw = t.framework.clone();
+        let need = t.spec.resources.clone();
+        let Some(role) = self.state.frameworks.get(&fw).map(|f| f.role.clone()) else { return false };
+        // As at launch: reserved parts the role may use first, then unreserved.
+        let mut pool = self.alloc.agent_free(agent).unwrap_or_default();
+        pool.reserved.retain(|r, _| r.covers(&role));
+        let first = take(&mut pool, &need).unwrap_or_else(|| Allocation::from(need.clone()));
+        let alloc = if self.alloc.add_allocation(&fw, agent, &role, &first).is_ok() {
+            first
+        } else {
+            let plain = Allocation::from(need);
+            if self.alloc.add_allocation(&fw, agent, &role, &plain).is_err() {
+                return false;
+            }
+            plain
+        };
+        self.state.place(tid, Some(agent.clone()), Some(alloc));
+        true
+    }
+
+    /// After a master failover: an agent from the registry came back and said
+    /// which tasks it runs. Those resume being tracked (their resources count
+    /// again); the ones it no longer has are LOST; the ones the master does not
+    /// know (or has given up on) are killed.
+    pub(super) fn reconcile_agent(&mut self, id: &AgentId, running: &[TaskId]) {
+        let reported: HashSet<&TaskId> = running.iter().collect();
+        for tid in self.state.tasks.live_on(id) {
+            if reported.contains(&tid) {
+                let fw = self.state.tasks.get(&tid).map(|t| t.framework.clone()).expect("listed");
+                if !self.track_on_agent(&tid, id) {
+                    self.state.place(&tid, Some(id.clone()), None);
+                }
+                if self.state.tasks.get(&tid).is_some_and(|t| t.state() == TaskState::Unreachable) {
+                    let st = TaskStatus::master(
+                        &tid,
+                        &fw,
+                        Some(id),
+                        TaskState::Running,
+                        "agent_reregistered",
+                        format!("agent {id} is back"),
+                    );
+                    self.apply_status(st, false);
+                }
+            } else {
+                // Not running there: its final update may still be on its way
+                // (resent after the failover), so it is declared LOST only if
+                // nothing arrives within the grace period.
+                self.recovery.unreported.insert(tid, Instant::now() + UNREPORTED_GRACE);
+            }
+        }
+        for tid in running {
+            // Launched just before the restart but recorded as still queued:
+            // adopt it. Only tasks the registry has as never launched qualify;
+            // one that was LOST and queued again runs here as a given-up
+            // attempt and is killed below.
+            let adoptable =
+                self.recovery.adoptable.contains(tid) && self.state.tasks.get(tid).is_some_and(|k| k.is_queued());
+            if adoptable && self.track_on_agent(tid, id) {
+                self.recovery.adoptable.remove(tid);
+                self.batch.take(tid);
+                if let Err(m) = self.state.tasks.set_state(tid, TaskState::Running) {
+                    self.metrics.illegal_moves += 1;
+                    eprintln!("wasmos master: task {tid} cannot move from {} to {}", m.from, m.to);
+                }
+                continue;
+            }
+            let known = self.state.tasks.get(tid).is_some_and(|k| !k.state().is_terminal() && k.agent() == Some(id));
+            if !known {
+                self.effects.send_agent(id, AgentCommand::Kill(tid.clone()));
+            }
+        }
+    }
+
+    /// Tasks an agent did not report at reregistration and that got no update since.
+    pub(super) fn expire_unreported(&mut self) {
+        let now = Instant::now();
+        let due: Vec<TaskId> =
+            self.recovery.unreported.iter().filter(|(_, d)| **d <= now).map(|(k, _)| k.clone()).collect();
+        for tid in due {
+            self.recovery.unreported.remove(&tid);
+            let Some(t) = self.state.tasks.get(&tid) else { continue };
+            if t.state().is_terminal() {
+                continue;
+            }
+            let (fw, agent) = (t.framework.clone(), t.agent().cloned());
+            let st = TaskStatus::master(
+                &tid,
+                &fw,
+                agent.as_ref(),
+                TaskState::Lost,
+                "agent_failover",
+                format!(
+                    "task was not running on agent {} when it reregistered (the agent or the master restarted)",
+                    agent.as_ref().map(|a| a.as_str()).unwrap_or("?")
+                ),
+            );
+            self.apply_status(st, false);
+        }
+    }
+
+    /// Agents from the registry that did not come back in time: their tasks are LOST.
+    pub(super) fn expire_recovering(&mut self) {
+        let now = Instant::now();
+        let expired: Vec<AgentId> =
+            self.recovery.recovering.iter().filter(|(_, d)| **d <= now).map(|(k, _)| k.clone()).collect();
+        for id in expired {
+            self.recovery.recovering.remove(&id);
+            for tid in self.state.tasks.live_on(&id) {
+                let Some(t) = self.state.tasks.get(&tid) else { continue };
+                let fw = t.framework.clone();
+                let state = if t.state() == TaskState::Unreachable { TaskState::Gone } else { TaskState::Lost };
+                let st = TaskStatus::master(
+                    &tid,
+                    &fw,
+                    Some(&id),
+                    state,
+                    "agent_gone",
+                    format!("agent {id} did not reregister within {:?}", self.cfg.agent_reregister_timeout),
+                );
+                self.apply_status(st, false);
+            }
+            self.state.agents.touch(&id);
+        }
+    }
+}

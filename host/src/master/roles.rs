@@ -1,0 +1,180 @@
+//! Roles: operator settings (weight, quota) and dynamic reservations, kept
+//! in the registry and given to the allocator.
+
+use std::collections::{BTreeMap, BTreeSet};
+
+use wasmos_model::{AgentId, Resources, Role};
+
+use super::Master;
+use super::cmd::Error;
+use super::types::*;
+use super::validate::{self, ReservePlan};
+
+/// Roles whose weight or quota an operator set (the rest have defaults), and
+/// dynamic reservations by (agent, role), with what changed since the last commit.
+#[derive(Default)]
+pub(crate) struct Roles {
+    settings: BTreeMap<Role, RoleSettings>,
+    reservations: BTreeMap<(AgentId, Role), Resources>,
+    /// Recorded reservations the allocator does not hold (their agent came
+    /// back with less free than they need); retried every tick.
+    unapplied: BTreeSet<(AgentId, Role)>,
+    changed_roles: BTreeSet<Role>,
+    changed_reservations: BTreeSet<(AgentId, Role)>,
+}
+
+impl Roles {
+    pub fn settings(&self, role: &Role) -> Option<&RoleSettings> {
+        self.settings.get(role)
+    }
+    pub fn reserved(&self, key: &(AgentId, Role)) -> Option<&Resources> {
+        self.reservations.get(key)
+    }
+    pub fn is_unapplied(&self, key: &(AgentId, Role)) -> bool {
+        self.unapplied.contains(key)
+    }
+    /// The allocator could not take a recorded reservation; true if it was
+    /// not marked so before.
+    pub fn mark_unapplied(&mut self, key: (AgentId, Role)) -> bool {
+        self.unapplied.insert(key)
+    }
+    pub fn set(&mut self, role: Role, s: RoleSettings) {
+        self.changed_roles.insert(role.clone());
+        self.settings.insert(role, s);
+    }
+    /// Restores a record without marking it changed.
+    pub fn restore_settings(&mut self, role: Role, s: RoleSettings) {
+        self.settings.insert(role, s);
+    }
+    pub fn restore_reservation(&mut self, key: (AgentId, Role), r: Resources) {
+        self.reservations.insert(key, r);
+    }
+    fn add_reservation(&mut self, key: (AgentId, Role), r: &Resources) {
+        self.changed_reservations.insert(key.clone());
+        self.reservations.entry(key).or_default().add_assign(r);
+    }
+    fn sub_reservation(&mut self, key: &(AgentId, Role), r: &Resources) {
+        self.changed_reservations.insert(key.clone());
+        if let Some(held) = self.reservations.get_mut(key) {
+            held.sub_assign(r);
+            if held.is_empty() {
+                self.reservations.remove(key);
+                self.unapplied.remove(key);
+            }
+        }
+    }
+    /// `agent`'s recorded reservations.
+    fn on_agent(&self, agent: &AgentId) -> Vec<(Role, Resources)> {
+        self.reservations
+            .iter()
+            .filter(|((a, _), _)| a == agent)
+            .map(|((_, r), res)| (r.clone(), res.clone()))
+            .collect()
+    }
+    pub fn take_changed(&mut self) -> (Vec<(Role, Option<RoleSettings>)>, Vec<((AgentId, Role), Option<Resources>)>) {
+        let roles = std::mem::take(&mut self.changed_roles)
+            .into_iter()
+            .map(|r| {
+                let s = self.settings.get(&r).cloned();
+                (r, s)
+            })
+            .collect();
+        let res = std::mem::take(&mut self.changed_reservations)
+            .into_iter()
+            .map(|k| {
+                let r = self.reservations.get(&k).cloned();
+                (k, r)
+            })
+            .collect();
+        (roles, res)
+    }
+}
+
+impl Master {
+    /// Gives the allocator a role's weight and quota.
+    pub(super) fn apply_role(&mut self, role: &Role, s: &RoleSettings) -> Result<(), Error> {
+        let weight = validate::role_weight(role, s)?;
+        self.alloc.set_quota(role, s.quota.clone()).map_err(|e| Error::invalid(e.to_string()))?;
+        self.alloc.update_weight(role, weight).map_err(|e| Error::invalid(e.to_string()))
+    }
+
+    pub(super) fn update_role(&mut self, u: RoleUpdate) -> Result<RoleView, Error> {
+        let next = validate::update_role(self.roles.settings(&u.role), &u)?;
+        self.apply_role(&u.role, &next)?;
+        self.roles.set(u.role.clone(), next);
+        self.cycle_due = true;
+        Ok(self.role_view(&u.role))
+    }
+
+    /// Reserves (or unreserves) part of an agent for a role, and records it.
+    pub(super) fn reserve(&mut self, r: Reservation, reserve: bool) -> Result<Resources, Error> {
+        let recovering = self.recovery.recovering.contains_key(&r.agent);
+        let plan = validate::reservation(&self.state, &self.roles, recovering, reserve, &r)?;
+        let key = (r.agent.clone(), r.role.clone());
+        let (agent, role, res) = (&r.agent, &r.role, &r.resources);
+        if reserve {
+            if let Err(e) = self.alloc.reserve(agent, role, res) {
+                // Outstanding offers may hold the resources: rescind the
+                // agent's offers (as Mesos does) and try once more, but only
+                // if that would make room.
+                let held = self.state.offers.on_agent(agent);
+                let mut could = self.alloc.agent_free(agent).map(|f| f.unreserved).unwrap_or_default();
+                for o in &held {
+                    if let Some(rec) = self.state.offers.get(o) {
+                        could.add_assign(&rec.allocation.unreserved);
+                    }
+                }
+                if !could.contains(res) {
+                    return Err(Error::precondition(format!("{e}; free it up or reserve less")));
+                }
+                for o in held {
+                    self.rescind(&o);
+                }
+                self.alloc
+                    .reserve(agent, role, res)
+                    .map_err(|e| Error::precondition(format!("{e}; free it up or reserve less")))?;
+            }
+            self.roles.add_reservation(key.clone(), res);
+        } else {
+            if plan == ReservePlan::Live {
+                self.alloc.unreserve(agent, role, res).map_err(|e| Error::precondition(e.to_string()))?;
+            }
+            self.roles.sub_reservation(&key, res);
+        }
+        self.cycle_due = true;
+        Ok(self.roles.reserved(&key).cloned().unwrap_or_default())
+    }
+
+    /// Gives a (re)registered agent its recorded dynamic reservations back. One
+    /// that no longer fits (the agent came back smaller) is kept on record and
+    /// reported, not dropped.
+    pub(super) fn apply_reservations(&mut self, agent: &AgentId) {
+        for (role, res) in self.roles.on_agent(agent) {
+            let key = (agent.clone(), role.clone());
+            match self.alloc.reserve(agent, &role, &res) {
+                Ok(()) => {
+                    self.roles.unapplied.remove(&key);
+                }
+                Err(e) => {
+                    if self.roles.mark_unapplied(key) {
+                        eprintln!(
+                            "wasmos master: cannot apply the reservation of {res} for role {role} on agent {agent} yet: {e}; retrying as resources free up"
+                        );
+                    }
+                }
+            }
+        }
+    }
+
+    /// Tries the recorded reservations that did not fit when their agent registered.
+    pub(super) fn retry_unapplied(&mut self) {
+        for (agent, role) in std::mem::take(&mut self.roles.unapplied) {
+            let Some(res) = self.roles.reservations.get(&(agent.clone(), role.clone())).cloned() else { continue };
+            if !self.alloc.has_agent(&agent) || self.alloc.reserve(&agent, &role, &res).is_err() {
+                self.roles.unapplied.insert((agent, role));
+            } else {
+                self.cycle_due = true;
+            }
+        }
+    }
+}

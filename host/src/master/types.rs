@@ -1,0 +1,347 @@
+//! The master's domain types: what commands carry in and what views, events
+//! and agent commands carry out. No wire types: `api/` converts both ways.
+
+use std::collections::BTreeMap;
+use std::time::Duration;
+
+use wasmos_allocator::Quota;
+use wasmos_model::{AgentId, FrameworkId, OfferId, Outcome, Resources, Role, TaskId, TaskSpec, TaskState};
+
+/// What an agent says about itself when it registers.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub(crate) struct AgentInfo {
+    pub hostname: String,
+    pub resources: Resources,
+    /// In the order the agent gave them (a later duplicate key wins for matching).
+    pub attributes: Vec<(String, String)>,
+    pub wasmtime_version: String,
+    pub target_triple: String,
+    pub agent_version: String,
+}
+
+impl AgentInfo {
+    /// Attributes as constraints match them.
+    pub fn attribute_map(&self) -> BTreeMap<String, String> {
+        self.attributes.iter().cloned().collect()
+    }
+}
+
+/// A registration (or reregistration, when `agent_id` is set).
+#[derive(Debug, Clone)]
+pub(crate) struct RegisterAgent {
+    pub agent_id: Option<AgentId>,
+    pub info: AgentInfo,
+    /// Tasks the agent runs, or has unacknowledged updates for.
+    pub running: Vec<TaskId>,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub(crate) struct Registered {
+    pub agent_id: AgentId,
+    pub heartbeat_interval: Duration,
+}
+
+/// One status update of a task, from an agent or made by the master.
+#[derive(Debug, Clone, PartialEq)]
+pub(crate) struct TaskStatus {
+    pub task_id: TaskId,
+    pub framework_id: FrameworkId,
+    pub agent_id: Option<AgentId>,
+    pub state: TaskState,
+    /// Set by agents (at-least-once delivery); empty for the master's own.
+    pub uuid: Vec<u8>,
+    pub timestamp_ms: i64,
+    pub reason: String,
+    pub message: String,
+    pub outcome: Option<Outcome>,
+}
+
+impl TaskStatus {
+    /// A status the master makes itself (no UUID: nothing to acknowledge).
+    pub fn master(
+        task: &TaskId,
+        fw: &FrameworkId,
+        agent: Option<&AgentId>,
+        state: TaskState,
+        reason: &str,
+        message: String,
+    ) -> TaskStatus {
+        TaskStatus {
+            task_id: task.clone(),
+            framework_id: fw.clone(),
+            agent_id: agent.cloned(),
+            state,
+            uuid: Vec::new(),
+            timestamp_ms: now_ms(),
+            reason: reason.to_string(),
+            message,
+            outcome: None,
+        }
+    }
+}
+
+/// A launch refused before it had a task the master could record (its id is
+/// not valid, or already in use): reported to the framework, nothing changes.
+#[derive(Debug, Clone, PartialEq)]
+pub(crate) struct Refusal {
+    pub task_id: String,
+    pub framework_id: FrameworkId,
+    pub state: TaskState,
+    pub reason: &'static str,
+    pub message: String,
+    pub timestamp_ms: i64,
+}
+
+/// What a framework's scheduler receives (remote: over its Subscribe stream;
+/// hosted: in its actor).
+#[derive(Debug, Clone)]
+pub(crate) enum Event {
+    Subscribed {
+        framework_id: FrameworkId,
+        heartbeat_interval: Duration,
+    },
+    Offers(Vec<Offer>),
+    Rescind(OfferId),
+    Update(TaskStatus),
+    Refused(Refusal),
+    /// The framework was torn down; the stream ends.
+    Error(String),
+    Heartbeat,
+}
+
+/// An offer as a framework sees it.
+#[derive(Debug, Clone, PartialEq)]
+pub(crate) struct Offer {
+    pub offer_id: OfferId,
+    pub framework_id: FrameworkId,
+    pub agent_id: AgentId,
+    pub hostname: String,
+    pub resources: Resources,
+    pub attributes: Vec<(String, String)>,
+}
+
+/// What the master tells an agent.
+#[derive(Debug, Clone, PartialEq)]
+pub(crate) enum AgentCommand {
+    Launch { framework_id: FrameworkId, tasks: Vec<TaskSpec> },
+    Kill(TaskId),
+    Pause(TaskId),
+    Resume(TaskId),
+}
+
+/// What `Watch` streams to operators.
+#[derive(Debug, Clone)]
+pub(crate) enum WatchEvent {
+    Task(TaskStatus),
+    Refused(Refusal),
+    AgentAdded(AgentView),
+    AgentRemoved(AgentId),
+    FrameworkAdded(FrameworkView),
+    FrameworkRemoved(FrameworkId),
+}
+
+/// A framework subscribing (or failing over, when `framework_id` is set).
+#[derive(Debug, Clone)]
+pub(crate) struct FrameworkInfo {
+    pub framework_id: Option<FrameworkId>,
+    pub name: String,
+    pub role: Role,
+    pub failover_timeout: Duration,
+}
+
+/// Default failover timeout of a framework: one week (Mesos's batch default).
+pub(crate) const DEFAULT_FAILOVER_TIMEOUT: Duration = Duration::from_secs(7 * 86400);
+/// Longest failover timeout honoured: ten years.
+pub(crate) const MAX_FAILOVER_TIMEOUT: Duration = Duration::from_secs(10 * 365 * 86400);
+
+/// A framework's failover timeout from the seconds it asked for (or that the
+/// registry holds): 0, negative or not a number means the default of one week;
+/// more than ten years is ten years.
+pub(crate) fn failover_timeout(secs: f64) -> Duration {
+    if secs > 0.0 && secs.is_finite() {
+        Duration::from_secs_f64(secs.min(MAX_FAILOVER_TIMEOUT.as_secs_f64()))
+    } else {
+        DEFAULT_FAILOVER_TIMEOUT
+    }
+}
+
+/// What a hosted framework needs to be started again after a master restart.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub(crate) struct HostedInfo {
+    pub module_sha256: String,
+    pub config: String,
+}
+
+/// A task as a framework asked for it in an ACCEPT, before validation.
+#[derive(Debug, Clone, PartialEq)]
+pub(crate) struct Launch {
+    pub spec: TaskSpec,
+    /// Why its resources could not be read (reported as `invalid_resources`).
+    pub resources_error: Option<String>,
+}
+
+impl From<TaskSpec> for Launch {
+    fn from(spec: TaskSpec) -> Launch {
+        Launch { spec, resources_error: None }
+    }
+}
+
+/// A scheduler call (Mesos v1 semantics), ids already read.
+#[derive(Debug, Clone, PartialEq)]
+pub(crate) enum Call {
+    Accept {
+        offers: Vec<OfferId>,
+        launch: Vec<Launch>,
+        refuse: Option<Duration>,
+    },
+    Decline {
+        offers: Vec<OfferId>,
+        refuse: Option<Duration>,
+    },
+    Kill(TaskId),
+    Pause(TaskId),
+    Resume(TaskId),
+    Revive,
+    Suppress,
+    Acknowledge {
+        task_id: TaskId,
+        uuid: Vec<u8>,
+    },
+    /// Empty: every task of the framework.
+    Reconcile(Vec<TaskId>),
+    Teardown,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum TaskAction {
+    Kill,
+    Pause,
+    Resume,
+}
+
+/// `wasmos submit`: COUNT tasks from one template in the batch framework.
+#[derive(Debug, Clone)]
+pub(crate) struct Submission {
+    pub template: TaskSpec,
+    /// Why the template's resources could not be read.
+    pub resources_error: Option<String>,
+    pub count: u32,
+    pub priority: i32,
+    pub constraints: Vec<(String, String)>,
+    /// 0: the default.
+    pub max_attempts: u32,
+}
+
+/// Which tasks a listing wants.
+#[derive(Debug, Clone, Default)]
+pub(crate) struct TaskFilter {
+    pub state: Option<TaskState>,
+    pub framework_id: Option<String>,
+    pub limit: Option<usize>,
+}
+
+/// A change to a role's weight and quota; absent fields stay as they are.
+#[derive(Debug, Clone)]
+pub(crate) struct RoleUpdate {
+    pub role: Role,
+    pub weight: Option<f64>,
+    pub clear_quota: bool,
+    pub guarantee: Option<Resources>,
+    /// In a limit, an explicit zero means none of that resource.
+    pub limit: Option<BTreeMap<String, wasmos_model::Scalar>>,
+}
+
+#[cfg(test)]
+impl RoleUpdate {
+    /// Changes nothing (yet).
+    pub fn new(role: Role) -> RoleUpdate {
+        RoleUpdate { role, weight: None, clear_quota: false, guarantee: None, limit: None }
+    }
+}
+
+/// A role's operator settings, as the registry keeps them.
+#[derive(Debug, Clone, PartialEq)]
+pub(crate) struct RoleSettings {
+    pub weight: f64,
+    pub quota: Quota,
+}
+
+impl Default for RoleSettings {
+    fn default() -> RoleSettings {
+        RoleSettings { weight: 1.0, quota: Quota::default() }
+    }
+}
+
+/// A dynamic reservation asked for (or released) by an operator.
+#[derive(Debug, Clone)]
+pub(crate) struct Reservation {
+    pub agent: AgentId,
+    pub role: Role,
+    pub resources: Resources,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub(crate) struct AgentView {
+    pub agent_id: AgentId,
+    pub info: AgentInfo,
+    pub allocated: Option<Resources>,
+    pub status: &'static str,
+    pub running_tasks: u32,
+    pub registered_at_ms: i64,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub(crate) struct FrameworkView {
+    pub framework_id: String,
+    pub name: String,
+    pub role: String,
+    pub allocated: Option<Resources>,
+    pub active_tasks: u32,
+    pub connected: bool,
+    pub hosted: bool,
+    pub status: String,
+    pub last_error: String,
+    pub callbacks: u64,
+    pub callback_failures: u64,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub(crate) struct TaskView {
+    pub task_id: TaskId,
+    pub name: String,
+    pub framework_id: FrameworkId,
+    pub agent_id: Option<AgentId>,
+    pub state: TaskState,
+    pub outcome: Option<Outcome>,
+    pub submitted_at_ms: i64,
+    pub started_at_ms: i64,
+    pub finished_at_ms: i64,
+    pub attempt: u32,
+    pub module_sha256: String,
+    pub resources: Resources,
+    pub message: String,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub(crate) struct RoleView {
+    pub role: Role,
+    pub weight: f64,
+    pub allocated: Option<Resources>,
+    pub dominant_share: f64,
+    pub frameworks: Vec<FrameworkId>,
+    pub quota: Option<Quota>,
+    pub reserved: Option<Resources>,
+}
+
+pub(crate) fn now_ms() -> i64 {
+    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_millis() as i64).unwrap_or(0)
+}
+
+/// Longest offer filter honoured: one year.
+pub(crate) const MAX_REFUSE: Duration = Duration::from_secs(365 * 86400);
+
+/// An offer filter from the seconds a framework asked for: negative is 0,
+/// more than a year is a year, not a number is none (the default applies).
+pub(crate) fn refuse_filter(secs: Option<f64>) -> Option<Duration> {
+    secs.filter(|s| s.is_finite()).map(|s| Duration::from_secs_f64(s.clamp(0.0, MAX_REFUSE.as_secs_f64())))
+}
