@@ -3,6 +3,7 @@
 //! with a UUID, resending them until the master acknowledges them.
 
 mod checkpoint;
+mod link;
 
 use std::collections::{HashMap, HashSet};
 use std::future::Future;
@@ -19,6 +20,8 @@ use wasmos_proto::v1;
 use wasmos_proto::v1::agent_service_client::AgentServiceClient;
 use wasmos_proto::v1::artifacts_client::ArtifactsClient;
 use wasmos_sandbox::{InputFile, Prepared, RunRequest, Sandbox, SandboxConfig, SandboxDirSpec, TaskControl};
+
+use link::Backoff;
 
 /// Default [`AgentConfig::update_batch`].
 pub const DEFAULT_UPDATE_BATCH: usize = 4096;
@@ -293,7 +296,7 @@ impl Shared {
                 // The master may be restarting: retry transient failures with
                 // backoff for up to FETCH_PATIENCE; a missing module fails at once.
                 let started = std::time::Instant::now();
-                let mut backoff = Duration::from_millis(100);
+                let mut backoff = Backoff::new(Duration::from_millis(100), self.cfg.max_backoff);
                 let bytes = loop {
                     match self.download(&sha).await {
                         Ok(b) => break b,
@@ -306,10 +309,7 @@ impl Shared {
                                 s.message()
                             ));
                         }
-                        Err(_) => {
-                            tokio::time::sleep(backoff).await;
-                            backoff = (backoff * 2).min(self.cfg.max_backoff);
-                        }
+                        Err(_) => backoff.wait().await,
                     }
                 };
                 let got = hex::encode(Sha256::digest(&bytes));
@@ -441,7 +441,7 @@ fn handle_command(shared: &Arc<Shared>, cmd: v1::AgentCommand) {
 /// Sends status updates in batches; keeps each until the master acknowledges it.
 async fn updater(shared: Arc<Shared>, mut rx: mpsc::UnboundedReceiver<v1::TaskStatus>) {
     let mut pending: Vec<v1::TaskStatus> = Vec::new();
-    let mut backoff = Duration::from_millis(50);
+    let mut backoff = Backoff::new(Duration::from_millis(50), shared.cfg.max_backoff);
     loop {
         if pending.is_empty() {
             match rx.recv().await {
@@ -498,14 +498,13 @@ async fn updater(shared: Arc<Shared>, mut rx: mpsc::UnboundedReceiver<v1::TaskSt
                         }
                     }
                 }
-                backoff = Duration::from_millis(50);
+                backoff.reset();
             }
             Err(_) => {
                 // The master cannot be reached (edge agents, failover): keep
                 // everything (it is in the checkpoint) and retry with capped
                 // exponential backoff.
-                tokio::time::sleep(backoff).await;
-                backoff = (backoff * 2).min(shared.cfg.max_backoff);
+                backoff.wait().await;
             }
         }
     }
@@ -516,14 +515,11 @@ async fn connect(master: &str, max_backoff: Duration) -> Result<Channel, AgentEr
         .map_err(|_| AgentError::BadMaster(master.to_string()))?
         .tcp_nodelay(true)
         .connect_timeout(Duration::from_secs(5));
-    let mut backoff = Duration::from_millis(100);
+    let mut backoff = Backoff::new(Duration::from_millis(100), max_backoff);
     loop {
         match endpoint.connect().await {
             Ok(c) => return Ok(c),
-            Err(_) => {
-                tokio::time::sleep(backoff).await;
-                backoff = (backoff * 2).min(max_backoff);
-            }
+            Err(_) => backoff.wait().await,
         }
     }
 }
@@ -612,12 +608,12 @@ pub async fn run(cfg: AgentConfig, shutdown: impl Future<Output = ()> + Send) ->
     });
     let cmd_shared = shared.clone();
     let commands = async move {
-        let mut backoff = Duration::from_millis(100);
+        let mut backoff = Backoff::new(Duration::from_millis(100), cmd_shared.cfg.max_backoff);
         loop {
             let stream = cmd_shared.client().commands(v1::AgentStreamRequest { agent_id: cmd_shared.agent_id() }).await;
             match stream {
                 Ok(s) => {
-                    backoff = Duration::from_millis(100);
+                    backoff.reset();
                     let mut s = s.into_inner();
                     while let Ok(Some(cmd)) = s.message().await {
                         handle_command(&cmd_shared, cmd);
@@ -629,8 +625,7 @@ pub async fn run(cfg: AgentConfig, shutdown: impl Future<Output = ()> + Send) ->
                 }
                 Err(_) => {}
             }
-            tokio::time::sleep(backoff).await;
-            backoff = (backoff * 2).min(cmd_shared.cfg.max_backoff);
+            backoff.wait().await;
             let _ = register(&cmd_shared).await;
         }
     };
