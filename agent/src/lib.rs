@@ -4,6 +4,7 @@
 
 mod checkpoint;
 mod link;
+mod modules;
 
 use std::collections::{HashMap, HashSet};
 use std::future::Future;
@@ -12,16 +13,15 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use sha2::{Digest, Sha256};
-use tokio::sync::{OnceCell, mpsc};
+use tokio::sync::mpsc;
 use tonic::transport::{Channel, Endpoint};
 use wasmos_model::{OutcomeKind, Resources, TaskId};
 use wasmos_proto::v1;
 use wasmos_proto::v1::agent_service_client::AgentServiceClient;
-use wasmos_proto::v1::artifacts_client::ArtifactsClient;
-use wasmos_sandbox::{InputFile, Prepared, RunRequest, Sandbox, SandboxConfig, SandboxDirSpec, TaskControl};
+use wasmos_sandbox::{InputFile, RunRequest, Sandbox, SandboxConfig, SandboxDirSpec, TaskControl};
 
 use link::Backoff;
+use modules::Modules;
 
 /// Default [`AgentConfig::update_batch`].
 pub const DEFAULT_UPDATE_BATCH: usize = 4096;
@@ -151,7 +151,7 @@ struct Shared {
     /// Tasks with status updates not yet acknowledged (count per task): the
     /// master must not give these up as lost when we reregister.
     unacked: Mutex<HashMap<String, usize>>,
-    modules: Mutex<HashMap<String, ModuleCell>>,
+    modules: Modules,
     checkpoint: Option<checkpoint::Checkpoint>,
 }
 
@@ -160,10 +160,6 @@ struct Live {
     framework: String,
     paused: bool,
 }
-
-/// One module per hash, fetched and compiled once even when many launches
-/// ask for it at the same moment.
-type ModuleCell = Arc<OnceCell<Result<Arc<Prepared>, String>>>;
 
 fn now_ms() -> i64 {
     std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_millis() as i64).unwrap_or(0)
@@ -262,72 +258,6 @@ impl Shared {
             .max_decoding_message_size(wasmos_proto::MAX_MESSAGE_BYTES)
             .max_encoding_message_size(wasmos_proto::MAX_MESSAGE_BYTES)
     }
-
-    /// The module for `sha`: from memory, from the work dir, or downloaded once.
-    async fn module(&self, sha: &str) -> Result<Arc<Prepared>, String> {
-        let cell = {
-            let mut m = self.modules.lock().unwrap_or_else(|e| e.into_inner());
-            m.entry(sha.to_string()).or_default().clone()
-        };
-        let r = cell.get_or_init(|| self.fetch_and_prepare(sha.to_string())).await.clone();
-        if r.is_err() {
-            // Do not remember failures: a later launch may succeed.
-            self.modules.lock().unwrap_or_else(|e| e.into_inner()).remove(sha);
-        }
-        r
-    }
-
-    async fn download(&self, sha: &str) -> Result<Vec<u8>, tonic::Status> {
-        let mut client =
-            ArtifactsClient::new(self.channel.clone()).max_decoding_message_size(wasmos_proto::MAX_MESSAGE_BYTES);
-        let mut stream = client.download(v1::DownloadRequest { sha256: sha.to_string() }).await?.into_inner();
-        let mut bytes = Vec::new();
-        while let Some(chunk) = stream.message().await? {
-            bytes.extend_from_slice(&chunk.data);
-        }
-        Ok(bytes)
-    }
-
-    async fn fetch_and_prepare(&self, sha: String) -> Result<Arc<Prepared>, String> {
-        let path = self.cfg.work_dir.join("artifacts").join(format!("{sha}.wasm"));
-        let bytes = match tokio::fs::read(&path).await {
-            Ok(b) if hex::encode(Sha256::digest(&b)) == sha => b,
-            _ => {
-                // The master may be restarting: retry transient failures with
-                // backoff for up to FETCH_PATIENCE; a missing module fails at once.
-                let started = std::time::Instant::now();
-                let mut backoff = Backoff::new(Duration::from_millis(100), self.cfg.max_backoff);
-                let bytes = loop {
-                    match self.download(&sha).await {
-                        Ok(b) => break b,
-                        Err(s) if s.code() == tonic::Code::NotFound || s.code() == tonic::Code::InvalidArgument => {
-                            return Err(format!("cannot download module {sha}: {}", s.message()));
-                        }
-                        Err(s) if started.elapsed() >= FETCH_PATIENCE => {
-                            return Err(format!(
-                                "cannot download module {sha} within {FETCH_PATIENCE:?}: {}",
-                                s.message()
-                            ));
-                        }
-                        Err(_) => backoff.wait().await,
-                    }
-                };
-                let got = hex::encode(Sha256::digest(&bytes));
-                if got != sha {
-                    return Err(format!("downloaded module hashes to {got}, not {sha}; the artifact store is damaged"));
-                }
-                if let Some(dir) = path.parent() {
-                    let _ = tokio::fs::create_dir_all(dir).await;
-                    let tmp = dir.join(format!(".{sha}.tmp"));
-                    if tokio::fs::write(&tmp, &bytes).await.is_ok() {
-                        let _ = tokio::fs::rename(&tmp, &path).await;
-                    }
-                }
-                bytes
-            }
-        };
-        self.sandbox.prepare_async(bytes.into()).await.map_err(|e| e.to_string())
-    }
 }
 
 fn outcome_state(kind: OutcomeKind) -> v1::TaskState {
@@ -343,7 +273,7 @@ fn outcome_state(kind: OutcomeKind) -> v1::TaskState {
 
 async fn run_task(shared: Arc<Shared>, fw: String, spec: v1::TaskSpec, control: TaskControl) {
     let id = spec.task_id.clone();
-    let prepared = match shared.module(&spec.module_sha256).await {
+    let prepared = match shared.modules.get(&spec.module_sha256).await {
         Ok(p) => p,
         Err(msg) => {
             let o = wasmos_model::Outcome::error(msg.clone());
@@ -556,6 +486,7 @@ pub async fn run(cfg: AgentConfig, shutdown: impl Future<Output = ()> + Send) ->
     } else {
         (None, checkpoint::Restored::default())
     };
+    let modules = Modules::new(&cfg.work_dir, channel.clone(), sandbox.clone(), cfg.max_backoff);
     let (utx, urx) = mpsc::unbounded_channel();
     let shared = Arc::new(Shared {
         cfg,
@@ -566,7 +497,7 @@ pub async fn run(cfg: AgentConfig, shutdown: impl Future<Output = ()> + Send) ->
         updates: utx,
         live: Mutex::new(HashMap::new()),
         unacked: Mutex::new(HashMap::new()),
-        modules: Mutex::new(HashMap::new()),
+        modules,
         checkpoint,
     });
     // Resume from the checkpoint: resend what was not acknowledged; tasks that
