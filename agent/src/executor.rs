@@ -31,6 +31,22 @@ impl Executor {
         self.live.lock().unwrap_or_else(|e| e.into_inner())
     }
 
+    /// Enters a launched task in the table and returns its control; `None`
+    /// when it already runs here (a launch resent across a failover).
+    pub fn enter(&self, id: &str, framework: &str) -> Option<TaskControl> {
+        let mut live = self.live();
+        if live.contains_key(id) {
+            return None;
+        }
+        let control = TaskControl::new();
+        live.insert(id.to_string(), Live { control: control.clone(), framework: framework.to_string(), paused: false });
+        Some(control)
+    }
+
+    fn forget(&self, id: &str) {
+        self.live().remove(id);
+    }
+
     /// Marks a live task paused or not and returns its control and framework.
     fn with_live(&self, id: &str, paused: Option<bool>) -> Option<(TaskControl, String)> {
         self.live().get_mut(id).map(|l| {
@@ -82,18 +98,9 @@ pub(crate) fn handle(agent: &Arc<Agent>, cmd: v1::AgentCommand) {
                 if TaskId::new(spec.task_id.clone()).is_err() {
                     continue;
                 }
-                let control = TaskControl::new();
-                {
-                    let mut live = ex.live();
-                    if live.contains_key(&spec.task_id) {
-                        // A launch resent across a failover: it already runs here.
-                        continue;
-                    }
-                    live.insert(
-                        spec.task_id.clone(),
-                        Live { control: control.clone(), framework: l.framework_id.clone(), paused: false },
-                    );
-                }
+                let Some(control) = ex.enter(&spec.task_id, &l.framework_id) else {
+                    continue;
+                };
                 if let Some(cp) = &agent.checkpoint {
                     cp.launched(&spec.task_id, &l.framework_id);
                 }
@@ -130,7 +137,7 @@ async fn run_task(agent: Arc<Agent>, fw: String, spec: v1::TaskSpec, control: Ta
             // Reported before it leaves `live`, so a registration in between
             // still lists the task.
             agent.report(&id, &fw, v1::TaskState::TaskError, msg, Some(wasmos_proto::outcome_to_wire(&o)));
-            agent.executor.live().remove(&id);
+            agent.executor.forget(&id);
             return;
         }
     };
@@ -139,7 +146,7 @@ async fn run_task(agent: Arc<Agent>, fw: String, spec: v1::TaskSpec, control: Ta
     let state = outcome_state(outcome.kind);
     let msg = outcome.message.clone().unwrap_or_default();
     agent.report(&id, &fw, state, msg, Some(wasmos_proto::outcome_to_wire(&outcome)));
-    agent.executor.live().remove(&id);
+    agent.executor.forget(&id);
 }
 
 /// The sandbox's view of a launched task.
@@ -174,5 +181,26 @@ fn outcome_state(kind: OutcomeKind) -> v1::TaskState {
         }
         OutcomeKind::Killed => v1::TaskState::TaskKilled,
         OutcomeKind::Error => v1::TaskState::TaskError,
+    }
+}
+
+#[cfg(test)]
+pub(crate) mod tests {
+    use super::*;
+
+    /// An executor for tests of the table alone (it runs nothing).
+    pub(crate) fn executor() -> Executor {
+        let cfg =
+            wasmos_sandbox::SandboxConfig { max_concurrent_tasks: 1, max_task_mem: 1 << 20, ..Default::default() };
+        Executor::new(Sandbox::new(cfg).unwrap())
+    }
+
+    #[test]
+    fn a_task_enters_the_table_once() {
+        let ex = executor();
+        assert!(ex.enter("t", "fw").is_some());
+        assert!(ex.enter("t", "fw").is_none(), "a resent launch");
+        ex.forget("t");
+        assert!(ex.enter("t", "fw").is_some(), "launched again after it ended");
     }
 }

@@ -1,34 +1,33 @@
 //! wasmos-agent: a node daemon. It registers its resources with the master,
 //! runs launched tasks in the sandbox, and reports their status updates, each
 //! with a UUID, resending them until the master acknowledges them.
-
 //!
 //! Its parts: `link` (the connection, registration, heartbeats, the command
-//! stream), `executor` (tasks in the sandbox), `modules` (fetched and
-//! compiled once per hash), `checkpoint` (what survives a restart). This
-//! file wires them together.
+//! stream), `executor` (tasks in the sandbox), `updates` (the one owner of
+//! unacknowledged updates), `modules` (fetched and compiled once per hash),
+//! `checkpoint` (what survives a restart). This file wires them together.
 
 mod checkpoint;
 mod executor;
 mod link;
 mod modules;
+mod updates;
 
-use std::collections::{HashMap, HashSet};
+use std::collections::HashSet;
 use std::future::Future;
 use std::path::PathBuf;
-use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::Duration;
 
-use tokio::sync::mpsc;
 use wasmos_model::Resources;
 use wasmos_proto::v1;
 use wasmos_sandbox::{Sandbox, SandboxConfig};
 
 use checkpoint::Checkpoint;
 use executor::Executor;
-use link::{Backoff, Link};
+use link::Link;
 use modules::Modules;
+use updates::Updates;
 
 /// Default [`AgentConfig::update_batch`].
 pub const DEFAULT_UPDATE_BATCH: usize = 4096;
@@ -125,161 +124,54 @@ pub fn default_resources() -> Resources {
     Resources::parse(&format!("cpus:{cores};mem:{mem}")).unwrap_or_default()
 }
 
-/// Per-process generator of status update UUIDs (random-seeded counter).
-struct Uuids {
-    seed: u64,
-    next: AtomicU64,
-}
-
-impl Uuids {
-    fn new() -> Uuids {
-        let t = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_nanos()).unwrap_or(0);
-        let seed = (t as u64) ^ ((std::process::id() as u64) << 32) ^ 0x9e37_79b9_7f4a_7c15;
-        Uuids { seed, next: AtomicU64::new(1) }
-    }
-    fn make(&self) -> Vec<u8> {
-        let n = self.next.fetch_add(1, Ordering::Relaxed);
-        let mut v = Vec::with_capacity(16);
-        v.extend_from_slice(&self.seed.to_le_bytes());
-        v.extend_from_slice(&n.to_le_bytes());
-        v
-    }
-}
-
 /// One running agent; its tasks and loops share it.
 struct Agent {
     cfg: AgentConfig,
     link: Link,
     modules: Modules,
     executor: Executor,
-    uuids: Uuids,
-    updates: mpsc::UnboundedSender<v1::TaskStatus>,
-    /// Tasks with status updates not yet acknowledged (count per task): the
-    /// master must not give these up as lost when we reregister.
-    unacked: Mutex<HashMap<String, usize>>,
+    updates: Updates,
+    /// The launched tasks and the agent id are recorded here; `updates`
+    /// records the updates through its own handle.
     checkpoint: Option<Checkpoint>,
-}
-
-fn now_ms() -> i64 {
-    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_millis() as i64).unwrap_or(0)
 }
 
 impl Agent {
     /// Reports a task's new state to the master.
     fn report(&self, task: &str, fw: &str, state: v1::TaskState, message: String, outcome: Option<v1::Outcome>) {
-        self.report_with_reason(task, fw, state, "", message, outcome);
-    }
-
-    fn report_with_reason(
-        &self,
-        task: &str,
-        fw: &str,
-        state: v1::TaskState,
-        reason: &str,
-        message: String,
-        outcome: Option<v1::Outcome>,
-    ) {
-        *self.unacked.lock().unwrap_or_else(|e| e.into_inner()).entry(task.to_string()).or_default() += 1;
-        let st = v1::TaskStatus {
+        self.updates.report(v1::TaskStatus {
             task_id: task.to_string(),
             framework_id: fw.to_string(),
             agent_id: self.link.id(),
             state: state as i32,
-            uuid: self.uuids.make(),
-            timestamp_ms: now_ms(),
-            reason: reason.to_string(),
             message,
             outcome,
-        };
-        if let Some(cp) = &self.checkpoint {
-            cp.update(&st);
-        }
-        let _ = self.updates.send(st);
+            ..Default::default()
+        });
     }
 
-    /// What this agent reports when it (re)registers: the tasks it runs, and
-    /// the ones whose updates the master has not acknowledged yet (so the
-    /// master waits for those updates instead of giving the tasks up).
-    fn known_tasks(&self, agent_id: &str) -> Vec<v1::TaskStatus> {
-        let mut out = self.executor.live_statuses(agent_id);
-        let seen: HashSet<String> = out.iter().map(|t| t.task_id.clone()).collect();
-        for id in self.unacked.lock().unwrap_or_else(|e| e.into_inner()).keys() {
-            if !seen.contains(id) {
-                out.push(v1::TaskStatus {
-                    task_id: id.clone(),
-                    agent_id: agent_id.to_string(),
-                    state: v1::TaskState::TaskRunning as i32,
+    /// Resumes from the checkpoint: resends what was not acknowledged, and
+    /// reports the tasks that were running when the previous process ended
+    /// as LOST.
+    fn resume(&self, restored: checkpoint::Restored) {
+        let ended: HashSet<String> = restored
+            .updates
+            .iter()
+            .filter(|u| wasmos_proto::state_from_wire(u.state).is_some_and(|s| s.is_terminal()))
+            .map(|u| u.task_id.clone())
+            .collect();
+        self.updates.resend(restored.updates);
+        for (task, fw) in restored.tasks {
+            if !ended.contains(&task) {
+                self.updates.report(v1::TaskStatus {
+                    task_id: task,
+                    framework_id: fw,
+                    agent_id: self.link.id(),
+                    state: v1::TaskState::TaskLost as i32,
+                    reason: "agent_restarted".into(),
+                    message: "the agent restarted while the task ran".into(),
                     ..Default::default()
                 });
-            }
-        }
-        out
-    }
-}
-
-/// Sends status updates in batches; keeps each until the master acknowledges it.
-async fn updater(agent: Arc<Agent>, mut rx: mpsc::UnboundedReceiver<v1::TaskStatus>) {
-    let mut pending: Vec<v1::TaskStatus> = Vec::new();
-    let mut backoff = Backoff::new(Duration::from_millis(50), agent.cfg.max_backoff);
-    loop {
-        if pending.is_empty() {
-            match rx.recv().await {
-                Some(u) => pending.push(u),
-                None => return,
-            }
-            // Let a task that just reported RUNNING finish its (often tiny)
-            // run first, so RUNNING and FINISHED travel in one call.
-            tokio::task::yield_now().await;
-        }
-        while pending.len() < agent.cfg.update_batch {
-            match rx.try_recv() {
-                Ok(u) => pending.push(u),
-                Err(_) => break,
-            }
-        }
-        let batch: Vec<v1::TaskStatus> = pending.iter().take(agent.cfg.update_batch).cloned().collect();
-        let n = batch.len();
-        let mut client = agent.link.client();
-        let result = client.update(v1::StatusUpdates { agent_id: agent.link.id(), updates: batch }).await;
-        match result {
-            Ok(acks) => {
-                let acked: HashSet<Vec<u8>> = acks.into_inner().uuids.into_iter().collect();
-                let mut i = 0;
-                let mut done = Vec::new();
-                let mut ended = Vec::new();
-                let mut uuids = Vec::new();
-                pending.retain(|u| {
-                    i += 1;
-                    let ack = i <= n && acked.contains(&u.uuid);
-                    if ack {
-                        done.push(u.task_id.clone());
-                        uuids.push(u.uuid.clone());
-                        if wasmos_proto::state_from_wire(u.state).is_some_and(|s| s.is_terminal()) {
-                            ended.push(u.task_id.clone());
-                        }
-                    }
-                    !ack
-                });
-                if let Some(cp) = &agent.checkpoint {
-                    // A task launched again since (a retry here) keeps its entry.
-                    agent.executor.unless_live(ended, |ended| cp.acked(&uuids, ended));
-                }
-                let mut un = agent.unacked.lock().unwrap_or_else(|e| e.into_inner());
-                for t in done {
-                    if let Some(c) = un.get_mut(&t) {
-                        *c -= 1;
-                        if *c == 0 {
-                            un.remove(&t);
-                        }
-                    }
-                }
-                backoff.reset();
-            }
-            Err(_) => {
-                // The master cannot be reached (edge agents, failover): keep
-                // everything (it is in the checkpoint) and retry with capped
-                // exponential backoff.
-                backoff.wait().await;
             }
         }
     }
@@ -299,45 +191,21 @@ pub async fn run(cfg: AgentConfig, shutdown: impl Future<Output = ()> + Send) ->
     } else {
         (None, checkpoint::Restored::default())
     };
-    let (utx, urx) = mpsc::unbounded_channel();
     let agent = Arc::new(Agent {
         link: Link::new(channel.clone(), restored.agent_id.clone()),
         modules: Modules::new(&cfg.work_dir, channel, sandbox.clone(), cfg.max_backoff),
         executor: Executor::new(sandbox),
-        uuids: Uuids::new(),
-        updates: utx,
-        unacked: Mutex::new(HashMap::new()),
+        updates: Updates::new(checkpoint.clone()),
         checkpoint,
         cfg,
     });
-    // Resume from the checkpoint: resend what was not acknowledged; tasks that
-    // were running when the previous process ended are LOST.
-    let mut ended: HashSet<String> = HashSet::new();
-    for u in restored.updates {
-        if wasmos_proto::state_from_wire(u.state).is_some_and(|s| s.is_terminal()) {
-            ended.insert(u.task_id.clone());
-        }
-        *agent.unacked.lock().unwrap_or_else(|e| e.into_inner()).entry(u.task_id.clone()).or_default() += 1;
-        let _ = agent.updates.send(u);
-    }
-    for (task, fw) in restored.tasks {
-        if !ended.contains(&task) {
-            agent.report_with_reason(
-                &task,
-                &fw,
-                v1::TaskState::TaskLost,
-                "agent_restarted",
-                "the agent restarted while the task ran".into(),
-                None,
-            );
-        }
-    }
+    agent.resume(restored);
     let heartbeat = match link::register(&agent).await {
         Ok(h) => h,
         Err(s) if s.code() == tonic::Code::InvalidArgument => return Err(AgentError::Refused(s.message().to_string())),
         Err(_) => Duration::from_secs(1),
     };
-    let updater = tokio::spawn(updater(agent.clone(), urx));
+    let updater = tokio::spawn(updates::send(agent.clone()));
     let heartbeats = tokio::spawn(link::heartbeats(agent.clone(), heartbeat));
     tokio::select! {
         _ = link::commands(agent.clone()) => {}

@@ -94,7 +94,7 @@ fn info(cfg: &AgentConfig) -> v1::AgentInfo {
 
 /// Registers (or reregisters) and returns the heartbeat interval. It reports
 /// the tasks running here and those with unacknowledged updates
-/// (`Agent::known_tasks`).
+/// ([`crate::updates::Updates::known_tasks`]).
 pub(crate) async fn register(agent: &Agent) -> Result<Duration, tonic::Status> {
     let id = agent.link.id();
     let resp = agent
@@ -103,7 +103,7 @@ pub(crate) async fn register(agent: &Agent) -> Result<Duration, tonic::Status> {
         .register(v1::RegisterAgentRequest {
             info: Some(info(&agent.cfg)),
             agent_id: id.clone(),
-            running_tasks: agent.known_tasks(&id),
+            running_tasks: agent.updates.known_tasks(&id, agent.executor.live_statuses(&id)),
         })
         .await?
         .into_inner();
