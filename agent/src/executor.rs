@@ -168,7 +168,8 @@ fn run_request(spec: &v1::TaskSpec, fw: &str) -> RunRequest {
             ..Default::default()
         },
         input: spec.input.clone(),
-        context: wasmos_sandbox::TaskContext { task_id: id, attempt: 1, framework: fw.to_string() },
+        // A master from before `attempt` existed sends 0: that is the first run.
+        context: wasmos_sandbox::TaskContext { task_id: id, attempt: spec.attempt.max(1), framework: fw.to_string() },
         ..Default::default()
     }
 }
@@ -202,5 +203,18 @@ pub(crate) mod tests {
         assert!(ex.enter("t", "fw").is_none(), "a resent launch");
         ex.forget("t");
         assert!(ex.enter("t", "fw").is_some(), "launched again after it ended");
+    }
+
+    fn attempt_seen(attempt: u32) -> u32 {
+        let spec = v1::TaskSpec { task_id: "t".into(), attempt, ..Default::default() };
+        run_request(&spec, "fw").context.attempt
+    }
+
+    #[test]
+    fn the_guest_sees_the_attempt_the_master_sent() {
+        assert_eq!(attempt_seen(1), 1);
+        assert_eq!(attempt_seen(3), 3);
+        // An older master leaves it 0: that is the first run.
+        assert_eq!(attempt_seen(0), 1);
     }
 }
