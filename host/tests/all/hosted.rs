@@ -8,11 +8,6 @@ use wasmos_proto::v1;
 
 use crate::*;
 
-fn guest(name: &str) -> Vec<u8> {
-    let p = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../target/guests").join(format!("{name}.wasm"));
-    std::fs::read(&p).unwrap_or_else(|e| panic!("{}: {e}; run `cargo xtask guests` first", p.display()))
-}
-
 async fn deploy(c: &Cluster, name: &str, module: &str, role: &str, config: &str) -> Result<String, tonic::Status> {
     let sha = c.upload(guest(module)).await;
     c.operator()

@@ -154,6 +154,12 @@ pub fn echo_wat(text: &str) -> String {
     )
 }
 
+/// A guest built by `cargo xtask guests`.
+pub fn guest(name: &str) -> Vec<u8> {
+    let p = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../target/guests").join(format!("{name}.wasm"));
+    std::fs::read(&p).unwrap_or_else(|e| panic!("{}: {e}; run `cargo xtask guests` first", p.display()))
+}
+
 /// Loops forever (ended by kill or timeout).
 pub const SPIN: &str = r#"(module (memory (export "memory") 1) (func (export "_start") (loop (br 0))))"#;
 

@@ -146,6 +146,34 @@ async fn subscribe_offer_launch_update_acknowledge_reconcile() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_guest_sees_the_attempt_in_its_task_spec() {
+    let c = cluster(1, "cpus:1;mem:1GiB").await;
+    let sha = c.upload(guest("primes")).await;
+    let mut fw = Framework::subscribe(&c, "retrying", "retrying").await;
+    let offers = fw.offers().await;
+    let mut s = spec("third-try", &sha, "cpus:0.5;mem:64MiB");
+    s.input = b"100".to_vec();
+    s.attempt = 3;
+    fw.accept(&[&offers[0]], vec![s]).await;
+    loop {
+        let st = fw.update().await;
+        fw.ack(&st).await;
+        match state(&st) {
+            v1::TaskState::TaskRunning => {}
+            v1::TaskState::TaskFinished => {
+                let o = st.outcome.unwrap();
+                assert_eq!(o.stdout, b"25 primes below 100\n");
+                // primes logs `wasmos:task/context` attempt to stderr.
+                let err = String::from_utf8_lossy(&o.stderr);
+                assert!(err.contains("counting primes below 100 (attempt 3)"), "{err}");
+                return;
+            }
+            other => panic!("unexpected {other:?}: {st:?}"),
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn bad_launches_are_refused_with_state_and_reason() {
     let c = cluster(1, "cpus:2;mem:1GiB").await;
     let sha = c.upload_wat(SPIN).await;

@@ -1,0 +1,220 @@
+//! Runs launched tasks in the sandbox and keeps the table of tasks running
+//! (or paused) here, which kill, pause and resume act on.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex, MutexGuard};
+
+use wasmos_model::{OutcomeKind, TaskId};
+use wasmos_proto::v1;
+use wasmos_sandbox::{InputFile, RunRequest, Sandbox, SandboxDirSpec, TaskControl};
+
+use crate::Agent;
+
+struct Live {
+    control: TaskControl,
+    framework: String,
+    paused: bool,
+}
+
+pub(crate) struct Executor {
+    sandbox: Sandbox,
+    /// Tasks running (or paused) here, by id.
+    live: Mutex<HashMap<String, Live>>,
+}
+
+impl Executor {
+    pub fn new(sandbox: Sandbox) -> Executor {
+        Executor { sandbox, live: Mutex::new(HashMap::new()) }
+    }
+
+    fn live(&self) -> MutexGuard<'_, HashMap<String, Live>> {
+        self.live.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Enters a launched task in the table and returns its control; `None`
+    /// when it already runs here (a launch resent across a failover).
+    pub fn enter(&self, id: &str, framework: &str) -> Option<TaskControl> {
+        let mut live = self.live();
+        if live.contains_key(id) {
+            return None;
+        }
+        let control = TaskControl::new();
+        live.insert(id.to_string(), Live { control: control.clone(), framework: framework.to_string(), paused: false });
+        Some(control)
+    }
+
+    fn forget(&self, id: &str) {
+        self.live().remove(id);
+    }
+
+    /// Marks a live task paused or not and returns its control and framework.
+    fn with_live(&self, id: &str, paused: Option<bool>) -> Option<(TaskControl, String)> {
+        self.live().get_mut(id).map(|l| {
+            if let Some(p) = paused {
+                l.paused = p;
+            }
+            (l.control.clone(), l.framework.clone())
+        })
+    }
+
+    /// The tasks running here, as registration reports them.
+    pub fn live_statuses(&self, agent_id: &str) -> Vec<v1::TaskStatus> {
+        self.live()
+            .iter()
+            .map(|(id, l)| v1::TaskStatus {
+                task_id: id.clone(),
+                framework_id: l.framework.clone(),
+                agent_id: agent_id.to_string(),
+                state: if l.paused { v1::TaskState::TaskPaused } else { v1::TaskState::TaskRunning } as i32,
+                ..Default::default()
+            })
+            .collect()
+    }
+
+    /// Calls `f` with those of `tasks` not running here, holding the table's
+    /// lock throughout. A launch enters the table before it records itself in
+    /// the checkpoint, so a checkpoint change made in `f` for a task cannot
+    /// undo the record of a launch of that task that `f` did not see.
+    pub fn unless_live(&self, mut tasks: Vec<String>, f: impl FnOnce(&[String])) {
+        let live = self.live();
+        tasks.retain(|t| !live.contains_key(t));
+        f(&tasks);
+    }
+
+    pub fn kill_all(&self) {
+        for l in self.live().values() {
+            l.control.kill();
+        }
+    }
+}
+
+/// Carries out one command from the master.
+pub(crate) fn handle(agent: &Arc<Agent>, cmd: v1::AgentCommand) {
+    use v1::agent_command::Command;
+    let ex = &agent.executor;
+    match cmd.command {
+        Some(Command::Launch(l)) => {
+            for spec in l.tasks {
+                if TaskId::new(spec.task_id.clone()).is_err() {
+                    continue;
+                }
+                let Some(control) = ex.enter(&spec.task_id, &l.framework_id) else {
+                    continue;
+                };
+                if let Some(cp) = &agent.checkpoint {
+                    cp.launched(&spec.task_id, &l.framework_id);
+                }
+                tokio::spawn(run_task(agent.clone(), l.framework_id.clone(), spec, control));
+            }
+        }
+        Some(Command::Kill(k)) => {
+            if let Some((c, _)) = ex.with_live(&k.task_id, None) {
+                c.kill();
+            }
+        }
+        Some(Command::Pause(p)) => {
+            if let Some((c, fw)) = ex.with_live(&p.task_id, Some(true)) {
+                c.pause();
+                agent.report(&p.task_id, &fw, v1::TaskState::TaskPaused, "paused".into(), None);
+            }
+        }
+        Some(Command::Resume(r)) => {
+            if let Some((c, fw)) = ex.with_live(&r.task_id, Some(false)) {
+                c.resume();
+                agent.report(&r.task_id, &fw, v1::TaskState::TaskRunning, "resumed".into(), None);
+            }
+        }
+        None => {}
+    }
+}
+
+async fn run_task(agent: Arc<Agent>, fw: String, spec: v1::TaskSpec, control: TaskControl) {
+    let id = spec.task_id.clone();
+    let prepared = match agent.modules.get(&spec.module_sha256).await {
+        Ok(p) => p,
+        Err(msg) => {
+            let o = wasmos_model::Outcome::error(msg.clone());
+            // Reported before it leaves `live`, so a registration in between
+            // still lists the task.
+            agent.report(&id, &fw, v1::TaskState::TaskError, msg, Some(wasmos_proto::outcome_to_wire(&o)));
+            agent.executor.forget(&id);
+            return;
+        }
+    };
+    agent.report(&id, &fw, v1::TaskState::TaskRunning, String::new(), None);
+    let outcome = agent.executor.sandbox.run(&prepared, run_request(&spec, &fw), &control).await;
+    let state = outcome_state(outcome.kind);
+    let msg = outcome.message.clone().unwrap_or_default();
+    agent.report(&id, &fw, state, msg, Some(wasmos_proto::outcome_to_wire(&outcome)));
+    agent.executor.forget(&id);
+}
+
+/// The sandbox's view of a launched task.
+fn run_request(spec: &v1::TaskSpec, fw: &str) -> RunRequest {
+    let id = spec.task_id.clone();
+    let name = if spec.name.is_empty() { id.clone() } else { spec.name.clone() };
+    RunRequest {
+        name: id.clone(),
+        args: std::iter::once(name).chain(spec.args.iter().cloned()).collect(),
+        env: spec.env.iter().map(|(k, v)| (k.clone(), v.clone())).collect(),
+        limits: wasmos_proto::limits_from_wire(spec.limits.as_ref()),
+        sandbox_dir: SandboxDirSpec {
+            enabled: spec.sandbox_dir,
+            files: spec
+                .files
+                .iter()
+                .map(|f| InputFile { path: f.path.clone(), contents: f.contents.clone() })
+                .collect(),
+            ..Default::default()
+        },
+        input: spec.input.clone(),
+        // A master from before `attempt` existed sends 0: that is the first run.
+        context: wasmos_sandbox::TaskContext { task_id: id, attempt: spec.attempt.max(1), framework: fw.to_string() },
+        ..Default::default()
+    }
+}
+
+fn outcome_state(kind: OutcomeKind) -> v1::TaskState {
+    match kind {
+        OutcomeKind::Finished => v1::TaskState::TaskFinished,
+        OutcomeKind::Failed | OutcomeKind::OutOfFuel | OutcomeKind::OutOfMemory | OutcomeKind::TimedOut => {
+            v1::TaskState::TaskFailed
+        }
+        OutcomeKind::Killed => v1::TaskState::TaskKilled,
+        OutcomeKind::Error => v1::TaskState::TaskError,
+    }
+}
+
+#[cfg(test)]
+pub(crate) mod tests {
+    use super::*;
+
+    /// An executor for tests of the table alone (it runs nothing).
+    pub(crate) fn executor() -> Executor {
+        let cfg =
+            wasmos_sandbox::SandboxConfig { max_concurrent_tasks: 1, max_task_mem: 1 << 20, ..Default::default() };
+        Executor::new(Sandbox::new(cfg).unwrap())
+    }
+
+    #[test]
+    fn a_task_enters_the_table_once() {
+        let ex = executor();
+        assert!(ex.enter("t", "fw").is_some());
+        assert!(ex.enter("t", "fw").is_none(), "a resent launch");
+        ex.forget("t");
+        assert!(ex.enter("t", "fw").is_some(), "launched again after it ended");
+    }
+
+    fn attempt_seen(attempt: u32) -> u32 {
+        let spec = v1::TaskSpec { task_id: "t".into(), attempt, ..Default::default() };
+        run_request(&spec, "fw").context.attempt
+    }
+
+    #[test]
+    fn the_guest_sees_the_attempt_the_master_sent() {
+        assert_eq!(attempt_seen(1), 1);
+        assert_eq!(attempt_seen(3), 3);
+        // An older master leaves it 0: that is the first run.
+        assert_eq!(attempt_seen(0), 1);
+    }
+}

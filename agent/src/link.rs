@@ -1,0 +1,173 @@
+//! The agent's link to the master: the connection, registration (and
+//! reregistration), heartbeats and the command stream; and [`Backoff`], the
+//! one retry schedule of every loop that waits for the master.
+
+use std::sync::{Arc, RwLock};
+use std::time::Duration;
+
+use tonic::transport::{Channel, Endpoint};
+use wasmos_proto::v1;
+use wasmos_proto::v1::agent_service_client::AgentServiceClient;
+use wasmos_sandbox::Sandbox;
+
+use crate::{Agent, AgentConfig, AgentError, executor};
+
+/// Capped exponential backoff: waits `first`, then twice as long each time,
+/// at most `max`; [`Backoff::reset`] starts over. Pitfall: the first wait is
+/// `first` even when `max` is shorter.
+pub(crate) struct Backoff {
+    first: Duration,
+    next: Duration,
+    max: Duration,
+}
+
+impl Backoff {
+    pub fn new(first: Duration, max: Duration) -> Backoff {
+        Backoff { first, next: first, max }
+    }
+
+    /// The next wait, doubling the one after it.
+    fn step(&mut self) -> Duration {
+        let d = self.next;
+        self.next = (self.next * 2).min(self.max);
+        d
+    }
+
+    pub async fn wait(&mut self) {
+        tokio::time::sleep(self.step()).await;
+    }
+
+    pub fn reset(&mut self) {
+        self.next = self.first;
+    }
+}
+
+/// The channel to the master and the id it gave this agent.
+pub(crate) struct Link {
+    channel: Channel,
+    /// Empty until the first registration unless restored from the
+    /// checkpoint; written only by [`register`].
+    id: RwLock<String>,
+}
+
+impl Link {
+    /// Connects to `master`, retrying with backoff until it answers.
+    pub async fn connect(master: &str, max_backoff: Duration) -> Result<Channel, AgentError> {
+        let endpoint = Endpoint::from_shared(master.to_string())
+            .map_err(|_| AgentError::BadMaster(master.to_string()))?
+            .tcp_nodelay(true)
+            .connect_timeout(Duration::from_secs(5));
+        let mut backoff = Backoff::new(Duration::from_millis(100), max_backoff);
+        loop {
+            match endpoint.connect().await {
+                Ok(c) => return Ok(c),
+                Err(_) => backoff.wait().await,
+            }
+        }
+    }
+
+    pub fn new(channel: Channel, id: String) -> Link {
+        Link { channel, id: RwLock::new(id) }
+    }
+
+    pub fn id(&self) -> String {
+        self.id.read().unwrap_or_else(|e| e.into_inner()).clone()
+    }
+
+    pub fn client(&self) -> AgentServiceClient<Channel> {
+        AgentServiceClient::new(self.channel.clone())
+            .max_decoding_message_size(wasmos_proto::MAX_MESSAGE_BYTES)
+            .max_encoding_message_size(wasmos_proto::MAX_MESSAGE_BYTES)
+    }
+}
+
+fn info(cfg: &AgentConfig) -> v1::AgentInfo {
+    v1::AgentInfo {
+        hostname: cfg.hostname.clone(),
+        resources: Some(wasmos_proto::resources_to_wire(&cfg.resources)),
+        attributes: cfg.attributes.iter().map(|(k, v)| v1::Attribute { key: k.clone(), value: v.clone() }).collect(),
+        wasmtime_version: Sandbox::wasmtime_version().to_string(),
+        target_triple: format!("{}-{}", std::env::consts::ARCH, std::env::consts::OS),
+        agent_version: env!("CARGO_PKG_VERSION").to_string(),
+    }
+}
+
+/// Registers (or reregisters) and returns the heartbeat interval. It reports
+/// the tasks running here and those with unacknowledged updates
+/// ([`crate::updates::Updates::known_tasks`]).
+pub(crate) async fn register(agent: &Agent) -> Result<Duration, tonic::Status> {
+    let id = agent.link.id();
+    let resp = agent
+        .link
+        .client()
+        .register(v1::RegisterAgentRequest {
+            info: Some(info(&agent.cfg)),
+            agent_id: id.clone(),
+            running_tasks: agent.updates.known_tasks(&id, agent.executor.live_statuses(&id)),
+        })
+        .await?
+        .into_inner();
+    if let Some(cp) = &agent.checkpoint {
+        cp.set_agent_id(&resp.agent_id);
+    }
+    *agent.link.id.write().unwrap_or_else(|e| e.into_inner()) = resp.agent_id;
+    Ok(Duration::from_millis(resp.heartbeat_interval_ms.max(100)))
+}
+
+pub(crate) async fn heartbeats(agent: Arc<Agent>, every: Duration) {
+    let mut t = tokio::time::interval(every);
+    loop {
+        t.tick().await;
+        let id = agent.link.id();
+        let _ = agent.link.client().heartbeat(v1::HeartbeatRequest { agent_id: id }).await;
+    }
+}
+
+/// Follows the command stream for as long as the agent runs. Whenever it
+/// ends or cannot be opened: waits (backoff), reregisters, opens it again.
+pub(crate) async fn commands(agent: Arc<Agent>) {
+    let mut backoff = Backoff::new(Duration::from_millis(100), agent.cfg.max_backoff);
+    loop {
+        let stream = agent.link.client().commands(v1::AgentStreamRequest { agent_id: agent.link.id() }).await;
+        match stream {
+            Ok(s) => {
+                backoff.reset();
+                let mut s = s.into_inner();
+                while let Ok(Some(cmd)) = s.message().await {
+                    executor::handle(&agent, cmd);
+                }
+            }
+            Err(st) if st.code() == tonic::Code::NotFound => {
+                // The master forgot us (it restarted, or timed us out).
+                let _ = register(&agent).await;
+            }
+            Err(_) => {}
+        }
+        backoff.wait().await;
+        let _ = register(&agent).await;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn steps(b: &mut Backoff, n: usize) -> Vec<u64> {
+        (0..n).map(|_| b.step().as_millis() as u64).collect()
+    }
+
+    #[test]
+    fn backoff_doubles_up_to_its_cap_and_starts_over_on_reset() {
+        let mut b = Backoff::new(Duration::from_millis(100), Duration::from_millis(1000));
+        // 100, 200, 400, 800, then 1600 capped to 1000
+        assert_eq!(steps(&mut b, 6), [100, 200, 400, 800, 1000, 1000]);
+        b.reset();
+        assert_eq!(steps(&mut b, 2), [100, 200]);
+    }
+
+    #[test]
+    fn backoff_waits_first_once_even_above_the_cap() {
+        let mut b = Backoff::new(Duration::from_millis(100), Duration::from_millis(30));
+        assert_eq!(steps(&mut b, 3), [100, 30, 30]);
+    }
+}

@@ -1,0 +1,244 @@
+//! Status updates, from the moment a task reports one until the master
+//! acknowledges it. [`Updates`] is their one owner: the queue the sender
+//! works through (which also says which tasks still have updates out, for
+//! registration) and the checkpoint records of each update.
+
+use std::collections::{HashSet, VecDeque};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::Duration;
+
+use tokio::sync::Notify;
+use wasmos_proto::v1;
+
+use crate::Agent;
+use crate::checkpoint::Checkpoint;
+use crate::executor::Executor;
+use crate::link::Backoff;
+
+/// Per-process generator of status update UUIDs (random-seeded counter).
+struct Uuids {
+    seed: u64,
+    next: AtomicU64,
+}
+
+impl Uuids {
+    fn new() -> Uuids {
+        let t = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_nanos()).unwrap_or(0);
+        let seed = (t as u64) ^ ((std::process::id() as u64) << 32) ^ 0x9e37_79b9_7f4a_7c15;
+        Uuids { seed, next: AtomicU64::new(1) }
+    }
+    fn make(&self) -> Vec<u8> {
+        let n = self.next.fetch_add(1, Ordering::Relaxed);
+        let mut v = Vec::with_capacity(16);
+        v.extend_from_slice(&self.seed.to_le_bytes());
+        v.extend_from_slice(&n.to_le_bytes());
+        v
+    }
+}
+
+fn now_ms() -> i64 {
+    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_millis() as i64).unwrap_or(0)
+}
+
+/// Every update not yet acknowledged, oldest first. New ones join at the
+/// back; only the sender removes them, from the front batch it sent. So the
+/// tasks named in the queue are exactly those with unacknowledged updates,
+/// which the master must not give up as lost when the agent reregisters.
+pub(crate) struct Updates {
+    queue: Mutex<VecDeque<v1::TaskStatus>>,
+    /// Woken when the queue gets something.
+    added: Notify,
+    uuids: Uuids,
+    /// Holds every update in `queue` (it writes a little later, see `checkpoint.rs`).
+    checkpoint: Option<Checkpoint>,
+}
+
+impl Updates {
+    pub fn new(checkpoint: Option<Checkpoint>) -> Updates {
+        Updates { queue: Mutex::new(VecDeque::new()), added: Notify::new(), uuids: Uuids::new(), checkpoint }
+    }
+
+    fn lock(&self) -> MutexGuard<'_, VecDeque<v1::TaskStatus>> {
+        self.queue.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    fn push(&self, st: v1::TaskStatus) {
+        self.lock().push_back(st);
+        self.added.notify_one();
+    }
+
+    /// A new update: gets a UUID and the time, goes to the checkpoint and is
+    /// queued for the master.
+    pub fn report(&self, mut st: v1::TaskStatus) {
+        st.uuid = self.uuids.make();
+        st.timestamp_ms = now_ms();
+        if let Some(cp) = &self.checkpoint {
+            cp.update(&st);
+        }
+        self.push(st);
+    }
+
+    /// Updates restored from the checkpoint (so already in it), sent again.
+    pub fn resend(&self, restored: Vec<v1::TaskStatus>) {
+        for st in restored {
+            self.push(st);
+        }
+    }
+
+    /// What this agent reports when it (re)registers: the tasks it runs
+    /// (`live`), and after them, as RUNNING, the other tasks with updates in
+    /// the queue (so the master waits for those updates instead of giving the
+    /// tasks up).
+    pub fn known_tasks(&self, agent_id: &str, mut live: Vec<v1::TaskStatus>) -> Vec<v1::TaskStatus> {
+        let mut seen: HashSet<String> = live.iter().map(|t| t.task_id.clone()).collect();
+        let q = self.lock();
+        for u in q.iter() {
+            if seen.insert(u.task_id.clone()) {
+                live.push(v1::TaskStatus {
+                    task_id: u.task_id.clone(),
+                    agent_id: agent_id.to_string(),
+                    state: v1::TaskState::TaskRunning as i32,
+                    ..Default::default()
+                });
+            }
+        }
+        live
+    }
+
+    /// Waits until the queue holds something.
+    async fn wait(&self) {
+        while self.lock().is_empty() {
+            // `notify_one` keeps a permit when nobody waits: nothing is missed
+            // between the check and this wait.
+            self.added.notified().await;
+        }
+    }
+
+    /// The first `max` updates of the queue.
+    fn front(&self, max: usize) -> Vec<v1::TaskStatus> {
+        self.lock().iter().take(max).cloned().collect()
+    }
+
+    /// Drops the acknowledged updates among the first `sent` and returns
+    /// whether some of those `sent` are still unacknowledged. A task whose
+    /// final update is acknowledged leaves the checkpoint with it unless it
+    /// was launched here again since.
+    fn acked(&self, sent: usize, acked: &HashSet<Vec<u8>>, executor: &Executor) -> bool {
+        let (done, left) = {
+            let mut q = self.lock();
+            let n = sent.min(q.len());
+            let (done, kept): (Vec<_>, Vec<_>) = q.drain(..n).partition(|u| acked.contains(&u.uuid));
+            let left = !kept.is_empty();
+            for u in kept.into_iter().rev() {
+                q.push_front(u);
+            }
+            (done, left)
+        };
+        if let Some(cp) = &self.checkpoint {
+            let ended = done
+                .iter()
+                .filter(|u| wasmos_proto::state_from_wire(u.state).is_some_and(|s| s.is_terminal()))
+                .map(|u| u.task_id.clone())
+                .collect();
+            let uuids: Vec<Vec<u8>> = done.into_iter().map(|u| u.uuid).collect();
+            executor.unless_live(ended, |ended| cp.acked(&uuids, ended));
+        }
+        left
+    }
+}
+
+/// Sends the queued updates in batches (at most `update_batch` per Update
+/// call) until the agent stops; an update leaves the queue only once the
+/// master acknowledges it.
+pub(crate) async fn send(agent: Arc<Agent>) {
+    let updates = &agent.updates;
+    let mut backoff = Backoff::new(Duration::from_millis(50), agent.cfg.max_backoff);
+    // Some of the last batch are not acknowledged: send again without waiting.
+    let mut unfinished = false;
+    loop {
+        if !unfinished {
+            updates.wait().await;
+            // Let a task that just reported RUNNING finish its (often tiny)
+            // run first, so RUNNING and FINISHED travel in one call.
+            tokio::task::yield_now().await;
+        }
+        let batch = updates.front(agent.cfg.update_batch);
+        let n = batch.len();
+        let result = agent.link.client().update(v1::StatusUpdates { agent_id: agent.link.id(), updates: batch }).await;
+        match result {
+            Ok(acks) => {
+                let acked: HashSet<Vec<u8>> = acks.into_inner().uuids.into_iter().collect();
+                unfinished = updates.acked(n, &acked, &agent.executor);
+                backoff.reset();
+            }
+            Err(_) => {
+                // The master cannot be reached (edge agents, failover): keep
+                // everything (it is in the checkpoint) and retry with capped
+                // exponential backoff.
+                unfinished = true;
+                backoff.wait().await;
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::executor::tests::executor;
+    use v1::TaskState::{TaskFinished as Finished, TaskRunning as Running};
+
+    fn status(task: &str, state: v1::TaskState) -> v1::TaskStatus {
+        v1::TaskStatus { task_id: task.into(), agent_id: "a1".into(), state: state as i32, ..Default::default() }
+    }
+
+    fn queued(u: &Updates) -> Vec<(String, i32)> {
+        u.front(usize::MAX).into_iter().map(|s| (s.task_id, s.state)).collect()
+    }
+
+    fn acks(sent: &[v1::TaskStatus], which: &[usize]) -> HashSet<Vec<u8>> {
+        which.iter().map(|&i| sent[i].uuid.clone()).collect()
+    }
+
+    #[test]
+    fn acknowledged_updates_leave_the_rest_stay_in_order_and_count_for_registration() {
+        let (ex, u) = (executor(), Updates::new(None));
+        for (t, s) in [("a", Running), ("b", Running), ("a", Finished), ("b", Finished)] {
+            u.report(status(t, s));
+        }
+        let sent = u.front(3);
+        assert_eq!(sent.len(), 3);
+        // The master acknowledges a's two updates but not b's RUNNING.
+        assert!(u.acked(3, &acks(&sent, &[0, 2]), &ex), "b RUNNING is still out");
+        assert_eq!(queued(&u), [("b".into(), Running as i32), ("b".into(), Finished as i32)]);
+        // Registration: b (not running here any more) is reported once, as RUNNING.
+        let known = u.known_tasks("a1", vec![]);
+        assert_eq!(known.iter().map(|t| (t.task_id.as_str(), t.state)).collect::<Vec<_>>(), [("b", Running as i32)]);
+        let sent = u.front(10);
+        assert!(!u.acked(2, &acks(&sent, &[0, 1]), &ex), "all acknowledged");
+        assert!(queued(&u).is_empty());
+        assert!(u.known_tasks("a1", vec![]).is_empty());
+    }
+
+    #[test]
+    fn an_ended_task_leaves_the_checkpoint_unless_it_runs_here_again() {
+        let dir = tempfile::tempdir().unwrap();
+        let (cp, _) = Checkpoint::open(dir.path(), Duration::from_millis(1)).unwrap();
+        let (ex, u) = (executor(), Updates::new(Some(cp.clone())));
+        cp.launched("once", "fw");
+        cp.launched("again", "fw");
+        u.report(status("once", Finished));
+        u.report(status("again", Finished));
+        u.report(status("kept", Running));
+        // "again" is launched here again before its first run's end is acknowledged.
+        ex.enter("again", "fw").unwrap();
+        let sent = u.front(3);
+        assert!(u.acked(3, &acks(&sent, &[0, 1]), &ex));
+        cp.close();
+        let (_cp, r) = Checkpoint::open(dir.path(), Duration::from_millis(1)).unwrap();
+        assert_eq!(r.tasks, [("again".to_string(), "fw".to_string())]);
+        let left: Vec<&str> = r.updates.iter().map(|s| s.task_id.as_str()).collect();
+        assert_eq!(left, ["kept"]);
+    }
+}
