@@ -164,9 +164,11 @@ impl Master {
                 Step::Launch { id, mut spec, allocation, queued } => {
                     if !queued {
                         // New here (another framework's task): recorded now.
-                        spec.attempt = 1;
+                        // A framework that counts its own retries may say
+                        // which attempt this is; otherwise it is the first.
+                        spec.attempt = spec.attempt.max(1);
                         let mut task = Task::new(fw.clone(), spec.clone(), now_ms());
-                        task.attempt = 1;
+                        task.attempt = spec.attempt;
                         self.state.tasks.insert(id.clone(), task, true);
                     }
                     self.state.place(&id, Some(target.agent.clone()), Some(allocation));

@@ -439,3 +439,16 @@ fn illegal_moves_are_refused_by_the_table() {
     assert_eq!((e.from, e.to), (TaskState::Finished, TaskState::Running));
     assert_eq!(s.tasks.get(&tid("t")).unwrap().state(), TaskState::Finished);
 }
+
+#[test]
+fn each_launch_of_a_queued_task_carries_its_attempt() {
+    let mut s = state();
+    add_task(&mut s, "q", "batch", None);
+    assert_eq!(s.tasks.next_attempt(&tid("q")).unwrap().attempt, 1);
+    // LOST on its agent, then queued again: the next launch is attempt 2.
+    s.place(&tid("q"), Some(agent("agent-1")), None);
+    s.tasks.set_state(&tid("q"), TaskState::Lost).unwrap();
+    s.tasks.requeue(&tid("q"), "retrying".into());
+    assert!(s.tasks.get(&tid("q")).unwrap().is_queued());
+    assert_eq!(s.tasks.next_attempt(&tid("q")).unwrap().attempt, 2);
+}
