@@ -4,7 +4,7 @@ use tokio::sync::mpsc;
 use tokio_stream::StreamExt;
 use tokio_stream::wrappers::UnboundedReceiverStream;
 use tonic::{Request, Response, Status};
-use wasmos_model::{AgentId, TaskId};
+use wasmos_model::{AgentId, TaskId, TaskState};
 use wasmos_proto::v1;
 
 use super::convert::{agent_info_from_wire, command_to_wire, status_from_agent};
@@ -30,7 +30,14 @@ impl v1::agent_service_server::AgentService for MasterHandle {
         let agent_id =
             if req.agent_id.is_empty() { None } else { Some(AgentId::new(req.agent_id).map_err(|e| bad_id("", e))?) };
         // An agent only reports tasks it launched, whose ids were valid.
-        let running = req.running_tasks.into_iter().filter_map(|t| TaskId::new(t.task_id).ok()).collect();
+        let running = req
+            .running_tasks
+            .into_iter()
+            .filter_map(|t| {
+                let state = wasmos_proto::state_from_wire(t.state).unwrap_or(TaskState::Running);
+                Some((TaskId::new(t.task_id).ok()?, state))
+            })
+            .collect();
         let reg = RegisterAgent { agent_id, info, running };
         let r = self.request(|reply| Cmd::RegisterAgent(reg, reply)).await?;
         Ok(Response::new(v1::RegisterAgentResponse {

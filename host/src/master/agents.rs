@@ -128,6 +128,7 @@ impl Master {
             let stray: Vec<TaskId> = req
                 .running
                 .iter()
+                .map(|(t, _)| t)
                 .filter(|t| self.state.tasks.get(t).is_none_or(|k| k.state().is_terminal() || k.agent() != Some(&id)))
                 .cloned()
                 .collect();
@@ -137,7 +138,7 @@ impl Master {
             // Tasks the master has there that the agent no longer knows (it
             // restarted without its checkpoint): LOST after the grace period,
             // unless their final update arrives first.
-            let reported: HashSet<&TaskId> = req.running.iter().collect();
+            let reported: HashSet<&TaskId> = req.running.iter().map(|(t, _)| t).collect();
             for tid in self.state.tasks.live_on(&id) {
                 if !reported.contains(&tid) {
                     self.recovery.unreported_after_grace(tid);

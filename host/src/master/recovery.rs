@@ -171,13 +171,23 @@ impl Master {
     /// which tasks it runs. Those resume being tracked (their resources count
     /// again); the ones it no longer has are LOST; the ones the master does not
     /// know (or has given up on) are killed.
-    pub(super) fn reconcile_agent(&mut self, id: &AgentId, running: &[TaskId]) {
-        let reported: HashSet<&TaskId> = running.iter().collect();
+    pub(super) fn reconcile_agent(&mut self, id: &AgentId, running: &[(TaskId, TaskState)]) {
+        let reported: HashMap<&TaskId, TaskState> = running.iter().map(|(t, s)| (t, *s)).collect();
         for tid in self.state.tasks.live_on(id) {
-            if reported.contains(&tid) {
-                let fw = self.state.tasks.get(&tid).map(|t| t.framework.clone()).expect("listed");
+            if let Some(now) = reported.get(&tid) {
+                let (fw, was) =
+                    self.state.tasks.get(&tid).map(|t| (t.framework.clone(), t.state())).expect("listed");
                 if !self.track_on_agent(&tid, id) {
                     self.state.place(&tid, Some(id.clone()), None);
+                }
+                // RUNNING and PAUSED are not written to the registry: the
+                // agent's report is where the master learns them again.
+                use TaskState::*;
+                let relearn =
+                    matches!(was, Staging | Starting | Running | Paused) && matches!(now, Running | Paused);
+                if relearn && let Err(m) = self.state.tasks.set_state(&tid, *now) {
+                    self.metrics.illegal_moves += 1;
+                    eprintln!("wasmos master: task {tid} cannot move from {} to {}", m.from, m.to);
                 }
                 if self.state.tasks.get(&tid).is_some_and(|t| t.state() == TaskState::Unreachable) {
                     let st = TaskStatus::master(
@@ -197,7 +207,7 @@ impl Master {
                 self.recovery.unreported.insert(tid, Instant::now() + UNREPORTED_GRACE);
             }
         }
-        for tid in running {
+        for (tid, _) in running {
             // Launched just before the restart but recorded as still queued:
             // adopt it. Only tasks the registry has as never launched qualify;
             // one that was LOST and queued again runs here as a given-up

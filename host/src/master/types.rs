@@ -31,8 +31,9 @@ impl AgentInfo {
 pub(crate) struct RegisterAgent {
     pub agent_id: Option<AgentId>,
     pub info: AgentInfo,
-    /// Tasks the agent runs, or has unacknowledged updates for.
-    pub running: Vec<TaskId>,
+    /// Tasks the agent runs (RUNNING or PAUSED), or has unacknowledged
+    /// updates for (RUNNING).
+    pub running: Vec<(TaskId, TaskState)>,
 }
 
 #[derive(Debug, Clone, PartialEq)]
