@@ -3,6 +3,7 @@
 use std::collections::HashMap;
 use std::path::PathBuf;
 use std::sync::RwLock;
+use std::sync::atomic::{AtomicU64, Ordering};
 
 use sha2::{Digest, Sha256};
 
@@ -40,6 +41,9 @@ pub struct ArtifactStore {
     dir: PathBuf,
     max_bytes: u64,
     index: RwLock<HashMap<String, u64>>,
+    /// Numbers each upload's temp file: concurrent uploads of one module
+    /// each write their own and rename it into place.
+    uploads: AtomicU64,
 }
 
 impl ArtifactStore {
@@ -61,7 +65,7 @@ impl ArtifactStore {
                 index.insert(hash.to_string(), e.metadata().map(|m| m.len()).unwrap_or(0));
             }
         }
-        Ok(ArtifactStore { dir, max_bytes, index: RwLock::new(index) })
+        Ok(ArtifactStore { dir, max_bytes, index: RwLock::new(index), uploads: AtomicU64::new(0) })
     }
 
     pub fn max_bytes(&self) -> u64 {
@@ -92,7 +96,8 @@ impl ArtifactStore {
             return Ok((actual, true));
         }
         let path = self.dir.join(format!("{actual}.wasm"));
-        let tmp = self.dir.join(format!(".{actual}.{}.tmp", std::process::id()));
+        let n = self.uploads.fetch_add(1, Ordering::Relaxed);
+        let tmp = self.dir.join(format!(".{actual}.{}.{n}.tmp", std::process::id()));
         // Flushed before the rename and the reply: the registry may refer to
         // this module as soon as the upload is acknowledged.
         let write = || -> std::io::Result<()> {
@@ -117,5 +122,53 @@ impl ArtifactStore {
             return Err(ArtifactError::Missing(hash.to_string()));
         }
         std::fs::read(self.dir.join(format!("{hash}.wasm"))).map_err(|e| ArtifactError::Io(e.to_string()))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A valid module that differs by `n` (a custom section).
+    fn module(n: u32) -> Vec<u8> {
+        let mut m = b"\0asm\x01\0\0\0".to_vec();
+        let name = format!("n{n}");
+        m.push(0); // custom section
+        m.push((1 + name.len()) as u8);
+        m.push(name.len() as u8);
+        m.extend_from_slice(name.as_bytes());
+        m
+    }
+
+    /// 50 uploads at once, 25 of one module and 25 of different ones: all
+    /// succeed, each module is stored once, and no temp file is left.
+    #[test]
+    fn concurrent_uploads_all_succeed() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = std::sync::Arc::new(ArtifactStore::open(dir.path().to_path_buf(), 1 << 20).unwrap());
+        let barrier = std::sync::Arc::new(std::sync::Barrier::new(50));
+        let threads: Vec<_> = (0..50u32)
+            .map(|i| {
+                let (store, barrier) = (store.clone(), barrier.clone());
+                std::thread::spawn(move || {
+                    let bytes = if i % 2 == 0 { module(0) } else { module(i) };
+                    barrier.wait();
+                    store.put(None, &bytes).map(|(h, _)| h)
+                })
+            })
+            .collect();
+        let hashes: Vec<String> = threads.into_iter().map(|t| t.join().unwrap().unwrap()).collect();
+        let distinct: std::collections::HashSet<&String> = hashes.iter().collect();
+        // one shared module + 25 odd-numbered ones
+        assert_eq!(distinct.len(), 26);
+        for h in &distinct {
+            assert_eq!(store.get(h).unwrap().len() as u64, store.size(h).unwrap());
+        }
+        let left: Vec<_> = std::fs::read_dir(dir.path())
+            .unwrap()
+            .flatten()
+            .filter(|e| e.file_name().to_string_lossy().ends_with(".tmp"))
+            .collect();
+        assert!(left.is_empty(), "{left:?}");
     }
 }

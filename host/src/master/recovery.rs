@@ -175,16 +175,14 @@ impl Master {
         let reported: HashMap<&TaskId, TaskState> = running.iter().map(|(t, s)| (t, *s)).collect();
         for tid in self.state.tasks.live_on(id) {
             if let Some(now) = reported.get(&tid) {
-                let (fw, was) =
-                    self.state.tasks.get(&tid).map(|t| (t.framework.clone(), t.state())).expect("listed");
+                let (fw, was) = self.state.tasks.get(&tid).map(|t| (t.framework.clone(), t.state())).expect("listed");
                 if !self.track_on_agent(&tid, id) {
                     self.state.place(&tid, Some(id.clone()), None);
                 }
                 // RUNNING and PAUSED are not written to the registry: the
                 // agent's report is where the master learns them again.
                 use TaskState::*;
-                let relearn =
-                    matches!(was, Staging | Starting | Running | Paused) && matches!(now, Running | Paused);
+                let relearn = matches!(was, Staging | Starting | Running | Paused) && matches!(now, Running | Paused);
                 if relearn && let Err(m) = self.state.tasks.set_state(&tid, *now) {
                     self.metrics.illegal_moves += 1;
                     eprintln!("wasmos master: task {tid} cannot move from {} to {}", m.from, m.to);
