@@ -1,0 +1,21 @@
+//! `cargo xtask test`: what CI runs (`.ci/run`), on a clean clone too.
+
+use std::path::Path;
+use std::process::Command;
+
+use anyhow::Result;
+
+use crate::util::run;
+use crate::{chaos, guests, setup};
+
+/// `cargo xtask test [CARGO_TEST_ARGS]`: setup if needed, build the guests, run
+/// every test of the workspace, then the chaos suite at CI size.
+pub fn test(root: &Path, extra: &[String]) -> Result<()> {
+    guests::guests(root)?;
+    // Cheap when already installed; covers machines whose guests were built
+    // before the Python example existed.
+    setup::setup_python(root)?;
+    run(Command::new("cargo").current_dir(root).args(["test", "--workspace"]).args(extra))?;
+    // The fault-injection suite, at a size that keeps CI short.
+    chaos::chaos(root, &["--tasks".into(), "600".into(), "--framework-tasks".into(), "40".into()])
+}
