@@ -7,17 +7,17 @@ use std::process::Command;
 use anyhow::{Result, bail};
 
 use crate::dev::start_dev;
+use crate::flags::{Bench, E2eArgs, Switch};
 use crate::util::run;
 
-/// `cargo xtask bench [sandbox|allocator|all]`: the criterion benchmarks;
-/// `bench e2e`: the whole cluster over loopback gRPC.
-pub fn bench(root: &Path, which: &[String]) -> Result<()> {
-    let pkgs: Vec<&str> = match which.first().map(String::as_str) {
-        None | Some("all") => vec!["wasmos-sandbox", "wasmos-allocator"],
-        Some("sandbox") => vec!["wasmos-sandbox"],
-        Some("allocator") => vec!["wasmos-allocator"],
-        Some("e2e") => return bench_e2e(root, &which[1..]),
-        Some(other) => bail!("unknown benchmark {other:?}; use sandbox, allocator, e2e or all"),
+/// `cargo xtask bench [sandbox|allocator|all]`: the criterion benchmarks
+/// (all when none is named); `bench e2e`: the whole cluster over loopback gRPC.
+pub fn bench(root: &Path, which: Option<&Bench>) -> Result<()> {
+    let pkgs: &[&str] = match which {
+        None | Some(Bench::All) => &["wasmos-sandbox", "wasmos-allocator"],
+        Some(Bench::Sandbox) => &["wasmos-sandbox"],
+        Some(Bench::Allocator) => &["wasmos-allocator"],
+        Some(Bench::E2e(args)) => return e2e(root, args),
     };
     for p in pkgs {
         run(Command::new("cargo").current_dir(root).args(["bench", "-p", p]))?;
@@ -29,31 +29,12 @@ pub fn bench(root: &Path, which: &[String]) -> Result<()> {
 /// starts a release `wasmos dev` (one agent with the whole machine; durable
 /// registry unless `--registry in-memory`) and runs the e2e client against it
 /// over loopback gRPC.
-fn bench_e2e(root: &Path, extra: &[String]) -> Result<()> {
-    let (registry, extra): (String, Vec<String>) = match extra.iter().position(|a| a == "--registry") {
-        Some(i) if i + 1 < extra.len() => {
-            let mut rest = extra.to_vec();
-            let v = rest.remove(i + 1);
-            rest.remove(i);
-            (v, rest)
-        }
-        _ => ("file".into(), extra.to_vec()),
-    };
-    // `--agent-checkpoint off`: the agent keeps no checkpoint (for an A/B of its cost).
-    let (dev_extra, extra): (Vec<&str>, Vec<String>) = match extra.iter().position(|a| a == "--agent-checkpoint") {
-        Some(i) if i + 1 < extra.len() => {
-            let mut rest = extra.clone();
-            let v = rest.remove(i + 1);
-            rest.remove(i);
-            match v.as_str() {
-                "off" => (vec!["--no-checkpoint"], rest),
-                "on" => (vec![], rest),
-                _ => bail!("--agent-checkpoint takes on or off, not {v:?}"),
-            }
-        }
-        _ => (vec![], extra),
-    };
-    let extra = &extra[..];
+fn e2e(root: &Path, args: &E2eArgs) -> Result<()> {
+    // clap hands everything from the first flag it does not know onwards to
+    // the client; a dev flag in there would be silently ignored.
+    if let Some(f) = args.client_args.iter().find(|a| ["--registry", "--agent-checkpoint"].contains(&a.as_str())) {
+        bail!("{f} must come before {}, which is passed on to the e2e_bench client", args.client_args[0]);
+    }
     run(Command::new("cargo").current_dir(root).args([
         "build",
         "--release",
@@ -64,13 +45,18 @@ fn bench_e2e(root: &Path, extra: &[String]) -> Result<()> {
         "--example",
         "e2e_bench",
     ]))?;
+    let mut dev_args = vec!["--registry", args.registry.as_str()];
+    if args.agent_checkpoint == Switch::Off {
+        dev_args.push("--no-checkpoint");
+    }
     let state = std::env::temp_dir().join(format!("wasmos-bench-{}", std::process::id()));
-    let (mut dev, url) = start_dev(
-        &root.join("target/release/wasmos"),
-        &state,
-        &[&["--registry", registry.as_str()][..], &dev_extra].concat(),
-    )?;
-    let result = run(Command::new(root.join("target/release/examples/e2e_bench")).args(["--master", &url]).args(extra));
+    let (mut dev, url) = start_dev(&root.join("target/release/wasmos"), &state, &dev_args)?;
+    // The client takes the first occurrence of a flag, so a `--tasks` among
+    // the passed-on arguments wins over the one parsed here.
+    let result = run(Command::new(root.join("target/release/examples/e2e_bench"))
+        .args(["--master", &url])
+        .args(&args.client_args)
+        .args(["--tasks", &args.tasks.to_string(), "--latency-samples", &args.latency_samples.to_string()]));
     let _ = dev.kill();
     let _ = dev.wait();
     let _ = std::fs::remove_dir_all(&state);

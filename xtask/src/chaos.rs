@@ -6,13 +6,14 @@ use std::process::Command;
 
 use anyhow::Result;
 
+use crate::flags::ChaosArgs;
 use crate::guests;
 use crate::util::{guests_dir, run};
 
 /// `cargo xtask chaos [--tasks N] [--framework-tasks N]`: the fault-injection
 /// suite with real `wasmos master`/`wasmos agent` processes (see
 /// cli/examples/chaos.rs). Debug build, so it reuses the test build.
-pub fn chaos(root: &Path, extra: &[String]) -> Result<()> {
+pub fn chaos(root: &Path, args: &ChaosArgs) -> Result<()> {
     guests::guests(root)?;
     run(Command::new("cargo").current_dir(root).args([
         "build",
@@ -29,5 +30,8 @@ pub fn chaos(root: &Path, extra: &[String]) -> Result<()> {
         .arg(root.join("target/debug/wasmos"))
         .arg("--guests")
         .arg(guests_dir(root))
-        .args(extra))
+        .arg("--tasks")
+        .arg(args.tasks.to_string())
+        .arg("--framework-tasks")
+        .arg(args.framework_tasks.to_string()))
 }

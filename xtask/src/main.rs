@@ -1,48 +1,38 @@
-//! `cargo xtask <command>`: project automation, in Rust so it runs wherever cargo does.
+//! `cargo xtask <command>`: project automation, in Rust so it runs wherever
+//! cargo does. One file per job; `flags.rs` is the command line.
 //!
 //! - `setup`   install what building guests needs (idempotent)
 //! - `guests`  build every example guest into target/guests/<name>.wasm
 //! - `test`    setup if needed, build guests, run every test of the workspace
-//! - `demo`    build the hello guest and run it under `wasmos run`
-//! - `bench`   run the criterion benchmarks (`cargo xtask bench [sandbox|...]`)
+//! - `demo`    the hello guest under `wasmos run` and on a `wasmos dev` cluster
+//! - `bench`   the criterion benchmarks, or `bench e2e` against `wasmos dev`
+//! - `chaos`   the fault-injection suite with real processes
 
 mod bench;
 mod chaos;
 mod demo;
 mod dev;
+mod flags;
 mod guests;
 mod languages;
 mod setup;
 mod test;
 mod util;
 
-use anyhow::Result;
+use flags::{Cmd, Xtask};
 
 fn main() {
-    if let Err(e) = real_main() {
+    let root = util::repo_root();
+    let result = match Xtask::from_env().command {
+        Cmd::Setup => setup::setup(&root).map(|_| ()),
+        Cmd::Guests => guests::guests(&root),
+        Cmd::Test(args) => test::test(&root, &args),
+        Cmd::Demo => demo::demo(&root),
+        Cmd::Bench(args) => bench::bench(&root, args.which.as_ref()),
+        Cmd::Chaos(args) => chaos::chaos(&root, &args),
+    };
+    if let Err(e) = result {
         eprintln!("xtask: error: {e:#}");
         std::process::exit(1);
-    }
-}
-
-fn real_main() -> Result<()> {
-    let args: Vec<String> = std::env::args().skip(1).collect();
-    let root = util::repo_root();
-    match args.first().map(String::as_str) {
-        Some("setup") => setup::setup(&root).map(|_| ()),
-        Some("guests") => guests::guests(&root),
-        Some("test") => test::test(&root, &args[1..]),
-        Some("demo") => demo::demo(&root),
-        Some("bench") => bench::bench(&root, &args[1..]),
-        Some("chaos") => chaos::chaos(&root, &args[1..]),
-        _ => {
-            eprintln!(
-                "usage: cargo xtask <command>\n\n  setup   install guest toolchains (rustup wasm targets, or Debian's \
-                 rustc-web; clang-16 + wasi-libc; Zig, Go, Node packages, componentize-py, grpcio)\n  guests  build example guests into target/guests/\n  test    setup, \
-                 guests, then cargo test --workspace\n  demo    run the hello guest under `wasmos run`\n  bench   run \
-                 criterion benchmarks: bench [sandbox|allocator|all], or bench e2e [--registry in-memory] [--agent-checkpoint off]\n  chaos   fault injection with real processes: chaos [--tasks N] [--framework-tasks N]"
-            );
-            std::process::exit(2);
-        }
     }
 }
