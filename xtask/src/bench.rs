@@ -6,7 +6,7 @@ use std::process::Command;
 
 use anyhow::{Result, bail};
 
-use crate::dev::start_dev;
+use crate::dev::Dev;
 use crate::flags::{Bench, E2eArgs, Switch};
 use crate::util::run;
 
@@ -49,16 +49,11 @@ fn e2e(root: &Path, args: &E2eArgs) -> Result<()> {
     if args.agent_checkpoint == Switch::Off {
         dev_args.push("--no-checkpoint");
     }
-    let state = std::env::temp_dir().join(format!("wasmos-bench-{}", std::process::id()));
-    let (mut dev, url) = start_dev(&root.join("target/release/wasmos"), &state, &dev_args)?;
+    let dev = Dev::start(&root.join("target/release/wasmos"), "bench", &dev_args)?;
     // The client takes the first occurrence of a flag, so a `--tasks` among
     // the passed-on arguments wins over the one parsed here.
-    let result = run(Command::new(root.join("target/release/examples/e2e_bench"))
-        .args(["--master", &url])
+    run(Command::new(root.join("target/release/examples/e2e_bench"))
+        .args(["--master", &dev.url])
         .args(&args.client_args)
-        .args(["--tasks", &args.tasks.to_string(), "--latency-samples", &args.latency_samples.to_string()]));
-    let _ = dev.kill();
-    let _ = dev.wait();
-    let _ = std::fs::remove_dir_all(&state);
-    result
+        .args(["--tasks", &args.tasks.to_string(), "--latency-samples", &args.latency_samples.to_string()]))
 }

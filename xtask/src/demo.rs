@@ -6,12 +6,14 @@ use std::process::Command;
 
 use anyhow::Result;
 
-use crate::dev::start_dev;
+use crate::dev::Dev;
 use crate::guests;
 use crate::util::{guests_dir, run};
 
-/// The README's first command: a `wasmos dev` cluster (master + one agent in
-/// one process), one task submitted and waited for, the task list, then stop.
+/// The README's first command: `wasmos run` of the hello guest, then a
+/// `wasmos dev` cluster (master + one agent in one process) with one task and
+/// 100 components submitted and waited for, the agent and framework lists,
+/// then stop (when `dev` is dropped, also on an error).
 pub fn demo(root: &Path) -> Result<()> {
     guests::guests(root)?;
     run(Command::new("cargo").current_dir(root).args(["build", "--quiet", "-p", "wasmos"]))?;
@@ -20,23 +22,17 @@ pub fn demo(root: &Path) -> Result<()> {
         .args(["run", "--env", "GREETING=hello"])
         .arg(guests_dir(root).join("hello.wasm"))
         .args(["--", "wasmos run"]))?;
-    let state = std::env::temp_dir().join(format!("wasmos-demo-{}", std::process::id()));
-    let (mut dev, url) = start_dev(&wasmos, &state, &[])?;
-    let result = (|| {
-        run(Command::new(&wasmos)
-            .args(["submit", "--master", &url, "--wait", "--env", "GREETING=hello"])
-            .arg(guests_dir(root).join("hello.wasm"))
-            .args(["--", "cluster"]))?;
-        run(Command::new(&wasmos)
-            .args(["submit", "--master", &url, "--wait", "--count", "100"])
-            .arg(guests_dir(root).join("hello-component.wasm"))
-            .args(["--", "1", "2"])
-            .stdout(std::process::Stdio::null()))?;
-        run(Command::new(&wasmos).args(["agents", "--master", &url]))?;
-        run(Command::new(&wasmos).args(["frameworks", "--master", &url]))
-    })();
-    let _ = dev.kill();
-    let _ = dev.wait();
-    let _ = std::fs::remove_dir_all(&state);
-    result
+    let dev = Dev::start(&wasmos, "demo", &[])?;
+    let url = &dev.url;
+    run(Command::new(&wasmos)
+        .args(["submit", "--master", url, "--wait", "--env", "GREETING=hello"])
+        .arg(guests_dir(root).join("hello.wasm"))
+        .args(["--", "cluster"]))?;
+    run(Command::new(&wasmos)
+        .args(["submit", "--master", url, "--wait", "--count", "100"])
+        .arg(guests_dir(root).join("hello-component.wasm"))
+        .args(["--", "1", "2"])
+        .stdout(std::process::Stdio::null()))?;
+    run(Command::new(&wasmos).args(["agents", "--master", url]))?;
+    run(Command::new(&wasmos).args(["frameworks", "--master", url]))
 }
