@@ -2,7 +2,7 @@
 //! one process, over the same gRPC protocol on loopback).
 
 use std::net::SocketAddr;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use std::time::Duration;
 
@@ -69,6 +69,13 @@ pub struct MasterOpts {
     /// Largest module the artifact store accepts.
     #[arg(long, value_name = "SIZE", default_value = "64MiB", value_parser = crate::args::size)]
     pub max_module_size: u64,
+    /// Write the URL the master serves on to PATH once it listens (for
+    /// scripts; with `--listen 127.0.0.1:0` it names the port picked).
+    ///
+    /// Written atomically (a temp file renamed into place), so a reader sees
+    /// the whole URL or no file; it is left in place when the master stops.
+    #[arg(long, value_name = "PATH")]
+    pub url_file: Option<PathBuf>,
 }
 
 impl MasterOpts {
@@ -158,6 +165,18 @@ async fn ctrl_c() {
     let _ = tokio::signal::ctrl_c().await;
 }
 
+/// `--url-file`: `url` and a newline, written to a temp file beside `path`
+/// and renamed over it, so a script polling for `path` never reads half a URL.
+fn write_url_file(path: &Path, url: &str) -> Result<(), String> {
+    let mut tmp = path.as_os_str().to_owned();
+    tmp.push(format!(".{}.tmp", std::process::id()));
+    let tmp = PathBuf::from(tmp);
+    std::fs::write(&tmp, format!("{url}\n")).and_then(|()| std::fs::rename(&tmp, path)).map_err(|e| {
+        let _ = std::fs::remove_file(&tmp);
+        format!("cannot write --url-file {}: {e}; check that its directory exists and is writable", path.display())
+    })
+}
+
 pub fn master(args: MasterArgs) -> ExitCode {
     runtime().block_on(async {
         let listener = match tokio::net::TcpListener::bind(args.opts.listen).await {
@@ -167,9 +186,22 @@ pub fn master(args: MasterArgs) -> ExitCode {
                 return ExitCode::from(2);
             }
         };
+        // The bound address: with port 0 the one the system picked.
+        let url = format!("http://{}", listener.local_addr().unwrap_or(args.opts.listen));
         let cfg = args.opts.config("master");
-        eprintln!("wasmos master: listening on http://{} (state in {})", args.opts.listen, cfg.state_dir.display());
-        match wasmos_host::run(listener, cfg, ctrl_c()).await {
+        eprintln!("wasmos master: listening on {url} (state in {})", cfg.state_dir.display());
+        let handle = match wasmos_host::start(cfg) {
+            Ok(h) => h,
+            Err(e) => {
+                eprintln!("wasmos master: {e}");
+                return ExitCode::from(1);
+            }
+        };
+        if let Some(Err(e)) = args.opts.url_file.as_deref().map(|p| write_url_file(p, &url)) {
+            eprintln!("wasmos master: {e}");
+            return ExitCode::from(2);
+        }
+        match wasmos_host::serve_with(handle, listener, ctrl_c()).await {
             Ok(()) => ExitCode::SUCCESS,
             Err(e) => {
                 eprintln!("wasmos master: {e}");
@@ -245,13 +277,18 @@ pub fn dev(args: DevArgs) -> ExitCode {
                 return ExitCode::from(1);
             }
         };
+        let url = format!("http://{addr}");
+        // Before the agents start: nothing else runs yet if it cannot be written.
+        if let Some(Err(e)) = args.opts.url_file.as_deref().map(|p| write_url_file(p, &url)) {
+            eprintln!("wasmos dev: {e}");
+            return ExitCode::from(2);
+        }
         let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
         let mut stop = stop_rx.clone();
         let server = tokio::spawn(wasmos_host::serve_with(handle, listener, async move {
             let _ = stop.wait_for(|s| *s).await;
         }));
         let resources = args.agent_resources.clone().unwrap_or_else(|| share(args.agents));
-        let url = format!("http://{addr}");
         let mut agents = Vec::new();
         for i in 0..args.agents {
             let mut cfg = wasmos_agent::AgentConfig::new(url.clone(), state_dir.join(format!("agent-{i}")));

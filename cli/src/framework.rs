@@ -6,7 +6,8 @@ use std::process::ExitCode;
 
 use wasmos_proto::v1;
 
-use crate::client::{self, MasterArg, status_msg, table};
+use crate::client::{self, MasterArg, status_msg};
+use crate::listing::Listing;
 
 #[derive(clap::Subcommand, Debug)]
 pub enum FrameworkCmd {
@@ -51,13 +52,41 @@ pub struct RmArgs {
 }
 
 fn fail(e: String) -> ExitCode {
-    eprintln!("wasmos framework: {e}");
-    ExitCode::from(2)
+    client::fail("framework", e)
 }
 
+fn ls_json(f: &v1::FrameworkSummary) -> serde_json::Value {
+    serde_json::json!({
+        "framework_id": f.framework_id, "name": f.name, "role": f.role,
+        "hosted": f.hosted, "status": f.status, "active_tasks": f.active_tasks,
+        "callbacks": f.callbacks, "callback_failures": f.callback_failures,
+        "last_error": if f.last_error.is_empty() { None } else { Some(&f.last_error) },
+    })
+}
+
+fn ls_row(f: &v1::FrameworkSummary) -> Vec<String> {
+    vec![
+        f.name.clone(),
+        f.framework_id.clone(),
+        f.role.clone(),
+        if f.hosted { "hosted".into() } else { "remote".into() },
+        f.status.clone(),
+        f.active_tasks.to_string(),
+        f.callbacks.to_string(),
+        f.last_error.lines().next().unwrap_or("").to_string(),
+    ]
+}
+
+/// `framework ls`: like `wasmos frameworks`, with the hosted schedulers' health.
+const LS: Listing<v1::FrameworkSummary> = Listing {
+    cmd: "framework",
+    header: &["NAME", "FRAMEWORK", "ROLE", "KIND", "STATUS", "ACTIVE", "CALLBACKS", "ERROR"],
+    row: ls_row,
+    json: ls_json,
+};
+
 pub fn main(cmd: FrameworkCmd) -> ExitCode {
-    let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().expect("runtime");
-    rt.block_on(async move {
+    client::rt().block_on(async move {
         match cmd {
             FrameworkCmd::Deploy(a) => {
                 let bytes = match std::fs::read(&a.module) {
@@ -87,47 +116,10 @@ pub fn main(cmd: FrameworkCmd) -> ExitCode {
                 }
             }
             FrameworkCmd::Ls(a) => {
-                let ch = match a.master.connect().await {
-                    Ok(c) => c,
-                    Err(e) => return fail(e),
-                };
-                let list = match client::operator(&ch).list_frameworks(v1::ListFrameworksRequest {}).await {
-                    Ok(l) => l.into_inner().frameworks,
-                    Err(e) => return fail(status_msg(&e)),
-                };
-                if a.json {
-                    for f in &list {
-                        println!(
-                            "{}",
-                            serde_json::json!({
-                                "framework_id": f.framework_id, "name": f.name, "role": f.role,
-                                "hosted": f.hosted, "status": f.status, "active_tasks": f.active_tasks,
-                                "callbacks": f.callbacks, "callback_failures": f.callback_failures,
-                                "last_error": if f.last_error.is_empty() { None } else { Some(&f.last_error) },
-                            })
-                        );
-                    }
-                    return ExitCode::SUCCESS;
-                }
-                let mut rows = vec![
-                    ["NAME", "FRAMEWORK", "ROLE", "KIND", "STATUS", "ACTIVE", "CALLBACKS", "ERROR"]
-                        .map(String::from)
-                        .to_vec(),
-                ];
-                for f in &list {
-                    rows.push(vec![
-                        f.name.clone(),
-                        f.framework_id.clone(),
-                        f.role.clone(),
-                        if f.hosted { "hosted".into() } else { "remote".into() },
-                        f.status.clone(),
-                        f.active_tasks.to_string(),
-                        f.callbacks.to_string(),
-                        f.last_error.lines().next().unwrap_or("").to_string(),
-                    ]);
-                }
-                print!("{}", table(&rows));
-                ExitCode::SUCCESS
+                LS.show(&a.master, a.json, |mut op| async move {
+                    op.list_frameworks(v1::ListFrameworksRequest {}).await.map(|r| r.into_inner().frameworks)
+                })
+                .await
             }
             FrameworkCmd::Rm(a) => {
                 let ch = match a.master.connect().await {

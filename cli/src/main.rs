@@ -4,6 +4,7 @@ mod args;
 mod client;
 mod cluster;
 mod framework;
+mod listing;
 mod roles;
 mod run;
 mod sim;
@@ -14,6 +15,8 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
+
+use tasks::TaskAction;
 
 #[derive(Parser, Debug)]
 #[command(name = "wasmos", version, about = "wasmos: a cluster manager for WebAssembly tasks", long_about = None)]
@@ -39,11 +42,11 @@ enum Command {
     /// List tasks.
     Tasks(tasks::TasksArgs),
     /// List agents.
-    Agents(tasks::ListArgs),
+    Agents(listing::ListArgs),
     /// List frameworks.
-    Frameworks(tasks::ListArgs),
+    Frameworks(listing::ListArgs),
     /// List roles: weight, quota, reservations, allocation and share.
-    Roles(tasks::ListArgs),
+    Roles(listing::ListArgs),
     /// Set a role's weight and quota (kept in the master's registry).
     #[command(subcommand)]
     Role(roles::RoleCmd),
@@ -89,11 +92,11 @@ fn main() -> ExitCode {
         Command::Framework(cmd) => framework::main(cmd),
         Command::Roles(args) => roles::list(args),
         Command::Role(cmd) => roles::role(cmd),
-        Command::Reserve(args) => roles::reserve(args, true),
-        Command::Unreserve(args) => roles::reserve(args, false),
+        Command::Reserve(args) => roles::reserve(args),
+        Command::Unreserve(args) => roles::unreserve(args),
         Command::Logs(args) => tasks::logs(args),
-        Command::Kill(args) => tasks::action(args, "kill"),
-        Command::Pause(args) => tasks::action(args, "pause"),
-        Command::Resume(args) => tasks::action(args, "resume"),
+        Command::Kill(args) => tasks::action(args, TaskAction::Kill),
+        Command::Pause(args) => tasks::action(args, TaskAction::Pause),
+        Command::Resume(args) => tasks::action(args, TaskAction::Resume),
     }
 }

@@ -8,7 +8,8 @@ use std::process::ExitCode;
 use wasmos_model::{Resources, Scalar};
 use wasmos_proto::v1;
 
-use crate::client::{self, MasterArg, fail, res, rt, status_msg, table};
+use crate::client::{self, MasterArg, fail, res, rt, status_msg};
+use crate::listing::{ListArgs, Listing};
 
 #[derive(clap::Subcommand, Debug)]
 pub enum RoleCmd {
@@ -78,44 +79,32 @@ fn role_json(r: &v1::RoleSummary) -> serde_json::Value {
     })
 }
 
-pub fn list(args: crate::tasks::ListArgs) -> ExitCode {
-    rt().block_on(async {
-        let ch = match args.master.connect().await {
-            Ok(c) => c,
-            Err(e) => return fail("roles", e),
-        };
-        let list = match client::operator(&ch).list_roles(v1::ListRolesRequest {}).await {
-            Ok(l) => l.into_inner(),
-            Err(e) => return fail("roles", status_msg(&e)),
-        };
-        if args.json {
-            for r in &list.roles {
-                println!("{}", role_json(r));
-            }
-            return ExitCode::SUCCESS;
-        }
-        let mut rows = vec![
-            ["ROLE", "WEIGHT", "GUARANTEE", "LIMIT", "RESERVED", "ALLOCATED", "SHARE", "FRAMEWORKS"]
-                .map(String::from)
-                .to_vec(),
-        ];
-        for r in &list.roles {
-            let q = r.quota.clone().unwrap_or_default();
-            let or_dash = |s: String| if s.is_empty() { "-".to_string() } else { s };
-            rows.push(vec![
-                r.role.clone(),
-                format!("{}", r.weight),
-                or_dash(res(&q.guarantee)),
-                or_dash(limit_text(&q.limit)),
-                or_dash(res(&r.reserved)),
-                or_dash(res(&r.allocated)),
-                format!("{:.3}", r.dominant_share),
-                or_dash(r.frameworks.join(",")),
-            ]);
-        }
-        print!("{}", table(&rows));
-        ExitCode::SUCCESS
-    })
+fn role_row(r: &v1::RoleSummary) -> Vec<String> {
+    let q = r.quota.clone().unwrap_or_default();
+    let or_dash = |s: String| if s.is_empty() { "-".to_string() } else { s };
+    vec![
+        r.role.clone(),
+        format!("{}", r.weight),
+        or_dash(res(&q.guarantee)),
+        or_dash(limit_text(&q.limit)),
+        or_dash(res(&r.reserved)),
+        or_dash(res(&r.allocated)),
+        format!("{:.3}", r.dominant_share),
+        or_dash(r.frameworks.join(",")),
+    ]
+}
+
+const ROLES: Listing<v1::RoleSummary> = Listing {
+    cmd: "roles",
+    header: &["ROLE", "WEIGHT", "GUARANTEE", "LIMIT", "RESERVED", "ALLOCATED", "SHARE", "FRAMEWORKS"],
+    row: role_row,
+    json: role_json,
+};
+
+pub fn list(args: ListArgs) -> ExitCode {
+    rt().block_on(ROLES.show(&args.master, args.json, |mut op| async move {
+        op.list_roles(v1::ListRolesRequest {}).await.map(|r| r.into_inner().roles)
+    }))
 }
 
 pub fn role(cmd: RoleCmd) -> ExitCode {
@@ -159,8 +148,27 @@ pub fn role(cmd: RoleCmd) -> ExitCode {
     })
 }
 
-pub fn reserve(a: ReserveArgs, reserve: bool) -> ExitCode {
-    let verb = if reserve { "reserve" } else { "unreserve" };
+/// `wasmos reserve`: set part of an agent aside for a role.
+pub fn reserve(a: ReserveArgs) -> ExitCode {
+    change_reservation(a, Change::Reserve)
+}
+
+/// `wasmos unreserve`: release a dynamic reservation.
+pub fn unreserve(a: ReserveArgs) -> ExitCode {
+    change_reservation(a, Change::Unreserve)
+}
+
+#[derive(Debug, Clone, Copy)]
+enum Change {
+    Reserve,
+    Unreserve,
+}
+
+fn change_reservation(a: ReserveArgs, change: Change) -> ExitCode {
+    let verb = match change {
+        Change::Reserve => "reserve",
+        Change::Unreserve => "unreserve",
+    };
     rt().block_on(async {
         let ch = match a.master.connect().await {
             Ok(c) => c,
@@ -172,7 +180,10 @@ pub fn reserve(a: ReserveArgs, reserve: bool) -> ExitCode {
             resources: Some(wasmos_proto::resources_to_wire(&a.resources)),
         };
         let mut op = client::operator(&ch);
-        let r = if reserve { op.reserve(req).await } else { op.unreserve(req).await };
+        let r = match change {
+            Change::Reserve => op.reserve(req).await,
+            Change::Unreserve => op.unreserve(req).await,
+        };
         match r {
             Ok(r) => {
                 let now = res(&r.into_inner().reserved);

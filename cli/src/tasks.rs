@@ -8,7 +8,8 @@ use std::time::Duration;
 use wasmos_model::TaskState;
 use wasmos_proto::v1;
 
-use crate::client::{self, MasterArg, fail, res, rfc3339, rt, status_msg, table};
+use crate::client::{self, MasterArg, fail, res, rfc3339, rt, status_msg};
+use crate::listing::{ListArgs, Listing};
 
 fn state(s: &str) -> Result<TaskState, String> {
     s.parse()
@@ -30,15 +31,6 @@ pub struct TasksArgs {
 }
 
 #[derive(clap::Args, Debug)]
-pub struct ListArgs {
-    #[command(flatten)]
-    pub master: MasterArg,
-    /// JSON instead of a table.
-    #[arg(long)]
-    pub json: bool,
-}
-
-#[derive(clap::Args, Debug)]
 pub struct LogsArgs {
     #[command(flatten)]
     pub master: MasterArg,
@@ -55,7 +47,7 @@ pub struct TaskArgs {
     pub task: String,
 }
 
-pub fn task_json(t: &v1::TaskSummary) -> serde_json::Value {
+fn task_json(t: &v1::TaskSummary) -> serde_json::Value {
     let o = t.outcome.as_ref();
     serde_json::json!({
         "task_id": t.task_id,
@@ -76,134 +68,110 @@ pub fn task_json(t: &v1::TaskSummary) -> serde_json::Value {
     })
 }
 
+fn task_row(t: &v1::TaskSummary) -> Vec<String> {
+    let o = t.outcome.as_ref();
+    vec![
+        t.task_id.clone(),
+        t.name.clone(),
+        t.framework_id.clone(),
+        if t.agent_id.is_empty() { "-".into() } else { t.agent_id.clone() },
+        wasmos_proto::state_from_wire(t.state).map(|s| s.to_string()).unwrap_or_default(),
+        o.and_then(|o| wasmos_proto::outcome_kind_from_wire(o.kind)).map(|k| k.to_string()).unwrap_or("-".into()),
+        o.and_then(|o| o.exit_code).map(|c| c.to_string()).unwrap_or("-".into()),
+        rfc3339(t.finished_at_ms).unwrap_or("-".into()),
+    ]
+}
+
+const TASKS: Listing<v1::TaskSummary> = Listing {
+    cmd: "tasks",
+    header: &["TASK", "NAME", "FRAMEWORK", "AGENT", "STATE", "OUTCOME", "EXIT", "FINISHED"],
+    row: task_row,
+    json: task_json,
+};
+
 pub fn tasks(args: TasksArgs) -> ExitCode {
-    rt().block_on(async {
-        let ch = match args.master.connect().await {
-            Ok(c) => c,
-            Err(e) => return fail("tasks", e),
-        };
-        let req = v1::ListTasksRequest {
-            state: args.state.map(|s| wasmos_proto::state_to_wire(s) as i32).unwrap_or(0),
-            framework_id: args.framework.clone().unwrap_or_default(),
-            limit: 0,
-        };
-        let list = match client::operator(&ch).list_tasks(req).await {
-            Ok(l) => l.into_inner(),
-            Err(e) => return fail("tasks", status_msg(&e)),
-        };
-        let mut out = std::io::stdout().lock();
-        if args.json {
-            for t in &list.tasks {
-                let _ = writeln!(out, "{}", task_json(t));
-            }
-            return ExitCode::SUCCESS;
-        }
-        let mut rows = vec![
-            ["TASK", "NAME", "FRAMEWORK", "AGENT", "STATE", "OUTCOME", "EXIT", "FINISHED"].map(String::from).to_vec(),
-        ];
-        for t in &list.tasks {
-            let o = t.outcome.as_ref();
-            rows.push(vec![
-                t.task_id.clone(),
-                t.name.clone(),
-                t.framework_id.clone(),
-                if t.agent_id.is_empty() { "-".into() } else { t.agent_id.clone() },
-                wasmos_proto::state_from_wire(t.state).map(|s| s.to_string()).unwrap_or_default(),
-                o.and_then(|o| wasmos_proto::outcome_kind_from_wire(o.kind))
-                    .map(|k| k.to_string())
-                    .unwrap_or("-".into()),
-                o.and_then(|o| o.exit_code).map(|c| c.to_string()).unwrap_or("-".into()),
-                rfc3339(t.finished_at_ms).unwrap_or("-".into()),
-            ]);
-        }
-        let _ = out.write_all(table(&rows).as_bytes());
-        ExitCode::SUCCESS
+    let req = v1::ListTasksRequest {
+        state: args.state.map(|s| wasmos_proto::state_to_wire(s) as i32).unwrap_or(0),
+        framework_id: args.framework.clone().unwrap_or_default(),
+        limit: 0,
+    };
+    rt().block_on(
+        TASKS.show(
+            &args.master,
+            args.json,
+            |mut op| async move { op.list_tasks(req).await.map(|r| r.into_inner().tasks) },
+        ),
+    )
+}
+
+fn agent_json(a: &v1::AgentSummary) -> serde_json::Value {
+    let info = a.info.clone().unwrap_or_default();
+    serde_json::json!({
+        "agent_id": a.agent_id, "hostname": info.hostname, "resources": res(&info.resources),
+        "allocated": res(&a.allocated), "status": a.status, "tasks": a.running_tasks,
+        "attributes": info.attributes.iter().map(|x| format!("{}={}", x.key, x.value)).collect::<Vec<_>>(),
+        "wasmtime": info.wasmtime_version, "target": info.target_triple,
+        "registered_at": rfc3339(a.registered_at_ms),
     })
 }
+
+fn agent_row(a: &v1::AgentSummary) -> Vec<String> {
+    let info = a.info.clone().unwrap_or_default();
+    vec![
+        a.agent_id.clone(),
+        info.hostname,
+        res(&info.resources),
+        res(&a.allocated),
+        a.running_tasks.to_string(),
+        a.status.clone(),
+        info.wasmtime_version,
+    ]
+}
+
+const AGENTS: Listing<v1::AgentSummary> = Listing {
+    cmd: "agents",
+    header: &["AGENT", "HOSTNAME", "RESOURCES", "ALLOCATED", "TASKS", "STATUS", "WASMTIME"],
+    row: agent_row,
+    json: agent_json,
+};
 
 pub fn agents(args: ListArgs) -> ExitCode {
-    rt().block_on(async {
-        let ch = match args.master.connect().await {
-            Ok(c) => c,
-            Err(e) => return fail("agents", e),
-        };
-        let list = match client::operator(&ch).list_agents(v1::ListAgentsRequest {}).await {
-            Ok(l) => l.into_inner(),
-            Err(e) => return fail("agents", status_msg(&e)),
-        };
-        if args.json {
-            for a in &list.agents {
-                let info = a.info.clone().unwrap_or_default();
-                println!(
-                    "{}",
-                    serde_json::json!({
-                        "agent_id": a.agent_id, "hostname": info.hostname, "resources": res(&info.resources),
-                        "allocated": res(&a.allocated), "status": a.status, "tasks": a.running_tasks,
-                        "attributes": info.attributes.iter().map(|x| format!("{}={}", x.key, x.value)).collect::<Vec<_>>(),
-                        "wasmtime": info.wasmtime_version, "target": info.target_triple,
-                        "registered_at": rfc3339(a.registered_at_ms),
-                    })
-                );
-            }
-            return ExitCode::SUCCESS;
-        }
-        let mut rows = vec![["AGENT", "HOSTNAME", "RESOURCES", "ALLOCATED", "TASKS", "STATUS", "WASMTIME"].map(String::from).to_vec()];
-        for a in &list.agents {
-            let info = a.info.clone().unwrap_or_default();
-            rows.push(vec![
-                a.agent_id.clone(),
-                info.hostname,
-                res(&info.resources),
-                res(&a.allocated),
-                a.running_tasks.to_string(),
-                a.status.clone(),
-                info.wasmtime_version,
-            ]);
-        }
-        print!("{}", table(&rows));
-        ExitCode::SUCCESS
+    rt().block_on(AGENTS.show(&args.master, args.json, |mut op| async move {
+        op.list_agents(v1::ListAgentsRequest {}).await.map(|r| r.into_inner().agents)
+    }))
+}
+
+fn framework_json(f: &v1::FrameworkSummary) -> serde_json::Value {
+    serde_json::json!({
+        "framework_id": f.framework_id, "name": f.name, "role": f.role,
+        "allocated": res(&f.allocated), "active_tasks": f.active_tasks,
+        "connected": f.connected, "hosted": f.hosted,
     })
 }
 
+fn framework_row(f: &v1::FrameworkSummary) -> Vec<String> {
+    vec![
+        f.framework_id.clone(),
+        f.name.clone(),
+        f.role.clone(),
+        res(&f.allocated),
+        f.active_tasks.to_string(),
+        f.connected.to_string(),
+        if f.hosted { "hosted".into() } else { "remote".into() },
+    ]
+}
+
+const FRAMEWORKS: Listing<v1::FrameworkSummary> = Listing {
+    cmd: "frameworks",
+    header: &["FRAMEWORK", "NAME", "ROLE", "ALLOCATED", "ACTIVE", "CONNECTED", "KIND"],
+    row: framework_row,
+    json: framework_json,
+};
+
 pub fn frameworks(args: ListArgs) -> ExitCode {
-    rt().block_on(async {
-        let ch = match args.master.connect().await {
-            Ok(c) => c,
-            Err(e) => return fail("frameworks", e),
-        };
-        let list = match client::operator(&ch).list_frameworks(v1::ListFrameworksRequest {}).await {
-            Ok(l) => l.into_inner(),
-            Err(e) => return fail("frameworks", status_msg(&e)),
-        };
-        if args.json {
-            for f in &list.frameworks {
-                println!(
-                    "{}",
-                    serde_json::json!({
-                        "framework_id": f.framework_id, "name": f.name, "role": f.role,
-                        "allocated": res(&f.allocated), "active_tasks": f.active_tasks,
-                        "connected": f.connected, "hosted": f.hosted,
-                    })
-                );
-            }
-            return ExitCode::SUCCESS;
-        }
-        let mut rows =
-            vec![["FRAMEWORK", "NAME", "ROLE", "ALLOCATED", "ACTIVE", "CONNECTED", "KIND"].map(String::from).to_vec()];
-        for f in &list.frameworks {
-            rows.push(vec![
-                f.framework_id.clone(),
-                f.name.clone(),
-                f.role.clone(),
-                res(&f.allocated),
-                f.active_tasks.to_string(),
-                f.connected.to_string(),
-                if f.hosted { "hosted".into() } else { "remote".into() },
-            ]);
-        }
-        print!("{}", table(&rows));
-        ExitCode::SUCCESS
-    })
+    rt().block_on(FRAMEWORKS.show(&args.master, args.json, |mut op| async move {
+        op.list_frameworks(v1::ListFrameworksRequest {}).await.map(|r| r.into_inner().frameworks)
+    }))
 }
 
 pub fn logs(args: LogsArgs) -> ExitCode {
@@ -246,25 +214,45 @@ pub fn logs(args: LogsArgs) -> ExitCode {
     })
 }
 
-pub fn action(args: TaskArgs, which: &str) -> ExitCode {
+/// What `kill`, `pause` and `resume` ask the master to do to a task.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum TaskAction {
+    Kill,
+    Pause,
+    Resume,
+}
+
+impl TaskAction {
+    /// The command's name, as in `wasmos kill: sent to task-1`.
+    fn name(self) -> &'static str {
+        match self {
+            TaskAction::Kill => "kill",
+            TaskAction::Pause => "pause",
+            TaskAction::Resume => "resume",
+        }
+    }
+}
+
+pub fn action(args: TaskArgs, action: TaskAction) -> ExitCode {
+    let name = action.name();
     rt().block_on(async {
         let ch = match args.master.connect().await {
             Ok(c) => c,
-            Err(e) => return fail(which, e),
+            Err(e) => return fail(name, e),
         };
         let mut op = client::operator(&ch);
         let req = v1::TaskActionRequest { task_id: args.task.clone() };
-        let r = match which {
-            "kill" => op.kill_task(req).await,
-            "pause" => op.pause_task(req).await,
-            _ => op.resume_task(req).await,
+        let r = match action {
+            TaskAction::Kill => op.kill_task(req).await,
+            TaskAction::Pause => op.pause_task(req).await,
+            TaskAction::Resume => op.resume_task(req).await,
         };
         match r {
             Ok(_) => {
-                eprintln!("wasmos {which}: sent to {}", args.task);
+                eprintln!("wasmos {name}: sent to {}", args.task);
                 ExitCode::SUCCESS
             }
-            Err(e) => fail(which, status_msg(&e)),
+            Err(e) => fail(name, status_msg(&e)),
         }
     })
 }

@@ -7,3 +7,4 @@ mod python_remote;
 mod recovery;
 mod run;
 mod sim;
+mod url_file;

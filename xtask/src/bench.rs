@@ -1,0 +1,59 @@
+//! `cargo xtask bench`: the criterion benchmarks of the sandbox and the
+//! allocator, and the end-to-end benchmark against a release `wasmos dev`.
+
+use std::path::Path;
+use std::process::Command;
+
+use anyhow::{Result, bail};
+
+use crate::dev::Dev;
+use crate::flags::{Bench, E2eArgs, Switch};
+use crate::util::run;
+
+/// `cargo xtask bench [sandbox|allocator|all]`: the criterion benchmarks
+/// (all when none is named); `bench e2e`: the whole cluster over loopback gRPC.
+pub fn bench(root: &Path, which: Option<&Bench>) -> Result<()> {
+    let pkgs: &[&str] = match which {
+        None | Some(Bench::All) => &["wasmos-sandbox", "wasmos-allocator"],
+        Some(Bench::Sandbox) => &["wasmos-sandbox"],
+        Some(Bench::Allocator) => &["wasmos-allocator"],
+        Some(Bench::E2e(args)) => return e2e(root, args),
+    };
+    for p in pkgs {
+        run(Command::new("cargo").current_dir(root).args(["bench", "-p", p]))?;
+    }
+    Ok(())
+}
+
+/// `cargo xtask bench e2e [--registry in-memory] [--agent-checkpoint off] [--tasks N] [--latency-samples N]`:
+/// starts a release `wasmos dev` (one agent with the whole machine; durable
+/// registry unless `--registry in-memory`) and runs the e2e client against it
+/// over loopback gRPC.
+fn e2e(root: &Path, args: &E2eArgs) -> Result<()> {
+    // clap hands everything from the first flag it does not know onwards to
+    // the client; a dev flag in there would be silently ignored.
+    if let Some(f) = args.client_args.iter().find(|a| ["--registry", "--agent-checkpoint"].contains(&a.as_str())) {
+        bail!("{f} must come before {}, which is passed on to the e2e_bench client", args.client_args[0]);
+    }
+    run(Command::new("cargo").current_dir(root).args([
+        "build",
+        "--release",
+        "-p",
+        "wasmos",
+        "--bin",
+        "wasmos",
+        "--example",
+        "e2e_bench",
+    ]))?;
+    let mut dev_args = vec!["--registry", args.registry.as_str()];
+    if args.agent_checkpoint == Switch::Off {
+        dev_args.push("--no-checkpoint");
+    }
+    let dev = Dev::start(&root.join("target/release/wasmos"), "bench", &dev_args)?;
+    // The client takes the first occurrence of a flag, so a `--tasks` among
+    // the passed-on arguments wins over the one parsed here.
+    run(Command::new(root.join("target/release/examples/e2e_bench"))
+        .args(["--master", &dev.url])
+        .args(&args.client_args)
+        .args(["--tasks", &args.tasks.to_string(), "--latency-samples", &args.latency_samples.to_string()]))
+}

@@ -1,0 +1,38 @@
+//! `cargo xtask demo`: the hello guest under `wasmos run`, then on a
+//! `wasmos dev` cluster, end to end.
+
+use std::path::Path;
+use std::process::Command;
+
+use anyhow::Result;
+
+use crate::dev::Dev;
+use crate::guests;
+use crate::util::{guests_dir, run};
+
+/// The README's first command: `wasmos run` of the hello guest, then a
+/// `wasmos dev` cluster (master + one agent in one process) with one task and
+/// 100 components submitted and waited for, the agent and framework lists,
+/// then stop (when `dev` is dropped, also on an error).
+pub fn demo(root: &Path) -> Result<()> {
+    guests::guests(root)?;
+    run(Command::new("cargo").current_dir(root).args(["build", "--quiet", "-p", "wasmos"]))?;
+    let wasmos = root.join("target/debug/wasmos");
+    run(Command::new(&wasmos)
+        .args(["run", "--env", "GREETING=hello"])
+        .arg(guests_dir(root).join("hello.wasm"))
+        .args(["--", "wasmos run"]))?;
+    let dev = Dev::start(&wasmos, "demo", &[])?;
+    let url = &dev.url;
+    run(Command::new(&wasmos)
+        .args(["submit", "--master", url, "--wait", "--env", "GREETING=hello"])
+        .arg(guests_dir(root).join("hello.wasm"))
+        .args(["--", "cluster"]))?;
+    run(Command::new(&wasmos)
+        .args(["submit", "--master", url, "--wait", "--count", "100"])
+        .arg(guests_dir(root).join("hello-component.wasm"))
+        .args(["--", "1", "2"])
+        .stdout(std::process::Stdio::null()))?;
+    run(Command::new(&wasmos).args(["agents", "--master", url]))?;
+    run(Command::new(&wasmos).args(["frameworks", "--master", url]))
+}
