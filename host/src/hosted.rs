@@ -10,6 +10,7 @@
 //! as failed; the master and every other framework carry on.
 
 use std::collections::HashSet;
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use tokio::sync::mpsc;
@@ -183,7 +184,7 @@ fn translate(call: sched::Call, held: &mut HashSet<String>, timer: &mut Option<I
                     input: t.input,
                     attempt: 0,
                 };
-                launch.push(Launch { spec, resources_error });
+                launch.push(Launch { task_id: spec.task_id.clone(), spec: Arc::new(spec), resources_error });
             }
             Call::Accept { offers, launch, refuse: refuse_of(l.refuse_seconds) }
         }

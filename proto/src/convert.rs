@@ -148,6 +148,22 @@ pub fn outcome_to_wire(o: &Outcome) -> v1::Outcome {
     }
 }
 
+/// [`outcome_from_wire`] without copying the output tails.
+pub fn outcome_into_model(o: v1::Outcome) -> Option<Outcome> {
+    Some(Outcome {
+        kind: outcome_kind_from_wire(o.kind)?,
+        exit_code: o.exit_code,
+        fuel_consumed: o.fuel_consumed,
+        peak_memory_bytes: o.peak_memory_bytes,
+        wall_time: Duration::from_secs_f64((o.wall_time_ms / 1000.0).max(0.0)),
+        stdout: o.stdout,
+        stderr: o.stderr,
+        stdout_truncated: o.stdout_truncated,
+        stderr_truncated: o.stderr_truncated,
+        message: o.message,
+    })
+}
+
 pub fn outcome_from_wire(o: &v1::Outcome) -> Option<Outcome> {
     Some(Outcome {
         kind: outcome_kind_from_wire(o.kind)?,

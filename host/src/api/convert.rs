@@ -2,6 +2,7 @@
 //! `wasmos_proto::convert`). Wire types stop here.
 
 use std::collections::BTreeMap;
+use std::sync::Arc;
 use std::time::Duration;
 
 use wasmos_allocator::Quota;
@@ -95,7 +96,7 @@ pub(crate) fn status_to_wire(s: &TaskStatus) -> v1::TaskStatus {
         timestamp_ms: s.timestamp_ms,
         reason: s.reason.clone(),
         message: s.message.clone(),
-        outcome: s.outcome.as_ref().map(wasmos_proto::outcome_to_wire),
+        outcome: s.outcome.as_deref().map(wasmos_proto::outcome_to_wire),
     }
 }
 
@@ -126,7 +127,7 @@ pub(crate) fn status_from_agent(s: v1::TaskStatus) -> Option<TaskStatus> {
         timestamp_ms: s.timestamp_ms,
         reason: s.reason,
         message: s.message,
-        outcome: s.outcome.as_ref().and_then(wasmos_proto::outcome_from_wire),
+        outcome: s.outcome.and_then(wasmos_proto::outcome_into_model).map(Arc::new),
     })
 }
 
@@ -164,7 +165,15 @@ pub(crate) fn command_to_wire(c: AgentCommand) -> v1::AgentCommand {
     let command = match c {
         AgentCommand::Launch { framework_id, tasks } => Command::Launch(Launch {
             framework_id: framework_id.to_string(),
-            tasks: tasks.iter().map(wasmos_proto::spec_to_wire).collect(),
+            tasks: tasks
+                .iter()
+                .map(|t| {
+                    let mut w = wasmos_proto::spec_to_wire(&t.spec);
+                    w.task_id = t.id.to_string();
+                    w.attempt = t.attempt;
+                    w
+                })
+                .collect(),
         }),
         AgentCommand::Kill(t) => Command::Kill(Kill { task_id: t.to_string() }),
         AgentCommand::Pause(t) => Command::Pause(Pause { task_id: t.to_string() }),
@@ -207,7 +216,7 @@ pub(crate) fn task_view_to_wire(t: &TaskView) -> v1::TaskSummary {
         framework_id: t.framework_id.to_string(),
         agent_id: t.agent_id.as_ref().map(|a| a.to_string()).unwrap_or_default(),
         state: state_to_wire(t.state) as i32,
-        outcome: t.outcome.as_ref().map(wasmos_proto::outcome_to_wire),
+        outcome: t.outcome.as_deref().map(wasmos_proto::outcome_to_wire),
         submitted_at_ms: t.submitted_at_ms,
         started_at_ms: t.started_at_ms,
         finished_at_ms: t.finished_at_ms,
@@ -226,7 +235,7 @@ pub(crate) fn task_view_from_wire(s: &v1::TaskSummary) -> Result<TaskView, Strin
         framework_id: FrameworkId::new(s.framework_id.clone()).map_err(|e| e.to_string())?,
         agent_id: if s.agent_id.is_empty() { None } else { AgentId::new(s.agent_id.clone()).ok() },
         state: state_from_wire(s.state).ok_or("unknown state")?,
-        outcome: s.outcome.as_ref().and_then(wasmos_proto::outcome_from_wire),
+        outcome: s.outcome.as_ref().and_then(wasmos_proto::outcome_from_wire).map(Arc::new),
         submitted_at_ms: s.submitted_at_ms,
         started_at_ms: s.started_at_ms,
         finished_at_ms: s.finished_at_ms,
@@ -274,7 +283,7 @@ pub(crate) fn watch_framework(ev: &WatchEvent) -> Option<&str> {
 /// A wire task spec as a launch: a bad resource list is that task's error.
 pub(crate) fn launch_from_wire(s: &v1::TaskSpec) -> Launch {
     let (spec, err) = wasmos_proto::spec_from_wire(s);
-    Launch { spec, resources_error: err.map(|e| e.to_string()) }
+    Launch { task_id: s.task_id.clone(), spec: Arc::new(spec), resources_error: err.map(|e| e.to_string()) }
 }
 
 /// Seconds of an offer filter, if any.

@@ -3,6 +3,7 @@
 //! applied here), declined or rescinded.
 
 use std::collections::HashMap;
+use std::sync::Arc;
 use std::time::Duration;
 
 use wasmos_allocator::Allocation;
@@ -109,7 +110,7 @@ impl Master {
                     if let Some(b) = self.batch.tasks.get_mut(t) {
                         b.attempts += 1;
                     }
-                    self.state.tasks.next_attempt(t).map(Launch::from)
+                    self.state.tasks.next_attempt(t)
                 })
                 .collect();
             let batch_id = self.batch_id.clone();
@@ -146,8 +147,8 @@ impl Master {
                 self.recover_offer(o, None);
             }
             for step in plan.steps {
-                if let Step::Refuse { spec, state, reason, message, record } = step {
-                    self.refuse_task(fw, spec, state, reason, message, record);
+                if let Step::Refuse { task_id, spec, state, reason, message, record } = step {
+                    self.refuse_task(fw, task_id, spec, state, reason, message, record);
                 }
             }
             return;
@@ -158,23 +159,23 @@ impl Master {
         let mut launch = Vec::new();
         for step in plan.steps {
             match step {
-                Step::Refuse { spec, state, reason, message, record } => {
-                    self.refuse_task(fw, spec, state, reason, message, record)
+                Step::Refuse { task_id, spec, state, reason, message, record } => {
+                    self.refuse_task(fw, task_id, spec, state, reason, message, record)
                 }
-                Step::Launch { id, mut spec, allocation, queued } => {
+                Step::Launch { id, spec, allocation, queued } => {
                     if !queued {
                         // New here (another framework's task): recorded now.
                         // A framework that counts its own retries may say
                         // which attempt this is; otherwise it is the first.
-                        spec.attempt = spec.attempt.max(1);
                         let mut task = Task::new(fw.clone(), spec.clone(), now_ms());
-                        task.attempt = spec.attempt;
+                        task.attempt = spec.attempt.max(1);
                         self.state.tasks.insert(id.clone(), task, true);
                     }
+                    let attempt = self.state.tasks.get(&id).map(|t| t.attempt).unwrap_or(1);
                     self.state.place(&id, Some(target.agent.clone()), Some(allocation));
                     self.recovery.adoptable.remove(&id);
                     self.state.frameworks.add_task(fw, &id);
-                    launch.push(spec);
+                    launch.push(LaunchTask { id, spec, attempt });
                 }
             }
         }
@@ -192,16 +193,18 @@ impl Master {
     /// `record`: keep it in the task table, so the refusal is visible through
     /// the Operator API; otherwise (a bad or duplicate id) only tell the
     /// framework.
+    #[allow(clippy::too_many_arguments)] // one refused task, as the plan gives it
     fn refuse_task(
         &mut self,
         fw: &FrameworkId,
-        spec: TaskSpec,
+        task_id: String,
+        spec: Arc<TaskSpec>,
         state: TaskState,
         reason: &'static str,
         message: String,
         record: bool,
     ) {
-        match TaskId::new(spec.task_id.clone()) {
+        match TaskId::new(task_id.clone()) {
             Ok(tid) if record => {
                 if !self.state.tasks.contains(&tid) {
                     let mut task = Task::new(fw.clone(), spec, now_ms());
@@ -214,14 +217,7 @@ impl Master {
                 self.apply_status(st, false);
             }
             _ => {
-                let r = Refusal {
-                    task_id: spec.task_id,
-                    framework_id: fw.clone(),
-                    state,
-                    reason,
-                    message,
-                    timestamp_ms: now_ms(),
-                };
+                let r = Refusal { task_id, framework_id: fw.clone(), state, reason, message, timestamp_ms: now_ms() };
                 self.effects.publish(WatchEvent::Refused(r.clone()));
                 if let Some(f) = self.state.frameworks.get_mut(fw) {
                     f.send(Event::Refused(r));

@@ -2,10 +2,11 @@
 //! agents reconciled as they come back, and the deadlines of what did not.
 
 use std::collections::{HashMap, HashSet};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use wasmos_allocator::Allocation;
-use wasmos_model::{AgentId, TaskId, TaskState};
+use wasmos_model::{AgentId, TaskId, TaskSpec, TaskState};
 
 use super::Master;
 use super::frameworks::{Framework, Hosted, Kind};
@@ -104,15 +105,22 @@ impl Master {
         let known: HashSet<TaskId> = rows.iter().map(|r| r.2.clone()).collect();
         for sub in loaded.submissions {
             let max_attempts = if sub.max_attempts == 0 { DEFAULT_MAX_ATTEMPTS } else { sub.max_attempts };
+            // One spec for all of them, as at submit.
+            let spec = Arc::new(TaskSpec { task_id: String::new(), name: sub.name.clone(), ..sub.template.clone() });
             for (n, id) in sub.task_ids() {
                 let Ok(tid) = TaskId::new(id) else { continue };
                 if known.contains(&tid) {
                     continue;
                 }
-                let mut spec = sub.template.clone();
-                spec.task_id = tid.to_string();
-                spec.name = sub.name.clone();
-                queued.push((sub.submitted_at_ms, n, tid, spec, sub.priority, sub.constraints.clone(), max_attempts));
+                queued.push((
+                    sub.submitted_at_ms,
+                    n,
+                    tid,
+                    spec.clone(),
+                    sub.priority,
+                    sub.constraints.clone(),
+                    max_attempts,
+                ));
             }
         }
         rows.sort_by(|a, b| (a.0, a.1, &a.2).cmp(&(b.0, b.1, &b.2)));

@@ -10,6 +10,11 @@ use super::cmd::Error;
 use super::types::*;
 use super::validate::{self, ReservePlan};
 
+/// Changed role settings (`None`: back to the defaults).
+pub(crate) type RoleChanges = Vec<(Role, Option<RoleSettings>)>;
+/// Changed reservations (`None`: released).
+pub(crate) type ReservationChanges = Vec<((AgentId, Role), Option<Resources>)>;
+
 /// Roles whose weight or quota an operator set (the rest have defaults), and
 /// dynamic reservations by (agent, role), with what changed since the last commit.
 #[derive(Default)]
@@ -71,7 +76,7 @@ impl Roles {
             .map(|((_, r), res)| (r.clone(), res.clone()))
             .collect()
     }
-    pub fn take_changed(&mut self) -> (Vec<(Role, Option<RoleSettings>)>, Vec<((AgentId, Role), Option<Resources>)>) {
+    pub fn take_changed(&mut self) -> (RoleChanges, ReservationChanges) {
         let roles = std::mem::take(&mut self.changed_roles)
             .into_iter()
             .map(|r| {

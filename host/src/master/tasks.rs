@@ -9,6 +9,7 @@
 //! task has an agent) — those are re-learned after a master restart.
 
 use std::collections::{HashMap, HashSet};
+use std::sync::Arc;
 
 use wasmos_allocator::Allocation;
 use wasmos_model::{AgentId, FrameworkId, Outcome, TaskId, TaskSpec, TaskState};
@@ -16,7 +17,7 @@ use wasmos_model::{AgentId, FrameworkId, Outcome, TaskId, TaskSpec, TaskState};
 use super::Master;
 use super::cmd::Error;
 use super::frameworks::Kind;
-use super::types::{Submission, TaskAction, TaskStatus, WatchEvent, now_ms};
+use super::types::{Launch, Submission, TaskAction, TaskStatus, WatchEvent, now_ms};
 use crate::batch::{BatchTask, DEFAULT_MAX_ATTEMPTS};
 use crate::registry::SubmissionRecord;
 
@@ -30,12 +31,14 @@ pub(crate) struct Task {
     pub name: String,
     pub framework: FrameworkId,
     agent: Option<AgentId>,
-    /// Its resources are `spec.resources`.
-    pub spec: TaskSpec,
+    /// Its resources are `spec.resources`. Shared by every task of a
+    /// submission, so its `task_id` and `attempt` are not this task's: the
+    /// table key and [`Task::attempt`] are.
+    pub spec: Arc<TaskSpec>,
     /// What the allocator counts for this task while it holds resources.
     allocation: Option<Allocation>,
     state: TaskState,
-    pub outcome: Option<Outcome>,
+    pub outcome: Option<Arc<Outcome>>,
     pub message: String,
     pub submitted_at_ms: i64,
     pub started_at_ms: i64,
@@ -46,7 +49,7 @@ pub(crate) struct Task {
 
 impl Task {
     /// A task not yet launched (queued, or about to be launched or refused).
-    pub fn new(framework: FrameworkId, spec: TaskSpec, submitted_at_ms: i64) -> Task {
+    pub fn new(framework: FrameworkId, spec: Arc<TaskSpec>, submitted_at_ms: i64) -> Task {
         Task {
             name: spec.name.clone(),
             framework,
@@ -215,12 +218,11 @@ impl Tasks {
     }
 
     /// Starts a new attempt of a queued task: it is about to be launched.
-    pub fn next_attempt(&mut self, id: &TaskId) -> Option<TaskSpec> {
+    pub fn next_attempt(&mut self, id: &TaskId) -> Option<Launch> {
         let t = self.map.get_mut(id)?;
         t.attempt += 1;
-        t.spec.attempt = t.attempt;
         self.changed.insert(id.clone());
-        Some(t.spec.clone())
+        Some(Launch { task_id: id.to_string(), spec: t.spec.clone(), resources_error: None })
     }
 
     /// Puts a task that was LOST back in the queue as a new attempt: the one
@@ -317,14 +319,14 @@ impl Master {
         }
         self.state.tasks.note_status(&tid, &st);
         let fw = st.framework_id.clone();
-        if st.state.is_terminal() {
-            if let Some((agent, alloc)) = self.state.release(&tid) {
-                if let Some(role) = self.state.frameworks.get(&fw).map(|f| f.role.clone()) {
-                    let now = self.clock();
-                    let _ = self.alloc.recover_resources(&fw, &agent, &role, &alloc, None, now);
-                }
-                self.cycle_due = true;
+        if st.state.is_terminal()
+            && let Some((agent, alloc)) = self.state.release(&tid)
+        {
+            if let Some(role) = self.state.frameworks.get(&fw).map(|f| f.role.clone()) {
+                let now = self.clock();
+                let _ = self.alloc.recover_resources(&fw, &agent, &role, &alloc, None, now);
             }
+            self.cycle_due = true;
         }
         // Watchers see an update only once it is committed, so the observed
         // history has each update once even across a master failover.
@@ -429,12 +431,11 @@ impl Master {
             name: base.clone(),
         });
         let mut ids = Vec::with_capacity(count as usize);
+        // One spec for all of them (each task's id is its key in the table).
+        let spec = Arc::new(TaskSpec { task_id: String::new(), name: base.clone(), ..s.template });
         for _ in 0..count {
             let tid = TaskId::new(self.ids.fresh("task")).expect("valid id");
-            let mut spec = s.template.clone();
-            spec.task_id = tid.to_string();
-            spec.name = base.clone();
-            self.enqueue_batch(tid.clone(), spec, now, s.priority, &s.constraints, max_attempts);
+            self.enqueue_batch(tid.clone(), spec.clone(), now, s.priority, &s.constraints, max_attempts);
             ids.push(tid);
         }
         self.revive_batch();
@@ -445,7 +446,7 @@ impl Master {
     pub(super) fn enqueue_batch(
         &mut self,
         tid: TaskId,
-        spec: TaskSpec,
+        spec: Arc<TaskSpec>,
         submitted_at_ms: i64,
         priority: i32,
         constraints: &[(String, String)],

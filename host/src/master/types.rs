@@ -2,6 +2,7 @@
 //! and agent commands carry out. No wire types: `api/` converts both ways.
 
 use std::collections::BTreeMap;
+use std::sync::Arc;
 use std::time::Duration;
 
 use wasmos_allocator::Quota;
@@ -54,7 +55,8 @@ pub(crate) struct TaskStatus {
     pub timestamp_ms: i64,
     pub reason: String,
     pub message: String,
-    pub outcome: Option<Outcome>,
+    /// Shared: the same outcome goes to the task table, the framework and watchers.
+    pub outcome: Option<Arc<Outcome>>,
 }
 
 impl TaskStatus {
@@ -124,10 +126,19 @@ pub(crate) struct Offer {
 /// What the master tells an agent.
 #[derive(Debug, Clone, PartialEq)]
 pub(crate) enum AgentCommand {
-    Launch { framework_id: FrameworkId, tasks: Vec<TaskSpec> },
+    Launch { framework_id: FrameworkId, tasks: Vec<LaunchTask> },
     Kill(TaskId),
     Pause(TaskId),
     Resume(TaskId),
+}
+
+/// One task of a launch: its spec (shared with the task table, and with every
+/// task of a submission) under the task's own id and attempt.
+#[derive(Debug, Clone, PartialEq)]
+pub(crate) struct LaunchTask {
+    pub id: TaskId,
+    pub spec: Arc<TaskSpec>,
+    pub attempt: u32,
 }
 
 /// What `Watch` streams to operators.
@@ -176,14 +187,16 @@ pub(crate) struct HostedInfo {
 /// A task as a framework asked for it in an ACCEPT, before validation.
 #[derive(Debug, Clone, PartialEq)]
 pub(crate) struct Launch {
-    pub spec: TaskSpec,
+    /// The id the framework gave, checked at launch.
+    pub task_id: String,
+    pub spec: Arc<TaskSpec>,
     /// Why its resources could not be read (reported as `invalid_resources`).
     pub resources_error: Option<String>,
 }
 
 impl From<TaskSpec> for Launch {
     fn from(spec: TaskSpec) -> Launch {
-        Launch { spec, resources_error: None }
+        Launch { task_id: spec.task_id.clone(), spec: Arc::new(spec), resources_error: None }
     }
 }
 
@@ -313,7 +326,7 @@ pub(crate) struct TaskView {
     pub framework_id: FrameworkId,
     pub agent_id: Option<AgentId>,
     pub state: TaskState,
-    pub outcome: Option<Outcome>,
+    pub outcome: Option<Arc<Outcome>>,
     pub submitted_at_ms: i64,
     pub started_at_ms: i64,
     pub finished_at_ms: i64,

@@ -4,6 +4,7 @@
 //! on what these let through. Unit tests: `validate_tests.rs`.
 
 use std::collections::HashSet;
+use std::sync::Arc;
 
 use wasmos_allocator::Allocation;
 use wasmos_model::{AgentId, FrameworkId, OfferId, Resources, Role, TaskId, TaskSpec, TaskState};
@@ -24,10 +25,17 @@ pub(crate) struct Target {
 pub(crate) enum Step {
     /// Launch `spec` as `id`, holding `allocation` of the offers. `queued`:
     /// a queued batch task (its row exists).
-    Launch { id: TaskId, spec: TaskSpec, allocation: Allocation, queued: bool },
+    Launch { id: TaskId, spec: Arc<TaskSpec>, allocation: Allocation, queued: bool },
     /// Refuse it with `state` (ERROR or DROPPED) and `reason`. `record`: keep
     /// the refused task in the table (its id is valid and new).
-    Refuse { spec: TaskSpec, state: TaskState, reason: &'static str, message: String, record: bool },
+    Refuse {
+        task_id: String,
+        spec: Arc<TaskSpec>,
+        state: TaskState,
+        reason: &'static str,
+        message: String,
+        record: bool,
+    },
 }
 
 /// What an ACCEPT does.
@@ -100,10 +108,11 @@ pub(crate) fn accept(
         let steps = launch
             .into_iter()
             .map(|l| {
-                let record = TaskId::new(l.spec.task_id.clone()).is_ok_and(|t| {
+                let record = TaskId::new(l.task_id.clone()).is_ok_and(|t| {
                     seen.insert(t.clone()) && state.tasks.get(&t).is_none_or(|k| is_batch && k.agent().is_none())
                 });
                 Step::Refuse {
+                    task_id: l.task_id,
                     spec: l.spec,
                     state: TaskState::Dropped,
                     reason: "invalid_offers",
@@ -123,20 +132,29 @@ pub(crate) fn accept(
     let target = Target { agent: first.agent.clone(), role: first.role.clone() };
     let mut planned: HashSet<TaskId> = HashSet::new();
     let mut steps = Vec::with_capacity(launch.len());
-    for Launch { spec, resources_error } in launch {
-        let refuse = |spec: TaskSpec, reason: &'static str, message: String, record: bool| Step::Refuse {
+    for Launch { task_id, spec, resources_error } in launch {
+        let tid = match TaskId::new(task_id.clone()) {
+            Ok(t) => t,
+            Err(e) => {
+                let step = Step::Refuse {
+                    task_id,
+                    spec,
+                    state: TaskState::Error,
+                    reason: "invalid_task_id",
+                    message: e.to_string(),
+                    record: false,
+                };
+                steps.push(step);
+                continue;
+            }
+        };
+        let refuse = |spec: Arc<TaskSpec>, reason: &'static str, message: String, record: bool| Step::Refuse {
+            task_id: tid.to_string(),
             spec,
             state: TaskState::Error,
             reason,
             message,
             record,
-        };
-        let tid = match TaskId::new(spec.task_id.clone()) {
-            Ok(t) => t,
-            Err(e) => {
-                steps.push(refuse(spec, "invalid_task_id", e.to_string(), false));
-                continue;
-            }
         };
         let existing = state.tasks.get(&tid);
         let queued = is_batch && !planned.contains(&tid) && existing.is_some_and(|t| t.is_queued());

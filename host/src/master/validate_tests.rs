@@ -64,7 +64,7 @@ fn spec(id: &str, r: &str) -> TaskSpec {
 }
 
 fn add_task(s: &mut State, id: &str, owner: &str, on: Option<&str>) {
-    s.tasks.insert(tid(id), Task::new(fw(owner), spec(id, "cpus:1"), 0), true);
+    s.tasks.insert(tid(id), Task::new(fw(owner), std::sync::Arc::new(spec(id, "cpus:1")), 0), true);
     s.frameworks.add_task(&fw(owner), &tid(id));
     if let Some(a) = on {
         s.place(&tid(id), Some(agent(a)), None);
@@ -444,11 +444,13 @@ fn illegal_moves_are_refused_by_the_table() {
 fn each_launch_of_a_queued_task_carries_its_attempt() {
     let mut s = state();
     add_task(&mut s, "q", "batch", None);
-    assert_eq!(s.tasks.next_attempt(&tid("q")).unwrap().attempt, 1);
+    s.tasks.next_attempt(&tid("q")).unwrap();
+    assert_eq!(s.tasks.get(&tid("q")).unwrap().attempt, 1);
     // LOST on its agent, then queued again: the next launch is attempt 2.
     s.place(&tid("q"), Some(agent("agent-1")), None);
     s.tasks.set_state(&tid("q"), TaskState::Lost).unwrap();
     s.tasks.requeue(&tid("q"), "retrying".into());
     assert!(s.tasks.get(&tid("q")).unwrap().is_queued());
-    assert_eq!(s.tasks.next_attempt(&tid("q")).unwrap().attempt, 2);
+    s.tasks.next_attempt(&tid("q")).unwrap();
+    assert_eq!(s.tasks.get(&tid("q")).unwrap().attempt, 2);
 }

@@ -25,7 +25,8 @@ pub struct RegistryError(pub(crate) String);
 #[derive(Debug, Clone, PartialEq)]
 pub(crate) struct TaskRecord {
     pub view: TaskView,
-    pub spec: TaskSpec,
+    /// Its `task_id` and `attempt` are the view's (see [`crate::master::tasks::Task::spec`]).
+    pub spec: std::sync::Arc<TaskSpec>,
     /// Batch queue: priority, agent constraints, attempt budget (0: not batch).
     pub priority: i32,
     pub constraints: Vec<(String, String)>,

@@ -260,7 +260,12 @@ fn attributes(a: &[(String, String)]) -> Vec<v1::Attribute> {
 fn task_to_stored(t: &TaskRecord) -> v1::StoredTask {
     v1::StoredTask {
         summary: Some(wire::task_view_to_wire(&t.view)),
-        spec: Some(wasmos_proto::spec_to_wire(&t.spec)),
+        spec: Some({
+            let mut spec = wasmos_proto::spec_to_wire(&t.spec);
+            spec.task_id = t.view.task_id.to_string();
+            spec.attempt = t.view.attempt;
+            spec
+        }),
         priority: t.priority,
         constraints: attributes(&t.constraints),
         max_attempts: t.max_attempts,
@@ -279,7 +284,7 @@ fn task_from_stored(rec: v1::StoredTask) -> Result<TaskRecord, (String, String)>
     spec.resources = view.resources.clone();
     Ok(TaskRecord {
         view,
-        spec,
+        spec: std::sync::Arc::new(spec),
         priority: rec.priority,
         constraints: rec.constraints.into_iter().map(|a| (a.key, a.value)).collect(),
         max_attempts: rec.max_attempts,
@@ -352,7 +357,7 @@ mod tests {
         };
         let task = TaskRecord {
             view,
-            spec,
+            spec: std::sync::Arc::new(spec),
             priority: 3,
             constraints: vec![("zone".into(), "eu".into())],
             max_attempts: 4,
