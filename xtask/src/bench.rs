@@ -45,14 +45,34 @@ fn e2e(root: &Path, args: &E2eArgs) -> Result<()> {
         "--example",
         "e2e_bench",
     ]))?;
+    let this = root.join("target/release");
+    let Some(other) = &args.against else { return e2e_once(&this, &this.join("examples"), args) };
+    if !other.join("wasmos").is_file() || !other.join("e2e_bench").is_file() {
+        bail!("--against {}: put that build's wasmos and e2e_bench in it", other.display());
+    }
+    // Alternate which build goes first, so drift of the machine hits both.
+    for round in 0..args.rounds {
+        let order = if round % 2 == 0 { [true, false] } else { [false, true] };
+        for this_build in order {
+            let (name, bin, client) =
+                if this_build { ("this", &this, this.join("examples")) } else { ("against", other, other.clone()) };
+            eprintln!("xtask: bench e2e round {} of {}: {name} ({})", round + 1, args.rounds, bin.display());
+            e2e_once(bin, &client, args)?;
+        }
+    }
+    Ok(())
+}
+
+/// One run: `wasmos` from `bin`, `e2e_bench` from `client`.
+fn e2e_once(bin: &Path, client: &Path, args: &E2eArgs) -> Result<()> {
     let mut dev_args = vec!["--registry", args.registry.as_str()];
     if args.agent_checkpoint == Switch::Off {
         dev_args.push("--no-checkpoint");
     }
-    let dev = Dev::start(&root.join("target/release/wasmos"), "bench", &dev_args)?;
+    let dev = Dev::start(&bin.join("wasmos"), "bench", &dev_args)?;
     // The client takes the first occurrence of a flag, so a `--tasks` among
     // the passed-on arguments wins over the one parsed here.
-    run(Command::new(root.join("target/release/examples/e2e_bench"))
+    run(Command::new(client.join("e2e_bench"))
         .args(["--master", &dev.url])
         .args(&args.client_args)
         .args(["--tasks", &args.tasks.to_string(), "--latency-samples", &args.latency_samples.to_string()]))

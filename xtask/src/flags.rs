@@ -87,6 +87,14 @@ pub struct E2eArgs {
     /// Single tasks timed one at a time for the latency percentiles.
     #[arg(long, value_name = "N", default_value_t = 1000)]
     pub latency_samples: u32,
+    /// A/B: also run another build (a directory holding its `wasmos` and
+    /// `e2e_bench`, e.g. a copy of an older target/release) and alternate the
+    /// two, first one then the other, for `--rounds`.
+    #[arg(long, value_name = "DIR")]
+    pub against: Option<std::path::PathBuf>,
+    /// With `--against`: how many runs of each.
+    #[arg(long, value_name = "N", default_value_t = 3)]
+    pub rounds: u32,
     /// Anything else is passed on to the e2e_bench client.
     #[arg(trailing_var_arg = true, allow_hyphen_values = true, value_name = "CLIENT_ARGS")]
     pub client_args: Vec<String>,
