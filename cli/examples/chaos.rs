@@ -255,7 +255,9 @@ async fn chaos() -> bool {
     let agent_b = Proc::spawn(&wasmos, &agent_argv("agent-b"));
     let ch = connect(&url).await;
     for _ in 0..300 {
-        if op(&ch).list_agents(v1::ListAgentsRequest {}).await.map(|r| r.into_inner().agents.len()).unwrap_or(0) == 2 {
+        if op(&ch).list_agents(v1::ListAgentsRequest::default()).await.map(|r| r.into_inner().agents.len()).unwrap_or(0)
+            == 2
+        {
             break;
         }
         tokio::time::sleep(Duration::from_millis(20)).await;
@@ -265,7 +267,7 @@ async fn chaos() -> bool {
 
     // Operator settings that must survive every fault: a role's weight and
     // quota, and a dynamic reservation on one of the agents (both get faults).
-    let agents = op(&ch).list_agents(v1::ListAgentsRequest {}).await.expect("agents").into_inner().agents;
+    let agents = op(&ch).list_agents(v1::ListAgentsRequest::default()).await.expect("agents").into_inner().agents;
     let first_agent = agents.first().map(|a| a.agent_id.clone());
     let res = |s: &str| Some(wasmos_proto::resources_to_wire(&Resources::parse(s).unwrap()));
     op(&ch)

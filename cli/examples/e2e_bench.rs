@@ -51,7 +51,8 @@ async fn main() {
         framework: String::new(),
         estimated_fuel: None,
     };
-    let mut watch = op.watch(v1::WatchRequest { framework_id: "batch".into() }).await.unwrap().into_inner();
+    let mut watch =
+        op.watch(v1::WatchRequest { framework_id: "batch".into(), ..Default::default() }).await.unwrap().into_inner();
 
     // Warm-up: the agent downloads and compiles the module once.
     let ids = op.submit(submit(10)).await.unwrap().into_inner().task_ids;

@@ -117,7 +117,7 @@ pub fn main(cmd: FrameworkCmd) -> ExitCode {
             }
             FrameworkCmd::Ls(a) => {
                 LS.show(&a.master, a.json, |mut op| async move {
-                    op.list_frameworks(v1::ListFrameworksRequest {}).await.map(|r| r.into_inner().frameworks)
+                    op.list_frameworks(v1::ListFrameworksRequest::default()).await.map(|r| r.into_inner().frameworks)
                 })
                 .await
             }

@@ -136,7 +136,10 @@ async fn submit(args: SubmitArgs) -> Result<ExitCode, String> {
     // Watch before submitting, so no outcome can slip by.
     let watch = if args.wait {
         Some(
-            op.watch(v1::WatchRequest { framework_id: "batch".into() }).await.map_err(|e| status_msg(&e))?.into_inner(),
+            op.watch(v1::WatchRequest { framework_id: "batch".into(), ..Default::default() })
+                .await
+                .map_err(|e| status_msg(&e))?
+                .into_inner(),
         )
     } else {
         None
@@ -192,7 +195,7 @@ async fn submit(args: SubmitArgs) -> Result<ExitCode, String> {
             },
             _ = poll.tick() => {
                 // Catch up with anything the stream missed (retries, lag).
-                let list = op.list_tasks(v1::ListTasksRequest { state: 0, framework_id: watch_fw.clone(), limit: 0 })
+                let list = op.list_tasks(v1::ListTasksRequest { framework_id: watch_fw.clone(), ..Default::default() })
                     .await.map_err(|e| status_msg(&e))?.into_inner();
                 for t in list.tasks {
                     if ids.contains(&t.task_id) && wasmos_proto::state_from_wire(t.state).is_some_and(|s| s.is_terminal()) {
@@ -211,7 +214,7 @@ async fn submit(args: SubmitArgs) -> Result<ExitCode, String> {
         eprintln!();
     }
     let list = op
-        .list_tasks(v1::ListTasksRequest { state: 0, framework_id: watch_fw.clone(), limit: 0 })
+        .list_tasks(v1::ListTasksRequest { framework_id: watch_fw.clone(), ..Default::default() })
         .await
         .map_err(|e| status_msg(&e))?
         .into_inner();

@@ -93,7 +93,7 @@ pub fn tasks(args: TasksArgs) -> ExitCode {
     let req = v1::ListTasksRequest {
         state: args.state.map(|s| wasmos_proto::state_to_wire(s) as i32).unwrap_or(0),
         framework_id: args.framework.clone().unwrap_or_default(),
-        limit: 0,
+        ..Default::default()
     };
     rt().block_on(
         TASKS.show(
@@ -137,7 +137,7 @@ const AGENTS: Listing<v1::AgentSummary> = Listing {
 
 pub fn agents(args: ListArgs) -> ExitCode {
     rt().block_on(AGENTS.show(&args.master, args.json, |mut op| async move {
-        op.list_agents(v1::ListAgentsRequest {}).await.map(|r| r.into_inner().agents)
+        op.list_agents(v1::ListAgentsRequest::default()).await.map(|r| r.into_inner().agents)
     }))
 }
 
@@ -170,7 +170,7 @@ const FRAMEWORKS: Listing<v1::FrameworkSummary> = Listing {
 
 pub fn frameworks(args: ListArgs) -> ExitCode {
     rt().block_on(FRAMEWORKS.show(&args.master, args.json, |mut op| async move {
-        op.list_frameworks(v1::ListFrameworksRequest {}).await.map(|r| r.into_inner().frameworks)
+        op.list_frameworks(v1::ListFrameworksRequest::default()).await.map(|r| r.into_inner().frameworks)
     }))
 }
 

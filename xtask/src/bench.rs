@@ -72,8 +72,10 @@ fn e2e_once(bin: &Path, client: &Path, args: &E2eArgs) -> Result<()> {
     let dev = Dev::start(&bin.join("wasmos"), "bench", &dev_args)?;
     // The client takes the first occurrence of a flag, so a `--tasks` among
     // the passed-on arguments wins over the one parsed here.
-    run(Command::new(client.join("e2e_bench"))
-        .args(["--master", &dev.url])
-        .args(&args.client_args)
-        .args(["--tasks", &args.tasks.to_string(), "--latency-samples", &args.latency_samples.to_string()]))
+    run(Command::new(client.join("e2e_bench")).args(["--master", &dev.url]).args(&args.client_args).args([
+        "--tasks",
+        &args.tasks.to_string(),
+        "--latency-samples",
+        &args.latency_samples.to_string(),
+    ]))
 }

@@ -224,6 +224,7 @@ pub(crate) fn task_view_to_wire(t: &TaskView) -> v1::TaskSummary {
         module_sha256: t.module_sha256.clone(),
         resources: Some(resources_to_wire(&t.resources)),
         message: t.message.clone(),
+        role: String::new(),
     }
 }
 
@@ -268,7 +269,7 @@ pub(crate) fn watch_to_wire(ev: &WatchEvent) -> v1::WatchEvent {
         WatchEvent::FrameworkAdded(f) => E::FrameworkAdded(framework_view_to_wire(f)),
         WatchEvent::FrameworkRemoved(f) => E::FrameworkRemoved(f.to_string()),
     };
-    v1::WatchEvent { event: Some(e) }
+    v1::WatchEvent { seq: 0, event: Some(e) }
 }
 
 /// The framework a watch event concerns (task events only).

@@ -31,7 +31,10 @@ impl MasterHandle {
 impl v1::operator_server::Operator for MasterHandle {
     async fn list_agents(&self, _: Request<v1::ListAgentsRequest>) -> Result<Response<v1::ListAgentsResponse>, Status> {
         let agents = self.request(Cmd::ListAgents).await?;
-        Ok(Response::new(v1::ListAgentsResponse { agents: agents.iter().map(agent_view_to_wire).collect() }))
+        Ok(Response::new(v1::ListAgentsResponse {
+            agents: agents.iter().map(agent_view_to_wire).collect(),
+            ..Default::default()
+        }))
     }
 
     async fn list_frameworks(
@@ -39,7 +42,10 @@ impl v1::operator_server::Operator for MasterHandle {
         _: Request<v1::ListFrameworksRequest>,
     ) -> Result<Response<v1::ListFrameworksResponse>, Status> {
         let fws = self.request(Cmd::ListFrameworks).await?;
-        Ok(Response::new(v1::ListFrameworksResponse { frameworks: fws.iter().map(framework_view_to_wire).collect() }))
+        Ok(Response::new(v1::ListFrameworksResponse {
+            frameworks: fws.iter().map(framework_view_to_wire).collect(),
+            ..Default::default()
+        }))
     }
 
     async fn deploy_framework(&self, r: Request<v1::DeployRequest>) -> Result<Response<v1::DeployResponse>, Status> {
@@ -74,7 +80,10 @@ impl v1::operator_server::Operator for MasterHandle {
             limit: Some(req.limit as usize).filter(|l| *l > 0),
         };
         let tasks = self.request(|reply| Cmd::ListTasks(filter, reply)).await?;
-        Ok(Response::new(v1::ListTasksResponse { tasks: tasks.iter().map(task_view_to_wire).collect() }))
+        Ok(Response::new(v1::ListTasksResponse {
+            tasks: tasks.iter().map(task_view_to_wire).collect(),
+            ..Default::default()
+        }))
     }
 
     async fn get_task(&self, r: Request<v1::GetTaskRequest>) -> Result<Response<v1::TaskSummary>, Status> {
@@ -132,13 +141,16 @@ impl v1::operator_server::Operator for MasterHandle {
                 max_attempts: req.max_attempts,
             };
             let ids = self.request(|reply| Cmd::Submit(s, reply)).await?;
-            return Ok(Response::new(v1::SubmitResponse { task_ids: ids.iter().map(|t| t.to_string()).collect() }));
+            return Ok(Response::new(v1::SubmitResponse {
+                task_ids: ids.iter().map(|t| t.to_string()).collect(),
+                ..Default::default()
+            }));
         }
         // A job for a hosted framework: its scheduler's on-submit decides.
         let jobs =
             HostedJobs { template, count: req.count, priority: req.priority, estimated_fuel: req.estimated_fuel };
         let task_ids = crate::hosted::submit(self, &req.framework, jobs).await.map_err(status_of)?;
-        Ok(Response::new(v1::SubmitResponse { task_ids }))
+        Ok(Response::new(v1::SubmitResponse { task_ids, ..Default::default() }))
     }
 
     async fn kill_task(&self, r: Request<v1::TaskActionRequest>) -> Result<Response<v1::TaskActionResponse>, Status> {

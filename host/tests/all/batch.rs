@@ -37,14 +37,14 @@ async fn submit_offer_launch_running_finished() {
         assert!(t.submitted_at_ms > 0 && t.submitted_at_ms <= t.started_at_ms && t.started_at_ms <= t.finished_at_ms);
     }
     // the resources came back: nothing allocated
-    let agents = c.operator().list_agents(v1::ListAgentsRequest {}).await.unwrap().into_inner().agents;
+    let agents = c.operator().list_agents(v1::ListAgentsRequest::default()).await.unwrap().into_inner().agents;
     assert_eq!(agents[0].running_tasks, 0);
     let list = c
         .operator()
         .list_tasks(v1::ListTasksRequest {
             state: v1::TaskState::TaskFinished as i32,
             framework_id: "batch".into(),
-            limit: 0,
+            ..Default::default()
         })
         .await
         .unwrap()
@@ -116,7 +116,7 @@ async fn queued_tasks_can_be_killed_and_bad_submits_are_refused() {
         .unwrap_err();
     assert!(e.message().contains("hash mismatch"), "{e}");
     // and the master is still serving
-    assert_eq!(c.operator().list_agents(v1::ListAgentsRequest {}).await.unwrap().into_inner().agents.len(), 1);
+    assert_eq!(c.operator().list_agents(v1::ListAgentsRequest::default()).await.unwrap().into_inner().agents.len(), 1);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -126,7 +126,7 @@ async fn constraints_pick_agents_by_attribute() {
     let mut req = submit_req(&sha, 6, "cpus:0.1;mem:32MiB");
     req.constraints = vec![v1::Attribute { key: "index".into(), value: "1".into() }];
     let ids = c.operator().submit(req).await.unwrap().into_inner().task_ids;
-    let agents = c.operator().list_agents(v1::ListAgentsRequest {}).await.unwrap().into_inner().agents;
+    let agents = c.operator().list_agents(v1::ListAgentsRequest::default()).await.unwrap().into_inner().agents;
     let wanted = agents
         .iter()
         .find(|a| a.info.as_ref().unwrap().attributes.iter().any(|x| x.key == "index" && x.value == "1"))
@@ -150,7 +150,7 @@ async fn tasks_of_a_lost_agent_are_retried_elsewhere() {
     let id =
         c.operator().submit(submit_req(&sha, 1, "cpus:1;mem:64MiB")).await.unwrap().into_inner().task_ids.remove(0);
     let first = c.wait_task(&id, Some(v1::TaskState::TaskRunning)).await;
-    let agents = c.operator().list_agents(v1::ListAgentsRequest {}).await.unwrap().into_inner().agents;
+    let agents = c.operator().list_agents(v1::ListAgentsRequest::default()).await.unwrap().into_inner().agents;
     let idx = agents.iter().position(|a| a.agent_id == first.agent_id).unwrap();
     // agents are listed sorted by id; hostnames say which test agent it is
     let host = agents[idx].info.as_ref().unwrap().hostname.clone();
@@ -169,7 +169,7 @@ async fn tasks_of_a_lost_agent_are_retried_elsewhere() {
     assert_ne!(t.agent_id, first.agent_id);
     assert_eq!(t.attempt, 2);
     assert!(t.message.contains("retrying after"), "{t:?}");
-    let agents = c.operator().list_agents(v1::ListAgentsRequest {}).await.unwrap().into_inner().agents;
+    let agents = c.operator().list_agents(v1::ListAgentsRequest::default()).await.unwrap().into_inner().agents;
     assert_eq!(agents.len(), 1, "the lost agent is gone");
     c.operator().kill_task(v1::TaskActionRequest { task_id: id.clone() }).await.unwrap();
     assert_eq!(c.wait_task(&id, None).await.state, v1::TaskState::TaskKilled as i32);

@@ -40,7 +40,8 @@ fn job(framework: &str, sha: &str, input: &str, estimated_fuel: Option<u64>) -> 
 }
 
 async fn frameworks(c: &Cluster) -> HashMap<String, v1::FrameworkSummary> {
-    let list = c.operator().list_frameworks(v1::ListFrameworksRequest {}).await.unwrap().into_inner().frameworks;
+    let list =
+        c.operator().list_frameworks(v1::ListFrameworksRequest::default()).await.unwrap().into_inner().frameworks;
     list.into_iter().map(|f| (f.name.clone(), f)).collect()
 }
 
@@ -50,7 +51,7 @@ async fn sjf_completes_a_mixed_backlog_shortest_first() {
     let c = cluster(1, "cpus:1;mem:1GiB").await;
     deploy(&c, "sjf", "sjf", "batch", "").await.unwrap();
     let primes = c.upload(guest("primes")).await;
-    let mut watch = c.operator().watch(v1::WatchRequest { framework_id: String::new() }).await.unwrap().into_inner();
+    let mut watch = c.operator().watch(v1::WatchRequest::default()).await.unwrap().into_inner();
     let blocker =
         c.operator().submit(job("sjf", &primes, "300000", None)).await.unwrap().into_inner().task_ids.remove(0);
     // wait until the blocker runs, then queue four jobs out of order
@@ -186,7 +187,7 @@ async fn srtf_preempts_a_long_task_and_resumes_it_without_losing_work() {
     let c = cluster(1, "cpus:2;mem:1GiB").await;
     deploy(&c, "srtf", "srtf", "batch", "active=1").await.unwrap();
     let primes = c.upload(guest("primes")).await;
-    let mut watch = c.operator().watch(v1::WatchRequest { framework_id: String::new() }).await.unwrap().into_inner();
+    let mut watch = c.operator().watch(v1::WatchRequest::default()).await.unwrap().into_inner();
     let long = c
         .operator()
         .submit(job("srtf", &primes, "300000", Some(1 << 40)))
@@ -238,7 +239,7 @@ async fn service_keeps_replicas_running_and_restarts_a_dead_one() {
         async move {
             let mut c = c;
             let tasks = c
-                .list_tasks(v1::ListTasksRequest { state: 0, framework_id: fw, limit: 0 })
+                .list_tasks(v1::ListTasksRequest { framework_id: fw, ..Default::default() })
                 .await
                 .unwrap()
                 .into_inner()

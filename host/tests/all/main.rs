@@ -72,7 +72,7 @@ pub async fn cluster_with(
     let c = Cluster { url, channel, stop, agent_stops, _dir: dir };
     // Wait until every agent has registered.
     for _ in 0..200 {
-        let n = c.operator().list_agents(v1::ListAgentsRequest {}).await.unwrap().into_inner().agents.len();
+        let n = c.operator().list_agents(v1::ListAgentsRequest::default()).await.unwrap().into_inner().agents.len();
         if n == agents {
             return c;
         }

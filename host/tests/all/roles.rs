@@ -30,7 +30,7 @@ async fn role(c: &Cluster, name: &str) -> Option<v1::RoleSummary> {
 }
 
 async fn agent_id(c: &Cluster) -> String {
-    c.operator().list_agents(v1::ListAgentsRequest {}).await.unwrap().into_inner().agents[0].agent_id.clone()
+    c.operator().list_agents(v1::ListAgentsRequest::default()).await.unwrap().into_inner().agents[0].agent_id.clone()
 }
 
 fn reserve_req(agent: &str, role: &str, res: &str) -> v1::ReserveRequest {

@@ -141,7 +141,7 @@ async fn subscribe_offer_launch_update_acknowledge_reconcile() {
     let t = c.task("r-1").await;
     assert_eq!(t.framework_id, fw.id);
     assert_eq!(t.state, v1::TaskState::TaskFinished as i32);
-    let fws = c.operator().list_frameworks(v1::ListFrameworksRequest {}).await.unwrap().into_inner().frameworks;
+    let fws = c.operator().list_frameworks(v1::ListFrameworksRequest::default()).await.unwrap().into_inner().frameworks;
     assert!(fws.iter().any(|f| f.framework_id == fw.id && f.role == "eng/remote" && f.connected && !f.hosted));
 }
 
