@@ -3,20 +3,22 @@
 
 use std::sync::Arc;
 
-use tokio::sync::{broadcast, mpsc, oneshot};
+use tokio::sync::{mpsc, oneshot};
 
 use crate::artifacts::ArtifactStore;
 use crate::master::cmd::{Cmd, Envelope, Error, Principal, Reply};
-use crate::master::types::WatchEvent;
+use crate::watch::WatchHub;
 
 /// A handle on the master's event loop; serve it with [`crate::serve_with`].
 #[derive(Clone)]
 pub struct MasterHandle {
     pub(crate) tx: mpsc::Sender<Envelope>,
-    pub(crate) watch: broadcast::Sender<WatchEvent>,
+    pub(crate) watch: Arc<WatchHub>,
     pub(crate) artifacts: Arc<ArtifactStore>,
     pub(crate) sandbox: wasmos_sandbox::Sandbox,
     pub(crate) scheduler_limits: wasmos_sandbox::SchedulerLimits,
+    /// Ended tasks that left the master's memory (none with the in-memory registry).
+    pub(crate) history: Option<Arc<dyn crate::registry::History>>,
 }
 
 impl MasterHandle {

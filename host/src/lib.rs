@@ -14,6 +14,7 @@ mod handle;
 mod hosted;
 mod master;
 mod registry;
+mod watch;
 
 use std::future::Future;
 use std::path::PathBuf;
@@ -29,6 +30,7 @@ pub use artifacts::{ArtifactError, ArtifactStore, DEFAULT_MAX_MODULE_BYTES};
 pub use batch::{DEFAULT_MAX_ATTEMPTS, MAX_SKIPPED_PER_OFFER};
 pub use hosted::{MAX_CALLS_PER_CALLBACK, MAX_TIMER};
 pub use wasmos_sandbox::SchedulerLimits;
+pub use watch::{DEFAULT_WATCH_HISTORY, DEFAULT_WATCH_HISTORY_BYTES};
 
 /// Default [`MasterConfig::max_hosted_frameworks`].
 pub const DEFAULT_MAX_HOSTED_FRAMEWORKS: u32 = 64;
@@ -49,6 +51,16 @@ pub const DEFAULT_BATCH_REFUSE: Duration = Duration::from_secs(1);
 pub const DEFAULT_AGENT_REREGISTER_TIMEOUT: Duration = Duration::from_secs(120);
 /// Default [`MasterConfig::max_submit_count`].
 pub const DEFAULT_MAX_SUBMIT_COUNT: u32 = 1_000_000;
+/// Default [`MasterConfig::max_completed_tasks`].
+pub const DEFAULT_MAX_COMPLETED_TASKS: usize = 10_000;
+/// Default [`MasterConfig::completed_task_memory`]: 256 MiB.
+pub const DEFAULT_COMPLETED_TASK_MEMORY: u64 = 256 << 20;
+/// Default [`MasterConfig::completed_task_ttl`]: one hour.
+pub const DEFAULT_COMPLETED_TASK_TTL: Duration = Duration::from_secs(3600);
+/// Default [`MasterConfig::task_history`]: one week.
+pub const DEFAULT_TASK_HISTORY: Duration = Duration::from_secs(7 * 86400);
+/// Default [`MasterConfig::artifact_ttl`]: one week.
+pub const DEFAULT_ARTIFACT_TTL: Duration = Duration::from_secs(7 * 86400);
 
 /// How a master runs. Every limit has a default (see the constants).
 #[derive(Debug, Clone)]
@@ -91,6 +103,24 @@ pub struct MasterConfig {
     /// Fuel, memory and time limits of every hosted scheduler callback
     /// (defaults: 100M fuel, 64 MiB, 1 s).
     pub scheduler_limits: SchedulerLimits,
+    /// Ended tasks (their framework done with them) kept in memory, most
+    /// recent first; older ones are answered from the registry. Default 10,000.
+    pub max_completed_tasks: usize,
+    /// ... and at most about this many bytes of them (output tails count).
+    /// Default 256 MiB.
+    pub completed_task_memory: u64,
+    /// ... and none for longer than this. Default 1 h.
+    pub completed_task_ttl: Duration,
+    /// How long the registry keeps an ended task's record (then it is
+    /// deleted in the background). Default one week.
+    pub task_history: Duration,
+    /// Modules no queued or running task, open submission or hosted
+    /// framework has used for this long are deleted. Default one week.
+    pub artifact_ttl: Duration,
+    /// Watch events kept for watchers that resume (`Watch(from)`). Default 100,000.
+    pub watch_history: usize,
+    /// ... and at most this many bytes of them (output tails count). Default 64 MiB.
+    pub watch_history_bytes: u64,
 }
 
 impl MasterConfig {
@@ -111,6 +141,13 @@ impl MasterConfig {
             durable_registry: true,
             max_hosted_frameworks: DEFAULT_MAX_HOSTED_FRAMEWORKS,
             scheduler_limits: SchedulerLimits::default(),
+            max_completed_tasks: DEFAULT_MAX_COMPLETED_TASKS,
+            completed_task_memory: DEFAULT_COMPLETED_TASK_MEMORY,
+            completed_task_ttl: DEFAULT_COMPLETED_TASK_TTL,
+            task_history: DEFAULT_TASK_HISTORY,
+            artifact_ttl: DEFAULT_ARTIFACT_TTL,
+            watch_history: DEFAULT_WATCH_HISTORY,
+            watch_history_bytes: DEFAULT_WATCH_HISTORY_BYTES,
         }
     }
 }
@@ -138,17 +175,19 @@ pub fn start(cfg: MasterConfig) -> Result<MasterHandle, StartError> {
         max_task_mem: cfg.scheduler_limits.mem.clamp(1 << 20, 4 << 30),
         ..Default::default()
     })?;
-    let (watch, _) = tokio::sync::broadcast::channel(65_536);
+    let watch = Arc::new(watch::WatchHub::new(cfg.watch_history, cfg.watch_history_bytes));
     let (tx, rx) = tokio::sync::mpsc::channel(COMMAND_QUEUE);
     let scheduler_limits = cfg.scheduler_limits;
-    let registry = if cfg.durable_registry { Some(registry::open(&cfg.state_dir)?) } else { None };
+    let opts = registry::Options { keep_recent: cfg.max_completed_tasks, task_history: cfg.task_history };
+    let registry = if cfg.durable_registry { Some(registry::open(&cfg.state_dir, opts)?) } else { None };
+    let history = registry.as_ref().map(|(r, _)| r.history());
     let hosted_to_restart: Vec<_> = registry
         .as_ref()
         .map(|(_, l)| l.frameworks.iter().filter(|f| f.hosted.is_some()).cloned().collect())
         .unwrap_or_default();
     let master = master::Master::new(cfg, artifacts.clone(), watch.clone(), registry);
     tokio::spawn(master.run(rx));
-    let handle = MasterHandle { tx, watch, artifacts, sandbox, scheduler_limits };
+    let handle = MasterHandle { tx, watch, artifacts, sandbox, scheduler_limits, history };
     // Hosted schedulers come back from their module and config; their state
     // starts fresh (reconciliation tells them about their tasks).
     for f in hosted_to_restart {
@@ -229,12 +268,13 @@ pub async fn run(
 /// names: what `cargo xtask chaos` compares with the Operator API. Tasks of a
 /// submission without a record of their own are `staging` (queued).
 pub fn registry_tasks(state_dir: &std::path::Path) -> Result<std::collections::BTreeMap<String, String>, StartError> {
-    let (_reg, loaded) = registry::open(state_dir)?;
+    let opts = registry::Options { keep_recent: usize::MAX, task_history: DEFAULT_TASK_HISTORY };
+    let (_reg, loaded) = registry::open(state_dir, opts)?;
     let mut out = std::collections::BTreeMap::new();
     for t in loaded.tasks {
         out.insert(t.view.task_id.to_string(), t.view.state.to_string());
     }
-    for sub in loaded.submissions {
+    for (sub, _) in loaded.submissions {
         for (_, id) in sub.task_ids() {
             out.entry(id).or_insert_with(|| "staging".to_string());
         }

@@ -224,16 +224,18 @@ pub(crate) fn task_view_to_wire(t: &TaskView) -> v1::TaskSummary {
         module_sha256: t.module_sha256.clone(),
         resources: Some(resources_to_wire(&t.resources)),
         message: t.message.clone(),
-        role: String::new(),
+        role: t.role.clone(),
     }
 }
 
 /// A stored summary back as a view (the registry's records).
 pub(crate) fn task_view_from_wire(s: &v1::TaskSummary) -> Result<TaskView, String> {
     Ok(TaskView {
+        seq: 0,
         task_id: TaskId::new(s.task_id.clone()).map_err(|e| e.to_string())?,
         name: s.name.clone(),
         framework_id: FrameworkId::new(s.framework_id.clone()).map_err(|e| e.to_string())?,
+        role: s.role.clone(),
         agent_id: if s.agent_id.is_empty() { None } else { AgentId::new(s.agent_id.clone()).ok() },
         state: state_from_wire(s.state).ok_or("unknown state")?,
         outcome: s.outcome.as_ref().and_then(wasmos_proto::outcome_from_wire).map(Arc::new),

@@ -2,7 +2,6 @@
 //! actions, hosted frameworks, and the watch stream.
 
 use tokio_stream::StreamExt;
-use tokio_stream::wrappers::BroadcastStream;
 use tonic::{Request, Response, Status};
 use wasmos_model::{AgentId, Role, TaskId};
 use wasmos_proto::v1;
@@ -11,7 +10,10 @@ use super::convert::*;
 use super::{BoxStream, bad_id};
 use crate::MasterHandle;
 use crate::master::cmd::{Cmd, HostedJobs};
-use crate::master::types::{Reservation, RoleUpdate, Submission, TaskAction, TaskFilter};
+use crate::master::types::{
+    DEFAULT_PAGE_SIZE, MAX_PAGE_SIZE, PAGE_SCAN_BUDGET, Page, Reservation, RoleUpdate, Submission, TaskAction,
+    TaskFilter, TaskView,
+};
 
 fn reservation(req: v1::ReserveRequest) -> Result<Reservation, Status> {
     let agent = AgentId::new(req.agent_id.clone()).map_err(|e| bad_id(&format!("agent id {:?}: ", req.agent_id), e))?;
@@ -29,22 +31,26 @@ impl MasterHandle {
 
 #[tonic::async_trait]
 impl v1::operator_server::Operator for MasterHandle {
-    async fn list_agents(&self, _: Request<v1::ListAgentsRequest>) -> Result<Response<v1::ListAgentsResponse>, Status> {
-        let agents = self.request(Cmd::ListAgents).await?;
+    async fn list_agents(&self, r: Request<v1::ListAgentsRequest>) -> Result<Response<v1::ListAgentsResponse>, Status> {
+        let req = r.into_inner();
+        let after = Some(req.page_token).filter(|t| !t.is_empty());
+        let (agents, next) = self.request(|reply| Cmd::ListAgents(after, page_size(req.page_size), reply)).await?;
         Ok(Response::new(v1::ListAgentsResponse {
             agents: agents.iter().map(agent_view_to_wire).collect(),
-            ..Default::default()
+            next_page_token: next.unwrap_or_default(),
         }))
     }
 
     async fn list_frameworks(
         &self,
-        _: Request<v1::ListFrameworksRequest>,
+        r: Request<v1::ListFrameworksRequest>,
     ) -> Result<Response<v1::ListFrameworksResponse>, Status> {
-        let fws = self.request(Cmd::ListFrameworks).await?;
+        let req = r.into_inner();
+        let after = Some(req.page_token).filter(|t| !t.is_empty());
+        let (fws, next) = self.request(|reply| Cmd::ListFrameworks(after, page_size(req.page_size), reply)).await?;
         Ok(Response::new(v1::ListFrameworksResponse {
             frameworks: fws.iter().map(framework_view_to_wire).collect(),
-            ..Default::default()
+            next_page_token: next.unwrap_or_default(),
         }))
     }
 
@@ -74,15 +80,45 @@ impl v1::operator_server::Operator for MasterHandle {
             0 => None,
             s => Some(wasmos_proto::state_from_wire(s).ok_or_else(|| Status::invalid_argument("unknown task state"))?),
         };
+        let nonempty = |s: String| Some(s).filter(|s| !s.is_empty());
         let filter = TaskFilter {
             state,
-            framework_id: Some(req.framework_id).filter(|f| !f.is_empty()),
-            limit: Some(req.limit as usize).filter(|l| *l > 0),
+            framework_id: nonempty(req.framework_id),
+            role: nonempty(req.role),
+            agent_id: nonempty(req.agent_id),
+            name_prefix: nonempty(req.name_prefix),
+            submitted_after_ms: Some(req.submitted_after_ms).filter(|t| *t > 0),
+            submitted_before_ms: Some(req.submitted_before_ms).filter(|t| *t > 0),
         };
-        let tasks = self.request(|reply| Cmd::ListTasks(filter, reply)).await?;
+        let after: u64 = match req.page_token.as_str() {
+            "" => 0,
+            t => t.parse().map_err(|_| {
+                Status::invalid_argument(format!(
+                    "page_token {t:?} is not one this master gave; start from the first page"
+                ))
+            })?,
+        };
+        // Older clients set only `limit`.
+        let limit = page_size(if req.page_size == 0 { req.limit } else { req.page_size });
+        // Taken first: whatever happens after the listing has a later seq.
+        let watch_seq = self.watch.current();
+        let f = filter.clone();
+        let memory = self.request(|reply| Cmd::ListTasks(f, after, limit, reply)).await?;
+        let history = match &self.history {
+            Some(h) => {
+                let h = h.clone();
+                tokio::task::spawn_blocking(move || h.page(after, &filter, limit, PAGE_SCAN_BUDGET))
+                    .await
+                    .map_err(|e| Status::internal(e.to_string()))?
+                    .map_err(|e| Status::internal(e.to_string()))?
+            }
+            None => Page::default(),
+        };
+        let (tasks, next) = merge_pages(memory, history, limit);
         Ok(Response::new(v1::ListTasksResponse {
             tasks: tasks.iter().map(task_view_to_wire).collect(),
-            ..Default::default()
+            next_page_token: next.map(|n| n.to_string()).unwrap_or_default(),
+            watch_seq,
         }))
     }
 
@@ -90,8 +126,18 @@ impl v1::operator_server::Operator for MasterHandle {
         let id = r.into_inner().task_id;
         let tid = TaskId::new(id.clone())
             .map_err(|_| Status::not_found(format!("no task {id:?}; list tasks with `wasmos tasks`")))?;
-        let t = self.request(|reply| Cmd::GetTask(tid, reply)).await?;
-        Ok(Response::new(task_view_to_wire(&t)))
+        let missing = match self.request(|reply| Cmd::GetTask(tid, reply)).await {
+            Ok(t) => return Ok(Response::new(task_view_to_wire(&t))),
+            Err(s) if s.code() == tonic::Code::NotFound => s,
+            Err(s) => return Err(s),
+        };
+        // It may have left memory: the registry keeps its history.
+        let Some(h) = self.history.clone() else { return Err(missing) };
+        let found = tokio::task::spawn_blocking(move || h.get(&id))
+            .await
+            .map_err(|e| Status::internal(e.to_string()))?
+            .map_err(|e| Status::internal(e.to_string()))?;
+        found.map(|t| Response::new(task_view_to_wire(&t))).ok_or(missing)
     }
 
     async fn list_roles(&self, _: Request<v1::ListRolesRequest>) -> Result<Response<v1::ListRolesResponse>, Status> {
@@ -131,6 +177,7 @@ impl v1::operator_server::Operator for MasterHandle {
         let req = r.into_inner();
         let tpl = req.template.ok_or_else(|| Status::invalid_argument("submit without a task template"))?;
         let (template, bad) = wasmos_proto::spec_from_wire(&tpl);
+        let watch_seq = self.watch.current();
         if req.framework.is_empty() || req.framework == "batch" {
             let s = Submission {
                 template,
@@ -150,7 +197,7 @@ impl v1::operator_server::Operator for MasterHandle {
         let jobs =
             HostedJobs { template, count: req.count, priority: req.priority, estimated_fuel: req.estimated_fuel };
         let task_ids = crate::hosted::submit(self, &req.framework, jobs).await.map_err(status_of)?;
-        Ok(Response::new(v1::SubmitResponse { task_ids, ..Default::default() }))
+        Ok(Response::new(v1::SubmitResponse { task_ids, watch_seq }))
     }
 
     async fn kill_task(&self, r: Request<v1::TaskActionRequest>) -> Result<Response<v1::TaskActionResponse>, Status> {
@@ -168,14 +215,163 @@ impl v1::operator_server::Operator for MasterHandle {
 
     type WatchStream = BoxStream<v1::WatchEvent>;
     async fn watch(&self, r: Request<v1::WatchRequest>) -> Result<Response<Self::WatchStream>, Status> {
-        let fw = r.into_inner().framework_id;
-        let stream = BroadcastStream::new(self.watch.subscribe()).filter_map(move |ev| match ev {
+        let req = r.into_inner();
+        let (fw, from) = (req.framework_id, req.from);
+        let hub = self.watch.clone();
+        let (backlog, rx) = hub.follow(from).map_err(gone)?;
+        // The backlog, then live events; a watcher that falls behind the live
+        // buffer catches up from the ring, and fails only past it.
+        let stream = async_stream(hub, backlog, rx, from.unwrap_or(0)).filter_map(move |ev| match ev {
             Ok(ev) => {
-                let keep = fw.is_empty() || watch_framework(&ev).is_none_or(|f| f == fw);
-                keep.then(|| Ok(watch_to_wire(&ev)))
+                let keep = fw.is_empty() || watch_framework(&ev.1).is_none_or(|f| f == fw);
+                keep.then(|| Ok(v1::WatchEvent { seq: ev.0, ..watch_to_wire(&ev.1) }))
             }
-            Err(_) => Some(Err(Status::data_loss("watcher fell behind and missed events; watch again and re-list"))),
+            Err(g) => Some(Err(gone(g))),
         });
         Ok(Response::new(Box::pin(stream)))
+    }
+}
+
+fn gone(g: crate::watch::Gone) -> Status {
+    Status::data_loss(format!(
+        "the events after the one asked for are no longer held (the oldest held is {}); re-list and watch from the listing's watch_seq",
+        g.oldest
+    ))
+}
+
+/// Backlog then live events, in sequence order without repeats; on a lagging
+/// live buffer, catch up from the ring.
+fn async_stream(
+    hub: std::sync::Arc<crate::watch::WatchHub>,
+    backlog: Vec<crate::watch::Sequenced>,
+    rx: tokio::sync::broadcast::Receiver<crate::watch::Sequenced>,
+    from: u64,
+) -> impl tokio_stream::Stream<Item = Result<crate::watch::Sequenced, crate::watch::Gone>> {
+    use tokio::sync::broadcast::error::RecvError;
+    struct S {
+        hub: std::sync::Arc<crate::watch::WatchHub>,
+        pending: std::collections::VecDeque<crate::watch::Sequenced>,
+        rx: tokio::sync::broadcast::Receiver<crate::watch::Sequenced>,
+        last: u64,
+        done: bool,
+    }
+    let s = S { hub, pending: backlog.into(), rx, last: from, done: false };
+    futures_util::stream::unfold(s, |mut s| async move {
+        loop {
+            if s.done {
+                return None;
+            }
+            if let Some(e) = s.pending.pop_front() {
+                if e.0 <= s.last {
+                    continue;
+                }
+                s.last = e.0;
+                return Some((Ok(e), s));
+            }
+            match s.rx.recv().await {
+                Ok(e) => s.pending.push_back(e),
+                Err(RecvError::Lagged(_)) => match s.hub.follow(Some(s.last)) {
+                    Ok((backlog, rx)) => {
+                        s.pending = backlog.into();
+                        s.rx = rx;
+                    }
+                    Err(g) => {
+                        s.done = true;
+                        return Some((Err(g), s));
+                    }
+                },
+                Err(RecvError::Closed) => return None,
+            }
+        }
+    })
+}
+
+/// A page size as asked: 0 is the default, more than the maximum is the maximum.
+fn page_size(asked: u32) -> usize {
+    match asked as usize {
+        0 => DEFAULT_PAGE_SIZE,
+        n => n.min(MAX_PAGE_SIZE),
+    }
+}
+
+/// One page from the master's memory and one from the registry's history,
+/// both after the same position: what both cover (up to the nearer of their
+/// ends) in listing order, a task in both once (memory is the newer word),
+/// at most `limit` rows; and where the next page starts.
+fn merge_pages(memory: Page<TaskView>, history: Page<TaskView>, limit: usize) -> (Vec<TaskView>, Option<u64>) {
+    let cut = match (memory.next, history.next) {
+        (Some(a), Some(b)) => Some(a.min(b)),
+        (a, b) => a.or(b),
+    };
+    let in_memory: std::collections::HashSet<TaskId> = memory.rows.iter().map(|t| t.task_id.clone()).collect();
+    let mut rows: Vec<TaskView> = memory
+        .rows
+        .into_iter()
+        .chain(history.rows.into_iter().filter(|t| !in_memory.contains(&t.task_id)))
+        .filter(|t| cut.is_none_or(|c| t.seq <= c))
+        .collect();
+    rows.sort_by_key(|t| t.seq);
+    if rows.len() > limit {
+        rows.truncate(limit);
+        let next = rows.last().map(|t| t.seq);
+        return (rows, next);
+    }
+    (rows, cut)
+}
+
+#[cfg(test)]
+mod tests {
+    use wasmos_model::{FrameworkId, Resources, TaskState};
+
+    use super::*;
+
+    fn t(seq: u64, id: &str, state: TaskState) -> TaskView {
+        TaskView {
+            seq,
+            task_id: TaskId::new(id).unwrap(),
+            name: id.into(),
+            framework_id: FrameworkId::new("batch").unwrap(),
+            role: "batch".into(),
+            agent_id: None,
+            state,
+            outcome: None,
+            submitted_at_ms: 0,
+            started_at_ms: 0,
+            finished_at_ms: 0,
+            attempt: 1,
+            module_sha256: String::new(),
+            resources: Resources::new(),
+            message: String::new(),
+        }
+    }
+
+    fn ids(rows: &[TaskView]) -> Vec<u64> {
+        rows.iter().map(|t| t.seq).collect()
+    }
+
+    #[test]
+    fn pages_merge_up_to_the_nearer_end() {
+        use TaskState::*;
+        // memory holds 2, 5, 9 (stopped after 9); history 1, 5 (stale), 7 (stopped after 7)
+        let memory = Page { rows: vec![t(2, "b", Running), t(5, "e", Finished), t(9, "i", Running)], next: Some(9) };
+        let history = Page { rows: vec![t(1, "a", Finished), t(5, "e", Lost), t(7, "g", Finished)], next: Some(7) };
+        let (rows, next) = merge_pages(memory, history, 10);
+        // cut at 7: 9 waits for the next page; "e" once, from memory
+        assert_eq!((ids(&rows), next), (vec![1, 2, 5, 7], Some(7)));
+        assert_eq!(rows[2].state, Finished);
+        // both complete: no next page
+        let (rows, next) = merge_pages(Page { rows: vec![t(3, "c", Running)], next: None }, Page::default(), 10);
+        assert_eq!((ids(&rows), next), (vec![3], None));
+        // more than the limit: the page ends at its last row
+        let memory = Page { rows: vec![t(1, "a", Running), t(2, "b", Running), t(3, "c", Running)], next: None };
+        let (rows, next) = merge_pages(memory, Page::default(), 2);
+        assert_eq!((ids(&rows), next), (vec![1, 2], Some(2)));
+    }
+
+    #[test]
+    fn page_sizes() {
+        assert_eq!(page_size(0), DEFAULT_PAGE_SIZE);
+        assert_eq!(page_size(5), 5);
+        assert_eq!(page_size(u32::MAX), MAX_PAGE_SIZE);
     }
 }

@@ -85,9 +85,11 @@ pub(crate) enum Cmd {
     /// A scheduler call; `Err` if it could not be read (answered once the
     /// caller is known to be subscribed, as the wire API always did).
     Call(FrameworkId, Result<Call, Error>, Reply<()>),
-    ListAgents(Reply<Vec<AgentView>>),
-    ListFrameworks(Reply<Vec<FrameworkView>>),
-    ListTasks(TaskFilter, Reply<Vec<TaskView>>),
+    /// (after this id, at most this many): a page, and the id to continue after.
+    ListAgents(Option<String>, usize, Reply<(Vec<AgentView>, Option<String>)>),
+    ListFrameworks(Option<String>, usize, Reply<(Vec<FrameworkView>, Option<String>)>),
+    /// Tasks in memory after a position, at most this many (see `views.rs`).
+    ListTasks(TaskFilter, u64, usize, Reply<Page<TaskView>>),
     GetTask(TaskId, Reply<TaskView>),
     ListRoles(Reply<Vec<RoleView>>),
     UpdateRole(RoleUpdate, Reply<RoleView>),
@@ -162,9 +164,9 @@ impl Cmd {
             Cmd::AgentHeartbeat(_, r) => no(r, e),
             Cmd::Subscribe(_, _, _, r) => no(r, e),
             Cmd::Call(_, _, r) => no(r, e),
-            Cmd::ListAgents(r) => no(r, e),
-            Cmd::ListFrameworks(r) => no(r, e),
-            Cmd::ListTasks(_, r) => no(r, e),
+            Cmd::ListAgents(_, _, r) => no(r, e),
+            Cmd::ListFrameworks(_, _, r) => no(r, e),
+            Cmd::ListTasks(_, _, _, r) => no(r, e),
             Cmd::GetTask(_, r) => no(r, e),
             Cmd::ListRoles(r) => no(r, e),
             Cmd::UpdateRole(_, r) => no(r, e),

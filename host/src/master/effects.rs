@@ -2,22 +2,24 @@
 //! commands leave after the batch (before its commit), replies and watch
 //! events that depend on the commit leave after it.
 
-use tokio::sync::broadcast;
+use std::sync::Arc;
+
 use wasmos_model::AgentId;
 
 use super::cmd::{Error, Reply};
 use super::types::{AgentCommand, WatchEvent};
+use crate::watch::WatchHub;
 
 pub(crate) struct Effects {
     /// Replies (and watch events) held back until this batch is committed.
     deferred: Vec<Box<dyn FnOnce() + Send>>,
     /// Agent commands held back until the end of this batch.
     outbox: Vec<(AgentId, AgentCommand)>,
-    watch: broadcast::Sender<WatchEvent>,
+    watch: Arc<WatchHub>,
 }
 
 impl Effects {
-    pub fn new(watch: broadcast::Sender<WatchEvent>) -> Effects {
+    pub fn new(watch: Arc<WatchHub>) -> Effects {
         Effects { deferred: Vec::new(), outbox: Vec::new(), watch }
     }
 
@@ -30,15 +32,13 @@ impl Effects {
 
     /// Publishes a watch event now.
     pub fn publish(&self, ev: WatchEvent) {
-        let _ = self.watch.send(ev);
+        self.watch.publish(ev);
     }
 
     /// Publishes a watch event once this batch is committed.
     pub fn publish_after_commit(&mut self, ev: WatchEvent) {
         let watch = self.watch.clone();
-        self.deferred.push(Box::new(move || {
-            let _ = watch.send(ev);
-        }));
+        self.deferred.push(Box::new(move || watch.publish(ev)));
     }
 
     /// Queues a command for an agent; it leaves at the end of this batch.

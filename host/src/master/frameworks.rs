@@ -296,7 +296,7 @@ impl Master {
                 f.unacked.remove(tid);
             }
             if ended {
-                self.state.frameworks.end_task(fw, tid);
+                self.state.end_task(fw, tid);
             }
         }
         Ok(())
@@ -314,7 +314,7 @@ impl Master {
                 Some(t) => TaskStatus {
                     agent_id: t.agent().cloned(),
                     outcome: t.outcome.clone(),
-                    ..TaskStatus::master(&tid, fw, None, t.state(), "reconciliation", t.message.clone())
+                    ..TaskStatus::master(&tid, fw, None, t.state(), "reconciliation", t.message.to_string())
                 },
                 None => TaskStatus::master(
                     &tid,
@@ -350,6 +350,10 @@ impl Master {
         // so the recovery is skipped and the allocator forgets the framework).
         if let Some(mut f) = self.state.frameworks.remove(fw) {
             f.send(Event::Error(format!("framework {fw} was torn down; its tasks are being killed")));
+            // Ended tasks nobody will acknowledge now may leave memory.
+            for t in f.tasks() {
+                self.state.tasks.mark_done(t, self.state.batch_no);
+            }
             if let Kind::Hosted(Hosted { link: Some(link), .. }) = f.kind {
                 link.stop();
             }

@@ -19,15 +19,17 @@ mod hosting;
 pub(crate) mod offers;
 pub(crate) mod recovery;
 pub(crate) mod roles;
+pub(crate) mod task_ops;
 pub(crate) mod tasks;
 pub(crate) mod types;
 pub(crate) mod validate;
 pub(crate) mod views;
 
 use std::sync::Arc;
+use std::sync::atomic::AtomicU64;
 use std::time::{Duration, Instant};
 
-use tokio::sync::{broadcast, mpsc};
+use tokio::sync::mpsc;
 use wasmos_allocator::{Allocation, Allocator, Config as AllocConfig};
 use wasmos_model::{AgentId, FrameworkId, OfferId, TaskId};
 
@@ -38,7 +40,7 @@ use self::frameworks::{Framework, Frameworks, Kind};
 use self::offers::{OfferRec, Offers};
 use self::recovery::Recovery;
 use self::roles::Roles;
-use self::tasks::Tasks;
+use self::tasks::{Retention, Tasks};
 use self::types::*;
 use crate::MasterConfig;
 use crate::artifacts::ArtifactStore;
@@ -53,6 +55,8 @@ pub(crate) struct State {
     pub frameworks: Frameworks,
     pub tasks: Tasks,
     pub offers: Offers,
+    /// The batch of commands being handled (its changes commit together).
+    pub batch_no: u64,
 }
 
 impl State {
@@ -78,6 +82,14 @@ impl State {
         Some((agent, alloc))
     }
 
+    /// A framework is done with a task (it acknowledged its end, or there
+    /// was nothing to acknowledge): it leaves the framework's set and, once
+    /// ended, may leave memory.
+    pub fn end_task(&mut self, fw: &FrameworkId, tid: &TaskId) {
+        self.frameworks.end_task(fw, tid);
+        self.tasks.mark_done(tid, self.batch_no);
+    }
+
     pub fn add_offer(&mut self, id: OfferId, rec: OfferRec) {
         self.frameworks.add_offer(&rec.framework, &id);
         self.offers.insert(id, rec);
@@ -99,8 +111,17 @@ pub(crate) struct Ids {
 
 impl Ids {
     pub fn fresh(&mut self, prefix: &str) -> String {
+        self.fresh_n(prefix).0
+    }
+    /// [`Ids::fresh`] and its number.
+    pub fn fresh_n(&mut self, prefix: &str) -> (String, u64) {
+        let n = self.bump();
+        (format!("{prefix}-{}-{n}", self.tag), n)
+    }
+    /// The next number, without an id (a task's listing position).
+    pub fn bump(&mut self) -> u64 {
         self.next += 1;
-        format!("{prefix}-{}-{}", self.tag, self.next)
+        self.next
     }
     /// The number the next [`Ids::fresh`] will use.
     pub fn peek(&self) -> u64 {
@@ -137,13 +158,16 @@ pub(crate) struct Master {
     writer: Option<WriterTx>,
     /// Ids of jobs submitted to hosted frameworks.
     next_job: u64,
+    /// The newest batch the registry committed (set by its writer).
+    committed: Arc<AtomicU64>,
+    retention: Retention,
 }
 
 impl Master {
     pub(crate) fn new(
         cfg: MasterConfig,
         artifacts: Arc<ArtifactStore>,
-        watch: broadcast::Sender<WatchEvent>,
+        watch: Arc<crate::watch::WatchHub>,
         registry: Option<(Box<dyn registry::Registry>, Loaded)>,
     ) -> Master {
         let tag = format!("{:04x}", (now_ms() as u64 ^ (std::process::id() as u64 * 0x9e37)) & 0xffff);
@@ -158,6 +182,7 @@ impl Master {
             Framework::new("batch".into(), batch_role, Kind::Batch, DEFAULT_FAILOVER_TIMEOUT),
             false,
         );
+        let retention_cfg = (cfg.max_completed_tasks, cfg.completed_task_memory, cfg.completed_task_ttl);
         let mut m = Master {
             cfg,
             started: Instant::now(),
@@ -174,15 +199,25 @@ impl Master {
             cycle_due: false,
             writer: None,
             next_job: 0,
+            committed: Arc::new(AtomicU64::new(0)),
+            retention: Retention { max_tasks: retention_cfg.0, max_bytes: retention_cfg.1, ttl: retention_cfg.2 },
         };
         // Nothing queued yet: no offers for the batch framework until a submit.
         let _ = m.alloc.suppress(&batch_id, &[]);
         m.batch.suppressed = true;
         if let Some((reg, loaded)) = registry {
             m.restore(loaded);
-            m.writer = Some(registry::spawn_writer(reg));
+            m.writer = Some(registry::spawn_writer(reg, m.committed.clone(), m.cfg.task_history));
         }
         m
+    }
+
+    /// Ended tasks leave memory (see [`Retention`]); with the in-memory
+    /// registry there is nothing to wait for.
+    fn evict(&mut self) {
+        let committed =
+            if self.writer.is_some() { self.committed.load(std::sync::atomic::Ordering::Acquire) } else { u64::MAX };
+        self.state.tasks.evict(&self.retention, committed);
     }
 
     fn clock(&self) -> Duration {
@@ -230,6 +265,7 @@ impl Master {
                     self.expire_recovering();
                     self.expire_unreported();
                     self.expire_frameworks();
+                    self.evict();
                     if last_fw_heartbeat.elapsed() >= self.cfg.framework_heartbeat_interval {
                         last_fw_heartbeat = Instant::now();
                         self.heartbeat_frameworks();
@@ -275,14 +311,14 @@ impl Master {
                 let r = self.call(fw, call);
                 self.effects.reply_after_commit(reply, r);
             }
-            Cmd::ListAgents(reply) => {
-                let _ = reply.send(Ok(self.list_agents()));
+            Cmd::ListAgents(after, limit, reply) => {
+                let _ = reply.send(Ok(self.list_agents(after.as_deref(), limit)));
             }
-            Cmd::ListFrameworks(reply) => {
-                let _ = reply.send(Ok(self.list_frameworks()));
+            Cmd::ListFrameworks(after, limit, reply) => {
+                let _ = reply.send(Ok(self.list_frameworks(after.as_deref(), limit)));
             }
-            Cmd::ListTasks(filter, reply) => {
-                let _ = reply.send(Ok(self.list_tasks(&filter)));
+            Cmd::ListTasks(filter, after, limit, reply) => {
+                let _ = reply.send(Ok(self.list_tasks(&filter, after, limit)));
             }
             Cmd::GetTask(id, reply) => {
                 let _ = reply.send(self.get_task(&id));
@@ -358,7 +394,7 @@ impl Master {
                 // The writer thread commits (grouping queued batches into one
                 // transaction) and then releases the replies, so the event loop
                 // never waits for the disk.
-                let _ = w.send((changes, deferred));
+                w.send(changes, deferred, self.state.batch_no);
             }
             _ => {
                 for f in deferred {
@@ -366,5 +402,6 @@ impl Master {
                 }
             }
         }
+        self.state.batch_no += 1;
     }
 }

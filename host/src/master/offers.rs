@@ -169,7 +169,8 @@ impl Master {
                         // which attempt this is; otherwise it is the first.
                         let mut task = Task::new(fw.clone(), spec.clone(), now_ms());
                         task.attempt = spec.attempt.max(1);
-                        self.state.tasks.insert(id.clone(), task, true);
+                        let seq = self.ids.bump();
+                        self.state.tasks.insert(id.clone(), task, seq, true);
                     }
                     let attempt = self.state.tasks.get(&id).map(|t| t.attempt).unwrap_or(1);
                     self.state.place(&id, Some(target.agent.clone()), Some(allocation));
@@ -209,7 +210,8 @@ impl Master {
                 if !self.state.tasks.contains(&tid) {
                     let mut task = Task::new(fw.clone(), spec, now_ms());
                     task.attempt = 1;
-                    self.state.tasks.insert(tid.clone(), task, true);
+                    let seq = self.ids.bump();
+                    self.state.tasks.insert(tid.clone(), task, seq, true);
                 }
                 self.state.tasks.set_framework(&tid, fw);
                 self.state.frameworks.add_task(fw, &tid);

@@ -1,7 +1,7 @@
 //! Recovery: the master's state rebuilt from the registry after a restart,
 //! agents reconciled as they come back, and the deadlines of what did not.
 
-use std::collections::{HashMap, HashSet};
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -14,7 +14,7 @@ use super::tasks::Task;
 use super::types::*;
 use super::validate::take;
 use crate::batch::{BatchTask, DEFAULT_MAX_ATTEMPTS};
-use crate::registry::Loaded;
+use crate::registry::{Loaded, SubmissionRecord};
 
 /// How long after an agent reregisters a task it did not report may still get
 /// its (resent) final update before it is declared LOST.
@@ -74,16 +74,39 @@ impl Master {
         for a in loaded.agents {
             self.recovery.recovering.insert(a.id, now + self.cfg.agent_reregister_timeout);
         }
-        let mut rows: Vec<(i64, u64, TaskId, Task)> = Vec::new();
-        for rec in loaded.tasks {
+        // Open submissions: one spec each, shared by their tasks.
+        let mut subs: BTreeMap<(String, u64), (Arc<TaskSpec>, SubmissionRecord)> = BTreeMap::new();
+        for (sub, ended) in loaded.submissions {
+            self.state.tasks.restore_submission(&sub, ended);
+            let spec = Arc::new(TaskSpec { task_id: String::new(), name: sub.name.clone(), ..sub.template.clone() });
+            subs.insert((sub.tag.clone(), sub.first), (spec, sub));
+        }
+        let submission_of = |id: &TaskId| {
+            let (head, n) = id.as_str().rsplit_once('-')?;
+            let (tag, n) = (head.strip_prefix("task-")?, n.parse::<u64>().ok()?);
+            let (_, (spec, sub)) = subs.range(..=(tag.to_string(), n)).next_back()?;
+            (sub.tag == tag && n < sub.first + sub.count as u64).then(|| spec.clone())
+        };
+        let mut records = loaded.tasks;
+        records.sort_by_key(|r| r.view.seq);
+        let mut known: HashSet<TaskId> = HashSet::new();
+        for rec in records {
             let tid = rec.view.task_id.clone();
-            let seq: u64 = tid.as_str().rsplit('-').next().and_then(|n| n.parse().ok()).unwrap_or(0);
             let fw = rec.view.framework_id.clone();
+            let spec = rec.spec.clone().or_else(|| submission_of(&tid)).unwrap_or_else(|| {
+                // Ended, and its submission is gone: what the record says.
+                Arc::new(TaskSpec {
+                    name: rec.view.name.clone(),
+                    module_sha256: rec.view.module_sha256.clone(),
+                    resources: rec.view.resources.clone(),
+                    ..Default::default()
+                })
+            });
             if !rec.view.state.is_terminal() {
                 self.state.frameworks.add_task(&fw, &tid);
                 if fw == self.batch_id {
                     let bt = BatchTask {
-                        resources: rec.spec.resources.clone(),
+                        resources: spec.resources.clone(),
                         priority: rec.priority,
                         constraints: rec.constraints.clone(),
                         attempts: rec.view.attempt,
@@ -96,53 +119,30 @@ impl Master {
                     }
                 }
             }
-            rows.push((rec.view.submitted_at_ms, seq, tid, Task::restored(rec)));
+            known.insert(tid.clone());
+            self.state.tasks.restore(tid, Task::restored(rec, spec));
         }
-        // Tasks of stored submissions without a record of their own are still
+        // Tasks of open submissions without a record of their own are still
         // queued (or were launched and will be adopted when their agent
         // reregisters).
-        let mut queued = Vec::new();
-        let known: HashSet<TaskId> = rows.iter().map(|r| r.2.clone()).collect();
-        for sub in loaded.submissions {
-            let max_attempts = if sub.max_attempts == 0 { DEFAULT_MAX_ATTEMPTS } else { sub.max_attempts };
-            // One spec for all of them, as at submit.
-            let spec = Arc::new(TaskSpec { task_id: String::new(), name: sub.name.clone(), ..sub.template.clone() });
-            for (n, id) in sub.task_ids() {
-                let Ok(tid) = TaskId::new(id) else { continue };
-                if known.contains(&tid) {
+        // In the order they were submitted (ids count up across restarts).
+        let mut queued: Vec<(u64, TaskId, &(Arc<TaskSpec>, SubmissionRecord))> = Vec::new();
+        for entry in subs.values() {
+            for (n, id) in entry.1.task_ids() {
+                if loaded.recorded.contains(&id) {
                     continue;
                 }
-                queued.push((
-                    sub.submitted_at_ms,
-                    n,
-                    tid,
-                    spec.clone(),
-                    sub.priority,
-                    sub.constraints.clone(),
-                    max_attempts,
-                ));
+                let Ok(tid) = TaskId::new(id) else { continue };
+                if !known.contains(&tid) {
+                    queued.push((n, tid, entry));
+                }
             }
         }
-        rows.sort_by(|a, b| (a.0, a.1, &a.2).cmp(&(b.0, b.1, &b.2)));
-        queued.sort_by(|a, b| (a.0, a.1, &a.2).cmp(&(b.0, b.1, &b.2)));
-        // Listing order: by submission time, then sequence, across both.
-        let mut rows = rows.into_iter().peekable();
-        let mut queued = queued.into_iter().peekable();
-        loop {
-            let take_row = match (rows.peek(), queued.peek()) {
-                (Some(r), Some(q)) => (r.0, r.1, &r.2) <= (q.0, q.1, &q.2),
-                (Some(_), None) => true,
-                (None, Some(_)) => false,
-                (None, None) => break,
-            };
-            if take_row {
-                let (_, _, tid, task) = rows.next().expect("peeked");
-                self.state.tasks.restore(vec![(tid, task)]);
-            } else {
-                let (at, _, tid, spec, priority, constraints, max_attempts) = queued.next().expect("peeked");
-                self.recovery.adoptable.insert(tid.clone());
-                self.enqueue_batch(tid, spec, at, priority, &constraints, max_attempts);
-            }
+        queued.sort_by_key(|q| q.0);
+        for (n, tid, (spec, sub)) in queued {
+            let max_attempts = if sub.max_attempts == 0 { DEFAULT_MAX_ATTEMPTS } else { sub.max_attempts };
+            self.recovery.adoptable.insert(tid.clone());
+            self.enqueue_batch(tid, n, spec.clone(), sub.submitted_at_ms, sub.priority, &sub.constraints, max_attempts);
         }
         if self.batch.queued() > 0 {
             self.revive_batch();

@@ -1,5 +1,6 @@
-//! The task table, and what happens to tasks: status updates, kills, pauses,
-//! batch submissions.
+//! The task table: every task the master holds in memory (queued, launched,
+//! and recently ended), in listing order, with what changed for the registry
+//! and which ended tasks may leave memory.
 //!
 //! A task's state only moves through [`Tasks::set_state`], which checks the
 //! lifecycle ([`TaskState::can_become`]); an illegal move is refused, logged
@@ -7,18 +8,23 @@
 //! stored whenever it changes, except for the moves an agent reports again
 //! when it reregisters (among STAGING, STARTING, RUNNING and PAUSED while the
 //! task has an agent) — those are re-learned after a master restart.
+//!
+//! Retention: a task that ended and that its framework is done with (it
+//! acknowledged the final update, or there was none to acknowledge) waits in
+//! `done`; it leaves memory, oldest first, once more than
+//! `max_completed_tasks` (or `completed_task_memory` bytes of output) wait,
+//! or it waited `completed_task_ttl` — but never before the registry holds
+//! its final record. From then on it is answered from the registry.
 
-use std::collections::{HashMap, HashSet};
+use std::borrow::Cow;
+use std::collections::{BTreeMap, HashMap, HashSet, VecDeque};
 use std::sync::Arc;
+use std::time::{Duration, Instant};
 
 use wasmos_allocator::Allocation;
 use wasmos_model::{AgentId, FrameworkId, Outcome, TaskId, TaskSpec, TaskState};
 
-use super::Master;
-use super::cmd::Error;
-use super::frameworks::Kind;
-use super::types::{Launch, Submission, TaskAction, TaskStatus, WatchEvent, now_ms};
-use crate::batch::{BatchTask, DEFAULT_MAX_ATTEMPTS};
+use super::types::{Launch, TaskStatus, now_ms};
 use crate::registry::SubmissionRecord;
 
 /// How many applied status-update UUIDs are remembered per task (duplicates
@@ -28,62 +34,67 @@ const APPLIED_UUIDS_KEPT: usize = 16;
 /// One task the master knows: queued, launched, or ended (history).
 #[derive(Debug, Clone)]
 pub(crate) struct Task {
-    pub name: String,
     pub framework: FrameworkId,
     agent: Option<AgentId>,
-    /// Its resources are `spec.resources`. Shared by every task of a
-    /// submission, so its `task_id` and `attempt` are not this task's: the
-    /// table key and [`Task::attempt`] are.
+    /// Its resources are `spec.resources`, its name `spec.name`. Shared by
+    /// every task of a submission, so its `task_id` and `attempt` are not
+    /// this task's: the table key and [`Task::attempt`] are.
     pub spec: Arc<TaskSpec>,
     /// What the allocator counts for this task while it holds resources.
     allocation: Option<Allocation>,
     state: TaskState,
     pub outcome: Option<Arc<Outcome>>,
-    pub message: String,
+    pub message: Cow<'static, str>,
     pub submitted_at_ms: i64,
     pub started_at_ms: i64,
     pub finished_at_ms: i64,
     pub attempt: u32,
+    /// Where it stands in listings (see [`Tasks::insert`]).
+    seq: u64,
     applied: Vec<Vec<u8>>,
+    /// Counted among its submission's ended tasks.
+    counted_ended: bool,
 }
 
 impl Task {
     /// A task not yet launched (queued, or about to be launched or refused).
     pub fn new(framework: FrameworkId, spec: Arc<TaskSpec>, submitted_at_ms: i64) -> Task {
         Task {
-            name: spec.name.clone(),
             framework,
             agent: None,
             spec,
             allocation: None,
             state: TaskState::Staging,
             outcome: None,
-            message: String::new(),
+            message: Cow::Borrowed(""),
             submitted_at_ms,
             started_at_ms: 0,
             finished_at_ms: 0,
             attempt: 0,
+            seq: 0,
             applied: Vec::new(),
+            counted_ended: false,
         }
     }
 
-    /// A task as the registry held it.
-    pub fn restored(rec: crate::registry::TaskRecord) -> Task {
+    /// A task as the registry held it; `spec`: its own, or its submission's.
+    pub fn restored(rec: crate::registry::TaskRecord, spec: Arc<TaskSpec>) -> Task {
         let v = rec.view;
         Task {
-            name: v.name,
             framework: v.framework_id,
             agent: v.agent_id,
-            spec: rec.spec,
+            spec,
             allocation: None,
             state: v.state,
             outcome: v.outcome,
-            message: v.message,
+            message: Cow::Owned(v.message),
             submitted_at_ms: v.submitted_at_ms,
             started_at_ms: v.started_at_ms,
             finished_at_ms: v.finished_at_ms,
             attempt: v.attempt,
+            seq: v.seq,
             applied: rec.applied_uuids,
+            counted_ended: v.state.is_terminal(),
         }
     }
 
@@ -93,12 +104,19 @@ impl Task {
     pub fn state(&self) -> TaskState {
         self.state
     }
+    pub fn seq(&self) -> u64 {
+        self.seq
+    }
     pub fn applied(&self) -> &[Vec<u8>] {
         &self.applied
     }
     /// Queued: not launched anywhere (a batch task waiting for an offer).
     pub fn is_queued(&self) -> bool {
         self.agent.is_none() && self.state == TaskState::Staging
+    }
+    /// Roughly what an ended task holds on to (its output tails dominate).
+    fn weight(&self) -> u64 {
+        256 + self.outcome.as_ref().map(|o| (o.stdout.len() + o.stderr.len()) as u64).unwrap_or(0)
     }
 }
 
@@ -109,14 +127,51 @@ pub(crate) struct IllegalMove {
     pub to: TaskState,
 }
 
-/// The task table: rows by id, their listing order, and what changed since
-/// the last commit (tasks and whole submissions).
+/// How long ended tasks stay in memory.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Retention {
+    pub max_tasks: usize,
+    pub max_bytes: u64,
+    pub ttl: Duration,
+}
+
+/// A submission whose record the registry still needs (some task of it has
+/// not ended).
+#[derive(Debug, Clone)]
+struct OpenSubmission {
+    count: u32,
+    ended: u32,
+}
+
+/// What changed since the last commit.
+#[derive(Debug, Default)]
+pub(crate) struct TaskChanges {
+    pub tasks: Vec<TaskId>,
+    pub new_submissions: Vec<SubmissionRecord>,
+    /// Submissions whose count of ended tasks changed: (key, ended).
+    pub ended_counts: Vec<(String, u32)>,
+    /// Submissions all of whose tasks ended: their records go.
+    pub closed_submissions: Vec<String>,
+}
+
+/// The task table.
 #[derive(Default)]
 pub(crate) struct Tasks {
     map: HashMap<TaskId, Task>,
-    order: Vec<TaskId>,
+    order: BTreeMap<u64, TaskId>,
     changed: HashSet<TaskId>,
-    submissions: Vec<SubmissionRecord>,
+    new_submissions: Vec<SubmissionRecord>,
+    /// By (tag, first task number).
+    open: BTreeMap<(String, u64), OpenSubmission>,
+    /// Ended tasks their framework is done with: (task, when, commit batch).
+    done: VecDeque<(TaskId, Instant, u64)>,
+    done_bytes: u64,
+}
+
+/// The submission (tag, number) a batch task id `task-TAG-N` names.
+fn submission_part(id: &TaskId) -> Option<(&str, u64)> {
+    let (head, n) = id.as_str().rsplit_once('-')?;
+    Some((head.strip_prefix("task-")?, n.parse().ok()?))
 }
 
 impl Tasks {
@@ -126,9 +181,12 @@ impl Tasks {
     pub fn contains(&self, id: &TaskId) -> bool {
         self.map.contains_key(id)
     }
-    /// Tasks in the order they were first known.
-    pub fn in_order(&self) -> impl Iterator<Item = (&TaskId, &Task)> + '_ {
-        self.order.iter().filter_map(|id| self.map.get(id).map(|t| (id, t)))
+    pub fn len(&self) -> usize {
+        self.map.len()
+    }
+    /// Tasks after position `after`, in listing order.
+    pub fn after(&self, after: u64) -> impl Iterator<Item = (&TaskId, &Task)> + '_ {
+        self.order.range(after.saturating_add(1)..).filter_map(|(_, id)| self.map.get(id).map(|t| (id, t)))
     }
     /// Non-terminal tasks placed on `agent`.
     pub fn live_on(&self, agent: &AgentId) -> Vec<TaskId> {
@@ -138,30 +196,44 @@ impl Tasks {
             .map(|(k, _)| k.clone())
             .collect()
     }
+    /// Modules of the tasks that have not ended.
+    pub fn live_modules(&self) -> HashSet<&str> {
+        self.map.values().filter(|t| !t.state.is_terminal()).map(|t| t.spec.module_sha256.as_str()).collect()
+    }
 
-    /// Adds a task (last in the listing order). `store`: journal it now (a
-    /// task of a stored submission is not, until it changes).
-    pub fn insert(&mut self, id: TaskId, task: Task, store: bool) {
+    /// Adds a task at listing position `seq`. `store`: journal it now (a task
+    /// of a stored submission is not, until it changes).
+    pub fn insert(&mut self, id: TaskId, mut task: Task, seq: u64, store: bool) {
         if store {
             self.changed.insert(id.clone());
         }
-        if self.map.insert(id.clone(), task).is_none() {
-            self.order.push(id);
+        task.seq = seq;
+        self.order.insert(seq, id.clone());
+        if let Some(old) = self.map.insert(id, task) {
+            self.order.remove(&old.seq);
         }
     }
 
-    /// Restores rows loaded from the registry, in the given order.
-    pub fn restore(&mut self, rows: Vec<(TaskId, Task)>) {
-        for (id, t) in rows {
-            if self.map.insert(id.clone(), t).is_none() {
-                self.order.push(id);
-            }
+    /// Restores a row loaded from the registry (at its recorded position).
+    pub fn restore(&mut self, id: TaskId, task: Task) {
+        let ended = task.state.is_terminal();
+        self.order.insert(task.seq, id.clone());
+        self.map.insert(id.clone(), task);
+        if ended {
+            // Loaded because it is recent: it may leave memory as usual.
+            self.done.push_back((id, Instant::now(), 0));
         }
     }
 
     /// Records a whole submission (its tasks are inserted unjournaled).
     pub fn record_submission(&mut self, s: SubmissionRecord) {
-        self.submissions.push(s);
+        self.open.insert((s.tag.clone(), s.first), OpenSubmission { count: s.count, ended: 0 });
+        self.new_submissions.push(s);
+    }
+
+    /// A submission from the registry, with how many of its tasks ended.
+    pub fn restore_submission(&mut self, s: &SubmissionRecord, ended: u32) {
+        self.open.insert((s.tag.clone(), s.first), OpenSubmission { count: s.count, ended });
     }
 
     /// Moves a task to `next`, if the lifecycle allows it. Staying in the
@@ -183,6 +255,10 @@ impl Tasks {
             self.changed.insert(id.clone());
         }
         t.state = next;
+        if next.is_terminal() {
+            // Nothing is applied to an ended task again.
+            t.applied = Vec::new();
+        }
         Ok(())
     }
 
@@ -191,7 +267,7 @@ impl Tasks {
     pub fn note_status(&mut self, id: &TaskId, st: &TaskStatus) {
         let Some(t) = self.map.get_mut(id) else { return };
         if !st.message.is_empty() {
-            t.message = st.message.clone();
+            t.message = Cow::Owned(st.message.clone());
         }
         if st.outcome.is_some() {
             t.outcome = st.outcome.clone();
@@ -201,6 +277,13 @@ impl Tasks {
         }
         if st.state.is_terminal() {
             t.finished_at_ms = now_ms();
+        }
+    }
+
+    /// Sets a task's message (queued, retrying after ...).
+    pub fn set_message(&mut self, id: &TaskId, m: Cow<'static, str>) {
+        if let Some(t) = self.map.get_mut(id) {
+            t.message = m;
         }
     }
 
@@ -233,7 +316,7 @@ impl Tasks {
         t.agent = None;
         t.allocation = None;
         t.finished_at_ms = 0;
-        t.message = message;
+        t.message = Cow::Owned(message);
         self.changed.insert(id.clone());
     }
 
@@ -264,202 +347,81 @@ impl Tasks {
         }
     }
 
-    /// What changed since the last call (for the journal).
-    pub fn take_changed(&mut self) -> (Vec<TaskId>, Vec<SubmissionRecord>) {
-        (self.changed.drain().collect(), std::mem::take(&mut self.submissions))
+    /// The framework is done with an ended task (see [`super::State::end_task`]):
+    /// it may leave memory once batch `batch` is committed.
+    pub(super) fn mark_done(&mut self, id: &TaskId, batch: u64) {
+        if let Some(t) = self.map.get(id).filter(|t| t.state.is_terminal()) {
+            self.done_bytes += t.weight();
+            self.done.push_back((id.clone(), Instant::now(), batch));
+        }
     }
-}
 
-impl Master {
-    /// Applies one status update to the task table and tells the framework.
-    /// Duplicates (same UUID) are ignored; updates for unknown tasks dropped.
-    pub(super) fn apply_status(&mut self, mut st: TaskStatus, from_agent: bool) {
-        let tid = st.task_id.clone();
-        let Some((framework, prev, agent)) =
-            self.state.tasks.get(&tid).map(|t| (t.framework.clone(), t.state, t.agent.clone()))
-        else {
-            return;
+    /// Ended tasks that leave memory now: oldest first, while over the count
+    /// or byte bound or past the TTL, and only once `committed` covers the
+    /// batch that recorded them.
+    pub fn evict(&mut self, r: &Retention, committed: u64) -> usize {
+        let mut n = 0;
+        while let Some((id, at, batch)) = self.done.front() {
+            let over = self.done.len() > r.max_tasks || self.done_bytes > r.max_bytes || at.elapsed() >= r.ttl;
+            if !over || *batch > committed {
+                break;
+            }
+            let id = id.clone();
+            self.done.pop_front();
+            // Still ended (not queued again since), and still here.
+            let Some(t) = self.map.get(&id).filter(|t| t.state.is_terminal()) else { continue };
+            self.done_bytes = self.done_bytes.saturating_sub(t.weight());
+            if let Some(t) = self.map.remove(&id) {
+                self.order.remove(&t.seq);
+                self.changed.remove(&id);
+                n += 1;
+            }
+        }
+        n
+    }
+
+    /// What changed since the last call (for the journal), with the
+    /// bookkeeping of which submissions are still needed.
+    pub fn take_changed(&mut self) -> TaskChanges {
+        let mut out = TaskChanges {
+            tasks: self.changed.drain().collect(),
+            new_submissions: std::mem::take(&mut self.new_submissions),
+            ..Default::default()
         };
-        // The task's framework is the master's record, not what an agent says.
-        st.framework_id = framework;
-        if from_agent && !st.uuid.is_empty() && !self.state.tasks.note_uuid(&tid, &st.uuid) {
-            return;
-        }
-        if prev.is_terminal() {
-            return;
-        }
-        if from_agent {
-            self.recovery.unreported.remove(&tid);
-            match agent {
-                // A LOST report for a task that is queued again: stale.
-                None if st.state == TaskState::Lost => return,
-                // Launched by the previous master incarnation, never recorded.
-                None if self.recovery.adoptable.contains(&tid) => {
-                    self.state.place(&tid, st.agent_id.clone(), None);
-                }
-                // From an attempt that was given up (LOST, queued again): stale.
-                None => return,
-                // An update from an agent the task has left (it was lost there
-                // and runs elsewhere now): stale, not applied.
-                Some(a) if Some(&a) != st.agent_id.as_ref() => return,
-                Some(_) => {}
+        let mut touched: BTreeMap<(String, u64), ()> = BTreeMap::new();
+        for id in &out.tasks {
+            let Some(t) = self.map.get_mut(id) else { continue };
+            let ended = t.state.is_terminal();
+            if ended == t.counted_ended {
+                continue;
             }
-            // A kill is on its way: a RUNNING or PAUSED sent before it is stale.
-            if prev == TaskState::Killing && matches!(st.state, TaskState::Running | TaskState::Paused) {
-                return;
+            let Some((tag, n)) = submission_part(id) else { continue };
+            let Some((key, sub)) = self
+                .open
+                .range_mut(..=(tag.to_string(), n))
+                .next_back()
+                .filter(|((tg, first), s)| tg == tag && n >= *first && n < first + s.count as u64)
+            else {
+                continue;
+            };
+            t.counted_ended = ended;
+            if ended {
+                sub.ended += 1;
+            } else {
+                sub.ended = sub.ended.saturating_sub(1);
             }
+            touched.insert(key.clone(), ());
         }
-        if let Err(m) = self.state.tasks.set_state(&tid, st.state) {
-            self.metrics.illegal_moves += 1;
-            eprintln!(
-                "wasmos master: task {tid} cannot move from {} to {} ({}: {}); update ignored",
-                m.from, m.to, st.reason, st.message
-            );
-            return;
-        }
-        self.state.tasks.note_status(&tid, &st);
-        let fw = st.framework_id.clone();
-        if st.state.is_terminal()
-            && let Some((agent, alloc)) = self.state.release(&tid)
-        {
-            if let Some(role) = self.state.frameworks.get(&fw).map(|f| f.role.clone()) {
-                let now = self.clock();
-                let _ = self.alloc.recover_resources(&fw, &agent, &role, &alloc, None, now);
-            }
-            self.cycle_due = true;
-        }
-        // Watchers see an update only once it is committed, so the observed
-        // history has each update once even across a master failover.
-        self.effects.publish_after_commit(WatchEvent::Task(st.clone()));
-        self.notify(&fw, st);
-    }
-
-    /// Tells a task's framework about an update it should see.
-    fn notify(&mut self, fw: &FrameworkId, st: TaskStatus) {
-        let tid = st.task_id.clone();
-        let Some(f) = self.state.frameworks.get_mut(fw) else { return };
-        match f.kind {
-            Kind::Batch => {
-                if !st.state.is_terminal() {
-                    return;
-                }
-                // Lost tasks come back to the queue while attempts remain.
-                let retry = st.state == TaskState::Lost
-                    && self.batch.tasks.get(&tid).is_some_and(|b| b.attempts < b.max_attempts);
-                if retry {
-                    self.state.tasks.requeue(&tid, format!("retrying after: {}", st.message));
-                    self.batch.requeue(&tid);
-                    self.revive_batch();
-                } else {
-                    self.batch.forget(&tid);
-                    self.state.frameworks.end_task(fw, &tid);
-                }
-            }
-            Kind::Remote | Kind::Hosted(_) => {
-                let terminal = st.state.is_terminal();
-                f.send(super::types::Event::Update(st.clone()));
-                if !st.uuid.is_empty() {
-                    f.unacked.insert(tid, st);
-                } else if terminal && !f.unacked.contains_key(&tid) {
-                    // Nothing to acknowledge (e.g. a refused launch).
-                    self.state.frameworks.end_task(fw, &tid);
-                }
+        for (key, ()) in touched {
+            let Some(sub) = self.open.get(&key) else { continue };
+            let name = format!("task-{}-{}", key.0, key.1);
+            if sub.ended >= sub.count {
+                self.open.remove(&key);
+                out.closed_submissions.push(name);
+            } else {
+                out.ended_counts.push((name, sub.ended));
             }
         }
-    }
-
-    /// Kill, pause or resume a task; `owner`: only if it is this framework's.
-    pub(super) fn task_action(
-        &mut self,
-        tid: &TaskId,
-        action: TaskAction,
-        owner: Option<&FrameworkId>,
-    ) -> Result<(), Error> {
-        let plan = super::validate::task_action(&self.state, tid, action, owner)?;
-        let task = self.state.tasks.get(tid).expect("checked by validate");
-        let fw = task.framework.clone();
-        match (action, plan) {
-            (TaskAction::Kill, None) => {
-                // Still queued in the batch framework: it never ran.
-                self.batch.forget(tid);
-                let st = TaskStatus::master(
-                    tid,
-                    &fw,
-                    None,
-                    TaskState::Killed,
-                    "killed_while_queued",
-                    "killed before it was launched".into(),
-                );
-                self.apply_status(st, false);
-            }
-            (_, None) => unreachable!("validate refuses pause and resume of a queued task"),
-            (action, Some(agent)) => {
-                let cmd = match action {
-                    TaskAction::Kill => {
-                        if let Err(m) = self.state.tasks.set_state(tid, TaskState::Killing) {
-                            self.metrics.illegal_moves += 1;
-                            eprintln!("wasmos master: task {tid} cannot move from {} to {}", m.from, m.to);
-                        }
-                        super::types::AgentCommand::Kill(tid.clone())
-                    }
-                    TaskAction::Pause => super::types::AgentCommand::Pause(tid.clone()),
-                    TaskAction::Resume => super::types::AgentCommand::Resume(tid.clone()),
-                };
-                self.effects.send_agent(&agent, cmd);
-            }
-        }
-        Ok(())
-    }
-
-    /// `wasmos submit`: COUNT tasks queued in the batch framework, stored as
-    /// one submission record (their ids are consecutive).
-    pub(super) fn submit(&mut self, s: Submission) -> Result<Vec<TaskId>, Error> {
-        super::validate::submit(&s, self.cfg.max_submit_count, |sha| self.artifacts.size(sha).is_some())?;
-        let count = s.count.max(1);
-        let base = if s.template.name.is_empty() { "task".to_string() } else { s.template.name.clone() };
-        let max_attempts = if s.max_attempts == 0 { DEFAULT_MAX_ATTEMPTS } else { s.max_attempts };
-        let now = now_ms();
-        self.state.tasks.record_submission(SubmissionRecord {
-            tag: self.ids.tag.clone(),
-            first: self.ids.peek(),
-            count,
-            template: s.template.clone(),
-            priority: s.priority,
-            constraints: s.constraints.clone(),
-            max_attempts,
-            submitted_at_ms: now,
-            name: base.clone(),
-        });
-        let mut ids = Vec::with_capacity(count as usize);
-        // One spec for all of them (each task's id is its key in the table).
-        let spec = Arc::new(TaskSpec { task_id: String::new(), name: base.clone(), ..s.template });
-        for _ in 0..count {
-            let tid = TaskId::new(self.ids.fresh("task")).expect("valid id");
-            self.enqueue_batch(tid.clone(), spec.clone(), now, s.priority, &s.constraints, max_attempts);
-            ids.push(tid);
-        }
-        self.revive_batch();
-        Ok(ids)
-    }
-
-    /// Adds a queued batch task (a new submission's, or a restored one's).
-    pub(super) fn enqueue_batch(
-        &mut self,
-        tid: TaskId,
-        spec: Arc<TaskSpec>,
-        submitted_at_ms: i64,
-        priority: i32,
-        constraints: &[(String, String)],
-        max_attempts: u32,
-    ) {
-        let resources = spec.resources.clone();
-        let mut task = Task::new(self.batch_id.clone(), spec, submitted_at_ms);
-        task.message = "queued".into();
-        self.state.tasks.insert(tid.clone(), task, false);
-        self.state.frameworks.add_task(&self.batch_id, &tid);
-        self.batch.enqueue(
-            tid,
-            BatchTask { resources, priority, constraints: constraints.to_vec(), attempts: 0, max_attempts },
-        );
+        out
     }
 }

@@ -246,13 +246,53 @@ pub(crate) struct Submission {
     pub max_attempts: u32,
 }
 
-/// Which tasks a listing wants.
+/// Which tasks a listing wants (every field: no constraint when absent).
 #[derive(Debug, Clone, Default)]
 pub(crate) struct TaskFilter {
     pub state: Option<TaskState>,
     pub framework_id: Option<String>,
-    pub limit: Option<usize>,
+    pub role: Option<String>,
+    pub agent_id: Option<String>,
+    pub name_prefix: Option<String>,
+    /// Submitted at or after (ms since the epoch).
+    pub submitted_after_ms: Option<i64>,
+    /// Submitted before (ms since the epoch).
+    pub submitted_before_ms: Option<i64>,
 }
+
+impl TaskFilter {
+    pub fn matches(&self, t: &TaskView) -> bool {
+        self.state.is_none_or(|s| t.state == s)
+            && self.framework_id.as_deref().is_none_or(|f| t.framework_id.as_str() == f)
+            && self.role.as_deref().is_none_or(|r| t.role == r)
+            && self.agent_id.as_deref().is_none_or(|a| t.agent_id.as_ref().is_some_and(|x| x.as_str() == a))
+            && self.name_prefix.as_deref().is_none_or(|p| t.name.starts_with(p))
+            && self.submitted_after_ms.is_none_or(|a| t.submitted_at_ms >= a)
+            && self.submitted_before_ms.is_none_or(|b| t.submitted_at_ms < b)
+    }
+}
+
+/// One page of a listing: rows in order, and where the next page starts.
+#[derive(Debug, Clone)]
+pub(crate) struct Page<T> {
+    pub rows: Vec<T>,
+    /// The position after which the next page starts; `None`: no more.
+    pub next: Option<u64>,
+}
+
+impl<T> Default for Page<T> {
+    fn default() -> Page<T> {
+        Page { rows: Vec::new(), next: None }
+    }
+}
+
+/// Default page size of listings.
+pub const DEFAULT_PAGE_SIZE: usize = 1_000;
+/// Largest page a listing returns.
+pub const MAX_PAGE_SIZE: usize = 10_000;
+/// Most rows a page scans for matches before it returns what it has (a
+/// filter that matches rarely must not make one request walk everything).
+pub(crate) const PAGE_SCAN_BUDGET: usize = 100_000;
 
 /// A change to a role's weight and quota; absent fields stay as they are.
 #[derive(Debug, Clone)]
@@ -321,9 +361,13 @@ pub(crate) struct FrameworkView {
 
 #[derive(Debug, Clone, PartialEq)]
 pub(crate) struct TaskView {
+    /// Where it stands in listings: when the master first knew it.
+    pub seq: u64,
     pub task_id: TaskId,
     pub name: String,
     pub framework_id: FrameworkId,
+    /// Its framework's role (empty if the framework is gone).
+    pub role: String,
     pub agent_id: Option<AgentId>,
     pub state: TaskState,
     pub outcome: Option<Arc<Outcome>>,

@@ -64,7 +64,8 @@ fn spec(id: &str, r: &str) -> TaskSpec {
 }
 
 fn add_task(s: &mut State, id: &str, owner: &str, on: Option<&str>) {
-    s.tasks.insert(tid(id), Task::new(fw(owner), std::sync::Arc::new(spec(id, "cpus:1")), 0), true);
+    let seq = s.tasks.len() as u64 + 1;
+    s.tasks.insert(tid(id), Task::new(fw(owner), std::sync::Arc::new(spec(id, "cpus:1")), 0), seq, true);
     s.frameworks.add_task(&fw(owner), &tid(id));
     if let Some(a) = on {
         s.place(&tid(id), Some(agent(a)), None);

@@ -1,6 +1,6 @@
 //! What operators see: read-only views of the tables.
 
-use wasmos_model::{FrameworkId, Role, TaskId};
+use wasmos_model::{AgentId, FrameworkId, Role, TaskId};
 
 use super::Master;
 use super::agents::Mode;
@@ -9,11 +9,14 @@ use super::frameworks::Kind;
 use super::tasks::Task;
 use super::types::*;
 
-pub(crate) fn task_view(id: &TaskId, t: &Task) -> TaskView {
+/// A task as listings show it; `role`: its framework's.
+pub(crate) fn task_view(id: &TaskId, t: &Task, role: &str) -> TaskView {
     TaskView {
+        seq: t.seq(),
         task_id: id.clone(),
-        name: t.name.clone(),
+        name: t.spec.name.clone(),
         framework_id: t.framework.clone(),
+        role: role.to_string(),
         agent_id: t.agent().cloned(),
         state: t.state(),
         outcome: t.outcome.clone(),
@@ -23,16 +26,22 @@ pub(crate) fn task_view(id: &TaskId, t: &Task) -> TaskView {
         attempt: t.attempt,
         module_sha256: t.spec.module_sha256.clone(),
         resources: t.spec.resources.clone(),
-        message: t.message.clone(),
+        message: t.message.to_string(),
     }
 }
 
 impl Master {
-    pub(super) fn list_agents(&self) -> Vec<AgentView> {
-        let mut agents: Vec<AgentView> = self
-            .state
-            .agents
-            .iter()
+    /// A page of agents by id, after `after`.
+    pub(super) fn list_agents(&self, after: Option<&str>, limit: usize) -> (Vec<AgentView>, Option<String>) {
+        let mut ids: Vec<&AgentId> =
+            self.state.agents.iter().map(|(id, _)| id).filter(|id| after.is_none_or(|a| id.as_str() > a)).collect();
+        ids.sort();
+        let more = ids.len() > limit;
+        ids.truncate(limit);
+        let next = if more { ids.last().map(|i| i.to_string()) } else { None };
+        let agents = ids
+            .into_iter()
+            .filter_map(|id| self.state.agents.get(id).map(|a| (id, a)))
             .map(|(id, a)| {
                 let free = self.alloc.agent_free(id).map(|f| f.total()).unwrap_or_default();
                 AgentView {
@@ -48,8 +57,7 @@ impl Master {
                 }
             })
             .collect();
-        agents.sort_by(|a, b| a.agent_id.cmp(&b.agent_id));
-        agents
+        (agents, next)
     }
 
     pub(super) fn framework_view(&self, id: &FrameworkId) -> Option<FrameworkView> {
@@ -77,32 +85,56 @@ impl Master {
         })
     }
 
-    /// Every framework, then the hosted ones that failed (with the reason).
-    pub(super) fn list_frameworks(&self) -> Vec<FrameworkView> {
-        let mut ids: Vec<&FrameworkId> = self.state.frameworks.iter().map(|(id, _)| id).collect();
-        ids.sort();
-        let mut out: Vec<FrameworkView> = ids.into_iter().filter_map(|id| self.framework_view(id)).collect();
-        out.extend(self.state.frameworks.failed().cloned());
-        out
+    /// A page of frameworks by id (the failed hosted ones by name, after
+    /// them), after `after`.
+    pub(super) fn list_frameworks(&self, after: Option<&str>, limit: usize) -> (Vec<FrameworkView>, Option<String>) {
+        let mut all: Vec<(String, FrameworkView)> = self
+            .state
+            .frameworks
+            .iter()
+            .filter_map(|(id, _)| self.framework_view(id).map(|v| (format!("0{id}"), v)))
+            .chain(self.state.frameworks.failed().map(|v| (format!("1{}", v.name), v.clone())))
+            .filter(|(k, _)| after.is_none_or(|a| k.as_str() > a))
+            .collect();
+        all.sort_by(|a, b| a.0.cmp(&b.0));
+        let more = all.len() > limit;
+        all.truncate(limit);
+        let next = if more { all.last().map(|(k, _)| k.clone()) } else { None };
+        (all.into_iter().map(|(_, v)| v).collect(), next)
+    }
+
+    /// A task's framework's role ("" if the framework is gone).
+    pub(super) fn role_of(&self, fw: &FrameworkId) -> &str {
+        self.state.frameworks.get(fw).map(|f| f.role.as_str()).unwrap_or("")
     }
 
     pub(super) fn get_task(&self, id: &TaskId) -> Result<TaskView, Error> {
         self.state
             .tasks
             .get(id)
-            .map(|t| task_view(id, t))
+            .map(|t| task_view(id, t, self.role_of(&t.framework)))
             .ok_or_else(|| Error::not_found(format!("no task {:?}; list tasks with `wasmos tasks`", id.as_str())))
     }
 
-    pub(super) fn list_tasks(&self, f: &TaskFilter) -> Vec<TaskView> {
-        self.state
-            .tasks
-            .in_order()
-            .filter(|(_, t)| f.state.is_none_or(|s| t.state() == s))
-            .filter(|(_, t)| f.framework_id.as_deref().is_none_or(|fw| t.framework.as_str() == fw))
-            .take(f.limit.unwrap_or(usize::MAX))
-            .map(|(id, t)| task_view(id, t))
-            .collect()
+    /// Up to `limit` tasks in memory after position `after` that match `f`,
+    /// scanning at most [`PAGE_SCAN_BUDGET`] rows. `next`: where the next
+    /// page starts (`None`: nothing more in memory).
+    pub(super) fn list_tasks(&self, f: &TaskFilter, after: u64, limit: usize) -> Page<TaskView> {
+        let mut rows = Vec::new();
+        let mut scanned = 0;
+        let mut last = after;
+        for (id, t) in self.state.tasks.after(after) {
+            if rows.len() >= limit || scanned >= PAGE_SCAN_BUDGET {
+                return Page { rows, next: Some(last) };
+            }
+            scanned += 1;
+            last = t.seq();
+            let v = task_view(id, t, self.role_of(&t.framework));
+            if f.matches(&v) {
+                rows.push(v);
+            }
+        }
+        Page { rows, next: None }
     }
 
     pub(super) fn role_view(&self, role: &Role) -> RoleView {

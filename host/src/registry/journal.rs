@@ -20,22 +20,33 @@ pub(crate) fn collect(
     next_id: u64,
     build: bool,
 ) -> Changes {
-    let (tasks, submissions) = state.tasks.take_changed();
+    let tc = state.tasks.take_changed();
     let frameworks = state.frameworks.take_changed();
     let agents = state.agents.take_changed();
     let (role_changes, reservations) = roles.take_changed();
     if !build {
         return Changes::default();
     }
-    let mut changes = Changes { next_id, submissions, roles: role_changes, reservations, ..Default::default() };
-    for id in tasks {
+    let mut changes = Changes {
+        next_id,
+        submissions: tc.new_submissions,
+        submission_ended: tc.ended_counts,
+        closed_submissions: tc.closed_submissions,
+        roles: role_changes,
+        reservations,
+        ..Default::default()
+    };
+    for id in tc.tasks {
         let Some(t) = state.tasks.get(&id) else { continue };
         let b = batch.tasks.get(&id);
+        let role = state.frameworks.get(&t.framework).map(|f| f.role.as_str()).unwrap_or("");
+        // A batch task's spec is its submission's; an ended task needs none.
+        let spec = (&t.framework != batch_id && !t.state().is_terminal()).then(|| t.spec.clone());
         changes.tasks.push((
             id.clone(),
             TaskRecord {
-                view: crate::master::views::task_view(&id, t),
-                spec: t.spec.clone(),
+                view: crate::master::views::task_view(&id, t, role),
+                spec,
                 priority: b.map(|b| b.priority).unwrap_or(0),
                 constraints: b.map(|b| b.constraints.clone()).unwrap_or_default(),
                 max_attempts: b.map(|b| b.max_attempts).unwrap_or(0),

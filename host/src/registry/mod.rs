@@ -7,12 +7,16 @@
 pub(crate) mod journal;
 mod redb;
 
+use std::collections::HashSet;
 use std::path::Path;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::mpsc::RecvTimeoutError;
 use std::time::Duration;
 
 use wasmos_model::{AgentId, FrameworkId, Resources, Role, TaskId, TaskSpec};
 
-use crate::master::types::{AgentInfo, HostedInfo, RoleSettings, TaskView};
+use crate::master::types::{AgentInfo, HostedInfo, Page, RoleSettings, TaskFilter, TaskView, now_ms};
 
 pub(crate) use self::redb::Redb;
 
@@ -25,8 +29,10 @@ pub struct RegistryError(pub(crate) String);
 #[derive(Debug, Clone, PartialEq)]
 pub(crate) struct TaskRecord {
     pub view: TaskView,
-    /// Its `task_id` and `attempt` are the view's (see [`crate::master::tasks::Task::spec`]).
-    pub spec: std::sync::Arc<TaskSpec>,
+    /// Kept only while it may run again and no submission holds it: a task
+    /// that ended, or belongs to a submission, has none. Its `task_id` and
+    /// `attempt` are the view's (see [`crate::master::tasks::Task::spec`]).
+    pub spec: Option<Arc<TaskSpec>>,
     /// Batch queue: priority, agent constraints, attempt budget (0: not batch).
     pub priority: i32,
     pub constraints: Vec<(String, String)>,
@@ -86,6 +92,10 @@ pub(crate) struct Changes {
     pub frameworks: Vec<(FrameworkId, Option<FrameworkRecord>)>,
     pub agents: Vec<(AgentId, Option<AgentRecord>)>,
     pub submissions: Vec<SubmissionRecord>,
+    /// How many tasks of an open submission ended: (key, count).
+    pub submission_ended: Vec<(String, u32)>,
+    /// Submissions all of whose tasks ended: their records go.
+    pub closed_submissions: Vec<String>,
     pub roles: Vec<(Role, Option<RoleSettings>)>,
     pub reservations: Vec<((AgentId, Role), Option<Resources>)>,
     pub next_id: u64,
@@ -97,6 +107,8 @@ impl Changes {
             && self.frameworks.is_empty()
             && self.agents.is_empty()
             && self.submissions.is_empty()
+            && self.submission_ended.is_empty()
+            && self.closed_submissions.is_empty()
             && self.roles.is_empty()
             && self.reservations.is_empty()
     }
@@ -107,84 +119,177 @@ impl Changes {
         self.frameworks.extend(c.frameworks);
         self.agents.extend(c.agents);
         self.submissions.extend(c.submissions);
+        self.submission_ended.extend(c.submission_ended);
+        self.closed_submissions.extend(c.closed_submissions);
         self.roles.extend(c.roles);
         self.reservations.extend(c.reservations);
         self.next_id = self.next_id.max(c.next_id);
     }
 }
 
-/// Everything the registry held at start-up. Records that cannot be read
+/// What the registry gives back at start-up: everything but the history of
+/// ended tasks, of which only the most recent `keep_recent` come back (the
+/// rest is read on demand through [`History`]). Records that cannot be read
 /// back as domain values (an id that is no longer valid) are skipped with a
 /// warning; bytes that do not decode at all fail the start.
 #[derive(Debug, Default)]
 pub(crate) struct Loaded {
+    /// Tasks that have not ended, and the most recent ended ones.
     pub tasks: Vec<TaskRecord>,
     pub frameworks: Vec<FrameworkRecord>,
     pub agents: Vec<AgentRecord>,
-    pub submissions: Vec<SubmissionRecord>,
+    /// Open submissions, each with how many of its tasks ended.
+    pub submissions: Vec<(SubmissionRecord, u32)>,
+    /// Ids of open submissions' tasks that have a record of their own but
+    /// were not loaded (they ended a while ago): not to be queued again.
+    pub recorded: HashSet<String>,
     pub roles: Vec<(Role, RoleSettings)>,
     pub reservations: Vec<((AgentId, Role), Resources)>,
     pub next_id: u64,
 }
 
 /// Where the registry lives. `load` is called once, at start; then `commit`
-/// for every group of batches, from the writer thread.
+/// for every group of batches and `collect` between them, from the writer
+/// thread.
 pub(crate) trait Registry: Send + 'static {
-    fn load(&mut self) -> Result<Loaded, RegistryError>;
+    /// Everything but old history; `keep_recent`: how many ended tasks to
+    /// load back (the most recent).
+    fn load(&mut self, keep_recent: usize) -> Result<Loaded, RegistryError>;
     /// Writes `changes` in one durable transaction.
     fn commit(&mut self, changes: &Changes) -> Result<(), RegistryError>;
+    /// Deletes up to `max` records of tasks that ended before `before_ms`,
+    /// in one small transaction; returns how many went.
+    fn collect(&mut self, before_ms: i64, max: usize) -> Result<usize, RegistryError>;
+    /// Reads ended tasks that left the master's memory.
+    fn history(&self) -> Arc<dyn History>;
+}
+
+/// Read access to the registry's task history, from any thread (never the
+/// event loop's: these read the disk).
+pub(crate) trait History: Send + Sync + 'static {
+    /// A task's record, whatever its state.
+    fn get(&self, id: &str) -> Result<Option<TaskView>, RegistryError>;
+    /// Ended tasks after listing position `after` that match `filter`: at
+    /// most `limit`, scanning at most `budget` records.
+    fn page(
+        &self,
+        after: u64,
+        filter: &TaskFilter,
+        limit: usize,
+        budget: usize,
+    ) -> Result<Page<TaskView>, RegistryError>;
+}
+
+/// How the registry keeps history.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Options {
+    /// Ended tasks loaded back at start (the most recent).
+    pub keep_recent: usize,
+    /// How long an ended task's record stays.
+    pub task_history: Duration,
 }
 
 /// Opens the default backend: redb in `dir/registry.redb`.
-pub(crate) fn open(dir: &Path) -> Result<(Box<dyn Registry>, Loaded), RegistryError> {
+pub(crate) fn open(dir: &Path, opts: Options) -> Result<(Box<dyn Registry>, Loaded), RegistryError> {
     let mut reg = Redb::open(dir)?;
-    let loaded = reg.load()?;
+    let loaded = reg.load(opts.keep_recent)?;
     Ok((Box::new(reg), loaded))
 }
 
-type Batch = (Changes, Vec<Box<dyn FnOnce() + Send>>);
+/// Most records one history collection deletes in one transaction.
+const COLLECT_BATCH: usize = 2_000;
+/// How often the writer looks for history past its time when idle.
+const COLLECT_EVERY: Duration = Duration::from_secs(1);
+
+type Batch = (Changes, Vec<Box<dyn FnOnce() + Send>>, u64);
 /// Where the event loop sends each batch's changes and held replies.
-pub(crate) type WriterTx = std::sync::mpsc::Sender<Batch>;
+pub(crate) struct WriterTx {
+    tx: std::sync::mpsc::Sender<Batch>,
+    /// Batches sent and not yet taken by the writer.
+    queued: Arc<AtomicUsize>,
+}
+
+impl WriterTx {
+    /// Hands over batch `n`'s changes and the replies that wait for them.
+    pub fn send(&self, changes: Changes, replies: Vec<Box<dyn FnOnce() + Send>>, n: u64) {
+        self.queued.fetch_add(1, Ordering::AcqRel);
+        let _ = self.tx.send((changes, replies, n));
+    }
+}
 
 /// Most batches merged into one transaction.
 const MAX_GROUP: usize = 64;
 
 /// Starts the registry writer: it takes batches in order, merges whatever is
-/// queued into one transaction (group commit), commits, then runs the held
-/// replies. A failed commit stops the process: acknowledging without a
-/// durable record would break the API's promise.
-pub(crate) fn spawn_writer(mut reg: Box<dyn Registry>) -> WriterTx {
+/// queued into one transaction (group commit), commits, records the newest
+/// committed batch number in `committed`, then runs the held replies. A
+/// failed commit stops the process: acknowledging without a durable record
+/// would break the API's promise. Between commits, and at least once a
+/// second, it deletes the records of tasks that ended more than
+/// `task_history` ago, a small transaction at a time, yielding to any
+/// batch that comes in.
+pub(crate) fn spawn_writer(mut reg: Box<dyn Registry>, committed: Arc<AtomicU64>, task_history: Duration) -> WriterTx {
     let (tx, rx) = std::sync::mpsc::channel::<Batch>();
+    let queued = Arc::new(AtomicUsize::new(0));
+    let pending = queued.clone();
     std::thread::Builder::new()
         .name("wasmos-registry".into())
         .spawn(move || {
-            while let Ok(first) = rx.recv() {
-                let mut batches = vec![first];
-                while let Ok(more) = rx.try_recv() {
-                    batches.push(more);
-                    if batches.len() >= MAX_GROUP {
-                        break;
+            let mut last_collect = std::time::Instant::now();
+            loop {
+                let first = match rx.recv_timeout(COLLECT_EVERY) {
+                    Ok(b) => Some(b),
+                    Err(RecvTimeoutError::Timeout) => None,
+                    Err(RecvTimeoutError::Disconnected) => return,
+                };
+                let idle = first.is_none();
+                if let Some(first) = first {
+                    let mut batches = vec![first];
+                    while let Ok(more) = rx.try_recv() {
+                        batches.push(more);
+                        if batches.len() >= MAX_GROUP {
+                            break;
+                        }
+                    }
+                    pending.fetch_sub(batches.len(), Ordering::AcqRel);
+                    let mut merged = Changes::default();
+                    let mut replies = Vec::new();
+                    let mut newest = 0;
+                    for (c, r, n) in batches {
+                        merged.extend(c);
+                        replies.extend(r);
+                        newest = newest.max(n);
+                    }
+                    if !merged.is_empty()
+                        && let Err(e) = reg.commit(&merged)
+                    {
+                        eprintln!(
+                            "wasmos master: cannot write the registry: {e}; stopping so nothing unrecorded is acknowledged"
+                        );
+                        std::process::exit(70);
+                    }
+                    committed.fetch_max(newest, Ordering::Release);
+                    for f in replies {
+                        f();
                     }
                 }
-                let mut merged = Changes::default();
-                let mut replies = Vec::new();
-                for (c, r) in batches {
-                    merged.extend(c);
-                    replies.extend(r);
-                }
-                if !merged.is_empty()
-                    && let Err(e) = reg.commit(&merged)
-                {
-                    eprintln!(
-                        "wasmos master: cannot write the registry: {e}; stopping so nothing unrecorded is acknowledged"
-                    );
-                    std::process::exit(70);
-                }
-                for f in replies {
-                    f();
+                // History past its time, while nothing else waits.
+                if idle || last_collect.elapsed() >= COLLECT_EVERY {
+                    last_collect = std::time::Instant::now();
+                    let before = now_ms() - task_history.as_millis() as i64;
+                    loop {
+                        match reg.collect(before, COLLECT_BATCH) {
+                            Ok(n) if n == COLLECT_BATCH && pending.load(Ordering::Acquire) == 0 => continue,
+                            Ok(_) => break,
+                            Err(e) => {
+                                eprintln!("wasmos master: cannot collect old history: {e}; retrying later");
+                                break;
+                            }
+                        }
+                    }
                 }
             }
         })
         .expect("spawning the registry writer");
-    tx
+    WriterTx { tx, queued }
 }

@@ -2,8 +2,16 @@
 //! `--state-dir`. Records are encoded as the wire types `StoredTask`,
 //! `StoredSubmission`, `StoredFramework`, `StoredAgent`, `StoredRole` and
 //! `StoredReservation`, so a registry written by an earlier version loads.
+//!
+//! Tasks have three indexes beside their records: `live` (tasks that have
+//! not ended: loaded at start), `task_seq` (listing order of everything
+//! recorded: history pages) and `finished` (ended tasks by when they ended:
+//! the most recent are loaded at start, the oldest are collected once past
+//! `--task-history`). A registry without them (written before they existed)
+//! gets them built once, at open.
 
 use std::path::Path;
+use std::sync::Arc;
 
 use ::redb::{Database, ReadableDatabase, ReadableTable, TableDefinition};
 use wasmos_model::{AgentId, FrameworkId, Role};
@@ -11,7 +19,7 @@ use wasmos_proto::v1;
 
 use super::*;
 use crate::api::convert as wire;
-use crate::master::types::{HostedInfo, RoleSettings, failover_timeout};
+use crate::master::types::{HostedInfo, Page, RoleSettings, TaskFilter, TaskView, failover_timeout};
 
 const TASKS: TableDefinition<&str, &[u8]> = TableDefinition::new("tasks");
 const FRAMEWORKS: TableDefinition<&str, &[u8]> = TableDefinition::new("frameworks");
@@ -21,6 +29,16 @@ const SUBMISSIONS: TableDefinition<&str, &[u8]> = TableDefinition::new("submissi
 const ROLES: TableDefinition<&str, &[u8]> = TableDefinition::new("roles");
 /// "agent-id role" -> StoredReservation
 const RESERVATIONS: TableDefinition<&str, &[u8]> = TableDefinition::new("reservations");
+/// task id -> seq, for tasks that have not ended
+const LIVE: TableDefinition<&str, u64> = TableDefinition::new("live");
+/// seq -> task id, every recorded task
+const TASK_SEQ: TableDefinition<u64, &str> = TableDefinition::new("task_seq");
+/// (finished_at_ms, seq) -> task id, ended tasks
+const FINISHED: TableDefinition<(u64, u64), &str> = TableDefinition::new("finished");
+/// submission key -> how many of its tasks ended
+const SUB_ENDED: TableDefinition<&str, u64> = TableDefinition::new("submission_ended");
+/// This layout's number in META["layout"].
+const LAYOUT: u64 = 2;
 
 fn err(what: &str) -> impl Fn(String) -> RegistryError + '_ {
     move |e| RegistryError(format!("{what}: {e}"))
@@ -69,7 +87,14 @@ fn skip(what: &str, key: &str, why: impl std::fmt::Display) {
 }
 
 pub(crate) struct Redb {
-    db: Database,
+    db: Arc<Database>,
+}
+
+fn oerr(what: &'static str) -> impl Fn(::redb::TableError) -> RegistryError {
+    move |e| RegistryError(format!("{what}: {e}"))
+}
+fn serr(what: &'static str) -> impl Fn(::redb::StorageError) -> RegistryError {
+    move |e| RegistryError(format!("{what}: {e}"))
 }
 
 impl Redb {
@@ -93,14 +118,99 @@ impl Redb {
             ] {
                 w.open_table(t).map_err(|e| err(what)(e.to_string()))?;
             }
+            w.open_table(LIVE).map_err(oerr("live"))?;
+            w.open_table(TASK_SEQ).map_err(oerr("task_seq"))?;
+            w.open_table(FINISHED).map_err(oerr("finished"))?;
+            w.open_table(SUB_ENDED).map_err(oerr("submission_ended"))?;
+            let layout = meta.get("layout").map_err(serr("meta"))?.map(|v| v.value()).unwrap_or(0);
+            if layout < LAYOUT {
+                drop(meta);
+                build_indexes(&w)?;
+                let mut meta = w.open_table(META).map_err(oerr("meta"))?;
+                meta.insert("layout", LAYOUT).map_err(serr("meta"))?;
+            }
         }
         w.commit().map_err(|e| err("commit")(e.to_string()))?;
-        Ok(Redb { db })
+        Ok(Redb { db: Arc::new(db) })
+    }
+}
+
+/// Builds the task indexes of a registry written before they existed
+/// (records without a listing position get one after every other).
+fn build_indexes(w: &::redb::WriteTransaction) -> Result<(), RegistryError> {
+    let mut rows: Vec<(String, v1::StoredTask)> = Vec::new();
+    {
+        let t = w.open_table(TASKS).map_err(oerr("tasks"))?;
+        for row in t.iter().map_err(serr("tasks"))? {
+            let (k, v) = row.map_err(serr("tasks"))?;
+            if let Some(rec) = wasmos_proto::decode::<v1::StoredTask>(v.value()) {
+                rows.push((k.value().to_string(), rec));
+            }
+        }
+    }
+    let mut meta = w.open_table(META).map_err(oerr("meta"))?;
+    let mut next = meta.get("next_id").map_err(serr("meta"))?.map(|v| v.value()).unwrap_or(0);
+    // Old order: submission time, then the number in the id.
+    let number = |id: &str| id.rsplit('-').next().and_then(|n| n.parse::<u64>().ok()).unwrap_or(0);
+    rows.sort_by_key(|(id, r)| (r.summary.as_ref().map(|s| s.submitted_at_ms).unwrap_or(0), number(id), id.clone()));
+    let mut t = TaskTables::open(w)?;
+    for (id, mut rec) in rows {
+        if rec.seq == 0 {
+            rec.seq = match number(&id) {
+                0 => {
+                    next += 1;
+                    next
+                }
+                n => n,
+            };
+        }
+        t.put(&id, &rec)?;
+    }
+    meta.insert("next_id", next).map_err(serr("meta"))?;
+    Ok(())
+}
+
+/// The task tables of one write transaction, opened once.
+struct TaskTables<'t> {
+    tasks: ::redb::Table<'t, &'static str, &'static [u8]>,
+    by_seq: ::redb::Table<'t, u64, &'static str>,
+    live: ::redb::Table<'t, &'static str, u64>,
+    finished: ::redb::Table<'t, (u64, u64), &'static str>,
+}
+
+impl<'t> TaskTables<'t> {
+    fn open(w: &'t ::redb::WriteTransaction) -> Result<TaskTables<'t>, RegistryError> {
+        Ok(TaskTables {
+            tasks: w.open_table(TASKS).map_err(oerr("tasks"))?,
+            by_seq: w.open_table(TASK_SEQ).map_err(oerr("task_seq"))?,
+            live: w.open_table(LIVE).map_err(oerr("live"))?,
+            finished: w.open_table(FINISHED).map_err(oerr("finished"))?,
+        })
+    }
+
+    /// Writes a task record and files it in the indexes.
+    fn put(&mut self, id: &str, rec: &v1::StoredTask) -> Result<(), RegistryError> {
+        self.tasks.insert(id, wasmos_proto::encode(rec).as_slice()).map_err(serr("tasks"))?;
+        self.index(id, rec)
+    }
+
+    fn index(&mut self, id: &str, rec: &v1::StoredTask) -> Result<(), RegistryError> {
+        let Some(sum) = &rec.summary else { return Ok(()) };
+        let ended = wasmos_proto::state_from_wire(sum.state).is_some_and(|s| s.is_terminal());
+        self.by_seq.insert(rec.seq, id).map_err(serr("task_seq"))?;
+        if ended {
+            self.live.remove(id).map_err(serr("live"))?;
+            let at = sum.finished_at_ms.max(0) as u64;
+            self.finished.insert((at, rec.seq), id).map_err(serr("finished"))?;
+        } else {
+            self.live.insert(id, rec.seq).map_err(serr("live"))?;
+        }
+        Ok(())
     }
 }
 
 impl Registry for Redb {
-    fn load(&mut self) -> Result<Loaded, RegistryError> {
+    fn load(&mut self, keep_recent: usize) -> Result<Loaded, RegistryError> {
         let r = self.db.begin_read().map_err(|e| err("read")(e.to_string()))?;
         let mut loaded = Loaded::default();
         {
@@ -108,10 +218,30 @@ impl Registry for Redb {
             loaded.next_id =
                 meta.get("next_id").map_err(|e| err("meta")(e.to_string()))?.map(|v| v.value()).unwrap_or(0);
         }
-        for t in load::<v1::StoredTask>(&r, TASKS, "task")? {
-            match task_from_stored(t) {
-                Ok(t) => loaded.tasks.push(t),
-                Err((key, why)) => skip("task", &key, why),
+        {
+            let tasks = r.open_table(TASKS).map_err(oerr("tasks"))?;
+            let read = |id: &str| -> Result<Option<v1::StoredTask>, RegistryError> {
+                match tasks.get(id).map_err(serr("tasks"))? {
+                    Some(v) => wasmos_proto::decode(v.value())
+                        .map(Some)
+                        .ok_or_else(|| RegistryError(format!("task record {id:?} is damaged"))),
+                    None => Ok(None),
+                }
+            };
+            let mut ids: Vec<String> = Vec::new();
+            for row in r.open_table(LIVE).map_err(oerr("live"))?.iter().map_err(serr("live"))? {
+                ids.push(row.map_err(serr("live"))?.0.value().to_string());
+            }
+            let finished = r.open_table(FINISHED).map_err(oerr("finished"))?;
+            for row in finished.iter().map_err(serr("finished"))?.rev().take(keep_recent) {
+                ids.push(row.map_err(serr("finished"))?.1.value().to_string());
+            }
+            for id in ids {
+                let Some(t) = read(&id)? else { continue };
+                match task_from_stored(t) {
+                    Ok(t) => loaded.tasks.push(t),
+                    Err((key, why)) => skip("task", &key, why),
+                }
             }
         }
         for f in load::<v1::StoredFramework>(&r, FRAMEWORKS, "framework")? {
@@ -135,6 +265,9 @@ impl Registry for Redb {
                 _ => skip("agent", &a.agent_id, "bad id or resources"),
             }
         }
+        let ended = r.open_table(SUB_ENDED).map_err(oerr("submission_ended"))?;
+        let tasks = r.open_table(TASKS).map_err(oerr("tasks"))?;
+        let have: std::collections::HashSet<String> = loaded.tasks.iter().map(|t| t.view.task_id.to_string()).collect();
         for s in load::<v1::StoredSubmission>(&r, SUBMISSIONS, "submission")? {
             let Some(tpl) = s.template.as_ref() else {
                 skip("submission", &s.tag, "no template");
@@ -145,7 +278,7 @@ impl Registry for Redb {
                 skip("submission", &s.tag, e);
                 continue;
             }
-            loaded.submissions.push(SubmissionRecord {
+            let rec = SubmissionRecord {
                 tag: s.tag,
                 first: s.first,
                 count: s.count,
@@ -155,7 +288,22 @@ impl Registry for Redb {
                 max_attempts: s.max_attempts,
                 submitted_at_ms: s.submitted_at_ms,
                 name: s.name,
-            });
+            };
+            let n_ended =
+                ended.get(rec.key().as_str()).map_err(serr("submission_ended"))?.map(|v| v.value()).unwrap_or(0);
+            // Its tasks that have a record but were not loaded (they ended a
+            // while ago): a range of keys, since its ids share a prefix.
+            let prefix = format!("task-{}-", rec.tag);
+            for row in tasks.range(prefix.as_str()..).map_err(serr("tasks"))? {
+                let k = row.map_err(serr("tasks"))?.0.value().to_string();
+                let Some(n) = k.strip_prefix(&prefix) else { break };
+                if n.parse::<u64>().is_ok_and(|n| n >= rec.first && n < rec.first + rec.count as u64)
+                    && !have.contains(&k)
+                {
+                    loaded.recorded.insert(k);
+                }
+            }
+            loaded.submissions.push((rec, n_ended as u32));
         }
         for rec in load::<v1::StoredRole>(&r, ROLES, "role")? {
             let Ok(role) = Role::new(rec.role.clone()) else {
@@ -180,15 +328,58 @@ impl Registry for Redb {
         Ok(loaded)
     }
 
+    fn collect(&mut self, before_ms: i64, max: usize) -> Result<usize, RegistryError> {
+        let w = self.db.begin_write().map_err(|e| err("begin")(e.to_string()))?;
+        let mut n = 0;
+        {
+            let mut finished = w.open_table(FINISHED).map_err(oerr("finished"))?;
+            let mut tasks = w.open_table(TASKS).map_err(oerr("tasks"))?;
+            let mut by_seq = w.open_table(TASK_SEQ).map_err(oerr("task_seq"))?;
+            let due: Vec<((u64, u64), String)> = finished
+                .range(..(before_ms.max(0) as u64, 0))
+                .map_err(serr("finished"))?
+                .take(max)
+                .map(|r| r.map(|(k, v)| (k.value(), v.value().to_string())))
+                .collect::<Result<_, _>>()
+                .map_err(serr("finished"))?;
+            for ((at, seq), id) in due {
+                finished.remove((at, seq)).map_err(serr("finished"))?;
+                // The record goes only if this is still how it ended (a task
+                // queued again and ended later has a newer entry).
+                let still = match tasks.get(id.as_str()).map_err(serr("tasks"))? {
+                    Some(v) => wasmos_proto::decode::<v1::StoredTask>(v.value()).is_some_and(|r| {
+                        r.seq == seq
+                            && r.summary.as_ref().is_some_and(|s| {
+                                s.finished_at_ms.max(0) as u64 == at
+                                    && wasmos_proto::state_from_wire(s.state).is_some_and(|x| x.is_terminal())
+                            })
+                    }),
+                    None => false,
+                };
+                if still {
+                    tasks.remove(id.as_str()).map_err(serr("tasks"))?;
+                    by_seq.remove(seq).map_err(serr("task_seq"))?;
+                }
+                n += 1;
+            }
+        }
+        w.commit().map_err(|e| err("commit")(e.to_string()))?;
+        Ok(n)
+    }
+
+    fn history(&self) -> Arc<dyn History> {
+        Arc::new(RedbHistory { db: self.db.clone() })
+    }
+
     fn commit(&mut self, changes: &Changes) -> Result<(), RegistryError> {
         let w = self.db.begin_write().map_err(|e| err("begin")(e.to_string()))?;
         {
-            put(
-                &w,
-                TASKS,
-                "tasks",
-                changes.tasks.iter().map(|(id, t)| (id.to_string(), Some(wasmos_proto::encode(&task_to_stored(t))))),
-            )?;
+            {
+                let mut tables = TaskTables::open(&w)?;
+                for (id, t) in &changes.tasks {
+                    tables.put(id.as_str(), &task_to_stored(t))?;
+                }
+            }
             put(
                 &w,
                 FRAMEWORKS,
@@ -246,6 +437,18 @@ impl Registry for Redb {
                 "submissions",
                 changes.submissions.iter().map(|s| (s.key(), Some(wasmos_proto::encode(&submission_to_stored(s))))),
             )?;
+            {
+                let mut ended = w.open_table(SUB_ENDED).map_err(oerr("submission_ended"))?;
+                for (key, n) in &changes.submission_ended {
+                    ended.insert(key.as_str(), *n as u64).map_err(serr("submission_ended"))?;
+                }
+                // After the puts: a submission may be written and closed in one group.
+                let mut subs = w.open_table(SUBMISSIONS).map_err(oerr("submissions"))?;
+                for key in &changes.closed_submissions {
+                    subs.remove(key.as_str()).map_err(serr("submissions"))?;
+                    ended.remove(key.as_str()).map_err(serr("submission_ended"))?;
+                }
+            }
             let mut m = w.open_table(META).map_err(|e| err("meta")(e.to_string()))?;
             m.insert("next_id", changes.next_id).map_err(|e| err("meta")(e.to_string()))?;
         }
@@ -260,8 +463,8 @@ fn attributes(a: &[(String, String)]) -> Vec<v1::Attribute> {
 fn task_to_stored(t: &TaskRecord) -> v1::StoredTask {
     v1::StoredTask {
         summary: Some(wire::task_view_to_wire(&t.view)),
-        spec: Some({
-            let mut spec = wasmos_proto::spec_to_wire(&t.spec);
+        spec: t.spec.as_ref().map(|s| {
+            let mut spec = wasmos_proto::spec_to_wire(s);
             spec.task_id = t.view.task_id.to_string();
             spec.attempt = t.view.attempt;
             spec
@@ -270,21 +473,26 @@ fn task_to_stored(t: &TaskRecord) -> v1::StoredTask {
         constraints: attributes(&t.constraints),
         max_attempts: t.max_attempts,
         applied_uuids: t.applied_uuids.clone(),
+        seq: t.view.seq,
     }
 }
 
 fn task_from_stored(rec: v1::StoredTask) -> Result<TaskRecord, (String, String)> {
-    let (Some(sum), Some(spec)) = (rec.summary, rec.spec) else {
-        return Err((String::new(), "no summary or spec".into()));
+    let Some(sum) = rec.summary else {
+        return Err((String::new(), "no summary".into()));
     };
     let key = sum.task_id.clone();
-    let view = wire::task_view_from_wire(&sum).map_err(|e| (key.clone(), e))?;
+    let mut view = wire::task_view_from_wire(&sum).map_err(|e| (key.clone(), e))?;
+    view.seq = rec.seq;
     // The task's resources are its summary's (they were checked at launch).
-    let (mut spec, _) = wasmos_proto::spec_from_wire(&spec);
-    spec.resources = view.resources.clone();
+    let spec = rec.spec.map(|spec| {
+        let (mut spec, _) = wasmos_proto::spec_from_wire(&spec);
+        spec.resources = view.resources.clone();
+        Arc::new(spec)
+    });
     Ok(TaskRecord {
         view,
-        spec: std::sync::Arc::new(spec),
+        spec,
         priority: rec.priority,
         constraints: rec.constraints.into_iter().map(|a| (a.key, a.value)).collect(),
         max_attempts: rec.max_attempts,
@@ -318,6 +526,54 @@ fn submission_to_stored(s: &SubmissionRecord) -> v1::StoredSubmission {
     }
 }
 
+/// Reads the task history from its own read transactions, beside the writer.
+struct RedbHistory {
+    db: Arc<Database>,
+}
+
+impl History for RedbHistory {
+    fn get(&self, id: &str) -> Result<Option<TaskView>, RegistryError> {
+        let r = self.db.begin_read().map_err(|e| err("read")(e.to_string()))?;
+        let tasks = r.open_table(TASKS).map_err(oerr("tasks"))?;
+        let Some(v) = tasks.get(id).map_err(serr("tasks"))? else { return Ok(None) };
+        let rec = wasmos_proto::decode::<v1::StoredTask>(v.value())
+            .ok_or_else(|| RegistryError(format!("task record {id:?} is damaged")))?;
+        Ok(task_from_stored(rec).ok().map(|t| t.view))
+    }
+
+    fn page(
+        &self,
+        after: u64,
+        filter: &TaskFilter,
+        limit: usize,
+        budget: usize,
+    ) -> Result<Page<TaskView>, RegistryError> {
+        let r = self.db.begin_read().map_err(|e| err("read")(e.to_string()))?;
+        let tasks = r.open_table(TASKS).map_err(oerr("tasks"))?;
+        let by_seq = r.open_table(TASK_SEQ).map_err(oerr("task_seq"))?;
+        let mut page = Page::default();
+        let mut scanned = 0;
+        let mut last = after;
+        for row in by_seq.range(after.saturating_add(1)..).map_err(serr("task_seq"))? {
+            if page.rows.len() >= limit || scanned >= budget {
+                page.next = Some(last);
+                return Ok(page);
+            }
+            let (seq, id) = row.map_err(serr("task_seq"))?;
+            scanned += 1;
+            last = seq.value();
+            let Some(v) = tasks.get(id.value()).map_err(serr("tasks"))? else { continue };
+            let Some(rec) = wasmos_proto::decode::<v1::StoredTask>(v.value()) else { continue };
+            let Ok(t) = task_from_stored(rec) else { continue };
+            // Only ended tasks: the master's memory is the word on the others.
+            if t.view.state.is_terminal() && filter.matches(&t.view) {
+                page.rows.push(t.view);
+            }
+        }
+        Ok(page)
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use wasmos_model::{Resources, TaskId, TaskSpec, TaskState};
@@ -341,9 +597,11 @@ mod tests {
             ..Default::default()
         };
         let view = TaskView {
+            seq: 7,
             task_id: tid.clone(),
             name: "t".into(),
             framework_id: FrameworkId::new("batch").unwrap(),
+            role: "batch".into(),
             agent_id: Some(AgentId::new("agent-1").unwrap()),
             state: TaskState::Dropped,
             outcome: None,
@@ -357,7 +615,7 @@ mod tests {
         };
         let task = TaskRecord {
             view,
-            spec: std::sync::Arc::new(spec),
+            spec: Some(Arc::new(spec)),
             priority: 3,
             constraints: vec![("zone".into(), "eu".into())],
             max_attempts: 4,
@@ -375,12 +633,12 @@ mod tests {
         reg.commit(&changes).unwrap();
         drop(reg);
         let mut reg = Redb::open(dir.path()).unwrap();
-        let loaded = reg.load().unwrap();
+        let loaded = reg.load(100).unwrap();
         assert_eq!(loaded.tasks, vec![task]);
         assert_eq!(loaded.roles, vec![(role.clone(), settings)]);
         assert_eq!(loaded.next_id, 42);
         // Removing a role's record.
         reg.commit(&Changes { roles: vec![(role, None)], next_id: 42, ..Default::default() }).unwrap();
-        assert!(reg.load().unwrap().roles.is_empty());
+        assert!(reg.load(100).unwrap().roles.is_empty());
     }
 }

@@ -1,0 +1,209 @@
+//! What happens to tasks: status updates, kills, pauses, batch submissions.
+
+use std::sync::Arc;
+
+use wasmos_model::{FrameworkId, TaskId, TaskSpec, TaskState};
+
+use super::Master;
+use super::cmd::Error;
+use super::frameworks::Kind;
+use super::tasks::Task;
+use super::types::{Submission, TaskAction, TaskStatus, WatchEvent, now_ms};
+use crate::batch::{BatchTask, DEFAULT_MAX_ATTEMPTS};
+use crate::registry::SubmissionRecord;
+
+impl Master {
+    /// Applies one status update to the task table and tells the framework.
+    /// Duplicates (same UUID) are ignored; updates for unknown tasks dropped.
+    pub(super) fn apply_status(&mut self, mut st: TaskStatus, from_agent: bool) {
+        let tid = st.task_id.clone();
+        let Some((framework, prev, agent)) =
+            self.state.tasks.get(&tid).map(|t| (t.framework.clone(), t.state(), t.agent().cloned()))
+        else {
+            return;
+        };
+        // The task's framework is the master's record, not what an agent says.
+        st.framework_id = framework;
+        if from_agent && !st.uuid.is_empty() && !self.state.tasks.note_uuid(&tid, &st.uuid) {
+            return;
+        }
+        if prev.is_terminal() {
+            return;
+        }
+        if from_agent {
+            self.recovery.unreported.remove(&tid);
+            match agent {
+                // A LOST report for a task that is queued again: stale.
+                None if st.state == TaskState::Lost => return,
+                // Launched by the previous master incarnation, never recorded.
+                None if self.recovery.adoptable.contains(&tid) => {
+                    self.state.place(&tid, st.agent_id.clone(), None);
+                }
+                // From an attempt that was given up (LOST, queued again): stale.
+                None => return,
+                // An update from an agent the task has left (it was lost there
+                // and runs elsewhere now): stale, not applied.
+                Some(a) if Some(&a) != st.agent_id.as_ref() => return,
+                Some(_) => {}
+            }
+            // A kill is on its way: a RUNNING or PAUSED sent before it is stale.
+            if prev == TaskState::Killing && matches!(st.state, TaskState::Running | TaskState::Paused) {
+                return;
+            }
+        }
+        if let Err(m) = self.state.tasks.set_state(&tid, st.state) {
+            self.metrics.illegal_moves += 1;
+            eprintln!(
+                "wasmos master: task {tid} cannot move from {} to {} ({}: {}); update ignored",
+                m.from, m.to, st.reason, st.message
+            );
+            return;
+        }
+        self.state.tasks.note_status(&tid, &st);
+        let fw = st.framework_id.clone();
+        if st.state.is_terminal()
+            && let Some((agent, alloc)) = self.state.release(&tid)
+        {
+            if let Some(role) = self.state.frameworks.get(&fw).map(|f| f.role.clone()) {
+                let now = self.clock();
+                let _ = self.alloc.recover_resources(&fw, &agent, &role, &alloc, None, now);
+            }
+            self.cycle_due = true;
+        }
+        // Watchers see an update only once it is committed, so the observed
+        // history has each update once even across a master failover.
+        self.effects.publish_after_commit(WatchEvent::Task(st.clone()));
+        self.notify(&fw, st);
+    }
+
+    /// Tells a task's framework about an update it should see.
+    fn notify(&mut self, fw: &FrameworkId, st: TaskStatus) {
+        let tid = st.task_id.clone();
+        let Some(f) = self.state.frameworks.get_mut(fw) else { return };
+        match f.kind {
+            Kind::Batch => {
+                if !st.state.is_terminal() {
+                    return;
+                }
+                // Lost tasks come back to the queue while attempts remain.
+                let retry = st.state == TaskState::Lost
+                    && self.batch.tasks.get(&tid).is_some_and(|b| b.attempts < b.max_attempts);
+                if retry {
+                    self.state.tasks.requeue(&tid, format!("retrying after: {}", st.message));
+                    self.batch.requeue(&tid);
+                    self.revive_batch();
+                } else {
+                    self.batch.forget(&tid);
+                    self.state.end_task(fw, &tid);
+                }
+            }
+            Kind::Remote | Kind::Hosted(_) => {
+                let terminal = st.state.is_terminal();
+                f.send(super::types::Event::Update(st.clone()));
+                if !st.uuid.is_empty() {
+                    f.unacked.insert(tid, st);
+                } else if terminal && !f.unacked.contains_key(&tid) {
+                    // Nothing to acknowledge (e.g. a refused launch).
+                    self.state.end_task(fw, &tid);
+                }
+            }
+        }
+    }
+
+    /// Kill, pause or resume a task; `owner`: only if it is this framework's.
+    pub(super) fn task_action(
+        &mut self,
+        tid: &TaskId,
+        action: TaskAction,
+        owner: Option<&FrameworkId>,
+    ) -> Result<(), Error> {
+        let plan = super::validate::task_action(&self.state, tid, action, owner)?;
+        let task = self.state.tasks.get(tid).expect("checked by validate");
+        let fw = task.framework.clone();
+        match (action, plan) {
+            (TaskAction::Kill, None) => {
+                // Still queued in the batch framework: it never ran.
+                self.batch.forget(tid);
+                let st = TaskStatus::master(
+                    tid,
+                    &fw,
+                    None,
+                    TaskState::Killed,
+                    "killed_while_queued",
+                    "killed before it was launched".into(),
+                );
+                self.apply_status(st, false);
+            }
+            (_, None) => unreachable!("validate refuses pause and resume of a queued task"),
+            (action, Some(agent)) => {
+                let cmd = match action {
+                    TaskAction::Kill => {
+                        if let Err(m) = self.state.tasks.set_state(tid, TaskState::Killing) {
+                            self.metrics.illegal_moves += 1;
+                            eprintln!("wasmos master: task {tid} cannot move from {} to {}", m.from, m.to);
+                        }
+                        super::types::AgentCommand::Kill(tid.clone())
+                    }
+                    TaskAction::Pause => super::types::AgentCommand::Pause(tid.clone()),
+                    TaskAction::Resume => super::types::AgentCommand::Resume(tid.clone()),
+                };
+                self.effects.send_agent(&agent, cmd);
+            }
+        }
+        Ok(())
+    }
+
+    /// `wasmos submit`: COUNT tasks queued in the batch framework, stored as
+    /// one submission record (their ids are consecutive).
+    pub(super) fn submit(&mut self, s: Submission) -> Result<Vec<TaskId>, Error> {
+        super::validate::submit(&s, self.cfg.max_submit_count, |sha| self.artifacts.size(sha).is_some())?;
+        let count = s.count.max(1);
+        let base = if s.template.name.is_empty() { "task".to_string() } else { s.template.name.clone() };
+        let max_attempts = if s.max_attempts == 0 { DEFAULT_MAX_ATTEMPTS } else { s.max_attempts };
+        let now = now_ms();
+        self.state.tasks.record_submission(SubmissionRecord {
+            tag: self.ids.tag.clone(),
+            first: self.ids.peek(),
+            count,
+            template: s.template.clone(),
+            priority: s.priority,
+            constraints: s.constraints.clone(),
+            max_attempts,
+            submitted_at_ms: now,
+            name: base.clone(),
+        });
+        let mut ids = Vec::with_capacity(count as usize);
+        // One spec for all of them (each task's id is its key in the table).
+        let spec = Arc::new(TaskSpec { task_id: String::new(), name: base.clone(), ..s.template });
+        for _ in 0..count {
+            let (id, n) = self.ids.fresh_n("task");
+            let tid = TaskId::new(id).expect("valid id");
+            self.enqueue_batch(tid.clone(), n, spec.clone(), now, s.priority, &s.constraints, max_attempts);
+            ids.push(tid);
+        }
+        self.revive_batch();
+        Ok(ids)
+    }
+
+    /// Adds a queued batch task (a new submission's, or a restored one's).
+    pub(super) fn enqueue_batch(
+        &mut self,
+        tid: TaskId,
+        seq: u64,
+        spec: Arc<TaskSpec>,
+        submitted_at_ms: i64,
+        priority: i32,
+        constraints: &[(String, String)],
+        max_attempts: u32,
+    ) {
+        let resources = spec.resources.clone();
+        let mut task = Task::new(self.batch_id.clone(), spec, submitted_at_ms);
+        task.message = "queued".into();
+        self.state.tasks.insert(tid.clone(), task, seq, false);
+        self.state.frameworks.add_task(&self.batch_id, &tid);
+        self.batch.enqueue(
+            tid,
+            BatchTask { resources, priority, constraints: constraints.to_vec(), attempts: 0, max_attempts },
+        );
+    }
+}
