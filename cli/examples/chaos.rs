@@ -70,9 +70,19 @@ fn op(ch: &Channel) -> v1::operator_client::OperatorClient<Channel> {
     v1::operator_client::OperatorClient::new(ch.clone()).max_decoding_message_size(1 << 30)
 }
 
+/// Every task the master knows, walking the pages.
 async fn list(url: &str) -> Option<Vec<v1::TaskSummary>> {
     let ch = tonic::transport::Endpoint::from_shared(url.to_string()).ok()?.connect().await.ok()?;
-    op(&ch).list_tasks(v1::ListTasksRequest::default()).await.ok().map(|r| r.into_inner().tasks)
+    let (mut out, mut page_token) = (Vec::new(), String::new());
+    loop {
+        let req = v1::ListTasksRequest { page_token, page_size: 10_000, ..Default::default() };
+        let r = op(&ch).list_tasks(req).await.ok()?.into_inner();
+        out.extend(r.tasks);
+        if r.next_page_token.is_empty() {
+            return Some(out);
+        }
+        page_token = r.next_page_token;
+    }
 }
 
 /// Records every task event the master publishes, reconnecting across restarts.

@@ -51,8 +51,15 @@ async fn main() {
         framework: String::new(),
         estimated_fuel: None,
     };
-    let mut watch =
-        op.watch(v1::WatchRequest { framework_id: "batch".into(), ..Default::default() }).await.unwrap().into_inner();
+    let mut watch = Watch {
+        op: op.clone(),
+        stream: op
+            .watch(v1::WatchRequest { framework_id: "batch".into(), ..Default::default() })
+            .await
+            .unwrap()
+            .into_inner(),
+        last: 0,
+    };
 
     // Warm-up: the agent downloads and compiles the module once.
     let ids = op.submit(submit(10)).await.unwrap().into_inner().task_ids;
@@ -94,15 +101,39 @@ fn ms(d: Duration) -> f64 {
     d.as_secs_f64() * 1000.0
 }
 
+/// The batch framework's events, resuming after the last one seen if the
+/// stream breaks.
+struct Watch {
+    op: v1::operator_client::OperatorClient<tonic::transport::Channel>,
+    stream: tonic::Streaming<v1::WatchEvent>,
+    last: u64,
+}
+
+impl Watch {
+    async fn next(&mut self) -> v1::WatchEvent {
+        loop {
+            match tokio::time::timeout(Duration::from_secs(120), self.stream.message())
+                .await
+                .expect("no event for 120 s")
+            {
+                Ok(Some(ev)) => {
+                    self.last = ev.seq;
+                    return ev;
+                }
+                Ok(None) | Err(_) => {
+                    let req = v1::WatchRequest { framework_id: "batch".into(), from: Some(self.last) };
+                    self.stream = self.op.watch(req).await.expect("resuming the watch").into_inner();
+                }
+            }
+        }
+    }
+}
+
 /// Waits for a terminal status of every id; returns how many were not FINISHED.
-async fn wait_finished(watch: &mut tonic::Streaming<v1::WatchEvent>, mut ids: HashSet<String>) -> usize {
+async fn wait_finished(watch: &mut Watch, mut ids: HashSet<String>) -> usize {
     let mut not_finished = 0;
     while !ids.is_empty() {
-        let ev = tokio::time::timeout(Duration::from_secs(120), watch.message())
-            .await
-            .expect("no event for 120 s")
-            .expect("watch stream failed (fell behind?)")
-            .expect("watch stream ended");
+        let ev = watch.next().await;
         if let Some(v1::watch_event::Event::Task(st)) = ev.event {
             let terminal = wasmos_proto::state_from_wire(st.state).is_some_and(|s| s.is_terminal());
             if terminal && ids.remove(&st.task_id) && st.state != v1::TaskState::TaskFinished as i32 {

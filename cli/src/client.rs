@@ -41,7 +41,10 @@ impl MasterArg {
     }
 }
 
-pub fn operator(ch: &Channel) -> v1::operator_client::OperatorClient<Channel> {
+/// An Operator API client.
+pub type Operator = v1::operator_client::OperatorClient<Channel>;
+
+pub fn operator(ch: &Channel) -> Operator {
     v1::operator_client::OperatorClient::new(ch.clone())
         .max_decoding_message_size(1 << 30)
         .max_encoding_message_size(wasmos_proto::MAX_MESSAGE_BYTES)
@@ -80,25 +83,6 @@ pub fn rfc3339(ms: i64) -> Option<String> {
     let m = if mp < 10 { mp + 3 } else { mp - 9 };
     let y = if m <= 2 { y + 1 } else { y };
     Some(format!("{y:04}-{m:02}-{d:02}T{:02}:{:02}:{:02}.{millis:03}Z", rem / 3600, (rem % 3600) / 60, rem % 60))
-}
-
-/// Prints rows as an aligned table (first row is the header).
-pub fn table(rows: &[Vec<String>]) -> String {
-    let cols = rows.iter().map(Vec::len).max().unwrap_or(0);
-    let widths: Vec<usize> = (0..cols)
-        .map(|c| rows.iter().map(|r| r.get(c).map(|s| s.chars().count()).unwrap_or(0)).max().unwrap_or(0))
-        .collect();
-    let mut out = String::new();
-    for r in rows {
-        let line: Vec<String> = r
-            .iter()
-            .enumerate()
-            .map(|(i, s)| if i + 1 == r.len() { s.clone() } else { format!("{s:<w$}", w = widths[i]) })
-            .collect();
-        out.push_str(line.join("  ").trim_end());
-        out.push('\n');
-    }
-    out
 }
 
 /// A single-threaded runtime for one client command.

@@ -69,6 +69,32 @@ pub struct MasterOpts {
     /// Largest module the artifact store accepts.
     #[arg(long, value_name = "SIZE", default_value = "64MiB", value_parser = crate::args::size)]
     pub max_module_size: u64,
+    /// Ended tasks kept in memory (their framework done with them); older
+    /// ones are answered from the registry.
+    #[arg(long, value_name = "N", default_value_t = wasmos_host::DEFAULT_MAX_COMPLETED_TASKS)]
+    pub max_completed_tasks: usize,
+    /// Most memory the ended tasks kept in memory may hold (their output
+    /// tails count); past it the oldest leave first.
+    #[arg(long, value_name = "SIZE", default_value = "256MiB", value_parser = crate::args::size)]
+    pub completed_task_memory: u64,
+    /// Longest an ended task stays in memory.
+    #[arg(long, value_name = "DUR", default_value = "1h", value_parser = crate::args::duration)]
+    pub completed_task_ttl: Duration,
+    /// How long the registry keeps an ended task (then it is deleted in the
+    /// background).
+    #[arg(long, value_name = "DUR", default_value = "7d", value_parser = crate::args::duration)]
+    pub task_history: Duration,
+    /// Modules no queued or running task, open submission or hosted
+    /// framework used for this long are deleted from the artifact store.
+    #[arg(long, value_name = "DUR", default_value = "7d", value_parser = crate::args::duration)]
+    pub artifact_ttl: Duration,
+    /// Watch events kept so a watcher that falls behind or reconnects can
+    /// resume after the last one it saw (`Watch(from)`).
+    #[arg(long, value_name = "N", default_value_t = wasmos_host::DEFAULT_WATCH_HISTORY)]
+    pub watch_history: usize,
+    /// Most memory the kept watch events may hold (output tails count).
+    #[arg(long, value_name = "SIZE", default_value = "64MiB", value_parser = crate::args::size)]
+    pub watch_history_bytes: u64,
     /// Write the URL the master serves on to PATH once it listens (for
     /// scripts; with `--listen 127.0.0.1:0` it names the port picked).
     ///
@@ -88,6 +114,13 @@ impl MasterOpts {
         cfg.durable_registry = self.registry == "file";
         cfg.agent_reregister_timeout = self.agent_reregister_timeout;
         cfg.max_hosted_frameworks = self.max_hosted_frameworks;
+        cfg.max_completed_tasks = self.max_completed_tasks;
+        cfg.completed_task_memory = self.completed_task_memory;
+        cfg.completed_task_ttl = self.completed_task_ttl;
+        cfg.task_history = self.task_history;
+        cfg.artifact_ttl = self.artifact_ttl;
+        cfg.watch_history = self.watch_history;
+        cfg.watch_history_bytes = self.watch_history_bytes;
         cfg.scheduler_limits = wasmos_host::SchedulerLimits {
             fuel_per_callback: self.scheduler_fuel,
             mem: self.scheduler_mem,

@@ -116,8 +116,10 @@ pub fn main(cmd: FrameworkCmd) -> ExitCode {
                 }
             }
             FrameworkCmd::Ls(a) => {
-                LS.show(&a.master, a.json, |mut op| async move {
-                    op.list_frameworks(v1::ListFrameworksRequest::default()).await.map(|r| r.into_inner().frameworks)
+                LS.show_pages(&a.master, a.json, None, |mut op, page_token| async move {
+                    let r =
+                        op.list_frameworks(v1::ListFrameworksRequest { page_token, page_size: 0 }).await?.into_inner();
+                    Ok((r.frameworks, r.next_page_token))
                 })
                 .await
             }

@@ -1,11 +1,11 @@
 //! `wasmos submit`: upload a module (unless the master has it), queue tasks in
 //! the batch framework, optionally wait for their outcomes.
 
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet};
 use std::io::Write;
 use std::path::PathBuf;
 use std::process::ExitCode;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use sha2::{Digest, Sha256};
 use wasmos_model::{CPUS, Limits, MEM, OutcomeKind, Resources, Scalar};
@@ -133,17 +133,6 @@ async fn submit(args: SubmitArgs) -> Result<ExitCode, String> {
     let framework = args.framework.clone().unwrap_or_default();
     let watch_fw = if framework.is_empty() { "batch".to_string() } else { String::new() };
     let mut op = client::operator(&ch);
-    // Watch before submitting, so no outcome can slip by.
-    let watch = if args.wait {
-        Some(
-            op.watch(v1::WatchRequest { framework_id: "batch".into(), ..Default::default() })
-                .await
-                .map_err(|e| status_msg(&e))?
-                .into_inner(),
-        )
-    } else {
-        None
-    };
     let resp = op
         .submit(v1::SubmitRequest {
             template: Some(template),
@@ -161,7 +150,7 @@ async fn submit(args: SubmitArgs) -> Result<ExitCode, String> {
         .await
         .map_err(|e| format!("submit refused: {}", status_msg(&e)))?
         .into_inner();
-    let Some(watch) = watch else {
+    if !args.wait {
         for id in &resp.task_ids {
             if args.json {
                 println!("{}", serde_json::json!({ "task_id": id }));
@@ -170,60 +159,24 @@ async fn submit(args: SubmitArgs) -> Result<ExitCode, String> {
             }
         }
         return Ok(ExitCode::SUCCESS);
-    };
+    }
 
     let ids: HashSet<String> = resp.task_ids.iter().cloned().collect();
-    let mut done: HashSet<String> = HashSet::new();
     let total = ids.len();
-    let show_progress = total > 1;
-    let mut last_draw = std::time::Instant::now() - Duration::from_secs(1);
-    let mut poll = tokio::time::interval(Duration::from_millis(500));
-    let mut watch = Some(watch);
-    while done.len() < total {
-        tokio::select! {
-            msg = next(&mut watch) => match msg {
-                Ok(Some(ev)) => {
-                    if let Some(v1::watch_event::Event::Task(st)) = ev.event {
-                        let terminal = wasmos_proto::state_from_wire(st.state).is_some_and(|s| s.is_terminal());
-                        if terminal && ids.contains(&st.task_id) {
-                            done.insert(st.task_id);
-                        }
-                    }
-                }
-                // The stream ended or fell behind: fall back to polling.
-                _ => watch = None,
-            },
-            _ = poll.tick() => {
-                // Catch up with anything the stream missed (retries, lag).
-                let list = op.list_tasks(v1::ListTasksRequest { framework_id: watch_fw.clone(), ..Default::default() })
-                    .await.map_err(|e| status_msg(&e))?.into_inner();
-                for t in list.tasks {
-                    if ids.contains(&t.task_id) && wasmos_proto::state_from_wire(t.state).is_some_and(|s| s.is_terminal()) {
-                        done.insert(t.task_id);
-                    }
-                }
-            }
+    let finals = wait(&mut op, &ids, &watch_fw, resp.watch_seq, |n| {
+        if total > 1 && !args.json {
+            draw(n, total);
         }
-        if show_progress && !args.json && last_draw.elapsed() >= Duration::from_millis(100) {
-            draw(done.len(), total);
-            last_draw = std::time::Instant::now();
-        }
-    }
-    if show_progress && !args.json {
-        draw(done.len(), total);
+    })
+    .await?;
+    if total > 1 && !args.json {
+        draw(finals.len(), total);
         eprintln!();
     }
-    let list = op
-        .list_tasks(v1::ListTasksRequest { framework_id: watch_fw.clone(), ..Default::default() })
-        .await
-        .map_err(|e| status_msg(&e))?
-        .into_inner();
-    let mut by_id: std::collections::HashMap<String, v1::TaskSummary> =
-        list.tasks.into_iter().filter(|t| ids.contains(&t.task_id)).map(|t| (t.task_id.clone(), t)).collect();
     let mut all_finished = true;
     let mut single_exit = 0;
     for id in &resp.task_ids {
-        let Some(t) = by_id.remove(id) else { continue };
+        let Some(t) = finals.get(id) else { continue };
         let state = wasmos_proto::state_from_wire(t.state).map(|s| s.to_string()).unwrap_or_default();
         let outcome = t.outcome.as_ref().and_then(wasmos_proto::outcome_from_wire);
         if outcome.as_ref().is_none_or(|o| o.kind != OutcomeKind::Finished) {
@@ -238,7 +191,7 @@ async fn submit(args: SubmitArgs) -> Result<ExitCode, String> {
                     "stderr_truncated": false, "message": if t.message.is_empty() { None } else { Some(t.message.clone()) },
                 }),
             };
-            obj["task_id"] = serde_json::json!(t.task_id);
+            obj["task_id"] = serde_json::json!(id);
             obj["agent_id"] = serde_json::json!(t.agent_id);
             obj["state"] = serde_json::json!(state);
             println!("{obj}");
@@ -251,11 +204,11 @@ async fn submit(args: SubmitArgs) -> Result<ExitCode, String> {
                         single_exit = o.kind.process_exit_code(o.exit_code);
                     }
                     let summary = crate::run::summary(o).replacen("wasmos: ", "", 1);
-                    println!("{}  {}  {summary}", t.task_id, if t.agent_id.is_empty() { "-" } else { &t.agent_id });
+                    println!("{id}  {}  {summary}", if t.agent_id.is_empty() { "-" } else { &t.agent_id });
                 }
                 None => {
                     single_exit = 125;
-                    println!("{}  {state}  {}", t.task_id, t.message);
+                    println!("{id}  {state}  {}", t.message);
                 }
             }
         }
@@ -267,11 +220,121 @@ async fn submit(args: SubmitArgs) -> Result<ExitCode, String> {
     })
 }
 
-/// The next watch event; never resolves once the stream is gone.
-async fn next(w: &mut Option<tonic::Streaming<v1::WatchEvent>>) -> Result<Option<v1::WatchEvent>, tonic::Status> {
-    match w {
-        Some(s) => s.message().await,
-        None => std::future::pending().await,
+/// How a task ended, from a watch event or a `GetTask`.
+#[derive(Debug, Clone)]
+struct Final {
+    agent_id: String,
+    state: i32,
+    outcome: Option<v1::Outcome>,
+    message: String,
+}
+
+fn ended(state: i32) -> bool {
+    wasmos_proto::state_from_wire(state).is_some_and(|s| s.is_terminal())
+}
+
+/// Waits until every task in `ids` ended, following the watch from `from`
+/// and resuming after the last event seen whenever the stream breaks (a
+/// master restart, a lagging connection). Only if the master no longer holds
+/// the events needed does it ask for each task left instead. A LOST task may
+/// be retried: it counts as ended only once the master says it still is.
+async fn wait(
+    op: &mut client::Operator,
+    ids: &HashSet<String>,
+    framework: &str,
+    from: u64,
+    mut progress: impl FnMut(usize),
+) -> Result<HashMap<String, Final>, String> {
+    let mut finals: HashMap<String, Final> = HashMap::new();
+    let mut last = from;
+    let mut stream: Option<tonic::Streaming<v1::WatchEvent>> = None;
+    let mut polling = false;
+    let mut last_draw = Instant::now() - Duration::from_secs(1);
+    let mut backoff = Duration::from_millis(100);
+    loop {
+        while finals.len() < ids.len() {
+            if !polling && stream.is_none() {
+                let req = v1::WatchRequest { framework_id: framework.to_string(), from: Some(last) };
+                match op.watch(req).await {
+                    Ok(s) => {
+                        stream = Some(s.into_inner());
+                        backoff = Duration::from_millis(100);
+                    }
+                    Err(e) if e.code() == tonic::Code::DataLoss => polling = true,
+                    Err(_) => {
+                        tokio::time::sleep(backoff).await;
+                        backoff = (backoff * 2).min(Duration::from_secs(5));
+                        continue;
+                    }
+                }
+            }
+            if let Some(s) = &mut stream {
+                match s.message().await {
+                    Ok(Some(ev)) => {
+                        last = last.max(ev.seq);
+                        if let Some(v1::watch_event::Event::Task(st)) = ev.event
+                            && ids.contains(&st.task_id)
+                        {
+                            if ended(st.state) {
+                                let f = Final {
+                                    agent_id: st.agent_id,
+                                    state: st.state,
+                                    outcome: st.outcome,
+                                    message: st.message,
+                                };
+                                finals.insert(st.task_id, f);
+                            } else {
+                                // Runs again (a LOST task retried).
+                                finals.remove(&st.task_id);
+                            }
+                        }
+                    }
+                    Err(e) if e.code() == tonic::Code::DataLoss => {
+                        stream = None;
+                        polling = true;
+                    }
+                    // Ended or broke: resume from the last event seen.
+                    Ok(None) | Err(_) => stream = None,
+                }
+            } else {
+                // The events are gone: ask for each task left, a bounded
+                // number per round.
+                let left: Vec<String> = ids.iter().filter(|i| !finals.contains_key(*i)).take(500).cloned().collect();
+                for id in left {
+                    let t = op.get_task(v1::GetTaskRequest { task_id: id.clone() }).await;
+                    if let Ok(t) = t.map(|t| t.into_inner())
+                        && ended(t.state)
+                    {
+                        let f = Final { agent_id: t.agent_id, state: t.state, outcome: t.outcome, message: t.message };
+                        finals.insert(id, f);
+                    }
+                }
+                tokio::time::sleep(Duration::from_millis(500)).await;
+            }
+            if last_draw.elapsed() >= Duration::from_millis(100) {
+                progress(finals.len());
+                last_draw = Instant::now();
+            }
+        }
+        // A LOST task is final only if the master still has it ended (not
+        // queued again for another attempt).
+        let lost: Vec<String> = finals
+            .iter()
+            .filter(|(_, f)| f.state == v1::TaskState::TaskLost as i32)
+            .map(|(id, _)| id.clone())
+            .collect();
+        let mut again = false;
+        for id in lost {
+            if let Ok(t) = op.get_task(v1::GetTaskRequest { task_id: id.clone() }).await.map(|t| t.into_inner())
+                && !ended(t.state)
+            {
+                finals.remove(&id);
+                again = true;
+            }
+        }
+        if !again {
+            return Ok(finals);
+        }
     }
 }
 

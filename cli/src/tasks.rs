@@ -25,6 +25,21 @@ pub struct TasksArgs {
     /// Only this framework's tasks.
     #[arg(long, value_name = "ID")]
     pub framework: Option<String>,
+    /// Only tasks of frameworks in this role.
+    #[arg(long, value_name = "ROLE")]
+    pub role: Option<String>,
+    /// Only tasks placed on this agent.
+    #[arg(long, value_name = "ID")]
+    pub agent: Option<String>,
+    /// Only tasks whose name starts with this.
+    #[arg(long, value_name = "PREFIX")]
+    pub name: Option<String>,
+    /// At most this many rows (oldest first).
+    #[arg(long, value_name = "N")]
+    pub limit: Option<usize>,
+    /// Rows fetched per request (the master caps it at 10,000).
+    #[arg(long, value_name = "N", default_value_t = 1000)]
+    pub page_size: u32,
     /// One JSON object per line.
     #[arg(long)]
     pub json: bool,
@@ -93,15 +108,16 @@ pub fn tasks(args: TasksArgs) -> ExitCode {
     let req = v1::ListTasksRequest {
         state: args.state.map(|s| wasmos_proto::state_to_wire(s) as i32).unwrap_or(0),
         framework_id: args.framework.clone().unwrap_or_default(),
+        role: args.role.clone().unwrap_or_default(),
+        agent_id: args.agent.clone().unwrap_or_default(),
+        name_prefix: args.name.clone().unwrap_or_default(),
+        page_size: args.page_size,
         ..Default::default()
     };
-    rt().block_on(
-        TASKS.show(
-            &args.master,
-            args.json,
-            |mut op| async move { op.list_tasks(req).await.map(|r| r.into_inner().tasks) },
-        ),
-    )
+    rt().block_on(TASKS.show_pages(&args.master, args.json, args.limit, |mut op, token| {
+        let req = v1::ListTasksRequest { page_token: token, ..req.clone() };
+        async move { op.list_tasks(req).await.map(|r| r.into_inner()).map(|r| (r.tasks, r.next_page_token)) }
+    }))
 }
 
 fn agent_json(a: &v1::AgentSummary) -> serde_json::Value {
@@ -136,8 +152,9 @@ const AGENTS: Listing<v1::AgentSummary> = Listing {
 };
 
 pub fn agents(args: ListArgs) -> ExitCode {
-    rt().block_on(AGENTS.show(&args.master, args.json, |mut op| async move {
-        op.list_agents(v1::ListAgentsRequest::default()).await.map(|r| r.into_inner().agents)
+    rt().block_on(AGENTS.show_pages(&args.master, args.json, None, |mut op, page_token| async move {
+        let r = op.list_agents(v1::ListAgentsRequest { page_token, page_size: 0 }).await?.into_inner();
+        Ok((r.agents, r.next_page_token))
     }))
 }
 
@@ -169,8 +186,9 @@ const FRAMEWORKS: Listing<v1::FrameworkSummary> = Listing {
 };
 
 pub fn frameworks(args: ListArgs) -> ExitCode {
-    rt().block_on(FRAMEWORKS.show(&args.master, args.json, |mut op| async move {
-        op.list_frameworks(v1::ListFrameworksRequest::default()).await.map(|r| r.into_inner().frameworks)
+    rt().block_on(FRAMEWORKS.show_pages(&args.master, args.json, None, |mut op, page_token| async move {
+        let r = op.list_frameworks(v1::ListFrameworksRequest { page_token, page_size: 0 }).await?.into_inner();
+        Ok((r.frameworks, r.next_page_token))
     }))
 }
 

@@ -14,7 +14,7 @@ pub const DEFAULT_MAX_OUTPUT: u64 = 1 << 20;
 pub enum UnitError {
     #[error("size {0:?} is not valid; write bytes or a number with KiB/MiB/GiB/TiB (also KB/MB/GB), e.g. 64MiB")]
     BadSize(String),
-    #[error("duration {0:?} is not valid; write a number with ms, s, m or h, e.g. 500ms or 30s")]
+    #[error("duration {0:?} is not valid; write a number with ms, s, m, h or d, e.g. 500ms, 30s or 7d")]
     BadDuration(String),
 }
 
@@ -59,7 +59,7 @@ pub fn format_size(bytes: u64) -> String {
     bytes.to_string()
 }
 
-/// Parses `500ms`, `30s`, `2m`, `1h`, `1.5s`; a bare number is seconds.
+/// Parses `500ms`, `30s`, `2m`, `1h`, `7d`, `1.5s`; a bare number is seconds.
 pub fn parse_duration(s: &str) -> Result<Duration, UnitError> {
     let t = s.trim();
     let split = t.find(|c: char| !(c.is_ascii_digit() || c == '.')).unwrap_or(t.len());
@@ -69,6 +69,7 @@ pub fn parse_duration(s: &str) -> Result<Duration, UnitError> {
         "" | "s" => 1.0,
         "m" | "min" => 60.0,
         "h" => 3600.0,
+        "d" => 86400.0,
         _ => return Err(UnitError::BadDuration(s.to_string())),
     };
     let f: f64 = num.parse().map_err(|_| UnitError::BadDuration(s.to_string()))?;
@@ -155,12 +156,12 @@ mod tests {
 
     #[test]
     fn durations() {
-        for (s, ms) in [("500ms", 500), ("30s", 30_000), ("2m", 120_000), ("1.5s", 1500), ("7", 7000)] {
+        for (s, ms) in [("500ms", 500), ("30s", 30_000), ("2m", 120_000), ("1.5s", 1500), ("7", 7000), ("2d", 172_800_000)] {
             assert_eq!(parse_duration(s), Ok(Duration::from_millis(ms)), "{s}");
         }
         for bad in ["", "s", "-1s", "10 fortnights"] {
             let e = parse_duration(bad).unwrap_err().to_string();
-            assert!(e.contains("ms, s, m or h"), "{e}");
+            assert!(e.contains("ms, s, m, h or d"), "{e}");
         }
         assert_eq!(format_duration(Duration::from_millis(1500)), "1.5s");
         assert_eq!(format_duration(Duration::from_secs(60)), "1m");

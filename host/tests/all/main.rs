@@ -2,6 +2,7 @@
 //! sockets (port 0), driven through the public gRPC APIs only.
 
 mod batch;
+mod history;
 mod hosted;
 mod roles;
 mod scheduler;
