@@ -1,9 +1,10 @@
 //! Content-addressed module store: `<dir>/<sha256>.wasm`, written atomically.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::path::PathBuf;
 use std::sync::RwLock;
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, SystemTime};
 
 use sha2::{Digest, Sha256};
 
@@ -40,7 +41,9 @@ pub fn check_hash(s: &str) -> Result<(), ArtifactError> {
 pub struct ArtifactStore {
     dir: PathBuf,
     max_bytes: u64,
-    index: RwLock<HashMap<String, u64>>,
+    /// Modules by hash: their size and when they were last used (uploaded,
+    /// downloaded, or referenced when the master last looked).
+    index: RwLock<HashMap<String, (u64, SystemTime)>>,
     /// Numbers each upload's temp file: concurrent uploads of one module
     /// each write their own and rename it into place.
     uploads: AtomicU64,
@@ -62,7 +65,10 @@ impl ArtifactStore {
             if let Some(hash) = name.strip_suffix(".wasm")
                 && check_hash(hash).is_ok()
             {
-                index.insert(hash.to_string(), e.metadata().map(|m| m.len()).unwrap_or(0));
+                // Last used, as far as a fresh start can tell: when written.
+                let m = e.metadata().ok();
+                let at = m.as_ref().and_then(|m| m.modified().ok()).unwrap_or_else(SystemTime::now);
+                index.insert(hash.to_string(), (m.map(|m| m.len()).unwrap_or(0), at));
             }
         }
         Ok(ArtifactStore { dir, max_bytes, index: RwLock::new(index), uploads: AtomicU64::new(0) })
@@ -73,7 +79,47 @@ impl ArtifactStore {
     }
 
     pub fn size(&self, hash: &str) -> Option<u64> {
-        self.index.read().unwrap_or_else(|e| e.into_inner()).get(hash).copied()
+        self.index.read().unwrap_or_else(|e| e.into_inner()).get(hash).map(|e| e.0)
+    }
+
+    /// Notes a use of a module (it is kept at least `ttl` from now).
+    fn touch(&self, hash: &str) {
+        if let Some(e) = self.index.write().unwrap_or_else(|e| e.into_inner()).get_mut(hash) {
+            e.1 = SystemTime::now();
+        }
+    }
+
+    /// How many modules the store holds, and their bytes.
+    pub fn usage(&self) -> (usize, u64) {
+        let idx = self.index.read().unwrap_or_else(|e| e.into_inner());
+        (idx.len(), idx.values().map(|e| e.0).sum())
+    }
+
+    /// Deletes the modules not in `used` that nobody used for `ttl`; the
+    /// ones in `used` count as used now. Returns how many went.
+    pub fn collect(&self, used: &HashSet<String>, ttl: Duration) -> usize {
+        let now = SystemTime::now();
+        let gone: Vec<String> = {
+            let mut idx = self.index.write().unwrap_or_else(|e| e.into_inner());
+            for h in used {
+                if let Some(e) = idx.get_mut(h) {
+                    e.1 = now;
+                }
+            }
+            let old: Vec<String> = idx
+                .iter()
+                .filter(|(h, (_, at))| !used.contains(*h) && now.duration_since(*at).is_ok_and(|age| age >= ttl))
+                .map(|(h, _)| h.clone())
+                .collect();
+            for h in &old {
+                idx.remove(h);
+            }
+            old
+        };
+        for h in &gone {
+            let _ = std::fs::remove_file(self.dir.join(format!("{h}.wasm")));
+        }
+        gone.len()
     }
 
     /// Stores `bytes` if they hash to `expected` (when given) and look like Wasm.
@@ -93,6 +139,7 @@ impl ArtifactStore {
             return Err(ArtifactError::NotWasm);
         }
         if self.size(&actual).is_some() {
+            self.touch(&actual);
             return Ok((actual, true));
         }
         let path = self.dir.join(format!("{actual}.wasm"));
@@ -112,7 +159,10 @@ impl ArtifactStore {
             let _ = std::fs::remove_file(&tmp);
             ArtifactError::Io(format!("writing {}: {e}", path.display()))
         })?;
-        self.index.write().unwrap_or_else(|e| e.into_inner()).insert(actual.clone(), bytes.len() as u64);
+        self.index
+            .write()
+            .unwrap_or_else(|e| e.into_inner())
+            .insert(actual.clone(), (bytes.len() as u64, SystemTime::now()));
         Ok((actual, false))
     }
 
@@ -121,6 +171,7 @@ impl ArtifactStore {
         if self.size(hash).is_none() {
             return Err(ArtifactError::Missing(hash.to_string()));
         }
+        self.touch(hash);
         std::fs::read(self.dir.join(format!("{hash}.wasm"))).map_err(|e| ArtifactError::Io(e.to_string()))
     }
 }
@@ -170,5 +221,22 @@ mod tests {
             .filter(|e| e.file_name().to_string_lossy().ends_with(".tmp"))
             .collect();
         assert!(left.is_empty(), "{left:?}");
+    }
+
+    #[test]
+    fn unused_modules_past_their_ttl_are_collected() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = ArtifactStore::open(dir.path().to_path_buf(), 1 << 20).unwrap();
+        let (a, _) = store.put(None, &module(1)).unwrap();
+        let (b, _) = store.put(None, &module(2)).unwrap();
+        // Nothing is older than an hour.
+        assert_eq!(store.collect(&HashSet::new(), Duration::from_secs(3600)), 0);
+        // With no time to live, what is not in use goes; what is, stays.
+        assert_eq!(store.collect(&HashSet::from([a.clone()]), Duration::ZERO), 1);
+        assert!(store.get(&a).is_ok());
+        assert_eq!(store.get(&b), Err(ArtifactError::Missing(b.clone())));
+        assert!(!dir.path().join(format!("{b}.wasm")).exists());
+        // An upload brings it back.
+        assert_eq!(store.put(None, &module(2)).unwrap(), (b, false));
     }
 }

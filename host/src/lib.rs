@@ -178,7 +178,7 @@ pub fn start(cfg: MasterConfig) -> Result<MasterHandle, StartError> {
     let watch = Arc::new(watch::WatchHub::new(cfg.watch_history, cfg.watch_history_bytes));
     let (tx, rx) = tokio::sync::mpsc::channel(COMMAND_QUEUE);
     let scheduler_limits = cfg.scheduler_limits;
-    let opts = registry::Options { keep_recent: cfg.max_completed_tasks, task_history: cfg.task_history };
+    let opts = registry::Options { keep_recent: cfg.max_completed_tasks };
     let registry = if cfg.durable_registry { Some(registry::open(&cfg.state_dir, opts)?) } else { None };
     let history = registry.as_ref().map(|(r, _)| r.history());
     let hosted_to_restart: Vec<_> = registry
@@ -268,7 +268,7 @@ pub async fn run(
 /// names: what `cargo xtask chaos` compares with the Operator API. Tasks of a
 /// submission without a record of their own are `staging` (queued).
 pub fn registry_tasks(state_dir: &std::path::Path) -> Result<std::collections::BTreeMap<String, String>, StartError> {
-    let opts = registry::Options { keep_recent: usize::MAX, task_history: DEFAULT_TASK_HISTORY };
+    let opts = registry::Options { keep_recent: usize::MAX };
     let (_reg, loaded) = registry::open(state_dir, opts)?;
     let mut out = std::collections::BTreeMap::new();
     for t in loaded.tasks {

@@ -156,7 +156,9 @@ mod tests {
 
     #[test]
     fn durations() {
-        for (s, ms) in [("500ms", 500), ("30s", 30_000), ("2m", 120_000), ("1.5s", 1500), ("7", 7000), ("2d", 172_800_000)] {
+        for (s, ms) in
+            [("500ms", 500), ("30s", 30_000), ("2m", 120_000), ("1.5s", 1500), ("7", 7000), ("2d", 172_800_000)]
+        {
             assert_eq!(parse_duration(s), Ok(Duration::from_millis(ms)), "{s}");
         }
         for bad in ["", "s", "-1s", "10 fortnights"] {

@@ -129,6 +129,9 @@ impl Ids {
     }
 }
 
+/// How often unused modules are looked for.
+const ARTIFACT_GC_EVERY: Duration = Duration::from_secs(60);
+
 /// Counters the loop bumps (for metrics).
 #[derive(Debug, Default, Clone)]
 pub(crate) struct Metrics {
@@ -220,6 +223,25 @@ impl Master {
         self.state.tasks.evict(&self.retention, committed);
     }
 
+    /// Modules nothing uses leave the artifact store after `artifact_ttl`
+    /// (deleted off the loop's thread).
+    fn collect_artifacts(&self) {
+        let mut used: std::collections::HashSet<String> =
+            self.state.tasks.live_modules().into_iter().map(str::to_string).collect();
+        for (_, f) in self.state.frameworks.iter() {
+            if let Kind::Hosted(h) = &f.kind {
+                used.insert(h.info.module_sha256.clone());
+            }
+        }
+        let (store, ttl) = (self.artifacts.clone(), self.cfg.artifact_ttl);
+        tokio::task::spawn_blocking(move || {
+            let n = store.collect(&used, ttl);
+            if n > 0 {
+                eprintln!("wasmos master: deleted {n} module(s) unused for {ttl:?}");
+            }
+        });
+    }
+
     fn clock(&self) -> Duration {
         self.started.elapsed()
     }
@@ -240,6 +262,7 @@ impl Master {
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         let mut last_alloc = Instant::now() - self.cfg.allocation_interval;
         let mut last_fw_heartbeat = Instant::now();
+        let mut last_artifact_gc = Instant::now();
         loop {
             let alloc_at = last_alloc + self.cfg.allocation_interval;
             tokio::select! {
@@ -266,6 +289,10 @@ impl Master {
                     self.expire_unreported();
                     self.expire_frameworks();
                     self.evict();
+                    if last_artifact_gc.elapsed() >= ARTIFACT_GC_EVERY {
+                        last_artifact_gc = Instant::now();
+                        self.collect_artifacts();
+                    }
                     if last_fw_heartbeat.elapsed() >= self.cfg.framework_heartbeat_interval {
                         last_fw_heartbeat = Instant::now();
                         self.heartbeat_frameworks();

@@ -181,6 +181,7 @@ impl Tasks {
     pub fn contains(&self, id: &TaskId) -> bool {
         self.map.contains_key(id)
     }
+    #[cfg(test)]
     pub fn len(&self) -> usize {
         self.map.len()
     }
@@ -277,13 +278,6 @@ impl Tasks {
         }
         if st.state.is_terminal() {
             t.finished_at_ms = now_ms();
-        }
-    }
-
-    /// Sets a task's message (queued, retrying after ...).
-    pub fn set_message(&mut self, id: &TaskId, m: Cow<'static, str>) {
-        if let Some(t) = self.map.get_mut(id) {
-            t.message = m;
         }
     }
 

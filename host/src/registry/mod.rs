@@ -185,8 +185,6 @@ pub(crate) trait History: Send + Sync + 'static {
 pub(crate) struct Options {
     /// Ended tasks loaded back at start (the most recent).
     pub keep_recent: usize,
-    /// How long an ended task's record stays.
-    pub task_history: Duration,
 }
 
 /// Opens the default backend: redb in `dir/registry.redb`.

@@ -168,8 +168,18 @@ async fn a_watch_past_the_ring_fails_with_the_oldest_held() {
     let c = cluster_with(1, "cpus:4;mem:4GiB", |cfg| cfg.watch_history = 4).await;
     let sha = c.upload_wat(&echo_wat("x")).await;
     let ids = c.operator().submit(submit_req(&sha, 5)).await.unwrap().into_inner().task_ids;
-    c.wait_task(&ids[4], None).await;
-    // 1 agent added + 10 task updates = 11 events; the ring holds the last 4.
+    for id in &ids {
+        c.wait_task(id, None).await;
+    }
+    // 1 agent added + 10 task updates = 11 events (published once committed:
+    // wait for the listing's watch_seq to say so); the ring holds the last 4.
+    for _ in 0..200 {
+        let r = c.operator().list_tasks(v1::ListTasksRequest::default()).await.unwrap().into_inner();
+        if r.watch_seq == 11 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
     let req = v1::WatchRequest { framework_id: String::new(), from: Some(1) };
     let e = match c.operator().watch(req).await {
         Err(e) => e,
