@@ -214,3 +214,36 @@ fn task_components_and_input_locally_and_on_the_cluster() {
     assert_eq!(o.status.code(), Some(2));
     assert!(err(&o).contains("no hosted framework"), "{}", err(&o));
 }
+
+/// Listings page: every task once, in order, whatever the page size, with
+/// most of them already out of the master's memory; `--limit` stops early;
+/// `submit --wait` keeps working among thousands of tasks.
+#[test]
+fn listings_page_through_history() {
+    let c = Cluster::start_with(&["--max-completed-tasks", "100"]);
+    let hello = guest("hello");
+    let hello = hello.to_str().unwrap();
+    let o = wasmos(&c, &["submit", "--wait", "--count", "2500", "--cpus", "0.01", "--mem", "4MiB", hello]);
+    assert_eq!(o.status.code(), Some(0), "{}", err(&o));
+    // A tick later all but 100 of them are answered from the registry.
+    std::thread::sleep(Duration::from_millis(1500));
+    let o = wasmos(&c, &["tasks", "--json", "--page-size", "300"]);
+    assert!(o.status.success(), "{}", err(&o));
+    let all = lines(&o);
+    assert_eq!(all.len(), 2500);
+    let ids: Vec<&str> = all.iter().map(|t| t["task_id"].as_str().unwrap()).collect();
+    let distinct: std::collections::HashSet<&&str> = ids.iter().collect();
+    assert_eq!(distinct.len(), 2500);
+    // ids count up within one submission: listed in that order
+    let n = |s: &str| s.rsplit('-').next().unwrap().parse::<u64>().unwrap();
+    assert!(ids.windows(2).all(|w| n(w[0]) < n(w[1])));
+    assert!(all.iter().all(|t| t["state"] == "finished"));
+    let o = wasmos(&c, &["tasks", "--limit", "7"]);
+    assert_eq!(out(&o).lines().count(), 8, "{}", out(&o)); // header + 7
+    // The oldest task's output, from the registry.
+    let o = wasmos(&c, &["logs", ids[0]]);
+    assert!(out(&o).starts_with("hello, "), "{}", out(&o));
+    let o = wasmos(&c, &["submit", "--wait", hello, "--", "again"]);
+    assert_eq!(o.status.code(), Some(0), "{}", err(&o));
+    assert!(out(&o).starts_with("hello, again!"), "{}", out(&o));
+}

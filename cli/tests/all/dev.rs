@@ -14,11 +14,17 @@ pub struct Cluster {
 
 impl Cluster {
     pub fn start() -> Cluster {
+        Cluster::start_with(&[])
+    }
+
+    /// `wasmos dev` with more flags.
+    pub fn start_with(extra: &[&str]) -> Cluster {
         let state = tempfile::tempdir().unwrap();
         let mut child = Command::new(env!("CARGO_BIN_EXE_wasmos"))
             .args(["dev", "--listen", "127.0.0.1:0", "--state-dir"])
             .arg(state.path())
             .args(["--agent-resources", "cpus:2;mem:2GiB"])
+            .args(extra)
             .env_remove("WASMOS_MASTER")
             .stdin(Stdio::null())
             .stdout(Stdio::null())
