@@ -18,6 +18,8 @@ pub fn bench(root: &Path, which: Option<&Bench>) -> Result<()> {
         Some(Bench::Sandbox) => &["wasmos-sandbox"],
         Some(Bench::Allocator) => &["wasmos-allocator"],
         Some(Bench::E2e(args)) => return e2e(root, args),
+        Some(Bench::Memory(args)) => return crate::retention::memory(root, args),
+        Some(Bench::Restart(args)) => return crate::retention::restart(root, args),
     };
     for p in pkgs {
         run(Command::new("cargo").current_dir(root).args(["bench", "-p", p]))?;

@@ -26,6 +26,9 @@ impl Dev {
     pub fn start(wasmos: &Path, name: &str, extra: &[&str]) -> Result<Dev> {
         let state = std::env::temp_dir().join(format!("wasmos-{name}-{}", std::process::id()));
         std::fs::create_dir_all(&state).with_context(|| format!("creating {}", state.display()))?;
+        if !knows_url_file(wasmos) {
+            return Dev::start_legacy(wasmos, state, extra);
+        }
         let url_file = state.join("url");
         let child = Command::new(wasmos)
             .args(["dev", "--listen", "127.0.0.1:0"])
@@ -58,6 +61,58 @@ impl Dev {
             std::thread::sleep(Duration::from_millis(20));
         }
     }
+}
+
+impl Dev {
+    /// A build from before `--url-file` (an A/B against an older binary):
+    /// a free port picked here, then wait until it accepts connections.
+    fn start_legacy(wasmos: &Path, state: PathBuf, extra: &[&str]) -> Result<Dev> {
+        let addr = free_port()?;
+        let child = Command::new(wasmos)
+            .args(["dev", "--listen", &addr])
+            .args(extra)
+            .arg("--state-dir")
+            .arg(&state)
+            .spawn()
+            .with_context(|| format!("starting {} dev", wasmos.display()))?;
+        let mut dev = Dev { child, state, url: format!("http://{addr}") };
+        let t0 = Instant::now();
+        while std::net::TcpStream::connect(&addr).is_err() {
+            if let Some(status) = dev.child.try_wait()? {
+                bail!("wasmos dev exited ({status}) before it listened; its messages are above");
+            }
+            if t0.elapsed() > START_TIMEOUT {
+                bail!("wasmos dev did not listen on {addr} within {} s", START_TIMEOUT.as_secs());
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        Ok(dev)
+    }
+
+    /// The process id of `wasmos dev` (master and agents in one process).
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    /// Its state directory.
+    pub fn state(&self) -> &Path {
+        &self.state
+    }
+}
+
+/// A loopback address with a port free right now.
+pub fn free_port() -> Result<String> {
+    let l = std::net::TcpListener::bind("127.0.0.1:0").context("binding a loopback port")?;
+    Ok(l.local_addr()?.to_string())
+}
+
+/// Whether this `wasmos` has `dev --url-file`.
+fn knows_url_file(wasmos: &Path) -> bool {
+    Command::new(wasmos)
+        .args(["dev", "--help"])
+        .output()
+        .map(|o| String::from_utf8_lossy(&o.stdout).contains("--url-file"))
+        .unwrap_or(false)
 }
 
 impl Drop for Dev {

@@ -71,6 +71,38 @@ pub enum Bench {
     /// A release `wasmos dev` (one agent with the whole machine) and the
     /// e2e_bench client against it over loopback gRPC: latency, then throughput.
     E2e(E2eArgs),
+    /// Memory and registry size of a release `wasmos dev` as rounds of tasks
+    /// run through it: what each task costs once it ended.
+    Memory(MemoryArgs),
+    /// A master with a long history killed with SIGKILL and started again:
+    /// how long until it serves.
+    Restart(RestartArgs),
+}
+
+#[derive(Args, Debug, PartialEq, Eq)]
+pub struct MemoryArgs {
+    /// Submissions, one after the other.
+    #[arg(long, value_name = "N", default_value_t = 5)]
+    pub rounds: u32,
+    /// No-op tasks per submission.
+    #[arg(long, value_name = "N", default_value_t = 100_000)]
+    pub tasks: u32,
+    /// Also measure another build (a directory with its `wasmos` and `e2e_bench`).
+    #[arg(long, value_name = "DIR")]
+    pub against: Option<std::path::PathBuf>,
+}
+
+#[derive(Args, Debug, PartialEq, Eq)]
+pub struct RestartArgs {
+    /// Ended tasks in the registry's history before the restarts.
+    #[arg(long, value_name = "N", default_value_t = 1_000_000)]
+    pub history: u64,
+    /// Tasks waiting in the queue (no agent runs them).
+    #[arg(long, value_name = "N", default_value_t = 10_000)]
+    pub queued: u32,
+    /// Restarts measured.
+    #[arg(long, value_name = "N", default_value_t = 3)]
+    pub restarts: u32,
 }
 
 #[derive(Args, Debug, PartialEq, Eq)]

@@ -5,7 +5,8 @@
 //! - `guests`  build every example guest into target/guests/<name>.wasm
 //! - `test`    setup if needed, build guests, run every test of the workspace
 //! - `demo`    the hello guest under `wasmos run` and on a `wasmos dev` cluster
-//! - `bench`   the criterion benchmarks, or `bench e2e` against `wasmos dev`
+//! - `bench`   the criterion benchmarks, `bench e2e` against `wasmos dev`, `bench memory` and
+//!   `bench restart` (what a long run costs, how fast a long history restarts)
 //! - `chaos`   the fault-injection suite with real processes
 
 mod bench;
@@ -15,6 +16,7 @@ mod dev;
 mod flags;
 mod guests;
 mod languages;
+mod retention;
 mod setup;
 mod test;
 mod util;

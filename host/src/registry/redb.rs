@@ -291,19 +291,28 @@ impl Registry for Redb {
             };
             let n_ended =
                 ended.get(rec.key().as_str()).map_err(serr("submission_ended"))?.map(|v| v.value()).unwrap_or(0);
-            // Its tasks that have a record but were not loaded (they ended a
-            // while ago): a range of keys, since its ids share a prefix.
-            let prefix = format!("task-{}-", rec.tag);
+            loaded.submissions.push((rec, n_ended as u32));
+        }
+        // Open submissions' tasks that have a record but were not loaded
+        // (they ended a while ago): a range of keys per tag, since ids share
+        // a prefix.
+        let tags: std::collections::BTreeSet<String> = loaded.submissions.iter().map(|(s, _)| s.tag.clone()).collect();
+        for tag in tags {
+            let prefix = format!("task-{tag}-");
+            let ranges: Vec<(u64, u64)> = loaded
+                .submissions
+                .iter()
+                .filter(|(s, _)| s.tag == tag)
+                .map(|(s, _)| (s.first, s.first + s.count as u64))
+                .collect();
             for row in tasks.range(prefix.as_str()..).map_err(serr("tasks"))? {
                 let k = row.map_err(serr("tasks"))?.0.value().to_string();
                 let Some(n) = k.strip_prefix(&prefix) else { break };
-                if n.parse::<u64>().is_ok_and(|n| n >= rec.first && n < rec.first + rec.count as u64)
-                    && !have.contains(&k)
-                {
+                let open = n.parse::<u64>().is_ok_and(|n| ranges.iter().any(|(a, b)| n >= *a && n < *b));
+                if open && !have.contains(&k) {
                     loaded.recorded.insert(k);
                 }
             }
-            loaded.submissions.push((rec, n_ended as u32));
         }
         for rec in load::<v1::StoredRole>(&r, ROLES, "role")? {
             let Ok(role) = Role::new(rec.role.clone()) else {
