@@ -30,6 +30,11 @@ const UPDATES: TableDefinition<&str, &[u8]> = TableDefinition::new("updates");
 /// task id -> framework id
 const TASKS: TableDefinition<&str, &str> = TableDefinition::new("tasks");
 
+/// Bytes of checkpoint pages cached in memory. The checkpoint holds only
+/// tasks that outlive its write window and updates not yet acknowledged, so
+/// a small cache is enough (redb's own default is 1 GiB).
+pub const CHECKPOINT_CACHE: usize = 16 << 20;
+
 /// What the checkpoint held at start-up.
 #[derive(Default)]
 pub(crate) struct Restored {
@@ -85,7 +90,10 @@ impl Checkpoint {
     /// Opens (creating) `dir/checkpoint.redb`, reads it, and starts the writer.
     pub fn open(dir: &Path, interval: Duration) -> Result<(Checkpoint, Restored), String> {
         let path = dir.join("checkpoint.redb");
-        let db = Database::create(&path).map_err(|x| format!("cannot open {}: {x}", path.display()))?;
+        let db = Database::builder()
+            .set_cache_size(CHECKPOINT_CACHE)
+            .create(&path)
+            .map_err(|x| format!("cannot open {}: {x}", path.display()))?;
         {
             let w = db.begin_write().map_err(e)?;
             w.open_table(META).map_err(e)?;

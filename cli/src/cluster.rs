@@ -80,6 +80,9 @@ pub struct MasterOpts {
     /// Longest an ended task stays in memory.
     #[arg(long, value_name = "DUR", default_value = "1h", value_parser = crate::args::duration)]
     pub completed_task_ttl: Duration,
+    /// Registry pages cached in memory.
+    #[arg(long, value_name = "SIZE", default_value = "64MiB", value_parser = crate::args::size)]
+    pub registry_cache: u64,
     /// How long the registry keeps an ended task (then it is deleted in the
     /// background).
     #[arg(long, value_name = "DUR", default_value = "7d", value_parser = crate::args::duration)]
@@ -118,6 +121,7 @@ impl MasterOpts {
         cfg.completed_task_memory = self.completed_task_memory;
         cfg.completed_task_ttl = self.completed_task_ttl;
         cfg.task_history = self.task_history;
+        cfg.registry_cache = self.registry_cache;
         cfg.artifact_ttl = self.artifact_ttl;
         cfg.watch_history = self.watch_history;
         cfg.watch_history_bytes = self.watch_history_bytes;

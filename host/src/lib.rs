@@ -59,6 +59,8 @@ pub const DEFAULT_COMPLETED_TASK_MEMORY: u64 = 256 << 20;
 pub const DEFAULT_COMPLETED_TASK_TTL: Duration = Duration::from_secs(3600);
 /// Default [`MasterConfig::task_history`]: one week.
 pub const DEFAULT_TASK_HISTORY: Duration = Duration::from_secs(7 * 86400);
+/// Default [`MasterConfig::registry_cache`]: 64 MiB.
+pub const DEFAULT_REGISTRY_CACHE: u64 = 64 << 20;
 /// Default [`MasterConfig::artifact_ttl`]: one week.
 pub const DEFAULT_ARTIFACT_TTL: Duration = Duration::from_secs(7 * 86400);
 
@@ -111,6 +113,9 @@ pub struct MasterConfig {
     pub completed_task_memory: u64,
     /// ... and none for longer than this. Default 1 h.
     pub completed_task_ttl: Duration,
+    /// Registry pages cached in memory (redb's own default is 1 GiB, which a
+    /// long history would fill). Default 64 MiB.
+    pub registry_cache: u64,
     /// How long the registry keeps an ended task's record (then it is
     /// deleted in the background). Default one week.
     pub task_history: Duration,
@@ -145,6 +150,7 @@ impl MasterConfig {
             completed_task_memory: DEFAULT_COMPLETED_TASK_MEMORY,
             completed_task_ttl: DEFAULT_COMPLETED_TASK_TTL,
             task_history: DEFAULT_TASK_HISTORY,
+            registry_cache: DEFAULT_REGISTRY_CACHE,
             artifact_ttl: DEFAULT_ARTIFACT_TTL,
             watch_history: DEFAULT_WATCH_HISTORY,
             watch_history_bytes: DEFAULT_WATCH_HISTORY_BYTES,
@@ -178,7 +184,7 @@ pub fn start(cfg: MasterConfig) -> Result<MasterHandle, StartError> {
     let watch = Arc::new(watch::WatchHub::new(cfg.watch_history, cfg.watch_history_bytes));
     let (tx, rx) = tokio::sync::mpsc::channel(COMMAND_QUEUE);
     let scheduler_limits = cfg.scheduler_limits;
-    let opts = registry::Options { keep_recent: cfg.max_completed_tasks };
+    let opts = registry::Options { keep_recent: cfg.max_completed_tasks, cache: cfg.registry_cache as usize };
     let registry = if cfg.durable_registry { Some(registry::open(&cfg.state_dir, opts)?) } else { None };
     let history = registry.as_ref().map(|(r, _)| r.history());
     let hosted_to_restart: Vec<_> = registry
@@ -268,7 +274,7 @@ pub async fn run(
 /// names: what `cargo xtask chaos` compares with the Operator API. Tasks of a
 /// submission without a record of their own are `staging` (queued).
 pub fn registry_tasks(state_dir: &std::path::Path) -> Result<std::collections::BTreeMap<String, String>, StartError> {
-    let opts = registry::Options { keep_recent: usize::MAX };
+    let opts = registry::Options { keep_recent: usize::MAX, cache: DEFAULT_REGISTRY_CACHE as usize };
     let (_reg, loaded) = registry::open(state_dir, opts)?;
     let mut out = std::collections::BTreeMap::new();
     for t in loaded.tasks {

@@ -185,11 +185,13 @@ pub(crate) trait History: Send + Sync + 'static {
 pub(crate) struct Options {
     /// Ended tasks loaded back at start (the most recent).
     pub keep_recent: usize,
+    /// Bytes of registry pages cached in memory.
+    pub cache: usize,
 }
 
 /// Opens the default backend: redb in `dir/registry.redb`.
 pub(crate) fn open(dir: &Path, opts: Options) -> Result<(Box<dyn Registry>, Loaded), RegistryError> {
-    let mut reg = Redb::open(dir)?;
+    let mut reg = Redb::open(dir, opts.cache)?;
     let loaded = reg.load(opts.keep_recent)?;
     Ok((Box::new(reg), loaded))
 }

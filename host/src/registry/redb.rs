@@ -99,10 +99,14 @@ fn serr(what: &'static str) -> impl Fn(::redb::StorageError) -> RegistryError {
 
 impl Redb {
     /// Opens (creating) `dir/registry.redb` and bumps the master epoch.
-    pub fn open(dir: &Path) -> Result<Redb, RegistryError> {
+    /// `cache`: bytes of the registry's pages kept in memory.
+    pub fn open(dir: &Path, cache: usize) -> Result<Redb, RegistryError> {
         std::fs::create_dir_all(dir).map_err(|e| RegistryError(format!("cannot create {}: {e}", dir.display())))?;
         let path = dir.join("registry.redb");
-        let db = Database::create(&path).map_err(|e| RegistryError(format!("cannot open {}: {e}", path.display())))?;
+        let db = Database::builder()
+            .set_cache_size(cache)
+            .create(&path)
+            .map_err(|e| RegistryError(format!("cannot open {}: {e}", path.display())))?;
         let w = db.begin_write().map_err(|e| err("begin")(e.to_string()))?;
         {
             let mut meta = w.open_table(META).map_err(|e| err("meta")(e.to_string()))?;
@@ -594,7 +598,7 @@ mod tests {
     #[test]
     fn records_round_trip() {
         let dir = tempfile::tempdir().unwrap();
-        let mut reg = Redb::open(dir.path()).unwrap();
+        let mut reg = Redb::open(dir.path(), 1 << 20).unwrap();
         let res = Resources::parse("cpus:0.5;mem:64MiB").unwrap();
         let tid = TaskId::new("task-ab-7").unwrap();
         let spec = TaskSpec {
@@ -641,7 +645,7 @@ mod tests {
         };
         reg.commit(&changes).unwrap();
         drop(reg);
-        let mut reg = Redb::open(dir.path()).unwrap();
+        let mut reg = Redb::open(dir.path(), 1 << 20).unwrap();
         let loaded = reg.load(100).unwrap();
         assert_eq!(loaded.tasks, vec![task]);
         assert_eq!(loaded.roles, vec![(role.clone(), settings)]);
