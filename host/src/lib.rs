@@ -185,7 +185,16 @@ pub fn start(cfg: MasterConfig) -> Result<MasterHandle, StartError> {
     let (tx, rx) = tokio::sync::mpsc::channel(COMMAND_QUEUE);
     let scheduler_limits = cfg.scheduler_limits;
     let opts = registry::Options { keep_recent: cfg.max_completed_tasks, cache: cfg.registry_cache as usize };
+    let t0 = std::time::Instant::now();
     let registry = if cfg.durable_registry { Some(registry::open(&cfg.state_dir, opts)?) } else { None };
+    if let Some((_, l)) = &registry {
+        eprintln!(
+            "wasmos master: registry loaded in {} ms ({} tasks live or recent, {} open submissions)",
+            t0.elapsed().as_millis(),
+            l.tasks.len(),
+            l.submissions.len()
+        );
+    }
     let history = registry.as_ref().map(|(r, _)| r.history());
     let hosted_to_restart: Vec<_> = registry
         .as_ref()

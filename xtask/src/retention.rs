@@ -119,13 +119,14 @@ impl Drop for Proc {
     }
 }
 
-fn spawn(bin: &Path, args: &[&str]) -> Result<Proc> {
+/// `show`: its messages go to our stderr.
+fn spawn(bin: &Path, args: &[&str], show: bool) -> Result<Proc> {
     Ok(Proc(
         Command::new(bin)
             .args(args)
             .stdin(Stdio::null())
             .stdout(Stdio::null())
-            .stderr(Stdio::null())
+            .stderr(if show { Stdio::inherit() } else { Stdio::null() })
             .spawn()
             .with_context(|| format!("starting {}", bin.display()))?,
     ))
@@ -164,10 +165,10 @@ pub fn restart(root: &Path, args: &RestartArgs) -> Result<()> {
     };
     let margs = master_args(&state.join("master"));
     let margv: Vec<&str> = margs.iter().map(String::as_str).collect();
-    let mut master = spawn(&b.wasmos, &margv)?;
+    let mut master = spawn(&b.wasmos, &margv, false)?;
     until_serving(&b.wasmos, &url, Instant::now())?;
     let agent_dir = state.join("agent").display().to_string();
-    let agent = spawn(&b.wasmos, &["agent", "--master", &url, "--work-dir", &agent_dir])?;
+    let agent = spawn(&b.wasmos, &["agent", "--master", &url, "--work-dir", &agent_dir], false)?;
     let rounds = args.history.div_ceil(100_000);
     let per = (args.history / rounds.max(1)) as u32;
     let reg = state.join("master/registry.redb");
@@ -189,7 +190,7 @@ pub fn restart(root: &Path, args: &RestartArgs) -> Result<()> {
     for _ in 0..args.restarts {
         drop(master); // SIGKILL
         let t0 = Instant::now();
-        master = spawn(&b.wasmos, &margv)?;
+        master = spawn(&b.wasmos, &margv, true)?;
         let d = until_serving(&b.wasmos, &url, t0)?;
         println!(
             "restart with {} ended tasks in history and {} queued (registry {:.0} MiB): serving after {} ms",

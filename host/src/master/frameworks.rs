@@ -112,7 +112,8 @@ impl Framework {
 pub(crate) struct Frameworks {
     map: HashMap<FrameworkId, Framework>,
     /// Frameworks that were torn down may not come back under the same id.
-    torn_down: HashSet<FrameworkId>,
+    /// (When, so the list is pruned after `--task-history`.)
+    torn_down: HashMap<FrameworkId, Instant>,
     /// Hosted frameworks that failed: still listed with the reason.
     failed: BTreeMap<String, FrameworkView>,
     changed: HashSet<FrameworkId>,
@@ -135,7 +136,7 @@ impl Frameworks {
         self.map.iter_mut()
     }
     pub fn is_torn_down(&self, id: &FrameworkId) -> bool {
-        self.torn_down.contains(id)
+        self.torn_down.contains_key(id)
     }
     pub fn failed(&self) -> impl Iterator<Item = &FrameworkView> + '_ {
         self.failed.values()
@@ -166,7 +167,7 @@ impl Frameworks {
 
     /// Removes a torn-down framework for good.
     pub fn remove(&mut self, id: &FrameworkId) -> Option<Framework> {
-        self.torn_down.insert(id.clone());
+        self.torn_down.insert(id.clone(), Instant::now());
         self.changed.insert(id.clone());
         self.map.remove(id)
     }
@@ -202,6 +203,11 @@ impl Frameworks {
         if let Some(f) = self.map.get_mut(fw) {
             f.offers.remove(o);
         }
+    }
+
+    /// Forgets torn-down ids older than `keep` (their tasks' history is gone too).
+    pub fn prune_torn_down(&mut self, keep: Duration) {
+        self.torn_down.retain(|_, at| at.elapsed() < keep);
     }
 
     pub fn take_changed(&mut self) -> Vec<FrameworkId> {

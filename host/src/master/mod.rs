@@ -292,6 +292,7 @@ impl Master {
                     if last_artifact_gc.elapsed() >= ARTIFACT_GC_EVERY {
                         last_artifact_gc = Instant::now();
                         self.collect_artifacts();
+                        self.state.frameworks.prune_torn_down(self.cfg.task_history);
                     }
                     if last_fw_heartbeat.elapsed() >= self.cfg.framework_heartbeat_interval {
                         last_fw_heartbeat = Instant::now();

@@ -270,7 +270,6 @@ impl Registry for Redb {
             }
         }
         let ended = r.open_table(SUB_ENDED).map_err(oerr("submission_ended"))?;
-        let tasks = r.open_table(TASKS).map_err(oerr("tasks"))?;
         let have: std::collections::HashSet<String> = loaded.tasks.iter().map(|t| t.view.task_id.to_string()).collect();
         for s in load::<v1::StoredSubmission>(&r, SUBMISSIONS, "submission")? {
             let Some(tpl) = s.template.as_ref() else {
@@ -298,23 +297,15 @@ impl Registry for Redb {
             loaded.submissions.push((rec, n_ended as u32));
         }
         // Open submissions' tasks that have a record but were not loaded
-        // (they ended a while ago): a range of keys per tag, since ids share
-        // a prefix.
-        let tags: std::collections::BTreeSet<String> = loaded.submissions.iter().map(|(s, _)| s.tag.clone()).collect();
-        for tag in tags {
-            let prefix = format!("task-{tag}-");
-            let ranges: Vec<(u64, u64)> = loaded
-                .submissions
-                .iter()
-                .filter(|(s, _)| s.tag == tag)
-                .map(|(s, _)| (s.first, s.first + s.count as u64))
-                .collect();
-            for row in tasks.range(prefix.as_str()..).map_err(serr("tasks"))? {
-                let k = row.map_err(serr("tasks"))?.0.value().to_string();
-                let Some(n) = k.strip_prefix(&prefix) else { break };
-                let open = n.parse::<u64>().is_ok_and(|n| ranges.iter().any(|(a, b)| n >= *a && n < *b));
-                if open && !have.contains(&k) {
-                    loaded.recorded.insert(k);
+        // (they ended a while ago). A batch task's listing position is the
+        // number in its id, so the positions of a submission are a range.
+        let by_seq = r.open_table(TASK_SEQ).map_err(oerr("task_seq"))?;
+        for (sub, _) in &loaded.submissions {
+            let prefix = format!("task-{}-", sub.tag);
+            for row in by_seq.range(sub.first..sub.first + sub.count as u64).map_err(serr("task_seq"))? {
+                let id = row.map_err(serr("task_seq"))?.1.value().to_string();
+                if id.starts_with(&prefix) && !have.contains(&id) {
+                    loaded.recorded.insert(id);
                 }
             }
         }
