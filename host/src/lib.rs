@@ -284,10 +284,23 @@ pub async fn run(
 /// submission without a record of their own are `staging` (queued).
 pub fn registry_tasks(state_dir: &std::path::Path) -> Result<std::collections::BTreeMap<String, String>, StartError> {
     let opts = registry::Options { keep_recent: usize::MAX, cache: DEFAULT_REGISTRY_CACHE as usize };
-    let (_reg, loaded) = registry::open(state_dir, opts)?;
+    let (reg, loaded) = registry::open(state_dir, opts)?;
     let mut out = std::collections::BTreeMap::new();
     for t in loaded.tasks {
         out.insert(t.view.task_id.to_string(), t.view.state.to_string());
+    }
+    // Ended tasks moved to the history.
+    let history = reg.history();
+    let mut after = 0;
+    loop {
+        let page = history.page(after, &Default::default(), usize::MAX, usize::MAX)?;
+        for t in page.rows {
+            out.entry(t.task_id.to_string()).or_insert_with(|| t.state.to_string());
+        }
+        match page.next {
+            Some(n) if n > after => after = n,
+            _ => break,
+        }
     }
     for (sub, _) in loaded.submissions {
         for (_, id) in sub.task_ids() {

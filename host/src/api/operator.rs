@@ -295,28 +295,10 @@ fn page_size(asked: u32) -> usize {
 }
 
 /// One page from the master's memory and one from the registry's history,
-/// both after the same position: what both cover (up to the nearer of their
-/// ends) in listing order, a task in both once (memory is the newer word),
-/// at most `limit` rows; and where the next page starts.
+/// both after the same position (see [`Page::merge`]).
 fn merge_pages(memory: Page<TaskView>, history: Page<TaskView>, limit: usize) -> (Vec<TaskView>, Option<u64>) {
-    let cut = match (memory.next, history.next) {
-        (Some(a), Some(b)) => Some(a.min(b)),
-        (a, b) => a.or(b),
-    };
-    let in_memory: std::collections::HashSet<TaskId> = memory.rows.iter().map(|t| t.task_id.clone()).collect();
-    let mut rows: Vec<TaskView> = memory
-        .rows
-        .into_iter()
-        .chain(history.rows.into_iter().filter(|t| !in_memory.contains(&t.task_id)))
-        .filter(|t| cut.is_none_or(|c| t.seq <= c))
-        .collect();
-    rows.sort_by_key(|t| t.seq);
-    if rows.len() > limit {
-        rows.truncate(limit);
-        let next = rows.last().map(|t| t.seq);
-        return (rows, next);
-    }
-    (rows, cut)
+    let p = Page::merge(memory, history, limit);
+    (p.rows, p.next)
 }
 
 #[cfg(test)]

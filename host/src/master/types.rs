@@ -286,6 +286,33 @@ impl<T> Default for Page<T> {
     }
 }
 
+impl Page<TaskView> {
+    /// Two pages of tasks after the same position: what both cover (up to
+    /// the nearer of their ends) in listing order, a task in both once (from
+    /// `first`, the newer word), at most `limit` rows; and where the next
+    /// page starts.
+    pub fn merge(first: Page<TaskView>, second: Page<TaskView>, limit: usize) -> Page<TaskView> {
+        let cut = match (first.next, second.next) {
+            (Some(a), Some(b)) => Some(a.min(b)),
+            (a, b) => a.or(b),
+        };
+        let seen: std::collections::HashSet<TaskId> = first.rows.iter().map(|t| t.task_id.clone()).collect();
+        let mut rows: Vec<TaskView> = first
+            .rows
+            .into_iter()
+            .chain(second.rows.into_iter().filter(|t| !seen.contains(&t.task_id)))
+            .filter(|t| cut.is_none_or(|c| t.seq <= c))
+            .collect();
+        rows.sort_by_key(|t| t.seq);
+        if rows.len() > limit {
+            rows.truncate(limit);
+            let next = rows.last().map(|t| t.seq);
+            return Page { rows, next };
+        }
+        Page { rows, next: cut }
+    }
+}
+
 /// Default page size of listings.
 pub const DEFAULT_PAGE_SIZE: usize = 1_000;
 /// Largest page a listing returns.

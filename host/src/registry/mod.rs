@@ -160,6 +160,12 @@ pub(crate) trait Registry: Send + 'static {
     /// Deletes up to `max` records of tasks that ended before `before_ms`,
     /// in one small transaction; returns how many went.
     fn collect(&mut self, before_ms: i64, max: usize) -> Result<usize, RegistryError>;
+    /// Moves up to `max` ended tasks out of what a restart must read, into
+    /// the history; returns how many moved. Default: nothing to move.
+    fn archive(&mut self, max: usize) -> Result<usize, RegistryError> {
+        let _ = max;
+        Ok(0)
+    }
     /// Reads ended tasks that left the master's memory.
     fn history(&self) -> Arc<dyn History>;
 }
@@ -196,6 +202,10 @@ pub(crate) fn open(dir: &Path, opts: Options) -> Result<(Box<dyn Registry>, Load
     Ok((Box::new(reg), loaded))
 }
 
+/// Most ended tasks one archive transaction moves to the history.
+const ARCHIVE_BATCH: usize = 10_000;
+/// Most ended tasks moved per round (a round starts at least once a second).
+const MAX_ARCHIVE_PER_ROUND: usize = 200_000;
 /// Most records one history collection deletes in one transaction.
 const COLLECT_BATCH: usize = 2_000;
 /// How often the writer looks for history past its time when idle.
@@ -273,9 +283,20 @@ pub(crate) fn spawn_writer(mut reg: Box<dyn Registry>, committed: Arc<AtomicU64>
                         f();
                     }
                 }
-                // History past its time, while nothing else waits.
+                // Ended tasks into the history, and history past its time.
                 if idle || last_collect.elapsed() >= COLLECT_EVERY {
                     last_collect = std::time::Instant::now();
+                    let mut moved = 0;
+                    loop {
+                        match reg.archive(ARCHIVE_BATCH) {
+                            Ok(n) if n == ARCHIVE_BATCH && moved < MAX_ARCHIVE_PER_ROUND => moved += n,
+                            Ok(_) => break,
+                            Err(e) => {
+                                eprintln!("wasmos master: cannot move ended tasks to the history: {e}; retrying later");
+                                break;
+                            }
+                        }
+                    }
                     let before = now_ms() - task_history.as_millis() as i64;
                     loop {
                         match reg.collect(before, COLLECT_BATCH) {

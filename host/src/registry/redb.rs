@@ -3,12 +3,20 @@
 //! `StoredSubmission`, `StoredFramework`, `StoredAgent`, `StoredRole` and
 //! `StoredReservation`, so a registry written by an earlier version loads.
 //!
+//! Two files. `registry.redb` holds what a restarted master needs: tasks that
+//! have not ended (and, briefly, ones that just did), submissions,
+//! frameworks, agents, roles, reservations; it stays small, so opening it
+//! after a crash is quick. `history.redb` holds ended tasks until
+//! `--task-history` passes: the writer moves them there in batches
+//! ([`Redb::archive`]), each batch a quick-repair transaction (the file's
+//! allocator state goes with it, so opening after a crash does not walk the
+//! whole file however long the history).
+//!
 //! Tasks have three indexes beside their records: `live` (tasks that have
-//! not ended: loaded at start), `task_seq` (listing order of everything
-//! recorded: history pages) and `finished` (ended tasks by when they ended:
-//! the most recent are loaded at start, the oldest are collected once past
-//! `--task-history`). A registry without them (written before they existed)
-//! gets them built once, at open.
+//! not ended: loaded at start), `task_seq` (listing order: history pages)
+//! and `finished` (ended tasks by when they ended: moved to history oldest
+//! first, and collected from there once past `--task-history`). A registry
+//! without them (written before they existed) gets them built once, at open.
 
 use std::path::Path;
 use std::sync::Arc;
@@ -88,6 +96,7 @@ fn skip(what: &str, key: &str, why: impl std::fmt::Display) {
 
 pub(crate) struct Redb {
     db: Arc<Database>,
+    history: Arc<Database>,
 }
 
 fn oerr(what: &'static str) -> impl Fn(::redb::TableError) -> RegistryError {
@@ -104,9 +113,20 @@ impl Redb {
         std::fs::create_dir_all(dir).map_err(|e| RegistryError(format!("cannot create {}: {e}", dir.display())))?;
         let path = dir.join("registry.redb");
         let db = Database::builder()
-            .set_cache_size(cache)
+            .set_cache_size(cache / 2)
             .create(&path)
             .map_err(|e| RegistryError(format!("cannot open {}: {e}", path.display())))?;
+        let hpath = dir.join("history.redb");
+        let history = Database::builder()
+            .set_cache_size(cache / 2)
+            .create(&hpath)
+            .map_err(|e| RegistryError(format!("cannot open {}: {e}", hpath.display())))?;
+        {
+            let mut w = history.begin_write().map_err(|e| err("begin")(e.to_string()))?;
+            w.set_quick_repair(true);
+            TaskTables::open(&w)?;
+            w.commit().map_err(|e| err("commit")(e.to_string()))?;
+        }
         let w = db.begin_write().map_err(|e| err("begin")(e.to_string()))?;
         {
             let mut meta = w.open_table(META).map_err(|e| err("meta")(e.to_string()))?;
@@ -135,7 +155,7 @@ impl Redb {
             }
         }
         w.commit().map_err(|e| err("commit")(e.to_string()))?;
-        Ok(Redb { db: Arc::new(db) })
+        Ok(Redb { db: Arc::new(db), history: Arc::new(history) })
     }
 }
 
@@ -299,13 +319,17 @@ impl Registry for Redb {
         // Open submissions' tasks that have a record but were not loaded
         // (they ended a while ago). A batch task's listing position is the
         // number in its id, so the positions of a submission are a range.
-        let by_seq = r.open_table(TASK_SEQ).map_err(oerr("task_seq"))?;
-        for (sub, _) in &loaded.submissions {
-            let prefix = format!("task-{}-", sub.tag);
-            for row in by_seq.range(sub.first..sub.first + sub.count as u64).map_err(serr("task_seq"))? {
-                let id = row.map_err(serr("task_seq"))?.1.value().to_string();
-                if id.starts_with(&prefix) && !have.contains(&id) {
-                    loaded.recorded.insert(id);
+        let hr = self.history.begin_read().map_err(|e| err("read")(e.to_string()))?;
+        for by_seq in
+            [r.open_table(TASK_SEQ).map_err(oerr("task_seq"))?, hr.open_table(TASK_SEQ).map_err(oerr("task_seq"))?]
+        {
+            for (sub, _) in &loaded.submissions {
+                let prefix = format!("task-{}-", sub.tag);
+                for row in by_seq.range(sub.first..sub.first + sub.count as u64).map_err(serr("task_seq"))? {
+                    let id = row.map_err(serr("task_seq"))?.1.value().to_string();
+                    if id.starts_with(&prefix) && !have.contains(&id) {
+                        loaded.recorded.insert(id);
+                    }
                 }
             }
         }
@@ -333,13 +357,13 @@ impl Registry for Redb {
     }
 
     fn collect(&mut self, before_ms: i64, max: usize) -> Result<usize, RegistryError> {
-        let w = self.db.begin_write().map_err(|e| err("begin")(e.to_string()))?;
+        let mut w = self.history.begin_write().map_err(|e| err("begin")(e.to_string()))?;
+        w.set_quick_repair(true);
         let mut n = 0;
         {
-            let mut finished = w.open_table(FINISHED).map_err(oerr("finished"))?;
-            let mut tasks = w.open_table(TASKS).map_err(oerr("tasks"))?;
-            let mut by_seq = w.open_table(TASK_SEQ).map_err(oerr("task_seq"))?;
-            let due: Vec<((u64, u64), String)> = finished
+            let mut t = TaskTables::open(&w)?;
+            let due: Vec<((u64, u64), String)> = t
+                .finished
                 .range(..(before_ms.max(0) as u64, 0))
                 .map_err(serr("finished"))?
                 .take(max)
@@ -347,22 +371,18 @@ impl Registry for Redb {
                 .collect::<Result<_, _>>()
                 .map_err(serr("finished"))?;
             for ((at, seq), id) in due {
-                finished.remove((at, seq)).map_err(serr("finished"))?;
+                t.finished.remove((at, seq)).map_err(serr("finished"))?;
                 // The record goes only if this is still how it ended (a task
                 // queued again and ended later has a newer entry).
-                let still = match tasks.get(id.as_str()).map_err(serr("tasks"))? {
+                let still = match t.tasks.get(id.as_str()).map_err(serr("tasks"))? {
                     Some(v) => wasmos_proto::decode::<v1::StoredTask>(v.value()).is_some_and(|r| {
-                        r.seq == seq
-                            && r.summary.as_ref().is_some_and(|s| {
-                                s.finished_at_ms.max(0) as u64 == at
-                                    && wasmos_proto::state_from_wire(s.state).is_some_and(|x| x.is_terminal())
-                            })
+                        r.seq == seq && r.summary.as_ref().is_some_and(|s| s.finished_at_ms.max(0) as u64 == at)
                     }),
                     None => false,
                 };
                 if still {
-                    tasks.remove(id.as_str()).map_err(serr("tasks"))?;
-                    by_seq.remove(seq).map_err(serr("task_seq"))?;
+                    t.tasks.remove(id.as_str()).map_err(serr("tasks"))?;
+                    t.by_seq.remove(seq).map_err(serr("task_seq"))?;
                 }
                 n += 1;
             }
@@ -371,8 +391,69 @@ impl Registry for Redb {
         Ok(n)
     }
 
+    fn archive(&mut self, max: usize) -> Result<usize, RegistryError> {
+        // The oldest ended tasks of the main file, as they are now.
+        let batch: Vec<((u64, u64), String, Vec<u8>)> = {
+            let r = self.db.begin_read().map_err(|e| err("read")(e.to_string()))?;
+            let finished = r.open_table(FINISHED).map_err(oerr("finished"))?;
+            let tasks = r.open_table(TASKS).map_err(oerr("tasks"))?;
+            let mut out = Vec::new();
+            for row in finished.iter().map_err(serr("finished"))?.take(max) {
+                let (k, id) = row.map_err(serr("finished"))?;
+                let id = id.value().to_string();
+                let bytes =
+                    tasks.get(id.as_str()).map_err(serr("tasks"))?.map(|v| v.value().to_vec()).unwrap_or_default();
+                out.push((k.value(), id, bytes));
+            }
+            out
+        };
+        if batch.is_empty() {
+            return Ok(0);
+        }
+        // First into history, durably; then out of the main file. A crash in
+        // between leaves a task in both, which the next archive settles.
+        let mut hw = self.history.begin_write().map_err(|e| err("begin")(e.to_string()))?;
+        hw.set_quick_repair(true);
+        {
+            let mut t = TaskTables::open(&hw)?;
+            for (_, id, bytes) in &batch {
+                let Some(rec) = wasmos_proto::decode::<v1::StoredTask>(bytes) else { continue };
+                let ended = rec
+                    .summary
+                    .as_ref()
+                    .and_then(|s| wasmos_proto::state_from_wire(s.state))
+                    .is_some_and(|s| s.is_terminal());
+                if ended {
+                    t.tasks.insert(id.as_str(), bytes.as_slice()).map_err(serr("tasks"))?;
+                    t.index(id, &rec)?;
+                }
+            }
+        }
+        hw.commit().map_err(|e| err("commit")(e.to_string()))?;
+        let w = self.db.begin_write().map_err(|e| err("begin")(e.to_string()))?;
+        {
+            let mut t = TaskTables::open(&w)?;
+            for (key, id, bytes) in &batch {
+                t.finished.remove(*key).map_err(serr("finished"))?;
+                // Unless it changed since (queued again, say).
+                let same =
+                    t.tasks.get(id.as_str()).map_err(serr("tasks"))?.is_some_and(|v| v.value() == bytes.as_slice());
+                if same {
+                    t.tasks.remove(id.as_str()).map_err(serr("tasks"))?;
+                    let seq = key.1;
+                    let ours = t.by_seq.get(seq).map_err(serr("task_seq"))?.is_some_and(|v| v.value() == id.as_str());
+                    if ours {
+                        t.by_seq.remove(seq).map_err(serr("task_seq"))?;
+                    }
+                }
+            }
+        }
+        w.commit().map_err(|e| err("commit")(e.to_string()))?;
+        Ok(batch.len())
+    }
+
     fn history(&self) -> Arc<dyn History> {
-        Arc::new(RedbHistory { db: self.db.clone() })
+        Arc::new(RedbHistory { files: [self.db.clone(), self.history.clone()] })
     }
 
     fn commit(&mut self, changes: &Changes) -> Result<(), RegistryError> {
@@ -530,19 +611,57 @@ fn submission_to_stored(s: &SubmissionRecord) -> v1::StoredSubmission {
     }
 }
 
-/// Reads the task history from its own read transactions, beside the writer.
+/// Reads the task history from its own read transactions, beside the writer:
+/// the main file (tasks that just ended) and the history file.
 struct RedbHistory {
-    db: Arc<Database>,
+    files: [Arc<Database>; 2],
+}
+
+/// Ended tasks of one file after `after`, as [`History::page`] describes.
+fn page_of(
+    db: &Database,
+    after: u64,
+    filter: &TaskFilter,
+    limit: usize,
+    budget: usize,
+) -> Result<Page<TaskView>, RegistryError> {
+    let r = db.begin_read().map_err(|e| err("read")(e.to_string()))?;
+    let tasks = r.open_table(TASKS).map_err(oerr("tasks"))?;
+    let by_seq = r.open_table(TASK_SEQ).map_err(oerr("task_seq"))?;
+    let mut page = Page::default();
+    let mut scanned = 0;
+    let mut last = after;
+    for row in by_seq.range(after.saturating_add(1)..).map_err(serr("task_seq"))? {
+        if page.rows.len() >= limit || scanned >= budget {
+            page.next = Some(last);
+            return Ok(page);
+        }
+        let (seq, id) = row.map_err(serr("task_seq"))?;
+        scanned += 1;
+        last = seq.value();
+        let Some(v) = tasks.get(id.value()).map_err(serr("tasks"))? else { continue };
+        let Some(rec) = wasmos_proto::decode::<v1::StoredTask>(v.value()) else { continue };
+        let Ok(t) = task_from_stored(rec) else { continue };
+        // Only ended tasks: the master's memory is the word on the others.
+        if t.view.state.is_terminal() && filter.matches(&t.view) {
+            page.rows.push(t.view);
+        }
+    }
+    Ok(page)
 }
 
 impl History for RedbHistory {
     fn get(&self, id: &str) -> Result<Option<TaskView>, RegistryError> {
-        let r = self.db.begin_read().map_err(|e| err("read")(e.to_string()))?;
-        let tasks = r.open_table(TASKS).map_err(oerr("tasks"))?;
-        let Some(v) = tasks.get(id).map_err(serr("tasks"))? else { return Ok(None) };
-        let rec = wasmos_proto::decode::<v1::StoredTask>(v.value())
-            .ok_or_else(|| RegistryError(format!("task record {id:?} is damaged")))?;
-        Ok(task_from_stored(rec).ok().map(|t| t.view))
+        for db in &self.files {
+            let r = db.begin_read().map_err(|e| err("read")(e.to_string()))?;
+            let tasks = r.open_table(TASKS).map_err(oerr("tasks"))?;
+            if let Some(v) = tasks.get(id).map_err(serr("tasks"))? {
+                let rec = wasmos_proto::decode::<v1::StoredTask>(v.value())
+                    .ok_or_else(|| RegistryError(format!("task record {id:?} is damaged")))?;
+                return Ok(task_from_stored(rec).ok().map(|t| t.view));
+            }
+        }
+        Ok(None)
     }
 
     fn page(
@@ -552,29 +671,9 @@ impl History for RedbHistory {
         limit: usize,
         budget: usize,
     ) -> Result<Page<TaskView>, RegistryError> {
-        let r = self.db.begin_read().map_err(|e| err("read")(e.to_string()))?;
-        let tasks = r.open_table(TASKS).map_err(oerr("tasks"))?;
-        let by_seq = r.open_table(TASK_SEQ).map_err(oerr("task_seq"))?;
-        let mut page = Page::default();
-        let mut scanned = 0;
-        let mut last = after;
-        for row in by_seq.range(after.saturating_add(1)..).map_err(serr("task_seq"))? {
-            if page.rows.len() >= limit || scanned >= budget {
-                page.next = Some(last);
-                return Ok(page);
-            }
-            let (seq, id) = row.map_err(serr("task_seq"))?;
-            scanned += 1;
-            last = seq.value();
-            let Some(v) = tasks.get(id.value()).map_err(serr("tasks"))? else { continue };
-            let Some(rec) = wasmos_proto::decode::<v1::StoredTask>(v.value()) else { continue };
-            let Ok(t) = task_from_stored(rec) else { continue };
-            // Only ended tasks: the master's memory is the word on the others.
-            if t.view.state.is_terminal() && filter.matches(&t.view) {
-                page.rows.push(t.view);
-            }
-        }
-        Ok(page)
+        let main = page_of(&self.files[0], after, filter, limit, budget)?;
+        let history = page_of(&self.files[1], after, filter, limit, budget)?;
+        Ok(Page::merge(main, history, limit))
     }
 }
 
@@ -583,7 +682,7 @@ mod tests {
     use wasmos_model::{Resources, TaskId, TaskSpec, TaskState};
 
     use super::*;
-    use crate::master::types::TaskView;
+    use crate::master::types::{TaskFilter, TaskView};
 
     /// What is committed is what loads back, through the wire encoding.
     #[test]
@@ -644,5 +743,59 @@ mod tests {
         // Removing a role's record.
         reg.commit(&Changes { roles: vec![(role, None)], next_id: 42, ..Default::default() }).unwrap();
         assert!(reg.load(100).unwrap().roles.is_empty());
+    }
+
+    fn ended(n: u64, finished_at_ms: i64) -> (TaskId, TaskRecord) {
+        let id = TaskId::new(format!("task-ab-{n}")).unwrap();
+        let view = TaskView {
+            seq: n,
+            task_id: id.clone(),
+            name: "t".into(),
+            framework_id: FrameworkId::new("batch").unwrap(),
+            role: "batch".into(),
+            agent_id: None,
+            state: TaskState::Finished,
+            outcome: None,
+            submitted_at_ms: 1,
+            started_at_ms: 2,
+            finished_at_ms,
+            attempt: 1,
+            module_sha256: String::new(),
+            resources: Resources::new(),
+            message: String::new(),
+        };
+        let rec =
+            TaskRecord { view, spec: None, priority: 0, constraints: vec![], max_attempts: 0, applied_uuids: vec![] };
+        (id, rec)
+    }
+
+    /// Ended tasks move to the history file (a restart reads none of them),
+    /// stay readable and listable, and go once past their time.
+    #[test]
+    fn ended_tasks_move_to_the_history_and_are_collected() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut reg = Redb::open(dir.path(), 1 << 20).unwrap();
+        // 5 tasks ended at 1000..5000 ms
+        let tasks: Vec<_> = (1..=5).map(|n| ended(n, n as i64 * 1000)).collect();
+        reg.commit(&Changes { tasks: tasks.clone(), ..Default::default() }).unwrap();
+        assert_eq!(reg.load(100).unwrap().tasks.len(), 5);
+        // Two at a time: 2, 2, 1, then nothing left to move.
+        assert_eq!([reg.archive(2).unwrap(), reg.archive(2).unwrap(), reg.archive(2).unwrap()], [2, 2, 1]);
+        assert_eq!(reg.archive(2).unwrap(), 0);
+        assert!(reg.load(100).unwrap().tasks.is_empty());
+        let h = reg.history();
+        assert_eq!(h.get("task-ab-3").unwrap().unwrap(), tasks[2].1.view);
+        let page = h.page(0, &TaskFilter::default(), 3, 100).unwrap();
+        assert_eq!(page.rows.iter().map(|t| t.seq).collect::<Vec<_>>(), [1, 2, 3]);
+        assert_eq!(page.next, Some(3));
+        // Past their time: the ones that ended before 3000 ms go.
+        assert_eq!(reg.collect(3000, 100).unwrap(), 2);
+        assert!(h.get("task-ab-2").unwrap().is_none());
+        assert_eq!(h.page(0, &TaskFilter::default(), 10, 100).unwrap().rows.len(), 3);
+        // Both files reopen after a crash (no clean close here).
+        drop(h);
+        drop(reg);
+        let reg = Redb::open(dir.path(), 1 << 20).unwrap();
+        assert!(reg.history().get("task-ab-5").unwrap().is_some());
     }
 }
