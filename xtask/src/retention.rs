@@ -62,6 +62,12 @@ fn size(path: &Path) -> u64 {
     std::fs::metadata(path).map(|m| m.len()).unwrap_or(0)
 }
 
+/// The registry's files in a state dir (`history.redb` beside it since the
+/// history moved out; older builds have only `registry.redb`).
+fn registry_size(state: &Path) -> u64 {
+    size(&state.join("registry.redb")) + size(&state.join("history.redb"))
+}
+
 fn mib(b: u64) -> f64 {
     b as f64 / (1 << 20) as f64
 }
@@ -103,9 +109,9 @@ fn e2e_rounds(b: &Build, url: &str, tasks: u32, rounds: u32, sample: impl Fn() -
 pub fn memory(root: &Path, args: &MemoryArgs) -> Result<()> {
     for b in builds(root, args.against.as_ref())? {
         let dev = Dev::start(&b.wasmos, "memory", &[])?;
-        let reg = dev.state().join("registry.redb");
+        let state = dev.state().to_path_buf();
         let pid = dev.pid();
-        e2e_rounds(&b, &dev.url, args.tasks, args.rounds, || Ok((rss(pid)?, size(&reg))))?;
+        e2e_rounds(&b, &dev.url, args.tasks, args.rounds, || Ok((rss(pid)?, registry_size(&state))))?;
     }
     Ok(())
 }
@@ -171,10 +177,10 @@ pub fn restart(root: &Path, args: &RestartArgs) -> Result<()> {
     let agent = spawn(&b.wasmos, &["agent", "--master", &url, "--work-dir", &agent_dir], false)?;
     let rounds = args.history.div_ceil(100_000);
     let per = (args.history / rounds.max(1)) as u32;
-    let reg = state.join("master/registry.redb");
+    let reg = state.join("master");
     eprintln!("xtask: {rounds} rounds of {per} tasks for the history");
     let pid = master.0.id();
-    e2e_rounds(&b, &url, per, rounds as u32, || Ok((rss(pid)?, size(&reg))))?;
+    e2e_rounds(&b, &url, per, rounds as u32, || Ok((rss(pid)?, registry_size(&reg))))?;
     // Nothing runs them: the agent goes, then the queued submission comes.
     drop(agent);
     let hello = root.join("target/guests/hello.wasm");
@@ -193,10 +199,11 @@ pub fn restart(root: &Path, args: &RestartArgs) -> Result<()> {
         master = spawn(&b.wasmos, &margv, true)?;
         let d = until_serving(&b.wasmos, &url, t0)?;
         println!(
-            "restart with {} ended tasks in history and {} queued (registry {:.0} MiB): serving after {} ms",
+            "restart with {} ended tasks in history and {} queued (registry.redb {:.0} MiB, history.redb {:.0} MiB): serving after {} ms",
             args.history,
             args.queued,
-            mib(size(&reg)),
+            mib(size(&reg.join("registry.redb"))),
+            mib(size(&reg.join("history.redb"))),
             d.as_millis()
         );
         took.push(d);

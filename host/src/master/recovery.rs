@@ -126,7 +126,8 @@ impl Master {
         // queued (or were launched and will be adopted when their agent
         // reregisters).
         // In the order they were submitted (ids count up across restarts).
-        let mut queued: Vec<(u64, TaskId, &(Arc<TaskSpec>, SubmissionRecord))> = Vec::new();
+        type Entry = (Arc<TaskSpec>, SubmissionRecord);
+        let mut queued: Vec<(u64, TaskId, &Entry)> = Vec::new();
         for entry in subs.values() {
             for (n, id) in entry.1.task_ids() {
                 if loaded.recorded.contains(&id) {
@@ -142,7 +143,14 @@ impl Master {
         for (n, tid, (spec, sub)) in queued {
             let max_attempts = if sub.max_attempts == 0 { DEFAULT_MAX_ATTEMPTS } else { sub.max_attempts };
             self.recovery.adoptable.insert(tid.clone());
-            self.enqueue_batch(tid, n, spec.clone(), sub.submitted_at_ms, sub.priority, &sub.constraints, max_attempts);
+            let queue = BatchTask {
+                resources: spec.resources.clone(),
+                priority: sub.priority,
+                constraints: sub.constraints.clone(),
+                attempts: 0,
+                max_attempts,
+            };
+            self.enqueue_batch(tid, n, spec.clone(), sub.submitted_at_ms, queue);
         }
         if self.batch.queued() > 0 {
             self.revive_batch();

@@ -175,35 +175,37 @@ impl Master {
         let mut ids = Vec::with_capacity(count as usize);
         // One spec for all of them (each task's id is its key in the table).
         let spec = Arc::new(TaskSpec { task_id: String::new(), name: base.clone(), ..s.template });
+        let queue = BatchTask {
+            resources: spec.resources.clone(),
+            priority: s.priority,
+            constraints: s.constraints.clone(),
+            attempts: 0,
+            max_attempts,
+        };
         for _ in 0..count {
             let (id, n) = self.ids.fresh_n("task");
             let tid = TaskId::new(id).expect("valid id");
-            self.enqueue_batch(tid.clone(), n, spec.clone(), now, s.priority, &s.constraints, max_attempts);
+            self.enqueue_batch(tid.clone(), n, spec.clone(), now, queue.clone());
             ids.push(tid);
         }
         self.revive_batch();
         Ok(ids)
     }
 
-    /// Adds a queued batch task (a new submission's, or a restored one's).
+    /// Adds a queued batch task (a new submission's, or a restored one's);
+    /// `queue`: its priority, constraints and attempt budget.
     pub(super) fn enqueue_batch(
         &mut self,
         tid: TaskId,
         seq: u64,
         spec: Arc<TaskSpec>,
         submitted_at_ms: i64,
-        priority: i32,
-        constraints: &[(String, String)],
-        max_attempts: u32,
+        queue: BatchTask,
     ) {
-        let resources = spec.resources.clone();
         let mut task = Task::new(self.batch_id.clone(), spec, submitted_at_ms);
         task.message = "queued".into();
         self.state.tasks.insert(tid.clone(), task, seq, false);
         self.state.frameworks.add_task(&self.batch_id, &tid);
-        self.batch.enqueue(
-            tid,
-            BatchTask { resources, priority, constraints: constraints.to_vec(), attempts: 0, max_attempts },
-        );
+        self.batch.enqueue(tid, queue);
     }
 }

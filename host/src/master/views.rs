@@ -121,13 +121,11 @@ impl Master {
     /// page starts (`None`: nothing more in memory).
     pub(super) fn list_tasks(&self, f: &TaskFilter, after: u64, limit: usize) -> Page<TaskView> {
         let mut rows = Vec::new();
-        let mut scanned = 0;
         let mut last = after;
-        for (id, t) in self.state.tasks.after(after) {
+        for (scanned, (id, t)) in self.state.tasks.after(after).enumerate() {
             if rows.len() >= limit || scanned >= PAGE_SCAN_BUDGET {
                 return Page { rows, next: Some(last) };
             }
-            scanned += 1;
             last = t.seq();
             let v = task_view(id, t, self.role_of(&t.framework));
             if f.matches(&v) {

@@ -629,15 +629,13 @@ fn page_of(
     let tasks = r.open_table(TASKS).map_err(oerr("tasks"))?;
     let by_seq = r.open_table(TASK_SEQ).map_err(oerr("task_seq"))?;
     let mut page = Page::default();
-    let mut scanned = 0;
     let mut last = after;
-    for row in by_seq.range(after.saturating_add(1)..).map_err(serr("task_seq"))? {
+    for (scanned, row) in by_seq.range(after.saturating_add(1)..).map_err(serr("task_seq"))?.enumerate() {
         if page.rows.len() >= limit || scanned >= budget {
             page.next = Some(last);
             return Ok(page);
         }
         let (seq, id) = row.map_err(serr("task_seq"))?;
-        scanned += 1;
         last = seq.value();
         let Some(v) = tasks.get(id.value()).map_err(serr("tasks"))? else { continue };
         let Some(rec) = wasmos_proto::decode::<v1::StoredTask>(v.value()) else { continue };
