@@ -210,7 +210,8 @@ impl Master {
         m.batch.suppressed = true;
         if let Some((reg, loaded)) = registry {
             m.restore(loaded);
-            m.writer = Some(registry::spawn_writer(reg, m.committed.clone(), m.cfg.task_history));
+            reg.maintain(m.cfg.task_history);
+            m.writer = Some(registry::spawn_writer(reg, m.committed.clone()));
         }
         m
     }

@@ -11,12 +11,11 @@ use std::collections::HashSet;
 use std::path::Path;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
-use std::sync::mpsc::RecvTimeoutError;
 use std::time::Duration;
 
 use wasmos_model::{AgentId, FrameworkId, Resources, Role, TaskId, TaskSpec};
 
-use crate::master::types::{AgentInfo, HostedInfo, Page, RoleSettings, TaskFilter, TaskView, now_ms};
+use crate::master::types::{AgentInfo, HostedInfo, Page, RoleSettings, TaskFilter, TaskView};
 
 pub(crate) use self::redb::Redb;
 
@@ -149,23 +148,18 @@ pub(crate) struct Loaded {
 }
 
 /// Where the registry lives. `load` is called once, at start; then `commit`
-/// for every group of batches and `collect` between them, from the writer
-/// thread.
+/// for every group of batches, from the writer thread; `maintain` runs
+/// beside it.
 pub(crate) trait Registry: Send + 'static {
     /// Everything but old history; `keep_recent`: how many ended tasks to
     /// load back (the most recent).
     fn load(&mut self, keep_recent: usize) -> Result<Loaded, RegistryError>;
     /// Writes `changes` in one durable transaction.
     fn commit(&mut self, changes: &Changes) -> Result<(), RegistryError>;
-    /// Deletes up to `max` records of tasks that ended before `before_ms`,
-    /// in one small transaction; returns how many went.
-    fn collect(&mut self, before_ms: i64, max: usize) -> Result<usize, RegistryError>;
-    /// Moves up to `max` ended tasks out of what a restart must read, into
-    /// the history; returns how many moved. Default: nothing to move.
-    fn archive(&mut self, max: usize) -> Result<usize, RegistryError> {
-        let _ = max;
-        Ok(0)
-    }
+    /// Starts what keeps the registry bounded, on its own thread: ended
+    /// tasks deleted once they ended more than `task_history` ago (and, for
+    /// backends that keep them apart, moved out of what a restart reads).
+    fn maintain(&self, task_history: Duration);
     /// Reads ended tasks that left the master's memory.
     fn history(&self) -> Arc<dyn History>;
 }
@@ -202,15 +196,6 @@ pub(crate) fn open(dir: &Path, opts: Options) -> Result<(Box<dyn Registry>, Load
     Ok((Box::new(reg), loaded))
 }
 
-/// Most ended tasks one archive transaction moves to the history.
-const ARCHIVE_BATCH: usize = 10_000;
-/// Most ended tasks moved per round (a round starts at least once a second).
-const MAX_ARCHIVE_PER_ROUND: usize = 200_000;
-/// Most records one history collection deletes in one transaction.
-const COLLECT_BATCH: usize = 2_000;
-/// How often the writer looks for history past its time when idle.
-const COLLECT_EVERY: Duration = Duration::from_secs(1);
-
 type Batch = (Changes, Vec<Box<dyn FnOnce() + Send>>, u64);
 /// Where the event loop sends each batch's changes and held replies.
 pub(crate) struct WriterTx {
@@ -234,80 +219,42 @@ const MAX_GROUP: usize = 64;
 /// queued into one transaction (group commit), commits, records the newest
 /// committed batch number in `committed`, then runs the held replies. A
 /// failed commit stops the process: acknowledging without a durable record
-/// would break the API's promise. Between commits, and at least once a
-/// second, it deletes the records of tasks that ended more than
-/// `task_history` ago, a small transaction at a time, yielding to any
-/// batch that comes in.
-pub(crate) fn spawn_writer(mut reg: Box<dyn Registry>, committed: Arc<AtomicU64>, task_history: Duration) -> WriterTx {
+/// would break the API's promise.
+pub(crate) fn spawn_writer(mut reg: Box<dyn Registry>, committed: Arc<AtomicU64>) -> WriterTx {
     let (tx, rx) = std::sync::mpsc::channel::<Batch>();
     let queued = Arc::new(AtomicUsize::new(0));
     let pending = queued.clone();
     std::thread::Builder::new()
         .name("wasmos-registry".into())
         .spawn(move || {
-            let mut last_collect = std::time::Instant::now();
-            loop {
-                let first = match rx.recv_timeout(COLLECT_EVERY) {
-                    Ok(b) => Some(b),
-                    Err(RecvTimeoutError::Timeout) => None,
-                    Err(RecvTimeoutError::Disconnected) => return,
-                };
-                let idle = first.is_none();
-                if let Some(first) = first {
-                    let mut batches = vec![first];
-                    while let Ok(more) = rx.try_recv() {
-                        batches.push(more);
-                        if batches.len() >= MAX_GROUP {
-                            break;
-                        }
-                    }
-                    pending.fetch_sub(batches.len(), Ordering::AcqRel);
-                    let mut merged = Changes::default();
-                    let mut replies = Vec::new();
-                    let mut newest = 0;
-                    for (c, r, n) in batches {
-                        merged.extend(c);
-                        replies.extend(r);
-                        newest = newest.max(n);
-                    }
-                    if !merged.is_empty()
-                        && let Err(e) = reg.commit(&merged)
-                    {
-                        eprintln!(
-                            "wasmos master: cannot write the registry: {e}; stopping so nothing unrecorded is acknowledged"
-                        );
-                        std::process::exit(70);
-                    }
-                    committed.fetch_max(newest, Ordering::Release);
-                    for f in replies {
-                        f();
+            while let Ok(first) = rx.recv() {
+                let mut batches = vec![first];
+                while let Ok(more) = rx.try_recv() {
+                    batches.push(more);
+                    if batches.len() >= MAX_GROUP {
+                        break;
                     }
                 }
-                // Ended tasks into the history, and history past its time.
-                if idle || last_collect.elapsed() >= COLLECT_EVERY {
-                    last_collect = std::time::Instant::now();
-                    let mut moved = 0;
-                    loop {
-                        match reg.archive(ARCHIVE_BATCH) {
-                            Ok(n) if n == ARCHIVE_BATCH && moved < MAX_ARCHIVE_PER_ROUND => moved += n,
-                            Ok(_) => break,
-                            Err(e) => {
-                                eprintln!("wasmos master: cannot move ended tasks to the history: {e}; retrying later");
-                                break;
-                            }
-                        }
-                    }
-                    let before = now_ms() - task_history.as_millis() as i64;
-                    loop {
-                        match reg.collect(before, COLLECT_BATCH) {
-                            Ok(n) if n == COLLECT_BATCH && pending.load(Ordering::Acquire) == 0 => continue,
-                            Ok(_) => break,
-                            Err(e) => {
-                                eprintln!("wasmos master: cannot collect old history: {e}; retrying later");
-                                break;
-                            }
-                        }
-                    }
+                pending.fetch_sub(batches.len(), Ordering::AcqRel);
+                let mut merged = Changes::default();
+                let mut replies = Vec::new();
+                let mut newest = 0;
+                for (c, r, n) in batches {
+                    merged.extend(c);
+                    replies.extend(r);
+                    newest = newest.max(n);
+                }
+                if !merged.is_empty()
+                    && let Err(e) = reg.commit(&merged)
+                {
+                    eprintln!(
+                        "wasmos master: cannot write the registry: {e}; stopping so nothing unrecorded is acknowledged"
+                    );
+                    std::process::exit(70);
+                }
+                committed.fetch_max(newest, Ordering::Release);
+                for f in replies {
+                    f();
                 }
             }
         })

@@ -20,6 +20,7 @@
 
 use std::path::Path;
 use std::sync::Arc;
+use std::time::Duration;
 
 use ::redb::{Database, ReadableDatabase, ReadableTable, TableDefinition};
 use wasmos_model::{AgentId, FrameworkId, Role};
@@ -356,100 +357,13 @@ impl Registry for Redb {
         Ok(loaded)
     }
 
-    fn collect(&mut self, before_ms: i64, max: usize) -> Result<usize, RegistryError> {
-        let mut w = self.history.begin_write().map_err(|e| err("begin")(e.to_string()))?;
-        w.set_quick_repair(true);
-        let mut n = 0;
-        {
-            let mut t = TaskTables::open(&w)?;
-            let due: Vec<((u64, u64), String)> = t
-                .finished
-                .range(..(before_ms.max(0) as u64, 0))
-                .map_err(serr("finished"))?
-                .take(max)
-                .map(|r| r.map(|(k, v)| (k.value(), v.value().to_string())))
-                .collect::<Result<_, _>>()
-                .map_err(serr("finished"))?;
-            for ((at, seq), id) in due {
-                t.finished.remove((at, seq)).map_err(serr("finished"))?;
-                // The record goes only if this is still how it ended (a task
-                // queued again and ended later has a newer entry).
-                let still = match t.tasks.get(id.as_str()).map_err(serr("tasks"))? {
-                    Some(v) => wasmos_proto::decode::<v1::StoredTask>(v.value()).is_some_and(|r| {
-                        r.seq == seq && r.summary.as_ref().is_some_and(|s| s.finished_at_ms.max(0) as u64 == at)
-                    }),
-                    None => false,
-                };
-                if still {
-                    t.tasks.remove(id.as_str()).map_err(serr("tasks"))?;
-                    t.by_seq.remove(seq).map_err(serr("task_seq"))?;
-                }
-                n += 1;
-            }
-        }
-        w.commit().map_err(|e| err("commit")(e.to_string()))?;
-        Ok(n)
-    }
-
-    fn archive(&mut self, max: usize) -> Result<usize, RegistryError> {
-        // The oldest ended tasks of the main file, as they are now.
-        let batch: Vec<((u64, u64), String, Vec<u8>)> = {
-            let r = self.db.begin_read().map_err(|e| err("read")(e.to_string()))?;
-            let finished = r.open_table(FINISHED).map_err(oerr("finished"))?;
-            let tasks = r.open_table(TASKS).map_err(oerr("tasks"))?;
-            let mut out = Vec::new();
-            for row in finished.iter().map_err(serr("finished"))?.take(max) {
-                let (k, id) = row.map_err(serr("finished"))?;
-                let id = id.value().to_string();
-                let bytes =
-                    tasks.get(id.as_str()).map_err(serr("tasks"))?.map(|v| v.value().to_vec()).unwrap_or_default();
-                out.push((k.value(), id, bytes));
-            }
-            out
-        };
-        if batch.is_empty() {
-            return Ok(0);
-        }
-        // First into history, durably; then out of the main file. A crash in
-        // between leaves a task in both, which the next archive settles.
-        let mut hw = self.history.begin_write().map_err(|e| err("begin")(e.to_string()))?;
-        hw.set_quick_repair(true);
-        {
-            let mut t = TaskTables::open(&hw)?;
-            for (_, id, bytes) in &batch {
-                let Some(rec) = wasmos_proto::decode::<v1::StoredTask>(bytes) else { continue };
-                let ended = rec
-                    .summary
-                    .as_ref()
-                    .and_then(|s| wasmos_proto::state_from_wire(s.state))
-                    .is_some_and(|s| s.is_terminal());
-                if ended {
-                    t.tasks.insert(id.as_str(), bytes.as_slice()).map_err(serr("tasks"))?;
-                    t.index(id, &rec)?;
-                }
-            }
-        }
-        hw.commit().map_err(|e| err("commit")(e.to_string()))?;
-        let w = self.db.begin_write().map_err(|e| err("begin")(e.to_string()))?;
-        {
-            let mut t = TaskTables::open(&w)?;
-            for (key, id, bytes) in &batch {
-                t.finished.remove(*key).map_err(serr("finished"))?;
-                // Unless it changed since (queued again, say).
-                let same =
-                    t.tasks.get(id.as_str()).map_err(serr("tasks"))?.is_some_and(|v| v.value() == bytes.as_slice());
-                if same {
-                    t.tasks.remove(id.as_str()).map_err(serr("tasks"))?;
-                    let seq = key.1;
-                    let ours = t.by_seq.get(seq).map_err(serr("task_seq"))?.is_some_and(|v| v.value() == id.as_str());
-                    if ours {
-                        t.by_seq.remove(seq).map_err(serr("task_seq"))?;
-                    }
-                }
-            }
-        }
-        w.commit().map_err(|e| err("commit")(e.to_string()))?;
-        Ok(batch.len())
+    fn maintain(&self, task_history: Duration) {
+        // Weak: the thread ends once nothing else holds the files (the master stopped).
+        let (db, history) = (Arc::downgrade(&self.db), Arc::downgrade(&self.history));
+        std::thread::Builder::new()
+            .name("wasmos-history".into())
+            .spawn(move || Redb::maintenance(db, history, task_history))
+            .expect("spawning the history thread");
     }
 
     fn history(&self) -> Arc<dyn History> {
@@ -540,6 +454,157 @@ impl Registry for Redb {
         w.commit().map_err(|e| err("commit")(e.to_string()))
     }
 }
+
+impl Redb {
+    /// Deletes up to `max` history records of tasks that ended before
+    /// `before_ms`, in one transaction; returns how many index entries went.
+    pub fn collect(&self, before_ms: i64, max: usize) -> Result<usize, RegistryError> {
+        let mut w = self.history.begin_write().map_err(|e| err("begin")(e.to_string()))?;
+        w.set_quick_repair(true);
+        let mut n = 0;
+        {
+            let mut t = TaskTables::open(&w)?;
+            let due: Vec<((u64, u64), String)> = t
+                .finished
+                .range(..(before_ms.max(0) as u64, 0))
+                .map_err(serr("finished"))?
+                .take(max)
+                .map(|r| r.map(|(k, v)| (k.value(), v.value().to_string())))
+                .collect::<Result<_, _>>()
+                .map_err(serr("finished"))?;
+            for ((at, seq), id) in due {
+                t.finished.remove((at, seq)).map_err(serr("finished"))?;
+                // The record goes only if this is still how it ended (a task
+                // queued again and ended later has a newer entry).
+                let still = match t.tasks.get(id.as_str()).map_err(serr("tasks"))? {
+                    Some(v) => wasmos_proto::decode::<v1::StoredTask>(v.value()).is_some_and(|r| {
+                        r.seq == seq && r.summary.as_ref().is_some_and(|s| s.finished_at_ms.max(0) as u64 == at)
+                    }),
+                    None => false,
+                };
+                if still {
+                    t.tasks.remove(id.as_str()).map_err(serr("tasks"))?;
+                    t.by_seq.remove(seq).map_err(serr("task_seq"))?;
+                }
+                n += 1;
+            }
+        }
+        w.commit().map_err(|e| err("commit")(e.to_string()))?;
+        Ok(n)
+    }
+
+    /// Moves up to `max` of the oldest ended tasks from the main file to
+    /// the history; returns how many.
+    pub fn archive(&self, max: usize) -> Result<usize, RegistryError> {
+        // The oldest ended tasks of the main file, as they are now.
+        let batch: Vec<((u64, u64), String, Vec<u8>)> = {
+            let r = self.db.begin_read().map_err(|e| err("read")(e.to_string()))?;
+            let finished = r.open_table(FINISHED).map_err(oerr("finished"))?;
+            let tasks = r.open_table(TASKS).map_err(oerr("tasks"))?;
+            let mut out = Vec::new();
+            for row in finished.iter().map_err(serr("finished"))?.take(max) {
+                let (k, id) = row.map_err(serr("finished"))?;
+                let id = id.value().to_string();
+                let bytes =
+                    tasks.get(id.as_str()).map_err(serr("tasks"))?.map(|v| v.value().to_vec()).unwrap_or_default();
+                out.push((k.value(), id, bytes));
+            }
+            out
+        };
+        if batch.is_empty() {
+            return Ok(0);
+        }
+        // First into history, durably; then out of the main file. A crash in
+        // between leaves a task in both, which the next archive settles.
+        let mut hw = self.history.begin_write().map_err(|e| err("begin")(e.to_string()))?;
+        hw.set_quick_repair(true);
+        {
+            let mut t = TaskTables::open(&hw)?;
+            for (_, id, bytes) in &batch {
+                let Some(rec) = wasmos_proto::decode::<v1::StoredTask>(bytes) else { continue };
+                let ended = rec
+                    .summary
+                    .as_ref()
+                    .and_then(|s| wasmos_proto::state_from_wire(s.state))
+                    .is_some_and(|s| s.is_terminal());
+                if ended {
+                    t.tasks.insert(id.as_str(), bytes.as_slice()).map_err(serr("tasks"))?;
+                    t.index(id, &rec)?;
+                }
+            }
+        }
+        hw.commit().map_err(|e| err("commit")(e.to_string()))?;
+        // Not fsync'd on its own: the writer's next commit makes it durable,
+        // and a crash before that leaves tasks in both files, which the next
+        // archive settles.
+        let mut w = self.db.begin_write().map_err(|e| err("begin")(e.to_string()))?;
+        let _ = w.set_durability(::redb::Durability::None);
+        {
+            let mut t = TaskTables::open(&w)?;
+            for (key, id, bytes) in &batch {
+                t.finished.remove(*key).map_err(serr("finished"))?;
+                // Unless it changed since (queued again, say).
+                let same =
+                    t.tasks.get(id.as_str()).map_err(serr("tasks"))?.is_some_and(|v| v.value() == bytes.as_slice());
+                if same {
+                    t.tasks.remove(id.as_str()).map_err(serr("tasks"))?;
+                    let seq = key.1;
+                    let ours = t.by_seq.get(seq).map_err(serr("task_seq"))?.is_some_and(|v| v.value() == id.as_str());
+                    if ours {
+                        t.by_seq.remove(seq).map_err(serr("task_seq"))?;
+                    }
+                }
+            }
+        }
+        w.commit().map_err(|e| err("commit")(e.to_string()))?;
+        Ok(batch.len())
+    }
+
+    /// The history thread: moves ended tasks out of the main file a few
+    /// times a second, and deletes history past `task_history` once a second.
+    fn maintenance(db: std::sync::Weak<Database>, history: std::sync::Weak<Database>, task_history: Duration) {
+        let mut last_collect = std::time::Instant::now();
+        loop {
+            std::thread::sleep(ARCHIVE_EVERY);
+            let (Some(db), Some(history)) = (db.upgrade(), history.upgrade()) else { return };
+            let files = Redb { db, history };
+            loop {
+                match files.archive(ARCHIVE_BATCH) {
+                    Ok(n) if n == ARCHIVE_BATCH => continue,
+                    Ok(_) => break,
+                    Err(e) => {
+                        eprintln!("wasmos master: cannot move ended tasks to the history: {e}; retrying");
+                        break;
+                    }
+                }
+            }
+            if last_collect.elapsed() < COLLECT_EVERY {
+                continue;
+            }
+            last_collect = std::time::Instant::now();
+            let before = crate::master::types::now_ms() - task_history.as_millis() as i64;
+            loop {
+                match files.collect(before, COLLECT_BATCH) {
+                    Ok(n) if n == COLLECT_BATCH => continue,
+                    Ok(_) => break,
+                    Err(e) => {
+                        eprintln!("wasmos master: cannot delete old history: {e}; retrying");
+                        break;
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// How often ended tasks move to the history.
+const ARCHIVE_EVERY: Duration = Duration::from_millis(250);
+/// Most ended tasks one move takes.
+const ARCHIVE_BATCH: usize = 5_000;
+/// How often history past its time is looked for.
+const COLLECT_EVERY: Duration = Duration::from_secs(1);
+/// Most history records one deletion takes.
+const COLLECT_BATCH: usize = 5_000;
 
 fn attributes(a: &[(String, String)]) -> Vec<v1::Attribute> {
     a.iter().map(|(k, v)| v1::Attribute { key: k.clone(), value: v.clone() }).collect()
