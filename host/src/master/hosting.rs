@@ -110,8 +110,9 @@ impl Master {
         let jobs_tx = link.ok_or_else(|| Error::unavailable(format!("framework {name} is starting; retry shortly")))?;
         let mut ids = Vec::new();
         for _ in 0..jobs.count.max(1) {
-            self.next_job += 1;
-            let id = format!("{name}-job-{}", self.next_job);
+            // Numbered by the id counter the registry keeps: unique across
+            // restarts (a job id is often its task's id).
+            let id = format!("{name}-job-{}", self.ids.bump());
             let job = crate::hosted::job(id.clone(), &jobs.template, jobs.priority, jobs.estimated_fuel);
             jobs_tx.send(job).map_err(|_| Error::unavailable("the framework's scheduler stopped; redeploy it"))?;
             ids.push(id);

@@ -107,6 +107,9 @@ impl State {
 pub(crate) struct Ids {
     pub tag: String,
     pub next: u64,
+    /// Offers are numbered apart: they do not outlive the incarnation (whose
+    /// tag is in their ids), so their counter is not written anywhere.
+    pub offers: u64,
 }
 
 impl Ids {
@@ -122,6 +125,11 @@ impl Ids {
     pub fn bump(&mut self) -> u64 {
         self.next += 1;
         self.next
+    }
+    /// A new offer id.
+    pub fn offer(&mut self) -> String {
+        self.offers += 1;
+        format!("offer-{}-{}", self.tag, self.offers)
     }
     /// The number the next [`Ids::fresh`] will use.
     pub fn peek(&self) -> u64 {
@@ -159,8 +167,8 @@ pub(crate) struct Master {
     cycle_due: bool,
     /// The registry writer thread (absent with the in-memory registry).
     writer: Option<WriterTx>,
-    /// Ids of jobs submitted to hosted frameworks.
-    next_job: u64,
+    /// The id counter as last handed to the registry.
+    written_next_id: u64,
     /// The newest batch the registry committed (set by its writer).
     committed: Arc<AtomicU64>,
     retention: Retention,
@@ -189,7 +197,7 @@ impl Master {
         let mut m = Master {
             cfg,
             started: Instant::now(),
-            ids: Ids { tag, next: 0 },
+            ids: Ids { tag, next: 0, offers: 0 },
             alloc,
             state,
             batch: Batch::default(),
@@ -201,8 +209,8 @@ impl Master {
             metrics: Metrics::default(),
             cycle_due: false,
             writer: None,
-            next_job: 0,
             committed: Arc::new(AtomicU64::new(0)),
+            written_next_id: 0,
             retention: Retention { max_tasks: retention_cfg.0, max_bytes: retention_cfg.1, ttl: retention_cfg.2 },
         };
         // Nothing queued yet: no offers for the batch framework until a submit.
@@ -391,7 +399,9 @@ impl Master {
                 self.effects.reply_after_commit(reply, r);
             }
             Cmd::HostedSubmit(name, jobs, reply) => {
-                let _ = reply.send(self.hosted_submit(&name, jobs));
+                // After the commit that records the ids it handed out.
+                let r = self.hosted_submit(&name, jobs);
+                self.effects.reply_after_commit(reply, r);
             }
         }
     }
@@ -417,6 +427,9 @@ impl Master {
             self.ids.next,
             self.writer.is_some(),
         );
+        let mut changes = changes;
+        changes.ids_moved = self.ids.next != self.written_next_id;
+        self.written_next_id = self.ids.next;
         let deferred = self.effects.take_deferred();
         match &self.writer {
             Some(w) if !changes.is_empty() || !deferred.is_empty() => {

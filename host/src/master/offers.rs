@@ -56,7 +56,7 @@ impl Master {
         let mut remote: HashMap<FrameworkId, Vec<Offer>> = HashMap::new();
         let mut batch_offers = Vec::new();
         for o in offers {
-            let id = OfferId::new(self.ids.fresh("offer")).expect("valid id");
+            let id = OfferId::new(self.ids.offer()).expect("valid id");
             let agent = self.state.agents.get(&o.agent);
             let offer = Offer {
                 offer_id: id.clone(),

@@ -98,11 +98,14 @@ pub(crate) struct Changes {
     pub roles: Vec<(Role, Option<RoleSettings>)>,
     pub reservations: Vec<((AgentId, Role), Option<Resources>)>,
     pub next_id: u64,
+    /// `next_id` moved since the last batch (ids were handed out).
+    pub ids_moved: bool,
 }
 
 impl Changes {
     pub fn is_empty(&self) -> bool {
-        self.tasks.is_empty()
+        !self.ids_moved
+            && self.tasks.is_empty()
             && self.frameworks.is_empty()
             && self.agents.is_empty()
             && self.submissions.is_empty()
@@ -123,6 +126,7 @@ impl Changes {
         self.roles.extend(c.roles);
         self.reservations.extend(c.reservations);
         self.next_id = self.next_id.max(c.next_id);
+        self.ids_moved |= c.ids_moved;
     }
 }
 
