@@ -7,6 +7,7 @@
 //! - `demo`    the hello guest under `wasmos run` and on a `wasmos dev` cluster
 //! - `bench`   the criterion benchmarks, or `bench e2e` against `wasmos dev`
 //! - `chaos`   the fault-injection suite with real processes
+//! - `soak`    sustained load with repeated faults; memory, disk and latency over time
 
 mod bench;
 mod chaos;
@@ -16,6 +17,7 @@ mod flags;
 mod guests;
 mod languages;
 mod setup;
+mod soak;
 mod test;
 mod util;
 
@@ -30,6 +32,7 @@ fn main() {
         Cmd::Demo => demo::demo(&root),
         Cmd::Bench(args) => bench::bench(&root, args.which.as_ref()),
         Cmd::Chaos(args) => chaos::chaos(&root, &args),
+        Cmd::Soak(args) => soak::soak(&root, &args),
     };
     if let Err(e) = result {
         eprintln!("xtask: error: {e:#}");
