@@ -300,7 +300,7 @@ async fn soak(cfg: Config) -> bool {
     ));
     let disruptive: Vec<(f64, f64)> =
         faults.iter().filter(|f| f.fault != Fault::DropFramework).map(|f| (f.t, f.end)).collect();
-    let drift = verdict::drift(&latency, d, &disruptive, &cfg.tol);
+    let drift = verdict::drift(&latency, d, cfg.sample_every.as_secs_f64(), &disruptive, &cfg.tol);
     let mut why = Vec::new();
     for g in growth.iter().filter(|g| g.failed) {
         why.push(format!(
@@ -314,9 +314,10 @@ async fn soak(cfg: Config) -> bool {
     }
     if drift.failed {
         why.push(format!(
-            "p99 latency drifted up: {:.1} ms in the last quarter vs {:.1} ms in the second (allowed: x{} or +{} ms)",
+            "p99 latency drifted up: {:.1} ms in the last quarter vs {:.1} ms in the second (median of each {:?} interval's p99; allowed: x{} or +{} ms)",
             drift.q4.unwrap_or(0.0),
             drift.q2.unwrap_or(0.0),
+            cfg.sample_every,
             cfg.tol.p99_ratio,
             cfg.tol.p99_floor_ms
         ));
@@ -360,7 +361,7 @@ async fn soak(cfg: Config) -> bool {
         gaps
     ));
     out.push(format!(
-        "  latency probe: {} samples, {} interrupted by faults, {} left out as overlapping a fault; p99 second quarter {} ms ({} samples), last quarter {} ms ({} samples)",
+        "  latency probe: {} samples, {} interrupted by faults, {} left out as overlapping a fault; p99 (median over the intervals of a quarter) second quarter {} ms ({} intervals), last quarter {} ms ({} intervals)",
         latency.len(),
         interrupted.load(Ordering::Relaxed),
         drift.left_out,
