@@ -43,6 +43,7 @@ def main(out):
         ("open file descriptors", "fds", [("master_fds", "master")] + [(f"{a}_fds", a) for a in agents]),
         ("CPU", "% of a core",
          [("master_cpu_pct", "master")] + [(f"{a}_cpu_pct", a) for a in agents] + [("soak_cpu_pct", "soak client")]),
+        ("machine I/O pressure (all tasks waiting on I/O, last 10 s)", "%", [("io_full_pct", "full avg10")]),
         ("event-loop lag (ListAgents round trip)", "ms", [("lag_ms", "lag")]),
         ("task latency, submit to FINISHED", "ms", [("lat_p50_ms", "p50"), ("lat_p99_ms", "p99")]),
         ("tasks", "count", [("submitted", "acknowledged"), ("finished", "FINISHED seen")]),

@@ -46,7 +46,7 @@ const AGENT_RESOURCES: &str = "cpus:8;mem:8GiB";
 const AGENT_TIMEOUT: Duration = Duration::from_secs(3);
 const STOP_FOR: Duration = Duration::from_millis(4500);
 /// After the load stops, how long every task may take to end.
-const DRAIN_TIMEOUT: Duration = Duration::from_secs(300);
+const DRAIN_TIMEOUT: Duration = Duration::from_secs(120);
 /// The hosted framework's name.
 const HOSTED: &str = "soak-sjf";
 
@@ -476,6 +476,7 @@ async fn sample(
         master_cpu: cpu.percent(master),
         agents_cpu: agents.iter().map(|p| cpu.percent(*p)).collect(),
         soak_cpu: cpu.percent(std::process::id()),
+        io_pressure: common::io_pressure(),
         registry: registry.as_ref().map(|m| m.blocks() * 512),
         registry_file: registry.as_ref().map(|m| m.len()),
         lag_ms,

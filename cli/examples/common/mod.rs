@@ -102,6 +102,15 @@ pub fn cpu_time(pid: u32) -> Option<Duration> {
     Some(Duration::from_millis((utime + stime) * 10))
 }
 
+/// The share of the last 10 s in which every task of the machine waited for
+/// I/O (`full avg10` of /proc/pressure/io), in %: high when something else
+/// on the machine is writing hard, which stalls the registry's fsyncs.
+pub fn io_pressure() -> Option<f64> {
+    let text = std::fs::read_to_string("/proc/pressure/io").ok()?;
+    let full = text.lines().find(|l| l.starts_with("full"))?;
+    full.split_whitespace().find_map(|f| f.strip_prefix("avg10="))?.parse().ok()
+}
+
 /// A small seeded generator (SplitMix64): the same seed gives the same run
 /// of numbers, so a soak's faults and load mix replay.
 #[derive(Debug, Clone)]

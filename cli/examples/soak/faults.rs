@@ -75,7 +75,9 @@ pub struct Injected {
 }
 
 /// The remote framework while it runs: stopped and started again by the
-/// DropFramework fault and at the end.
+/// DropFramework fault and at the end. Like a real framework it
+/// resubscribes, under its id, whenever its connection ends on its own (the
+/// master was killed).
 pub struct RemoteCtl {
     remote: Remote,
     stop: tokio::sync::watch::Sender<bool>,
@@ -85,7 +87,17 @@ pub struct RemoteCtl {
 impl RemoteCtl {
     pub fn start(remote: Remote, framework_id: String) -> RemoteCtl {
         let (stop, rx) = tokio::sync::watch::channel(false);
-        let task = tokio::spawn(remote.clone().run(framework_id, rx));
+        let r = remote.clone();
+        let task = tokio::spawn(async move {
+            let mut id = framework_id;
+            loop {
+                id = r.clone().run(id, rx.clone()).await;
+                if *rx.borrow() {
+                    return id;
+                }
+                tokio::time::sleep(Duration::from_millis(200)).await;
+            }
+        });
         RemoteCtl { remote, stop, task }
     }
 

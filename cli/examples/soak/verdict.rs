@@ -30,6 +30,8 @@ pub struct Sample {
     pub master_cpu: Option<f64>,
     pub agents_cpu: Vec<Option<f64>>,
     pub soak_cpu: Option<f64>,
+    /// The machine's I/O pressure (common::io_pressure), in %.
+    pub io_pressure: Option<f64>,
     /// Tasks acknowledged so far (all kinds), and FINISHED events seen.
     pub submitted: u64,
     pub finished: u64,
@@ -47,6 +49,7 @@ pub fn csv_header(agents: usize) -> String {
         cols.push(format!("agent{i}_cpu_pct"));
     }
     cols.push("soak_cpu_pct".into());
+    cols.push("io_full_pct".into());
     cols.extend(
         [
             "registry_mib",
@@ -86,6 +89,7 @@ impl Sample {
             cols.push(cell(*c, pct));
         }
         cols.push(cell(self.soak_cpu, pct));
+        cols.push(cell(self.io_pressure, pct));
         cols.extend([
             cell(self.registry, mib),
             cell(self.registry_file, mib),
