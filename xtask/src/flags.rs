@@ -150,18 +150,21 @@ pub struct SoakArgs {
     /// How often memory, open fds, registry size, lag and latency are sampled.
     #[arg(long, value_name = "DUR", default_value = "5s", value_parser = duration)]
     pub sample_every: Duration,
-    /// Growth allowed over the last half of the run, as a fraction of the
-    /// mean there (master RSS, each agent's RSS, the registry file's size).
+    /// Growth allowed over the last half of the run (least-squares slope times
+    /// its length), as a fraction of the mean there: master RSS, each agent's
+    /// RSS, the registry's disk use.
     #[arg(long, value_name = "FRACTION", default_value_t = 0.1)]
     pub growth_tolerance: f64,
     /// Growth smaller than this (MiB over the last half) passes whatever its fraction.
     #[arg(long, value_name = "MIB", default_value_t = 32.0)]
     pub growth_floor_mib: f64,
     /// Samples taken this long after a process was restarted are left out of
-    /// its growth fit (it starts small and fills up again).
+    /// its growth fit (it starts small and fills up again), and latency
+    /// samples this long after a fault ended out of the p99 check.
     #[arg(long, value_name = "DUR", default_value = "15s", value_parser = duration)]
     pub settle: Duration,
-    /// p99 latency of the last quarter may be this many times the second quarter's...
+    /// p99 latency of the last quarter (median of each sample interval's p99)
+    /// may be this many times the second quarter's...
     #[arg(long, value_name = "X", default_value_t = 3.0)]
     pub p99_ratio: f64,
     /// ...or this many ms more, whichever allows more.
