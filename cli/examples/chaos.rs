@@ -8,209 +8,23 @@
 //!
 //! Usage: chaos --wasmos PATH --guests DIR [--tasks N] [--framework-tasks N]
 
-use std::collections::{BTreeMap, HashMap, HashSet};
-use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::collections::{BTreeMap, HashMap};
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use sha2::{Digest, Sha256};
-use tonic::transport::Channel;
 use wasmos_model::Resources;
 use wasmos_proto::v1;
 
-fn arg(args: &[String], name: &str) -> Option<String> {
-    args.iter().position(|a| a == name).and_then(|i| args.get(i + 1).cloned())
-}
+#[path = "common/mod.rs"]
+mod common;
 
-struct Proc {
-    child: Child,
-    argv: Vec<String>,
-}
-
-impl Proc {
-    fn spawn(bin: &Path, argv: &[String]) -> Proc {
-        let log = std::env::var_os("CHAOS_LOG")
-            .and_then(|p| std::fs::OpenOptions::new().create(true).append(true).open(p).ok())
-            .map(Stdio::from)
-            .unwrap_or_else(Stdio::null);
-        let child =
-            Command::new(bin).args(argv).stdin(Stdio::null()).stdout(Stdio::null()).stderr(log).spawn().expect("spawn");
-        Proc { child, argv: argv.to_vec() }
-    }
-    fn kill9(&mut self) {
-        let _ = self.child.kill(); // SIGKILL
-        let _ = self.child.wait();
-    }
-    fn signal(&self, sig: &str) {
-        let _ = Command::new("kill").args([sig, &self.child.id().to_string()]).status();
-    }
-}
-
-impl Drop for Proc {
-    fn drop(&mut self) {
-        self.kill9();
-    }
-}
+use common::{History, Proc, Remote, arg, connect, list, op, wait_up, watch_all};
 
 fn primes_below(n: u64) -> u64 {
     (2..n).filter(|k| (2..).take_while(|d| d * d <= *k).all(|d| k % d != 0)).count() as u64
-}
-
-async fn connect(url: &str) -> Channel {
-    loop {
-        if let Ok(c) = tonic::transport::Endpoint::from_shared(url.to_string()).unwrap().connect().await {
-            return c;
-        }
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
-}
-
-fn op(ch: &Channel) -> v1::operator_client::OperatorClient<Channel> {
-    v1::operator_client::OperatorClient::new(ch.clone()).max_decoding_message_size(1 << 30)
-}
-
-/// Every task the master knows, walking the pages.
-async fn list(url: &str) -> Option<Vec<v1::TaskSummary>> {
-    let ch = tonic::transport::Endpoint::from_shared(url.to_string()).ok()?.connect().await.ok()?;
-    let (mut out, mut page_token) = (Vec::new(), String::new());
-    loop {
-        let req = v1::ListTasksRequest { page_token, page_size: 10_000, ..Default::default() };
-        let r = op(&ch).list_tasks(req).await.ok()?.into_inner();
-        out.extend(r.tasks);
-        if r.next_page_token.is_empty() {
-            return Some(out);
-        }
-        page_token = r.next_page_token;
-    }
-}
-
-/// Records every task event the master publishes, reconnecting across restarts.
-fn watch_all(url: String, seen: Arc<Mutex<Vec<v1::TaskStatus>>>) {
-    tokio::spawn(async move {
-        loop {
-            let ch = connect(&url).await;
-            if let Ok(s) = op(&ch).watch(v1::WatchRequest::default()).await {
-                let mut s = s.into_inner();
-                while let Ok(Some(ev)) = s.message().await {
-                    if let Some(v1::watch_event::Event::Task(t)) = ev.event {
-                        seen.lock().unwrap().push(t);
-                    }
-                }
-            }
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
-    });
-}
-
-/// A remote framework: launches `want` hello tasks, acknowledges updates,
-/// returns when told to disconnect (or when all its tasks ended).
-async fn framework(
-    url: String,
-    id: String,
-    sha: String,
-    want: usize,
-    launched: Arc<Mutex<usize>>,
-    ended: Arc<Mutex<HashSet<String>>>,
-    mut stop: tokio::sync::watch::Receiver<bool>,
-) -> String {
-    let ch = connect(&url).await;
-    let mut client = v1::scheduler_client::SchedulerClient::new(ch);
-    let info = v1::FrameworkInfo {
-        framework_id: id.clone(),
-        name: "chaos-remote".into(),
-        role: "remote".into(),
-        failover_timeout_s: 600.0,
-    };
-    let mut events = match client.subscribe(v1::SubscribeRequest { framework: Some(info) }).await {
-        Ok(s) => s.into_inner(),
-        Err(_) => return id,
-    };
-    let mut fid = id;
-    loop {
-        let ev = tokio::select! {
-            _ = stop.wait_for(|s| *s) => return fid,
-            ev = events.message() => ev,
-        };
-        let Ok(Some(ev)) = ev else { return fid };
-        match ev.event {
-            Some(v1::event::Event::Subscribed(s)) => {
-                fid = s.framework_id;
-                // After a reconnect, ask explicitly about every task launched and
-                // not yet seen ending: ones the master never recorded (its
-                // accept was not acknowledged) come back as LOST.
-                let open: Vec<String> = {
-                    let n = *launched.lock().unwrap();
-                    let ended = ended.lock().unwrap();
-                    (1..=n).map(|i| format!("remote-{i}")).filter(|t| !ended.contains(t)).collect()
-                };
-                if !open.is_empty() {
-                    let call = v1::call::Call::Reconcile(v1::call::Reconcile { task_ids: open });
-                    let _ = client.call(v1::Call { framework_id: fid.clone(), call: Some(call) }).await;
-                }
-            }
-            Some(v1::event::Event::Offers(o)) => {
-                for offer in o.offers {
-                    let tasks: Vec<v1::TaskSpec> = {
-                        let mut n = launched.lock().unwrap();
-                        let mut tasks = Vec::new();
-                        while *n < want && tasks.len() < 10 {
-                            *n += 1;
-                            tasks.push(v1::TaskSpec {
-                                task_id: format!("remote-{}", *n),
-                                name: "hello.wasm".into(),
-                                module_sha256: sha.clone(),
-                                resources: Some(wasmos_proto::resources_to_wire(
-                                    &Resources::parse("cpus:0.05;mem:8MiB").unwrap(),
-                                )),
-                                ..Default::default()
-                            });
-                        }
-                        tasks
-                    };
-                    let call = if tasks.is_empty() {
-                        v1::call::Call::Decline(v1::call::Decline {
-                            offer_ids: vec![offer.offer_id],
-                            filters: Some(v1::Filters { refuse_seconds: Some(1.0) }),
-                        })
-                    } else {
-                        v1::call::Call::Accept(v1::call::Accept {
-                            offer_ids: vec![offer.offer_id],
-                            launch: tasks,
-                            filters: None,
-                        })
-                    };
-                    let _ = client.call(v1::Call { framework_id: fid.clone(), call: Some(call) }).await;
-                }
-            }
-            Some(v1::event::Event::Update(u)) => {
-                let Some(st) = u.status else { continue };
-                if wasmos_proto::state_from_wire(st.state).is_some_and(|s| s.is_terminal()) {
-                    ended.lock().unwrap().insert(st.task_id.clone());
-                }
-                if !st.uuid.is_empty() {
-                    let ack = v1::call::Call::Acknowledge(v1::call::Acknowledge {
-                        agent_id: st.agent_id,
-                        task_id: st.task_id,
-                        uuid: st.uuid,
-                    });
-                    let _ = client.call(v1::Call { framework_id: fid.clone(), call: Some(ack) }).await;
-                }
-            }
-            _ => {}
-        }
-    }
-}
-
-async fn wait_up(url: &str, timeout: Duration) -> Option<Duration> {
-    let t0 = Instant::now();
-    while t0.elapsed() < timeout {
-        if list(url).await.is_some() {
-            return Some(t0.elapsed());
-        }
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
-    None
 }
 
 #[tokio::main(flavor = "multi_thread", worker_threads = 2)]
@@ -259,21 +73,18 @@ async fn chaos() -> bool {
         .map(|s| s.to_string())
         .collect()
     };
-    let mut master = Proc::spawn(&wasmos, &master_argv);
+    let log = std::env::var_os("CHAOS_LOG").map(PathBuf::from);
+    let log = log.as_deref();
+    let mut master = Proc::spawn(&wasmos, &master_argv, log);
     wait_up(&url, Duration::from_secs(30)).await.expect("master starts");
-    let mut agent_a = Proc::spawn(&wasmos, &agent_argv("agent-a"));
-    let agent_b = Proc::spawn(&wasmos, &agent_argv("agent-b"));
+    let mut agent_a = Proc::spawn(&wasmos, &agent_argv("agent-a"), log);
+    let agent_b = Proc::spawn(&wasmos, &agent_argv("agent-b"), log);
     let ch = connect(&url).await;
-    for _ in 0..300 {
-        if op(&ch).list_agents(v1::ListAgentsRequest::default()).await.map(|r| r.into_inner().agents.len()).unwrap_or(0)
-            == 2
-        {
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
-    let seen = Arc::new(Mutex::new(Vec::new()));
-    watch_all(url.clone(), seen.clone());
+    common::wait_agents(&ch, 2, Duration::from_secs(6)).await;
+    let seen = Arc::new(Mutex::new(History::new(true)));
+    let master_epoch = Arc::new(AtomicU64::new(0));
+    let recorder = seen.clone();
+    watch_all(url.clone(), master_epoch.clone(), move |t| recorder.lock().unwrap().record(t));
 
     // Operator settings that must survive every fault: a role's weight and
     // quota, and a dynamic reservation on one of the agents (both get faults).
@@ -338,18 +149,9 @@ async fn chaos() -> bool {
     let mut faults = Vec::new();
 
     // Remote framework.
-    let launched = Arc::new(Mutex::new(0usize));
-    let fw_ended = Arc::new(Mutex::new(HashSet::new()));
+    let remote = Remote::new(&url, "chaos-remote", &hello_sha, "cpus:0.05;mem:8MiB", 10, fw_tasks);
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
-    let fw = tokio::spawn(framework(
-        url.clone(),
-        String::new(),
-        hello_sha.clone(),
-        fw_tasks,
-        launched.clone(),
-        fw_ended.clone(),
-        stop_rx,
-    ));
+    let fw = tokio::spawn(remote.clone().run(String::new(), stop_rx));
 
     // Round 1, then kill -9 the master and restart it.
     let (ids, input) = submit(per, 1).await;
@@ -360,7 +162,8 @@ async fn chaos() -> bool {
     tokio::time::sleep(Duration::from_millis(300)).await;
     master.kill9();
     let t0 = Instant::now();
-    let _master2 = Proc::spawn(&wasmos, &master.argv.clone());
+    let _master2 = Proc::spawn(&wasmos, &master.argv.clone(), log);
+    master_epoch.fetch_add(1, Ordering::SeqCst);
     let recovery = wait_up(&url, Duration::from_secs(30)).await.map(|_| t0.elapsed()).expect("master restarts");
     faults.push(format!("kill -9 master, restarted: answering after {recovery:?}"));
 
@@ -372,7 +175,7 @@ async fn chaos() -> bool {
     }
     tokio::time::sleep(Duration::from_millis(200)).await;
     agent_a.kill9();
-    let _agent_a2 = Proc::spawn(&wasmos, &agent_a.argv.clone());
+    let _agent_a2 = Proc::spawn(&wasmos, &agent_a.argv.clone(), log);
     faults.push("kill -9 agent a, restarted".into());
 
     // Round 3, then SIGSTOP agent B past the heartbeat timeout, and SIGCONT.
@@ -390,15 +193,7 @@ async fn chaos() -> bool {
     let _ = stop_tx.send(true);
     let fid = fw.await.unwrap();
     let (stop_tx2, stop_rx2) = tokio::sync::watch::channel(false);
-    let fw2 = tokio::spawn(framework(
-        url.clone(),
-        fid.clone(),
-        hello_sha.clone(),
-        fw_tasks,
-        launched.clone(),
-        fw_ended.clone(),
-        stop_rx2,
-    ));
+    let fw2 = tokio::spawn(remote.clone().run(fid.clone(), stop_rx2));
     faults.push(format!("remote framework {fid} disconnected and reconnected"));
 
     // Round 4.
@@ -418,7 +213,7 @@ async fn chaos() -> bool {
                     &t.task_id == id && wasmos_proto::state_from_wire(t.state).is_some_and(|s| s.is_terminal())
                 })
             });
-            let fw_done = fw_ended.lock().unwrap().len() >= fw_tasks;
+            let fw_done = remote.ended() >= fw_tasks;
             final_tasks = ts;
             if batch_done && fw_done {
                 break;
@@ -463,40 +258,15 @@ async fn chaos() -> bool {
             }
         }
     }
-    // Each applied status update is published once: no UUID twice on the watch stream.
-    let events = seen.lock().unwrap().clone();
-    let mut uuids = HashSet::new();
-    let mut terminal_events: BTreeMap<String, usize> = BTreeMap::new();
-    for e in &events {
-        if !e.uuid.is_empty() && !uuids.insert(e.uuid.clone()) {
-            failures.push(format!("status update {} of task {} applied twice", hex::encode(&e.uuid), e.task_id));
-        }
-        if wasmos_proto::state_from_wire(e.state).is_some_and(|s| s.is_terminal()) && e.reason != "reconciliation" {
-            *terminal_events.entry(e.task_id.clone()).or_default() += 1;
-        }
-    }
-    for (id, n) in &terminal_events {
-        // A batch task lost with attempts left is retried: LOST then its final state.
-        let retries = by_id.get(id.as_str()).map(|t| t.attempt.saturating_sub(1) as usize).unwrap_or(0);
-        if *n > 1 + retries {
-            let history: Vec<String> = events
-                .iter()
-                .filter(|e| &e.task_id == id)
-                .map(|e| {
-                    format!(
-                        "{}:{}:{}:{}:{}",
-                        wasmos_proto::state_from_wire(e.state).map(|s| s.to_string()).unwrap_or_default(),
-                        e.reason,
-                        hex::encode(&e.uuid).get(..6).unwrap_or(""),
-                        e.agent_id,
-                        e.timestamp_ms % 100000
-                    )
-                })
-                .collect();
-            failures.push(format!("task {id} reached a terminal state {n} times: {}", history.join(" ")));
-        }
-    }
-    let fw_done = fw_ended.lock().unwrap().len();
+    // Each applied status update is published once: no UUID twice on the
+    // watch stream; a batch task lost with attempts left is retried (LOST,
+    // then its final state), so it may end once per attempt.
+    let events_seen = {
+        let seen = seen.lock().unwrap();
+        failures.extend(seen.check(|id| by_id.get(id).map(|t| t.attempt).unwrap_or(1)));
+        seen.events
+    };
+    let fw_done = remote.ended();
     if fw_done < fw_tasks {
         failures.push(format!("remote framework saw {fw_done} of its {fw_tasks} tasks end"));
     }
@@ -524,18 +294,7 @@ async fn chaos() -> bool {
         .map(|t| (t.task_id.clone(), wasmos_proto::state_from_wire(t.state).map(|s| s.to_string()).unwrap_or_default()))
         .collect();
     drop(_master2);
-    match wasmos_host::registry_tasks(&state) {
-        Ok(reg) => {
-            let mismatched: Vec<_> = api.iter().filter(|(id, st)| reg.get(*id) != Some(st)).take(5).collect();
-            if !mismatched.is_empty() {
-                failures.push(format!(
-                    "registry disagrees with the Operator API for {} task(s), e.g. {mismatched:?}",
-                    mismatched.len()
-                ));
-            }
-        }
-        Err(e) => failures.push(format!("registry does not open: {e}")),
-    }
+    failures.extend(common::check_registry(&state, &api));
     println!("chaos summary");
     println!("  tasks submitted: {submitted} batch + {fw_tasks} remote");
     println!("  finished: {finished}  retried: {retried}  lost: {lost}  remote ended: {fw_done}");
@@ -544,7 +303,7 @@ async fn chaos() -> bool {
         println!("    - {f}");
     }
     println!("  recovery after master restart: {recovery:?} (target <= 1 s)");
-    println!("  status events observed: {}", events.len());
+    println!("  status events observed: {}", events_seen);
     if failures.is_empty() {
         println!("  invariants: all hold");
         println!("1 passed, 0 failed");

@@ -1,9 +1,12 @@
 //! The command line of `cargo xtask`, parsed by clap.
 
+use std::path::PathBuf;
+use std::time::Duration;
+
 use clap::{Args, Parser, Subcommand, ValueEnum};
 
 /// wasmos automation: guest toolchains, guest builds, tests, the demo,
-/// benchmarks and the fault-injection suite.
+/// benchmarks, the fault-injection suite and the soak.
 #[derive(Parser, Debug)]
 #[command(name = "cargo xtask", bin_name = "cargo xtask", arg_required_else_help = true)]
 pub struct Xtask {
@@ -30,14 +33,15 @@ impl Xtask {
     }
 }
 
-#[derive(Subcommand, Debug, PartialEq, Eq)]
+#[derive(Subcommand, Debug, PartialEq)]
 pub enum Cmd {
     /// Install guest toolchains (rustup wasm targets, or Debian's rustc-web;
     /// clang-16 + wasi-libc; Zig, Go, Node packages, componentize-py, grpcio).
     Setup,
     /// Build the example guests into target/guests/.
     Guests,
-    /// Setup, guests, then `cargo test --workspace` and the chaos suite at CI size.
+    /// Setup, guests, then `cargo test --workspace`, the chaos suite and a
+    /// short soak, at CI size.
     Test(TestArgs),
     /// Run the hello guest under `wasmos run`, then on a `wasmos dev` cluster.
     Demo,
@@ -45,6 +49,9 @@ pub enum Cmd {
     Bench(BenchArgs),
     /// Fault injection with real master and agent processes.
     Chaos(ChaosArgs),
+    /// Sustained mixed load with repeated faults on real processes; fails if
+    /// memory or disk keeps growing, a task is lost or p99 latency drifts up.
+    Soak(SoakArgs),
 }
 
 #[derive(Args, Debug, PartialEq, Eq)]
@@ -148,6 +155,84 @@ pub struct ChaosArgs {
     pub framework_tasks: usize,
 }
 
+#[derive(Args, Debug, Clone, PartialEq)]
+pub struct SoakArgs {
+    /// How long the load runs, e.g. `90s`, `30m`, `1h`.
+    #[arg(long, value_name = "DUR", default_value = "2m", value_parser = duration)]
+    pub duration: Duration,
+    /// Target tasks per second, all clients together (batch jobs of 1 to
+    /// 1000 tasks, failing and timing-out ones, a hosted and a remote framework).
+    #[arg(long, value_name = "TASKS_PER_S", default_value_t = 2000)]
+    pub rate: u32,
+    /// Agent processes.
+    #[arg(long, value_name = "N", default_value_t = 2, value_parser = clap::value_parser!(u32).range(1..))]
+    pub agents: u32,
+    /// Faults per minute of load (kill -9 master, kill -9 agent, SIGSTOP an
+    /// agent, drop the remote framework), at seeded random moments; 0: none.
+    #[arg(long, value_name = "F", default_value_t = 2.0)]
+    pub faults_per_minute: f64,
+    /// Seed of the fault moments and kinds and of the load mix; a failing
+    /// run prints its seed to replay it [default: from the clock]
+    #[arg(long, value_name = "S")]
+    pub seed: Option<u64>,
+    /// Where soak.csv, soak.png, faults.csv, latency.csv, summary.txt and the
+    /// processes' logs go [default: target/soak/<UTC timestamp>]
+    #[arg(long, value_name = "DIR")]
+    pub out: Option<PathBuf>,
+    /// How often memory, open fds, registry size, lag and latency are sampled.
+    #[arg(long, value_name = "DUR", default_value = "5s", value_parser = duration)]
+    pub sample_every: Duration,
+    /// Growth allowed over the last half of the run (least-squares slope times
+    /// its length), as a fraction of the mean there: master RSS, each agent's
+    /// RSS, the registry's disk use.
+    #[arg(long, value_name = "FRACTION", default_value_t = 0.1)]
+    pub growth_tolerance: f64,
+    /// Growth smaller than this (MiB over the last half) passes whatever its fraction.
+    #[arg(long, value_name = "MIB", default_value_t = 32.0)]
+    pub growth_floor_mib: f64,
+    /// Samples taken this long after a process was restarted are left out of
+    /// its growth fit (it starts small and fills up again), and latency
+    /// samples this long after a fault ended out of the p99 check.
+    #[arg(long, value_name = "DUR", default_value = "15s", value_parser = duration)]
+    pub settle: Duration,
+    /// p99 latency of the last quarter (median of each sample interval's p99)
+    /// may be this many times the second quarter's...
+    #[arg(long, value_name = "X", default_value_t = 3.0)]
+    pub p99_ratio: f64,
+    /// ...or this many ms more, whichever allows more.
+    #[arg(long, value_name = "MS", default_value_t = 50.0)]
+    pub p99_floor_ms: f64,
+    /// How long the master keeps finished tasks in its registry's history
+    /// (its `--task-history`), so that the history's disk use levels off
+    /// within the run [default: a quarter of --duration]
+    #[arg(long, value_name = "DUR", value_parser = duration)]
+    pub task_history: Option<Duration>,
+    /// Use the debug build (the one `cargo xtask test` makes) instead of a release build.
+    #[arg(long)]
+    pub debug: bool,
+    /// An extra flag for `wasmos master`, e.g. `--master-arg=--registry=file` (repeatable).
+    #[arg(long, value_name = "ARG", allow_hyphen_values = true)]
+    pub master_arg: Vec<String>,
+}
+
+/// `500ms`, `90s`, `30m`, `1.5h`.
+pub fn duration(s: &str) -> Result<Duration, String> {
+    let split = s.find(|c: char| !(c.is_ascii_digit() || c == '.')).unwrap_or(s.len());
+    let (num, unit) = s.split_at(split);
+    let n: f64 = num.parse().map_err(|_| format!("{s:?} is not a duration; write e.g. 90s, 30m or 1h"))?;
+    let secs = match unit {
+        "ms" => n / 1000.0,
+        "s" => n,
+        "m" => n * 60.0,
+        "h" => n * 3600.0,
+        _ => return Err(format!("{s:?}: the unit must be ms, s, m or h (e.g. 90s, 30m)")),
+    };
+    if secs <= 0.0 {
+        return Err(format!("{s:?}: must be more than zero"));
+    }
+    Ok(Duration::from_secs_f64(secs))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -200,6 +285,44 @@ mod tests {
         );
     }
 
+    fn soak(line: &str) -> SoakArgs {
+        match parse(line) {
+            Cmd::Soak(a) => a,
+            other => panic!("{line:?} is not soak: {other:?}"),
+        }
+    }
+
+    #[test]
+    fn soak_defaults_and_flags() {
+        let a = soak("soak");
+        assert_eq!((a.duration, a.rate, a.agents, a.faults_per_minute), (Duration::from_secs(120), 2000, 2, 2.0));
+        assert_eq!((a.seed, a.out, a.sample_every, a.debug), (None, None, Duration::from_secs(5), false));
+        assert_eq!((a.growth_tolerance, a.growth_floor_mib, a.settle), (0.1, 32.0, Duration::from_secs(15)));
+        assert_eq!((a.p99_ratio, a.p99_floor_ms, a.master_arg.len()), (3.0, 50.0, 0));
+
+        let a = soak(
+            "soak --duration 30m --rate 5000 --agents 3 --faults-per-minute 0.5 --seed 7 --out /tmp/s \
+             --sample-every 500ms --master-arg=--foo=1 --master-arg --bar --debug",
+        );
+        assert_eq!((a.duration, a.rate, a.agents, a.faults_per_minute), (Duration::from_secs(1800), 5000, 3, 0.5));
+        assert_eq!(
+            (a.seed, a.out.as_deref(), a.sample_every),
+            (Some(7), Some("/tmp/s".as_ref()), Duration::from_millis(500))
+        );
+        assert!(a.debug);
+        assert_eq!(a.master_arg, strings("--foo=1 --bar"));
+    }
+
+    #[test]
+    fn durations() {
+        for (s, secs) in [("90s", 90.0), ("30m", 1800.0), ("1.5h", 5400.0), ("250ms", 0.25)] {
+            assert_eq!(duration(s), Ok(Duration::from_secs_f64(secs)), "{s}");
+        }
+        for s in ["", "90", "5 s", "1d", "0s", "m"] {
+            assert!(duration(s).is_err(), "{s:?} was accepted");
+        }
+    }
+
     #[test]
     fn e2e_flags_and_client_pass_through() {
         let a = e2e("bench e2e");
@@ -226,6 +349,9 @@ mod tests {
             "bench e2e --agent-checkpoint maybe",
             "chaos --tasks many",
             "chaos --seed 1",
+            "soak --duration 10",
+            "soak --agents 0",
+            "soak --rate fast",
         ] {
             assert!(try_parse(line).is_err(), "{line:?} was accepted");
         }

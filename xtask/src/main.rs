@@ -8,6 +8,7 @@
 //! - `bench`   the criterion benchmarks, `bench e2e` against `wasmos dev`, `bench memory` and
 //!   `bench restart` (what a long run costs, how fast a long history restarts)
 //! - `chaos`   the fault-injection suite with real processes
+//! - `soak`    sustained load with repeated faults; memory, disk and latency over time
 
 mod bench;
 mod chaos;
@@ -18,6 +19,7 @@ mod guests;
 mod languages;
 mod retention;
 mod setup;
+mod soak;
 mod test;
 mod util;
 
@@ -32,6 +34,7 @@ fn main() {
         Cmd::Demo => demo::demo(&root),
         Cmd::Bench(args) => bench::bench(&root, args.which.as_ref()),
         Cmd::Chaos(args) => chaos::chaos(&root, &args),
+        Cmd::Soak(args) => soak::soak(&root, &args),
     };
     if let Err(e) = result {
         eprintln!("xtask: error: {e:#}");

@@ -1,8 +1,8 @@
 //! `cargo xtask setup`: the toolchains guests need — Rust's wasm targets
 //! (rustup, else Debian's rustc-web with build-std), clang-16 + wasi-libc for
-//! C, Python's grpcio for the remote framework example, and the other
-//! languages' toolchains (`languages.rs`). Idempotent and quick when all is
-//! there.
+//! C, Python's grpcio for the remote framework example, matplotlib for the
+//! soak's plot, and the other languages' toolchains (`languages.rs`).
+//! Idempotent and quick when all is there.
 
 use std::path::Path;
 use std::process::Command;
@@ -86,6 +86,7 @@ pub fn setup(root: &Path) -> Result<RustRoute> {
         apt_install(&DEBIAN_C)?;
     }
     setup_python(root)?;
+    setup_plot(root);
     languages::setup(root)?;
     std::fs::create_dir_all(guests_dir(root))?;
     std::fs::write(guests_dir(root).join(".rust-route"), format!("{route:?}\n"))?;
@@ -111,6 +112,25 @@ pub fn setup_python(root: &Path) -> Result<()> {
         bail!("pip installed {} but `python3 -c \"import grpc, grpc_tools\"` still fails", req.display());
     }
     Ok(())
+}
+
+/// matplotlib for `cargo xtask soak`'s plot, from xtask/plot-requirements.txt,
+/// installed only when the import fails. Optional: the soak writes its CSV
+/// and gives its verdict without it, so a failed install only warns.
+pub fn setup_plot(root: &Path) {
+    let importable = || quiet_ok(Command::new("python3").args(["-c", "import matplotlib"]));
+    if importable() || !has_command("python3") {
+        return;
+    }
+    let req = root.join("xtask/plot-requirements.txt");
+    let mut pip = Command::new("python3");
+    pip.args(["-m", "pip", "install", "--quiet", "--disable-pip-version-check", "-r"]).arg(&req);
+    if run(&mut pip).is_err() || !importable() {
+        eprintln!(
+            "xtask: warning: could not install matplotlib (`python3 -m pip install -r {}`); `cargo xtask soak` will write its CSV without a plot",
+            req.display()
+        );
+    }
 }
 
 /// The route `setup` recorded in target/guests/.rust-route, when it still

@@ -2,23 +2,57 @@
 
 use std::path::Path;
 use std::process::Command;
+use std::time::Duration;
 
 use anyhow::Result;
 
-use crate::flags::{ChaosArgs, TestArgs};
+use crate::flags::{ChaosArgs, SoakArgs, TestArgs};
 use crate::util::run;
-use crate::{chaos, guests, setup};
+use crate::{chaos, guests, setup, soak};
 
 /// The chaos suite at a size that keeps CI short.
 const CI_CHAOS: ChaosArgs = ChaosArgs { tasks: 600, framework_tasks: 40 };
 
+/// A short soak: 80 s at a modest rate with 2 faults (a fixed seed, so every
+/// CI run injects the same ones: kill -9 of agent 1 at 28 s, of the master at
+/// 40 s), on the debug build the tests already made (a release build would be
+/// a second full build). At 300 tasks/s the last half sees ~12,000 tasks, so
+/// the growth floor is 16 MiB (about 1.4 KB a task) rather than the default.
+///
+/// A master that holds up to N finished tasks before it lets go of them grows
+/// until it holds N, and its history until it holds `--task-history` worth:
+/// both must level off well within the first half, also after the master's
+/// kill at 40 s. At 300 tasks/s that means 2,000 tasks held (~7 s worth; the
+/// default 10,000 would take 33 s) and 20 s of history.
+fn ci_soak() -> SoakArgs {
+    SoakArgs {
+        duration: Duration::from_secs(80),
+        rate: 300,
+        agents: 2,
+        faults_per_minute: 1.5,
+        seed: Some(CI_SOAK_SEED),
+        out: None,
+        sample_every: Duration::from_secs(2),
+        growth_tolerance: 0.1,
+        growth_floor_mib: 16.0,
+        settle: Duration::from_secs(10),
+        p99_ratio: 3.0,
+        p99_floor_ms: 50.0,
+        task_history: Some(Duration::from_secs(20)),
+        debug: true,
+        master_arg: vec!["--max-completed-tasks=2000".into()],
+    }
+}
+const CI_SOAK_SEED: u64 = 11;
+
 /// `cargo xtask test [CARGO_TEST_ARGS]`: setup if needed, build the guests, run
-/// every test of the workspace, then the chaos suite at CI size.
+/// every test of the workspace, then the chaos suite and a short soak at CI size.
 pub fn test(root: &Path, args: &TestArgs) -> Result<()> {
     guests::guests(root)?;
     // Cheap when already installed; covers machines whose guests were built
     // before the Python example existed.
     setup::setup_python(root)?;
     run(Command::new("cargo").current_dir(root).args(["test", "--workspace"]).args(&args.cargo_args))?;
-    chaos::chaos(root, &CI_CHAOS)
+    chaos::chaos(root, &CI_CHAOS)?;
+    soak::soak_built_guests(root, &ci_soak())
 }
