@@ -39,7 +39,7 @@ def main(out):
     panels = [
         ("master RSS", "MiB", [("master_rss_mib", "master")]),
         ("agent RSS", "MiB", [(f"{a}_rss_mib", a) for a in agents]),
-        ("registry.redb", "MiB", [("registry_mib", "on disk (allocated)"), ("registry_file_mib", "file length")]),
+        ("registry (registry.redb + history.redb)", "MiB", [("registry_mib", "on disk (allocated)"), ("registry_file_mib", "file length")]),
         ("open file descriptors", "fds", [("master_fds", "master")] + [(f"{a}_fds", a) for a in agents]),
         ("CPU", "% of a core",
          [("master_cpu_pct", "master")] + [(f"{a}_cpu_pct", a) for a in agents] + [("soak_cpu_pct", "soak client")]),

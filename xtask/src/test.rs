@@ -23,7 +23,8 @@ const CI_CHAOS: ChaosArgs = ChaosArgs { tasks: 600, framework_tasks: 40 };
 /// until it holds N, and its history until it holds `--task-history` worth:
 /// both must level off well within the first half, also after the master's
 /// kill at 40 s. At 300 tasks/s that means 2,000 tasks held (~7 s worth; the
-/// default 10,000 would take 33 s) and 20 s of history.
+/// default 10,000 would take 33 s), 20 s of history, and a watch ring of
+/// 20,000 events (~25 s; the default 100,000 would take the whole run).
 fn ci_soak() -> SoakArgs {
     SoakArgs {
         duration: Duration::from_secs(80),
@@ -40,7 +41,7 @@ fn ci_soak() -> SoakArgs {
         p99_floor_ms: 50.0,
         task_history: Some(Duration::from_secs(20)),
         debug: true,
-        master_arg: vec!["--max-completed-tasks=2000".into()],
+        master_arg: vec!["--max-completed-tasks=2000".into(), "--watch-history=20000".into()],
     }
 }
 const CI_SOAK_SEED: u64 = 11;
