@@ -62,6 +62,8 @@ struct Config {
     sample_every: Duration,
     tol: Tolerances,
     master_args: Vec<String>,
+    /// Keep every watch event, to print a failing task's history.
+    keep_events: bool,
 }
 
 impl Config {
@@ -87,6 +89,7 @@ impl Config {
                 p99_floor_ms: num("--p99-floor-ms"),
             },
             master_args: args.windows(2).filter(|w| w[0] == "--master-arg").map(|w| w[1].clone()).collect(),
+            keep_events: args.iter().any(|a| a == "--keep-events"),
         }
     }
 }
@@ -161,7 +164,7 @@ async fn soak(cfg: Config) -> bool {
         return false;
     }
     let master_epoch = Arc::new(AtomicU64::new(0));
-    let history = Arc::new(Mutex::new(History::new(false)));
+    let history = Arc::new(Mutex::new(History::new(cfg.keep_events)));
     let recorder = history.clone();
     let watch = common::watch_all(url.clone(), master_epoch.clone(), move |t| recorder.lock().unwrap().record(t));
 
@@ -265,7 +268,16 @@ async fn soak(cfg: Config) -> bool {
     let attempts = ends.attempts;
     failures.extend(history.lock().unwrap().check(|id| attempts.get(id).copied().unwrap_or(1)));
     cluster.lock().unwrap().master.kill9();
-    failures.extend(common::check_registry(&state, &ends.api));
+    // The history may have dropped what ended longer than --task-history ago
+    // between the listing and the kill: those are not compared.
+    let kept_from = now_ms() - task_history_ms(&cfg.master_args) + 5_000;
+    let comparable: BTreeMap<String, String> = ends
+        .api
+        .iter()
+        .filter(|(id, _)| ends.ended_at_ms.get(*id).is_none_or(|&at| at == 0 || at >= kept_from))
+        .map(|(id, st)| (id.clone(), st.clone()))
+        .collect();
+    failures.extend(common::check_registry(&state, &comparable));
 
     // The verdict.
     let faults = fault_log.lock().unwrap().clone();
@@ -356,8 +368,9 @@ async fn soak(cfg: Config) -> bool {
         (h.events, h.finished)
     };
     out.push(format!(
-        "  watch: {events} status events, {finished} FINISHED; {} (re)connects, {} gap(s) where events were missed",
+        "  watch: {events} status events, {finished} FINISHED; {} (re)connects, {} resumed across a master restart, {} gap(s) where events were missed",
         watch.connects.load(Ordering::Relaxed),
+        watch.restarts.load(Ordering::Relaxed),
         gaps
     ));
     out.push(format!(
@@ -592,10 +605,27 @@ async fn drain(url: &str, load: &Load, remote: &Remote) -> Result<(), String> {
 struct Ends {
     /// Every listed task's state, to compare with the registry file.
     api: BTreeMap<String, String>,
+    /// When each listed task ended (ms since the epoch; 0: not ended).
+    ended_at_ms: HashMap<String, i64>,
     /// Tasks run more than once (attempt > 1).
     attempts: HashMap<String, u32>,
     /// How the acknowledged tasks of each kind ended.
     by_kind: BTreeMap<Kind, BTreeMap<String, u64>>,
+}
+
+/// The master's `--task-history` from the soak's master arguments, in ms
+/// (the master's default, a week, when not given).
+fn task_history_ms(master_args: &[String]) -> i64 {
+    let given = master_args.iter().enumerate().find_map(|(i, a)| match a.strip_prefix("--task-history") {
+        Some(rest) if rest.starts_with('=') => Some(rest[1..].to_string()),
+        Some("") => master_args.get(i + 1).cloned(),
+        _ => None,
+    });
+    given.and_then(|v| wasmos_model::parse_duration(&v).ok()).map_or(7 * 86_400_000, |d| d.as_millis() as i64)
+}
+
+fn now_ms() -> i64 {
+    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_millis() as i64)
 }
 
 /// Most tasks looked up one by one (GetTask) when the listing lacks them.
@@ -625,6 +655,7 @@ async fn check_tasks(url: &str, load: &Load, history: &Mutex<History>, failures:
     }
     for t in listed {
         ends.api.insert(t.task_id.clone(), common::state_name(t.state));
+        ends.ended_at_ms.insert(t.task_id.clone(), t.finished_at_ms);
         if t.attempt > 1 {
             ends.attempts.insert(t.task_id.clone(), t.attempt);
         }

@@ -235,8 +235,10 @@ fn ended(state: i32) -> bool {
 
 /// Waits until every task in `ids` ended, following the watch from `from`
 /// and resuming after the last event seen whenever the stream breaks (a
-/// master restart, a lagging connection). Only if the master no longer holds
-/// the events needed does it ask for each task left instead. A LOST task may
+/// lagging connection, a master restart). If the master no longer holds the
+/// events needed (it restarted: its numbering starts after the old one's;
+/// or this fell behind its ring), it asks for each task left once and
+/// follows the watch again from where it stood before asking. A LOST task may
 /// be retried: it counts as ended only once the master says it still is.
 async fn wait(
     op: &mut client::Operator,
@@ -297,9 +299,16 @@ async fn wait(
                     Ok(None) | Err(_) => stream = None,
                 }
             } else {
-                // The events are gone: ask for each task left, a bounded
-                // number per round.
-                let left: Vec<String> = ids.iter().filter(|i| !finals.contains_key(*i)).take(500).cloned().collect();
+                // The events are gone (the master restarted, or this fell
+                // too far behind): note where the watch stands now, ask for
+                // each task left, then follow the watch again from there.
+                let now = op.list_tasks(v1::ListTasksRequest { page_size: 1, ..Default::default() }).await;
+                let Ok(now) = now.map(|r| r.into_inner().watch_seq) else {
+                    tokio::time::sleep(backoff).await;
+                    backoff = (backoff * 2).min(Duration::from_secs(5));
+                    continue;
+                };
+                let left: Vec<String> = ids.iter().filter(|i| !finals.contains_key(*i)).cloned().collect();
                 for id in left {
                     let t = op.get_task(v1::GetTaskRequest { task_id: id.clone() }).await;
                     if let Ok(t) = t.map(|t| t.into_inner())
@@ -309,7 +318,8 @@ async fn wait(
                         finals.insert(id, f);
                     }
                 }
-                tokio::time::sleep(Duration::from_millis(500)).await;
+                last = now;
+                polling = false;
             }
             if last_draw.elapsed() >= Duration::from_millis(100) {
                 progress(finals.len());

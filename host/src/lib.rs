@@ -30,7 +30,7 @@ pub use artifacts::{ArtifactError, ArtifactStore, DEFAULT_MAX_MODULE_BYTES};
 pub use batch::{DEFAULT_MAX_ATTEMPTS, MAX_SKIPPED_PER_OFFER};
 pub use hosted::{MAX_CALLS_PER_CALLBACK, MAX_TIMER};
 pub use wasmos_sandbox::SchedulerLimits;
-pub use watch::{DEFAULT_WATCH_HISTORY, DEFAULT_WATCH_HISTORY_BYTES};
+pub use watch::{DEFAULT_WATCH_HISTORY, DEFAULT_WATCH_HISTORY_BYTES, EPOCH_SHIFT};
 
 /// Default [`MasterConfig::max_hosted_frameworks`].
 pub const DEFAULT_MAX_HOSTED_FRAMEWORKS: u32 = 64;
@@ -181,7 +181,6 @@ pub fn start(cfg: MasterConfig) -> Result<MasterHandle, StartError> {
         max_task_mem: cfg.scheduler_limits.mem.clamp(1 << 20, 4 << 30),
         ..Default::default()
     })?;
-    let watch = Arc::new(watch::WatchHub::new(cfg.watch_history, cfg.watch_history_bytes));
     let (tx, rx) = tokio::sync::mpsc::channel(COMMAND_QUEUE);
     let scheduler_limits = cfg.scheduler_limits;
     let opts = registry::Options { keep_recent: cfg.max_completed_tasks, cache: cfg.registry_cache as usize };
@@ -195,6 +194,8 @@ pub fn start(cfg: MasterConfig) -> Result<MasterHandle, StartError> {
             l.submissions.len()
         );
     }
+    let epoch = registry.as_ref().map_or(0, |(_, l)| l.epoch);
+    let watch = Arc::new(watch::WatchHub::new(epoch, cfg.watch_history, cfg.watch_history_bytes));
     let history = registry.as_ref().map(|(r, _)| r.history());
     let hosted_to_restart: Vec<_> = registry
         .as_ref()

@@ -38,9 +38,16 @@ struct Ring {
 /// Why a watcher cannot resume where it asked.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) struct Gone {
-    /// The oldest sequence number still held (0: none held).
+    /// The oldest sequence number still held (the next one when none is):
+    /// resuming after `oldest - 1` gets everything still held.
     pub oldest: u64,
 }
+
+/// How far apart the sequence numbers of two master incarnations start: the
+/// first event after the registry's epoch E is numbered `E << EPOCH_SHIFT`
+/// + 1, so numbers never repeat across restarts (2^40 events each), and a
+/// watcher resuming with a number from before a restart is told it is gone.
+pub const EPOCH_SHIFT: u32 = 40;
 
 pub(crate) struct WatchHub {
     ring: Mutex<Ring>,
@@ -50,9 +57,12 @@ pub(crate) struct WatchHub {
 }
 
 impl WatchHub {
-    pub fn new(max_events: usize, max_bytes: u64) -> WatchHub {
+    /// `epoch`: the registry's (bumped at every start); numbering starts
+    /// after `epoch << EPOCH_SHIFT`.
+    pub fn new(epoch: u64, max_events: usize, max_bytes: u64) -> WatchHub {
         let (live, _) = broadcast::channel(LIVE_BUFFER);
-        WatchHub { ring: Mutex::new(Ring { last: 0, events: VecDeque::new(), bytes: 0 }), live, max_events, max_bytes }
+        let last = epoch << EPOCH_SHIFT;
+        WatchHub { ring: Mutex::new(Ring { last, events: VecDeque::new(), bytes: 0 }), live, max_events, max_bytes }
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, Ring> {
@@ -76,7 +86,8 @@ impl WatchHub {
         let _ = self.live.send(e);
     }
 
-    /// The sequence number of the newest event (0 before the first).
+    /// The sequence number of the newest event (before the first: where
+    /// this incarnation's numbering starts).
     pub fn current(&self) -> u64 {
         self.lock().last
     }
@@ -90,7 +101,7 @@ impl WatchHub {
         let Some(from) = from else { return Ok((Vec::new(), rx)) };
         let oldest = r.events.front().map(|e| e.0).unwrap_or(r.last + 1);
         if from + 1 < oldest {
-            return Err(Gone { oldest: r.events.front().map(|e| e.0).unwrap_or(0) });
+            return Err(Gone { oldest });
         }
         // Sequence numbers are consecutive in the ring.
         let skip = (from + 1).saturating_sub(oldest) as usize;
@@ -120,7 +131,7 @@ mod tests {
 
     #[test]
     fn resumes_after_any_held_sequence() {
-        let hub = WatchHub::new(3, u64::MAX);
+        let hub = WatchHub::new(0, 3, u64::MAX);
         for n in 1..=5 {
             hub.publish(ev(n));
         }
@@ -135,7 +146,7 @@ mod tests {
 
     #[test]
     fn live_events_follow_the_backlog() {
-        let hub = WatchHub::new(10, u64::MAX);
+        let hub = WatchHub::new(0, 10, u64::MAX);
         hub.publish(ev(1));
         let (backlog, mut rx) = hub.follow(Some(0)).unwrap();
         hub.publish(ev(2));
@@ -143,10 +154,27 @@ mod tests {
         assert_eq!(rx.try_recv().unwrap().0, 2);
     }
 
+    /// A restarted master (next epoch) numbers after every earlier number:
+    /// a watcher resuming from before the restart is told what it can have.
+    #[test]
+    fn numbers_of_a_new_incarnation_come_after_the_old_ones() {
+        let old = WatchHub::new(1, 10, u64::MAX);
+        old.publish(ev(1));
+        let last_seen = old.current();
+        let new = WatchHub::new(2, 10, u64::MAX);
+        assert!(new.current() > last_seen);
+        new.publish(ev(2));
+        let first = new.current();
+        assert_eq!(new.follow(Some(last_seen)).unwrap_err(), Gone { oldest: first });
+        assert_eq!(seqs(&new.follow(Some(first - 1)).unwrap().0), [first]);
+        // Nothing held yet: the next number.
+        assert_eq!(WatchHub::new(3, 10, u64::MAX).follow(Some(last_seen)).unwrap_err(), Gone { oldest: (3 << 40) + 1 });
+    }
+
     #[test]
     fn bounded_by_bytes() {
         // each event weighs 256 bytes: 600 bytes hold two
-        let hub = WatchHub::new(100, 600);
+        let hub = WatchHub::new(0, 100, 600);
         for n in 1..=5 {
             hub.publish(ev(n));
         }

@@ -29,3 +29,12 @@ pub use convert::*;
 pub const MAX_MESSAGE_BYTES: usize = 16 << 20;
 /// Chunk size for artifact uploads and downloads.
 pub const CHUNK_BYTES: usize = 1 << 20;
+/// The metadata key of Watch's DATA_LOSS answer that holds the oldest
+/// sequence number the master still holds: watching from one before it
+/// gets everything still held (after a master restart: all it published).
+pub const WATCH_OLDEST_HELD: &str = "wasmos-oldest-held";
+
+/// The oldest sequence number a Watch DATA_LOSS answer says is held.
+pub fn watch_oldest_held(s: &tonic::Status) -> Option<u64> {
+    s.metadata().get(WATCH_OLDEST_HELD)?.to_str().ok()?.parse().ok()
+}

@@ -210,6 +210,10 @@ pub struct SoakArgs {
     /// Use the debug build (the one `cargo xtask test` makes) instead of a release build.
     #[arg(long)]
     pub debug: bool,
+    /// Keep every watch event in memory, so that a task failing an invariant
+    /// is printed with its history (about 200 bytes an event).
+    #[arg(long)]
+    pub keep_events: bool,
     /// An extra flag for `wasmos master`, e.g. `--master-arg=--registry=file` (repeatable).
     #[arg(long, value_name = "ARG", allow_hyphen_values = true)]
     pub master_arg: Vec<String>,

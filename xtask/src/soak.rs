@@ -50,6 +50,9 @@ pub fn soak_built_guests(root: &Path, args: &SoakArgs) -> Result<()> {
     ] {
         cmd.arg(flag).arg(value);
     }
+    if args.keep_events {
+        cmd.arg("--keep-events");
+    }
     let task_history = args.task_history.unwrap_or(args.duration / 4);
     cmd.arg("--master-arg").arg(format!("--task-history={}ms", task_history.as_millis().max(1)));
     for a in &args.master_arg {

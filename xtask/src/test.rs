@@ -41,6 +41,7 @@ fn ci_soak() -> SoakArgs {
         p99_floor_ms: 50.0,
         task_history: Some(Duration::from_secs(20)),
         debug: true,
+        keep_events: true,
         master_arg: vec!["--max-completed-tasks=2000".into(), "--watch-history=20000".into()],
     }
 }

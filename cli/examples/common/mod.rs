@@ -232,6 +232,9 @@ pub struct WatchStats {
     /// Times the master said the recorder fell behind (DATA_LOSS) or a
     /// resumed stream skipped sequence numbers: events were missed.
     pub gaps: AtomicU64,
+    /// Master restarts the recorder resumed across from the new master's
+    /// first event.
+    pub restarts: AtomicU64,
 }
 
 /// Records every task event the master publishes, reconnecting across
@@ -251,38 +254,42 @@ pub fn watch_all(
         let mut epoch = master_epoch.load(Ordering::SeqCst);
         loop {
             let ch = connect(&url).await;
-            let now_epoch = master_epoch.load(Ordering::SeqCst);
-            if now_epoch != epoch {
-                epoch = now_epoch;
-                last_seq = 0;
-            }
+            // Across a master restart too, resume from the last event seen:
+            // the new master's numbers come after the old one's, so it
+            // answers DATA_LOSS with the oldest it holds, and the recorder
+            // takes everything the new master published from there.
             let from = (last_seq > 0).then_some(last_seq);
-            if let Ok(s) = op(&ch).watch(v1::WatchRequest { framework_id: String::new(), from }).await {
-                stats.connects.fetch_add(1, Ordering::Relaxed);
-                let mut s = s.into_inner();
-                loop {
-                    match s.message().await {
-                        Ok(Some(ev)) => {
-                            if ev.seq != 0 {
-                                if ev.seq <= last_seq {
-                                    continue; // replayed: seen already
+            match op(&ch).watch(v1::WatchRequest { framework_id: String::new(), from }).await {
+                Err(e) if e.code() == tonic::Code::DataLoss => {
+                    resume_after_loss(&e, &mut last_seq, &mut epoch, &master_epoch, &stats)
+                }
+                Err(_) => {}
+                Ok(s) => {
+                    stats.connects.fetch_add(1, Ordering::Relaxed);
+                    let mut s = s.into_inner();
+                    loop {
+                        match s.message().await {
+                            Ok(Some(ev)) => {
+                                if ev.seq != 0 {
+                                    if ev.seq <= last_seq {
+                                        continue; // replayed: seen already
+                                    }
+                                    if from.is_some() && last_seq > 0 && ev.seq > last_seq + 1 {
+                                        stats.gaps.fetch_add(1, Ordering::Relaxed);
+                                    }
+                                    last_seq = ev.seq;
                                 }
-                                if from.is_some() && last_seq > 0 && ev.seq > last_seq + 1 {
-                                    stats.gaps.fetch_add(1, Ordering::Relaxed);
+                                if let Some(v1::watch_event::Event::Task(t)) = ev.event {
+                                    on_task(t);
                                 }
-                                last_seq = ev.seq;
                             }
-                            if let Some(v1::watch_event::Event::Task(t)) = ev.event {
-                                on_task(t);
+                            Ok(None) => break,
+                            Err(e) => {
+                                if e.code() == tonic::Code::DataLoss {
+                                    resume_after_loss(&e, &mut last_seq, &mut epoch, &master_epoch, &stats);
+                                }
+                                break;
                             }
-                        }
-                        Ok(None) => break,
-                        Err(e) => {
-                            if e.code() == tonic::Code::DataLoss {
-                                stats.gaps.fetch_add(1, Ordering::Relaxed);
-                                last_seq = 0;
-                            }
-                            break;
                         }
                     }
                 }
@@ -291,6 +298,38 @@ pub fn watch_all(
         }
     });
     out
+}
+
+/// After DATA_LOSS: resume from the oldest event the master holds. A gap,
+/// unless the master restarted since and holds all it published (its first
+/// number after the restart): then only what the old master published after
+/// the last event seen and before it died can be missing (published after
+/// commit, so the final listing still has those tasks).
+fn resume_after_loss(
+    e: &tonic::Status,
+    last_seq: &mut u64,
+    epoch: &mut u64,
+    master_epoch: &AtomicU64,
+    stats: &WatchStats,
+) {
+    let now_epoch = master_epoch.load(Ordering::SeqCst);
+    let restarted = now_epoch != *epoch;
+    *epoch = now_epoch;
+    match wasmos_proto::watch_oldest_held(e) {
+        Some(oldest) if oldest > 0 => {
+            let first_of_incarnation = (oldest - 1) & ((1u64 << wasmos_host::EPOCH_SHIFT) - 1) == 0;
+            if restarted && first_of_incarnation {
+                stats.restarts.fetch_add(1, Ordering::Relaxed);
+            } else {
+                stats.gaps.fetch_add(1, Ordering::Relaxed);
+            }
+            *last_seq = oldest - 1;
+        }
+        _ => {
+            stats.gaps.fetch_add(1, Ordering::Relaxed);
+            *last_seq = 0;
+        }
+    }
 }
 
 /// Every status update the watch showed, reduced to what the invariants
@@ -304,6 +343,9 @@ pub struct History {
     /// terminal events and the last one's state and outcome kind (wire
     /// values). Ids that ended more than once are kept by name below.
     terminal: HashMap<u64, (u32, i32, i32)>,
+    /// Per task (by the same hash), the highest attempt an event named,
+    /// when more than 1.
+    attempts: HashMap<u64, u32>,
     repeated: HashMap<String, u32>,
     dup_uuids: Vec<(String, Vec<u8>)>,
     pub events: u64,
@@ -336,6 +378,10 @@ impl History {
             }
         }
         let state = wasmos_proto::state_from_wire(e.state);
+        if e.attempt > 1 {
+            let a = self.attempts.entry(id_hash(&e.task_id)).or_default();
+            *a = (*a).max(e.attempt);
+        }
         if state == Some(TaskState::Finished) {
             self.finished += 1;
         }
@@ -374,7 +420,8 @@ impl History {
         repeated.sort();
         let mut more = 0;
         for (id, n) in repeated {
-            let allowed = attempts(id).max(1);
+            let seen = self.attempts.get(&id_hash(id)).copied().unwrap_or(1);
+            let allowed = attempts(id).max(seen).max(1);
             if *n <= allowed {
                 continue;
             }

@@ -250,3 +250,41 @@ fn roles_and_reservations_survive_a_master_restart() {
     let out = ok(cli(&url, &["unreserve", &agent_id, "eng", "cpus:1;mem:256MiB"]));
     assert!(out.contains("nothing reserved for role eng"), "{out}");
 }
+
+/// Jobs a hosted scheduler acknowledged but could not launch yet (no agent)
+/// are given to it again after a kill -9 of the master, and run.
+#[test]
+fn hosted_jobs_survive_a_master_restart() {
+    let tmp = tempfile::tempdir().unwrap();
+    let (url, state, port, mut m, a) = master_and_agent(tmp.path());
+    let ok = |o: Output| {
+        assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+        String::from_utf8_lossy(&o.stdout).into_owned()
+    };
+    ok(cli(&url, &["framework", "deploy", "--name", "sjf", "--role", "batch", &guest("sjf")]));
+    // No agent: the jobs wait in the scheduler's memory.
+    drop(a);
+    wait_for("the agent to be gone", Duration::from_secs(30), || lines(&cli(&url, &["agents", "--json"])).is_empty());
+    let out = ok(cli(&url, &["submit", "--framework", "sjf", "--count", "3", &guest("hello")]));
+    let ids: Vec<String> = out.split_whitespace().map(str::to_string).collect();
+    assert_eq!(ids.len(), 3, "{out}");
+    assert!(ids.iter().all(|id| id.starts_with("sjf-job-")), "{ids:?}");
+
+    m.0.kill().unwrap();
+    m.0.wait().unwrap();
+    let _m = master(&state, port);
+    let _a = agent(&url, &tmp.path().join("agent"));
+    wait_for("the three jobs to finish after the restart", Duration::from_secs(90), || {
+        let all = tasks(&url);
+        ids.iter().all(|id| all.iter().any(|t| t["task_id"] == id.as_str() && t["state"] == "finished"))
+    });
+    // Launched: not given again at the next restart.
+    drop(_m);
+    let _m = master(&state, port);
+    wait_for("the master", Duration::from_secs(30), || cli(&url, &["agents", "--json"]).status.success());
+    std::thread::sleep(Duration::from_secs(2));
+    let all = tasks(&url);
+    let sjf: Vec<_> = all.iter().filter(|t| t["task_id"].as_str().is_some_and(|i| i.starts_with("sjf-"))).collect();
+    assert_eq!(sjf.len(), 3, "{sjf:?}");
+    assert!(sjf.iter().all(|t| t["state"] == "finished"), "{sjf:?}");
+}

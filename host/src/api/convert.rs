@@ -97,6 +97,7 @@ pub(crate) fn status_to_wire(s: &TaskStatus) -> v1::TaskStatus {
         reason: s.reason.clone(),
         message: s.message.clone(),
         outcome: s.outcome.as_deref().map(wasmos_proto::outcome_to_wire),
+        attempt: s.attempt,
     }
 }
 
@@ -111,6 +112,7 @@ fn refusal_to_wire(r: &Refusal) -> v1::TaskStatus {
         reason: r.reason.to_string(),
         message: r.message.clone(),
         outcome: None,
+        attempt: 0,
     }
 }
 
@@ -128,6 +130,8 @@ pub(crate) fn status_from_agent(s: v1::TaskStatus) -> Option<TaskStatus> {
         reason: s.reason,
         message: s.message,
         outcome: s.outcome.and_then(wasmos_proto::outcome_into_model).map(Arc::new),
+        // The master's record says which run it is.
+        attempt: 0,
     })
 }
 

@@ -190,7 +190,7 @@ impl v1::operator_server::Operator for MasterHandle {
             let ids = self.request(|reply| Cmd::Submit(s, reply)).await?;
             return Ok(Response::new(v1::SubmitResponse {
                 task_ids: ids.iter().map(|t| t.to_string()).collect(),
-                ..Default::default()
+                watch_seq,
             }));
         }
         // A job for a hosted framework: its scheduler's on-submit decides.
@@ -233,10 +233,14 @@ impl v1::operator_server::Operator for MasterHandle {
 }
 
 fn gone(g: crate::watch::Gone) -> Status {
-    Status::data_loss(format!(
-        "the events after the one asked for are no longer held (the oldest held is {}); re-list and watch from the listing's watch_seq",
+    let mut s = Status::data_loss(format!(
+        "the events after the one asked for are no longer held (the oldest held is {}; the master restarted, or the watcher fell too far behind); re-list and watch from the listing's watch_seq",
         g.oldest
-    ))
+    ));
+    if let Ok(v) = g.oldest.to_string().parse() {
+        s.metadata_mut().insert(wasmos_proto::WATCH_OLDEST_HELD, v);
+    }
+    s
 }
 
 /// Backlog then live events, in sequence order without repeats; on a lagging

@@ -7,9 +7,12 @@ use std::time::{Duration, Instant};
 
 use wasmos_model::{FrameworkId, OfferId, Role, TaskId, TaskState};
 
+use std::sync::Arc;
+
 use super::Master;
 use super::cmd::{Error, EventTx};
 use super::types::*;
+use crate::registry::HostedJobRecord;
 
 /// What kind of scheduler a framework has.
 #[derive(Debug)]
@@ -29,6 +32,25 @@ pub(crate) struct Hosted {
     /// The running actor (absent until it is attached, e.g. after a restart).
     pub link: Option<crate::hosted::Link>,
     pub callbacks: u64,
+    /// Jobs given to its `on-submit` and not launched yet as a task named
+    /// after them (the job id, or the job id and a `-suffix`), by job id.
+    /// Journaled, and given to the scheduler again whenever it is
+    /// (re)attached, so that an acknowledged job survives a master restart.
+    pub pending: BTreeMap<String, Arc<HostedJobRecord>>,
+}
+
+impl Hosted {
+    pub fn new(info: HostedInfo) -> Hosted {
+        Hosted { info, link: None, callbacks: 0, pending: BTreeMap::new() }
+    }
+
+    /// Its pending jobs in the order they were submitted (ids of one prefix
+    /// and a growing number: shorter first, then by text).
+    pub fn pending_in_order(&self) -> Vec<Arc<HostedJobRecord>> {
+        let mut jobs: Vec<_> = self.pending.values().cloned().collect();
+        jobs.sort_by(|a, b| (a.id.len(), &a.id).cmp(&(b.id.len(), &b.id)));
+        jobs
+    }
 }
 
 pub(crate) struct Framework {
@@ -117,6 +139,8 @@ pub(crate) struct Frameworks {
     /// Hosted frameworks that failed: still listed with the reason.
     failed: BTreeMap<String, FrameworkView>,
     changed: HashSet<FrameworkId>,
+    /// Hosted jobs added (`Some`) or retired (`None`) since the last batch.
+    changed_jobs: Vec<(String, Option<Arc<HostedJobRecord>>)>,
 }
 
 impl Frameworks {
@@ -165,11 +189,36 @@ impl Frameworks {
         self.changed.insert(id.clone());
     }
 
-    /// Removes a torn-down framework for good.
+    /// Removes a torn-down framework for good (its pending jobs too).
     pub fn remove(&mut self, id: &FrameworkId) -> Option<Framework> {
         self.torn_down.insert(id.clone(), Instant::now());
         self.changed.insert(id.clone());
-        self.map.remove(id)
+        let mut f = self.map.remove(id)?;
+        if let Kind::Hosted(h) = &mut f.kind {
+            self.changed_jobs.extend(std::mem::take(&mut h.pending).into_keys().map(|j| (j, None)));
+        }
+        Some(f)
+    }
+
+    /// A job for hosted framework `fw`'s scheduler: pending until a task
+    /// named after it is launched. `store`: journal it (not when it was
+    /// just loaded from the registry). False if `fw` is not hosted.
+    pub fn add_job(&mut self, fw: &FrameworkId, job: Arc<HostedJobRecord>, store: bool) -> bool {
+        let Some(Kind::Hosted(h)) = self.map.get_mut(fw).map(|f| &mut f.kind) else { return false };
+        if store {
+            self.changed_jobs.push((job.id.clone(), Some(job.clone())));
+        }
+        h.pending.insert(job.id.clone(), job);
+        true
+    }
+
+    /// Forgets a stored job of a framework that is gone.
+    pub fn drop_job(&mut self, job_id: String) {
+        self.changed_jobs.push((job_id, None));
+    }
+
+    pub fn take_changed_jobs(&mut self) -> Vec<(String, Option<Arc<HostedJobRecord>>)> {
+        std::mem::take(&mut self.changed_jobs)
     }
 
     /// Keeps a failed hosted framework listed.
@@ -182,9 +231,24 @@ impl Frameworks {
         self.failed.remove(name).is_some()
     }
 
+    /// A task of `fw` was launched (or refused and recorded): it is the
+    /// framework's now; a pending hosted job named by it is done.
     pub fn add_task(&mut self, fw: &FrameworkId, t: &TaskId) {
-        if let Some(f) = self.map.get_mut(fw) {
-            f.tasks.insert(t.clone());
+        let Some(f) = self.map.get_mut(fw) else { return };
+        f.tasks.insert(t.clone());
+        if let Kind::Hosted(h) = &mut f.kind
+            && !h.pending.is_empty()
+        {
+            let id = t.as_str();
+            let job = if h.pending.contains_key(id) {
+                Some(id)
+            } else {
+                id.rsplit_once('-').map(|(head, _)| head).filter(|head| h.pending.contains_key(*head))
+            };
+            if let Some(job) = job {
+                h.pending.remove(job);
+                self.changed_jobs.push((job.to_string(), None));
+            }
         }
     }
     /// The framework is done with a task (ended and acknowledged, or nothing
@@ -251,7 +315,7 @@ impl Master {
         let _ = tx.send(subscribed);
         let name = if info.name.is_empty() { id.to_string() } else { info.name.clone() };
         let kind = match hosted {
-            Some(info) => Kind::Hosted(Hosted { info, link: None, callbacks: 0 }),
+            Some(info) => Kind::Hosted(Hosted::new(info)),
             None => Kind::Remote,
         };
         let mut f = Framework::new(name, info.role, kind, info.failover_timeout);
@@ -320,6 +384,7 @@ impl Master {
                 Some(t) => TaskStatus {
                     agent_id: t.agent().cloned(),
                     outcome: t.outcome.clone(),
+                    attempt: t.attempt,
                     ..TaskStatus::master(&tid, fw, None, t.state(), "reconciliation", t.message.to_string())
                 },
                 None => TaskStatus::master(

@@ -7,6 +7,7 @@ use super::Master;
 use super::cmd::{Error, HostedJobs};
 use super::frameworks::Kind;
 use super::types::*;
+use crate::registry::HostedJobRecord;
 
 impl Master {
     /// May hosted framework `name` be deployed now? Not if one of that name
@@ -31,6 +32,16 @@ impl Master {
     pub(super) fn hosted_attach(&mut self, fw: &FrameworkId, link: crate::hosted::Link) {
         match self.state.frameworks.get_mut(fw).map(|f| &mut f.kind) {
             Some(Kind::Hosted(h)) => {
+                // A new instance knows none of the jobs its predecessor
+                // (before a restart, or before a redeploy) was given.
+                for job in h.pending_in_order() {
+                    let _ = link.jobs.send(crate::hosted::job(
+                        job.id.clone(),
+                        &job.template,
+                        job.priority,
+                        job.estimated_fuel,
+                    ));
+                }
                 if let Some(old) = h.link.replace(link) {
                     old.stop();
                 }
@@ -93,8 +104,8 @@ impl Master {
                 jobs.template.module_sha256
             )));
         }
-        let link = match self.state.frameworks.hosted_named(name).map(|(_, f)| &f.kind) {
-            Some(Kind::Hosted(h)) => h.link.as_ref().map(|l| l.jobs.clone()),
+        let (fw, link) = match self.state.frameworks.hosted_named(name).map(|(id, f)| (id, &f.kind)) {
+            Some((id, Kind::Hosted(h))) => (id.clone(), h.link.as_ref().map(|l| l.jobs.clone())),
             _ => {
                 if let Some(v) = self.state.frameworks.failed_named(name) {
                     return Err(Error::precondition(format!(
@@ -108,13 +119,26 @@ impl Master {
             }
         };
         let jobs_tx = link.ok_or_else(|| Error::unavailable(format!("framework {name} is starting; retry shortly")))?;
+        if jobs_tx.is_closed() {
+            return Err(Error::unavailable("the framework's scheduler stopped; redeploy it"));
+        }
         let mut ids = Vec::new();
         for _ in 0..jobs.count.max(1) {
             // Numbered by the id counter the registry keeps: unique across
             // restarts (a job id is often its task's id).
             let id = format!("{name}-job-{}", self.ids.bump());
             let job = crate::hosted::job(id.clone(), &jobs.template, jobs.priority, jobs.estimated_fuel);
-            jobs_tx.send(job).map_err(|_| Error::unavailable("the framework's scheduler stopped; redeploy it"))?;
+            // Recorded with the reply's commit; given again after a restart
+            // until a task named after it is launched.
+            let rec = HostedJobRecord {
+                id: id.clone(),
+                framework: fw.clone(),
+                template: jobs.template.clone(),
+                priority: jobs.priority,
+                estimated_fuel: jobs.estimated_fuel,
+            };
+            self.state.frameworks.add_job(&fw, std::sync::Arc::new(rec), true);
+            let _ = jobs_tx.send(job);
             ids.push(id);
         }
         Ok(ids)

@@ -64,12 +64,19 @@ impl Master {
             }
             let _ = self.alloc.deactivate_framework(&f.id);
             let kind = match f.hosted {
-                Some(info) => Kind::Hosted(Hosted { info, link: None, callbacks: 0 }),
+                Some(info) => Kind::Hosted(Hosted::new(info)),
                 None => Kind::Remote,
             };
             let mut fw = Framework::new(f.name, f.role, kind, f.failover_timeout);
             fw.disconnected_at = Some(now);
             self.state.frameworks.insert(f.id, fw, false);
+        }
+        for job in loaded.hosted_jobs {
+            let (id, fw) = (job.id.clone(), job.framework.clone());
+            if !self.state.frameworks.add_job(&fw, Arc::new(job), false) {
+                // Its framework is gone.
+                self.state.frameworks.drop_job(id);
+            }
         }
         for a in loaded.agents {
             self.recovery.recovering.insert(a.id, now + self.cfg.agent_reregister_timeout);

@@ -60,6 +60,7 @@ impl Master {
             return;
         }
         self.state.tasks.note_status(&tid, &st);
+        st.attempt = self.state.tasks.get(&tid).map_or(0, |t| t.attempt);
         let fw = st.framework_id.clone();
         if st.state.is_terminal()
             && let Some((agent, alloc)) = self.state.release(&tid)

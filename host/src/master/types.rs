@@ -57,6 +57,9 @@ pub(crate) struct TaskStatus {
     pub message: String,
     /// Shared: the same outcome goes to the task table, the framework and watchers.
     pub outcome: Option<Arc<Outcome>>,
+    /// Which run of the task this is about; set by the master from its
+    /// record when it applies the update (0: unknown).
+    pub attempt: u32,
 }
 
 impl TaskStatus {
@@ -79,6 +82,7 @@ impl TaskStatus {
             reason: reason.to_string(),
             message,
             outcome: None,
+            attempt: 0,
         }
     }
 }

@@ -252,7 +252,7 @@ fn subscribe_rules() {
         ErrorKind::FailedPrecondition,
         "framework fw-a is hosted by the master; manage it with `wasmos framework`",
     );
-    let hosted = Kind::Hosted(Hosted { info: HostedInfo::default(), link: None, callbacks: 0 });
+    let hosted = Kind::Hosted(Hosted::new(HostedInfo::default()));
     s.frameworks.insert(fw("fw-h"), Framework::new("h".into(), role("eng"), hosted, Duration::ZERO), true);
     check_err(
         subscribe(&s, &b, &info(Some("fw-h"), "eng"), false),

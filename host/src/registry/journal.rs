@@ -23,6 +23,7 @@ pub(crate) fn collect(
     let tc = state.tasks.take_changed();
     let frameworks = state.frameworks.take_changed();
     let agents = state.agents.take_changed();
+    let hosted_jobs = state.frameworks.take_changed_jobs();
     let (role_changes, reservations) = roles.take_changed();
     if !build {
         return Changes::default();
@@ -34,6 +35,7 @@ pub(crate) fn collect(
         closed_submissions: tc.closed_submissions,
         roles: role_changes,
         reservations,
+        hosted_jobs,
         ..Default::default()
     };
     for id in tc.tasks {

@@ -84,6 +84,17 @@ impl SubmissionRecord {
     }
 }
 
+/// A job a hosted framework's scheduler was given and has not launched yet
+/// (see [`crate::master::frameworks::Hosted::pending`]).
+#[derive(Debug, Clone, PartialEq)]
+pub(crate) struct HostedJobRecord {
+    pub id: String,
+    pub framework: FrameworkId,
+    pub template: TaskSpec,
+    pub priority: i32,
+    pub estimated_fuel: Option<u64>,
+}
+
 /// One transaction's worth of changes; `None` removes a record.
 #[derive(Debug, Default)]
 pub(crate) struct Changes {
@@ -97,6 +108,7 @@ pub(crate) struct Changes {
     pub closed_submissions: Vec<String>,
     pub roles: Vec<(Role, Option<RoleSettings>)>,
     pub reservations: Vec<((AgentId, Role), Option<Resources>)>,
+    pub hosted_jobs: Vec<(String, Option<Arc<HostedJobRecord>>)>,
     pub next_id: u64,
     /// `next_id` moved since the last batch (ids were handed out).
     pub ids_moved: bool,
@@ -113,6 +125,7 @@ impl Changes {
             && self.closed_submissions.is_empty()
             && self.roles.is_empty()
             && self.reservations.is_empty()
+            && self.hosted_jobs.is_empty()
     }
 
     /// Appends a later batch (its records win).
@@ -125,6 +138,7 @@ impl Changes {
         self.closed_submissions.extend(c.closed_submissions);
         self.roles.extend(c.roles);
         self.reservations.extend(c.reservations);
+        self.hosted_jobs.extend(c.hosted_jobs);
         self.next_id = self.next_id.max(c.next_id);
         self.ids_moved |= c.ids_moved;
     }
@@ -148,7 +162,10 @@ pub(crate) struct Loaded {
     pub recorded: HashSet<String>,
     pub roles: Vec<(Role, RoleSettings)>,
     pub reservations: Vec<((AgentId, Role), Resources)>,
+    pub hosted_jobs: Vec<HostedJobRecord>,
     pub next_id: u64,
+    /// Bumped at every open: which start of the master this is.
+    pub epoch: u64,
 }
 
 /// Where the registry lives. `load` is called once, at start; then `commit`

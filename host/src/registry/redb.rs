@@ -46,6 +46,8 @@ const TASK_SEQ: TableDefinition<u64, &str> = TableDefinition::new("task_seq");
 const FINISHED: TableDefinition<(u64, u64), &str> = TableDefinition::new("finished");
 /// submission key -> how many of its tasks ended
 const SUB_ENDED: TableDefinition<&str, u64> = TableDefinition::new("submission_ended");
+/// Jobs given to hosted frameworks and not launched yet, by job id.
+const HOSTED_JOBS: TableDefinition<&str, &[u8]> = TableDefinition::new("hosted_jobs");
 /// This layout's number in META["layout"].
 const LAYOUT: u64 = 2;
 
@@ -113,10 +115,11 @@ impl Redb {
     pub fn open(dir: &Path, cache: usize) -> Result<Redb, RegistryError> {
         std::fs::create_dir_all(dir).map_err(|e| RegistryError(format!("cannot create {}: {e}", dir.display())))?;
         let path = dir.join("registry.redb");
-        let db = Database::builder()
+        let mut db = Database::builder()
             .set_cache_size(cache / 2)
             .create(&path)
             .map_err(|e| RegistryError(format!("cannot open {}: {e}", path.display())))?;
+        compact_if_worth(&mut db, &path, COMPACT_MIN_FILE)?;
         let hpath = dir.join("history.redb");
         let history = Database::builder()
             .set_cache_size(cache / 2)
@@ -140,6 +143,7 @@ impl Redb {
                 (SUBMISSIONS, "submissions"),
                 (ROLES, "roles"),
                 (RESERVATIONS, "reservations"),
+                (HOSTED_JOBS, "hosted_jobs"),
             ] {
                 w.open_table(t).map_err(|e| err(what)(e.to_string()))?;
             }
@@ -242,6 +246,7 @@ impl Registry for Redb {
             let meta = r.open_table(META).map_err(|e| err("meta")(e.to_string()))?;
             loaded.next_id =
                 meta.get("next_id").map_err(|e| err("meta")(e.to_string()))?.map(|v| v.value()).unwrap_or(0);
+            loaded.epoch = meta.get("epoch").map_err(serr("meta"))?.map(|v| v.value()).unwrap_or(0);
         }
         {
             let tasks = r.open_table(TASKS).map_err(oerr("tasks"))?;
@@ -333,6 +338,24 @@ impl Registry for Redb {
                     }
                 }
             }
+        }
+        for j in load::<v1::StoredHostedJob>(&r, HOSTED_JOBS, "hosted job")? {
+            let (Ok(framework), Some(tpl)) = (FrameworkId::new(j.framework_id.clone()), j.template.as_ref()) else {
+                skip("hosted job", &j.job_id, "bad framework id or no template");
+                continue;
+            };
+            let (template, bad) = wasmos_proto::spec_from_wire(tpl);
+            if let Some(e) = bad {
+                skip("hosted job", &j.job_id, e);
+                continue;
+            }
+            loaded.hosted_jobs.push(HostedJobRecord {
+                id: j.job_id,
+                framework,
+                template,
+                priority: j.priority,
+                estimated_fuel: j.estimated_fuel,
+            });
         }
         for rec in load::<v1::StoredRole>(&r, ROLES, "role")? {
             let Ok(role) = Role::new(rec.role.clone()) else {
@@ -428,6 +451,23 @@ impl Registry for Redb {
                         })
                     });
                     (format!("{agent} {role}"), rec)
+                }),
+            )?;
+            put(
+                &w,
+                HOSTED_JOBS,
+                "hosted_jobs",
+                changes.hosted_jobs.iter().map(|(id, j)| {
+                    let rec = j.as_ref().map(|j| {
+                        wasmos_proto::encode(&v1::StoredHostedJob {
+                            job_id: j.id.clone(),
+                            framework_id: j.framework.to_string(),
+                            template: Some(wasmos_proto::spec_to_wire(&j.template)),
+                            priority: j.priority,
+                            estimated_fuel: j.estimated_fuel,
+                        })
+                    });
+                    (id.clone(), rec)
                 }),
             )?;
             put(
@@ -595,6 +635,46 @@ impl Redb {
             }
         }
     }
+}
+
+/// registry.redb is compacted at open when its file is at least this long...
+const COMPACT_MIN_FILE: u64 = 64 << 20;
+
+/// ...and at least half of it is free: a master that once held a long queue
+/// keeps the pages it grew to (redb reuses them, never returns them) until
+/// it restarts. Only the main file: what it holds is what a restart reads
+/// anyway, so compacting it costs about as much as loading it; the history
+/// file is bounded by `--task-history` and reuses its freed pages.
+fn compact_if_worth(db: &mut Database, path: &Path, min_file: u64) -> Result<bool, RegistryError> {
+    let file = std::fs::metadata(path).map(|m| m.len()).unwrap_or(0);
+    if file < min_file {
+        return Ok(false);
+    }
+    let stats = {
+        let w = db.begin_write().map_err(|e| err("begin")(e.to_string()))?;
+        let stats = w.stats().map_err(serr("stats"))?;
+        w.abort().map_err(|e| err("abort")(e.to_string()))?;
+        stats
+    };
+    let used = stats.allocated_pages() * stats.page_size() as u64;
+    if used.saturating_mul(2) > file {
+        return Ok(false);
+    }
+    let t0 = std::time::Instant::now();
+    // Compaction moves pages down a step at a time; a few rounds get most.
+    let mut rounds = 0;
+    while rounds < 8 && db.compact().map_err(|e| err("compact")(e.to_string()))? {
+        rounds += 1;
+    }
+    let after = std::fs::metadata(path).map(|m| m.len()).unwrap_or(0);
+    eprintln!(
+        "wasmos master: compacted {} from {} to {} MiB in {} ms",
+        path.display(),
+        file >> 20,
+        after >> 20,
+        t0.elapsed().as_millis()
+    );
+    Ok(true)
 }
 
 /// How often ended tasks move to the history.
@@ -830,6 +910,45 @@ mod tests {
         let rec =
             TaskRecord { view, spec: None, priority: 0, constraints: vec![], max_attempts: 0, applied_uuids: vec![] };
         (id, rec)
+    }
+
+    /// A main file that grew (a long queue, since ended and moved to the
+    /// history) is compacted when it is mostly free, and loads the same after.
+    #[test]
+    fn a_mostly_free_main_file_is_compacted() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut reg = Redb::open(dir.path(), 1 << 20).unwrap();
+        let tasks: Vec<_> = (1..=2000)
+            .map(|n| {
+                let (id, mut rec) = ended(n, 1000);
+                rec.view.message = "x".repeat(4096);
+                (id, rec)
+            })
+            .collect();
+        reg.commit(&Changes { tasks, ..Default::default() }).unwrap();
+        let kept = ended(5000, 1000);
+        reg.commit(&Changes { tasks: vec![kept.clone()], ..Default::default() }).unwrap();
+        while reg.archive(500).unwrap() > 0 {}
+        // One task that did not end yet stays in the main file.
+        let mut live = kept.clone();
+        live.1.view.state = TaskState::Running;
+        live.1.view.seq = 5001;
+        reg.commit(&Changes { tasks: vec![live.clone()], ..Default::default() }).unwrap();
+        drop(reg);
+        let path = dir.path().join("registry.redb");
+        let before = std::fs::metadata(&path).unwrap().len();
+        let mut db = Database::builder().create(&path).unwrap();
+        // Not worth it below the size floor.
+        assert!(!compact_if_worth(&mut db, &path, before + 1).unwrap());
+        assert!(compact_if_worth(&mut db, &path, 1 << 20).unwrap(), "a {before}-byte file, mostly free");
+        drop(db);
+        let after = std::fs::metadata(&path).unwrap().len();
+        assert!(after * 2 < before, "{before} -> {after} bytes");
+        let mut reg = Redb::open(dir.path(), 1 << 20).unwrap();
+        let loaded = reg.load(100).unwrap().tasks;
+        assert_eq!(loaded.len(), 1);
+        assert_eq!(loaded[0].view.state, TaskState::Running);
+        assert!(reg.history().get("task-ab-1999").unwrap().is_some());
     }
 
     /// Ended tasks move to the history file (a restart reads none of them),
