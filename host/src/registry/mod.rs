@@ -4,6 +4,7 @@
 //! batches, on a writer thread ([`spawn_writer`]). The records here are domain
 //! types; each backend has its own encoding (redb: the `Stored*` wire records).
 
+mod history_file;
 pub(crate) mod journal;
 mod redb;
 

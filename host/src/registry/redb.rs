@@ -125,12 +125,7 @@ impl Redb {
             .set_cache_size(cache / 2)
             .create(&hpath)
             .map_err(|e| RegistryError(format!("cannot open {}: {e}", hpath.display())))?;
-        {
-            let mut w = history.begin_write().map_err(|e| err("begin")(e.to_string()))?;
-            w.set_quick_repair(true);
-            TaskTables::open(&w)?;
-            w.commit().map_err(|e| err("commit")(e.to_string()))?;
-        }
+        super::history_file::open(&history)?;
         let w = db.begin_write().map_err(|e| err("begin")(e.to_string()))?;
         {
             let mut meta = w.open_table(META).map_err(|e| err("meta")(e.to_string()))?;
@@ -325,17 +320,21 @@ impl Registry for Redb {
         // Open submissions' tasks that have a record but were not loaded
         // (they ended a while ago). A batch task's listing position is the
         // number in its id, so the positions of a submission are a range.
-        let hr = self.history.begin_read().map_err(|e| err("read")(e.to_string()))?;
-        for by_seq in
-            [r.open_table(TASK_SEQ).map_err(oerr("task_seq"))?, hr.open_table(TASK_SEQ).map_err(oerr("task_seq"))?]
-        {
-            for (sub, _) in &loaded.submissions {
-                let prefix = format!("task-{}-", sub.tag);
-                for row in by_seq.range(sub.first..sub.first + sub.count as u64).map_err(serr("task_seq"))? {
-                    let id = row.map_err(serr("task_seq"))?.1.value().to_string();
-                    if id.starts_with(&prefix) && !have.contains(&id) {
-                        loaded.recorded.insert(id);
-                    }
+        let by_seq = r.open_table(TASK_SEQ).map_err(oerr("task_seq"))?;
+        for (sub, _) in &loaded.submissions {
+            let prefix = format!("task-{}-", sub.tag);
+            let range = sub.first..sub.first + sub.count as u64;
+            for row in by_seq.range(range.clone()).map_err(serr("task_seq"))? {
+                let id = row.map_err(serr("task_seq"))?.1.value().to_string();
+                if id.starts_with(&prefix) && !have.contains(&id) {
+                    loaded.recorded.insert(id);
+                }
+            }
+            // In the history a position is the task's own (seq N is task-TAG-N).
+            for n in super::history_file::positions(&self.history, range)? {
+                let id = format!("{prefix}{n}");
+                if !have.contains(&id) {
+                    loaded.recorded.insert(id);
                 }
             }
         }
@@ -499,38 +498,7 @@ impl Redb {
     /// Deletes up to `max` history records of tasks that ended before
     /// `before_ms`, in one transaction; returns how many index entries went.
     pub fn collect(&self, before_ms: i64, max: usize) -> Result<usize, RegistryError> {
-        let mut w = self.history.begin_write().map_err(|e| err("begin")(e.to_string()))?;
-        w.set_quick_repair(true);
-        let mut n = 0;
-        {
-            let mut t = TaskTables::open(&w)?;
-            let due: Vec<((u64, u64), String)> = t
-                .finished
-                .range(..(before_ms.max(0) as u64, 0))
-                .map_err(serr("finished"))?
-                .take(max)
-                .map(|r| r.map(|(k, v)| (k.value(), v.value().to_string())))
-                .collect::<Result<_, _>>()
-                .map_err(serr("finished"))?;
-            for ((at, seq), id) in due {
-                t.finished.remove((at, seq)).map_err(serr("finished"))?;
-                // The record goes only if this is still how it ended (a task
-                // queued again and ended later has a newer entry).
-                let still = match t.tasks.get(id.as_str()).map_err(serr("tasks"))? {
-                    Some(v) => wasmos_proto::decode::<v1::StoredTask>(v.value()).is_some_and(|r| {
-                        r.seq == seq && r.summary.as_ref().is_some_and(|s| s.finished_at_ms.max(0) as u64 == at)
-                    }),
-                    None => false,
-                };
-                if still {
-                    t.tasks.remove(id.as_str()).map_err(serr("tasks"))?;
-                    t.by_seq.remove(seq).map_err(serr("task_seq"))?;
-                }
-                n += 1;
-            }
-        }
-        w.commit().map_err(|e| err("commit")(e.to_string()))?;
-        Ok(n)
+        super::history_file::collect(&self.history, before_ms, max)
     }
 
     /// Moves up to `max` of the oldest ended tasks from the main file to
@@ -556,24 +524,11 @@ impl Redb {
         }
         // First into history, durably; then out of the main file. A crash in
         // between leaves a task in both, which the next archive settles.
-        let mut hw = self.history.begin_write().map_err(|e| err("begin")(e.to_string()))?;
-        hw.set_quick_repair(true);
-        {
-            let mut t = TaskTables::open(&hw)?;
-            for (_, id, bytes) in &batch {
-                let Some(rec) = wasmos_proto::decode::<v1::StoredTask>(bytes) else { continue };
-                let ended = rec
-                    .summary
-                    .as_ref()
-                    .and_then(|s| wasmos_proto::state_from_wire(s.state))
-                    .is_some_and(|s| s.is_terminal());
-                if ended {
-                    t.tasks.insert(id.as_str(), bytes.as_slice()).map_err(serr("tasks"))?;
-                    t.index(id, &rec)?;
-                }
-            }
-        }
-        hw.commit().map_err(|e| err("commit")(e.to_string()))?;
+        let recs: Vec<(v1::StoredTask, &[u8])> = batch
+            .iter()
+            .filter_map(|(_, _, bytes)| Some((wasmos_proto::decode::<v1::StoredTask>(bytes)?, bytes.as_slice())))
+            .collect();
+        super::history_file::append(&self.history, &recs)?;
         // Not fsync'd on its own: the writer's next commit makes it durable,
         // and a crash before that leaves tasks in both files, which the next
         // archive settles.
@@ -793,18 +748,50 @@ fn page_of(
     Ok(page)
 }
 
-impl History for RedbHistory {
-    fn get(&self, id: &str) -> Result<Option<TaskView>, RegistryError> {
-        for db in &self.files {
-            let r = db.begin_read().map_err(|e| err("read")(e.to_string()))?;
-            let tasks = r.open_table(TASKS).map_err(oerr("tasks"))?;
-            if let Some(v) = tasks.get(id).map_err(serr("tasks"))? {
-                let rec = wasmos_proto::decode::<v1::StoredTask>(v.value())
-                    .ok_or_else(|| RegistryError(format!("task record {id:?} is damaged")))?;
-                return Ok(task_from_stored(rec).ok().map(|t| t.view));
+/// [`page_of`] for the history file (records by position).
+fn history_page(
+    db: &Database,
+    after: u64,
+    filter: &TaskFilter,
+    limit: usize,
+    budget: usize,
+) -> Result<Page<TaskView>, RegistryError> {
+    let mut page = Page::default();
+    let mut last = after;
+    let mut scanned = 0;
+    loop {
+        // Read in slices, so a page of a few rows costs a few reads.
+        let slice = super::history_file::scan(db, last, (limit * 2).clamp(64, 4096).min(budget.max(1)))?;
+        if slice.is_empty() {
+            return Ok(page);
+        }
+        for (seq, rec) in slice {
+            if page.rows.len() >= limit || scanned >= budget {
+                page.next = Some(last);
+                return Ok(page);
+            }
+            scanned += 1;
+            last = seq;
+            let Ok(t) = task_from_stored(rec) else { continue };
+            if filter.matches(&t.view) {
+                page.rows.push(t.view);
             }
         }
-        Ok(None)
+    }
+}
+
+impl History for RedbHistory {
+    fn get(&self, id: &str) -> Result<Option<TaskView>, RegistryError> {
+        let r = self.files[0].begin_read().map_err(|e| err("read")(e.to_string()))?;
+        let tasks = r.open_table(TASKS).map_err(oerr("tasks"))?;
+        let rec = match tasks.get(id).map_err(serr("tasks"))? {
+            Some(v) => Some(
+                wasmos_proto::decode::<v1::StoredTask>(v.value())
+                    .ok_or_else(|| RegistryError(format!("task record {id:?} is damaged")))?,
+            ),
+            None => super::history_file::get(&self.files[1], id)?,
+        };
+        Ok(rec.and_then(|rec| task_from_stored(rec).ok()).map(|t| t.view))
     }
 
     fn page(
@@ -815,7 +802,7 @@ impl History for RedbHistory {
         budget: usize,
     ) -> Result<Page<TaskView>, RegistryError> {
         let main = page_of(&self.files[0], after, filter, limit, budget)?;
-        let history = page_of(&self.files[1], after, filter, limit, budget)?;
+        let history = history_page(&self.files[1], after, filter, limit, budget)?;
         Ok(Page::merge(main, history, limit))
     }
 }
