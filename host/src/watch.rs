@@ -44,9 +44,10 @@ pub(crate) struct Gone {
 }
 
 /// How far apart the sequence numbers of two master incarnations start: the
-/// first event after the registry's epoch E is numbered `E << EPOCH_SHIFT`
-/// + 1, so numbers never repeat across restarts (2^40 events each), and a
-/// watcher resuming with a number from before a restart is told it is gone.
+/// first event after the registry's epoch E is numbered
+/// `(E << EPOCH_SHIFT) + 1`, so numbers never repeat across restarts (2^40
+/// events each), and a watcher resuming with a number from before a restart
+/// is told it is gone.
 pub const EPOCH_SHIFT: u32 = 40;
 
 pub(crate) struct WatchHub {
