@@ -356,6 +356,13 @@ async fn soak(cfg: Config) -> bool {
         out.push(format!("    {:<16} {n:>9}   ended: {}", kind.label(), states_line(&ended)));
     }
     out.push(format!("    {:<16} {:>9}   ended: {}", "remote", remote.launched(), remote_states(&remote)));
+    let reconciled = remote.reconciled.load(Ordering::Relaxed);
+    if reconciled > 0 {
+        out.push(format!("    (remote: {reconciled} end(s) learned only by reconciliation)"));
+    }
+    for (error, n) in remote.call_errors.lock().unwrap().iter() {
+        out.push(format!("    remote framework call refused {n}x: {error}"));
+    }
     out.push(format!("  submits refused while the master was away: {}", ledger.refused));
     drop(ledger);
     out.push(format!("  faults injected: {}", faults.len()));
@@ -595,6 +602,11 @@ async fn drain(url: &str, load: &Load, remote: &Remote) -> Result<(), String> {
         if last_report.elapsed() > Duration::from_secs(10) {
             println!("soak: draining: {open} task(s) not ended yet, {remote_open} remote");
             last_report = Instant::now();
+            // As a framework should now and then: ask about what it has not
+            // seen end (a refused launch, an update missed across a failover).
+            if remote_open > 0 {
+                remote.reconcile.notify_one();
+            }
         }
         tokio::time::sleep(Duration::from_secs(1)).await;
     }
@@ -750,6 +762,14 @@ fn check_remote(remote: &Remote, failures: &mut Vec<String>) {
     }
     if !bad.is_empty() {
         failures.push(format!("{} remote task(s) ended badly, e.g. {}", bad.len(), bad[..bad.len().min(3)].join(", ")));
+    }
+    let unknown = remote.unknown_after_accept.lock().unwrap();
+    if !unknown.is_empty() {
+        failures.push(format!(
+            "{} remote task(s) whose Accept the master answered OK were unknown to it later, e.g. {}",
+            unknown.len(),
+            unknown[..unknown.len().min(3)].join(", ")
+        ));
     }
 }
 

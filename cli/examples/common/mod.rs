@@ -7,7 +7,7 @@
 // Each example uses its own part of this file.
 #![allow(dead_code)]
 
-use std::collections::{HashMap, HashSet};
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::hash::{Hash, Hasher};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
@@ -478,6 +478,18 @@ pub struct Remote {
     pub launched: Arc<Mutex<usize>>,
     /// Tasks seen ending, with their terminal state (wire value).
     pub ended: Arc<Mutex<HashMap<String, i32>>>,
+    /// Tasks whose Accept the master answered OK.
+    pub accepted: Arc<Mutex<HashSet<String>>>,
+    /// Accepted tasks that reconciliation later said the master does not know.
+    pub unknown_after_accept: Arc<Mutex<Vec<String>>>,
+    /// Calls the master refused, by message (the first few kinds).
+    pub call_errors: Arc<Mutex<BTreeMap<String, u64>>>,
+    /// Ends learned only through reconciliation.
+    pub reconciled: Arc<AtomicUsize>,
+    /// Asks the framework to reconcile every task it has not seen end (as a
+    /// framework should now and then: an update can be missed across a
+    /// failover, and a launch the master refused is never heard of again).
+    pub reconcile: Arc<tokio::sync::Notify>,
 }
 
 impl Remote {
@@ -491,7 +503,28 @@ impl Remote {
             want: Arc::new(AtomicUsize::new(want)),
             launched: Arc::new(Mutex::new(0)),
             ended: Arc::new(Mutex::new(HashMap::new())),
+            accepted: Arc::default(),
+            unknown_after_accept: Arc::default(),
+            call_errors: Arc::default(),
+            reconciled: Arc::default(),
+            reconcile: Arc::default(),
         }
+    }
+
+    /// Notes a refused call (a bounded number of kinds, each counted).
+    fn call_failed(&self, what: &str, e: &tonic::Status) {
+        let mut errors = self.call_errors.lock().unwrap();
+        let key = format!("{what}: {:?}: {}", e.code(), e.message().chars().take(120).collect::<String>());
+        if errors.len() < 20 || errors.contains_key(&key) {
+            *errors.entry(key).or_default() += 1;
+        }
+    }
+
+    /// Every task launched and not seen ending.
+    fn open_tasks(&self) -> Vec<String> {
+        let n = *self.launched.lock().unwrap();
+        let ended = self.ended.lock().unwrap();
+        (1..=n).map(|i| format!("remote-{i}")).filter(|t| !ended.contains_key(t)).collect()
     }
 
     pub fn launched(&self) -> usize {
@@ -520,9 +553,26 @@ impl Remote {
         };
         let mut fid = id;
         loop {
+            // (The select only picks; what it picked is done after it, so
+            // nothing of `stop`'s borrow is held across an await.)
             let ev = tokio::select! {
-                _ = stop.wait_for(|s| *s) => return fid,
-                ev = events.message() => ev,
+                _ = stop.wait_for(|s| *s) => None,
+                _ = self.reconcile.notified() => Some(None),
+                ev = events.message() => Some(Some(ev)),
+            };
+            let ev = match ev {
+                None => return fid,
+                Some(Some(ev)) => ev,
+                Some(None) => {
+                    let open = self.open_tasks();
+                    if !open.is_empty() {
+                        let call = v1::call::Call::Reconcile(v1::call::Reconcile { task_ids: open });
+                        if let Err(e) = client.call(v1::Call { framework_id: fid.clone(), call: Some(call) }).await {
+                            self.call_failed("reconcile", &e);
+                        }
+                    }
+                    continue;
+                }
             };
             let Ok(Some(ev)) = ev else { return fid };
             match ev.event {
@@ -531,36 +581,47 @@ impl Remote {
                     // After a reconnect, ask explicitly about every task launched and
                     // not yet seen ending: ones the master never recorded (its
                     // accept was not acknowledged) come back as LOST.
-                    let open: Vec<String> = {
-                        let n = *self.launched.lock().unwrap();
-                        let ended = self.ended.lock().unwrap();
-                        (1..=n).map(|i| format!("remote-{i}")).filter(|t| !ended.contains_key(t)).collect()
-                    };
+                    let open = self.open_tasks();
                     if !open.is_empty() {
                         let call = v1::call::Call::Reconcile(v1::call::Reconcile { task_ids: open });
-                        let _ = client.call(v1::Call { framework_id: fid.clone(), call: Some(call) }).await;
+                        if let Err(e) = client.call(v1::Call { framework_id: fid.clone(), call: Some(call) }).await {
+                            self.call_failed("reconcile", &e);
+                        }
                     }
                 }
                 Some(v1::event::Event::Offers(o)) => {
                     for offer in o.offers {
-                        let call = match self.tasks_for(&offer) {
-                            tasks if tasks.is_empty() => v1::call::Call::Decline(v1::call::Decline {
-                                offer_ids: vec![offer.offer_id],
-                                filters: Some(v1::Filters { refuse_seconds: Some(1.0) }),
-                            }),
-                            tasks => v1::call::Call::Accept(v1::call::Accept {
-                                offer_ids: vec![offer.offer_id],
-                                launch: tasks,
-                                filters: None,
-                            }),
+                        let tasks = self.tasks_for(&offer);
+                        let ids: Vec<String> = tasks.iter().map(|t| t.task_id.clone()).collect();
+                        let (what, call) = if tasks.is_empty() {
+                            let filters = Some(v1::Filters { refuse_seconds: Some(1.0) });
+                            (
+                                "decline",
+                                v1::call::Call::Decline(v1::call::Decline { offer_ids: vec![offer.offer_id], filters }),
+                            )
+                        } else {
+                            let accept =
+                                v1::call::Accept { offer_ids: vec![offer.offer_id], launch: tasks, filters: None };
+                            ("accept", v1::call::Call::Accept(accept))
                         };
-                        let _ = client.call(v1::Call { framework_id: fid.clone(), call: Some(call) }).await;
+                        match client.call(v1::Call { framework_id: fid.clone(), call: Some(call) }).await {
+                            Ok(_) => self.accepted.lock().unwrap().extend(ids),
+                            Err(e) => self.call_failed(what, &e),
+                        }
                     }
                 }
                 Some(v1::event::Event::Update(u)) => {
                     let Some(st) = u.status else { continue };
                     if is_terminal(st.state) {
-                        self.ended.lock().unwrap().insert(st.task_id.clone(), st.state);
+                        let first = self.ended.lock().unwrap().insert(st.task_id.clone(), st.state).is_none();
+                        if first && st.reason == "reconciliation" {
+                            self.reconciled.fetch_add(1, Ordering::Relaxed);
+                            if st.message == "the master knows no such task"
+                                && self.accepted.lock().unwrap().contains(&st.task_id)
+                            {
+                                self.unknown_after_accept.lock().unwrap().push(st.task_id.clone());
+                            }
+                        }
                     }
                     if !st.uuid.is_empty() {
                         let ack = v1::call::Call::Acknowledge(v1::call::Acknowledge {

@@ -55,8 +55,10 @@ pub enum Kind {
     Failing,
     /// Loops until its timeout: FAILED with outcome `timed_out`.
     TimingOut,
-    /// A job for the hosted SJF framework: FINISHED, or LOST when its agent
-    /// died (a hosted scheduler does not retry).
+    /// A job for the hosted SJF framework: FINISHED, LOST when its agent
+    /// died, or DROPPED when its launch raced the offer's rescind (an agent
+    /// removed): the SJF example does not retry either, as the soak's remote
+    /// framework does not.
     Hosted,
     /// The latency probe's single no-op tasks: FINISHED.
     Probe,
@@ -79,7 +81,7 @@ impl Kind {
             Kind::Batch(_) | Kind::Probe => state == Some(TaskState::Finished),
             Kind::Failing => state == Some(TaskState::Failed) && outcome == Some(OutcomeKind::Failed),
             Kind::TimingOut => state == Some(TaskState::Failed) && outcome == Some(OutcomeKind::TimedOut),
-            Kind::Hosted => matches!(state, Some(TaskState::Finished | TaskState::Lost)),
+            Kind::Hosted => matches!(state, Some(TaskState::Finished | TaskState::Lost | TaskState::Dropped)),
         }
     }
 }
