@@ -761,7 +761,7 @@ fn history_page(
     let mut scanned = 0;
     loop {
         // Read in slices, so a page of a few rows costs a few reads.
-        let slice = super::history_file::scan(db, last, (limit * 2).clamp(64, 4096).min(budget.max(1)))?;
+        let slice = super::history_file::scan(db, last, limit.saturating_mul(2).clamp(64, 4096).min(budget.max(1)))?;
         if slice.is_empty() {
             return Ok(page);
         }
