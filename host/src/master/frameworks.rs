@@ -293,6 +293,16 @@ impl Master {
         };
         let subscribed =
             Event::Subscribed { framework_id: id.clone(), heartbeat_interval: self.cfg.framework_heartbeat_interval };
+        // Failover: the new connection knows none of the offers the old one
+        // held (it may reconnect before the old stream is seen closed). They
+        // go back to the allocator and are offered again, as Mesos rescinds
+        // them at failover; without this they stayed allocated for good (the
+        // soak's remote framework held a whole cluster that way).
+        let stale: Vec<OfferId> =
+            self.state.frameworks.get(&id).map(|f| f.offers().cloned().collect()).unwrap_or_default();
+        for o in stale {
+            self.recover_offer(&o, None);
+        }
         if let Some(f) = self.state.frameworks.get_mut(&id) {
             // Failover: the new connection takes over.
             let _ = tx.send(subscribed);

@@ -411,3 +411,40 @@ async fn tasks_of_a_silent_agent_become_unreachable_then_gone() {
     assert_eq!((st.task_id.as_str(), state(&st), st.reason.as_str()), ("p-1", TaskGone, "agent_gone"));
     assert!(wasmos_proto::state_from_wire(c.task("p-1").await.state).unwrap().is_terminal());
 }
+
+/// A framework that fails over before its old connection is seen closed
+/// (here: still open) gets the resources its old connection held offered
+/// again: the new connection knows nothing of the old offers.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn offers_of_the_old_connection_are_offered_again_at_failover() {
+    let c = cluster(1, "cpus:1;mem:1GiB").await;
+    let mut old = Framework::subscribe(&c, "quick", "quick").await;
+    let held = old.offers().await;
+    assert_eq!(held.len(), 1);
+    let mut client = c.scheduler();
+    let mut events = client
+        .subscribe(v1::SubscribeRequest {
+            framework: Some(v1::FrameworkInfo {
+                framework_id: old.id.clone(),
+                name: "quick".into(),
+                role: "quick".into(),
+                failover_timeout_s: 60.0,
+            }),
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    let offered = tokio::time::timeout(Duration::from_secs(10), async {
+        loop {
+            match events.message().await.unwrap().unwrap().event {
+                Some(E::Offers(o)) => return o.offers,
+                _ => continue,
+            }
+        }
+    })
+    .await
+    .expect("the old connection's resources offered to the new one");
+    assert_eq!(offered[0].agent_id, held[0].agent_id);
+    assert_ne!(offered[0].offer_id, held[0].offer_id);
+    drop(old);
+}
