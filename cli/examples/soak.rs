@@ -193,6 +193,7 @@ async fn soak(cfg: Config) -> bool {
         modules: modules.clone(),
         hosted: HOSTED.into(),
         ledger: Mutex::new(load::Ledger::default()),
+        history: history.clone(),
         start,
         stop_at: start + cfg.duration,
     });
@@ -227,6 +228,13 @@ async fn soak(cfg: Config) -> bool {
         start,
         log: fault_log.clone(),
     });
+    let learnt = Arc::new(AtomicU64::new(0));
+    let reconciler = tokio::spawn(checks::reconcile_after_restarts(
+        url.clone(),
+        watch.clone(),
+        history.clone(),
+        learnt.clone(),
+    ));
     let faults_task = {
         let injector = injector.clone();
         tokio::spawn(async move { injector.run(plan).await })
@@ -256,6 +264,7 @@ async fn soak(cfg: Config) -> bool {
 
     // Drain: every acknowledged task ends, the remote framework sees its own end.
     let drained = drain(&url, &load, &remote).await;
+    reconciler.abort();
     if let Some(ctl) = injector.remote.lock().await.take() {
         ctl.stop().await;
     }
@@ -382,6 +391,10 @@ async fn soak(cfg: Config) -> bool {
         watch.connects.load(Ordering::Relaxed),
         watch.restarts.load(Ordering::Relaxed),
         gaps
+    ));
+    out.push(format!(
+        "  ends the watch missed at a master kill, learnt by GetTask after the restart: {}",
+        learnt.load(Ordering::Relaxed)
     ));
     out.push(format!(
         "  latency probe: {} samples, {} interrupted by faults, {} left out as overlapping a fault; p99 (median over the intervals of a quarter) second quarter {} ms ({} intervals), last quarter {} ms ({} intervals)",

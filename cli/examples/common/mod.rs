@@ -304,7 +304,7 @@ pub fn watch_all(
 /// unless the master restarted since and holds all it published (its first
 /// number after the restart): then only what the old master published after
 /// the last event seen and before it died can be missing (published after
-/// commit, so the final listing still has those tasks).
+/// commit: the soak asks for those tasks by GetTask after each restart).
 fn resume_after_loss(
     e: &tonic::Status,
     last_seq: &mut u64,
@@ -351,6 +351,12 @@ pub struct History {
     pub events: u64,
     pub finished: u64,
     events_kept: Option<Vec<v1::TaskStatus>>,
+    /// Acknowledged tasks not yet seen ending (a superset: an id whose end
+    /// came before its acknowledgement may stay; `reconcile` drops it).
+    open: HashSet<String>,
+    /// Ends learnt by asking (GetTask) after a master restart, for tasks
+    /// whose end event the old master committed but did not get out.
+    asked: HashMap<u64, (i32, i32)>,
 }
 
 /// Failures of one kind listed one by one; past this, only counted.
@@ -387,6 +393,7 @@ impl History {
         }
         // Answers to an explicit reconciliation repeat a known state.
         if state.is_some_and(|s| s.is_terminal()) && e.reason != "reconciliation" {
+            self.open.remove(&e.task_id);
             let end = self.terminal.entry(id_hash(&e.task_id)).or_default();
             *end = (end.0 + 1, e.state, e.outcome.as_ref().map_or(0, |o| o.kind));
             if end.0 > 1 {
@@ -403,9 +410,35 @@ impl History {
         self.terminal.len()
     }
 
-    /// The last terminal state and outcome kind (wire values) seen for `id`.
+    /// The last terminal state and outcome kind (wire values) seen for `id`
+    /// on the watch, else learnt by asking.
     pub fn last_end(&self, id: &str) -> Option<(i32, i32)> {
-        self.terminal.get(&id_hash(id)).map(|(_, state, outcome)| (*state, *outcome))
+        let h = id_hash(id);
+        self.terminal.get(&h).map(|(_, state, outcome)| (*state, *outcome)).or_else(|| self.asked.get(&h).copied())
+    }
+
+    /// Tasks a submit acknowledged: open until their end is seen.
+    pub fn acked(&mut self, ids: &[String]) {
+        for id in ids {
+            let h = id_hash(id);
+            if !self.terminal.contains_key(&h) && !self.asked.contains_key(&h) {
+                self.open.insert(id.clone());
+            }
+        }
+    }
+
+    /// Acknowledged tasks whose end was neither seen nor learnt.
+    pub fn open(&mut self) -> Vec<String> {
+        let (terminal, asked) = (&self.terminal, &self.asked);
+        self.open.retain(|id| !terminal.contains_key(&id_hash(id)) && !asked.contains_key(&id_hash(id)));
+        self.open.iter().cloned().collect()
+    }
+
+    /// An end learnt by GetTask (not counted as an end event: the watch may
+    /// still deliver it, and then it counts once).
+    pub fn learnt(&mut self, id: &str, state: i32, outcome: i32) {
+        self.open.remove(id);
+        self.asked.insert(id_hash(id), (state, outcome));
     }
 
     /// The invariants over the watch stream: no UUID twice; no task ends

@@ -211,3 +211,67 @@ pub fn check_remote(remote: &Remote, failures: &mut Vec<String>) {
         ));
     }
 }
+
+/// Watch resumptions across a master restart, and gaps, this many seconds
+/// apart at most are reconciled once.
+const RECONCILE_POLL: Duration = Duration::from_secs(1);
+/// GetTask calls in flight at once while reconciling.
+const RECONCILE_PARALLEL: usize = 16;
+
+/// After each master restart (or gap) the watch resumed across: asks for
+/// every acknowledged task not yet seen ending (GetTask), as a watching
+/// client must. The old master may have committed an end and died before
+/// its event went out; the history drops such a task after --task-history,
+/// and by the end of a long run nothing would show how it ended. Runs until
+/// aborted; returns nothing, counts into `learnt`.
+pub async fn reconcile_after_restarts(
+    url: String,
+    watch: Arc<common::WatchStats>,
+    history: Arc<Mutex<History>>,
+    learnt: Arc<AtomicU64>,
+) {
+    let breaks = || watch.restarts.load(Ordering::Relaxed) + watch.gaps.load(Ordering::Relaxed);
+    let mut seen = breaks();
+    loop {
+        tokio::time::sleep(RECONCILE_POLL).await;
+        let now = breaks();
+        if now == seen {
+            continue;
+        }
+        seen = now;
+        let open = history.lock().unwrap().open();
+        let n = reconcile(&url, open, &history).await;
+        learnt.fetch_add(n, Ordering::Relaxed);
+        if n > 0 {
+            println!("soak: after the watch resumed across a restart, {n} acknowledged task end(s) it had missed learnt by GetTask");
+        }
+    }
+}
+
+/// GetTask for each of `ids`; the terminal ones go into the history as
+/// learnt. Returns how many.
+async fn reconcile(url: &str, ids: Vec<String>, history: &Arc<Mutex<History>>) -> u64 {
+    let ch = connect(url).await;
+    let chunk = ids.len().div_ceil(RECONCILE_PARALLEL).max(1);
+    let mut workers = Vec::new();
+    for part in ids.chunks(chunk).map(<[String]>::to_vec) {
+        let (ch, history) = (ch.clone(), history.clone());
+        workers.push(tokio::spawn(async move {
+            let mut n = 0u64;
+            for id in part {
+                let Ok(t) = op(&ch).get_task(v1::GetTaskRequest { task_id: id.clone() }).await else { continue };
+                let t = t.into_inner();
+                if common::is_terminal(t.state) {
+                    history.lock().unwrap().learnt(&id, t.state, t.outcome.as_ref().map_or(0, |o| o.kind));
+                    n += 1;
+                }
+            }
+            n
+        }));
+    }
+    let mut n = 0;
+    for w in workers {
+        n += w.await.unwrap_or(0);
+    }
+    n
+}

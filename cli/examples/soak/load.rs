@@ -14,7 +14,7 @@ use tonic::transport::Channel;
 use wasmos_model::{OutcomeKind, Resources, TaskState};
 use wasmos_proto::v1;
 
-use crate::common::{Rng, connect, op};
+use crate::common::{History, Rng, connect, op};
 
 pub const NOOP: &str = r#"(module (memory (export "memory") 1) (func (export "_start")))"#;
 pub const TRAP: &str = r#"(module (memory (export "memory") 1) (func (export "_start") unreachable))"#;
@@ -144,6 +144,8 @@ pub struct Load {
     pub modules: Modules,
     pub hosted: String,
     pub ledger: Mutex<Ledger>,
+    /// What the watch saw; told of every acknowledged task.
+    pub history: Arc<Mutex<History>>,
     pub start: Instant,
     pub stop_at: Instant,
 }
@@ -170,6 +172,7 @@ impl Load {
             Ok(r) => {
                 let ids = r.into_inner().task_ids;
                 self.ledger.lock().unwrap().add(ids.clone(), kind);
+                self.history.lock().unwrap().acked(&ids);
                 Some(ids)
             }
             Err(_) => {
