@@ -40,7 +40,7 @@ pub const DEFAULT_CHECKPOINT_INTERVAL: Duration = Duration::from_millis(20);
 
 #[derive(Debug, thiserror::Error)]
 pub enum AgentError {
-    #[error("master address {0:?} is not a URL; write e.g. http://127.0.0.1:5050")]
+    #[error("{0}")]
     BadMaster(String),
     #[error("sandbox: {0}")]
     Sandbox(#[from] wasmos_sandbox::SandboxError),
@@ -53,8 +53,12 @@ pub enum AgentError {
 /// How an agent runs. Every limit has a default.
 #[derive(Debug, Clone)]
 pub struct AgentConfig {
-    /// The master's URL, e.g. `http://127.0.0.1:5050`.
+    /// The master's URL, e.g. `https://127.0.0.1:5050` (`http://` for an
+    /// `--insecure` master).
     pub master: String,
+    /// The CA certificate (PEM) the master's certificate must chain to;
+    /// needed for `https://`.
+    pub ca_pem: Option<String>,
     /// What this agent offers. Default: the machine's cores and memory.
     pub resources: Resources,
     /// Free-form attributes (`zone=eu`), matched by task constraints.
@@ -88,6 +92,7 @@ impl AgentConfig {
         };
         AgentConfig {
             master: master.into(),
+            ca_pem: None,
             resources: default_resources(),
             attributes: Vec::new(),
             hostname: hostname(),
@@ -182,7 +187,7 @@ impl Agent {
 pub async fn run(cfg: AgentConfig, shutdown: impl Future<Output = ()> + Send) -> Result<String, AgentError> {
     std::fs::create_dir_all(&cfg.work_dir).map_err(|e| AgentError::WorkDir(cfg.work_dir.clone(), e))?;
     let sandbox = Sandbox::new(cfg.sandbox.clone())?;
-    let channel = Link::connect(&cfg.master, cfg.max_backoff).await?;
+    let channel = Link::connect(&cfg).await?;
     let (checkpoint, restored) = if cfg.checkpoint {
         match Checkpoint::open(&cfg.work_dir, cfg.checkpoint_interval) {
             Ok((c, r)) => (Some(c), r),

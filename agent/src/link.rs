@@ -5,7 +5,7 @@
 use std::sync::{Arc, RwLock};
 use std::time::Duration;
 
-use tonic::transport::{Channel, Endpoint};
+use tonic::transport::Channel;
 use wasmos_proto::v1;
 use wasmos_proto::v1::agent_service_client::AgentServiceClient;
 use wasmos_sandbox::Sandbox;
@@ -51,13 +51,16 @@ pub(crate) struct Link {
 }
 
 impl Link {
-    /// Connects to `master`, retrying with backoff until it answers.
-    pub async fn connect(master: &str, max_backoff: Duration) -> Result<Channel, AgentError> {
-        let endpoint = Endpoint::from_shared(master.to_string())
-            .map_err(|_| AgentError::BadMaster(master.to_string()))?
-            .tcp_nodelay(true)
-            .connect_timeout(Duration::from_secs(5));
-        let mut backoff = Backoff::new(Duration::from_millis(100), max_backoff);
+    /// Connects to the master, retrying with backoff until it answers.
+    pub async fn connect(cfg: &AgentConfig) -> Result<Channel, AgentError> {
+        let target = wasmos_security::client::Target {
+            url: cfg.master.clone(),
+            ca_pem: cfg.ca_pem.clone(),
+            identity: None,
+            token: None,
+        };
+        let endpoint = target.endpoint().map_err(AgentError::BadMaster)?;
+        let mut backoff = Backoff::new(Duration::from_millis(100), cfg.max_backoff);
         loop {
             match endpoint.connect().await {
                 Ok(c) => return Ok(c),

@@ -43,8 +43,11 @@ async fn chaos() -> bool {
     let fw_tasks: usize = arg(&args, "--framework-tasks").map(|s| s.parse().unwrap()).unwrap_or(100);
     let dir = tempfile::tempdir().unwrap();
     let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
-    let url = format!("http://127.0.0.1:{port}");
+    let url = format!("https://127.0.0.1:{port}");
     let state = dir.path().join("master");
+    let client_config = dir.path().join("client.json");
+    common::trust(&client_config);
+    let ca_file = state.join("tls").join("ca.pem");
     let master_argv: Vec<String> = [
         "master",
         "--listen",
@@ -55,6 +58,8 @@ async fn chaos() -> bool {
         "200ms",
         "--agent-timeout",
         "2s",
+        "--client-config",
+        client_config.to_str().unwrap(),
     ]
     .iter()
     .map(|s| s.to_string())
@@ -68,6 +73,8 @@ async fn chaos() -> bool {
             "cpus:2;mem:2GiB",
             "--work-dir",
             dir.path().join(name).to_str().unwrap(),
+            "--ca-cert",
+            ca_file.to_str().unwrap(),
         ]
         .iter()
         .map(|s| s.to_string())

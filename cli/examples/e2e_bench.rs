@@ -28,8 +28,18 @@ async fn main() {
     let master = arg(&args, "--master").expect("--master URL");
     let tasks: u32 = arg(&args, "--tasks").map(|s| s.parse().expect("--tasks N")).unwrap_or(100_000);
     let samples: u32 = arg(&args, "--latency-samples").map(|s| s.parse().expect("N")).unwrap_or(1000);
-    let ch =
-        tonic::transport::Endpoint::from_shared(master.clone()).unwrap().tcp_nodelay(true).connect().await.unwrap();
+    // The CA and token from the client config `wasmos dev` wrote
+    // (WASMOS_CONFIG), as any client of a TLS master.
+    let config = wasmos_security::client::config_path()
+        .and_then(|p| wasmos_security::client::ClientConfig::read(&p).expect("client config"))
+        .unwrap_or_default();
+    let target = wasmos_security::client::Target {
+        url: master.clone(),
+        ca_pem: config.ca_pem,
+        identity: None,
+        token: config.token,
+    };
+    let ch = target.connect().await.expect("connect to the master");
     let mut op = v1::operator_client::OperatorClient::new(ch.clone()).max_decoding_message_size(1 << 30);
     let mut art = v1::artifacts_client::ArtifactsClient::new(ch.clone());
     let bytes = wat::parse_str(NOOP).unwrap();
@@ -50,6 +60,7 @@ async fn main() {
         max_attempts: 0,
         framework: String::new(),
         estimated_fuel: None,
+        role: String::new(),
     };
     let mut watch = Watch {
         op: op.clone(),
@@ -104,7 +115,7 @@ fn ms(d: Duration) -> f64 {
 /// The batch framework's events, resuming after the last one seen if the
 /// stream breaks.
 struct Watch {
-    op: v1::operator_client::OperatorClient<tonic::transport::Channel>,
+    op: v1::operator_client::OperatorClient<wasmos_security::client::AuthChannel>,
     stream: tonic::Streaming<v1::WatchEvent>,
     last: u64,
 }

@@ -114,8 +114,11 @@ async fn soak(cfg: Config) -> bool {
     std::fs::create_dir_all(&logs).expect("create --out");
     let dir = tempfile::tempdir().unwrap();
     let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
-    let url = format!("http://127.0.0.1:{port}");
+    let url = format!("https://127.0.0.1:{port}");
     let state = dir.path().join("master");
+    let client_config = dir.path().join("client.json");
+    common::trust(&client_config);
+    let ca_file = state.join("tls").join("ca.pem");
     let timeout = format!("{}ms", AGENT_TIMEOUT.as_millis());
     let listen = format!("127.0.0.1:{port}");
     let mut master_argv = strings(&[
@@ -128,6 +131,8 @@ async fn soak(cfg: Config) -> bool {
         "250ms",
         "--agent-timeout",
         &timeout,
+        "--client-config",
+        client_config.to_str().unwrap(),
     ]);
     master_argv.extend(cfg.master_args.iter().cloned());
     println!(
@@ -156,6 +161,8 @@ async fn soak(cfg: Config) -> bool {
                 AGENT_RESOURCES,
                 "--work-dir",
                 work.to_str().unwrap(),
+                "--ca-cert",
+                ca_file.to_str().unwrap(),
             ]);
             Proc::spawn(&cfg.wasmos, &argv, Some(&logs.join(format!("agent-{i}.log"))))
         })
@@ -229,12 +236,8 @@ async fn soak(cfg: Config) -> bool {
         log: fault_log.clone(),
     });
     let learnt = Arc::new(AtomicU64::new(0));
-    let reconciler = tokio::spawn(checks::reconcile_after_restarts(
-        url.clone(),
-        watch.clone(),
-        history.clone(),
-        learnt.clone(),
-    ));
+    let reconciler =
+        tokio::spawn(checks::reconcile_after_restarts(url.clone(), watch.clone(), history.clone(), learnt.clone()));
     let faults_task = {
         let injector = injector.clone();
         tokio::spawn(async move { injector.run(plan).await })
@@ -475,7 +478,7 @@ async fn soak(cfg: Config) -> bool {
 #[allow(clippy::too_many_arguments)]
 async fn sample(
     state: &Path,
-    ch: &tonic::transport::Channel,
+    ch: &wasmos_security::client::AuthChannel,
     cluster: &Mutex<Cluster>,
     load: &Load,
     history: &Mutex<History>,

@@ -1,56 +1,94 @@
 //! The API client the CLI uses: master address resolution, connections, and
 //! small helpers. The CLI never reaches into server internals.
 
-use std::time::Duration;
+use std::path::PathBuf;
 
-use tonic::transport::{Channel, Endpoint};
 use wasmos_proto::v1;
+use wasmos_security::client::{AuthChannel, ClientConfig, Target};
 
-/// Default master address for client commands.
-pub const DEFAULT_MASTER: &str = "http://127.0.0.1:5050";
+/// Default master address for client commands (when no client config names one).
+pub const DEFAULT_MASTER: &str = "https://127.0.0.1:5050";
 
-/// `--master`, else `WASMOS_MASTER`, else `http://127.0.0.1:5050`.
+/// How a client command reaches the master: each flag, else its
+/// environment variable, else the client config that `wasmos dev` and
+/// `wasmos master` write on first start.
 #[derive(clap::Args, Debug, Clone)]
 pub struct MasterArg {
-    /// The master's address [env: WASMOS_MASTER] [default: http://127.0.0.1:5050]
+    /// The master's address [env: WASMOS_MASTER] [default: the client config's, else https://127.0.0.1:5050]
     #[arg(long, value_name = "URL")]
     pub master: Option<String>,
+    /// The CA certificate (PEM file) the master's certificate must chain to:
+    /// the master's STATE_DIR/tls/ca.pem [env: WASMOS_CA_CERT] [default: the client config's]
+    #[arg(long, value_name = "FILE")]
+    pub ca_cert: Option<PathBuf>,
+    /// The token to call with [env: WASMOS_TOKEN] [default: the client config's]
+    #[arg(long, value_name = "TOKEN", hide_env_values = true)]
+    pub token: Option<String>,
+}
+
+fn env(name: &str) -> Option<String> {
+    std::env::var(name).ok().filter(|s| !s.is_empty())
+}
+
+/// The client config at `$WASMOS_CONFIG` or `~/.config/wasmos/config.json`,
+/// if there is one.
+pub fn client_config() -> Result<Option<ClientConfig>, String> {
+    match wasmos_security::client::config_path() {
+        Some(p) => ClientConfig::read(&p),
+        None => Ok(None),
+    }
+}
+
+/// A URL with a scheme (`https://` unless one is given).
+pub fn with_scheme(raw: &str) -> String {
+    if raw.contains("://") { raw.to_string() } else { format!("https://{raw}") }
+}
+
+/// The CA PEM from `--ca-cert`/`WASMOS_CA_CERT`, else the config's.
+pub fn ca_pem(flag: Option<&PathBuf>, config: Option<&ClientConfig>) -> Result<Option<String>, String> {
+    match flag.cloned().or_else(|| env("WASMOS_CA_CERT").map(PathBuf::from)) {
+        Some(p) => std::fs::read_to_string(&p).map(Some).map_err(|e| {
+            format!("cannot read the CA certificate {}: {e}; pass the master's STATE_DIR/tls/ca.pem", p.display())
+        }),
+        None => Ok(config.and_then(|c| c.ca_pem.clone())),
+    }
 }
 
 impl MasterArg {
-    pub fn url(&self) -> String {
-        let raw = self
+    pub fn target(&self) -> Result<Target, String> {
+        let config = client_config()?;
+        let url = self
             .master
             .clone()
-            .or_else(|| std::env::var("WASMOS_MASTER").ok().filter(|s| !s.is_empty()))
+            .or_else(|| env("WASMOS_MASTER"))
+            .or_else(|| config.as_ref().map(|c| c.master.clone()).filter(|m| !m.is_empty()))
             .unwrap_or_else(|| DEFAULT_MASTER.to_string());
-        if raw.contains("://") { raw } else { format!("http://{raw}") }
+        Ok(Target {
+            url: with_scheme(&url),
+            ca_pem: ca_pem(self.ca_cert.as_ref(), config.as_ref())?,
+            identity: None,
+            token: self.token.clone().or_else(|| env("WASMOS_TOKEN")).or_else(|| config.and_then(|c| c.token)),
+        })
     }
 
-    pub async fn connect(&self) -> Result<Channel, String> {
-        let url = self.url();
-        let ep = Endpoint::from_shared(url.clone())
-            .map_err(|_| format!("master address {url:?} is not a URL; write e.g. http://127.0.0.1:5050"))?
-            .connect_timeout(Duration::from_secs(5))
-            .tcp_nodelay(true);
-        ep.connect().await.map_err(|e| {
-            format!(
-                "cannot reach the master at {url}: {e}; start one with `wasmos dev` or set --master / WASMOS_MASTER"
-            )
+    pub async fn connect(&self) -> Result<AuthChannel, String> {
+        let target = self.target()?;
+        target.connect().await.map_err(|e| {
+            format!("{e}; start one with `wasmos dev`, or set --master / WASMOS_MASTER (and --ca-cert for TLS)")
         })
     }
 }
 
 /// An Operator API client.
-pub type Operator = v1::operator_client::OperatorClient<Channel>;
+pub type Operator = v1::operator_client::OperatorClient<AuthChannel>;
 
-pub fn operator(ch: &Channel) -> Operator {
+pub fn operator(ch: &AuthChannel) -> Operator {
     v1::operator_client::OperatorClient::new(ch.clone())
         .max_decoding_message_size(1 << 30)
         .max_encoding_message_size(wasmos_proto::MAX_MESSAGE_BYTES)
 }
 
-pub fn artifacts(ch: &Channel) -> v1::artifacts_client::ArtifactsClient<Channel> {
+pub fn artifacts(ch: &AuthChannel) -> v1::artifacts_client::ArtifactsClient<AuthChannel> {
     v1::artifacts_client::ArtifactsClient::new(ch.clone())
         .max_decoding_message_size(wasmos_proto::MAX_MESSAGE_BYTES)
         .max_encoding_message_size(wasmos_proto::MAX_MESSAGE_BYTES)
@@ -64,25 +102,7 @@ pub fn status_msg(s: &tonic::Status) -> String {
 
 /// RFC 3339 UTC with milliseconds, from unix milliseconds; `None` for 0.
 pub fn rfc3339(ms: i64) -> Option<String> {
-    if ms <= 0 {
-        return None;
-    }
-    let secs = ms.div_euclid(1000);
-    let millis = ms.rem_euclid(1000);
-    let days = secs.div_euclid(86_400);
-    let rem = secs.rem_euclid(86_400);
-    // Civil date from days since 1970-01-01 (Howard Hinnant's algorithm).
-    let z = days + 719_468;
-    let era = z.div_euclid(146_097);
-    let doe = z.rem_euclid(146_097);
-    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
-    let y = yoe + era * 400;
-    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
-    let mp = (5 * doy + 2) / 153;
-    let d = doy - (153 * mp + 2) / 5 + 1;
-    let m = if mp < 10 { mp + 3 } else { mp - 9 };
-    let y = if m <= 2 { y + 1 } else { y };
-    Some(format!("{y:04}-{m:02}-{d:02}T{:02}:{:02}:{:02}.{millis:03}Z", rem / 3600, (rem % 3600) / 60, rem % 60))
+    (ms > 0).then(|| wasmos_model::rfc3339_ms(ms))
 }
 
 /// A single-threaded runtime for one client command.
@@ -103,17 +123,4 @@ pub fn res(r: &Option<v1::Resources>) -> String {
         .filter(|r| !r.is_empty())
         .map(|r| r.to_string())
         .unwrap_or_default()
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn rfc3339_with_millis() {
-        assert_eq!(rfc3339(0), None);
-        assert_eq!(rfc3339(1).unwrap(), "1970-01-01T00:00:00.001Z");
-        assert_eq!(rfc3339(1_795_000_000_123).unwrap(), "2026-11-18T11:06:40.123Z");
-        assert_eq!(rfc3339(951_782_400_000).unwrap(), "2000-02-29T00:00:00.000Z");
-    }
 }

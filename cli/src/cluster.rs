@@ -19,7 +19,7 @@ fn attributes(s: &str) -> Result<Vec<(String, String)>, String> {
         .collect()
 }
 
-fn default_state_dir(what: &str) -> PathBuf {
+pub(crate) fn default_state_dir(what: &str) -> PathBuf {
     std::env::var_os("XDG_STATE_HOME")
         .map(PathBuf::from)
         .or_else(|| std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".local/state")))
@@ -105,11 +105,102 @@ pub struct MasterOpts {
     /// the whole URL or no file; it is left in place when the master stops.
     #[arg(long, value_name = "PATH")]
     pub url_file: Option<PathBuf>,
+    /// Serve plaintext gRPC instead of TLS. Refused unless --listen is a
+    /// loopback address.
+    #[arg(long)]
+    pub insecure: bool,
+    /// A name or address clients reach this master by, added to its TLS
+    /// certificate (repeatable; localhost, 127.0.0.1, ::1, the listen
+    /// address and the hostname are always in it).
+    #[arg(long, value_name = "NAME")]
+    pub advertise: Vec<String>,
+    /// Serve this certificate (PEM) instead of one made from the cluster CA
+    /// in STATE_DIR/tls (needs --tls-key and --tls-ca).
+    #[arg(long, value_name = "FILE", requires_all = ["tls_key", "tls_ca"])]
+    pub tls_cert: Option<PathBuf>,
+    /// The key of --tls-cert (PEM).
+    #[arg(long, value_name = "FILE", requires = "tls_cert")]
+    pub tls_key: Option<PathBuf>,
+    /// The CA certificate (PEM) --tls-cert chains to: what clients must trust.
+    #[arg(long, value_name = "FILE", requires = "tls_cert")]
+    pub tls_ca: Option<PathBuf>,
+    /// Time a client has to finish its TLS handshake.
+    #[arg(long, value_name = "DUR", default_value = "10s", value_parser = crate::args::duration)]
+    pub tls_handshake_timeout: Duration,
+    /// TLS handshakes in flight at once; connections beyond it are closed.
+    #[arg(long, value_name = "N", default_value_t = wasmos_security::server::DEFAULT_MAX_HANDSHAKES)]
+    pub max_tls_handshakes: usize,
+    /// The audit log (STATE_DIR/audit.jsonl) moves to audit.jsonl.1 past this size.
+    #[arg(long, value_name = "SIZE", default_value = "64MiB", value_parser = crate::args::size)]
+    pub audit_log_size: u64,
+    /// Where the client config (the master URL, its CA certificate and the
+    /// admin token) is written on first start, mode 0600 [default:
+    /// $WASMOS_CONFIG, else ~/.config/wasmos/config.json]
+    #[arg(long, value_name = "PATH")]
+    pub client_config: Option<PathBuf>,
+    /// Write no client config (the admin token made at a first start is
+    /// then printed once).
+    #[arg(long, conflicts_with = "client_config")]
+    pub no_client_config: bool,
 }
 
 impl MasterOpts {
-    fn config(&self, default_dir: &str) -> MasterConfig {
+    /// The URL local clients reach the master by (the listen address; a
+    /// wildcard listen address means 127.0.0.1, or the first --advertise).
+    fn url(&self, bound: SocketAddr) -> String {
+        let scheme = if self.insecure { "http" } else { "https" };
+        if bound.ip().is_unspecified() {
+            match self.advertise.first() {
+                Some(name) => format!("{scheme}://{name}:{}", bound.port()),
+                None => format!("{scheme}://127.0.0.1:{}", bound.port()),
+            }
+        } else {
+            format!("{scheme}://{bound}")
+        }
+    }
+
+    fn transport(&self) -> Result<wasmos_host::Transport, String> {
+        if self.insecure {
+            if !self.listen.ip().is_loopback() {
+                return Err(format!(
+                    "--insecure is refused on {}: plaintext is allowed on a loopback address only; drop --insecure (TLS is made for you) or listen on 127.0.0.1",
+                    self.listen
+                ));
+            }
+            return Ok(wasmos_host::Transport::Insecure);
+        }
+        let mut names = self.advertise.clone();
+        if !self.listen.ip().is_unspecified() {
+            names.push(self.listen.ip().to_string());
+        }
+        names.push(wasmos_agent::hostname());
+        let read = |p: &PathBuf| std::fs::read_to_string(p).map_err(|e| format!("cannot read {}: {e}", p.display()));
+        let own = match (&self.tls_cert, &self.tls_key, &self.tls_ca) {
+            (Some(c), Some(k), Some(ca)) => {
+                Some(wasmos_host::OwnCert { cert_pem: read(c)?, key_pem: read(k)?, ca_pem: read(ca)? })
+            }
+            _ => None,
+        };
+        Ok(wasmos_host::Transport::Tls(wasmos_host::TlsOptions {
+            names,
+            own,
+            handshake_timeout: self.tls_handshake_timeout,
+            max_handshakes: self.max_tls_handshakes,
+        }))
+    }
+
+    /// Where the client config goes, unless --no-client-config.
+    fn client_config_path(&self) -> Option<PathBuf> {
+        if self.no_client_config {
+            return None;
+        }
+        self.client_config.clone().or_else(wasmos_security::client::config_path)
+    }
+
+    fn config(&self, default_dir: &str) -> Result<MasterConfig, String> {
         let mut cfg = MasterConfig::new(self.state_dir.clone().unwrap_or_else(|| default_state_dir(default_dir)));
+        cfg.transport = self.transport()?;
+        cfg.audit_log_size = self.audit_log_size;
         cfg.agent_heartbeat_interval = self.agent_heartbeat;
         cfg.agent_timeout = self.agent_timeout;
         cfg.allocation_interval = self.allocation_interval;
@@ -130,7 +221,41 @@ impl MasterOpts {
             mem: self.scheduler_mem,
             timeout: self.scheduler_timeout,
         };
-        cfg
+        Ok(cfg)
+    }
+}
+
+/// Writes the client config: with the admin token when this start made one
+/// (a first start), else only when there is none yet (URL and CA). Says where.
+fn write_client_config(cmd: &str, path: Option<PathBuf>, url: &str, handle: &wasmos_host::MasterHandle) {
+    let Some(path) = path else {
+        if let Some(t) = handle.admin_token() {
+            // Nowhere else to put it: the operator must see it once.
+            eprintln!("wasmos {cmd}: admin token (shown once, keep it): {t}");
+        }
+        return;
+    };
+    let token = handle.admin_token();
+    if token.is_none() && path.exists() {
+        return;
+    }
+    let config = wasmos_security::client::ClientConfig {
+        master: url.to_string(),
+        ca_pem: handle.ca_pem(),
+        token: token.clone(),
+    };
+    match config.write(&path) {
+        Ok(()) if token.is_some() => eprintln!(
+            "wasmos {cmd}: client config (master URL, CA certificate, admin token) written to {}",
+            path.display()
+        ),
+        Ok(()) => eprintln!(
+            "wasmos {cmd}: client config (master URL, CA certificate; no token: the admin token was made at the first start) written to {}",
+            path.display()
+        ),
+        Err(e) => {
+            eprintln!("wasmos {cmd}: warning: no client config: {e}; clients need --master, --ca-cert and --token")
+        }
     }
 }
 
@@ -142,9 +267,13 @@ pub struct MasterArgs {
 
 #[derive(clap::Args, Debug)]
 pub struct AgentArgs {
-    /// The master's URL.
-    #[arg(long, value_name = "URL", env = "WASMOS_MASTER", default_value = "http://127.0.0.1:5050")]
-    pub master: String,
+    /// The master's URL [env: WASMOS_MASTER] [default: the client config's, else https://127.0.0.1:5050]
+    #[arg(long, value_name = "URL")]
+    pub master: Option<String>,
+    /// The CA certificate (PEM file) the master's certificate must chain to
+    /// [env: WASMOS_CA_CERT] [default: the client config's]
+    #[arg(long, value_name = "FILE")]
+    pub ca_cert: Option<PathBuf>,
     /// Resources to offer [default: the machine's cores and memory]
     #[arg(long, value_name = "RES", value_parser = crate::args::resources)]
     pub resources: Option<Resources>,
@@ -224,8 +353,17 @@ pub fn master(args: MasterArgs) -> ExitCode {
             }
         };
         // The bound address: with port 0 the one the system picked.
-        let url = format!("http://{}", listener.local_addr().unwrap_or(args.opts.listen));
-        let cfg = args.opts.config("master");
+        let url = args.opts.url(listener.local_addr().unwrap_or(args.opts.listen));
+        let cfg = match args.opts.config("master") {
+            Ok(c) => c,
+            Err(e) => {
+                eprintln!("wasmos master: {e}");
+                return ExitCode::from(2);
+            }
+        };
+        if args.opts.insecure {
+            eprintln!("wasmos master: warning: --insecure: plaintext, anyone on this host can read the traffic");
+        }
         eprintln!("wasmos master: listening on {url} (state in {})", cfg.state_dir.display());
         let handle = match wasmos_host::start(cfg) {
             Ok(h) => h,
@@ -234,6 +372,7 @@ pub fn master(args: MasterArgs) -> ExitCode {
                 return ExitCode::from(1);
             }
         };
+        write_client_config("master", args.opts.client_config_path(), &url, &handle);
         if let Some(Err(e)) = args.opts.url_file.as_deref().map(|p| write_url_file(p, &url)) {
             eprintln!("wasmos master: {e}");
             return ExitCode::from(2);
@@ -250,7 +389,17 @@ pub fn master(args: MasterArgs) -> ExitCode {
 
 pub fn agent(args: AgentArgs) -> ExitCode {
     let work_dir = args.work_dir.clone().unwrap_or_else(|| default_state_dir("agent"));
-    let mut cfg = wasmos_agent::AgentConfig::new(args.master.clone(), work_dir);
+    let target =
+        crate::client::MasterArg { master: args.master.clone(), ca_cert: args.ca_cert.clone(), token: None }.target();
+    let target = match target {
+        Ok(t) => t,
+        Err(e) => {
+            eprintln!("wasmos agent: {e}");
+            return ExitCode::from(2);
+        }
+    };
+    let mut cfg = wasmos_agent::AgentConfig::new(target.url.clone(), work_dir);
+    cfg.ca_pem = target.ca_pem;
     if let Some(r) = args.resources {
         cfg.resources = r;
     }
@@ -260,7 +409,7 @@ pub fn agent(args: AgentArgs) -> ExitCode {
     cfg.max_backoff = args.max_backoff;
     cfg.checkpoint_interval = args.checkpoint_interval;
     cfg.checkpoint = !args.no_checkpoint;
-    eprintln!("wasmos agent: offering {} to {}", cfg.resources, args.master);
+    eprintln!("wasmos agent: offering {} to {}", cfg.resources, cfg.master);
     runtime().block_on(async {
         match wasmos_agent::run(cfg, ctrl_c()).await {
             Ok(id) => {
@@ -304,8 +453,17 @@ pub fn dev(args: DevArgs) -> ExitCode {
                 return ExitCode::from(2);
             }
         };
-        let addr = listener.local_addr().map(|a| a.to_string()).unwrap_or_default();
-        let cfg = args.opts.config("dev");
+        let url = args.opts.url(listener.local_addr().unwrap_or(args.opts.listen));
+        let cfg = match args.opts.config("dev") {
+            Ok(c) => c,
+            Err(e) => {
+                eprintln!("wasmos dev: {e}");
+                return ExitCode::from(2);
+            }
+        };
+        if args.opts.insecure {
+            eprintln!("wasmos dev: warning: --insecure: plaintext, anyone on this host can read the traffic");
+        }
         let state_dir = cfg.state_dir.clone();
         let handle = match wasmos_host::start(cfg) {
             Ok(h) => h,
@@ -314,7 +472,8 @@ pub fn dev(args: DevArgs) -> ExitCode {
                 return ExitCode::from(1);
             }
         };
-        let url = format!("http://{addr}");
+        write_client_config("dev", args.opts.client_config_path(), &url, &handle);
+        let ca_pem = handle.ca_pem();
         // Before the agents start: nothing else runs yet if it cannot be written.
         if let Some(Err(e)) = args.opts.url_file.as_deref().map(|p| write_url_file(p, &url)) {
             eprintln!("wasmos dev: {e}");
@@ -329,6 +488,7 @@ pub fn dev(args: DevArgs) -> ExitCode {
         let mut agents = Vec::new();
         for i in 0..args.agents {
             let mut cfg = wasmos_agent::AgentConfig::new(url.clone(), state_dir.join(format!("agent-{i}")));
+            cfg.ca_pem = ca_pem.clone();
             cfg.resources = resources.clone();
             cfg.hostname = format!("{}-dev{i}", wasmos_agent::hostname());
             cfg.checkpoint_interval = args.checkpoint_interval;
@@ -343,8 +503,8 @@ pub fn dev(args: DevArgs) -> ExitCode {
             args.agents,
             state_dir.display()
         );
-        eprintln!("  next: wasmos submit --master {url} --wait target/guests/hello.wasm -- world");
-        eprintln!("        wasmos tasks --master {url}    (Ctrl-C stops the cluster)");
+        eprintln!("  next: wasmos submit --wait target/guests/hello.wasm -- world");
+        eprintln!("        wasmos tasks    (Ctrl-C stops the cluster)");
         ctrl_c().await;
         let _ = stop_tx.send(true);
         for a in agents {

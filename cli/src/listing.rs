@@ -7,8 +7,8 @@ use std::future::Future;
 use std::io::Write;
 use std::process::ExitCode;
 
-use tonic::transport::Channel;
 use wasmos_proto::v1::operator_client::OperatorClient;
+use wasmos_security::client::AuthChannel;
 
 use crate::client::{self, MasterArg, fail, status_msg};
 
@@ -66,7 +66,7 @@ impl<T> Listing<T> {
     /// Connects to `master`, fetches the items with `fetch` and prints them.
     pub async fn show<F, Fut>(&self, master: &MasterArg, json: bool, fetch: F) -> ExitCode
     where
-        F: FnOnce(OperatorClient<Channel>) -> Fut,
+        F: FnOnce(OperatorClient<AuthChannel>) -> Fut,
         Fut: Future<Output = Result<Vec<T>, tonic::Status>>,
     {
         let mut fetch = Some(fetch);
@@ -89,7 +89,7 @@ impl<T> Listing<T> {
         mut fetch: F,
     ) -> ExitCode
     where
-        F: FnMut(OperatorClient<Channel>, String) -> Fut,
+        F: FnMut(OperatorClient<AuthChannel>, String) -> Fut,
         Fut: Future<Output = Result<(Vec<T>, String), tonic::Status>>,
     {
         let ch = match master.connect().await {

@@ -10,6 +10,7 @@ mod run;
 mod sim;
 mod submit;
 mod tasks;
+mod tokens;
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -65,6 +66,11 @@ enum Command {
     Pause(tasks::TaskArgs),
     /// Resume a paused task.
     Resume(tasks::TaskArgs),
+    /// Create, list and revoke bearer tokens (grants ACTION:ROLE).
+    #[command(subcommand)]
+    Token(tokens::TokenCmd),
+    /// Read the master's audit log (every mutating and every denied call).
+    Audit(tokens::AuditArgs),
 }
 
 /// Arguments of `wasmos sim`.
@@ -98,5 +104,7 @@ fn main() -> ExitCode {
         Command::Kill(args) => tasks::action(args, TaskAction::Kill),
         Command::Pause(args) => tasks::action(args, TaskAction::Pause),
         Command::Resume(args) => tasks::action(args, TaskAction::Resume),
+        Command::Token(cmd) => tokens::main(cmd),
+        Command::Audit(args) => tokens::audit(args),
     }
 }

@@ -83,7 +83,7 @@ pub fn main(args: SubmitArgs) -> ExitCode {
 }
 
 /// Uploads `bytes` unless the master already has them; returns the hash.
-pub async fn upload(ch: &tonic::transport::Channel, bytes: &[u8]) -> Result<String, String> {
+pub async fn upload(ch: &wasmos_security::client::AuthChannel, bytes: &[u8]) -> Result<String, String> {
     let sha = hex::encode(Sha256::digest(bytes));
     let mut art = client::artifacts(ch);
     let has = art.has(v1::HasRequest { sha256: sha.clone() }).await.map_err(|e| status_msg(&e))?.into_inner();
@@ -146,6 +146,7 @@ async fn submit(args: SubmitArgs) -> Result<ExitCode, String> {
             max_attempts: 0,
             framework: framework.clone(),
             estimated_fuel: args.estimated_fuel,
+            role: String::new(),
         })
         .await
         .map_err(|e| format!("submit refused: {}", status_msg(&e)))?

@@ -19,6 +19,34 @@ pub struct MasterHandle {
     pub(crate) scheduler_limits: wasmos_sandbox::SchedulerLimits,
     /// Ended tasks that left the master's memory (none with the in-memory registry).
     pub(crate) history: Option<Arc<dyn crate::registry::History>>,
+    /// The listener's TLS and the cluster PKI (None: `--insecure`).
+    pub(crate) tls: Option<Arc<crate::TlsState>>,
+    /// Live tokens, for authenticating calls at the edge.
+    pub(crate) auth: Arc<crate::auth::Auth>,
+    pub(crate) audit: Arc<crate::audit::Audit>,
+    /// The admin token made at this start (a first start), if any.
+    pub(crate) admin_token: Option<Arc<String>>,
+}
+
+impl MasterHandle {
+    /// The CA certificate (PEM) clients must trust to reach this master;
+    /// None when it serves plaintext.
+    pub fn ca_pem(&self) -> Option<String> {
+        self.tls.as_ref().map(|t| t.client_ca_pem.clone())
+    }
+
+    /// The secret of the `admin` token this start made (a first start, or
+    /// every start of an in-memory registry): what `wasmos dev` and
+    /// `wasmos master` write to the client config. None otherwise: the
+    /// master keeps only its hash.
+    pub fn admin_token(&self) -> Option<String> {
+        self.admin_token.as_deref().cloned()
+    }
+
+    /// The cluster's name (in agents' certificates); None when plaintext.
+    pub fn cluster(&self) -> Option<String> {
+        self.tls.as_ref().map(|t| t.pki.cluster.clone())
+    }
 }
 
 impl MasterHandle {

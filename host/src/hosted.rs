@@ -362,11 +362,16 @@ pub(crate) async fn deploy(
 }
 
 /// Removes a hosted framework: teardown (its tasks are killed), stop the actor.
-pub(crate) async fn remove(handle: &MasterHandle, name: &str) -> Result<(), Error> {
-    handle.ask(Principal::Master, |r| Cmd::HostedRemove(name.to_string(), r)).await
+pub(crate) async fn remove(handle: &MasterHandle, who: Principal, name: &str) -> Result<(), Error> {
+    handle.ask(who, |r| Cmd::HostedRemove(name.to_string(), r)).await
 }
 
 /// `wasmos submit --framework NAME`: jobs for its scheduler's `on-submit`.
-pub(crate) async fn submit(handle: &MasterHandle, name: &str, jobs: HostedJobs) -> Result<Vec<String>, Error> {
-    handle.ask(Principal::Anonymous, |r| Cmd::HostedSubmit(name.to_string(), jobs, r)).await
+pub(crate) async fn submit(
+    handle: &MasterHandle,
+    who: Principal,
+    name: &str,
+    jobs: HostedJobs,
+) -> Result<Vec<String>, Error> {
+    handle.ask(who, |r| Cmd::HostedSubmit(name.to_string(), jobs, r)).await
 }

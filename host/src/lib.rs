@@ -9,6 +9,8 @@
 
 mod api;
 mod artifacts;
+mod audit;
+mod auth;
 mod batch;
 mod handle;
 mod hosted;
@@ -27,6 +29,7 @@ use wasmos_model::Role;
 use wasmos_proto::v1;
 
 pub use artifacts::{ArtifactError, ArtifactStore, DEFAULT_MAX_MODULE_BYTES};
+pub use audit::DEFAULT_AUDIT_LOG_SIZE;
 pub use batch::{DEFAULT_MAX_ATTEMPTS, MAX_SKIPPED_PER_OFFER};
 pub use hosted::{MAX_CALLS_PER_CALLBACK, MAX_TIMER};
 pub use wasmos_sandbox::SchedulerLimits;
@@ -126,6 +129,73 @@ pub struct MasterConfig {
     pub watch_history: usize,
     /// ... and at most this many bytes of them (output tails count). Default 64 MiB.
     pub watch_history_bytes: u64,
+    /// TLS on the listener (default: a cluster CA and serving certificate
+    /// made under `state_dir/tls`), or plaintext.
+    pub transport: Transport,
+    /// The audit log (`state_dir/audit.jsonl`) is rotated to audit.jsonl.1
+    /// past this size. Default 64 MiB.
+    pub audit_log_size: u64,
+}
+
+/// How the master's listener speaks.
+#[derive(Debug, Clone)]
+pub enum Transport {
+    /// Plaintext (`--insecure`; the CLI allows it on loopback only).
+    Insecure,
+    Tls(TlsOptions),
+}
+
+/// TLS settings. The cluster CA under `state_dir/tls` always exists (it
+/// signs agents' certificates); the serving certificate is made from it
+/// unless `own` brings one.
+#[derive(Debug, Clone)]
+pub struct TlsOptions {
+    /// Names and addresses the serving certificate is for, beyond
+    /// localhost, 127.0.0.1 and ::1 (the listen address, the hostname,
+    /// every `--advertise`).
+    pub names: Vec<String>,
+    /// `--tls-cert`, `--tls-key`, `--tls-ca` (PEM contents).
+    pub own: Option<OwnCert>,
+    /// Time a client has to finish its handshake. Default 10 s.
+    pub handshake_timeout: Duration,
+    /// Handshakes in flight at once; more connections are closed. Default 1,024.
+    pub max_handshakes: usize,
+}
+
+impl Default for TlsOptions {
+    fn default() -> TlsOptions {
+        TlsOptions {
+            names: Vec::new(),
+            own: None,
+            handshake_timeout: wasmos_security::server::DEFAULT_HANDSHAKE_TIMEOUT,
+            max_handshakes: wasmos_security::server::DEFAULT_MAX_HANDSHAKES,
+        }
+    }
+}
+
+/// A serving certificate brought by the operator, and the CA clients must
+/// trust to accept it.
+#[derive(Clone)]
+pub struct OwnCert {
+    pub cert_pem: String,
+    pub key_pem: String,
+    pub ca_pem: String,
+}
+
+impl std::fmt::Debug for OwnCert {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("OwnCert(..)")
+    }
+}
+
+/// What a running master's TLS is: the cluster PKI, the rustls config its
+/// listener uses, and the CA clients must trust.
+pub(crate) struct TlsState {
+    pub pki: wasmos_security::pki::Pki,
+    pub server: Arc<rustls::ServerConfig>,
+    pub client_ca_pem: String,
+    pub handshake_timeout: Duration,
+    pub max_handshakes: usize,
 }
 
 impl MasterConfig {
@@ -154,6 +224,8 @@ impl MasterConfig {
             artifact_ttl: DEFAULT_ARTIFACT_TTL,
             watch_history: DEFAULT_WATCH_HISTORY,
             watch_history_bytes: DEFAULT_WATCH_HISTORY_BYTES,
+            transport: Transport::Tls(TlsOptions::default()),
+            audit_log_size: DEFAULT_AUDIT_LOG_SIZE,
         }
     }
 }
@@ -170,11 +242,38 @@ pub enum StartError {
     Sandbox(#[from] wasmos_sandbox::SandboxError),
     #[error("{0}")]
     Registry(#[from] registry::RegistryError),
+    #[error("tls: {0}")]
+    Tls(String),
+    #[error("audit log in {0}: {1}")]
+    Audit(String, std::io::Error),
+}
+
+fn tls_state(state_dir: &std::path::Path, o: &TlsOptions) -> Result<TlsState, StartError> {
+    let pki = wasmos_security::pki::Pki::load_or_create(&state_dir.join("tls"), &o.names)
+        .map_err(|e| StartError::Tls(e.to_string()))?;
+    let (cert_pem, key_pem, client_ca_pem) = match &o.own {
+        Some(own) => (own.cert_pem.clone(), own.key_pem.clone(), own.ca_pem.clone()),
+        None => (pki.server_pem.clone(), pki.server_key_pem.clone(), pki.ca_pem.clone()),
+    };
+    let server = wasmos_security::server::ServerTls { cert_pem, key_pem, client_ca_pem: pki.ca_pem.clone() }
+        .rustls_config()
+        .map_err(StartError::Tls)?;
+    Ok(TlsState {
+        pki,
+        server,
+        client_ca_pem,
+        handshake_timeout: o.handshake_timeout,
+        max_handshakes: o.max_handshakes,
+    })
 }
 
 /// Starts the master's event loop (on the current runtime) and returns a handle
 /// whose services can be served with [`serve_with`].
 pub fn start(cfg: MasterConfig) -> Result<MasterHandle, StartError> {
+    let tls = match &cfg.transport {
+        Transport::Insecure => None,
+        Transport::Tls(o) => Some(Arc::new(tls_state(&cfg.state_dir, o)?)),
+    };
     let artifacts = Arc::new(ArtifactStore::open(cfg.state_dir.join("artifacts"), cfg.max_module_bytes)?);
     let sandbox = wasmos_sandbox::Sandbox::new(wasmos_sandbox::SandboxConfig {
         max_concurrent_tasks: cfg.max_hosted_frameworks.max(1),
@@ -201,9 +300,26 @@ pub fn start(cfg: MasterConfig) -> Result<MasterHandle, StartError> {
         .as_ref()
         .map(|(_, l)| l.frameworks.iter().filter(|f| f.hosted.is_some()).cloned().collect())
         .unwrap_or_default();
-    let master = master::Master::new(cfg, artifacts.clone(), watch.clone(), registry);
+    let audit = Arc::new(
+        audit::Audit::open(&cfg.state_dir, cfg.audit_log_size)
+            .map_err(|e| StartError::Audit(cfg.state_dir.display().to_string(), e))?,
+    );
+    let auth = Arc::new(auth::Auth::default());
+    let mut master = master::Master::new(cfg, artifacts.clone(), watch.clone(), registry, auth.clone(), audit.clone());
+    let admin_token = master.bootstrap_secret.take();
     tokio::spawn(master.run(rx));
-    let handle = MasterHandle { tx, watch, artifacts, sandbox, scheduler_limits, history };
+    let handle = MasterHandle {
+        tx,
+        watch,
+        artifacts,
+        sandbox,
+        scheduler_limits,
+        history,
+        tls,
+        auth,
+        audit,
+        admin_token: admin_token.map(Arc::new),
+    };
     // Hosted schedulers come back from their module and config; their state
     // starts fresh (reconciliation tells them about their tasks).
     for f in hosted_to_restart {
@@ -224,14 +340,16 @@ pub fn start(cfg: MasterConfig) -> Result<MasterHandle, StartError> {
     Ok(handle)
 }
 
-/// Serves all four services of `handle` on `listener` until `shutdown` resolves.
+/// Serves all four services of `handle` on `listener` until `shutdown`
+/// resolves: over TLS unless the master was started `Transport::Insecure`.
 pub async fn serve_with(
     handle: MasterHandle,
     listener: TcpListener,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> Result<(), tonic::transport::Error> {
     let max = wasmos_proto::MAX_MESSAGE_BYTES;
-    tonic::transport::Server::builder()
+    let tls = handle.tls.clone();
+    let router = tonic::transport::Server::builder()
         .tcp_nodelay(true)
         .add_service(
             v1::agent_service_server::AgentServiceServer::new(handle.clone())
@@ -252,9 +370,15 @@ pub async fn serve_with(
             v1::artifacts_server::ArtifactsServer::new(handle)
                 .max_decoding_message_size(max)
                 .max_encoding_message_size(max),
-        )
-        .serve_with_incoming_shutdown(incoming(listener), shutdown)
-        .await
+        );
+    match tls {
+        Some(t) => {
+            let incoming =
+                wasmos_security::server::incoming(listener, t.server.clone(), t.handshake_timeout, t.max_handshakes);
+            router.serve_with_incoming_shutdown(incoming, shutdown).await
+        }
+        None => router.serve_with_incoming_shutdown(incoming(listener), shutdown).await,
+    }
 }
 
 /// Accepted connections with Nagle's algorithm off: the server's own

@@ -21,5 +21,5 @@ pub use state::TaskState;
 pub use task::{InputFile, TaskSpec};
 pub use units::{
     DEFAULT_MAX_OUTPUT, DEFAULT_MEM, DEFAULT_TIMEOUT, Limits, UnitError, format_duration, format_size, parse_duration,
-    parse_size,
+    parse_size, rfc3339_ms,
 };

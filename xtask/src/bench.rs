@@ -7,7 +7,7 @@ use std::process::Command;
 use anyhow::{Result, bail};
 
 use crate::dev::Dev;
-use crate::flags::{Bench, E2eArgs, Switch};
+use crate::flags::{Bench, E2eArgs, Security, Switch};
 use crate::util::run;
 
 /// `cargo xtask bench [sandbox|allocator|all]`: the criterion benchmarks
@@ -34,7 +34,9 @@ pub fn bench(root: &Path, which: Option<&Bench>) -> Result<()> {
 fn e2e(root: &Path, args: &E2eArgs) -> Result<()> {
     // clap hands everything from the first flag it does not know onwards to
     // the client; a dev flag in there would be silently ignored.
-    if let Some(f) = args.client_args.iter().find(|a| ["--registry", "--agent-checkpoint"].contains(&a.as_str())) {
+    if let Some(f) =
+        args.client_args.iter().find(|a| ["--registry", "--agent-checkpoint", "--security"].contains(&a.as_str()))
+    {
         bail!("{f} must come before {}, which is passed on to the e2e_bench client", args.client_args[0]);
     }
     run(Command::new("cargo").current_dir(root).args([
@@ -48,7 +50,20 @@ fn e2e(root: &Path, args: &E2eArgs) -> Result<()> {
         "e2e_bench",
     ]))?;
     let this = root.join("target/release");
-    let Some(other) = &args.against else { return e2e_once(&this, &this.join("examples"), args) };
+    if args.security == Security::Both {
+        // TLS + tokens against --insecure, alternating which goes first.
+        for round in 0..args.rounds {
+            let order = if round % 2 == 0 { [false, true] } else { [true, false] };
+            for insecure in order {
+                let name = if insecure { "--insecure" } else { "tls" };
+                eprintln!("xtask: bench e2e round {} of {}: {name}", round + 1, args.rounds);
+                e2e_once(&this, &this.join("examples"), args, insecure)?;
+            }
+        }
+        return Ok(());
+    }
+    let insecure = args.security == Security::Insecure;
+    let Some(other) = &args.against else { return e2e_once(&this, &this.join("examples"), args, insecure) };
     if !other.join("wasmos").is_file() || !other.join("e2e_bench").is_file() {
         bail!("--against {}: put that build's wasmos and e2e_bench in it", other.display());
     }
@@ -59,25 +74,27 @@ fn e2e(root: &Path, args: &E2eArgs) -> Result<()> {
             let (name, bin, client) =
                 if this_build { ("this", &this, this.join("examples")) } else { ("against", other, other.clone()) };
             eprintln!("xtask: bench e2e round {} of {}: {name} ({})", round + 1, args.rounds, bin.display());
-            e2e_once(bin, &client, args)?;
+            e2e_once(bin, &client, args, insecure)?;
         }
     }
     Ok(())
 }
 
 /// One run: `wasmos` from `bin`, `e2e_bench` from `client`.
-fn e2e_once(bin: &Path, client: &Path, args: &E2eArgs) -> Result<()> {
+fn e2e_once(bin: &Path, client: &Path, args: &E2eArgs, insecure: bool) -> Result<()> {
     let mut dev_args = vec!["--registry", args.registry.as_str()];
+    if insecure {
+        dev_args.push("--insecure");
+    }
     if args.agent_checkpoint == Switch::Off {
         dev_args.push("--no-checkpoint");
     }
     let dev = Dev::start(&bin.join("wasmos"), "bench", &dev_args)?;
     // The client takes the first occurrence of a flag, so a `--tasks` among
     // the passed-on arguments wins over the one parsed here.
-    run(Command::new(client.join("e2e_bench")).args(["--master", &dev.url]).args(&args.client_args).args([
-        "--tasks",
-        &args.tasks.to_string(),
-        "--latency-samples",
-        &args.latency_samples.to_string(),
-    ]))
+    run(Command::new(client.join("e2e_bench"))
+        .env("WASMOS_CONFIG", &dev.config)
+        .args(["--master", &dev.url])
+        .args(&args.client_args)
+        .args(["--tasks", &args.tasks.to_string(), "--latency-samples", &args.latency_samples.to_string()]))
 }

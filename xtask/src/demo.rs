@@ -24,15 +24,22 @@ pub fn demo(root: &Path) -> Result<()> {
         .args(["--", "wasmos run"]))?;
     let dev = Dev::start(&wasmos, "demo", &[])?;
     let url = &dev.url;
-    run(Command::new(&wasmos)
+    // As a user after `wasmos dev`: the client config it wrote says where
+    // the master is and which CA to trust.
+    let wasmos = || {
+        let mut c = Command::new(&wasmos);
+        c.env("WASMOS_CONFIG", &dev.config);
+        c
+    };
+    run(wasmos()
         .args(["submit", "--master", url, "--wait", "--env", "GREETING=hello"])
         .arg(guests_dir(root).join("hello.wasm"))
         .args(["--", "cluster"]))?;
-    run(Command::new(&wasmos)
+    run(wasmos()
         .args(["submit", "--master", url, "--wait", "--count", "100"])
         .arg(guests_dir(root).join("hello-component.wasm"))
         .args(["--", "1", "2"])
         .stdout(std::process::Stdio::null()))?;
-    run(Command::new(&wasmos).args(["agents", "--master", url]))?;
-    run(Command::new(&wasmos).args(["frameworks", "--master", url]))
+    run(wasmos().args(["agents", "--master", url]))?;
+    run(wasmos().args(["frameworks", "--master", url]))
 }

@@ -14,8 +14,11 @@ const START_TIMEOUT: Duration = Duration::from_secs(60);
 pub struct Dev {
     child: Child,
     state: PathBuf,
-    /// Where its master serves, e.g. `http://127.0.0.1:40123`.
+    /// Where its master serves, e.g. `https://127.0.0.1:40123`.
     pub url: String,
+    /// The client config it wrote (URL, CA): what client commands and the
+    /// e2e client read through `WASMOS_CONFIG`. Older builds ignore it.
+    pub config: PathBuf,
 }
 
 impl Dev {
@@ -30,7 +33,9 @@ impl Dev {
             return Dev::start_legacy(wasmos, state, extra);
         }
         let url_file = state.join("url");
+        let config = state.join("client.json");
         let child = Command::new(wasmos)
+            .env("WASMOS_CONFIG", &config)
             .args(["dev", "--listen", "127.0.0.1:0"])
             .args(extra)
             .arg("--state-dir")
@@ -40,7 +45,7 @@ impl Dev {
             .spawn()
             .with_context(|| format!("starting {} dev", wasmos.display()))?;
         // From here on, every way out kills the child and removes `state`.
-        let mut dev = Dev { child, state, url: String::new() };
+        let mut dev = Dev { child, state, url: String::new(), config };
         let t0 = Instant::now();
         loop {
             // Written atomically: either there is no file or it holds the URL.
@@ -75,7 +80,8 @@ impl Dev {
             .arg(&state)
             .spawn()
             .with_context(|| format!("starting {} dev", wasmos.display()))?;
-        let mut dev = Dev { child, state, url: format!("http://{addr}") };
+        let config = state.join("client.json");
+        let mut dev = Dev { child, state, url: format!("http://{addr}"), config };
         let t0 = Instant::now();
         while std::net::TcpStream::connect(&addr).is_err() {
             if let Some(status) = dev.child.try_wait()? {

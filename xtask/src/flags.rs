@@ -131,12 +131,24 @@ pub struct E2eArgs {
     /// two, first one then the other, for `--rounds`.
     #[arg(long, value_name = "DIR")]
     pub against: Option<std::path::PathBuf>,
-    /// With `--against`: how many runs of each.
+    /// With `--against` or `--security both`: how many runs of each.
     #[arg(long, value_name = "N", default_value_t = 3)]
     pub rounds: u32,
+    /// `tls`: the default (TLS and a token on every call); `insecure`:
+    /// `wasmos dev --insecure` (plaintext, still tokens); `both`: alternate
+    /// the two for `--rounds`, for their cost side by side.
+    #[arg(long, value_name = "MODE", value_enum, default_value_t = Security::Tls)]
+    pub security: Security,
     /// Anything else is passed on to the e2e_bench client.
     #[arg(trailing_var_arg = true, allow_hyphen_values = true, value_name = "CLIENT_ARGS")]
     pub client_args: Vec<String>,
+}
+
+#[derive(ValueEnum, Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Security {
+    Tls,
+    Insecure,
+    Both,
 }
 
 #[derive(ValueEnum, Debug, Clone, Copy, PartialEq, Eq)]

@@ -74,7 +74,14 @@ fn mib(b: u64) -> f64 {
 
 /// Runs `rounds` submissions of `tasks` no-op tasks each through the e2e
 /// client, sampling the master's RSS and registry file after each.
-fn e2e_rounds(b: &Build, url: &str, tasks: u32, rounds: u32, sample: impl Fn() -> Result<(u64, u64)>) -> Result<()> {
+fn e2e_rounds(
+    b: &Build,
+    url: &str,
+    config: &Path,
+    tasks: u32,
+    rounds: u32,
+    sample: impl Fn() -> Result<(u64, u64)>,
+) -> Result<()> {
     let (rss0, reg0) = sample()?;
     println!("{:>8} {:>12} {:>10} {:>12}", b.name, "tasks", "rss MiB", "registry MiB");
     println!("{:>8} {:>12} {:>10.1} {:>12.1}", "", 0, mib(rss0), mib(reg0));
@@ -82,6 +89,7 @@ fn e2e_rounds(b: &Build, url: &str, tasks: u32, rounds: u32, sample: impl Fn() -
     let (mut rss_n, mut reg_n) = (rss0, reg0);
     for _ in 0..rounds {
         let out = Command::new(&b.client)
+            .env("WASMOS_CONFIG", config)
             .args(["--master", url, "--tasks", &tasks.to_string(), "--latency-samples", "1"])
             .output()
             .context("running e2e_bench")?;
@@ -111,7 +119,7 @@ pub fn memory(root: &Path, args: &MemoryArgs) -> Result<()> {
         let dev = Dev::start(&b.wasmos, "memory", &[])?;
         let state = dev.state().to_path_buf();
         let pid = dev.pid();
-        e2e_rounds(&b, &dev.url, args.tasks, args.rounds, || Ok((rss(pid)?, registry_size(&state))))?;
+        e2e_rounds(&b, &dev.url, &dev.config, args.tasks, args.rounds, || Ok((rss(pid)?, registry_size(&state))))?;
     }
     Ok(())
 }
@@ -125,10 +133,11 @@ impl Drop for Proc {
     }
 }
 
-/// `show`: its messages go to our stderr.
-fn spawn(bin: &Path, args: &[&str], show: bool) -> Result<Proc> {
+/// `show`: its messages go to our stderr. `config`: its client config.
+fn spawn(bin: &Path, config: &Path, args: &[&str], show: bool) -> Result<Proc> {
     Ok(Proc(
         Command::new(bin)
+            .env("WASMOS_CONFIG", config)
             .args(args)
             .stdin(Stdio::null())
             .stdout(Stdio::null())
@@ -139,9 +148,10 @@ fn spawn(bin: &Path, args: &[&str], show: bool) -> Result<Proc> {
 }
 
 /// Until `wasmos tasks --limit 1` answers; how long that took.
-fn until_serving(wasmos: &Path, url: &str, since: Instant) -> Result<Duration> {
+fn until_serving(wasmos: &Path, config: &Path, url: &str, since: Instant) -> Result<Duration> {
     loop {
         let ok = Command::new(wasmos)
+            .env("WASMOS_CONFIG", config)
             .args(["tasks", "--master", url, "--limit", "1"])
             .stdout(Stdio::null())
             .stderr(Stdio::null())
@@ -165,27 +175,30 @@ pub fn restart(root: &Path, args: &RestartArgs) -> Result<()> {
     let state = std::env::temp_dir().join(format!("wasmos-restart-{}", std::process::id()));
     let _cleanup = Cleanup(state.clone());
     let addr = free_port()?;
-    let url = format!("http://{addr}");
+    let url = format!("https://{addr}");
+    // The master writes it on its first start (URL, CA); every client reads it.
+    let config = state.join("client.json");
     let master_args = |dir: &Path| -> Vec<String> {
         vec!["master".into(), "--listen".into(), addr.clone(), "--state-dir".into(), dir.display().to_string()]
     };
     let margs = master_args(&state.join("master"));
     let margv: Vec<&str> = margs.iter().map(String::as_str).collect();
-    let mut master = spawn(&b.wasmos, &margv, false)?;
-    until_serving(&b.wasmos, &url, Instant::now())?;
+    let mut master = spawn(&b.wasmos, &config, &margv, false)?;
+    until_serving(&b.wasmos, &config, &url, Instant::now())?;
     let agent_dir = state.join("agent").display().to_string();
-    let agent = spawn(&b.wasmos, &["agent", "--master", &url, "--work-dir", &agent_dir], false)?;
+    let agent = spawn(&b.wasmos, &config, &["agent", "--master", &url, "--work-dir", &agent_dir], false)?;
     let rounds = args.history.div_ceil(100_000);
     let per = (args.history / rounds.max(1)) as u32;
     let reg = state.join("master");
     eprintln!("xtask: {rounds} rounds of {per} tasks for the history");
     let pid = master.0.id();
-    e2e_rounds(&b, &url, per, rounds as u32, || Ok((rss(pid)?, registry_size(&reg))))?;
+    e2e_rounds(&b, &url, &config, per, rounds as u32, || Ok((rss(pid)?, registry_size(&reg))))?;
     // Nothing runs them: the agent goes, then the queued submission comes.
     drop(agent);
     let hello = root.join("target/guests/hello.wasm");
     let q = args.queued.to_string();
     let out = Command::new(&b.wasmos)
+        .env("WASMOS_CONFIG", &config)
         .args(["submit", "--master", &url, "--count", &q, "--cpus", "0.01", "--mem", "1MiB"])
         .arg(&hello)
         .output()?;
@@ -196,8 +209,8 @@ pub fn restart(root: &Path, args: &RestartArgs) -> Result<()> {
     for _ in 0..args.restarts {
         drop(master); // SIGKILL
         let t0 = Instant::now();
-        master = spawn(&b.wasmos, &margv, true)?;
-        let d = until_serving(&b.wasmos, &url, t0)?;
+        master = spawn(&b.wasmos, &config, &margv, true)?;
+        let d = until_serving(&b.wasmos, &config, &url, t0)?;
         println!(
             "restart with {} ended tasks in history and {} queued (registry.redb {:.0} MiB, history.redb {:.0} MiB): serving after {} ms",
             args.history,

@@ -38,7 +38,12 @@ fn ci_soak() -> SoakArgs {
         growth_floor_mib: 16.0,
         settle: Duration::from_secs(10),
         p99_ratio: 3.0,
-        p99_floor_ms: 50.0,
+        // 80 s at CI size gives the second quarter 5 intervals of a debug
+        // build: its median p99 ranged 16–64 ms and the last quarter's
+        // 19–103 ms over five runs of one commit (the last quarter follows
+        // the master's kill -9, after which the probe's p99 roughly doubles).
+        // The drift check that means something is the long release soak.
+        p99_floor_ms: 100.0,
         task_history: Some(Duration::from_secs(20)),
         debug: true,
         keep_events: true,

@@ -15,9 +15,9 @@ use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use tonic::transport::Channel;
 use wasmos_model::{Resources, TaskState};
 use wasmos_proto::v1;
+use wasmos_security::client::{AuthChannel as Channel, Target};
 
 pub fn arg(args: &[String], name: &str) -> Option<String> {
     args.iter().position(|a| a == name).and_then(|i| args.get(i + 1).cloned())
@@ -139,11 +139,34 @@ impl Rng {
 
 // ---------------------------------------------------------------- the API
 
+/// The client config the master under test writes at its first start
+/// (`--client-config`: URL, CA, admin token); set once by the example.
+static TRUST: std::sync::OnceLock<PathBuf> = std::sync::OnceLock::new();
+
+/// Clients read the master's client config at `path` (when first needed:
+/// the master writes it as it starts).
+pub fn trust(path: &Path) {
+    let _ = TRUST.set(path.to_path_buf());
+}
+
+/// The client config, once the master wrote it.
+pub fn client_config() -> Option<wasmos_security::client::ClientConfig> {
+    TRUST.get().and_then(|p| wasmos_security::client::ClientConfig::read(p).ok().flatten())
+}
+
+fn target(url: &str) -> Target {
+    let c = client_config().unwrap_or_default();
+    Target { url: url.to_string(), ca_pem: c.ca_pem, identity: None, token: c.token }
+}
+
+/// Connects once; None if the master does not answer.
+pub async fn try_connect(url: &str) -> Option<Channel> {
+    target(url).connect().await.ok()
+}
+
 pub async fn connect(url: &str) -> Channel {
     loop {
-        if let Ok(c) =
-            tonic::transport::Endpoint::from_shared(url.to_string()).unwrap().tcp_nodelay(true).connect().await
-        {
+        if let Some(c) = try_connect(url).await {
             return c;
         }
         tokio::time::sleep(Duration::from_millis(20)).await;
@@ -178,7 +201,7 @@ pub async fn list_pages(
 
 /// All tasks, or None when the master cannot be reached.
 pub async fn list(url: &str) -> Option<Vec<v1::TaskSummary>> {
-    let ch = tonic::transport::Endpoint::from_shared(url.to_string()).ok()?.connect().await.ok()?;
+    let ch = try_connect(url).await?;
     let mut tasks = Vec::new();
     list_pages(&ch, v1::ListTasksRequest::default(), |t| tasks.push(t)).await.ok()?;
     Some(tasks)
@@ -190,8 +213,7 @@ pub async fn wait_up(url: &str, timeout: Duration) -> Option<Duration> {
     let t0 = Instant::now();
     let one = v1::ListTasksRequest { limit: 1, page_size: 1, ..Default::default() };
     while t0.elapsed() < timeout {
-        if let Ok(ep) = tonic::transport::Endpoint::from_shared(url.to_string())
-            && let Ok(ch) = ep.connect().await
+        if let Some(ch) = try_connect(url).await
             && op(&ch).list_tasks(one.clone()).await.is_ok()
         {
             return Some(t0.elapsed());

@@ -243,7 +243,9 @@ pub async fn reconcile_after_restarts(
         let n = reconcile(&url, open, &history).await;
         learnt.fetch_add(n, Ordering::Relaxed);
         if n > 0 {
-            println!("soak: after the watch resumed across a restart, {n} acknowledged task end(s) it had missed learnt by GetTask");
+            println!(
+                "soak: after the watch resumed across a restart, {n} acknowledged task end(s) it had missed learnt by GetTask"
+            );
         }
     }
 }

@@ -10,9 +10,9 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use sha2::{Digest, Sha256};
-use tonic::transport::Channel;
 use wasmos_model::{OutcomeKind, Resources, TaskState};
 use wasmos_proto::v1;
+use wasmos_security::client::AuthChannel as Channel;
 
 use crate::common::{History, Rng, connect, op};
 

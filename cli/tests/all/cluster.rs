@@ -13,8 +13,10 @@ fn guest(name: &str) -> PathBuf {
     p
 }
 
+/// A client command as after `wasmos dev`: no flag, the client config says
+/// where the master is and which CA to trust.
 fn wasmos(c: &Cluster, args: &[&str]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_wasmos")).args(args).env("WASMOS_MASTER", &c.url).output().unwrap()
+    c.cmd().args(args).output().unwrap()
 }
 
 fn out(o: &Output) -> String {
@@ -95,8 +97,7 @@ fn submit_wait_then_inspect_with_tasks_agents_frameworks_logs() {
     let o = wasmos(&c, &["logs", "no-such-task"]);
     assert_eq!(o.status.code(), Some(2));
     assert!(err(&o).contains("no task"), "{}", err(&o));
-    let o =
-        Command::new(env!("CARGO_BIN_EXE_wasmos")).args(["tasks", "--master", "http://127.0.0.1:1"]).output().unwrap();
+    let o = c.cmd().args(["tasks", "--master", "https://127.0.0.1:1"]).output().unwrap();
     assert_eq!(o.status.code(), Some(2));
     assert!(err(&o).contains("start one with `wasmos dev`"), "{}", err(&o));
     let o = wasmos(&c, &["submit", "/etc/hostname"]);

@@ -1,6 +1,7 @@
 //! A real `wasmos dev` cluster as a child process, for CLI tests.
 
 use std::io::{BufRead, BufReader};
+use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
 use std::sync::mpsc;
 use std::time::Duration;
@@ -9,6 +10,8 @@ use std::time::Duration;
 pub struct Cluster {
     child: Child,
     pub url: String,
+    /// The client config `wasmos dev` wrote (URL, CA), as a user's would be.
+    pub config: PathBuf,
     _state: tempfile::TempDir,
 }
 
@@ -20,7 +23,9 @@ impl Cluster {
     /// `wasmos dev` with more flags.
     pub fn start_with(extra: &[&str]) -> Cluster {
         let state = tempfile::tempdir().unwrap();
+        let config = state.path().join("client.json");
         let mut child = Command::new(env!("CARGO_BIN_EXE_wasmos"))
+            .env("WASMOS_CONFIG", &config)
             .args(["dev", "--listen", "127.0.0.1:0", "--state-dir"])
             .arg(state.path())
             .args(["--agent-resources", "cpus:2;mem:2GiB"])
@@ -39,7 +44,7 @@ impl Cluster {
                 let _ = tx.send(line);
             }
         });
-        let mut cluster = Cluster { child, url: String::new(), _state: state };
+        let mut cluster = Cluster { child, url: String::new(), config, _state: state };
         let mut seen = Vec::new();
         loop {
             match rx.recv_timeout(Duration::from_secs(30)) {
@@ -53,13 +58,26 @@ impl Cluster {
                 Err(e) => panic!("`wasmos dev` printed no `master on` line ({e}); its stderr: {seen:#?}"),
             }
         }
-        assert!(cluster.url.starts_with("http://127.0.0.1:"), "{}", cluster.url);
+        assert!(cluster.url.starts_with("https://127.0.0.1:"), "{}", cluster.url);
         cluster
     }
 
     /// host:port, as the Python framework takes it.
     pub fn addr(&self) -> &str {
-        self.url.trim_start_matches("http://")
+        self.url.trim_start_matches("https://")
+    }
+
+    /// Its state directory (`--state-dir`).
+    pub fn state(&self) -> &std::path::Path {
+        self._state.path()
+    }
+
+    /// The wasmos binary as a client of this cluster: its client config,
+    /// nothing from the environment.
+    pub fn cmd(&self) -> Command {
+        let mut c = Command::new(env!("CARGO_BIN_EXE_wasmos"));
+        c.env("WASMOS_CONFIG", &self.config).env_remove("WASMOS_MASTER").env_remove("WASMOS_CA_CERT");
+        c
     }
 }
 

@@ -138,8 +138,8 @@ fn javascript_component_upper_cases_its_input_and_fails_on_bad_input() {
 
 /// `wasmos submit --wait --json`: the one task's JSON object.
 fn submit_json(c: &Cluster, module: &Path, input: Option<&Path>, args: &[&str]) -> serde_json::Value {
-    let mut cmd = Command::new(env!("CARGO_BIN_EXE_wasmos"));
-    cmd.args(["submit", "--master", &c.url, "--wait", "--json"]);
+    let mut cmd = c.cmd();
+    cmd.args(["submit", "--wait", "--json"]);
     if let Some(i) = input {
         cmd.arg("--input").arg(i);
     }
@@ -175,7 +175,7 @@ fn python_and_javascript_components_run_on_a_cluster_with_input() {
 fn python_and_javascript_schedulers_run_jobs_as_hosted_frameworks() {
     let c = Cluster::start();
     let wasmos = |args: &[&str]| {
-        let o = Command::new(env!("CARGO_BIN_EXE_wasmos")).args(args).env("WASMOS_MASTER", &c.url).output().unwrap();
+        let o = c.cmd().args(args).output().unwrap();
         let (out, err) = (String::from_utf8_lossy(&o.stdout).into_owned(), String::from_utf8_lossy(&o.stderr));
         assert_eq!(o.status.code(), Some(0), "wasmos {args:?}: {out}\n{err}");
         out

@@ -6,5 +6,6 @@ mod languages;
 mod python_remote;
 mod recovery;
 mod run;
+mod security;
 mod sim;
 mod url_file;

@@ -32,7 +32,10 @@ fn python_framework_runs_tasks_through_the_scheduler_api() {
     );
 
     let cluster = Cluster::start();
+    // As a user after `wasmos dev`: the script reads the client config.
     let out = Command::new("python3")
+        .env("WASMOS_CONFIG", &cluster.config)
+        .env_remove("WASMOS_MASTER")
         .arg(repo().join("examples/frameworks/python-remote/framework.py"))
         .args(["--master", cluster.addr(), "--module"])
         .arg(&module)
@@ -63,10 +66,7 @@ fn python_framework_runs_tasks_through_the_scheduler_api() {
     let fw = summary["framework_id"].as_str().expect("the summary names the framework").to_string();
 
     // The master's view, through the CLI and the Operator API.
-    let listed = Command::new(env!("CARGO_BIN_EXE_wasmos"))
-        .args(["tasks", "--master", &cluster.url, "--json"])
-        .output()
-        .unwrap();
+    let listed = cluster.cmd().args(["tasks", "--json"]).output().unwrap();
     assert_eq!(listed.status.code(), Some(0), "{}", String::from_utf8_lossy(&listed.stderr));
     let all = json_lines(&String::from_utf8_lossy(&listed.stdout));
     let mine: Vec<_> = all.iter().filter(|t| t["framework"] == fw.as_str()).collect();

@@ -18,26 +18,47 @@ fn free_port() -> u16 {
     std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
 }
 
-fn bin() -> Command {
+/// The client config of the master on `port`: its first start writes it
+/// (URL, CA); the agents and client commands here read it, as a user's do.
+fn config(port: u16) -> PathBuf {
+    PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join(format!("recovery-client-{port}.json"))
+}
+
+fn port_of(url: &str) -> u16 {
+    url.rsplit(':').next().and_then(|p| p.parse().ok()).expect("a URL with a port")
+}
+
+fn bin(port: u16) -> Command {
     let mut c = Command::new(env!("CARGO_BIN_EXE_wasmos"));
-    c.env_remove("WASMOS_MASTER").stdin(Stdio::null()).stdout(Stdio::null()).stderr(Stdio::null());
+    c.env_remove("WASMOS_MASTER").env("WASMOS_CONFIG", config(port));
+    c.stdin(Stdio::null()).stdout(Stdio::null()).stderr(Stdio::null());
     c
 }
 
 fn master(state: &Path, port: u16) -> Proc {
-    Proc(
-        bin()
+    // A first start writes the client config: none from an earlier run
+    // with this port may be read meanwhile.
+    let first = !state.exists();
+    if first {
+        let _ = std::fs::remove_file(config(port));
+    }
+    let p = Proc(
+        bin(port)
             .args(["master", "--listen", &format!("127.0.0.1:{port}"), "--state-dir"])
             .arg(state)
             .args(["--agent-heartbeat", "200ms", "--agent-timeout", "2s"])
             .spawn()
             .unwrap(),
-    )
+    );
+    if first {
+        wait_for("the client config", Duration::from_secs(60), || config(port).exists());
+    }
+    p
 }
 
 fn agent(url: &str, work: &Path) -> Proc {
     Proc(
-        bin()
+        bin(port_of(url))
             .args(["agent", "--master", url, "--resources", "cpus:2;mem:2GiB", "--work-dir"])
             .arg(work)
             .spawn()
@@ -46,7 +67,12 @@ fn agent(url: &str, work: &Path) -> Proc {
 }
 
 fn cli(url: &str, args: &[&str]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_wasmos")).args(args).args(["--master", url]).output().unwrap()
+    Command::new(env!("CARGO_BIN_EXE_wasmos"))
+        .env("WASMOS_CONFIG", config(port_of(url)))
+        .args(args)
+        .args(["--master", url])
+        .output()
+        .unwrap()
 }
 
 fn lines(o: &Output) -> Vec<serde_json::Value> {
@@ -82,7 +108,7 @@ fn tasks(url: &str) -> Vec<serde_json::Value> {
 /// Returns (url, master state dir, port, master, agent).
 fn master_and_agent(dir: &Path) -> (String, PathBuf, u16, Proc, Proc) {
     let port = free_port();
-    let url = format!("http://127.0.0.1:{port}");
+    let url = format!("https://127.0.0.1:{port}");
     let state = dir.join("master");
     let m = master(&state, port);
     let a = agent(&url, &dir.join("agent"));
@@ -169,7 +195,7 @@ fn master_kill_9_and_restart_loses_nothing() {
 fn agent_kill_9_tasks_are_retried_on_a_new_agent() {
     let tmp = tempfile::tempdir().unwrap();
     let port = free_port();
-    let url = format!("http://127.0.0.1:{port}");
+    let url = format!("https://127.0.0.1:{port}");
     let _m = master(&tmp.path().join("master"), port);
     let mut a = agent(&url, &tmp.path().join("agent-a"));
     wait_for("the agent", Duration::from_secs(90), || lines(&cli(&url, &["agents", "--json"])).len() == 1);
@@ -188,7 +214,7 @@ fn agent_kill_9_tasks_are_retried_on_a_new_agent() {
 fn agent_restarts_from_its_checkpoint_under_the_same_id() {
     let tmp = tempfile::tempdir().unwrap();
     let port = free_port();
-    let url = format!("http://127.0.0.1:{port}");
+    let url = format!("https://127.0.0.1:{port}");
     let _m = master(&tmp.path().join("master"), port);
     let work = tmp.path().join("agent");
     let mut a = agent(&url, &work);

@@ -23,6 +23,7 @@ fn spawn(cmd: &str, dir: &Path, args: &[&str]) -> Proc {
         .arg(dir.join("state"))
         .args(args)
         .env_remove("WASMOS_MASTER")
+        .env("WASMOS_CONFIG", dir.join("client.json"))
         .stdin(Stdio::null())
         .stdout(Stdio::null())
         .stderr(stderr)
@@ -47,8 +48,13 @@ fn wait_for_file(p: &mut Proc, file: &Path, dir: &Path) -> String {
     }
 }
 
-fn agents(url: &str) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_wasmos")).args(["agents", "--json", "--master", url]).output().unwrap()
+/// `wasmos agents` with the client config the master wrote in `dir`.
+fn agents(url: &str, dir: &Path) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_wasmos"))
+        .args(["agents", "--json", "--master", url])
+        .env("WASMOS_CONFIG", dir.join("client.json"))
+        .output()
+        .unwrap()
 }
 
 #[test]
@@ -60,9 +66,9 @@ fn master_and_dev_write_the_url_they_serve_on() {
         let text = wait_for_file(&mut p, &file, tmp.path());
         // One line, the picked port (not 0), and a master answering there.
         let url = text.strip_suffix('\n').unwrap_or_else(|| panic!("{cmd}: {text:?} has no newline"));
-        let port: u16 = url.strip_prefix("http://127.0.0.1:").and_then(|p| p.parse().ok()).unwrap_or(0);
+        let port: u16 = url.strip_prefix("https://127.0.0.1:").and_then(|p| p.parse().ok()).unwrap_or(0);
         assert_ne!(port, 0, "{cmd}: {url:?}");
-        let o = agents(url);
+        let o = agents(url, tmp.path());
         assert_eq!(o.status.code(), Some(0), "{cmd}: {}", String::from_utf8_lossy(&o.stderr));
         // No temp file left beside it.
         let names: Vec<_> = std::fs::read_dir(tmp.path()).unwrap().map(|e| e.unwrap().file_name()).collect();

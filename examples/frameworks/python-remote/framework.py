@@ -148,10 +148,14 @@ class Framework:
         self.pb = pb
         self.grpc = grpc
         self.deadline = Deadline(args.timeout)
-        self.channel = grpc.insecure_channel(
-            args.master,
-            options=[("grpc.max_send_message_length", 64 * MIB), ("grpc.max_receive_message_length", 64 * MIB)],
-        )
+        options = [("grpc.max_send_message_length", 64 * MIB), ("grpc.max_receive_message_length", 64 * MIB)]
+        if args.tls:
+            creds = grpc.ssl_channel_credentials(root_certificates=args.ca_pem.encode())
+            self.channel = grpc.secure_channel(args.master, creds, options=options)
+        else:
+            self.channel = grpc.insecure_channel(args.master, options=options)
+        # The token goes with every call (plaintext masters take it too).
+        self.md = [("authorization", f"Bearer {args.token}")] if args.token else []
         self.scheduler = pb_grpc.SchedulerStub(self.channel)
         self.artifacts = pb_grpc.ArtifactsStub(self.channel)
         self.events = queue.Queue()
@@ -174,7 +178,9 @@ class Framework:
 
     def call(self, **kw):
         try:
-            self.scheduler.Call(self.pb.Call(framework_id=self.framework_id, **kw), timeout=self.deadline.rpc())
+            self.scheduler.Call(
+                self.pb.Call(framework_id=self.framework_id, **kw), timeout=self.deadline.rpc(), metadata=self.md
+            )
         except self.grpc.RpcError as e:
             raise Fatal(f"scheduler call {next(iter(kw))} failed: {rpc_msg(e)}", EXIT_TASKS)
 
@@ -195,7 +201,7 @@ class Framework:
         except self.grpc.FutureTimeoutError:
             raise Fatal(
                 f"cannot reach the master at {self.args.master}; is it running? "
-                "(start one with `wasmos dev` and pass the address it prints)"
+                "(start one with `wasmos dev`; it writes the client config this script reads)"
             )
 
     def upload(self):
@@ -205,7 +211,7 @@ class Framework:
             raise Fatal(f"{self.args.module} is not a Wasm module (no \\0asm header)")
         sha = hashlib.sha256(data).hexdigest()
         try:
-            has = self.artifacts.Has(self.pb.HasRequest(sha256=sha), timeout=self.deadline.rpc())
+            has = self.artifacts.Has(self.pb.HasRequest(sha256=sha), timeout=self.deadline.rpc(), metadata=self.md)
             if has.present:
                 log(f"module {sha[:12]} already on the master ({has.size} bytes); not uploading")
                 return sha
@@ -214,7 +220,7 @@ class Framework:
                 for i in range(0, max(len(data), 1), CHUNK):
                     yield self.pb.Chunk(sha256=sha if i == 0 else "", data=data[i : i + CHUNK])
 
-            r = self.artifacts.Upload(chunks(), timeout=self.deadline.rpc(60.0))
+            r = self.artifacts.Upload(chunks(), timeout=self.deadline.rpc(60.0), metadata=self.md)
         except self.grpc.RpcError as e:
             raise Fatal(f"uploading {self.args.module}: {rpc_msg(e)}")
         if r.sha256 != sha:
@@ -224,7 +230,7 @@ class Framework:
 
     def subscribe(self):
         info = self.pb.FrameworkInfo(name=self.args.name, role=self.args.role)
-        self.stream = self.scheduler.Subscribe(self.pb.SubscribeRequest(framework=info))
+        self.stream = self.scheduler.Subscribe(self.pb.SubscribeRequest(framework=info), metadata=self.md)
 
         def pump():
             try:
@@ -391,14 +397,34 @@ def rpc_msg(e):
     return f"{code.name.lower()}: {details}"
 
 
+def read_client_config(p):
+    """The client config `wasmos dev` writes ($WASMOS_CONFIG or ~/.config/wasmos/config.json), or {}."""
+    path = os.environ.get("WASMOS_CONFIG")
+    if not path:
+        base = os.environ.get("XDG_CONFIG_HOME") or os.path.join(os.path.expanduser("~"), ".config")
+        path = os.path.join(base, "wasmos", "config.json")
+    try:
+        with open(path) as f:
+            return json.load(f)
+    except FileNotFoundError:
+        return {}
+    except (OSError, ValueError) as e:
+        p.error(f"client config {path}: {e}; fix or delete it")
+
+
 def parse_args(argv):
     p = argparse.ArgumentParser(
         prog="framework.py",
         description="A remote wasmos framework: runs N copies of a Wasm module through the Scheduler API.",
         epilog="Arguments after `--` are passed to every task (default: the task's own id).",
     )
-    p.add_argument("--master", default=os.environ.get("WASMOS_MASTER", "127.0.0.1:5050"),
-                   help="master address, host:port or http://host:port (default: $WASMOS_MASTER or 127.0.0.1:5050)")
+    p.add_argument("--master", default=None,
+                   help="master address, https://host:port (http:// for an --insecure master; default: "
+                        "$WASMOS_MASTER, else the client config's, else https://127.0.0.1:5050)")
+    p.add_argument("--ca-cert", default=None,
+                   help="the master's CA certificate, PEM (default: $WASMOS_CA_CERT, else the client config's)")
+    p.add_argument("--token", default=None,
+                   help="a token to call with (default: $WASMOS_TOKEN, else the client config's)")
     p.add_argument("--module", required=True, help="the .wasm module to run")
     p.add_argument("--tasks", type=int, default=1, help="how many tasks to launch (default 1)")
     p.add_argument("--role", default="default", help="the framework's role (default: default)")
@@ -416,10 +442,25 @@ def parse_args(argv):
         argv, task_args = argv[:i], argv[i + 1 :]
     a = p.parse_args(argv)
     a.task_args = task_args
+    config = read_client_config(p)
+    a.master = a.master or os.environ.get("WASMOS_MASTER") or config.get("master") or "https://127.0.0.1:5050"
+    a.tls = not a.master.startswith("http://")
     for scheme in ("http://", "https://"):
         if a.master.startswith(scheme):
             a.master = a.master[len(scheme) :]
     a.master = a.master.rstrip("/")
+    ca_file = a.ca_cert or os.environ.get("WASMOS_CA_CERT")
+    if ca_file:
+        try:
+            with open(ca_file) as f:
+                a.ca_pem = f.read()
+        except OSError as e:
+            p.error(f"cannot read the CA certificate {ca_file}: {e}")
+    else:
+        a.ca_pem = config.get("ca_pem")
+    if a.tls and not a.ca_pem:
+        p.error("the master speaks TLS but no CA certificate is known; pass --ca-cert (the master's STATE_DIR/tls/ca.pem)")
+    a.token = a.token or os.environ.get("WASMOS_TOKEN") or config.get("token")
     if a.tasks < 1:
         p.error("--tasks must be at least 1")
     if a.cpus < 0 or a.mem_mib < 0 or (a.cpus == 0 and a.mem_mib == 0):

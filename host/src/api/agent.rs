@@ -10,7 +10,7 @@ use wasmos_proto::v1;
 use super::convert::{agent_info_from_wire, command_to_wire, status_from_agent};
 use super::{BoxStream, bad_id};
 use crate::MasterHandle;
-use crate::master::cmd::Cmd;
+use crate::master::cmd::{Cmd, Principal};
 use crate::master::types::RegisterAgent;
 
 /// An agent id the master may not know: a malformed one is simply unknown.
@@ -39,7 +39,7 @@ impl v1::agent_service_server::AgentService for MasterHandle {
             })
             .collect();
         let reg = RegisterAgent { agent_id, info, running };
-        let r = self.request(|reply| Cmd::RegisterAgent(reg, reply)).await?;
+        let r = self.request(Principal::Agent, |reply| Cmd::RegisterAgent(reg, reply)).await?;
         Ok(Response::new(v1::RegisterAgentResponse {
             agent_id: r.agent_id.to_string(),
             heartbeat_interval_ms: r.heartbeat_interval.as_millis() as u64,
@@ -50,7 +50,7 @@ impl v1::agent_service_server::AgentService for MasterHandle {
     async fn commands(&self, r: Request<v1::AgentStreamRequest>) -> Result<Response<Self::CommandsStream>, Status> {
         let id = known_agent(&r.into_inner().agent_id, "register first")?;
         let (tx, rx) = mpsc::unbounded_channel();
-        self.request(|reply| Cmd::AttachAgent(id, tx, reply)).await?;
+        self.request(Principal::Agent, |reply| Cmd::AttachAgent(id, tx, reply)).await?;
         let stream = UnboundedReceiverStream::new(rx).map(|c| Ok(command_to_wire(c)));
         Ok(Response::new(Box::pin(stream)))
     }
@@ -62,13 +62,13 @@ impl v1::agent_service_server::AgentService for MasterHandle {
         // (it would only be resent forever).
         let uuids: Vec<Vec<u8>> = u.updates.iter().map(|s| s.uuid.clone()).collect();
         let updates = u.updates.into_iter().filter_map(status_from_agent).collect();
-        self.request(|reply| Cmd::AgentUpdates(agent, updates, reply)).await?;
+        self.request(Principal::Agent, |reply| Cmd::AgentUpdates(agent, updates, reply)).await?;
         Ok(Response::new(v1::StatusAcks { uuids }))
     }
 
     async fn heartbeat(&self, r: Request<v1::HeartbeatRequest>) -> Result<Response<v1::HeartbeatResponse>, Status> {
         let id = known_agent(&r.into_inner().agent_id, "register again")?;
-        self.request(|reply| Cmd::AgentHeartbeat(id, reply)).await?;
+        self.request(Principal::Agent, |reply| Cmd::AgentHeartbeat(id, reply)).await?;
         Ok(Response::new(v1::HeartbeatResponse {}))
     }
 }

@@ -7,6 +7,7 @@ use wasmos_proto::v1;
 use super::BoxStream;
 use crate::MasterHandle;
 use crate::artifacts::ArtifactError;
+use wasmos_security::grant::Action;
 
 fn artifact_status(e: ArtifactError) -> Status {
     match e {
@@ -20,6 +21,17 @@ fn artifact_status(e: ArtifactError) -> Status {
 #[tonic::async_trait]
 impl v1::artifacts_server::Artifacts for MasterHandle {
     async fn upload(&self, r: Request<Streaming<v1::Chunk>>) -> Result<Response<v1::UploadResponse>, Status> {
+        // Any token that may submit or deploy somewhere may upload a module
+        // (running it is checked per role).
+        let who = self.caller(&r, "upload")?;
+        let may = [Action::Submit, Action::DeployFramework, Action::RegisterFramework]
+            .into_iter()
+            .any(|a| crate::auth::allow_somewhere(&who, a).is_ok());
+        if !may {
+            let e = crate::auth::allow_somewhere(&who, Action::Submit).unwrap_err();
+            self.audit.refused(&who.label(), "upload", "", "", &e.message);
+            return Err(super::convert::status_of(e));
+        }
         let mut stream = r.into_inner();
         let max = self.artifacts.max_bytes();
         let mut expected = String::new();

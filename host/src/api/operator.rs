@@ -9,11 +9,13 @@ use wasmos_proto::v1;
 use super::convert::*;
 use super::{BoxStream, bad_id};
 use crate::MasterHandle;
-use crate::master::cmd::{Cmd, HostedJobs};
+use crate::auth::sees;
+use crate::master::cmd::{Cmd, HostedJobs, NewToken, Principal, TokenView};
 use crate::master::types::{
     DEFAULT_PAGE_SIZE, MAX_PAGE_SIZE, PAGE_SCAN_BUDGET, Page, Reservation, RoleUpdate, Submission, TaskAction,
     TaskFilter, TaskView,
 };
+use wasmos_security::grant::Action;
 
 fn reservation(req: v1::ReserveRequest) -> Result<Reservation, Status> {
     let agent = AgentId::new(req.agent_id.clone()).map_err(|e| bad_id(&format!("agent id {:?}: ", req.agent_id), e))?;
@@ -24,17 +26,19 @@ fn reservation(req: v1::ReserveRequest) -> Result<Reservation, Status> {
 
 impl MasterHandle {
     async fn task_action(&self, r: Request<v1::TaskActionRequest>, action: TaskAction) -> Result<(), Status> {
+        let who = self.caller(&r, "task_action")?;
         let id = TaskId::new(r.into_inner().task_id).map_err(|e| bad_id("", e))?;
-        self.request(|reply| Cmd::TaskAction(id, action, reply)).await
+        self.request(who, |reply| Cmd::TaskAction(id, action, reply)).await
     }
 }
 
 #[tonic::async_trait]
 impl v1::operator_server::Operator for MasterHandle {
     async fn list_agents(&self, r: Request<v1::ListAgentsRequest>) -> Result<Response<v1::ListAgentsResponse>, Status> {
+        let who = self.caller(&r, "list_agents")?;
         let req = r.into_inner();
         let after = Some(req.page_token).filter(|t| !t.is_empty());
-        let (agents, next) = self.request(|reply| Cmd::ListAgents(after, page_size(req.page_size), reply)).await?;
+        let (agents, next) = self.request(who, |reply| Cmd::ListAgents(after, page_size(req.page_size), reply)).await?;
         Ok(Response::new(v1::ListAgentsResponse {
             agents: agents.iter().map(agent_view_to_wire).collect(),
             next_page_token: next.unwrap_or_default(),
@@ -45,17 +49,21 @@ impl v1::operator_server::Operator for MasterHandle {
         &self,
         r: Request<v1::ListFrameworksRequest>,
     ) -> Result<Response<v1::ListFrameworksResponse>, Status> {
+        let who = self.caller(&r, "list_frameworks")?;
         let req = r.into_inner();
         let after = Some(req.page_token).filter(|t| !t.is_empty());
-        let (fws, next) = self.request(|reply| Cmd::ListFrameworks(after, page_size(req.page_size), reply)).await?;
+        let (fws, next) =
+            self.request(who.clone(), |reply| Cmd::ListFrameworks(after, page_size(req.page_size), reply)).await?;
         Ok(Response::new(v1::ListFrameworksResponse {
-            frameworks: fws.iter().map(framework_view_to_wire).collect(),
+            frameworks: fws.iter().filter(|f| sees(&who, &f.role)).map(framework_view_to_wire).collect(),
             next_page_token: next.unwrap_or_default(),
         }))
     }
 
     async fn deploy_framework(&self, r: Request<v1::DeployRequest>) -> Result<Response<v1::DeployResponse>, Status> {
+        let who = self.caller(&r, "deploy_framework")?;
         let req = r.into_inner();
+        self.check(&who, Action::DeployFramework, &req.name, &req.role)?;
         let d = crate::hosted::Deploy {
             name: req.name,
             role: req.role,
@@ -70,11 +78,13 @@ impl v1::operator_server::Operator for MasterHandle {
         &self,
         r: Request<v1::RemoveFrameworkRequest>,
     ) -> Result<Response<v1::RemoveFrameworkResponse>, Status> {
-        crate::hosted::remove(self, &r.into_inner().name).await.map_err(status_of)?;
+        let who = self.caller(&r, "remove_framework")?;
+        crate::hosted::remove(self, who, &r.into_inner().name).await.map_err(status_of)?;
         Ok(Response::new(v1::RemoveFrameworkResponse {}))
     }
 
     async fn list_tasks(&self, r: Request<v1::ListTasksRequest>) -> Result<Response<v1::ListTasksResponse>, Status> {
+        let who = self.caller(&r, "list_tasks")?;
         let req = r.into_inner();
         let state = match req.state {
             0 => None,
@@ -103,7 +113,7 @@ impl v1::operator_server::Operator for MasterHandle {
         // Taken first: whatever happens after the listing has a later seq.
         let watch_seq = self.watch.current();
         let f = filter.clone();
-        let memory = self.request(|reply| Cmd::ListTasks(f, after, limit, reply)).await?;
+        let memory = self.request(who.clone(), |reply| Cmd::ListTasks(f, after, limit, reply)).await?;
         let history = match &self.history {
             Some(h) => {
                 let h = h.clone();
@@ -115,18 +125,21 @@ impl v1::operator_server::Operator for MasterHandle {
             None => Page::default(),
         };
         let (tasks, next) = merge_pages(memory, history, limit);
+        // A token sees only the roles its view grants name (a page may come
+        // out shorter; the next one goes on from the same position).
         Ok(Response::new(v1::ListTasksResponse {
-            tasks: tasks.iter().map(task_view_to_wire).collect(),
+            tasks: tasks.iter().filter(|t| sees(&who, &t.role)).map(task_view_to_wire).collect(),
             next_page_token: next.map(|n| n.to_string()).unwrap_or_default(),
             watch_seq,
         }))
     }
 
     async fn get_task(&self, r: Request<v1::GetTaskRequest>) -> Result<Response<v1::TaskSummary>, Status> {
+        let who = self.caller(&r, "get_task")?;
         let id = r.into_inner().task_id;
         let tid = TaskId::new(id.clone())
             .map_err(|_| Status::not_found(format!("no task {id:?}; list tasks with `wasmos tasks`")))?;
-        let missing = match self.request(|reply| Cmd::GetTask(tid, reply)).await {
+        let missing = match self.request(who.clone(), |reply| Cmd::GetTask(tid, reply)).await {
             Ok(t) => return Ok(Response::new(task_view_to_wire(&t))),
             Err(s) if s.code() == tonic::Code::NotFound => s,
             Err(s) => return Err(s),
@@ -137,15 +150,17 @@ impl v1::operator_server::Operator for MasterHandle {
             .await
             .map_err(|e| Status::internal(e.to_string()))?
             .map_err(|e| Status::internal(e.to_string()))?;
-        found.map(|t| Response::new(task_view_to_wire(&t))).ok_or(missing)
+        found.filter(|t| sees(&who, &t.role)).map(|t| Response::new(task_view_to_wire(&t))).ok_or(missing)
     }
 
-    async fn list_roles(&self, _: Request<v1::ListRolesRequest>) -> Result<Response<v1::ListRolesResponse>, Status> {
-        let roles = self.request(Cmd::ListRoles).await?;
+    async fn list_roles(&self, r: Request<v1::ListRolesRequest>) -> Result<Response<v1::ListRolesResponse>, Status> {
+        let who = self.caller(&r, "list_roles")?;
+        let roles = self.request(who, Cmd::ListRoles).await?;
         Ok(Response::new(v1::ListRolesResponse { roles: roles.iter().map(role_view_to_wire).collect() }))
     }
 
     async fn update_role(&self, r: Request<v1::UpdateRoleRequest>) -> Result<Response<v1::UpdateRoleResponse>, Status> {
+        let who = self.caller(&r, "update_role")?;
         let req = r.into_inner();
         let role = Role::new(req.role.clone()).map_err(|e| bad_id(&format!("role {:?}: ", req.role), e))?;
         let guarantee = match &req.quota_guarantee {
@@ -157,24 +172,32 @@ impl v1::operator_server::Operator for MasterHandle {
             None => None,
         };
         let u = RoleUpdate { role, weight: req.weight, clear_quota: req.clear_quota, guarantee, limit };
-        let view = self.request(|reply| Cmd::UpdateRole(u, reply)).await?;
+        let view = self.request(who, |reply| Cmd::UpdateRole(u, reply)).await?;
         Ok(Response::new(v1::UpdateRoleResponse { role: Some(role_view_to_wire(&view)) }))
     }
 
     async fn reserve(&self, r: Request<v1::ReserveRequest>) -> Result<Response<v1::ReserveResponse>, Status> {
+        let who = self.caller(&r, "reserve")?;
         let res = reservation(r.into_inner())?;
-        let now = self.request(|reply| Cmd::Reserve(res, reply)).await?;
+        let now = self.request(who, |reply| Cmd::Reserve(res, reply)).await?;
         Ok(Response::new(v1::ReserveResponse { reserved: Some(wasmos_proto::resources_to_wire(&now)) }))
     }
 
     async fn unreserve(&self, r: Request<v1::ReserveRequest>) -> Result<Response<v1::ReserveResponse>, Status> {
+        let who = self.caller(&r, "unreserve")?;
         let res = reservation(r.into_inner())?;
-        let now = self.request(|reply| Cmd::Unreserve(res, reply)).await?;
+        let now = self.request(who, |reply| Cmd::Unreserve(res, reply)).await?;
         Ok(Response::new(v1::ReserveResponse { reserved: Some(wasmos_proto::resources_to_wire(&now)) }))
     }
 
     async fn submit(&self, r: Request<v1::SubmitRequest>) -> Result<Response<v1::SubmitResponse>, Status> {
+        let who = self.caller(&r, "submit")?;
         let req = r.into_inner();
+        if !req.role.is_empty() && req.role != "batch" {
+            return Err(Status::unimplemented(
+                "submitting to a role other than batch is not supported yet; leave --role out",
+            ));
+        }
         let tpl = req.template.ok_or_else(|| Status::invalid_argument("submit without a task template"))?;
         let (template, bad) = wasmos_proto::spec_from_wire(&tpl);
         let watch_seq = self.watch.current();
@@ -187,7 +210,7 @@ impl v1::operator_server::Operator for MasterHandle {
                 constraints: attributes_from_wire(&req.constraints),
                 max_attempts: req.max_attempts,
             };
-            let ids = self.request(|reply| Cmd::Submit(s, reply)).await?;
+            let ids = self.request(who, |reply| Cmd::Submit(s, reply)).await?;
             return Ok(Response::new(v1::SubmitResponse {
                 task_ids: ids.iter().map(|t| t.to_string()).collect(),
                 watch_seq,
@@ -196,7 +219,7 @@ impl v1::operator_server::Operator for MasterHandle {
         // A job for a hosted framework: its scheduler's on-submit decides.
         let jobs =
             HostedJobs { template, count: req.count, priority: req.priority, estimated_fuel: req.estimated_fuel };
-        let task_ids = crate::hosted::submit(self, &req.framework, jobs).await.map_err(status_of)?;
+        let task_ids = crate::hosted::submit(self, who, &req.framework, jobs).await.map_err(status_of)?;
         Ok(Response::new(v1::SubmitResponse { task_ids, watch_seq }))
     }
 
@@ -215,20 +238,98 @@ impl v1::operator_server::Operator for MasterHandle {
 
     type WatchStream = BoxStream<v1::WatchEvent>;
     async fn watch(&self, r: Request<v1::WatchRequest>) -> Result<Response<Self::WatchStream>, Status> {
+        let who = self.caller(&r, "watch")?;
+        crate::auth::allow_somewhere(&who, Action::View).map_err(status_of)?;
         let req = r.into_inner();
         let (fw, from) = (req.framework_id, req.from);
+        // A token that does not see every role sees events of the
+        // frameworks whose role it sees: known now, or added later.
+        let mut visible = match &who {
+            Principal::Token(c) if !c.grants.allows_everywhere(Action::View) => {
+                Some(self.visible_frameworks(&who).await?)
+            }
+            _ => None,
+        };
         let hub = self.watch.clone();
         let (backlog, rx) = hub.follow(from).map_err(gone)?;
         // The backlog, then live events; a watcher that falls behind the live
         // buffer catches up from the ring, and fails only past it.
+        let who2 = who.clone();
         let stream = async_stream(hub, backlog, rx, from.unwrap_or(0)).filter_map(move |ev| match ev {
             Ok(ev) => {
-                let keep = fw.is_empty() || watch_framework(&ev.1).is_none_or(|f| f == fw);
+                if let (Some(v), crate::master::types::WatchEvent::FrameworkAdded(f)) = (&mut visible, &ev.1)
+                    && sees(&who2, &f.role)
+                {
+                    v.insert(f.framework_id.to_string());
+                }
+                let seen = match (&visible, watch_framework(&ev.1)) {
+                    (None, _) => true,
+                    (Some(v), Some(f)) => v.contains(f),
+                    (Some(_), None) => matches!(
+                        &ev.1,
+                        crate::master::types::WatchEvent::FrameworkAdded(f) if sees(&who2, &f.role)
+                    ),
+                };
+                let keep = seen && (fw.is_empty() || watch_framework(&ev.1).is_none_or(|f| f == fw));
                 keep.then(|| Ok(v1::WatchEvent { seq: ev.0, ..watch_to_wire(&ev.1) }))
             }
             Err(g) => Some(Err(gone(g))),
         });
-        Ok(Response::new(Box::pin(stream)))
+        Ok(Response::new(super::until_revoked(&who, Box::pin(stream))))
+    }
+
+    async fn create_token(
+        &self,
+        r: Request<v1::CreateTokenRequest>,
+    ) -> Result<Response<v1::CreateTokenResponse>, Status> {
+        let who = self.caller(&r, "token_create")?;
+        let req = r.into_inner();
+        let t = NewToken { name: req.name, grants: req.grants, ttl: std::time::Duration::from_millis(req.ttl_ms) };
+        let (secret, view) = self.request(who, |reply| Cmd::CreateToken(t, reply)).await?;
+        Ok(Response::new(v1::CreateTokenResponse { secret, token: Some(token_to_wire(&view)) }))
+    }
+
+    async fn list_tokens(&self, r: Request<v1::ListTokensRequest>) -> Result<Response<v1::ListTokensResponse>, Status> {
+        let who = self.caller(&r, "token_list")?;
+        let tokens = self.request(who, Cmd::ListTokens).await?;
+        Ok(Response::new(v1::ListTokensResponse { tokens: tokens.iter().map(token_to_wire).collect() }))
+    }
+
+    async fn revoke_token(
+        &self,
+        r: Request<v1::RevokeTokenRequest>,
+    ) -> Result<Response<v1::RevokeTokenResponse>, Status> {
+        let who = self.caller(&r, "token_revoke")?;
+        let name = r.into_inner().name;
+        self.request(who, |reply| Cmd::RevokeToken(name, reply)).await?;
+        Ok(Response::new(v1::RevokeTokenResponse {}))
+    }
+}
+
+fn token_to_wire(t: &TokenView) -> v1::TokenInfo {
+    v1::TokenInfo {
+        name: t.name.clone(),
+        grants: t.grants.clone(),
+        created_at_ms: t.created_at_ms,
+        expires_at_ms: t.expires_at_ms,
+        created_by: t.created_by.clone(),
+    }
+}
+
+impl MasterHandle {
+    /// Ids of the frameworks whose role `who` sees (every page).
+    async fn visible_frameworks(&self, who: &Principal) -> Result<std::collections::HashSet<String>, Status> {
+        let mut out = std::collections::HashSet::new();
+        let mut after = None;
+        loop {
+            let (fws, next) =
+                self.request(Principal::Master, |reply| Cmd::ListFrameworks(after, MAX_PAGE_SIZE, reply)).await?;
+            out.extend(fws.iter().filter(|f| sees(who, &f.role)).map(|f| f.framework_id.to_string()));
+            match next {
+                Some(n) => after = Some(n),
+                None => return Ok(out),
+            }
+        }
     }
 }
 

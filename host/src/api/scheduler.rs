@@ -51,6 +51,7 @@ fn call_from_wire(c: v1::call::Call) -> Result<Call, Error> {
 impl v1::scheduler_server::Scheduler for MasterHandle {
     type SubscribeStream = BoxStream<v1::Event>;
     async fn subscribe(&self, r: Request<v1::SubscribeRequest>) -> Result<Response<Self::SubscribeStream>, Status> {
+        let who = self.caller(&r, "subscribe")?;
         let info =
             r.into_inner().framework.ok_or_else(|| Status::invalid_argument("subscribe without framework info"))?;
         let role = Role::new(if info.role.is_empty() { "default".to_string() } else { info.role.clone() })
@@ -67,19 +68,20 @@ impl v1::scheduler_server::Scheduler for MasterHandle {
             failover_timeout: failover_timeout(info.failover_timeout_s),
         };
         let (tx, rx) = mpsc::unbounded_channel();
-        self.request(|reply| Cmd::Subscribe(info, tx, None, reply)).await?;
+        self.request(who.clone(), |reply| Cmd::Subscribe(info, tx, None, reply)).await?;
         let stream = UnboundedReceiverStream::new(rx).map(|ev| Ok(event_to_wire(ev)));
-        Ok(Response::new(Box::pin(stream)))
+        Ok(Response::new(super::until_revoked(&who, Box::pin(stream))))
     }
 
     async fn call(&self, r: Request<v1::Call>) -> Result<Response<v1::CallResponse>, Status> {
+        let who = self.caller(&r, "call")?;
         let call = r.into_inner();
         let fw = FrameworkId::new(call.framework_id).map_err(|e| bad_id("call framework_id: ", e))?;
         let c = match call.call {
             Some(c) => call_from_wire(c),
             None => Err(Error::invalid("empty call; set one of accept, decline, kill, ...")),
         };
-        self.request(|reply| Cmd::Call(fw, c, reply)).await?;
+        self.request(who, |reply| Cmd::Call(fw, c, reply)).await?;
         Ok(Response::new(v1::CallResponse {}))
     }
 }

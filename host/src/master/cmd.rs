@@ -58,15 +58,7 @@ pub(crate) type EventTx = mpsc::UnboundedSender<Event>;
 /// An agent's command stream.
 pub(crate) type CommandTx = mpsc::UnboundedSender<AgentCommand>;
 
-/// Who sends a command. Every command is authorized once, in
-/// [`authorize`]; today the cluster is open, so everyone may do everything.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub(crate) enum Principal {
-    /// A caller of the gRPC APIs (not authenticated yet).
-    Anonymous,
-    /// The master itself: its hosted frameworks and restarts.
-    Master,
-}
+pub(crate) use crate::auth::Principal;
 
 /// A command and who sent it.
 pub(crate) struct Envelope {
@@ -110,6 +102,29 @@ pub(crate) enum Cmd {
     HostedRemove(String, Reply<()>),
     /// `wasmos submit --framework NAME`: jobs for a hosted scheduler.
     HostedSubmit(String, HostedJobs, Reply<Vec<String>>),
+    /// `wasmos token create`: the secret (shown once) and the token.
+    CreateToken(NewToken, Reply<(String, TokenView)>),
+    ListTokens(Reply<Vec<TokenView>>),
+    RevokeToken(String, Reply<()>),
+}
+
+/// A token to make: its name, grants (`ACTION:ROLE`) and lifetime.
+#[derive(Debug, Clone)]
+pub(crate) struct NewToken {
+    pub name: String,
+    pub grants: Vec<String>,
+    /// Zero: no expiry.
+    pub ttl: std::time::Duration,
+}
+
+/// A token as listed: never its secret.
+#[derive(Debug, Clone)]
+pub(crate) struct TokenView {
+    pub name: String,
+    pub grants: Vec<String>,
+    pub created_at_ms: i64,
+    pub expires_at_ms: i64,
+    pub created_by: String,
 }
 
 /// Jobs for a hosted scheduler's `on-submit`.
@@ -122,33 +137,109 @@ pub(crate) struct HostedJobs {
 }
 
 /// Whether `who` may send `cmd`. One exhaustive match, so a new command
-/// cannot be added without deciding who may send it.
-pub(crate) fn authorize(who: &Principal, cmd: &Cmd) -> Result<(), Error> {
-    let _ = who;
+/// cannot be added without deciding who may send it. Default deny: a token
+/// may do what one of its grants names (`auth::allow`); agents may only
+/// speak the agent protocol; the master itself (hosted frameworks,
+/// restarts) may do everything. Listings need `view` somewhere and show
+/// only the roles the token sees (filtered where the rows are read).
+pub(crate) fn authorize(who: &Principal, cmd: &Cmd, state: &super::State) -> Result<(), Error> {
+    use crate::auth::{allow, allow_somewhere};
+    use wasmos_security::grant::Action;
+    let role_of_task =
+        |id: &TaskId| state.tasks.get(id).and_then(|t| state.frameworks.get(&t.framework)).map(|f| f.role.to_string());
+    let role_of_framework = |id: &FrameworkId| state.frameworks.get(id).map(|f| f.role.to_string());
     match cmd {
-        Cmd::RegisterAgent(..)
-        | Cmd::AttachAgent(..)
-        | Cmd::AgentUpdates(..)
-        | Cmd::AgentHeartbeat(..)
-        | Cmd::Subscribe(..)
-        | Cmd::Call(..)
-        | Cmd::ListAgents(..)
-        | Cmd::ListFrameworks(..)
-        | Cmd::ListTasks(..)
-        | Cmd::GetTask(..)
-        | Cmd::ListRoles(..)
-        | Cmd::UpdateRole(..)
-        | Cmd::Reserve(..)
-        | Cmd::Unreserve(..)
-        | Cmd::Submit(..)
-        | Cmd::TaskAction(..)
-        | Cmd::HostedCheck(..)
-        | Cmd::HostedAttach(..)
-        | Cmd::HostedCalls(..)
-        | Cmd::HostedFailed(..)
-        | Cmd::HostedRemove(..)
-        | Cmd::HostedSubmit(..) => Ok(()),
+        Cmd::RegisterAgent(..) | Cmd::AttachAgent(..) | Cmd::AgentUpdates(..) | Cmd::AgentHeartbeat(..) => match who {
+            Principal::Agent | Principal::Master => Ok(()),
+            Principal::Token(c) => {
+                Err(Error::denied(format!("token {} is not an agent; agents speak the agent protocol", c.name)))
+            }
+        },
+        Cmd::Subscribe(info, _, _, _) => allow(who, Action::RegisterFramework, info.role.as_str()),
+        // An unknown framework gets the usual answer from the call itself.
+        Cmd::Call(fw, _, _) => match role_of_framework(fw) {
+            Some(role) => allow(who, Action::RegisterFramework, &role),
+            None => allow_somewhere(who, Action::RegisterFramework),
+        },
+        Cmd::ListAgents(..) | Cmd::ListFrameworks(..) | Cmd::ListTasks(..) | Cmd::ListRoles(..) => {
+            allow_somewhere(who, Action::View)
+        }
+        // A task the token may not see is as good as absent.
+        Cmd::GetTask(id, _) => match role_of_task(id) {
+            Some(role) if !crate::auth::sees(who, &role) => {
+                Err(Error::not_found(format!("no task {id}; list tasks with `wasmos tasks`")))
+            }
+            _ => allow_somewhere(who, Action::View),
+        },
+        Cmd::UpdateRole(u, _) => allow(who, Action::Quota, u.role.as_str()),
+        Cmd::Reserve(r, _) | Cmd::Unreserve(r, _) => allow(who, Action::Reserve, r.role.as_str()),
+        Cmd::Submit(..) => {
+            let batch = FrameworkId::new("batch").expect("valid id");
+            allow(who, Action::Submit, &role_of_framework(&batch).unwrap_or_else(|| "batch".into()))
+        }
+        Cmd::TaskAction(id, _, _) => match role_of_task(id) {
+            Some(role) => allow(who, Action::Kill, &role),
+            None => allow_somewhere(who, Action::Kill),
+        },
+        Cmd::HostedSubmit(name, _, _) => match state.frameworks.hosted_named(name) {
+            Some((_, f)) => allow(who, Action::Submit, f.role.as_str()),
+            None => allow_somewhere(who, Action::Submit),
+        },
+        // Deploy and remove are checked at the edge (`deploy_framework` on
+        // the role) before the master does the work; these come from the
+        // hosted machinery itself.
+        Cmd::HostedRemove(name, _) => match who {
+            Principal::Master => Ok(()),
+            _ => {
+                let role = state
+                    .frameworks
+                    .hosted_named(name)
+                    .map(|(_, f)| f.role.to_string())
+                    .or_else(|| state.frameworks.failed_named(name).map(|v| v.role.to_string()));
+                match role {
+                    Some(r) => allow(who, Action::DeployFramework, &r),
+                    None => allow_somewhere(who, Action::DeployFramework),
+                }
+            }
+        },
+        Cmd::HostedCheck(..) | Cmd::HostedAttach(..) | Cmd::HostedCalls(..) | Cmd::HostedFailed(..) => match who {
+            Principal::Master => Ok(()),
+            _ => Err(Error::denied("only the master drives hosted frameworks")),
+        },
+        Cmd::CreateToken(t, _) => {
+            allow_somewhere(who, Action::Tokens)?;
+            // No token may make one that can do more than itself.
+            if let Principal::Token(c) = who {
+                for g in &t.grants {
+                    let g: wasmos_security::grant::Grant = g.parse().map_err(Error::invalid)?;
+                    if !covers(&c.grants, &g) {
+                        return Err(Error::denied(format!(
+                            "token {} may not grant {g}, which it does not have itself (it has {})",
+                            c.name, c.grants
+                        )));
+                    }
+                }
+            }
+            Ok(())
+        }
+        Cmd::ListTokens(..) | Cmd::RevokeToken(..) => allow_somewhere(who, Action::Tokens),
     }
+}
+
+/// Whether `have` allows everything grant `g` allows.
+fn covers(have: &wasmos_security::grant::Grants, g: &wasmos_security::grant::Grant) -> bool {
+    use wasmos_security::grant::{Action, Scope};
+    have.0.iter().any(|h| {
+        (h.action == Action::Admin || h.action == g.action)
+            && match (&h.scope, &g.scope) {
+                (Scope::All, _) => true,
+                (Scope::Subtree(a), Scope::Subtree(b) | Scope::Role(b)) => {
+                    h.scope.covers(b) && (a == b || b.starts_with(&format!("{a}/")))
+                }
+                (Scope::Role(a), Scope::Role(b)) => a == b,
+                _ => false,
+            }
+    })
 }
 
 impl Cmd {
@@ -180,6 +271,9 @@ impl Cmd {
             Cmd::HostedFailed(_, _, r) => no(r, e),
             Cmd::HostedRemove(_, r) => no(r, e),
             Cmd::HostedSubmit(_, _, r) => no(r, e),
+            Cmd::CreateToken(_, r) => no(r, e),
+            Cmd::ListTokens(r) => no(r, e),
+            Cmd::RevokeToken(_, r) => no(r, e),
         }
     }
 }

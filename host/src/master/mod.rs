@@ -21,6 +21,7 @@ pub(crate) mod recovery;
 pub(crate) mod roles;
 pub(crate) mod task_ops;
 pub(crate) mod tasks;
+pub(crate) mod tokens;
 pub(crate) mod types;
 pub(crate) mod validate;
 pub(crate) mod views;
@@ -172,6 +173,11 @@ pub(crate) struct Master {
     /// The newest batch the registry committed (set by its writer).
     committed: Arc<AtomicU64>,
     retention: Retention,
+    tokens: tokens::Tokens,
+    /// The audit log (every mutating and every denied command).
+    audit: Arc<crate::audit::Audit>,
+    /// The secret of the admin token made at this start, if one was.
+    pub(crate) bootstrap_secret: Option<String>,
 }
 
 impl Master {
@@ -180,6 +186,8 @@ impl Master {
         artifacts: Arc<ArtifactStore>,
         watch: Arc<crate::watch::WatchHub>,
         registry: Option<(Box<dyn registry::Registry>, Loaded)>,
+        auth: Arc<crate::auth::Auth>,
+        audit: Arc<crate::audit::Audit>,
     ) -> Master {
         let tag = format!("{:04x}", (now_ms() as u64 ^ (std::process::id() as u64 * 0x9e37)) & 0xffff);
         let mut alloc = Allocator::new(AllocConfig { seed: cfg.seed, ..AllocConfig::default() });
@@ -212,6 +220,9 @@ impl Master {
             committed: Arc::new(AtomicU64::new(0)),
             written_next_id: 0,
             retention: Retention { max_tasks: retention_cfg.0, max_bytes: retention_cfg.1, ttl: retention_cfg.2 },
+            tokens: tokens::Tokens::new(auth),
+            audit,
+            bootstrap_secret: None,
         };
         // Nothing queued yet: no offers for the batch framework until a submit.
         let _ = m.alloc.suppress(&batch_id, &[]);
@@ -221,6 +232,7 @@ impl Master {
             reg.maintain(m.cfg.task_history);
             m.writer = Some(registry::spawn_writer(reg, m.committed.clone()));
         }
+        m.bootstrap_secret = m.bootstrap_token();
         m
     }
 
@@ -320,11 +332,14 @@ impl Master {
 
     fn handle(&mut self, env: Envelope) {
         self.metrics.commands += 1;
-        if let Err(e) = cmd::authorize(&env.principal, &env.cmd) {
+        let decision = cmd::authorize(&env.principal, &env.cmd, &self.state);
+        self.audit.command(&env.principal, &env.cmd, &self.state, decision.as_ref().err());
+        if let Err(e) = decision {
             self.metrics.denied += 1;
             env.cmd.refuse(e);
             return;
         }
+        let who = env.principal;
         match env.cmd {
             Cmd::RegisterAgent(req, reply) => {
                 let r = self.register_agent(req);
@@ -403,6 +418,18 @@ impl Master {
                 let r = self.hosted_submit(&name, jobs);
                 self.effects.reply_after_commit(reply, r);
             }
+            Cmd::CreateToken(t, reply) => {
+                // The secret goes out only once its hash is committed.
+                let r = self.create_token(&who, t);
+                self.effects.reply_after_commit(reply, r);
+            }
+            Cmd::ListTokens(reply) => {
+                let _ = reply.send(Ok(self.list_tokens()));
+            }
+            Cmd::RevokeToken(name, reply) => {
+                let r = self.revoke_token(&name);
+                self.effects.reply_after_commit(reply, r);
+            }
         }
     }
 
@@ -428,6 +455,10 @@ impl Master {
             self.writer.is_some(),
         );
         let mut changes = changes;
+        let tokens = self.tokens.take_changed();
+        if self.writer.is_some() {
+            changes.tokens = tokens;
+        }
         changes.ids_moved = self.ids.next != self.written_next_id;
         self.written_next_id = self.ids.next;
         let deferred = self.effects.take_deferred();

@@ -45,7 +45,8 @@ impl Recovery {
 
 impl Master {
     /// Rebuilds the in-memory state from the registry after a restart.
-    pub(super) fn restore(&mut self, loaded: Loaded) {
+    pub(super) fn restore(&mut self, mut loaded: Loaded) {
+        self.tokens.restore(std::mem::take(&mut loaded.tokens));
         self.ids.next = self.ids.next.max(loaded.next_id);
         for (role, s) in loaded.roles {
             if let Err(e) = self.apply_role(&role, &s) {

@@ -110,6 +110,8 @@ pub(crate) struct Changes {
     pub roles: Vec<(Role, Option<RoleSettings>)>,
     pub reservations: Vec<((AgentId, Role), Option<Resources>)>,
     pub hosted_jobs: Vec<(String, Option<Arc<HostedJobRecord>>)>,
+    /// Tokens created (Some) or revoked (None), by name.
+    pub tokens: Vec<(String, Option<TokenRecord>)>,
     pub next_id: u64,
     /// `next_id` moved since the last batch (ids were handed out).
     pub ids_moved: bool,
@@ -127,6 +129,7 @@ impl Changes {
             && self.roles.is_empty()
             && self.reservations.is_empty()
             && self.hosted_jobs.is_empty()
+            && self.tokens.is_empty()
     }
 
     /// Appends a later batch (its records win).
@@ -140,9 +143,22 @@ impl Changes {
         self.roles.extend(c.roles);
         self.reservations.extend(c.reservations);
         self.hosted_jobs.extend(c.hosted_jobs);
+        self.tokens.extend(c.tokens);
         self.next_id = self.next_id.max(c.next_id);
         self.ids_moved |= c.ids_moved;
     }
+}
+
+/// A bearer token: only the SHA-256 of its secret is kept.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct TokenRecord {
+    pub name: String,
+    pub secret_sha256: [u8; 32],
+    pub grants: Vec<String>,
+    pub created_at_ms: i64,
+    /// 0: never.
+    pub expires_at_ms: i64,
+    pub created_by: String,
 }
 
 /// What the registry gives back at start-up: everything but the history of
@@ -164,6 +180,7 @@ pub(crate) struct Loaded {
     pub roles: Vec<(Role, RoleSettings)>,
     pub reservations: Vec<((AgentId, Role), Resources)>,
     pub hosted_jobs: Vec<HostedJobRecord>,
+    pub tokens: Vec<TokenRecord>,
     pub next_id: u64,
     /// Bumped at every open: which start of the master this is.
     pub epoch: u64,

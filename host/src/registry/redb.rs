@@ -51,6 +51,7 @@ const FINISHED: TableDefinition<(u64, u64), &str> = TableDefinition::new("finish
 const SUB_ENDED: TableDefinition<&str, u64> = TableDefinition::new("submission_ended");
 /// Jobs given to hosted frameworks and not launched yet, by job id.
 const HOSTED_JOBS: TableDefinition<&str, &[u8]> = TableDefinition::new("hosted_jobs");
+const TOKENS: TableDefinition<&str, &[u8]> = TableDefinition::new("tokens");
 /// This layout's number in META["layout"].
 const LAYOUT: u64 = 2;
 
@@ -142,6 +143,7 @@ impl Redb {
                 (ROLES, "roles"),
                 (RESERVATIONS, "reservations"),
                 (HOSTED_JOBS, "hosted_jobs"),
+                (TOKENS, "tokens"),
             ] {
                 w.open_table(t).map_err(|e| err(what)(e.to_string()))?;
             }
@@ -359,6 +361,20 @@ impl Registry for Redb {
                 estimated_fuel: j.estimated_fuel,
             });
         }
+        for t in load::<v1::StoredToken>(&r, TOKENS, "token")? {
+            let Ok(hash) = <[u8; 32]>::try_from(t.secret_sha256.as_slice()) else {
+                skip("token", &t.name, "bad hash");
+                continue;
+            };
+            loaded.tokens.push(super::TokenRecord {
+                name: t.name,
+                secret_sha256: hash,
+                grants: t.grants,
+                created_at_ms: t.created_at_ms,
+                expires_at_ms: t.expires_at_ms,
+                created_by: t.created_by,
+            });
+        }
         for rec in load::<v1::StoredRole>(&r, ROLES, "role")? {
             let Ok(role) = Role::new(rec.role.clone()) else {
                 skip("role", &rec.role, "bad name");
@@ -470,6 +486,24 @@ impl Registry for Redb {
                         })
                     });
                     (id.clone(), rec)
+                }),
+            )?;
+            put(
+                &w,
+                TOKENS,
+                "tokens",
+                changes.tokens.iter().map(|(name, t)| {
+                    let rec = t.as_ref().map(|t| {
+                        wasmos_proto::encode(&v1::StoredToken {
+                            name: t.name.clone(),
+                            secret_sha256: t.secret_sha256.to_vec(),
+                            grants: t.grants.clone(),
+                            created_at_ms: t.created_at_ms,
+                            expires_at_ms: t.expires_at_ms,
+                            created_by: t.created_by.clone(),
+                        })
+                    });
+                    (name.clone(), rec)
                 }),
             )?;
             put(

@@ -15,6 +15,7 @@ fn submit_req(sha: &str, count: u32, res: &str) -> v1::SubmitRequest {
         max_attempts: 0,
         framework: String::new(),
         estimated_fuel: None,
+        role: String::new(),
     }
 }
 

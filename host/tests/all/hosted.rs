@@ -36,6 +36,7 @@ fn job(framework: &str, sha: &str, input: &str, estimated_fuel: Option<u64>) -> 
         max_attempts: 0,
         framework: framework.into(),
         estimated_fuel,
+        role: String::new(),
     }
 }
 

@@ -11,13 +11,15 @@ use std::time::Duration;
 
 use sha2::{Digest, Sha256};
 use tokio::sync::watch;
-use tonic::transport::Channel;
 use wasmos_model::Resources;
 use wasmos_proto::v1;
+use wasmos_security::client::{AuthChannel as Channel, Target};
 
 pub struct Cluster {
     pub url: String,
     pub channel: Channel,
+    /// The admin token (`admin:*`) the master made at its start.
+    pub token: String,
     stop: watch::Sender<bool>,
     agent_stops: Vec<watch::Sender<bool>>,
     _dir: tempfile::TempDir,
@@ -44,8 +46,13 @@ pub async fn cluster_with(
     let url = format!("http://{}", listener.local_addr().unwrap());
     let mut cfg = wasmos_host::MasterConfig::new(dir.path().join("master"));
     cfg.batch_refuse = Duration::from_millis(50);
+    // The master's logic, over plaintext loopback; TLS and tokens are
+    // tested through the binary, like a user runs it (cli tests).
+    cfg.transport = wasmos_host::Transport::Insecure;
     tweak(&mut cfg);
     let handle = wasmos_host::start(cfg).unwrap();
+    // A first start: the master made an admin token; the tests call with it.
+    let token = handle.admin_token().expect("a first start makes an admin token");
     let (stop, stop_rx) = watch::channel(false);
     let mut rx = stop_rx.clone();
     tokio::spawn(wasmos_host::serve_with(handle, listener, async move {
@@ -69,8 +76,9 @@ pub async fn cluster_with(
             }
         }));
     }
-    let channel = tonic::transport::Endpoint::from_shared(url.clone()).unwrap().connect().await.unwrap();
-    let c = Cluster { url, channel, stop, agent_stops, _dir: dir };
+    let channel =
+        Target { url: url.clone(), ca_pem: None, identity: None, token: Some(token.clone()) }.connect().await.unwrap();
+    let c = Cluster { url, channel, token, stop, agent_stops, _dir: dir };
     // Wait until every agent has registered.
     for _ in 0..200 {
         let n = c.operator().list_agents(v1::ListAgentsRequest::default()).await.unwrap().into_inner().agents.len();

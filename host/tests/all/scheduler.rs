@@ -11,7 +11,7 @@ use crate::*;
 pub struct Framework {
     pub id: String,
     events: Streaming<v1::Event>,
-    client: v1::scheduler_client::SchedulerClient<tonic::transport::Channel>,
+    client: v1::scheduler_client::SchedulerClient<wasmos_security::client::AuthChannel>,
 }
 
 impl Framework {

@@ -1,0 +1,358 @@
+//! The attacks that must fail, through a real `wasmos dev` over real TLS on
+//! loopback: plaintext to a TLS master, clients that do not trust the
+//! cluster CA, client certificates from another CA or out of their
+//! validity, handshakes that never finish, and floods of bad connections.
+//! Each checks the refusal and that the master still serves.
+
+use std::io::{Read, Write};
+use std::net::TcpStream;
+use std::time::{Duration, Instant};
+
+use wasmos_proto::v1;
+use wasmos_security::client::{ClientIdentity, Target};
+use wasmos_security::pki::{Pki, agent_key_and_csr};
+use wasmos_security::time::OffsetDateTime;
+
+use crate::dev::Cluster;
+
+fn err(o: &std::process::Output) -> String {
+    String::from_utf8_lossy(&o.stderr).into_owned()
+}
+
+/// The cluster still answers a listing through the CLI.
+fn serving(c: &Cluster) {
+    let o = c.cmd().args(["agents", "--json"]).output().unwrap();
+    assert_eq!(o.status.code(), Some(0), "the master stopped serving: {}", err(&o));
+}
+
+fn port(c: &Cluster) -> u16 {
+    c.url.rsplit(':').next().unwrap().parse().unwrap()
+}
+
+fn rt() -> tokio::runtime::Runtime {
+    tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap()
+}
+
+/// A ListAgents call through `target`: Ok, or the error as text.
+fn list_agents(target: &Target) -> Result<usize, String> {
+    rt().block_on(async {
+        let ch = target.connect().await?;
+        let mut op = v1::operator_client::OperatorClient::new(ch);
+        op.list_agents(v1::ListAgentsRequest::default())
+            .await
+            .map(|r| r.into_inner().agents.len())
+            .map_err(|s| format!("{s:?}"))
+    })
+}
+
+fn trusted(c: &Cluster) -> Target {
+    let cfg = wasmos_security::client::ClientConfig::read(&c.config).unwrap().expect("dev wrote a client config");
+    Target { url: c.url.clone(), ca_pem: cfg.ca_pem, identity: None, token: cfg.token }
+}
+
+#[test]
+fn dev_serves_tls_and_writes_a_private_client_config() {
+    let c = Cluster::start();
+    let cfg = wasmos_security::client::ClientConfig::read(&c.config).unwrap().unwrap();
+    assert_eq!(cfg.master, c.url);
+    assert!(cfg.ca_pem.as_deref().is_some_and(|p| p.contains("BEGIN CERTIFICATE")));
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt;
+        assert_eq!(std::fs::metadata(&c.config).unwrap().permissions().mode() & 0o777, 0o600);
+    }
+    assert!(list_agents(&trusted(&c)).is_ok());
+}
+
+#[test]
+fn plaintext_to_a_tls_master_fails() {
+    let c = Cluster::start();
+    let plain = format!("http://127.0.0.1:{}", port(&c));
+    let o = c.cmd().args(["agents", "--master", &plain]).output().unwrap();
+    assert_eq!(o.status.code(), Some(2), "{}", err(&o));
+    let t = Target { url: plain, ..Default::default() };
+    assert!(list_agents(&t).is_err());
+    serving(&c);
+}
+
+#[test]
+fn a_client_that_does_not_trust_the_cluster_ca_fails() {
+    let c = Cluster::start();
+    let other = tempfile::tempdir().unwrap();
+    let other_pki = Pki::load_or_create(other.path(), &[]).unwrap();
+    std::fs::write(other.path().join("other-ca.pem"), &other_pki.ca_pem).unwrap();
+    let o = c.cmd().args(["agents", "--ca-cert"]).arg(other.path().join("other-ca.pem")).output().unwrap();
+    assert_eq!(o.status.code(), Some(2), "{}", err(&o));
+    assert!(err(&o).contains("cannot reach the master"), "{}", err(&o));
+    // No CA at all for an https:// master: told what to pass.
+    let o = c
+        .cmd()
+        .env("WASMOS_CONFIG", other.path().join("none.json"))
+        .args(["agents", "--master", &c.url])
+        .output()
+        .unwrap();
+    assert_eq!(o.status.code(), Some(2), "{}", err(&o));
+    assert!(err(&o).contains("--ca-cert"), "{}", err(&o));
+    serving(&c);
+}
+
+/// A client certificate made for agent `id` with `pki`'s CA, valid between
+/// the two times.
+fn agent_identity(pki: &Pki, id: &str, from: OffsetDateTime, to: OffsetDateTime) -> ClientIdentity {
+    let (key_pem, csr) = agent_key_and_csr().unwrap();
+    ClientIdentity { cert_pem: pki.sign_agent_between(&csr, id, from, to).unwrap(), key_pem }
+}
+
+#[test]
+fn client_certificates_from_another_ca_or_out_of_date_are_refused() {
+    let c = Cluster::start();
+    let now = OffsetDateTime::now_utc();
+    let day = wasmos_security::time::Duration::days(1);
+    let other = tempfile::tempdir().unwrap();
+    let other_pki = Pki::load_or_create(other.path(), &[]).unwrap();
+    let cluster_pki = Pki::load(&c.state().join("tls")).unwrap();
+    let cases = [
+        ("another CA", agent_identity(&other_pki, "agent-x", now - day, now + day)),
+        ("expired", agent_identity(&cluster_pki, "agent-x", now - day - day, now - day)),
+        ("not yet valid", agent_identity(&cluster_pki, "agent-x", now + day, now + day + day)),
+    ];
+    for (what, identity) in cases {
+        let t = Target { identity: Some(identity), ..trusted(&c) };
+        let r = list_agents(&t);
+        assert!(r.is_err(), "{what}: a client certificate {what} was accepted");
+    }
+    // The same kind of certificate, valid and from the cluster CA, is accepted.
+    let good = agent_identity(&cluster_pki, "agent-x", now - day, now + day);
+    assert!(list_agents(&Target { identity: Some(good), ..trusted(&c) }).is_ok());
+    serving(&c);
+}
+
+#[test]
+fn handshakes_that_never_finish_are_closed_and_do_not_hold_the_master() {
+    let c = Cluster::start_with(&["--tls-handshake-timeout", "1s", "--max-tls-handshakes", "32"]);
+    let addr = format!("127.0.0.1:{}", port(&c));
+    // Connections that say nothing: the master closes each after the timeout.
+    let mut idle: Vec<TcpStream> = (0..8).map(|_| TcpStream::connect(&addr).unwrap()).collect();
+    serving(&c);
+    let t0 = Instant::now();
+    for s in &mut idle {
+        s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+        let mut buf = [0u8; 16];
+        let n = s.read(&mut buf).unwrap_or(0);
+        assert_eq!(n, 0, "an idle connection got {n} bytes instead of being closed");
+    }
+    assert!(t0.elapsed() < Duration::from_secs(10));
+    // More idle connections than handshake slots: the extra ones are closed
+    // at once, and once the idle ones time out the master serves again.
+    let _flood: Vec<TcpStream> = (0..64).filter_map(|_| TcpStream::connect(&addr).ok()).collect();
+    std::thread::sleep(Duration::from_millis(1500));
+    serving(&c);
+}
+
+#[test]
+fn a_thousand_bad_connections_in_a_row_leave_the_master_serving() {
+    let c = Cluster::start();
+    let addr = format!("127.0.0.1:{}", port(&c));
+    for i in 0..1000 {
+        if let Ok(mut s) = TcpStream::connect(&addr) {
+            // Garbage, a plaintext HTTP/2 preface, or nothing at all.
+            let _ = match i % 3 {
+                0 => s.write_all(b"\x16\x03\x01\x00\x05hello"),
+                1 => s.write_all(b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n"),
+                _ => Ok(()),
+            };
+        }
+    }
+    serving(&c);
+}
+
+// ---------------------------------------------------------------- tokens
+
+fn out(o: &std::process::Output) -> String {
+    String::from_utf8_lossy(&o.stdout).into_owned()
+}
+
+/// `wasmos token create NAME --grant G...` with the admin token; the secret.
+fn token(c: &Cluster, name: &str, grants: &[&str], extra: &[&str]) -> String {
+    let mut cmd = c.cmd();
+    cmd.args(["token", "create", name]);
+    for g in grants {
+        cmd.args(["--grant", g]);
+    }
+    let o = cmd.args(extra).output().unwrap();
+    assert_eq!(o.status.code(), Some(0), "{}", err(&o));
+    let secret = out(&o).trim().to_string();
+    assert!(secret.starts_with("wsmt_"), "{secret}");
+    secret
+}
+
+/// A client command with `secret` as its token.
+fn as_token(c: &Cluster, secret: &str, args: &[&str]) -> std::process::Output {
+    c.cmd().args(args).args(["--token", secret]).output().unwrap()
+}
+
+fn audit_lines(c: &Cluster) -> Vec<serde_json::Value> {
+    // The audit writer flushes on its own thread: give it a moment.
+    std::thread::sleep(Duration::from_millis(300));
+    let text = std::fs::read_to_string(c.state().join("audit.jsonl")).unwrap_or_default();
+    text.lines().map(|l| serde_json::from_str(l).unwrap()).collect()
+}
+
+fn hello() -> String {
+    let p = std::path::PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../target/guests/hello.wasm");
+    assert!(p.exists(), "{} is missing: run `cargo xtask guests` first", p.display());
+    p.to_string_lossy().into_owned()
+}
+
+#[test]
+fn no_made_up_malformed_expired_or_revoked_token_gets_in() {
+    let c = Cluster::start();
+    // No token at all: a config with the URL and CA only.
+    let bare = c.state().join("bare.json");
+    let mut cfg = wasmos_security::client::ClientConfig::read(&c.config).unwrap().unwrap();
+    cfg.token = None;
+    cfg.write(&bare).unwrap();
+    let o = c.cmd().env("WASMOS_CONFIG", &bare).args(["tasks"]).output().unwrap();
+    assert_eq!(o.status.code(), Some(2));
+    assert!(err(&o).contains("needs a token"), "{}", err(&o));
+
+    let made_up = format!("wsmt_{}", "ab".repeat(32));
+    let o = as_token(&c, &made_up, &["tasks"]);
+    assert_eq!(o.status.code(), Some(2));
+    assert!(err(&o).contains("unknown or revoked token"), "{}", err(&o));
+    let o = as_token(&c, "hunter2", &["tasks"]);
+    assert_eq!(o.status.code(), Some(2));
+    assert!(err(&o).contains("not a wasmos token"), "{}", err(&o));
+
+    let short = token(&c, "short", &["view:*"], &["--ttl", "1s"]);
+    assert_eq!(as_token(&c, &short, &["tasks"]).status.code(), Some(0));
+    std::thread::sleep(Duration::from_millis(1500));
+    let o = as_token(&c, &short, &["tasks"]);
+    assert_eq!(o.status.code(), Some(2));
+    assert!(err(&o).contains("token short expired"), "{}", err(&o));
+
+    let gone = token(&c, "gone", &["view:*"], &[]);
+    assert_eq!(as_token(&c, &gone, &["tasks"]).status.code(), Some(0));
+    let o = c.cmd().args(["token", "revoke", "gone"]).output().unwrap();
+    assert_eq!(o.status.code(), Some(0), "{}", err(&o));
+    let o = as_token(&c, &gone, &["tasks"]);
+    assert_eq!(o.status.code(), Some(2));
+    assert!(err(&o).contains("unknown or revoked"), "{}", err(&o));
+
+    // The refusals are in the audit log, without any secret.
+    let lines = audit_lines(&c);
+    assert!(lines.iter().filter(|l| l["decision"] == "deny" && l["principal"] == "unauthenticated").count() >= 4);
+    let text = std::fs::read_to_string(c.state().join("audit.jsonl")).unwrap();
+    for s in [&made_up, &short, &gone] {
+        assert!(!text.contains(&s[5..]), "a secret is in the audit log");
+    }
+}
+
+#[test]
+fn revoking_a_token_closes_its_open_watch_stream() {
+    let c = Cluster::start();
+    let secret = token(&c, "watcher", &["view:*"], &[]);
+    let t = Target { token: Some(secret), ..trusted(&c) };
+    let rt = rt();
+    let mut stream = rt.block_on(async {
+        let mut op = v1::operator_client::OperatorClient::new(t.connect().await.unwrap());
+        op.watch(v1::WatchRequest { framework_id: String::new(), from: None }).await.unwrap().into_inner()
+    });
+    let o = c.cmd().args(["token", "revoke", "watcher"]).output().unwrap();
+    assert_eq!(o.status.code(), Some(0), "{}", err(&o));
+    let ended = rt.block_on(async {
+        tokio::time::timeout(Duration::from_secs(10), async {
+            loop {
+                match stream.message().await {
+                    Ok(Some(_)) => continue,
+                    Ok(None) => return None,
+                    Err(s) => return Some(s),
+                }
+            }
+        })
+        .await
+    });
+    let status = ended.expect("the stream was not closed within 10 s").expect("closed with an error");
+    assert_eq!(status.code(), tonic::Code::Unauthenticated, "{status:?}");
+    assert!(status.message().contains("watcher was revoked"), "{status:?}");
+}
+
+#[test]
+fn grants_bound_what_a_token_does_and_sees() {
+    let c = Cluster::start();
+    let h = hello();
+    // The admin's batch task, in role batch.
+    let o = c.cmd().args(["submit", "--wait", &h]).output().unwrap();
+    assert_eq!(o.status.code(), Some(0), "{}", err(&o));
+    let id = out(&o).lines().last().unwrap().split_whitespace().next().unwrap().to_string();
+
+    // view:a sees nothing of role batch: not listed, not found, no logs.
+    let a_viewer = token(&c, "a-viewer", &["view:a"], &[]);
+    let o = as_token(&c, &a_viewer, &["tasks", "--json"]);
+    assert_eq!(o.status.code(), Some(0), "{}", err(&o));
+    assert_eq!(out(&o).trim(), "", "view:a listed batch tasks: {}", out(&o));
+    let o = as_token(&c, &a_viewer, &["logs", &id]);
+    assert_eq!(o.status.code(), Some(2));
+    assert!(err(&o).contains("no task"), "{}", err(&o));
+    // view:batch does.
+    let b_viewer = token(&c, "b-viewer", &["view:batch"], &[]);
+    let o = as_token(&c, &b_viewer, &["tasks", "--json"]);
+    assert!(out(&o).contains(&id), "{}", out(&o));
+    assert_eq!(as_token(&c, &b_viewer, &["logs", &id]).status.code(), Some(0));
+
+    // submit:a may not submit to batch; the message names token, action, role and grants.
+    let a_submitter = token(&c, "a-submitter", &["submit:a"], &[]);
+    let o = as_token(&c, &a_submitter, &["submit", &h]);
+    assert_eq!(o.status.code(), Some(2));
+    let e = err(&o);
+    assert!(
+        e.contains("token a-submitter may not submit in role batch (it has submit:a)") && e.contains("submit:batch"),
+        "{e}"
+    );
+    // quota, reserve and tokens need their grant.
+    let o = as_token(&c, &b_viewer, &["role", "set", "batch", "--weight", "2"]);
+    assert_eq!(o.status.code(), Some(2));
+    assert!(err(&o).contains("may not quota in role batch"), "{}", err(&o));
+    let agent = {
+        let o = c.cmd().args(["agents", "--json"]).output().unwrap();
+        let v: serde_json::Value = serde_json::from_str(out(&o).lines().next().unwrap()).unwrap();
+        v["agent_id"].as_str().unwrap().to_string()
+    };
+    let o = as_token(&c, &b_viewer, &["reserve", &agent, "batch", "cpus:1"]);
+    assert_eq!(o.status.code(), Some(2));
+    assert!(err(&o).contains("may not reserve in role batch"), "{}", err(&o));
+    let o = as_token(&c, &b_viewer, &["token", "create", "x", "--grant", "view:*"]);
+    assert_eq!(o.status.code(), Some(2));
+    assert!(err(&o).contains("may not tokens"), "{}", err(&o));
+    // A tokens grant does not let a token mint more than it has.
+    let minter = token(&c, "minter", &["tokens:*", "view:a"], &[]);
+    let o = as_token(&c, &minter, &["token", "create", "root", "--grant", "admin:*"]);
+    assert_eq!(o.status.code(), Some(2));
+    assert!(err(&o).contains("may not grant admin:*"), "{}", err(&o));
+    let o = as_token(&c, &minter, &["token", "create", "ok", "--grant", "view:a"]);
+    assert_eq!(o.status.code(), Some(0), "{}", err(&o));
+
+    // Nothing changed: one task, weight unchanged; the denials are audited.
+    let o = c.cmd().args(["tasks", "--json"]).output().unwrap();
+    assert_eq!(out(&o).lines().count(), 1, "{}", out(&o));
+    let o = c.cmd().args(["roles", "--json"]).output().unwrap();
+    assert!(!out(&o).contains("\"weight\":2"), "{}", out(&o));
+    let lines = audit_lines(&c);
+    let denied = |who: &str, action: &str| {
+        lines.iter().any(|l| l["principal"] == who && l["action"] == action && l["decision"] == "deny")
+    };
+    assert!(denied("token:a-submitter", "submit"), "{lines:#?}");
+    assert!(denied("token:b-viewer", "quota"), "{lines:#?}");
+    assert!(denied("token:minter", "token_create"), "{lines:#?}");
+    assert!(
+        lines.iter().any(|l| l["principal"] == "token:admin" && l["action"] == "submit" && l["decision"] == "allow")
+    );
+
+    // No secret in `token ls`.
+    let o = c.cmd().args(["token", "ls", "--json"]).output().unwrap();
+    assert_eq!(o.status.code(), Some(0), "{}", err(&o));
+    for s in [&a_viewer, &b_viewer, &a_submitter, &minter] {
+        assert!(!out(&o).contains(&s[5..]), "token ls shows a secret");
+    }
+    assert_eq!(out(&o).lines().count(), 6, "admin and five made here: {}", out(&o));
+}

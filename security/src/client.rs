@@ -1,0 +1,196 @@
+//! The client side: the client config file every command reads, TLS
+//! endpoints that trust the cluster CA, and the bearer token on every call.
+//!
+//! The config (`$WASMOS_CONFIG`, default `~/.config/wasmos/config.json`,
+//! mode 0600) holds the master URL, the CA certificate (PEM) and a token.
+//! `wasmos dev` and `wasmos master` write it on first start; flags and
+//! environment variables override each field.
+
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use serde::{Deserialize, Serialize};
+use tonic::metadata::{Ascii, MetadataValue};
+use tonic::service::interceptor::InterceptedService;
+use tonic::transport::{Certificate, Channel, ClientTlsConfig, Endpoint, Identity};
+
+/// What a client needs to reach a master.
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq, Eq)]
+pub struct ClientConfig {
+    /// `https://HOST:PORT` (or `http://` for an `--insecure` master).
+    pub master: String,
+    /// The cluster CA, PEM.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ca_pem: Option<String>,
+    /// A bearer token (`wsmt_...`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub token: Option<String>,
+}
+
+/// `$WASMOS_CONFIG`, else `$XDG_CONFIG_HOME/wasmos/config.json`, else
+/// `~/.config/wasmos/config.json`.
+pub fn config_path() -> Option<PathBuf> {
+    if let Some(p) = std::env::var_os("WASMOS_CONFIG").filter(|p| !p.is_empty()) {
+        return Some(PathBuf::from(p));
+    }
+    let base = std::env::var_os("XDG_CONFIG_HOME")
+        .filter(|p| !p.is_empty())
+        .map(PathBuf::from)
+        .or_else(|| std::env::var_os("HOME").filter(|p| !p.is_empty()).map(|h| PathBuf::from(h).join(".config")))?;
+    Some(base.join("wasmos").join("config.json"))
+}
+
+impl ClientConfig {
+    /// The config at `path`; `Ok(None)` when there is none.
+    pub fn read(path: &Path) -> Result<Option<ClientConfig>, String> {
+        match std::fs::read_to_string(path) {
+            Ok(s) => serde_json::from_str(&s)
+                .map(Some)
+                .map_err(|e| format!("client config {}: {e}; fix or delete it", path.display())),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
+            Err(e) => Err(format!("client config {}: {e}", path.display())),
+        }
+    }
+
+    /// Writes it atomically with mode 0600 (it holds a token).
+    pub fn write(&self, path: &Path) -> Result<(), String> {
+        if let Some(dir) = path.parent() {
+            std::fs::create_dir_all(dir).map_err(|e| format!("creating {}: {e}", dir.display()))?;
+        }
+        let json = serde_json::to_string_pretty(self).expect("serializable");
+        crate::pki::write_atomic(path, json.as_bytes(), 0o600)
+    }
+}
+
+/// A client certificate and its key, PEM.
+#[derive(Clone)]
+pub struct ClientIdentity {
+    pub cert_pem: String,
+    pub key_pem: String,
+}
+
+impl std::fmt::Debug for ClientIdentity {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("ClientIdentity(..)")
+    }
+}
+
+/// How to reach a master: its URL, the CA to trust (for `https://`), a
+/// client certificate (agents), a bearer token (everyone else).
+#[derive(Clone, Default)]
+pub struct Target {
+    pub url: String,
+    pub ca_pem: Option<String>,
+    pub identity: Option<ClientIdentity>,
+    pub token: Option<String>,
+}
+
+impl std::fmt::Debug for Target {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Target")
+            .field("url", &self.url)
+            .field("ca", &self.ca_pem.is_some())
+            .field("identity", &self.identity.is_some())
+            .field("token", &self.token.as_ref().map(|_| "…"))
+            .finish()
+    }
+}
+
+/// A channel that sends the bearer token with every call.
+pub type AuthChannel = InterceptedService<Channel, Bearer>;
+
+/// Adds `authorization: Bearer TOKEN` to every request (nothing without a token).
+#[derive(Clone, Default)]
+pub struct Bearer(Option<MetadataValue<Ascii>>);
+
+impl Bearer {
+    pub fn new(token: Option<&str>) -> Result<Bearer, String> {
+        token
+            .map(|t| {
+                format!("Bearer {t}")
+                    .parse::<MetadataValue<Ascii>>()
+                    .map_err(|_| "the token has characters a header cannot carry; check --token".to_string())
+            })
+            .transpose()
+            .map(Bearer)
+    }
+}
+
+impl tonic::service::Interceptor for Bearer {
+    fn call(&mut self, mut req: tonic::Request<()>) -> Result<tonic::Request<()>, tonic::Status> {
+        if let Some(v) = &self.0 {
+            req.metadata_mut().insert("authorization", v.clone());
+        }
+        Ok(req)
+    }
+}
+
+impl Target {
+    /// The endpoint: TLS with the CA (and identity) for `https://`.
+    pub fn endpoint(&self) -> Result<Endpoint, String> {
+        let ep = Endpoint::from_shared(self.url.clone())
+            .map_err(|_| format!("master address {:?} is not a URL; write e.g. https://127.0.0.1:5050", self.url))?
+            .connect_timeout(Duration::from_secs(5))
+            .tcp_nodelay(true);
+        if !self.url.starts_with("https://") {
+            return Ok(ep);
+        }
+        let ca = self.ca_pem.as_ref().ok_or_else(|| {
+            format!(
+                "{} speaks TLS but no CA certificate is known; pass --ca-cert FILE (the master's STATE_DIR/tls/ca.pem) or set WASMOS_CA_CERT",
+                self.url
+            )
+        })?;
+        let mut tls = ClientTlsConfig::new().ca_certificate(Certificate::from_pem(ca));
+        if let Some(id) = &self.identity {
+            tls = tls.identity(Identity::from_pem(&id.cert_pem, &id.key_pem));
+        }
+        ep.tls_config(tls).map_err(|e| format!("tls: {e}"))
+    }
+
+    /// Connects now.
+    pub async fn connect(&self) -> Result<AuthChannel, String> {
+        let ch = self.endpoint()?.connect().await.map_err(|e| describe_connect_error(&self.url, &e))?;
+        Ok(InterceptedService::new(ch, Bearer::new(self.token.as_deref())?))
+    }
+
+    /// A channel that connects on first use (and reconnects).
+    pub fn connect_lazy(&self) -> Result<AuthChannel, String> {
+        let ch = self.endpoint()?.connect_lazy();
+        Ok(InterceptedService::new(ch, Bearer::new(self.token.as_deref())?))
+    }
+}
+
+/// A connect error with its causes, as one line.
+pub fn describe_connect_error(url: &str, e: &tonic::transport::Error) -> String {
+    let mut msg = format!("cannot reach the master at {url}: {e}");
+    let mut src = std::error::Error::source(e);
+    while let Some(s) = src {
+        msg.push_str(&format!(": {s}"));
+        src = s.source();
+    }
+    msg
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn config_round_trip_private() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("sub/config.json");
+        assert_eq!(ClientConfig::read(&p).unwrap(), None);
+        let c =
+            ClientConfig { master: "https://127.0.0.1:5050".into(), ca_pem: Some("x".into()), token: Some("t".into()) };
+        c.write(&p).unwrap();
+        assert_eq!(ClientConfig::read(&p).unwrap(), Some(c));
+        #[cfg(unix)]
+        {
+            use std::os::unix::fs::PermissionsExt;
+            assert_eq!(std::fs::metadata(&p).unwrap().permissions().mode() & 0o777, 0o600);
+        }
+        std::fs::write(&p, "{").unwrap();
+        assert!(ClientConfig::read(&p).unwrap_err().contains("fix or delete it"));
+    }
+}
