@@ -9,6 +9,7 @@
 
 mod checkpoint;
 mod executor;
+mod identity;
 mod link;
 mod modules;
 mod updates;
@@ -57,8 +58,12 @@ pub struct AgentConfig {
     /// `--insecure` master).
     pub master: String,
     /// The CA certificate (PEM) the master's certificate must chain to;
-    /// needed for `https://`.
+    /// without it, the join token's fingerprint picks the CA the master
+    /// presents.
     pub ca_pem: Option<String>,
+    /// The join token (`wasmos token create NAME --agent`), used once: the
+    /// identity it gets is kept in `work_dir/identity`.
+    pub join_token: Option<String>,
     /// What this agent offers. Default: the machine's cores and memory.
     pub resources: Resources,
     /// Free-form attributes (`zone=eu`), matched by task constraints.
@@ -93,6 +98,7 @@ impl AgentConfig {
         AgentConfig {
             master: master.into(),
             ca_pem: None,
+            join_token: None,
             resources: default_resources(),
             attributes: Vec::new(),
             hostname: hostname(),
@@ -187,7 +193,9 @@ impl Agent {
 pub async fn run(cfg: AgentConfig, shutdown: impl Future<Output = ()> + Send) -> Result<String, AgentError> {
     std::fs::create_dir_all(&cfg.work_dir).map_err(|e| AgentError::WorkDir(cfg.work_dir.clone(), e))?;
     let sandbox = Sandbox::new(cfg.sandbox.clone())?;
-    let channel = Link::connect(&cfg).await?;
+    let identity = identity::obtain(&cfg).await?;
+    let target = identity.target(&cfg.master, cfg.ca_pem.clone());
+    let channel: link::SharedChannel = Arc::new(std::sync::RwLock::new(Link::connect(&target, cfg.max_backoff).await?));
     let (checkpoint, restored) = if cfg.checkpoint {
         match Checkpoint::open(&cfg.work_dir, cfg.checkpoint_interval) {
             Ok((c, r)) => (Some(c), r),
@@ -197,7 +205,7 @@ pub async fn run(cfg: AgentConfig, shutdown: impl Future<Output = ()> + Send) ->
         (None, checkpoint::Restored::default())
     };
     let agent = Arc::new(Agent {
-        link: Link::new(channel.clone(), restored.agent_id.clone()),
+        link: Link::new(channel.clone(), identity.agent_id.clone()),
         modules: Modules::new(&cfg.work_dir, channel, sandbox.clone(), cfg.max_backoff),
         executor: Executor::new(sandbox),
         updates: Updates::new(checkpoint.clone()),
@@ -211,6 +219,7 @@ pub async fn run(cfg: AgentConfig, shutdown: impl Future<Output = ()> + Send) ->
         Err(_) => Duration::from_secs(1),
     };
     let updater = tokio::spawn(updates::send(agent.clone()));
+    let renewer = tokio::spawn(identity::renew(agent.clone(), identity));
     let heartbeats = tokio::spawn(link::heartbeats(agent.clone(), heartbeat));
     tokio::select! {
         _ = link::commands(agent.clone()) => {}
@@ -218,6 +227,7 @@ pub async fn run(cfg: AgentConfig, shutdown: impl Future<Output = ()> + Send) ->
     }
     heartbeats.abort();
     updater.abort();
+    renewer.abort();
     let id = agent.link.id();
     // Close the checkpoint first: the kills below are the agent's doing, not
     // the tasks' fate; after a restart these tasks are reported LOST (and

@@ -5,10 +5,10 @@
 use std::sync::{Arc, RwLock};
 use std::time::Duration;
 
-use tonic::transport::Channel;
 use wasmos_proto::v1;
 use wasmos_proto::v1::agent_service_client::AgentServiceClient;
 use wasmos_sandbox::Sandbox;
+use wasmos_security::client::{AuthChannel, Target};
 
 use crate::{Agent, AgentConfig, AgentError, executor};
 
@@ -42,43 +42,45 @@ impl Backoff {
     }
 }
 
+/// A channel replaced when the agent's certificate is renewed.
+pub(crate) type SharedChannel = Arc<RwLock<AuthChannel>>;
+
 /// The channel to the master and the id it gave this agent.
 pub(crate) struct Link {
-    channel: Channel,
+    channel: SharedChannel,
     /// Empty until the first registration unless restored from the
     /// checkpoint; written only by [`register`].
     id: RwLock<String>,
 }
 
 impl Link {
-    /// Connects to the master, retrying with backoff until it answers.
-    pub async fn connect(cfg: &AgentConfig) -> Result<Channel, AgentError> {
-        let target = wasmos_security::client::Target {
-            url: cfg.master.clone(),
-            ca_pem: cfg.ca_pem.clone(),
-            identity: None,
-            token: None,
-        };
-        let endpoint = target.endpoint().map_err(AgentError::BadMaster)?;
-        let mut backoff = Backoff::new(Duration::from_millis(100), cfg.max_backoff);
+    /// Connects to the master as `target`, retrying with backoff until it answers.
+    pub async fn connect(target: &Target, max_backoff: Duration) -> Result<AuthChannel, AgentError> {
+        target.endpoint().map_err(AgentError::BadMaster)?;
+        let mut backoff = Backoff::new(Duration::from_millis(100), max_backoff);
         loop {
-            match endpoint.connect().await {
+            match target.connect().await {
                 Ok(c) => return Ok(c),
                 Err(_) => backoff.wait().await,
             }
         }
     }
 
-    pub fn new(channel: Channel, id: String) -> Link {
+    pub fn new(channel: SharedChannel, id: String) -> Link {
         Link { channel, id: RwLock::new(id) }
+    }
+
+    /// From now on, calls go through `channel` (a renewed certificate).
+    pub fn set_channel(&self, channel: AuthChannel) {
+        *self.channel.write().unwrap_or_else(|e| e.into_inner()) = channel;
     }
 
     pub fn id(&self) -> String {
         self.id.read().unwrap_or_else(|e| e.into_inner()).clone()
     }
 
-    pub fn client(&self) -> AgentServiceClient<Channel> {
-        AgentServiceClient::new(self.channel.clone())
+    pub fn client(&self) -> AgentServiceClient<AuthChannel> {
+        AgentServiceClient::new(self.channel.read().unwrap_or_else(|e| e.into_inner()).clone())
             .max_decoding_message_size(wasmos_proto::MAX_MESSAGE_BYTES)
             .max_encoding_message_size(wasmos_proto::MAX_MESSAGE_BYTES)
     }

@@ -10,7 +10,6 @@ use std::time::Duration;
 
 use sha2::{Digest, Sha256};
 use tokio::sync::OnceCell;
-use tonic::transport::Channel;
 use wasmos_proto::v1;
 use wasmos_proto::v1::artifacts_client::ArtifactsClient;
 use wasmos_sandbox::{Prepared, Sandbox};
@@ -25,14 +24,19 @@ type ModuleCell = Arc<OnceCell<Result<Arc<Prepared>, String>>>;
 pub(crate) struct Modules {
     /// `<work-dir>/artifacts`: downloaded modules, kept across restarts.
     dir: PathBuf,
-    channel: Channel,
+    channel: crate::link::SharedChannel,
     sandbox: Sandbox,
     max_backoff: Duration,
     cells: Mutex<HashMap<String, ModuleCell>>,
 }
 
 impl Modules {
-    pub fn new(work_dir: &Path, channel: Channel, sandbox: Sandbox, max_backoff: Duration) -> Modules {
+    pub fn new(
+        work_dir: &Path,
+        channel: crate::link::SharedChannel,
+        sandbox: Sandbox,
+        max_backoff: Duration,
+    ) -> Modules {
         Modules { dir: work_dir.join("artifacts"), channel, sandbox, max_backoff, cells: Mutex::new(HashMap::new()) }
     }
 
@@ -51,8 +55,8 @@ impl Modules {
     }
 
     async fn download(&self, sha: &str) -> Result<Vec<u8>, tonic::Status> {
-        let mut client =
-            ArtifactsClient::new(self.channel.clone()).max_decoding_message_size(wasmos_proto::MAX_MESSAGE_BYTES);
+        let mut client = ArtifactsClient::new(self.channel.read().unwrap_or_else(|e| e.into_inner()).clone())
+            .max_decoding_message_size(wasmos_proto::MAX_MESSAGE_BYTES);
         let mut stream = client.download(v1::DownloadRequest { sha256: sha.to_string() }).await?.into_inner();
         let mut bytes = Vec::new();
         while let Some(chunk) = stream.message().await? {

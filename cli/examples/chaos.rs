@@ -64,7 +64,7 @@ async fn chaos() -> bool {
     .iter()
     .map(|s| s.to_string())
     .collect();
-    let agent_argv = |name: &str| -> Vec<String> {
+    let agent_argv = |name: &str, join: &str| -> Vec<String> {
         [
             "agent",
             "--master",
@@ -75,6 +75,8 @@ async fn chaos() -> bool {
             dir.path().join(name).to_str().unwrap(),
             "--ca-cert",
             ca_file.to_str().unwrap(),
+            "--join",
+            join,
         ]
         .iter()
         .map(|s| s.to_string())
@@ -84,8 +86,9 @@ async fn chaos() -> bool {
     let log = log.as_deref();
     let mut master = Proc::spawn(&wasmos, &master_argv, log);
     wait_up(&url, Duration::from_secs(30)).await.expect("master starts");
-    let mut agent_a = Proc::spawn(&wasmos, &agent_argv("agent-a"), log);
-    let agent_b = Proc::spawn(&wasmos, &agent_argv("agent-b"), log);
+    let join = common::join_token(&url).await;
+    let mut agent_a = Proc::spawn(&wasmos, &agent_argv("agent-a", &join), log);
+    let agent_b = Proc::spawn(&wasmos, &agent_argv("agent-b", &join), log);
     let ch = connect(&url).await;
     common::wait_agents(&ch, 2, Duration::from_secs(6)).await;
     let seen = Arc::new(Mutex::new(History::new(true)));

@@ -150,6 +150,7 @@ async fn soak(cfg: Config) -> bool {
         println!("soak: the master did not answer within 60 s; see {}", logs.join("master.log").display());
         return false;
     }
+    let join = common::join_token(&url).await;
     let agents: Vec<Proc> = (0..cfg.agents)
         .map(|i| {
             let work = dir.path().join(format!("agent-{i}"));
@@ -163,6 +164,8 @@ async fn soak(cfg: Config) -> bool {
                 work.to_str().unwrap(),
                 "--ca-cert",
                 ca_file.to_str().unwrap(),
+                "--join",
+                &join,
             ]);
             Proc::spawn(&cfg.wasmos, &argv, Some(&logs.join(format!("agent-{i}.log"))))
         })

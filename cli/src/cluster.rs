@@ -130,6 +130,10 @@ pub struct MasterOpts {
     /// TLS handshakes in flight at once; connections beyond it are closed.
     #[arg(long, value_name = "N", default_value_t = wasmos_security::server::DEFAULT_MAX_HANDSHAKES)]
     pub max_tls_handshakes: usize,
+    /// Lifetime of the client certificate an agent gets when it joins (it
+    /// renews it at two thirds of that).
+    #[arg(long, value_name = "DUR", default_value = "24h", value_parser = crate::args::duration)]
+    pub agent_cert_ttl: Duration,
     /// The audit log (STATE_DIR/audit.jsonl) moves to audit.jsonl.1 past this size.
     #[arg(long, value_name = "SIZE", default_value = "64MiB", value_parser = crate::args::size)]
     pub audit_log_size: u64,
@@ -201,6 +205,7 @@ impl MasterOpts {
         let mut cfg = MasterConfig::new(self.state_dir.clone().unwrap_or_else(|| default_state_dir(default_dir)));
         cfg.transport = self.transport()?;
         cfg.audit_log_size = self.audit_log_size;
+        cfg.agent_cert_ttl = self.agent_cert_ttl;
         cfg.agent_heartbeat_interval = self.agent_heartbeat;
         cfg.agent_timeout = self.agent_timeout;
         cfg.allocation_interval = self.allocation_interval;
@@ -271,9 +276,15 @@ pub struct AgentArgs {
     #[arg(long, value_name = "URL")]
     pub master: Option<String>,
     /// The CA certificate (PEM file) the master's certificate must chain to
-    /// [env: WASMOS_CA_CERT] [default: the client config's]
+    /// [env: WASMOS_CA_CERT] [default: the client config's, else the one the
+    /// join token names]
     #[arg(long, value_name = "FILE")]
     pub ca_cert: Option<PathBuf>,
+    /// A join token (`wasmos token create NAME --agent` on the master), used
+    /// at the first start: the agent's identity (its id and certificate) is
+    /// then kept in --work-dir/identity.
+    #[arg(long, value_name = "TOKEN", env = "WASMOS_JOIN_TOKEN", hide_env_values = true)]
+    pub join: Option<String>,
     /// Resources to offer [default: the machine's cores and memory]
     #[arg(long, value_name = "RES", value_parser = crate::args::resources)]
     pub resources: Option<Resources>,
@@ -400,6 +411,7 @@ pub fn agent(args: AgentArgs) -> ExitCode {
     };
     let mut cfg = wasmos_agent::AgentConfig::new(target.url.clone(), work_dir);
     cfg.ca_pem = target.ca_pem;
+    cfg.join_token = args.join.clone();
     if let Some(r) = args.resources {
         cfg.resources = r;
     }
@@ -474,6 +486,18 @@ pub fn dev(args: DevArgs) -> ExitCode {
         };
         write_client_config("dev", args.opts.client_config_path(), &url, &handle);
         let ca_pem = handle.ca_pem();
+        // The agents join like any other: with a join token, used once each
+        // (later starts find their identity in their work dirs).
+        let join = match handle
+            .create_join_token(&format!("dev-agents-{}", std::process::id()), args.agents, Duration::from_secs(600))
+            .await
+        {
+            Ok(t) => t,
+            Err(e) => {
+                eprintln!("wasmos dev: {e}");
+                return ExitCode::from(1);
+            }
+        };
         // Before the agents start: nothing else runs yet if it cannot be written.
         if let Some(Err(e)) = args.opts.url_file.as_deref().map(|p| write_url_file(p, &url)) {
             eprintln!("wasmos dev: {e}");
@@ -489,6 +513,7 @@ pub fn dev(args: DevArgs) -> ExitCode {
         for i in 0..args.agents {
             let mut cfg = wasmos_agent::AgentConfig::new(url.clone(), state_dir.join(format!("agent-{i}")));
             cfg.ca_pem = ca_pem.clone();
+            cfg.join_token = Some(join.clone());
             cfg.resources = resources.clone();
             cfg.hostname = format!("{}-dev{i}", wasmos_agent::hostname());
             cfg.checkpoint_interval = args.checkpoint_interval;

@@ -29,9 +29,16 @@ pub struct CreateArgs {
     /// What it may do: ACTION:ROLE, ROLE a role, a subtree (eng/*) or *.
     /// Actions: view, submit, kill, register_framework, deploy_framework,
     /// reserve, quota, drain, tokens, admin (repeatable).
-    #[arg(long = "grant", value_name = "ACTION:ROLE", required = true)]
+    #[arg(long = "grant", value_name = "ACTION:ROLE", required_unless_present = "agent", conflicts_with = "agent")]
     pub grants: Vec<String>,
-    /// How long it is valid [default: no expiry]
+    /// A join token for agents (`wasmos agent --join TOKEN`); it carries the
+    /// CA's fingerprint, so the agent trusts this master on first contact.
+    #[arg(long)]
+    pub agent: bool,
+    /// With --agent: how many agents may join with it [default: any number]
+    #[arg(long, value_name = "N", requires = "agent")]
+    pub uses: Option<u32>,
+    /// How long it is valid [default: no expiry; join tokens a day]
     #[arg(long, value_name = "DUR", value_parser = crate::args::duration)]
     pub ttl: Option<Duration>,
     /// One JSON object: name, grants, expiry and the secret.
@@ -65,6 +72,9 @@ fn info_json(t: &v1::TokenInfo) -> serde_json::Value {
         "created_at": rfc3339(t.created_at_ms),
         "expires_at": rfc3339(t.expires_at_ms),
         "created_by": t.created_by,
+        "kind": t.kind,
+        "uses_left": t.uses_left,
+        "agent_id": t.agent_id,
     })
 }
 
@@ -84,6 +94,8 @@ pub fn main(cmd: TokenCmd) -> ExitCode {
                     name: a.name.clone(),
                     grants: a.grants.clone(),
                     ttl_ms: a.ttl.map_or(0, |d| d.as_millis() as u64),
+                    agent: a.agent,
+                    uses: a.uses.unwrap_or(0),
                 };
                 match client::operator(&ch).create_token(req).await {
                     Ok(r) => {
@@ -94,11 +106,18 @@ pub fn main(cmd: TokenCmd) -> ExitCode {
                             println!("{v}");
                         } else {
                             println!("{}", r.secret);
-                            eprintln!(
-                                "wasmos token: {} created with {}; the secret above is shown once (pass it as --token or WASMOS_TOKEN)",
-                                a.name,
-                                a.grants.join(", ")
-                            );
+                            if a.agent {
+                                eprintln!(
+                                    "wasmos token: join token {} created; the secret above is shown once (start agents with `wasmos agent --master URL --join TOKEN`)",
+                                    a.name
+                                );
+                            } else {
+                                eprintln!(
+                                    "wasmos token: {} created with {}; the secret above is shown once (pass it as --token or WASMOS_TOKEN)",
+                                    a.name,
+                                    a.grants.join(", ")
+                                );
+                            }
                         }
                         ExitCode::SUCCESS
                     }
@@ -118,12 +137,18 @@ pub fn main(cmd: TokenCmd) -> ExitCode {
                                 println!("{}", info_json(t));
                             }
                         } else {
-                            println!("{:<24} {:<40} {:<25} CREATED BY", "NAME", "GRANTS", "EXPIRES");
+                            println!("{:<24} {:<6} {:<40} {:<25} CREATED BY", "NAME", "KIND", "GRANTS", "EXPIRES");
                             for t in &tokens {
+                                let grants = match t.kind.as_str() {
+                                    "join" if t.uses_left > 0 => format!("({} uses left)", t.uses_left),
+                                    "agent" => format!("(agent {})", t.agent_id),
+                                    _ => t.grants.join(","),
+                                };
                                 println!(
-                                    "{:<24} {:<40} {:<25} {}",
+                                    "{:<24} {:<6} {:<40} {:<25} {}",
                                     t.name,
-                                    t.grants.join(","),
+                                    t.kind,
+                                    grants,
                                     rfc3339(t.expires_at_ms).unwrap_or_else(|| "never".into()),
                                     t.created_by
                                 );

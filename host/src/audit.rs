@@ -150,6 +150,7 @@ fn describe(cmd: &Cmd, state: &State) -> Option<(&'static str, String, String)> 
         }
         Cmd::CreateToken(t, _) => ("token_create", t.name.clone(), t.grants.join(",")),
         Cmd::RevokeToken(name, _) => ("token_revoke", name.clone(), String::new()),
+        Cmd::Join(..) => ("agent_join", String::new(), String::new()),
         Cmd::HostedRemove(name, _) => ("framework_remove", name.clone(), String::new()),
         Cmd::RegisterAgent(..)
         | Cmd::AttachAgent(..)

@@ -20,6 +20,8 @@ use crate::master::cmd::Error;
 pub(crate) struct Caller {
     pub name: String,
     pub grants: Grants,
+    /// An agent's secret (over an `--insecure` master): the agent it names.
+    pub agent: Option<wasmos_model::AgentId>,
     /// 0: never.
     pub expires_at_ms: i64,
     revoked: watch::Sender<bool>,
@@ -27,7 +29,18 @@ pub(crate) struct Caller {
 
 impl Caller {
     pub fn new(name: String, grants: Grants, expires_at_ms: i64) -> Caller {
-        Caller { name, grants, expires_at_ms, revoked: watch::channel(false).0 }
+        Caller { name, grants, agent: None, expires_at_ms, revoked: watch::channel(false).0 }
+    }
+
+    /// An agent's secret: it speaks for that agent only.
+    pub fn agent(name: String, agent: wasmos_model::AgentId) -> Caller {
+        Caller {
+            name,
+            grants: Grants::default(),
+            agent: Some(agent),
+            expires_at_ms: 0,
+            revoked: watch::channel(false).0,
+        }
     }
 
     pub fn expired(&self, now_ms: i64) -> bool {
@@ -55,9 +68,9 @@ impl Caller {
 pub(crate) enum Principal {
     /// A bearer token.
     Token(Arc<Caller>),
-    /// An agent over the AgentService (agent identities come with join
-    /// tokens and certificates; until then an agent is not authenticated).
-    Agent,
+    /// An agent, by its client certificate (or, over an `--insecure`
+    /// master, the secret it got when it joined).
+    Agent(wasmos_model::AgentId),
     /// The master itself: its hosted frameworks and restarts.
     Master,
 }
@@ -67,7 +80,7 @@ impl Principal {
     pub fn label(&self) -> String {
         match self {
             Principal::Token(c) => format!("token:{}", c.name),
-            Principal::Agent => "agent".into(),
+            Principal::Agent(id) => format!("agent:{id}"),
             Principal::Master => "master".into(),
         }
     }
@@ -91,7 +104,7 @@ impl Auth {
         }
     }
 
-    fn get(&self, hash: &[u8; 32]) -> Option<Arc<Caller>> {
+    pub fn get(&self, hash: &[u8; 32]) -> Option<Arc<Caller>> {
         self.by_hash.read().unwrap_or_else(|e| e.into_inner()).get(hash).cloned()
     }
 
@@ -113,6 +126,12 @@ impl Auth {
         let caller = self.get(&hash).ok_or_else(|| {
             Status::unauthenticated("unknown or revoked token; ask an admin for a new one (`wasmos token create`)")
         })?;
+        if caller.agent.is_some() {
+            return Err(Status::unauthenticated(format!(
+                "{} is an agent's secret; it only speaks the agent protocol",
+                caller.name
+            )));
+        }
         if caller.expired(crate::master::types::now_ms()) {
             return Err(Status::unauthenticated(format!(
                 "token {} expired; ask an admin for a new one (`wasmos token create`)",
@@ -128,8 +147,8 @@ impl Auth {
 pub(crate) fn allow(who: &Principal, action: Action, role: &str) -> Result<(), Error> {
     match who {
         Principal::Master => Ok(()),
-        Principal::Agent => {
-            Err(Error::denied(format!("an agent may not {action} in role {role}; use a token with {action}:{role}")))
+        Principal::Agent(id) => {
+            Err(Error::denied(format!("agent {id} may not {action} in role {role}; use a token with {action}:{role}")))
         }
         Principal::Token(c) if c.grants.allows(action, role) => Ok(()),
         Principal::Token(c) => Err(Error::denied(format!(
@@ -149,7 +168,7 @@ pub(crate) fn allow_somewhere(who: &Principal, action: Action) -> Result<(), Err
             "token {} may not {action} anywhere (it has {}); ask an admin for a token with {action}:ROLE",
             c.name, c.grants
         ))),
-        Principal::Agent => Err(Error::denied(format!("an agent may not {action}; use a token"))),
+        Principal::Agent(id) => Err(Error::denied(format!("agent {id} may not {action}; use a token"))),
     }
 }
 
@@ -158,6 +177,6 @@ pub(crate) fn sees(who: &Principal, role: &str) -> bool {
     match who {
         Principal::Master => true,
         Principal::Token(c) => c.grants.allows(Action::View, role),
-        Principal::Agent => false,
+        Principal::Agent(_) => false,
     }
 }

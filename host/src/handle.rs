@@ -26,6 +26,7 @@ pub struct MasterHandle {
     pub(crate) audit: Arc<crate::audit::Audit>,
     /// The admin token made at this start (a first start), if any.
     pub(crate) admin_token: Option<Arc<String>>,
+    pub(crate) agent_cert_ttl: std::time::Duration,
 }
 
 impl MasterHandle {
@@ -41,6 +42,13 @@ impl MasterHandle {
     /// master keeps only its hash.
     pub fn admin_token(&self) -> Option<String> {
         self.admin_token.as_deref().cloned()
+    }
+
+    /// A join token for `uses` agents (0: any number), valid for `ttl` (zero:
+    /// a day): how `wasmos dev` and tests start their agents.
+    pub async fn create_join_token(&self, name: &str, uses: u32, ttl: std::time::Duration) -> Result<String, String> {
+        let t = crate::master::cmd::NewToken { name: name.into(), grants: vec![], ttl, agent: true, uses };
+        self.ask(Principal::Master, |r| Cmd::CreateToken(t, r)).await.map(|(secret, _)| secret).map_err(|e| e.message)
     }
 
     /// The cluster's name (in agents' certificates); None when plaintext.

@@ -135,6 +135,9 @@ pub struct MasterConfig {
     /// The audit log (`state_dir/audit.jsonl`) is rotated to audit.jsonl.1
     /// past this size. Default 64 MiB.
     pub audit_log_size: u64,
+    /// Lifetime of the client certificates agents get when they join (they
+    /// renew at two thirds of it). Default a day.
+    pub agent_cert_ttl: Duration,
 }
 
 /// How the master's listener speaks.
@@ -226,6 +229,7 @@ impl MasterConfig {
             watch_history_bytes: DEFAULT_WATCH_HISTORY_BYTES,
             transport: Transport::Tls(TlsOptions::default()),
             audit_log_size: DEFAULT_AUDIT_LOG_SIZE,
+            agent_cert_ttl: wasmos_security::pki::DEFAULT_AGENT_CERT_TTL,
         }
     }
 }
@@ -251,9 +255,13 @@ pub enum StartError {
 fn tls_state(state_dir: &std::path::Path, o: &TlsOptions) -> Result<TlsState, StartError> {
     let pki = wasmos_security::pki::Pki::load_or_create(&state_dir.join("tls"), &o.names)
         .map_err(|e| StartError::Tls(e.to_string()))?;
+    // The chain ends with the CA: an agent holding only a join token finds
+    // it there by the fingerprint the token carries.
     let (cert_pem, key_pem, client_ca_pem) = match &o.own {
-        Some(own) => (own.cert_pem.clone(), own.key_pem.clone(), own.ca_pem.clone()),
-        None => (pki.server_pem.clone(), pki.server_key_pem.clone(), pki.ca_pem.clone()),
+        Some(own) => (format!("{}\n{}", own.cert_pem.trim_end(), own.ca_pem), own.key_pem.clone(), own.ca_pem.clone()),
+        None => {
+            (format!("{}\n{}", pki.server_pem.trim_end(), pki.ca_pem), pki.server_key_pem.clone(), pki.ca_pem.clone())
+        }
     };
     let server = wasmos_security::server::ServerTls { cert_pem, key_pem, client_ca_pem: pki.ca_pem.clone() }
         .rustls_config()
@@ -305,7 +313,10 @@ pub fn start(cfg: MasterConfig) -> Result<MasterHandle, StartError> {
             .map_err(|e| StartError::Audit(cfg.state_dir.display().to_string(), e))?,
     );
     let auth = Arc::new(auth::Auth::default());
-    let mut master = master::Master::new(cfg, artifacts.clone(), watch.clone(), registry, auth.clone(), audit.clone());
+    let fingerprint = tls.as_ref().and_then(|t| wasmos_security::pki::fingerprint_pem(&t.client_ca_pem));
+    let agent_cert_ttl = cfg.agent_cert_ttl;
+    let mut master =
+        master::Master::new(cfg, artifacts.clone(), watch.clone(), registry, auth.clone(), audit.clone(), fingerprint);
     let admin_token = master.bootstrap_secret.take();
     tokio::spawn(master.run(rx));
     let handle = MasterHandle {
@@ -319,6 +330,7 @@ pub fn start(cfg: MasterConfig) -> Result<MasterHandle, StartError> {
         auth,
         audit,
         admin_token: admin_token.map(Arc::new),
+        agent_cert_ttl,
     };
     // Hosted schedulers come back from their module and config; their state
     // starts fresh (reconciliation tells them about their tasks).

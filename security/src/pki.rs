@@ -176,6 +176,11 @@ impl Pki {
     }
 }
 
+/// Whether a CSR can be read and its signature holds.
+pub fn check_csr(csr_pem: &str) -> Result<(), PkiError> {
+    CertificateSigningRequestParams::from_pem(csr_pem).map(|_| ()).map_err(|e| PkiError::Csr(format!("{e}")))
+}
+
 /// The URI SAN naming an agent in its client certificate.
 pub fn agent_uri(cluster: &str, agent_id: &str) -> String {
     format!("wasmos://{cluster}/agent/{agent_id}")

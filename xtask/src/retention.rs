@@ -186,7 +186,16 @@ pub fn restart(root: &Path, args: &RestartArgs) -> Result<()> {
     let mut master = spawn(&b.wasmos, &config, &margv, false)?;
     until_serving(&b.wasmos, &config, &url, Instant::now())?;
     let agent_dir = state.join("agent").display().to_string();
-    let agent = spawn(&b.wasmos, &config, &["agent", "--master", &url, "--work-dir", &agent_dir], false)?;
+    let join = Command::new(&b.wasmos)
+        .env("WASMOS_CONFIG", &config)
+        .args(["token", "create", "bench-agents", "--agent", "--master", &url])
+        .output()?;
+    if !join.status.success() {
+        bail!("join token: {}", String::from_utf8_lossy(&join.stderr));
+    }
+    let join = String::from_utf8_lossy(&join.stdout).trim().to_string();
+    let agent =
+        spawn(&b.wasmos, &config, &["agent", "--master", &url, "--join", &join, "--work-dir", &agent_dir], false)?;
     let rounds = args.history.div_ceil(100_000);
     let per = (args.history / rounds.max(1)) as u32;
     let reg = state.join("master");

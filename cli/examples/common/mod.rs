@@ -159,6 +159,13 @@ fn target(url: &str) -> Target {
     Target { url: url.to_string(), ca_pem: c.ca_pem, identity: None, token: c.token }
 }
 
+/// A join token for any number of agents (they are restarted on their work
+/// dirs, where they keep the identity they got).
+pub async fn join_token(url: &str) -> String {
+    let req = v1::CreateTokenRequest { name: "agents".into(), agent: true, ..Default::default() };
+    op(&connect(url).await).create_token(req).await.expect("a join token").into_inner().secret
+}
+
 /// Connects once; None if the master does not answer.
 pub async fn try_connect(url: &str) -> Option<Channel> {
     target(url).connect().await.ok()

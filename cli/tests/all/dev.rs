@@ -59,6 +59,16 @@ impl Cluster {
             }
         }
         assert!(cluster.url.starts_with("https://127.0.0.1:"), "{}", cluster.url);
+        // Its agents join and register in the background: wait for one.
+        let t0 = std::time::Instant::now();
+        loop {
+            let o = cluster.cmd().args(["agents", "--json"]).output().unwrap();
+            if o.status.success() && !o.stdout.is_empty() {
+                break;
+            }
+            assert!(t0.elapsed() < Duration::from_secs(60), "no agent registered within 60 s; its stderr: {seen:#?}");
+            std::thread::sleep(Duration::from_millis(50));
+        }
         cluster
     }
 

@@ -36,6 +36,10 @@ fn bin(port: u16) -> Command {
 }
 
 fn master(state: &Path, port: u16) -> Proc {
+    master_with(state, port, &[])
+}
+
+fn master_with(state: &Path, port: u16, extra: &[&str]) -> Proc {
     // A first start writes the client config: none from an earlier run
     // with this port may be read meanwhile.
     let first = !state.exists();
@@ -47,6 +51,7 @@ fn master(state: &Path, port: u16) -> Proc {
             .args(["master", "--listen", &format!("127.0.0.1:{port}"), "--state-dir"])
             .arg(state)
             .args(["--agent-heartbeat", "200ms", "--agent-timeout", "2s"])
+            .args(extra)
             .spawn()
             .unwrap(),
     );
@@ -56,10 +61,21 @@ fn master(state: &Path, port: u16) -> Proc {
     p
 }
 
+/// An agent on `work`, joining with a fresh join token (an agent restarted
+/// on the same work dir keeps the identity it got the first time).
 fn agent(url: &str, work: &Path) -> Proc {
+    static N: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
+    let name = format!("agents-{}", N.fetch_add(1, std::sync::atomic::Ordering::Relaxed));
+    // The master may be starting again: retry until it answers.
+    let mut join = String::new();
+    wait_for("a join token", Duration::from_secs(60), || {
+        let o = cli(url, &["token", "create", &name, "--agent"]);
+        join = String::from_utf8_lossy(&o.stdout).trim().to_string();
+        o.status.success()
+    });
     Proc(
         bin(port_of(url))
-            .args(["agent", "--master", url, "--resources", "cpus:2;mem:2GiB", "--work-dir"])
+            .args(["agent", "--master", url, "--resources", "cpus:2;mem:2GiB", "--join", &join, "--work-dir"])
             .arg(work)
             .spawn()
             .unwrap(),
@@ -313,4 +329,32 @@ fn hosted_jobs_survive_a_master_restart() {
     let sjf: Vec<_> = all.iter().filter(|t| t["task_id"].as_str().is_some_and(|i| i.starts_with("sjf-"))).collect();
     assert_eq!(sjf.len(), 3, "{sjf:?}");
     assert!(sjf.iter().all(|t| t["state"] == "finished"), "{sjf:?}");
+}
+
+#[test]
+fn an_agent_renews_its_certificate_and_reconnects_with_it_after_the_old_one_expired() {
+    let tmp = tempfile::tempdir().unwrap();
+    let port = free_port();
+    let url = format!("https://127.0.0.1:{port}");
+    let state = tmp.path().join("master");
+    let mut m = master_with(&state, port, &["--agent-cert-ttl", "6s"]);
+    let work = tmp.path().join("agent");
+    let _a = agent(&url, &work);
+    wait_for("the agent", Duration::from_secs(90), || lines(&cli(&url, &["agents", "--json"])).len() == 1);
+    let cert = work.join("identity/cert.pem");
+    let first = std::fs::read_to_string(&cert).unwrap();
+    let t0 = Instant::now();
+    wait_for("a renewed certificate", Duration::from_secs(30), || std::fs::read_to_string(&cert).unwrap() != first);
+    // Past the first certificate's end, the master restarts: every
+    // connection is new, and only the renewed certificate is accepted.
+    std::thread::sleep(Duration::from_secs(6).saturating_sub(t0.elapsed()) + Duration::from_millis(500));
+    m.0.kill().unwrap();
+    m.0.wait().unwrap();
+    let _m = master_with(&state, port, &["--agent-cert-ttl", "6s"]);
+    let o = cli(&url, &["submit", &guest("hello")]);
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let id = String::from_utf8_lossy(&o.stdout).trim().to_string();
+    wait_for("a task to run after the restart", Duration::from_secs(60), || {
+        tasks(&url).iter().any(|t| t["task_id"] == id.as_str() && t["state"] == "finished")
+    });
 }

@@ -354,5 +354,143 @@ fn grants_bound_what_a_token_does_and_sees() {
     for s in [&a_viewer, &b_viewer, &a_submitter, &minter] {
         assert!(!out(&o).contains(&s[5..]), "token ls shows a secret");
     }
-    assert_eq!(out(&o).lines().count(), 6, "admin and five made here: {}", out(&o));
+    let bearer = out(&o).lines().filter(|l| l.contains("\"kind\":\"bearer\"")).count();
+    assert_eq!(bearer, 6, "admin and five made here: {}", out(&o));
+}
+
+// ---------------------------------------------------------------- agents
+
+type AgentClient = v1::agent_service_client::AgentServiceClient<wasmos_security::client::AuthChannel>;
+
+/// A client of the AgentService; `rt` must be the runtime it is used on
+/// (the connection's tasks live there).
+fn agent_client(rt: &tokio::runtime::Runtime, t: &Target) -> AgentClient {
+    let ch = rt.block_on(t.connect()).expect("connect");
+    v1::agent_service_client::AgentServiceClient::new(ch)
+}
+
+/// Joins through the API with a key and CSR made here: the agent id and
+/// the client certificate it got.
+fn join(c: &Cluster, token: &str) -> Result<(String, ClientIdentity), tonic::Status> {
+    let (key_pem, csr_pem) = agent_key_and_csr().unwrap();
+    let t = Target { token: None, ..trusted(c) };
+    let rt = rt();
+    let mut client = agent_client(&rt, &t);
+    let r = rt.block_on(client.join(v1::JoinRequest { token: token.into(), csr_pem }))?.into_inner();
+    Ok((r.agent_id, ClientIdentity { cert_pem: r.cert_pem, key_pem }))
+}
+
+fn join_token(c: &Cluster, name: &str, extra: &[&str]) -> String {
+    let o = c.cmd().args(["token", "create", name, "--agent"]).args(extra).output().unwrap();
+    assert_eq!(o.status.code(), Some(0), "{}", err(&o));
+    out(&o).trim().to_string()
+}
+
+fn info() -> Option<v1::AgentInfo> {
+    Some(v1::AgentInfo {
+        hostname: "intruder".into(),
+        resources: Some(wasmos_proto::resources_to_wire(&wasmos_model::Resources::parse("cpus:1;mem:1GiB").unwrap())),
+        ..Default::default()
+    })
+}
+
+#[test]
+fn agents_join_once_with_a_token_and_speak_only_for_themselves() {
+    let c = Cluster::start();
+    // The dev agent that is there: the one to impersonate.
+    let victim = {
+        let o = c.cmd().args(["agents", "--json"]).output().unwrap();
+        let v: serde_json::Value = serde_json::from_str(out(&o).lines().next().expect("an agent")).unwrap();
+        v["agent_id"].as_str().unwrap().to_string()
+    };
+    let once = join_token(&c, "once", &["--uses", "1"]);
+    assert!(once.starts_with("wsmj_"), "{once}");
+    let (me, cert) = join(&c, &once).expect("the first join");
+    assert!(me.starts_with("agent-") && me != victim, "{me}");
+    let again = join(&c, &once).unwrap_err();
+    assert_eq!(again.code(), tonic::Code::Unauthenticated, "{again:?}");
+    assert!(again.message().contains("used up"), "{again:?}");
+    let late = join_token(&c, "late", &["--ttl", "1s"]);
+    std::thread::sleep(Duration::from_millis(1500));
+    let expired = join(&c, &late).unwrap_err();
+    assert!(expired.message().contains("expired"), "{expired:?}");
+    let made_up = format!("wsmj_{}.{}", "ab".repeat(32), "cd".repeat(32));
+    assert_eq!(join(&c, &made_up).unwrap_err().code(), tonic::Code::Unauthenticated);
+
+    // With its own certificate the agent registers and heartbeats as itself ...
+    let rt = rt();
+    let mut a = agent_client(&rt, &Target { identity: Some(cert), token: None, ..trusted(&c) });
+    let reg = v1::RegisterAgentRequest { info: info(), agent_id: me.clone(), running_tasks: vec![] };
+    rt.block_on(a.register(reg)).expect("registering as itself");
+    rt.block_on(a.heartbeat(v1::HeartbeatRequest { agent_id: me.clone() })).expect("its own heartbeat");
+    // ... but never as another agent, nor as a new one.
+    for other in [victim.as_str(), ""] {
+        let reg = v1::RegisterAgentRequest { info: info(), agent_id: other.into(), running_tasks: vec![] };
+        let e = rt.block_on(a.register(reg)).unwrap_err();
+        assert_eq!(e.code(), tonic::Code::PermissionDenied, "register as {other:?}: {e:?}");
+    }
+    let e = rt.block_on(a.heartbeat(v1::HeartbeatRequest { agent_id: victim.clone() })).unwrap_err();
+    assert_eq!(e.code(), tonic::Code::PermissionDenied, "{e:?}");
+    let forged = v1::TaskStatus { task_id: "task-x".into(), state: 4, uuid: vec![1; 16], ..Default::default() };
+    let e = rt.block_on(a.update(v1::StatusUpdates { agent_id: victim.clone(), updates: vec![forged] })).unwrap_err();
+    assert_eq!(e.code(), tonic::Code::PermissionDenied, "{e:?}");
+    let e = rt.block_on(a.commands(v1::AgentStreamRequest { agent_id: victim.clone() })).unwrap_err();
+    assert_eq!(e.code(), tonic::Code::PermissionDenied, "{e:?}");
+
+    // An agent certificate is no token: the Operator and Scheduler APIs refuse it.
+    let as_me_ch =
+        rt.block_on(Target { identity: as_me_identity(&c, &me), token: None, ..trusted(&c) }.connect()).unwrap();
+    let e = rt
+        .block_on(
+            v1::operator_client::OperatorClient::new(as_me_ch.clone()).list_tasks(v1::ListTasksRequest::default()),
+        )
+        .unwrap_err();
+    assert_eq!(e.code(), tonic::Code::Unauthenticated, "{e:?}");
+    let sub = v1::SubscribeRequest {
+        framework: Some(v1::FrameworkInfo { name: "x".into(), role: "x".into(), ..Default::default() }),
+    };
+    let e = rt.block_on(v1::scheduler_client::SchedulerClient::new(as_me_ch).subscribe(sub)).unwrap_err();
+    assert_eq!(e.code(), tonic::Code::Unauthenticated, "{e:?}");
+    // No identity at all: the agent protocol refuses.
+    let mut anon = agent_client(&rt, &Target { token: None, ..trusted(&c) });
+    let reg = v1::RegisterAgentRequest { info: info(), agent_id: victim.clone(), running_tasks: vec![] };
+    assert_eq!(rt.block_on(anon.register(reg)).unwrap_err().code(), tonic::Code::Unauthenticated);
+
+    // The victim is untouched and still the cluster's; the refusals are audited.
+    let o = c.cmd().args(["agents", "--json"]).output().unwrap();
+    assert!(out(&o).contains(&victim), "{}", out(&o));
+    let lines = audit_lines(&c);
+    assert!(lines.iter().any(|l| l["principal"] == format!("agent:{me}") && l["decision"] == "deny"), "{lines:#?}");
+    // Join tokens list their uses; no secret shows.
+    let o = c.cmd().args(["token", "ls", "--json"]).output().unwrap();
+    assert!(!out(&o).contains(&once[5..20]), "a join secret is listed");
+}
+
+/// The identity `me` got: made again from the same CA for the second
+/// connection (a certificate is not secret; what matters is the key).
+fn as_me_identity(c: &Cluster, me: &str) -> Option<ClientIdentity> {
+    let pki = Pki::load(&c.state().join("tls")).unwrap();
+    let now = OffsetDateTime::now_utc();
+    Some(agent_identity(
+        &pki,
+        me,
+        now - wasmos_security::time::Duration::hours(1),
+        now + wasmos_security::time::Duration::hours(1),
+    ))
+}
+
+#[test]
+fn agents_renew_their_certificate_and_keep_working() {
+    let c = Cluster::start_with(&["--agent-cert-ttl", "3s"]);
+    let cert = c.state().join("agent-0/identity/cert.pem");
+    let first = std::fs::read_to_string(&cert).expect("the dev agent joined");
+    let t0 = Instant::now();
+    while std::fs::read_to_string(&cert).unwrap() == first {
+        assert!(t0.elapsed() < Duration::from_secs(20), "the certificate was not renewed within 20 s");
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    // Past the first certificate's end, tasks still run.
+    std::thread::sleep(Duration::from_secs(3));
+    let o = c.cmd().args(["submit", "--wait", &hello()]).output().unwrap();
+    assert_eq!(o.status.code(), Some(0), "{}", err(&o));
 }

@@ -10,7 +10,7 @@ use wasmos_proto::v1;
 use super::convert::{agent_info_from_wire, command_to_wire, status_from_agent};
 use super::{BoxStream, bad_id};
 use crate::MasterHandle;
-use crate::master::cmd::{Cmd, Principal};
+use crate::master::cmd::{Cmd, JoinRequest, Principal};
 use crate::master::types::RegisterAgent;
 
 /// An agent id the master may not know: a malformed one is simply unknown.
@@ -18,12 +18,88 @@ fn known_agent(id: &str, then: &str) -> Result<AgentId, Status> {
     AgentId::new(id.to_string()).map_err(|_| Status::not_found(format!("unknown agent {id:?}; {then}")))
 }
 
+impl MasterHandle {
+    /// The agent a request comes from: the agent its client certificate
+    /// names (TLS), or whose secret it carries (`--insecure`).
+    pub(crate) fn agent_caller<T>(&self, r: &Request<T>, method: &str) -> Result<Principal, Status> {
+        let found = match &self.tls {
+            Some(t) => r.peer_certs().and_then(|certs| {
+                certs.first().and_then(|c| wasmos_security::pki::agent_of_cert(c.as_ref(), &t.pki.cluster))
+            }),
+            None => r
+                .metadata()
+                .get("authorization")
+                .and_then(|v| v.to_str().ok())
+                .and_then(|v| v.strip_prefix("Bearer "))
+                .and_then(|s| wasmos_security::token::parse_bearer(s.trim()).ok())
+                .and_then(|h| self.auth.get(&h))
+                .and_then(|c| c.agent.as_ref().map(|a| a.to_string())),
+        };
+        match found.and_then(|id| AgentId::new(id).ok()) {
+            Some(id) => Ok(Principal::Agent(id)),
+            None => {
+                let why = "agents need an identity: join with `wasmos agent --join TOKEN` (a token from `wasmos token create NAME --agent`)";
+                self.audit.refused("unauthenticated", method, "", "", why);
+                Err(Status::unauthenticated(why))
+            }
+        }
+    }
+}
+
 #[tonic::async_trait]
 impl v1::agent_service_server::AgentService for MasterHandle {
+    async fn join(&self, r: Request<v1::JoinRequest>) -> Result<Response<v1::JoinResponse>, Status> {
+        let req = r.into_inner();
+        let token_sha256 = wasmos_security::token::parse_join(req.token.trim())
+            .map_err(|e| {
+                self.audit.refused("unauthenticated", "agent_join", "", "", &e.to_string());
+                Status::unauthenticated(e.to_string())
+            })?
+            .0;
+        // The CSR is checked before a use of the token is spent.
+        if self.tls.is_some() {
+            wasmos_security::pki::check_csr(&req.csr_pem).map_err(|e| Status::invalid_argument(e.to_string()))?;
+        }
+        let over_tls = self.tls.is_some();
+        let joined =
+            self.request(Principal::Master, |reply| Cmd::Join(JoinRequest { token_sha256, over_tls }, reply)).await?;
+        let cert_pem = match &self.tls {
+            Some(t) => t
+                .pki
+                .sign_agent(&req.csr_pem, joined.agent_id.as_str(), self.agent_cert_ttl)
+                .map_err(|e| Status::invalid_argument(e.to_string()))?,
+            None => String::new(),
+        };
+        Ok(Response::new(v1::JoinResponse {
+            agent_id: joined.agent_id.to_string(),
+            cert_pem,
+            agent_secret: joined.secret.unwrap_or_default(),
+        }))
+    }
+
+    async fn renew(&self, r: Request<v1::RenewRequest>) -> Result<Response<v1::RenewResponse>, Status> {
+        let who = self.agent_caller(&r, "agent_renew")?;
+        let req = r.into_inner();
+        let (Principal::Agent(me), Some(t)) = (&who, &self.tls) else {
+            return Err(Status::failed_precondition("this master serves plaintext: there is no certificate to renew"));
+        };
+        if me.as_str() != req.agent_id {
+            let why = format!("agent {me} may renew only its own certificate, not {}'s", req.agent_id);
+            self.audit.refused(&who.label(), "agent_renew", &req.agent_id, "", &why);
+            return Err(Status::permission_denied(why));
+        }
+        let cert_pem = t
+            .pki
+            .sign_agent(&req.csr_pem, me.as_str(), self.agent_cert_ttl)
+            .map_err(|e| Status::invalid_argument(e.to_string()))?;
+        Ok(Response::new(v1::RenewResponse { cert_pem }))
+    }
+
     async fn register(
         &self,
         r: Request<v1::RegisterAgentRequest>,
     ) -> Result<Response<v1::RegisterAgentResponse>, Status> {
+        let who = self.agent_caller(&r, "agent_register")?;
         let req = r.into_inner();
         let info = req.info.ok_or_else(|| Status::invalid_argument("register without agent info; send AgentInfo"))?;
         let info = agent_info_from_wire(&info).map_err(Status::invalid_argument)?;
@@ -39,7 +115,7 @@ impl v1::agent_service_server::AgentService for MasterHandle {
             })
             .collect();
         let reg = RegisterAgent { agent_id, info, running };
-        let r = self.request(Principal::Agent, |reply| Cmd::RegisterAgent(reg, reply)).await?;
+        let r = self.request(who, |reply| Cmd::RegisterAgent(reg, reply)).await?;
         Ok(Response::new(v1::RegisterAgentResponse {
             agent_id: r.agent_id.to_string(),
             heartbeat_interval_ms: r.heartbeat_interval.as_millis() as u64,
@@ -48,27 +124,30 @@ impl v1::agent_service_server::AgentService for MasterHandle {
 
     type CommandsStream = BoxStream<v1::AgentCommand>;
     async fn commands(&self, r: Request<v1::AgentStreamRequest>) -> Result<Response<Self::CommandsStream>, Status> {
+        let who = self.agent_caller(&r, "agent_commands")?;
         let id = known_agent(&r.into_inner().agent_id, "register first")?;
         let (tx, rx) = mpsc::unbounded_channel();
-        self.request(Principal::Agent, |reply| Cmd::AttachAgent(id, tx, reply)).await?;
+        self.request(who, |reply| Cmd::AttachAgent(id, tx, reply)).await?;
         let stream = UnboundedReceiverStream::new(rx).map(|c| Ok(command_to_wire(c)));
         Ok(Response::new(Box::pin(stream)))
     }
 
     async fn update(&self, r: Request<v1::StatusUpdates>) -> Result<Response<v1::StatusAcks>, Status> {
+        let who = self.agent_caller(&r, "agent_update")?;
         let u = r.into_inner();
         let agent = AgentId::new(u.agent_id).map_err(|e| bad_id("", e))?;
         // Every update is acknowledged, including one the master cannot read
         // (it would only be resent forever).
         let uuids: Vec<Vec<u8>> = u.updates.iter().map(|s| s.uuid.clone()).collect();
         let updates = u.updates.into_iter().filter_map(status_from_agent).collect();
-        self.request(Principal::Agent, |reply| Cmd::AgentUpdates(agent, updates, reply)).await?;
+        self.request(who, |reply| Cmd::AgentUpdates(agent, updates, reply)).await?;
         Ok(Response::new(v1::StatusAcks { uuids }))
     }
 
     async fn heartbeat(&self, r: Request<v1::HeartbeatRequest>) -> Result<Response<v1::HeartbeatResponse>, Status> {
+        let who = self.agent_caller(&r, "agent_heartbeat")?;
         let id = known_agent(&r.into_inner().agent_id, "register again")?;
-        self.request(Principal::Agent, |reply| Cmd::AgentHeartbeat(id, reply)).await?;
+        self.request(who, |reply| Cmd::AgentHeartbeat(id, reply)).await?;
         Ok(Response::new(v1::HeartbeatResponse {}))
     }
 }

@@ -18,6 +18,19 @@ fn artifact_status(e: ArtifactError) -> Status {
     }
 }
 
+impl MasterHandle {
+    /// Modules are read by agents (to run them) and by any token holder.
+    fn agent_or_token<T>(&self, r: &Request<T>, method: &str) -> Result<(), Status> {
+        if r.metadata().get("authorization").is_some() {
+            // A token, or (plaintext) an agent's secret.
+            if self.auth.authenticate(r.metadata()).is_ok() {
+                return Ok(());
+            }
+        }
+        self.agent_caller(r, method).map(|_| ())
+    }
+}
+
 #[tonic::async_trait]
 impl v1::artifacts_server::Artifacts for MasterHandle {
     async fn upload(&self, r: Request<Streaming<v1::Chunk>>) -> Result<Response<v1::UploadResponse>, Status> {
@@ -59,6 +72,7 @@ impl v1::artifacts_server::Artifacts for MasterHandle {
     }
 
     async fn has(&self, r: Request<v1::HasRequest>) -> Result<Response<v1::HasResponse>, Status> {
+        self.agent_or_token(&r, "artifact_has")?;
         let h = r.into_inner().sha256;
         crate::artifacts::check_hash(&h).map_err(artifact_status)?;
         let size = self.artifacts.size(&h);
@@ -67,6 +81,7 @@ impl v1::artifacts_server::Artifacts for MasterHandle {
 
     type DownloadStream = BoxStream<v1::Chunk>;
     async fn download(&self, r: Request<v1::DownloadRequest>) -> Result<Response<Self::DownloadStream>, Status> {
+        self.agent_or_token(&r, "artifact_download")?;
         let h = r.into_inner().sha256;
         let store = self.artifacts.clone();
         let hash = h.clone();

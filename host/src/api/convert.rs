@@ -17,6 +17,7 @@ pub(crate) fn status_of(e: Error) -> tonic::Status {
     let m = e.message;
     match e.kind {
         ErrorKind::InvalidArgument => Status::invalid_argument(m),
+        ErrorKind::Unauthenticated => Status::unauthenticated(m),
         ErrorKind::NotFound => Status::not_found(m),
         ErrorKind::FailedPrecondition => Status::failed_precondition(m),
         ErrorKind::PermissionDenied => Status::permission_denied(m),

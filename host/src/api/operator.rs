@@ -284,7 +284,13 @@ impl v1::operator_server::Operator for MasterHandle {
     ) -> Result<Response<v1::CreateTokenResponse>, Status> {
         let who = self.caller(&r, "token_create")?;
         let req = r.into_inner();
-        let t = NewToken { name: req.name, grants: req.grants, ttl: std::time::Duration::from_millis(req.ttl_ms) };
+        let t = NewToken {
+            name: req.name,
+            grants: req.grants,
+            ttl: std::time::Duration::from_millis(req.ttl_ms),
+            agent: req.agent,
+            uses: req.uses,
+        };
         let (secret, view) = self.request(who, |reply| Cmd::CreateToken(t, reply)).await?;
         Ok(Response::new(v1::CreateTokenResponse { secret, token: Some(token_to_wire(&view)) }))
     }
@@ -313,6 +319,9 @@ fn token_to_wire(t: &TokenView) -> v1::TokenInfo {
         created_at_ms: t.created_at_ms,
         expires_at_ms: t.expires_at_ms,
         created_by: t.created_by.clone(),
+        kind: t.kind.to_string(),
+        uses_left: t.uses_left.unwrap_or(0),
+        agent_id: t.agent_id.as_ref().map(|a| a.to_string()).unwrap_or_default(),
     }
 }
 

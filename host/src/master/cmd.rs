@@ -17,6 +17,7 @@ pub(crate) struct Error {
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) enum ErrorKind {
     InvalidArgument,
+    Unauthenticated,
     NotFound,
     FailedPrecondition,
     PermissionDenied,
@@ -37,6 +38,7 @@ macro_rules! ctor {
 }
 ctor!(
     invalid => InvalidArgument,
+    unauthenticated => Unauthenticated,
     not_found => NotFound,
     precondition => FailedPrecondition,
     denied => PermissionDenied,
@@ -106,6 +108,23 @@ pub(crate) enum Cmd {
     CreateToken(NewToken, Reply<(String, TokenView)>),
     ListTokens(Reply<Vec<TokenView>>),
     RevokeToken(String, Reply<()>),
+    /// An agent joins with a join token (by the hash of its secret): its new
+    /// id, and over plaintext a secret for it.
+    Join(JoinRequest, Reply<Joined>),
+}
+
+#[derive(Debug, Clone)]
+pub(crate) struct JoinRequest {
+    pub token_sha256: [u8; 32],
+    /// Over TLS the agent gets a certificate (signed at the edge); over
+    /// plaintext a secret.
+    pub over_tls: bool,
+}
+
+#[derive(Debug, Clone)]
+pub(crate) struct Joined {
+    pub agent_id: AgentId,
+    pub secret: Option<String>,
 }
 
 /// A token to make: its name, grants (`ACTION:ROLE`) and lifetime.
@@ -113,8 +132,12 @@ pub(crate) enum Cmd {
 pub(crate) struct NewToken {
     pub name: String,
     pub grants: Vec<String>,
-    /// Zero: no expiry.
+    /// Zero: no expiry (join tokens: `DEFAULT_JOIN_TTL`).
     pub ttl: std::time::Duration,
+    /// A join token for agents.
+    pub agent: bool,
+    /// Join tokens: how many agents may join; 0: any number.
+    pub uses: u32,
 }
 
 /// A token as listed: never its secret.
@@ -125,6 +148,10 @@ pub(crate) struct TokenView {
     pub created_at_ms: i64,
     pub expires_at_ms: i64,
     pub created_by: String,
+    /// bearer, join or agent.
+    pub kind: &'static str,
+    pub uses_left: Option<u32>,
+    pub agent_id: Option<AgentId>,
 }
 
 /// Jobs for a hosted scheduler's `on-submit`.
@@ -149,12 +176,24 @@ pub(crate) fn authorize(who: &Principal, cmd: &Cmd, state: &super::State) -> Res
         |id: &TaskId| state.tasks.get(id).and_then(|t| state.frameworks.get(&t.framework)).map(|f| f.role.to_string());
     let role_of_framework = |id: &FrameworkId| state.frameworks.get(id).map(|f| f.role.to_string());
     match cmd {
-        Cmd::RegisterAgent(..) | Cmd::AttachAgent(..) | Cmd::AgentUpdates(..) | Cmd::AgentHeartbeat(..) => match who {
-            Principal::Agent | Principal::Master => Ok(()),
-            Principal::Token(c) => {
-                Err(Error::denied(format!("token {} is not an agent; agents speak the agent protocol", c.name)))
-            }
+        // An agent speaks only for itself: the id its certificate names.
+        Cmd::RegisterAgent(r, _) => match (who, &r.agent_id) {
+            (Principal::Agent(me), Some(id)) if me == id => Ok(()),
+            (Principal::Agent(me), _) => Err(Error::denied(format!(
+                "agent {me} may register only as itself, not as {}",
+                r.agent_id.as_ref().map_or("a new agent".to_string(), |i| i.to_string())
+            ))),
+            (Principal::Master, _) => Ok(()),
+            (Principal::Token(c), _) => Err(not_an_agent(c)),
         },
+        Cmd::AttachAgent(id, ..) | Cmd::AgentUpdates(id, ..) | Cmd::AgentHeartbeat(id, ..) => match who {
+            Principal::Agent(me) if me == id => Ok(()),
+            Principal::Agent(me) => Err(Error::denied(format!("agent {me} may not speak for agent {id}"))),
+            Principal::Master => Ok(()),
+            Principal::Token(c) => Err(not_an_agent(c)),
+        },
+        // The join token is the credential; checked by the command itself.
+        Cmd::Join(..) => Ok(()),
         Cmd::Subscribe(info, _, _, _) => allow(who, Action::RegisterFramework, info.role.as_str()),
         // An unknown framework gets the usual answer from the call itself.
         Cmd::Call(fw, _, _) => match role_of_framework(fw) {
@@ -226,6 +265,10 @@ pub(crate) fn authorize(who: &Principal, cmd: &Cmd, state: &super::State) -> Res
     }
 }
 
+fn not_an_agent(c: &crate::auth::Caller) -> Error {
+    Error::denied(format!("token {} is not an agent; agents speak the agent protocol with their certificate", c.name))
+}
+
 /// Whether `have` allows everything grant `g` allows.
 fn covers(have: &wasmos_security::grant::Grants, g: &wasmos_security::grant::Grant) -> bool {
     use wasmos_security::grant::{Action, Scope};
@@ -274,6 +317,7 @@ impl Cmd {
             Cmd::CreateToken(_, r) => no(r, e),
             Cmd::ListTokens(r) => no(r, e),
             Cmd::RevokeToken(_, r) => no(r, e),
+            Cmd::Join(_, r) => no(r, e),
         }
     }
 }

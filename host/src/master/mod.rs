@@ -188,6 +188,7 @@ impl Master {
         registry: Option<(Box<dyn registry::Registry>, Loaded)>,
         auth: Arc<crate::auth::Auth>,
         audit: Arc<crate::audit::Audit>,
+        ca_fingerprint: Option<String>,
     ) -> Master {
         let tag = format!("{:04x}", (now_ms() as u64 ^ (std::process::id() as u64 * 0x9e37)) & 0xffff);
         let mut alloc = Allocator::new(AllocConfig { seed: cfg.seed, ..AllocConfig::default() });
@@ -220,7 +221,7 @@ impl Master {
             committed: Arc::new(AtomicU64::new(0)),
             written_next_id: 0,
             retention: Retention { max_tasks: retention_cfg.0, max_bytes: retention_cfg.1, ttl: retention_cfg.2 },
-            tokens: tokens::Tokens::new(auth),
+            tokens: tokens::Tokens::new(auth, ca_fingerprint),
             audit,
             bootstrap_secret: None,
         };
@@ -428,6 +429,11 @@ impl Master {
             }
             Cmd::RevokeToken(name, reply) => {
                 let r = self.revoke_token(&name);
+                self.effects.reply_after_commit(reply, r);
+            }
+            Cmd::Join(req, reply) => {
+                // A use of the token and the agent's secret are committed first.
+                let r = self.join(&req);
                 self.effects.reply_after_commit(reply, r);
             }
         }

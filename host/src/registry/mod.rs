@@ -159,6 +159,18 @@ pub(crate) struct TokenRecord {
     /// 0: never.
     pub expires_at_ms: i64,
     pub created_by: String,
+    pub kind: TokenKind,
+}
+
+/// What a token is for.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) enum TokenKind {
+    /// Calls the APIs with its grants.
+    Bearer,
+    /// Lets agents join; `None`: any number of times.
+    Join { uses_left: Option<u32> },
+    /// An agent's own secret over an `--insecure` master.
+    Agent { agent_id: wasmos_model::AgentId },
 }
 
 /// What the registry gives back at start-up: everything but the history of

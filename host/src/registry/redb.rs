@@ -366,6 +366,17 @@ impl Registry for Redb {
                 skip("token", &t.name, "bad hash");
                 continue;
             };
+            let kind = match t.kind {
+                0 => super::TokenKind::Bearer,
+                1 => super::TokenKind::Join { uses_left: t.uses_left },
+                _ => match AgentId::new(t.agent_id.clone()) {
+                    Ok(agent_id) => super::TokenKind::Agent { agent_id },
+                    Err(_) => {
+                        skip("token", &t.name, "bad agent id");
+                        continue;
+                    }
+                },
+            };
             loaded.tokens.push(super::TokenRecord {
                 name: t.name,
                 secret_sha256: hash,
@@ -373,6 +384,7 @@ impl Registry for Redb {
                 created_at_ms: t.created_at_ms,
                 expires_at_ms: t.expires_at_ms,
                 created_by: t.created_by,
+                kind,
             });
         }
         for rec in load::<v1::StoredRole>(&r, ROLES, "role")? {
@@ -501,6 +513,19 @@ impl Registry for Redb {
                             created_at_ms: t.created_at_ms,
                             expires_at_ms: t.expires_at_ms,
                             created_by: t.created_by.clone(),
+                            kind: match &t.kind {
+                                super::TokenKind::Bearer => 0,
+                                super::TokenKind::Join { .. } => 1,
+                                super::TokenKind::Agent { .. } => 2,
+                            },
+                            uses_left: match &t.kind {
+                                super::TokenKind::Join { uses_left } => *uses_left,
+                                _ => None,
+                            },
+                            agent_id: match &t.kind {
+                                super::TokenKind::Agent { agent_id } => agent_id.to_string(),
+                                _ => String::new(),
+                            },
                         })
                     });
                     (name.clone(), rec)

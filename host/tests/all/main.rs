@@ -53,6 +53,7 @@ pub async fn cluster_with(
     let handle = wasmos_host::start(cfg).unwrap();
     // A first start: the master made an admin token; the tests call with it.
     let token = handle.admin_token().expect("a first start makes an admin token");
+    let join = handle.create_join_token("test-agents", 0, Duration::ZERO).await.unwrap();
     let (stop, stop_rx) = watch::channel(false);
     let mut rx = stop_rx.clone();
     tokio::spawn(wasmos_host::serve_with(handle, listener, async move {
@@ -62,6 +63,7 @@ pub async fn cluster_with(
     for i in 0..agents {
         let mut acfg = wasmos_agent::AgentConfig::new(url.clone(), dir.path().join(format!("agent{i}")));
         acfg.resources = Resources::parse(resources).unwrap();
+        acfg.join_token = Some(join.clone());
         acfg.hostname = format!("test-agent-{i}");
         acfg.sandbox.max_concurrent_tasks = 64;
         acfg.attributes = vec![("index".into(), i.to_string())];
