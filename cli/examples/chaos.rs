@@ -108,6 +108,7 @@ async fn chaos() -> bool {
             quota_guarantee: res("cpus:0.2"),
             quota_limit: res("cpus:1"),
             clear_quota: false,
+            ..Default::default()
         })
         .await
         .expect("update role");

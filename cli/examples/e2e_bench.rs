@@ -61,6 +61,7 @@ async fn main() {
         framework: String::new(),
         estimated_fuel: None,
         role: String::new(),
+        signature: String::new(),
     };
     let mut watch = Watch {
         op: op.clone(),

@@ -192,8 +192,13 @@ async fn soak(cfg: Config) -> bool {
         .upload(tokio_stream::iter(vec![v1::Chunk { sha256: sjf_sha.clone(), data: sjf }]))
         .await
         .expect("upload sjf.wasm");
-    let deploy =
-        v1::DeployRequest { name: HOSTED.into(), role: "hosted".into(), config: String::new(), module_sha256: sjf_sha };
+    let deploy = v1::DeployRequest {
+        name: HOSTED.into(),
+        role: "hosted".into(),
+        config: String::new(),
+        module_sha256: sjf_sha,
+        signature: String::new(),
+    };
     op(&ch).deploy_framework(deploy).await.expect("deploy the hosted framework");
 
     // The load, the probe and the faults.

@@ -32,6 +32,10 @@ pub struct DeployArgs {
     /// Passed to the scheduler's init (often JSON).
     #[arg(long, value_name = "JSON", default_value = "")]
     pub config: String,
+    /// The module's signature (from `wasmos sign`), for a role that
+    /// requires signed modules [default: SCHED.wasm.sig when it exists]
+    #[arg(long, value_name = "FILE")]
+    pub signature: Option<PathBuf>,
     #[arg(value_name = "SCHED.wasm")]
     pub module: PathBuf,
 }
@@ -101,8 +105,17 @@ pub fn main(cmd: FrameworkCmd) -> ExitCode {
                     Ok(s) => s,
                     Err(e) => return fail(e),
                 };
-                let req =
-                    v1::DeployRequest { name: a.name.clone(), role: a.role, config: a.config, module_sha256: sha };
+                let signature = match crate::sign::signature_for(&a.module, a.signature.as_deref()) {
+                    Ok(s) => s,
+                    Err(e) => return fail(e),
+                };
+                let req = v1::DeployRequest {
+                    name: a.name.clone(),
+                    role: a.role,
+                    config: a.config,
+                    module_sha256: sha,
+                    signature,
+                };
                 match client::operator(&ch).deploy_framework(req).await {
                     Ok(r) => {
                         println!("{}", r.into_inner().framework_id);

@@ -7,6 +7,7 @@ mod framework;
 mod listing;
 mod roles;
 mod run;
+mod sign;
 mod sim;
 mod submit;
 mod tasks;
@@ -71,6 +72,10 @@ enum Command {
     Token(tokens::TokenCmd),
     /// Read the master's audit log (every mutating and every denied call).
     Audit(tokens::AuditArgs),
+    /// Make an ed25519 key pair for signing modules.
+    Keygen(sign::KeygenArgs),
+    /// Sign a module (a detached signature over its SHA-256).
+    Sign(sign::SignArgs),
 }
 
 /// Arguments of `wasmos sim`.
@@ -106,5 +111,7 @@ fn main() -> ExitCode {
         Command::Resume(args) => tasks::action(args, TaskAction::Resume),
         Command::Token(cmd) => tokens::main(cmd),
         Command::Audit(args) => tokens::audit(args),
+        Command::Keygen(args) => sign::keygen(args),
+        Command::Sign(args) => sign::sign(args),
     }
 }

@@ -35,6 +35,13 @@ pub struct RoleSetArgs {
     /// Drop the role's guarantee and limit (before applying --guarantee/--limit).
     #[arg(long)]
     pub clear_quota: bool,
+    /// Modules for this role must be signed by this ed25519 public key
+    /// (from `wasmos keygen`; repeatable: any of them; replaces the role's keys).
+    #[arg(long, value_name = "PUBKEY")]
+    pub require_signed: Vec<String>,
+    /// Accept unsigned modules for this role again.
+    #[arg(long, conflicts_with = "require_signed")]
+    pub clear_signers: bool,
     #[arg(long)]
     pub json: bool,
 }
@@ -75,7 +82,7 @@ fn role_json(r: &v1::RoleSummary) -> serde_json::Value {
     serde_json::json!({
         "role": r.role, "weight": r.weight, "guarantee": res(&q.guarantee), "limit": limit_text(&q.limit),
         "reserved": res(&r.reserved), "allocated": res(&r.allocated), "share": r.dominant_share,
-        "frameworks": r.frameworks,
+        "frameworks": r.frameworks, "signers": r.signers,
     })
 }
 
@@ -109,8 +116,18 @@ pub fn list(args: ListArgs) -> ExitCode {
 
 pub fn role(cmd: RoleCmd) -> ExitCode {
     let RoleCmd::Set(a) = cmd;
-    if a.weight.is_none() && a.guarantee.is_none() && a.limit.is_none() && !a.clear_quota {
-        return fail("role set", "nothing to set; give --weight, --guarantee, --limit or --clear-quota".into());
+    if a.weight.is_none()
+        && a.guarantee.is_none()
+        && a.limit.is_none()
+        && !a.clear_quota
+        && a.require_signed.is_empty()
+        && !a.clear_signers
+    {
+        return fail(
+            "role set",
+            "nothing to set; give --weight, --guarantee, --limit, --clear-quota, --require-signed or --clear-signers"
+                .into(),
+        );
     }
     rt().block_on(async {
         let ch = match a.master.connect().await {
@@ -125,6 +142,8 @@ pub fn role(cmd: RoleCmd) -> ExitCode {
                 scalars: l.iter().map(|(n, v)| v1::Scalar { name: n.clone(), milli: v.milli() }).collect(),
             }),
             clear_quota: a.clear_quota,
+            require_signed: a.require_signed.clone(),
+            clear_signers: a.clear_signers,
         };
         match client::operator(&ch).update_role(req).await {
             Ok(r) => {

@@ -17,6 +17,10 @@ use crate::client::{self, MasterArg, status_msg};
 pub struct SubmitArgs {
     #[command(flatten)]
     pub master: MasterArg,
+    /// The module's signature (from `wasmos sign`), for a role that
+    /// requires signed modules [default: MODULE.wasm.sig when it exists]
+    #[arg(long, value_name = "FILE")]
+    pub signature: Option<PathBuf>,
     /// Cores each task reserves (fractional).
     #[arg(long, value_name = "N", default_value_t = 0.1)]
     pub cpus: f64,
@@ -147,6 +151,7 @@ async fn submit(args: SubmitArgs) -> Result<ExitCode, String> {
             framework: framework.clone(),
             estimated_fuel: args.estimated_fuel,
             role: String::new(),
+            signature: crate::sign::signature_for(&args.module, args.signature.as_deref())?,
         })
         .await
         .map_err(|e| format!("submit refused: {}", status_msg(&e)))?

@@ -311,6 +311,8 @@ pub(crate) struct Deploy {
     pub role: String,
     pub config: String,
     pub module_sha256: String,
+    /// The module's signature (hex), for roles that require one.
+    pub signature: String,
 }
 
 /// Deploys a hosted framework: instantiate, init, subscribe, start the actor.
@@ -325,7 +327,9 @@ pub(crate) async fn deploy(
         return Err(Error::invalid("the name \"batch\" is taken by the built-in framework; pick another"));
     }
     let role = Role::new(req.role.clone()).map_err(|e| Error::invalid(format!("role: {e}")))?;
-    handle.ask(Principal::Master, |r| Cmd::HostedCheck(req.name.clone(), r)).await?;
+    // A restart redeploys what was checked when it was first deployed.
+    let signed = take_over.is_none().then(|| (role.clone(), req.module_sha256.clone(), req.signature.clone()));
+    handle.ask(Principal::Master, |r| Cmd::HostedCheck(req.name.clone(), signed, r)).await?;
     let store = handle.artifacts.clone();
     let sha = req.module_sha256.clone();
     let bytes = tokio::task::spawn_blocking(move || store.get(&sha))

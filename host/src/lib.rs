@@ -343,6 +343,7 @@ pub fn start(cfg: MasterConfig) -> Result<MasterHandle, StartError> {
                 role: f.role.to_string(),
                 config: info.config,
                 module_sha256: info.module_sha256,
+                signature: String::new(),
             };
             if let Err(e) = hosted::deploy(&h, req, Some(f.id)).await {
                 eprintln!("wasmos master: cannot restart hosted framework {}: {e}", f.name);

@@ -351,6 +351,7 @@ fn an_agent_renews_its_certificate_and_reconnects_with_it_after_the_old_one_expi
     m.0.kill().unwrap();
     m.0.wait().unwrap();
     let _m = master_with(&state, port, &["--agent-cert-ttl", "6s"]);
+    wait_for("the master", Duration::from_secs(60), || cli(&url, &["agents", "--json"]).status.success());
     let o = cli(&url, &["submit", &guest("hello")]);
     assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
     let id = String::from_utf8_lossy(&o.stdout).trim().to_string();

@@ -494,3 +494,62 @@ fn agents_renew_their_certificate_and_keep_working() {
     let o = c.cmd().args(["submit", "--wait", &hello()]).output().unwrap();
     assert_eq!(o.status.code(), Some(0), "{}", err(&o));
 }
+
+// ---------------------------------------------------------------- signed modules
+
+#[test]
+fn a_role_that_requires_signed_modules_refuses_unsigned_and_wrongly_signed_ones() {
+    let c = Cluster::start();
+    let tmp = tempfile::tempdir().unwrap();
+    let run = |args: &[&str]| c.cmd().current_dir(tmp.path()).args(args).output().unwrap();
+    // Two keys: the role trusts the first.
+    let o = run(&["keygen", "--out", "ours"]);
+    assert_eq!(o.status.code(), Some(0), "{}", err(&o));
+    let ours = out(&o).trim().to_string();
+    assert_eq!(run(&["keygen", "--out", "theirs"]).status.code(), Some(0));
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt;
+        let m = std::fs::metadata(tmp.path().join("ours.key")).unwrap().permissions().mode();
+        assert_eq!(m & 0o777, 0o600);
+    }
+    let o = run(&["role", "set", "batch", "--require-signed", &ours]);
+    assert_eq!(o.status.code(), Some(0), "{}", err(&o));
+    let module = tmp.path().join("hello.wasm");
+    std::fs::copy(hello(), &module).unwrap();
+    let m = module.to_str().unwrap();
+
+    // Unsigned: refused before anything is queued.
+    let o = run(&["submit", m]);
+    assert_eq!(o.status.code(), Some(2));
+    assert!(err(&o).contains("requires modules signed") && err(&o).contains("wasmos sign"), "{}", err(&o));
+    // Signed by a key the role does not trust: refused.
+    assert_eq!(run(&["sign", "--key", "theirs.key", m]).status.code(), Some(0));
+    let o = run(&["submit", m]);
+    assert_eq!(o.status.code(), Some(2));
+    assert!(err(&o).contains("does not verify"), "{}", err(&o));
+    // A signature of another module: refused.
+    let other = tmp.path().join("other.wasm");
+    std::fs::write(&other, wat::parse_str("(module (func (export \"_start\")))").unwrap()).unwrap();
+    assert_eq!(run(&["sign", "--key", "ours.key", other.to_str().unwrap()]).status.code(), Some(0));
+    let o = run(&["submit", "--signature", "other.wasm.sig", m]);
+    assert_eq!(o.status.code(), Some(2));
+    assert!(err(&o).contains("does not verify"), "{}", err(&o));
+    // Nothing was queued.
+    assert_eq!(out(&run(&["tasks", "--json"])).trim(), "", "a refused submit left tasks behind");
+    // Signed by the trusted key: it runs.
+    assert_eq!(run(&["sign", "--key", "ours.key", m]).status.code(), Some(0));
+    let o = run(&["submit", "--wait", m]);
+    assert_eq!(o.status.code(), Some(0), "{}", err(&o));
+    // A hosted framework deployed into a role that requires signatures.
+    assert_eq!(run(&["role", "set", "eng", "--require-signed", &ours]).status.code(), Some(0));
+    let sched = std::path::PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../target/guests/sjf.wasm");
+    let o = run(&["framework", "deploy", "--name", "sjf", "--role", "eng", sched.to_str().unwrap()]);
+    assert_eq!(o.status.code(), Some(2));
+    assert!(err(&o).contains("requires modules signed"), "{}", err(&o));
+    // The role lists its key; clearing it accepts unsigned modules again.
+    assert!(out(&run(&["roles", "--json"])).contains(&ours));
+    assert_eq!(run(&["role", "set", "batch", "--clear-signers"]).status.code(), Some(0));
+    std::fs::remove_file(tmp.path().join("hello.wasm.sig")).unwrap();
+    assert_eq!(run(&["submit", m]).status.code(), Some(0));
+}

@@ -263,6 +263,7 @@ pub(crate) fn role_view_to_wire(r: &RoleView) -> v1::RoleSummary {
         frameworks: r.frameworks.iter().map(|f| f.to_string()).collect(),
         quota: r.quota.as_ref().map(quota_to_wire),
         reserved: r.reserved.as_ref().map(resources_to_wire),
+        signers: r.signers.clone(),
     }
 }
 

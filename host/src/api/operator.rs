@@ -69,6 +69,7 @@ impl v1::operator_server::Operator for MasterHandle {
             role: req.role,
             config: req.config,
             module_sha256: req.module_sha256,
+            signature: req.signature,
         };
         let fw = crate::hosted::deploy(self, d, None).await.map_err(status_of)?;
         Ok(Response::new(v1::DeployResponse { framework_id: fw.to_string() }))
@@ -171,7 +172,8 @@ impl v1::operator_server::Operator for MasterHandle {
             Some(l) => Some(limit_from_wire(Some(l)).map_err(Status::invalid_argument)?),
             None => None,
         };
-        let u = RoleUpdate { role, weight: req.weight, clear_quota: req.clear_quota, guarantee, limit };
+        let signers = (req.clear_signers || !req.require_signed.is_empty()).then_some(req.require_signed);
+        let u = RoleUpdate { role, weight: req.weight, clear_quota: req.clear_quota, guarantee, limit, signers };
         let view = self.request(who, |reply| Cmd::UpdateRole(u, reply)).await?;
         Ok(Response::new(v1::UpdateRoleResponse { role: Some(role_view_to_wire(&view)) }))
     }
@@ -209,6 +211,7 @@ impl v1::operator_server::Operator for MasterHandle {
                 priority: req.priority,
                 constraints: attributes_from_wire(&req.constraints),
                 max_attempts: req.max_attempts,
+                signature: req.signature.clone(),
             };
             let ids = self.request(who, |reply| Cmd::Submit(s, reply)).await?;
             return Ok(Response::new(v1::SubmitResponse {
@@ -217,8 +220,13 @@ impl v1::operator_server::Operator for MasterHandle {
             }));
         }
         // A job for a hosted framework: its scheduler's on-submit decides.
-        let jobs =
-            HostedJobs { template, count: req.count, priority: req.priority, estimated_fuel: req.estimated_fuel };
+        let jobs = HostedJobs {
+            template,
+            count: req.count,
+            priority: req.priority,
+            estimated_fuel: req.estimated_fuel,
+            signature: req.signature,
+        };
         let task_ids = crate::hosted::submit(self, who, &req.framework, jobs).await.map_err(status_of)?;
         Ok(Response::new(v1::SubmitResponse { task_ids, watch_seq }))
     }

@@ -91,8 +91,10 @@ pub(crate) enum Cmd {
     Unreserve(Reservation, Reply<Resources>),
     Submit(Submission, Reply<Vec<TaskId>>),
     TaskAction(TaskId, TaskAction, Reply<()>),
-    /// Before a deploy does the expensive work: may hosted framework NAME start?
-    HostedCheck(String, Reply<()>),
+    /// Before a deploy does the expensive work: may hosted framework NAME
+    /// start (and, when deployed by an operator, is its module signed as
+    /// its role requires: role, module, signature)?
+    HostedCheck(String, Option<(wasmos_model::Role, String, String)>, Reply<()>),
     /// A hosted framework's actor runs: where its jobs go, how to stop it.
     HostedAttach(FrameworkId, crate::hosted::Link),
     /// One callback's calls from a hosted scheduler, in order, and its
@@ -161,6 +163,8 @@ pub(crate) struct HostedJobs {
     pub count: u32,
     pub priority: i32,
     pub estimated_fuel: Option<u64>,
+    /// The module's signature (hex), for roles that require one.
+    pub signature: String,
 }
 
 /// Whether `who` may send `cmd`. One exhaustive match, so a new command
@@ -308,7 +312,7 @@ impl Cmd {
             Cmd::Unreserve(_, r) => no(r, e),
             Cmd::Submit(_, r) => no(r, e),
             Cmd::TaskAction(_, _, r) => no(r, e),
-            Cmd::HostedCheck(_, r) => no(r, e),
+            Cmd::HostedCheck(_, _, r) => no(r, e),
             Cmd::HostedAttach(_, link) => link.stop(),
             Cmd::HostedCalls(_, _, _, r) => no(r, e),
             Cmd::HostedFailed(_, _, r) => no(r, e),

@@ -98,6 +98,9 @@ impl Master {
 
     /// Jobs for a hosted scheduler's `on-submit`; returns their ids.
     pub(super) fn hosted_submit(&mut self, name: &str, jobs: HostedJobs) -> Result<Vec<String>, Error> {
+        if let Some(role) = self.state.frameworks.hosted_named(name).map(|(_, f)| f.role.clone()) {
+            self.check_signed(&role, &jobs.template.module_sha256, &jobs.signature)?;
+        }
         if self.artifacts.size(&jobs.template.module_sha256).is_none() {
             return Err(Error::precondition(format!(
                 "module {:?} is not in the artifact store; upload it first",

@@ -398,7 +398,13 @@ impl Master {
             Cmd::TaskAction(id, action, reply) => {
                 let _ = reply.send(self.task_action(&id, action, None));
             }
-            Cmd::HostedCheck(name, reply) => {
+            Cmd::HostedCheck(name, signed, reply) => {
+                if let Some((role, sha, sig)) = &signed
+                    && let Err(e) = self.check_signed(role, sha, sig)
+                {
+                    let _ = reply.send(Err(e));
+                    return;
+                }
                 let _ = reply.send(self.hosted_check(&name));
             }
             Cmd::HostedAttach(fw, link) => self.hosted_attach(&fw, link),

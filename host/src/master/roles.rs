@@ -103,6 +103,26 @@ impl Master {
         self.alloc.update_weight(role, weight).map_err(|e| Error::invalid(e.to_string()))
     }
 
+    /// A module for `role` must carry a signature by one of the role's keys,
+    /// if it has any. Checked before anything is queued or compiled.
+    pub(super) fn check_signed(&self, role: &Role, sha256: &str, signature: &str) -> Result<(), Error> {
+        let Some(keys) = self.roles.settings(role).map(|s| &s.signers).filter(|k| !k.is_empty()) else {
+            return Ok(());
+        };
+        if signature.trim().is_empty() {
+            return Err(Error::denied(format!(
+                "role {role} requires modules signed by one of its keys and module {sha256} comes unsigned; sign it with `wasmos sign MODULE.wasm --key KEY` (submit and deploy then send MODULE.wasm.sig)"
+            )));
+        }
+        match wasmos_security::sign::verify(keys, sha256, signature) {
+            Ok(true) => Ok(()),
+            Ok(false) => Err(Error::denied(format!(
+                "the signature of module {sha256} does not verify with any key of role {role}; sign it with a key the role trusts (`wasmos roles --json` lists them)"
+            ))),
+            Err(e) => Err(Error::invalid(e.to_string())),
+        }
+    }
+
     pub(super) fn update_role(&mut self, u: RoleUpdate) -> Result<RoleView, Error> {
         let next = validate::update_role(self.roles.settings(&u.role), &u)?;
         self.apply_role(&u.role, &next)?;

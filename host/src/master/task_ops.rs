@@ -158,6 +158,8 @@ impl Master {
     /// one submission record (their ids are consecutive).
     pub(super) fn submit(&mut self, s: Submission) -> Result<Vec<TaskId>, Error> {
         super::validate::submit(&s, self.cfg.max_submit_count, |sha| self.artifacts.size(sha).is_some())?;
+        let role = self.cfg.batch_role.clone();
+        self.check_signed(&role, &s.template.module_sha256, &s.signature)?;
         let count = s.count.max(1);
         let base = if s.template.name.is_empty() { "task".to_string() } else { s.template.name.clone() };
         let max_attempts = if s.max_attempts == 0 { DEFAULT_MAX_ATTEMPTS } else { s.max_attempts };

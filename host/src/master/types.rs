@@ -248,6 +248,8 @@ pub(crate) struct Submission {
     pub constraints: Vec<(String, String)>,
     /// 0: the default.
     pub max_attempts: u32,
+    /// The module's signature (hex), for roles that require one.
+    pub signature: String,
 }
 
 /// Which tasks a listing wants (every field: no constraint when absent).
@@ -334,13 +336,15 @@ pub(crate) struct RoleUpdate {
     pub guarantee: Option<Resources>,
     /// In a limit, an explicit zero means none of that resource.
     pub limit: Option<BTreeMap<String, wasmos_model::Scalar>>,
+    /// Replaces the role's signing keys (empty: unsigned modules again).
+    pub signers: Option<Vec<String>>,
 }
 
 #[cfg(test)]
 impl RoleUpdate {
     /// Changes nothing (yet).
     pub fn new(role: Role) -> RoleUpdate {
-        RoleUpdate { role, weight: None, clear_quota: false, guarantee: None, limit: None }
+        RoleUpdate { role, weight: None, clear_quota: false, guarantee: None, limit: None, signers: None }
     }
 }
 
@@ -349,11 +353,14 @@ impl RoleUpdate {
 pub(crate) struct RoleSettings {
     pub weight: f64,
     pub quota: Quota,
+    /// ed25519 public keys (hex); when any, the role's modules must be
+    /// signed by one of them.
+    pub signers: Vec<String>,
 }
 
 impl Default for RoleSettings {
     fn default() -> RoleSettings {
-        RoleSettings { weight: 1.0, quota: Quota::default() }
+        RoleSettings { weight: 1.0, quota: Quota::default(), signers: Vec::new() }
     }
 }
 
@@ -420,6 +427,7 @@ pub(crate) struct RoleView {
     pub frameworks: Vec<FrameworkId>,
     pub quota: Option<Quota>,
     pub reserved: Option<Resources>,
+    pub signers: Vec<String>,
 }
 
 pub(crate) fn now_ms() -> i64 {

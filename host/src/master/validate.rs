@@ -324,6 +324,12 @@ pub(crate) fn update_role(current: Option<&RoleSettings>, u: &RoleUpdate) -> Res
     if u.clear_quota {
         next.quota = Default::default();
     }
+    if let Some(keys) = &u.signers {
+        next.signers = keys
+            .iter()
+            .map(|k| wasmos_security::sign::parse_public(k).map_err(|e| Error::invalid(e.to_string())))
+            .collect::<Result<_, _>>()?;
+    }
     if let Some(g) = &u.guarantee {
         next.quota.guarantee = g.clone();
     }

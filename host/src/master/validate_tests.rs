@@ -316,6 +316,7 @@ fn submissions() {
         priority: 0,
         constraints: vec![],
         max_attempts: 0,
+        signature: String::new(),
     };
     assert!(submit(&ok, 10, has).is_ok());
     check_err(
@@ -358,6 +359,7 @@ fn role_updates() {
         clear_quota: false,
         guarantee: Some(res(g)),
         limit: Some(wasmos_allocator::parse_limit(l).unwrap()),
+        signers: None,
     };
     let next = update_role(None, &u(Some(2.0), "cpus:1", "cpus:2;gpus:0")).unwrap();
     assert_eq!(next.weight, 2.0);
@@ -380,9 +382,9 @@ fn role_updates() {
         ErrorKind::InvalidArgument,
         "role eng: quota guarantee cpus:3 exceeds the limit for cpus; raise --limit or lower --guarantee",
     );
-    let stored = RoleSettings { weight: f64::INFINITY, quota: Quota::default() };
+    let stored = RoleSettings { weight: f64::INFINITY, ..Default::default() };
     check_err(role_weight(&role("eng"), &stored), ErrorKind::InvalidArgument, "weight inf for role eng is invalid");
-    assert_eq!(role_weight(&role("eng"), &RoleSettings { weight: 0.0, quota: Quota::default() }), Ok(1.0));
+    assert_eq!(role_weight(&role("eng"), &RoleSettings { weight: 0.0, ..Default::default() }), Ok(1.0));
 }
 
 #[test]

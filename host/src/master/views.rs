@@ -148,6 +148,7 @@ impl Master {
             frameworks,
             quota: stats.as_ref().map(|s| s.quota.clone()),
             reserved: stats.as_ref().map(|s| s.reserved.clone()),
+            signers: self.roles.settings(role).map(|s| s.signers.clone()).unwrap_or_default(),
         }
     }
 

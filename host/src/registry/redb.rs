@@ -393,7 +393,9 @@ impl Registry for Redb {
                 continue;
             };
             match wire::quota_from_wire(rec.quota.as_ref()) {
-                Ok(quota) => loaded.roles.push((role, RoleSettings { weight: rec.weight, quota })),
+                Ok(quota) => {
+                    loaded.roles.push((role, RoleSettings { weight: rec.weight, quota, signers: rec.signers }))
+                }
                 Err(e) => eprintln!("wasmos master: registry role {role}: {e}; keeping the defaults for it"),
             }
         }
@@ -463,6 +465,7 @@ impl Registry for Redb {
                             role: role.to_string(),
                             weight: s.weight,
                             quota: Some(wire::quota_to_wire(&s.quota)),
+                            signers: s.signers.clone(),
                         })
                     });
                     (role.to_string(), rec)

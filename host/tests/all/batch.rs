@@ -16,6 +16,7 @@ fn submit_req(sha: &str, count: u32, res: &str) -> v1::SubmitRequest {
         framework: String::new(),
         estimated_fuel: None,
         role: String::new(),
+        signature: String::new(),
     }
 }
 

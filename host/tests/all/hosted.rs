@@ -16,6 +16,7 @@ async fn deploy(c: &Cluster, name: &str, module: &str, role: &str, config: &str)
             role: role.into(),
             config: config.into(),
             module_sha256: sha,
+            signature: String::new(),
         })
         .await
         .map(|r| r.into_inner().framework_id)
@@ -37,6 +38,7 @@ fn job(framework: &str, sha: &str, input: &str, estimated_fuel: Option<u64>) -> 
         framework: framework.into(),
         estimated_fuel,
         role: String::new(),
+        signature: String::new(),
     }
 }
 

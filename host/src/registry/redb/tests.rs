@@ -44,8 +44,11 @@ fn records_round_trip() {
         applied_uuids: vec![vec![1, 2]],
     };
     let role = Role::new("eng").unwrap();
-    let settings =
-        RoleSettings { weight: 2.5, quota: wasmos_allocator::Quota::parse("cpus:1", "cpus:2;gpus:0").unwrap() };
+    let settings = RoleSettings {
+        weight: 2.5,
+        quota: wasmos_allocator::Quota::parse("cpus:1", "cpus:2;gpus:0").unwrap(),
+        signers: vec!["ab".repeat(32)],
+    };
     let changes = Changes {
         tasks: vec![(tid.clone(), task.clone())],
         roles: vec![(role.clone(), Some(settings.clone()))],
