@@ -553,3 +553,58 @@ fn a_role_that_requires_signed_modules_refuses_unsigned_and_wrongly_signed_ones(
     std::fs::remove_file(tmp.path().join("hello.wasm.sig")).unwrap();
     assert_eq!(run(&["submit", m]).status.code(), Some(0));
 }
+
+// ---------------------------------------------------------------- frameworks
+
+#[test]
+fn frameworks_subscribe_only_in_their_roles_and_call_only_as_themselves() {
+    let c = Cluster::start();
+    let a_tok = token(&c, "fw-a", &["register_framework:a"], &[]);
+    let b_tok = token(&c, "fw-b", &["register_framework:b"], &[]);
+    let rt = rt();
+    let client = |tok: &str| {
+        let ch = rt.block_on(Target { token: Some(tok.to_string()), ..trusted(&c) }.connect()).unwrap();
+        v1::scheduler_client::SchedulerClient::new(ch)
+    };
+    let info = |role: &str| v1::SubscribeRequest {
+        framework: Some(v1::FrameworkInfo { name: format!("fw-{role}"), role: role.into(), ..Default::default() }),
+    };
+    // A token for role a may not subscribe in role b.
+    let e = rt.block_on(client(&a_tok).subscribe(info("b"))).unwrap_err();
+    assert_eq!(e.code(), tonic::Code::PermissionDenied, "{e:?}");
+    assert!(e.message().contains("token fw-a may not register_framework in role b"), "{e:?}");
+    // B subscribes in b.
+    let mut b = client(&b_tok);
+    let mut events = rt.block_on(b.subscribe(info("b"))).unwrap().into_inner();
+    let first = rt.block_on(events.message()).unwrap().expect("subscribed");
+    let Some(v1::event::Event::Subscribed(s)) = first.event else { panic!("{first:?}") };
+    let fb = s.framework_id;
+    // A may not call as B: not teardown, not kill, not reconcile.
+    let mut a = client(&a_tok);
+    for call in [
+        v1::call::Call::Teardown(v1::call::Teardown {}),
+        v1::call::Call::Kill(v1::call::Kill { task_id: "task-x".into() }),
+        v1::call::Call::Reconcile(v1::call::Reconcile { task_ids: vec![] }),
+    ] {
+        let e = rt.block_on(a.call(v1::Call { framework_id: fb.clone(), call: Some(call) })).unwrap_err();
+        assert_eq!(e.code(), tonic::Code::PermissionDenied, "{e:?}");
+    }
+    // B is still there, and may call as itself: it leaves (its offers would
+    // otherwise hold the cluster's resources).
+    let o = c.cmd().args(["frameworks", "--json"]).output().unwrap();
+    assert!(out(&o).contains(&fb), "{}", out(&o));
+    let teardown = v1::Call { framework_id: fb.clone(), call: Some(v1::call::Call::Teardown(v1::call::Teardown {})) };
+    rt.block_on(b.call(teardown)).expect("B's own call");
+    // A view:a token watching sees nothing of B (role b) nor of batch.
+    let a_viewer = token(&c, "a-watcher", &["view:a"], &[]);
+    let mut op = {
+        let ch = rt.block_on(Target { token: Some(a_viewer), ..trusted(&c) }.connect()).unwrap();
+        v1::operator_client::OperatorClient::new(ch)
+    };
+    let mut watch =
+        rt.block_on(op.watch(v1::WatchRequest { framework_id: String::new(), from: None })).unwrap().into_inner();
+    let o = c.cmd().args(["submit", "--wait", &hello()]).output().unwrap();
+    assert_eq!(o.status.code(), Some(0), "{}", err(&o));
+    let seen = rt.block_on(async { tokio::time::timeout(Duration::from_secs(2), watch.message()).await });
+    assert!(seen.is_err(), "view:a saw an event of role batch: {seen:?}");
+}
