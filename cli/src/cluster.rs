@@ -251,7 +251,8 @@ fn write_client_config(cmd: &str, path: Option<PathBuf>, url: &str, handle: &was
     };
     match config.write(&path) {
         Ok(()) if token.is_some() => eprintln!(
-            "wasmos {cmd}: client config (master URL, CA certificate, admin token) written to {}",
+            "wasmos {cmd}: client config (master URL, {}admin token) written to {}",
+            if config.ca_pem.is_some() { "CA certificate, " } else { "" },
             path.display()
         ),
         Ok(()) => eprintln!(
