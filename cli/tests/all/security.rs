@@ -608,3 +608,23 @@ fn frameworks_subscribe_only_in_their_roles_and_call_only_as_themselves() {
     let seen = rt.block_on(async { tokio::time::timeout(Duration::from_secs(2), watch.message()).await });
     assert!(seen.is_err(), "view:a saw an event of role batch: {seen:?}");
 }
+
+#[test]
+fn a_master_serves_a_certificate_brought_by_the_operator() {
+    // The operator's own CA and certificate (made here with the same tool).
+    let own = tempfile::tempdir().unwrap();
+    Pki::load_or_create(own.path(), &[]).unwrap();
+    let f = |n: &str| own.path().join(n).to_str().unwrap().to_string();
+    let c =
+        Cluster::start_with(&["--tls-cert", &f("server.pem"), "--tls-key", &f("server.key"), "--tls-ca", &f("ca.pem")]);
+    // Clients trust the operator's CA (the client config carries it), and
+    // the dev agent joined through it.
+    let cfg = wasmos_security::client::ClientConfig::read(&c.config).unwrap().unwrap();
+    assert_eq!(cfg.ca_pem.as_deref(), Some(std::fs::read_to_string(own.path().join("ca.pem")).unwrap().as_str()));
+    serving(&c);
+    let o = c.cmd().args(["submit", "--wait", &hello()]).output().unwrap();
+    assert_eq!(o.status.code(), Some(0), "{}", err(&o));
+    // The cluster's own CA is not what the master presents.
+    let cluster_ca = std::fs::read_to_string(c.state().join("tls/ca.pem")).unwrap();
+    assert!(list_agents(&Target { ca_pem: Some(cluster_ca), ..trusted(&c) }).is_err());
+}
