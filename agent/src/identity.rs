@@ -14,7 +14,7 @@ use std::time::Duration;
 
 use wasmos_proto::v1;
 use wasmos_proto::v1::agent_service_client::AgentServiceClient;
-use wasmos_security::client::{Bearer, ClientIdentity, Target};
+use wasmos_security::client::{ClientIdentity, Target};
 use wasmos_security::pki::write_atomic;
 
 use crate::link::Backoff;
@@ -187,7 +187,7 @@ pub(crate) async fn obtain(cfg: &AgentConfig) -> Result<Identity, AgentError> {
     if let Some(id) = Identity::load(&cfg.work_dir) {
         return Ok(id);
     }
-    let refused = |m: String| AgentError::Refused(m);
+    let refused = |m: String| AgentError::Join(m);
     let token = cfg.join_token.as_deref().map(str::trim).ok_or_else(|| {
         refused(
             "this agent has no identity yet: pass --join TOKEN (make one on the master with `wasmos token create NAME --agent`)"
@@ -258,13 +258,9 @@ pub(crate) async fn renew(agent: Arc<Agent>, mut identity: Identity) {
                 if let Err(e) = identity.save(&agent.cfg.work_dir) {
                     eprintln!("wasmos agent: keeping the renewed certificate failed: {e}");
                 }
-                let target = identity.target(&agent.cfg.master, agent.cfg.ca_pem.clone());
-                match (target.endpoint(), Bearer::new(target.token.as_deref())) {
-                    (Ok(ep), Ok(bearer)) => {
-                        let ch = tonic::service::interceptor::InterceptedService::new(ep.connect_lazy(), bearer);
-                        agent.link.set_channel(ch);
-                    }
-                    (Err(e), _) | (_, Err(e)) => eprintln!("wasmos agent: cannot use the renewed certificate: {e}"),
+                match identity.target(&agent.cfg.master, agent.cfg.ca_pem.clone()).connect_lazy() {
+                    Ok(ch) => agent.link.set_channel(ch),
+                    Err(e) => eprintln!("wasmos agent: cannot use the renewed certificate: {e}"),
                 }
             }
             Err(e) => {

@@ -47,6 +47,8 @@ pub enum AgentError {
     Sandbox(#[from] wasmos_sandbox::SandboxError),
     #[error("the master refused registration: {0}")]
     Refused(String),
+    #[error("cannot join: {0}")]
+    Join(String),
     #[error("cannot create work dir {0}: {1}")]
     WorkDir(PathBuf, std::io::Error),
 }

@@ -355,27 +355,31 @@ fn write_url_file(path: &Path, url: &str) -> Result<(), String> {
     })
 }
 
+/// Binds `--listen` and reads the master's flags: the listener, the URL
+/// local clients reach it by, the config; or the exit code after saying why.
+async fn listen(cmd: &str, opts: &MasterOpts) -> Result<(tokio::net::TcpListener, String, MasterConfig), ExitCode> {
+    let listener = tokio::net::TcpListener::bind(opts.listen).await.map_err(|e| {
+        eprintln!("wasmos {cmd}: cannot listen on {}: {e}; pick another --listen", opts.listen);
+        ExitCode::from(2)
+    })?;
+    // The bound address: with port 0 the one the system picked.
+    let url = opts.url(listener.local_addr().unwrap_or(opts.listen));
+    let cfg = opts.config(cmd).map_err(|e| {
+        eprintln!("wasmos {cmd}: {e}");
+        ExitCode::from(2)
+    })?;
+    if opts.insecure {
+        eprintln!("wasmos {cmd}: warning: --insecure: plaintext, anyone on this host can read the traffic");
+    }
+    Ok((listener, url, cfg))
+}
+
 pub fn master(args: MasterArgs) -> ExitCode {
     runtime().block_on(async {
-        let listener = match tokio::net::TcpListener::bind(args.opts.listen).await {
-            Ok(l) => l,
-            Err(e) => {
-                eprintln!("wasmos master: cannot listen on {}: {e}; pick another --listen", args.opts.listen);
-                return ExitCode::from(2);
-            }
+        let (listener, url, cfg) = match listen("master", &args.opts).await {
+            Ok(x) => x,
+            Err(code) => return code,
         };
-        // The bound address: with port 0 the one the system picked.
-        let url = args.opts.url(listener.local_addr().unwrap_or(args.opts.listen));
-        let cfg = match args.opts.config("master") {
-            Ok(c) => c,
-            Err(e) => {
-                eprintln!("wasmos master: {e}");
-                return ExitCode::from(2);
-            }
-        };
-        if args.opts.insecure {
-            eprintln!("wasmos master: warning: --insecure: plaintext, anyone on this host can read the traffic");
-        }
         eprintln!("wasmos master: listening on {url} (state in {})", cfg.state_dir.display());
         let handle = match wasmos_host::start(cfg) {
             Ok(h) => h,
@@ -459,24 +463,10 @@ pub fn dev(args: DevArgs) -> ExitCode {
     }
     let rt = runtime();
     rt.block_on(async {
-        let listener = match tokio::net::TcpListener::bind(args.opts.listen).await {
-            Ok(l) => l,
-            Err(e) => {
-                eprintln!("wasmos dev: cannot listen on {}: {e}; pick another --listen", args.opts.listen);
-                return ExitCode::from(2);
-            }
+        let (listener, url, cfg) = match listen("dev", &args.opts).await {
+            Ok(x) => x,
+            Err(code) => return code,
         };
-        let url = args.opts.url(listener.local_addr().unwrap_or(args.opts.listen));
-        let cfg = match args.opts.config("dev") {
-            Ok(c) => c,
-            Err(e) => {
-                eprintln!("wasmos dev: {e}");
-                return ExitCode::from(2);
-            }
-        };
-        if args.opts.insecure {
-            eprintln!("wasmos dev: warning: --insecure: plaintext, anyone on this host can read the traffic");
-        }
         let state_dir = cfg.state_dir.clone();
         let handle = match wasmos_host::start(cfg) {
             Ok(h) => h,

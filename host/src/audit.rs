@@ -32,7 +32,7 @@ const QUEUE: usize = 65_536;
 
 #[derive(Debug)]
 pub(crate) struct Audit {
-    tx: Option<mpsc::SyncSender<String>>,
+    tx: mpsc::SyncSender<String>,
     dropped: AtomicU64,
 }
 
@@ -62,11 +62,10 @@ impl Audit {
         let file = std::fs::OpenOptions::new().create(true).append(true).open(&path)?;
         let (tx, rx) = mpsc::sync_channel::<String>(QUEUE);
         std::thread::Builder::new().name("wasmos-audit".into()).spawn(move || writer(path, file, rx, max_bytes))?;
-        Ok(Audit { tx: Some(tx), dropped: AtomicU64::new(0) })
+        Ok(Audit { tx, dropped: AtomicU64::new(0) })
     }
 
     fn write(&self, principal: &str, action: &str, object: &str, role: &str, denied: Option<&str>) {
-        let Some(tx) = &self.tx else { return };
         let reason = denied.map(wasmos_security::token::redact).unwrap_or_default();
         let line = Line {
             time: wasmos_model::rfc3339_ms(now_ms()),
@@ -79,7 +78,7 @@ impl Audit {
             dropped_before: self.dropped.swap(0, Ordering::Relaxed),
         };
         let text = serde_json::to_string(&line).expect("serializable");
-        if let Err(mpsc::TrySendError::Full(_)) = tx.try_send(text) {
+        if let Err(mpsc::TrySendError::Full(_)) = self.tx.try_send(text) {
             self.dropped.fetch_add(line.dropped_before + 1, Ordering::Relaxed);
         }
     }

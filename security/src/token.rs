@@ -15,13 +15,6 @@ use sha2::{Digest, Sha256};
 const TOKEN_PREFIX: &str = "wsmt_";
 const JOIN_PREFIX: &str = "wsmj_";
 
-/// What kind of secret a string is.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Kind {
-    Bearer,
-    Join,
-}
-
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum TokenError {
     #[error(
@@ -70,17 +63,6 @@ pub fn parse_join(s: &str) -> Result<([u8; 32], String), TokenError> {
     Ok((hash(s), fp.to_ascii_lowercase()))
 }
 
-/// What kind of secret `s` looks like, if any.
-pub fn kind(s: &str) -> Option<Kind> {
-    if parse_bearer(s).is_ok() {
-        Some(Kind::Bearer)
-    } else if parse_join(s).is_ok() {
-        Some(Kind::Join)
-    } else {
-        None
-    }
-}
-
 /// Replaces every token-looking word in `text` by its first characters and
 /// `…`: for messages that might echo what a client sent.
 pub fn redact(text: &str) -> String {
@@ -111,7 +93,6 @@ mod tests {
     #[test]
     fn forms_and_hashes() {
         let t = new_bearer();
-        assert_eq!(kind(&t), Some(Kind::Bearer));
         assert_eq!(parse_bearer(&t).unwrap(), hash(&t));
         assert_ne!(hash(&t), hash(&new_bearer()));
         assert_eq!(parse_bearer("wsmt_abc"), Err(TokenError::Malformed));
@@ -121,7 +102,6 @@ mod tests {
         let (h, got) = parse_join(&j).unwrap();
         assert_eq!(got, fp);
         assert_eq!(h, hash(j.split('.').next().unwrap()));
-        assert_eq!(kind(&j), Some(Kind::Join));
         assert!(parse_join(&t).is_err());
     }
 
