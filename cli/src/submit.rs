@@ -51,6 +51,10 @@ pub struct SubmitArgs {
     /// Only run on agents with this attribute (repeatable).
     #[arg(long = "constraint", value_name = "ATTR=VALUE", value_parser = crate::args::key_value)]
     pub constraints: Vec<(String, String)>,
+    /// The role the tasks are accounted to: its share, quota, reservations
+    /// and signing keys apply (needs `submit:ROLE`) [default: batch]
+    #[arg(long, value_name = "ROLE", conflicts_with = "framework")]
+    pub role: Option<String>,
     /// Hand the job to this hosted framework (its scheduler's on-submit)
     /// instead of the built-in batch queue.
     #[arg(long, value_name = "NAME")]
@@ -133,6 +137,7 @@ async fn submit(args: SubmitArgs) -> Result<ExitCode, String> {
         sandbox_dir: false,
         input,
         attempt: 0,
+        signature: String::new(), // sent once, in the request
     };
     let framework = args.framework.clone().unwrap_or_default();
     let watch_fw = if framework.is_empty() { "batch".to_string() } else { String::new() };
@@ -150,7 +155,7 @@ async fn submit(args: SubmitArgs) -> Result<ExitCode, String> {
             max_attempts: 0,
             framework: framework.clone(),
             estimated_fuel: args.estimated_fuel,
-            role: String::new(),
+            role: args.role.clone().unwrap_or_default(),
             signature: crate::sign::signature_for(&args.module, args.signature.as_deref())?,
         })
         .await

@@ -68,6 +68,7 @@ fn task_json(t: &v1::TaskSummary) -> serde_json::Value {
         "task_id": t.task_id,
         "name": t.name,
         "framework": t.framework_id,
+        "role": t.role,
         "agent_id": if t.agent_id.is_empty() { None } else { Some(&t.agent_id) },
         "state": wasmos_proto::state_from_wire(t.state).map(|s| s.to_string()),
         "outcome": o.and_then(|o| wasmos_proto::outcome_kind_from_wire(o.kind)).map(|k| k.to_string()),
@@ -89,6 +90,7 @@ fn task_row(t: &v1::TaskSummary) -> Vec<String> {
         t.task_id.clone(),
         t.name.clone(),
         t.framework_id.clone(),
+        t.role.clone(),
         if t.agent_id.is_empty() { "-".into() } else { t.agent_id.clone() },
         wasmos_proto::state_from_wire(t.state).map(|s| s.to_string()).unwrap_or_default(),
         o.and_then(|o| wasmos_proto::outcome_kind_from_wire(o.kind)).map(|k| k.to_string()).unwrap_or("-".into()),
@@ -99,7 +101,7 @@ fn task_row(t: &v1::TaskSummary) -> Vec<String> {
 
 const TASKS: Listing<v1::TaskSummary> = Listing {
     cmd: "tasks",
-    header: &["TASK", "NAME", "FRAMEWORK", "AGENT", "STATE", "OUTCOME", "EXIT", "FINISHED"],
+    header: &["TASK", "NAME", "FRAMEWORK", "ROLE", "AGENT", "STATE", "OUTCOME", "EXIT", "FINISHED"],
     row: task_row,
     json: task_json,
 };

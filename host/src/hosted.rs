@@ -184,7 +184,12 @@ fn translate(call: sched::Call, held: &mut HashSet<String>, timer: &mut Option<I
                     input: t.input,
                     attempt: 0,
                 };
-                launch.push(Launch { task_id: spec.task_id.clone(), spec: Arc::new(spec), resources_error });
+                launch.push(Launch {
+                    task_id: spec.task_id.clone(),
+                    spec: Arc::new(spec),
+                    resources_error,
+                    signature: String::new(),
+                });
             }
             Call::Accept { offers, launch, refuse: refuse_of(l.refuse_seconds) }
         }

@@ -23,7 +23,7 @@ pub(crate) type Sequenced = Arc<(u64, WatchEvent)>;
 /// Roughly what an event holds on to (its output tails dominate).
 fn weight(ev: &WatchEvent) -> u64 {
     let tails = match ev {
-        WatchEvent::Task(st) => st.outcome.as_ref().map(|o| o.stdout.len() + o.stderr.len()).unwrap_or(0),
+        WatchEvent::Task(st, _) => st.outcome.as_ref().map(|o| o.stdout.len() + o.stderr.len()).unwrap_or(0),
         _ => 0,
     };
     256 + tails as u64

@@ -26,10 +26,11 @@ pub const MAX_ROLE_LEN: usize = 255;
 
 /// A validated role name: one or more segments of letters, digits, `_`, `-` and `.`,
 /// separated by `/`. No segment is empty, `.` or `..`, or starts with `-`. There is no
-/// `*` role: unreserved resources are simply not reserved for anyone.
+/// `*` role: unreserved resources are simply not reserved for anyone. Cheap to
+/// clone (shared), as every task carries its role.
 #[derive(Clone, PartialEq, Eq, PartialOrd, Ord, Hash, serde::Serialize, serde::Deserialize)]
 #[serde(try_from = "String", into = "String")]
-pub struct Role(String);
+pub struct Role(std::sync::Arc<str>);
 
 impl Role {
     /// Validates and wraps `s`.
@@ -52,7 +53,7 @@ impl Role {
                 return Err(RoleError::LeadingDash { role: s });
             }
         }
-        Ok(Role(s))
+        Ok(Role(s.into()))
     }
 
     pub fn as_str(&self) -> &str {
@@ -61,7 +62,7 @@ impl Role {
 
     /// The enclosing role: `eng` for `eng/batch`, `None` for a top-level role.
     pub fn parent(&self) -> Option<Role> {
-        self.0.rsplit_once('/').map(|(p, _)| Role(p.to_string()))
+        self.0.rsplit_once('/').map(|(p, _)| Role(p.into()))
     }
 
     /// Path segments, outermost first: `["eng", "batch"]`.
@@ -79,7 +80,7 @@ impl Role {
     pub fn covers(&self, other: &Role) -> bool {
         other.0 == self.0
             || (other.0.len() > self.0.len()
-                && other.0.starts_with(&self.0)
+                && other.0.starts_with(&*self.0)
                 && other.0.as_bytes()[self.0.len()] == b'/')
     }
 }
@@ -108,7 +109,7 @@ impl TryFrom<String> for Role {
 }
 impl From<Role> for String {
     fn from(r: Role) -> String {
-        r.0
+        r.0.to_string()
     }
 }
 impl AsRef<str> for Role {

@@ -44,6 +44,7 @@ pub fn spec_to_wire(s: &TaskSpec) -> v1::TaskSpec {
         sandbox_dir: s.sandbox_dir,
         input: s.input.clone(),
         attempt: s.attempt,
+        signature: String::new(),
     }
 }
 

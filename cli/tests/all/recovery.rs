@@ -160,9 +160,16 @@ fn master_kill_9_and_restart_loses_nothing() {
     wait_for("the long task to run", Duration::from_secs(90), || {
         tasks(&url).iter().any(|t| t["task_id"] == long.as_str() && t["state"] == "running")
     });
-    let o = cli(&url, &["submit", "--count", "300", "--cpus", "0.01", "--mem", "4MiB", &guest("hello")]);
+    let o = cli(&url, &["submit", "--count", "200", "--cpus", "0.01", "--mem", "4MiB", &guest("hello")]);
     assert!(o.status.success());
-    let short: Vec<String> = String::from_utf8_lossy(&o.stdout).lines().map(String::from).collect();
+    let mut short: Vec<String> = String::from_utf8_lossy(&o.stdout).lines().map(String::from).collect();
+    // A hundred more, accounted to another role (the batch framework's
+    // queue for it is rebuilt from the registry too).
+    let o =
+        cli(&url, &["submit", "--role", "eng", "--count", "100", "--cpus", "0.01", "--mem", "4MiB", &guest("hello")]);
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let eng: Vec<String> = String::from_utf8_lossy(&o.stdout).lines().map(String::from).collect();
+    short.extend(eng.iter().cloned());
     assert_eq!(short.len(), 300);
 
     // kill -9 right after the submission was acknowledged; restart on the same state.
@@ -198,11 +205,14 @@ fn master_kill_9_and_restart_loses_nothing() {
     assert_eq!(ts.len(), 301, "no acknowledged submission is missing");
     for t in &ts {
         assert_eq!(t["state"], "finished", "{t}");
+        let want = if eng.iter().any(|e| t["task_id"] == e.as_str()) { "eng" } else { "batch" };
+        assert_eq!(t["role"], want, "{t}");
     }
     // The long task kept running through the failover: the agent reported it
     // when it reregistered, so it was tracked again (one attempt, not LOST).
     let l = ts.iter().find(|t| t["task_id"] == long.as_str()).unwrap();
     assert_eq!(l["attempt"], 1, "{l}");
+    assert!(l["started_at"].is_string() && l["message"] != "queued", "{l}");
     let o = cli(&url, &["logs", &long]);
     assert_eq!(String::from_utf8_lossy(&o.stdout), "1270607 primes below 20000000\n");
 }

@@ -348,6 +348,23 @@ fn grants_bound_what_a_token_does_and_sees() {
         lines.iter().any(|l| l["principal"] == "token:admin" && l["action"] == "submit" && l["decision"] == "allow")
     );
 
+    // submit:a submits to role a through the batch framework (`--role a`)
+    // but not to b; view:a then sees that task, and view:batch does not.
+    let o = as_token(&c, &a_submitter, &["submit", "--role", "a", &h]);
+    assert_eq!(o.status.code(), Some(0), "{}", err(&o));
+    let a_task = out(&o).trim().to_string();
+    let o = as_token(&c, &a_submitter, &["submit", "--role", "b", &h]);
+    assert_eq!(o.status.code(), Some(2));
+    assert!(err(&o).contains("may not submit in role b"), "{}", err(&o));
+    let o = as_token(&c, &a_viewer, &["tasks", "--json"]);
+    let seen: Vec<serde_json::Value> = out(&o).lines().map(|l| serde_json::from_str(l).unwrap()).collect();
+    assert_eq!(seen.len(), 1, "{}", out(&o));
+    assert_eq!((seen[0]["task_id"].as_str(), seen[0]["role"].as_str()), (Some(a_task.as_str()), Some("a")));
+    let o = as_token(&c, &b_viewer, &["tasks", "--json"]);
+    assert!(!out(&o).contains(&a_task), "view:batch sees role a's task: {}", out(&o));
+    let o = as_token(&c, &b_viewer, &["logs", &a_task]);
+    assert_eq!(o.status.code(), Some(2));
+
     // No secret in `token ls`.
     let o = c.cmd().args(["token", "ls", "--json"]).output().unwrap();
     assert_eq!(o.status.code(), Some(0), "{}", err(&o));
@@ -552,6 +569,97 @@ fn a_role_that_requires_signed_modules_refuses_unsigned_and_wrongly_signed_ones(
     assert_eq!(run(&["role", "set", "batch", "--clear-signers"]).status.code(), Some(0));
     std::fs::remove_file(tmp.path().join("hello.wasm.sig")).unwrap();
     assert_eq!(run(&["submit", m]).status.code(), Some(0));
+}
+
+/// A remote framework's own launches in a role that requires signatures:
+/// refused (`unsigned_module`) unless the launch carries the module's
+/// signature or the master verified one for that module in the role before.
+#[test]
+fn a_framework_launches_only_signed_modules_in_a_role_that_requires_them() {
+    use sha2::Digest;
+    let c = Cluster::start();
+    let tmp = tempfile::tempdir().unwrap();
+    let run = |args: &[&str]| c.cmd().current_dir(tmp.path()).args(args).output().unwrap();
+    let ours = out(&run(&["keygen", "--out", "ours"])).trim().to_string();
+    assert_eq!(run(&["role", "set", "a", "--require-signed", &ours]).status.code(), Some(0));
+    let module = tmp.path().join("hello.wasm");
+    std::fs::copy(hello(), &module).unwrap();
+    let m = module.to_str().unwrap();
+    // In the artifact store (role batch needs no signature).
+    assert_eq!(run(&["submit", "--wait", m]).status.code(), Some(0));
+    let sha = hex::encode(sha2::Sha256::digest(std::fs::read(&module).unwrap()));
+
+    let tok = token(&c, "fw-a", &["register_framework:a"], &[]);
+    let rt = rt();
+    let ch = rt.block_on(Target { token: Some(tok), ..trusted(&c) }.connect()).unwrap();
+    let mut sched = v1::scheduler_client::SchedulerClient::new(ch);
+    let info = v1::SubscribeRequest {
+        framework: Some(v1::FrameworkInfo { name: "fw-a".into(), role: "a".into(), ..Default::default() }),
+    };
+    let mut events = rt.block_on(sched.subscribe(info)).unwrap().into_inner();
+    let mut fw = String::new();
+    // Launches `task_id` on the next offer; returns its terminal update.
+    let mut launch = |task_id: &str, signature: String| -> v1::TaskStatus {
+        rt.block_on(async {
+            loop {
+                let ev =
+                    tokio::time::timeout(Duration::from_secs(30), events.message()).await.unwrap().unwrap().unwrap();
+                match ev.event {
+                    Some(v1::event::Event::Subscribed(s)) => fw = s.framework_id,
+                    Some(v1::event::Event::Offers(o)) if !task_id.is_empty() => {
+                        let spec = v1::TaskSpec {
+                            task_id: task_id.into(),
+                            name: "hello".into(),
+                            module_sha256: sha.clone(),
+                            resources: Some(wasmos_proto::resources_to_wire(
+                                &wasmos_model::Resources::parse("cpus:0.1;mem:16MiB").unwrap(),
+                            )),
+                            signature: signature.clone(),
+                            ..Default::default()
+                        };
+                        let accept = v1::call::Accept {
+                            offer_ids: vec![o.offers[0].offer_id.clone()],
+                            launch: vec![spec],
+                            filters: None,
+                        };
+                        let call = v1::Call { framework_id: fw.clone(), call: Some(v1::call::Call::Accept(accept)) };
+                        sched.call(call).await.unwrap();
+                    }
+                    Some(v1::event::Event::Update(u)) => {
+                        let st = u.status.unwrap();
+                        let terminal =
+                            ![v1::TaskState::TaskStaging, v1::TaskState::TaskStarting, v1::TaskState::TaskRunning]
+                                .iter()
+                                .any(|s| *s as i32 == st.state);
+                        if st.task_id == task_id && terminal {
+                            return st;
+                        }
+                    }
+                    _ => {}
+                }
+            }
+        })
+    };
+    // Unsigned, never verified in role a: refused, never launched.
+    let st = launch("t-unsigned", String::new());
+    assert_eq!((st.state, st.reason.as_str()), (v1::TaskState::TaskError as i32, "unsigned_module"), "{st:?}");
+    assert!(st.message.contains("role a requires modules signed"), "{st:?}");
+    assert!(st.agent_id.is_empty(), "{st:?}");
+    // A signature by another key: refused.
+    assert_eq!(run(&["keygen", "--out", "theirs"]).status.code(), Some(0));
+    assert_eq!(run(&["sign", "--key", "theirs.key", m]).status.code(), Some(0));
+    let theirs = std::fs::read_to_string(tmp.path().join("hello.wasm.sig")).unwrap();
+    let st = launch("t-theirs", theirs.trim().to_string());
+    assert_eq!(st.reason, "unsigned_module", "{st:?}");
+    assert!(st.message.contains("does not verify"), "{st:?}");
+    // Carrying its signature: it runs.
+    assert_eq!(run(&["sign", "--key", "ours.key", m]).status.code(), Some(0));
+    let sig = std::fs::read_to_string(tmp.path().join("hello.wasm.sig")).unwrap();
+    let st = launch("t-signed", sig.trim().to_string());
+    assert_eq!(st.state, v1::TaskState::TaskFinished as i32, "{st:?}");
+    // Verified once for role a, the module launches there without it.
+    let st = launch("t-again", String::new());
+    assert_eq!(st.state, v1::TaskState::TaskFinished as i32, "{st:?}");
 }
 
 // ---------------------------------------------------------------- frameworks

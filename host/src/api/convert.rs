@@ -270,8 +270,8 @@ pub(crate) fn role_view_to_wire(r: &RoleView) -> v1::RoleSummary {
 pub(crate) fn watch_to_wire(ev: &WatchEvent) -> v1::WatchEvent {
     use v1::watch_event::Event as E;
     let e = match ev {
-        WatchEvent::Task(st) => E::Task(status_to_wire(st)),
-        WatchEvent::Refused(r) => E::Task(refusal_to_wire(r)),
+        WatchEvent::Task(st, _) => E::Task(status_to_wire(st)),
+        WatchEvent::Refused(r, _) => E::Task(refusal_to_wire(r)),
         WatchEvent::AgentAdded(a) => E::AgentAdded(agent_view_to_wire(a)),
         WatchEvent::AgentRemoved(a) => E::AgentRemoved(a.to_string()),
         WatchEvent::FrameworkAdded(f) => E::FrameworkAdded(framework_view_to_wire(f)),
@@ -283,8 +283,17 @@ pub(crate) fn watch_to_wire(ev: &WatchEvent) -> v1::WatchEvent {
 /// The framework a watch event concerns (task events only).
 pub(crate) fn watch_framework(ev: &WatchEvent) -> Option<&str> {
     match ev {
-        WatchEvent::Task(st) => Some(st.framework_id.as_str()),
-        WatchEvent::Refused(r) => Some(r.framework_id.as_str()),
+        WatchEvent::Task(st, _) => Some(st.framework_id.as_str()),
+        WatchEvent::Refused(r, _) => Some(r.framework_id.as_str()),
+        _ => None,
+    }
+}
+
+/// The role an event belongs to (who may see it); `None`: an agent's event.
+pub(crate) fn watch_role(ev: &WatchEvent) -> Option<&str> {
+    match ev {
+        WatchEvent::Task(_, role) | WatchEvent::Refused(_, role) => Some(role.as_str()),
+        WatchEvent::FrameworkAdded(f) => Some(f.role.as_str()),
         _ => None,
     }
 }
@@ -292,7 +301,12 @@ pub(crate) fn watch_framework(ev: &WatchEvent) -> Option<&str> {
 /// A wire task spec as a launch: a bad resource list is that task's error.
 pub(crate) fn launch_from_wire(s: &v1::TaskSpec) -> Launch {
     let (spec, err) = wasmos_proto::spec_from_wire(s);
-    Launch { task_id: s.task_id.clone(), spec: Arc::new(spec), resources_error: err.map(|e| e.to_string()) }
+    Launch {
+        task_id: s.task_id.clone(),
+        spec: Arc::new(spec),
+        resources_error: err.map(|e| e.to_string()),
+        signature: s.signature.clone(),
+    }
 }
 
 /// Seconds of an offer filter, if any.

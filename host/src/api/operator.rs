@@ -195,16 +195,23 @@ impl v1::operator_server::Operator for MasterHandle {
     async fn submit(&self, r: Request<v1::SubmitRequest>) -> Result<Response<v1::SubmitResponse>, Status> {
         let who = self.caller(&r, "submit")?;
         let req = r.into_inner();
-        if !req.role.is_empty() && req.role != "batch" {
-            return Err(Status::unimplemented(
-                "submitting to a role other than batch is not supported yet; leave --role out",
-            ));
+        let role = match req.role.as_str() {
+            "" => None,
+            r => Some(Role::new(r).map_err(|e| bad_id(&format!("role {r:?}: "), e))?),
+        };
+        let hosted = !(req.framework.is_empty() || req.framework == "batch");
+        if hosted && role.is_some() {
+            return Err(Status::invalid_argument(format!(
+                "--role is for the batch framework; the tasks of hosted framework {:?} run in its own role (leave --role out)",
+                req.framework
+            )));
         }
         let tpl = req.template.ok_or_else(|| Status::invalid_argument("submit without a task template"))?;
         let (template, bad) = wasmos_proto::spec_from_wire(&tpl);
         let watch_seq = self.watch.current();
-        if req.framework.is_empty() || req.framework == "batch" {
+        if !hosted {
             let s = Submission {
+                role,
                 template,
                 resources_error: bad.map(|e| e.to_string()),
                 count: req.count,
@@ -250,14 +257,10 @@ impl v1::operator_server::Operator for MasterHandle {
         crate::auth::allow_somewhere(&who, Action::View).map_err(status_of)?;
         let req = r.into_inner();
         let (fw, from) = (req.framework_id, req.from);
-        // A token that does not see every role sees events of the
-        // frameworks whose role it sees: known now, or added later.
-        let mut visible = match &who {
-            Principal::Token(c) if !c.grants.allows_everywhere(Action::View) => {
-                Some(self.visible_frameworks(&who).await?)
-            }
-            _ => None,
-        };
+        // A token that does not see every role sees the events of the roles
+        // it sees (a task's role, which for the batch framework is the one
+        // it was submitted to); agents' events are for the others.
+        let restricted = matches!(&who, Principal::Token(c) if !c.grants.allows_everywhere(Action::View));
         let hub = self.watch.clone();
         let (backlog, rx) = hub.follow(from).map_err(gone)?;
         // The backlog, then live events; a watcher that falls behind the live
@@ -265,19 +268,7 @@ impl v1::operator_server::Operator for MasterHandle {
         let who2 = who.clone();
         let stream = async_stream(hub, backlog, rx, from.unwrap_or(0)).filter_map(move |ev| match ev {
             Ok(ev) => {
-                if let (Some(v), crate::master::types::WatchEvent::FrameworkAdded(f)) = (&mut visible, &ev.1)
-                    && sees(&who2, &f.role)
-                {
-                    v.insert(f.framework_id.to_string());
-                }
-                let seen = match (&visible, watch_framework(&ev.1)) {
-                    (None, _) => true,
-                    (Some(v), Some(f)) => v.contains(f),
-                    (Some(_), None) => matches!(
-                        &ev.1,
-                        crate::master::types::WatchEvent::FrameworkAdded(f) if sees(&who2, &f.role)
-                    ),
-                };
+                let seen = !restricted || watch_role(&ev.1).is_some_and(|r| sees(&who2, r));
                 let keep = seen && (fw.is_empty() || watch_framework(&ev.1).is_none_or(|f| f == fw));
                 keep.then(|| Ok(v1::WatchEvent { seq: ev.0, ..watch_to_wire(&ev.1) }))
             }
@@ -330,23 +321,6 @@ fn token_to_wire(t: &TokenView) -> v1::TokenInfo {
         kind: t.kind.to_string(),
         uses_left: t.uses_left.unwrap_or(0),
         agent_id: t.agent_id.as_ref().map(|a| a.to_string()).unwrap_or_default(),
-    }
-}
-
-impl MasterHandle {
-    /// Ids of the frameworks whose role `who` sees (every page).
-    async fn visible_frameworks(&self, who: &Principal) -> Result<std::collections::HashSet<String>, Status> {
-        let mut out = std::collections::HashSet::new();
-        let mut after = None;
-        loop {
-            let (fws, next) =
-                self.request(Principal::Master, |reply| Cmd::ListFrameworks(after, MAX_PAGE_SIZE, reply)).await?;
-            out.extend(fws.iter().filter(|f| sees(who, &f.role)).map(|f| f.framework_id.to_string()));
-            match next {
-                Some(n) => after = Some(n),
-                None => return Ok(out),
-            }
-        }
     }
 }
 

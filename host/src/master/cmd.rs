@@ -176,8 +176,7 @@ pub(crate) struct HostedJobs {
 pub(crate) fn authorize(who: &Principal, cmd: &Cmd, state: &super::State) -> Result<(), Error> {
     use crate::auth::{allow, allow_somewhere};
     use wasmos_security::grant::Action;
-    let role_of_task =
-        |id: &TaskId| state.tasks.get(id).and_then(|t| state.frameworks.get(&t.framework)).map(|f| f.role.to_string());
+    let role_of_task = |id: &TaskId| state.tasks.get(id).map(|t| t.role.as_str());
     let role_of_framework = |id: &FrameworkId| state.frameworks.get(id).map(|f| f.role.to_string());
     match cmd {
         // An agent speaks only for itself: the id its certificate names.
@@ -209,19 +208,22 @@ pub(crate) fn authorize(who: &Principal, cmd: &Cmd, state: &super::State) -> Res
         }
         // A task the token may not see is as good as absent.
         Cmd::GetTask(id, _) => match role_of_task(id) {
-            Some(role) if !crate::auth::sees(who, &role) => {
+            Some(role) if !crate::auth::sees(who, role) => {
                 Err(Error::not_found(format!("no task {id}; list tasks with `wasmos tasks`")))
             }
             _ => allow_somewhere(who, Action::View),
         },
         Cmd::UpdateRole(u, _) => allow(who, Action::Quota, u.role.as_str()),
         Cmd::Reserve(r, _) | Cmd::Unreserve(r, _) => allow(who, Action::Reserve, r.role.as_str()),
-        Cmd::Submit(..) => {
-            let batch = FrameworkId::new("batch").expect("valid id");
-            allow(who, Action::Submit, &role_of_framework(&batch).unwrap_or_else(|| "batch".into()))
-        }
+        Cmd::Submit(s, _) => match &s.role {
+            Some(role) => allow(who, Action::Submit, role.as_str()),
+            None => {
+                let batch = FrameworkId::new("batch").expect("valid id");
+                allow(who, Action::Submit, &role_of_framework(&batch).unwrap_or_else(|| "batch".into()))
+            }
+        },
         Cmd::TaskAction(id, _, _) => match role_of_task(id) {
-            Some(role) => allow(who, Action::Kill, &role),
+            Some(role) => allow(who, Action::Kill, role),
             None => allow_somewhere(who, Action::Kill),
         },
         Cmd::HostedSubmit(name, _, _) => match state.frameworks.hosted_named(name) {

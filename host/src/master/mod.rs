@@ -227,7 +227,6 @@ impl Master {
         };
         // Nothing queued yet: no offers for the batch framework until a submit.
         let _ = m.alloc.suppress(&batch_id, &[]);
-        m.batch.suppressed = true;
         if let Some((reg, loaded)) = registry {
             m.restore(loaded);
             reg.maintain(m.cfg.task_history);
@@ -268,12 +267,21 @@ impl Master {
         self.started.elapsed()
     }
 
+    /// Offers again in every role with queued batch tasks.
     pub(super) fn revive_batch(&mut self) {
-        if self.batch.suppressed {
-            let _ = self.alloc.revive(&self.batch_id, &[]);
-            self.batch.suppressed = false;
+        for role in self.batch.to_revive() {
+            let _ = self.alloc.revive(&self.batch_id, std::slice::from_ref(&role));
+            self.batch.set_suppressed(&role, false);
         }
         self.cycle_due = true;
+    }
+
+    /// No more offers in the roles whose batch queue is empty.
+    pub(super) fn suppress_batch(&mut self) {
+        for role in self.batch.to_suppress() {
+            let _ = self.alloc.suppress(&self.batch_id, std::slice::from_ref(&role));
+            self.batch.set_suppressed(&role, true);
+        }
     }
 
     /// The event loop: handles commands in batches, then runs an allocation

@@ -99,7 +99,7 @@ impl Master {
             let Some(o) = self.state.offers.get(&id) else { continue };
             let free = o.allocation.total();
             let attrs = self.state.agents.get(&o.agent).map(|a| a.attributes.clone()).unwrap_or_default();
-            let picked = self.batch.pick(&free, &attrs);
+            let picked = self.batch.pick(&o.role, &free, &attrs);
             if picked.is_empty() {
                 self.recover_offer(&id, Some(self.cfg.batch_refuse));
                 continue;
@@ -116,10 +116,7 @@ impl Master {
             let batch_id = self.batch_id.clone();
             self.accept(&batch_id, &[id], specs, Some(self.cfg.batch_refuse));
         }
-        if self.batch.queued() == 0 && !self.batch.suppressed {
-            let _ = self.alloc.suppress(&self.batch_id, &[]);
-            self.batch.suppressed = true;
-        }
+        self.suppress_batch();
     }
 
     /// ACCEPT (Mesos v1 semantics): validated against live state, then
@@ -133,10 +130,16 @@ impl Master {
         refuse: Option<Duration>,
     ) {
         let plan = {
-            let artifacts = &self.artifacts;
-            super::validate::accept(&self.state, &self.batch_id, fw, offers, launch, |sha| {
-                artifacts.size(sha).is_some()
-            })
+            let (artifacts, roles) = (&self.artifacts, &mut self.roles);
+            super::validate::accept(
+                &self.state,
+                &self.batch_id,
+                fw,
+                offers,
+                launch,
+                |sha| artifacts.size(sha).is_some(),
+                |role, sha, sig| roles.launch_signed(role, sha, sig),
+            )
         };
         self.apply_accept(fw, plan, refuse);
     }
@@ -167,7 +170,7 @@ impl Master {
                         // New here (another framework's task): recorded now.
                         // A framework that counts its own retries may say
                         // which attempt this is; otherwise it is the first.
-                        let mut task = Task::new(fw.clone(), spec.clone(), now_ms());
+                        let mut task = Task::new(fw.clone(), target.role.clone(), spec.clone(), now_ms());
                         task.attempt = spec.attempt.max(1);
                         let seq = self.ids.bump();
                         self.state.tasks.insert(id.clone(), task, seq, true);
@@ -208,7 +211,9 @@ impl Master {
         match TaskId::new(task_id.clone()) {
             Ok(tid) if record => {
                 if !self.state.tasks.contains(&tid) {
-                    let mut task = Task::new(fw.clone(), spec, now_ms());
+                    let role = self.state.frameworks.get(fw).map(|f| f.role.clone());
+                    let mut task =
+                        Task::new(fw.clone(), role.unwrap_or_else(|| self.cfg.batch_role.clone()), spec, now_ms());
                     task.attempt = 1;
                     let seq = self.ids.bump();
                     self.state.tasks.insert(tid.clone(), task, seq, true);
@@ -220,7 +225,9 @@ impl Master {
             }
             _ => {
                 let r = Refusal { task_id, framework_id: fw.clone(), state, reason, message, timestamp_ms: now_ms() };
-                self.effects.publish(WatchEvent::Refused(r.clone()));
+                let role =
+                    self.state.frameworks.get(fw).map_or_else(|| self.cfg.batch_role.clone(), |f| f.role.clone());
+                self.effects.publish(WatchEvent::Refused(r.clone(), role));
                 if let Some(f) = self.state.frameworks.get_mut(fw) {
                     f.send(Event::Refused(r));
                 }

@@ -6,7 +6,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use wasmos_allocator::Allocation;
-use wasmos_model::{AgentId, TaskId, TaskSpec, TaskState};
+use wasmos_model::{AgentId, Role, TaskId, TaskSpec, TaskState};
 
 use super::Master;
 use super::frameworks::{Framework, Hosted, Kind};
@@ -113,22 +113,28 @@ impl Master {
             if !rec.view.state.is_terminal() {
                 self.state.frameworks.add_task(&fw, &tid);
                 if fw == self.batch_id {
+                    let role = Role::new(rec.view.role.clone()).unwrap_or_else(|_| self.cfg.batch_role.clone());
                     let bt = BatchTask {
+                        role: role.clone(),
                         resources: spec.resources.clone(),
                         priority: rec.priority,
                         constraints: rec.constraints.clone(),
                         attempts: rec.view.attempt,
                         max_attempts: if rec.max_attempts == 0 { DEFAULT_MAX_ATTEMPTS } else { rec.max_attempts },
                     };
-                    if rec.view.agent_id.is_none() {
-                        self.batch.enqueue(tid.clone(), bt);
+                    let new = if rec.view.agent_id.is_none() {
+                        self.batch.enqueue(tid.clone(), bt)
                     } else {
-                        self.batch.tasks.insert(tid.clone(), bt);
+                        self.batch.insert_running(tid.clone(), bt)
+                    };
+                    if new {
+                        self.batch_serves(&role);
                     }
                 }
             }
             known.insert(tid.clone());
-            self.state.tasks.restore(tid, Task::restored(rec, spec));
+            let role = self.state.frameworks.get(&fw).map_or_else(|| self.cfg.batch_role.clone(), |f| f.role.clone());
+            self.state.tasks.restore(tid, Task::restored(rec, spec, role));
         }
         // Tasks of open submissions without a record of their own are still
         // queued (or were launched and will be adopted when their agent
@@ -152,6 +158,7 @@ impl Master {
             let max_attempts = if sub.max_attempts == 0 { DEFAULT_MAX_ATTEMPTS } else { sub.max_attempts };
             self.recovery.adoptable.insert(tid.clone());
             let queue = BatchTask {
+                role: sub.role.clone(),
                 resources: spec.resources.clone(),
                 priority: sub.priority,
                 constraints: sub.constraints.clone(),
@@ -160,9 +167,7 @@ impl Master {
             };
             self.enqueue_batch(tid, n, spec.clone(), sub.submitted_at_ms, queue);
         }
-        if self.batch.queued() > 0 {
-            self.revive_batch();
-        }
+        self.revive_batch();
         self.cycle_due = true;
     }
 
@@ -171,9 +176,11 @@ impl Master {
     /// refuses (unknown framework, no room), which leaves the task untouched.
     fn track_on_agent(&mut self, tid: &TaskId, agent: &AgentId) -> bool {
         let Some(t) = self.state.tasks.get(tid) else { return false };
-        let fw = t.framework.clone();
+        let (fw, role) = (t.framework.clone(), t.role.clone());
         let need = t.spec.resources.clone();
-        let Some(role) = self.state.frameworks.get(&fw).map(|f| f.role.clone()) else { return false };
+        if !self.state.frameworks.contains(&fw) {
+            return false;
+        }
         // As at launch: reserved parts the role may use first, then unreserved.
         let mut pool = self.alloc.agent_free(agent).unwrap_or_default();
         pool.reserved.retain(|r, _| r.covers(&role));
@@ -207,9 +214,14 @@ impl Master {
                 // agent's report is where the master learns them again.
                 use TaskState::*;
                 let relearn = matches!(was, Staging | Starting | Running | Paused) && matches!(now, Running | Paused);
-                if relearn && let Err(m) = self.state.tasks.set_state(&tid, *now) {
-                    self.metrics.illegal_moves += 1;
-                    eprintln!("wasmos master: task {tid} cannot move from {} to {}", m.from, m.to);
+                if relearn {
+                    match self.state.tasks.set_state(&tid, *now) {
+                        Ok(()) => self.state.tasks.relearned_running(&tid, id),
+                        Err(m) => {
+                            self.metrics.illegal_moves += 1;
+                            eprintln!("wasmos master: task {tid} cannot move from {} to {}", m.from, m.to);
+                        }
+                    }
                 }
                 if self.state.tasks.get(&tid).is_some_and(|t| t.state() == TaskState::Unreachable) {
                     let st = TaskStatus::master(
@@ -239,9 +251,12 @@ impl Master {
             if adoptable && self.track_on_agent(tid, id) {
                 self.recovery.adoptable.remove(tid);
                 self.batch.take(tid);
-                if let Err(m) = self.state.tasks.set_state(tid, TaskState::Running) {
-                    self.metrics.illegal_moves += 1;
-                    eprintln!("wasmos master: task {tid} cannot move from {} to {}", m.from, m.to);
+                match self.state.tasks.set_state(tid, TaskState::Running) {
+                    Ok(()) => self.state.tasks.relearned_running(tid, id),
+                    Err(m) => {
+                        self.metrics.illegal_moves += 1;
+                        eprintln!("wasmos master: task {tid} cannot move from {} to {}", m.from, m.to);
+                    }
                 }
                 continue;
             }

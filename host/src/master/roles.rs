@@ -1,7 +1,7 @@
 //! Roles: operator settings (weight, quota) and dynamic reservations, kept
 //! in the registry and given to the allocator.
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::{BTreeMap, BTreeSet, HashSet};
 
 use wasmos_model::{AgentId, Resources, Role};
 
@@ -26,7 +26,16 @@ pub(crate) struct Roles {
     unapplied: BTreeSet<(AgentId, Role)>,
     changed_roles: BTreeSet<Role>,
     changed_reservations: BTreeSet<(AgentId, Role)>,
+    /// Modules (SHA-256) whose signature by one of the role's keys the master
+    /// verified (a submit, a deploy, a launch that carried one): a framework
+    /// may launch them in that role without sending the signature again.
+    /// Forgotten when the role's keys change; at most [`MAX_VERIFIED`] each.
+    verified: BTreeMap<Role, HashSet<String>>,
 }
+
+/// Verified modules remembered per role (past it, the set starts over and
+/// launches must carry their signature again until resubmitted).
+pub(crate) const MAX_VERIFIED: usize = 65_536;
 
 impl Roles {
     pub fn settings(&self, role: &Role) -> Option<&RoleSettings> {
@@ -44,6 +53,9 @@ impl Roles {
         self.unapplied.insert(key)
     }
     pub fn set(&mut self, role: Role, s: RoleSettings) {
+        if self.settings.get(&role).map(|o| &o.signers) != Some(&s.signers) {
+            self.verified.remove(&role);
+        }
         self.changed_roles.insert(role.clone());
         self.settings.insert(role, s);
     }
@@ -104,23 +116,10 @@ impl Master {
     }
 
     /// A module for `role` must carry a signature by one of the role's keys,
-    /// if it has any. Checked before anything is queued or compiled.
-    pub(super) fn check_signed(&self, role: &Role, sha256: &str, signature: &str) -> Result<(), Error> {
-        let Some(keys) = self.roles.settings(role).map(|s| &s.signers).filter(|k| !k.is_empty()) else {
-            return Ok(());
-        };
-        if signature.trim().is_empty() {
-            return Err(Error::denied(format!(
-                "role {role} requires modules signed by one of its keys and module {sha256} comes unsigned; sign it with `wasmos sign MODULE.wasm --key KEY` (submit and deploy then send MODULE.wasm.sig)"
-            )));
-        }
-        match wasmos_security::sign::verify(keys, sha256, signature) {
-            Ok(true) => Ok(()),
-            Ok(false) => Err(Error::denied(format!(
-                "the signature of module {sha256} does not verify with any key of role {role}; sign it with a key the role trusts (`wasmos roles --json` lists them)"
-            ))),
-            Err(e) => Err(Error::invalid(e.to_string())),
-        }
+    /// if it has any. Checked before anything is queued or compiled; a module
+    /// that verifies is remembered for the role's launches.
+    pub(super) fn check_signed(&mut self, role: &Role, sha256: &str, signature: &str) -> Result<(), Error> {
+        self.roles.verify(role, sha256, signature)
     }
 
     pub(super) fn update_role(&mut self, u: RoleUpdate) -> Result<RoleView, Error> {
@@ -201,5 +200,51 @@ impl Master {
                 self.cycle_due = true;
             }
         }
+    }
+}
+
+impl Roles {
+    /// See [`Master::check_signed`].
+    fn verify(&mut self, role: &Role, sha256: &str, signature: &str) -> Result<(), Error> {
+        let Some(keys) = self.settings(role).map(|s| &s.signers).filter(|k| !k.is_empty()) else {
+            return Ok(());
+        };
+        if signature.trim().is_empty() {
+            return Err(Error::denied(format!(
+                "role {role} requires modules signed by one of its keys and module {sha256} comes unsigned; sign it with `wasmos sign MODULE.wasm --key KEY` (submit and deploy then send MODULE.wasm.sig)"
+            )));
+        }
+        match wasmos_security::sign::verify(keys, sha256, signature) {
+            Ok(true) => {
+                let set = self.verified.entry(role.clone()).or_default();
+                if set.len() >= MAX_VERIFIED {
+                    set.clear();
+                }
+                set.insert(sha256.to_string());
+                Ok(())
+            }
+            Ok(false) => Err(Error::denied(format!(
+                "the signature of module {sha256} does not verify with any key of role {role}; sign it with a key the role trusts (`wasmos roles --json` lists them)"
+            ))),
+            Err(e) => Err(Error::invalid(e.to_string())),
+        }
+    }
+
+    /// A launch of a framework's own in `role`: its module is signed by one of
+    /// the role's keys (the launch carries the signature, or the master
+    /// verified one for it before), if the role requires it.
+    pub(super) fn launch_signed(&mut self, role: &Role, sha256: &str, signature: &str) -> Result<(), String> {
+        if signature.trim().is_empty() && self.verified.get(role).is_some_and(|v| v.contains(sha256)) {
+            return Ok(());
+        }
+        self.verify(role, sha256, signature).map_err(|e| {
+            if signature.trim().is_empty() {
+                format!(
+                    "role {role} requires modules signed by one of its keys and this launch of module {sha256} carries no signature; send the module's `wasmos sign` signature in the task spec's signature field, or submit the module once with its .sig"
+                )
+            } else {
+                e.message
+            }
+        })
     }
 }

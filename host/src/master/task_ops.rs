@@ -2,7 +2,7 @@
 
 use std::sync::Arc;
 
-use wasmos_model::{FrameworkId, TaskId, TaskSpec, TaskState};
+use wasmos_model::{FrameworkId, Role, TaskId, TaskSpec, TaskState};
 
 use super::Master;
 use super::cmd::Error;
@@ -62,18 +62,20 @@ impl Master {
         self.state.tasks.note_status(&tid, &st);
         st.attempt = self.state.tasks.get(&tid).map_or(0, |t| t.attempt);
         let fw = st.framework_id.clone();
+        let role = self.state.tasks.get(&tid).map(|t| t.role.clone());
         if st.state.is_terminal()
             && let Some((agent, alloc)) = self.state.release(&tid)
         {
-            if let Some(role) = self.state.frameworks.get(&fw).map(|f| f.role.clone()) {
+            if let Some(role) = &role {
                 let now = self.clock();
-                let _ = self.alloc.recover_resources(&fw, &agent, &role, &alloc, None, now);
+                let _ = self.alloc.recover_resources(&fw, &agent, role, &alloc, None, now);
             }
             self.cycle_due = true;
         }
         // Watchers see an update only once it is committed, so the observed
         // history has each update once even across a master failover.
-        self.effects.publish_after_commit(WatchEvent::Task(st.clone()));
+        let role = role.unwrap_or_else(|| self.cfg.batch_role.clone());
+        self.effects.publish_after_commit(WatchEvent::Task(st.clone(), role));
         self.notify(&fw, st);
     }
 
@@ -158,7 +160,7 @@ impl Master {
     /// one submission record (their ids are consecutive).
     pub(super) fn submit(&mut self, s: Submission) -> Result<Vec<TaskId>, Error> {
         super::validate::submit(&s, self.cfg.max_submit_count, |sha| self.artifacts.size(sha).is_some())?;
-        let role = self.cfg.batch_role.clone();
+        let role = s.role.clone().unwrap_or_else(|| self.cfg.batch_role.clone());
         self.check_signed(&role, &s.template.module_sha256, &s.signature)?;
         let count = s.count.max(1);
         let base = if s.template.name.is_empty() { "task".to_string() } else { s.template.name.clone() };
@@ -174,11 +176,13 @@ impl Master {
             max_attempts,
             submitted_at_ms: now,
             name: base.clone(),
+            role: role.clone(),
         });
         let mut ids = Vec::with_capacity(count as usize);
         // One spec for all of them (each task's id is its key in the table).
         let spec = Arc::new(TaskSpec { task_id: String::new(), name: base.clone(), ..s.template });
         let queue = BatchTask {
+            role,
             resources: spec.resources.clone(),
             priority: s.priority,
             constraints: s.constraints.clone(),
@@ -205,10 +209,25 @@ impl Master {
         submitted_at_ms: i64,
         queue: BatchTask,
     ) {
-        let mut task = Task::new(self.batch_id.clone(), spec, submitted_at_ms);
+        let mut task = Task::new(self.batch_id.clone(), queue.role.clone(), spec, submitted_at_ms);
         task.message = "queued".into();
         self.state.tasks.insert(tid.clone(), task, seq, false);
         self.state.frameworks.add_task(&self.batch_id, &tid);
-        self.batch.enqueue(tid, queue);
+        let role = queue.role.clone();
+        if self.batch.enqueue(tid, queue) {
+            self.batch_serves(&role);
+        }
+    }
+
+    /// The batch framework takes offers in a role it had no queue for: it
+    /// subscribes to it, suppressed until [`Master::revive_batch`].
+    pub(super) fn batch_serves(&mut self, role: &Role) {
+        let mut roles = self.batch.roles();
+        if !roles.contains(&self.cfg.batch_role) {
+            roles.push(self.cfg.batch_role.clone());
+        }
+        // Cannot fail: the batch framework is always known, roles non-empty.
+        let _ = self.alloc.update_framework(&self.batch_id, &roles);
+        let _ = self.alloc.suppress(&self.batch_id, std::slice::from_ref(role));
     }
 }

@@ -22,7 +22,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use wasmos_allocator::Allocation;
-use wasmos_model::{AgentId, FrameworkId, Outcome, TaskId, TaskSpec, TaskState};
+use wasmos_model::{AgentId, FrameworkId, Outcome, Role, TaskId, TaskSpec, TaskState};
 
 use super::types::{Launch, TaskStatus, now_ms};
 use crate::registry::SubmissionRecord;
@@ -35,6 +35,9 @@ const APPLIED_UUIDS_KEPT: usize = 16;
 #[derive(Debug, Clone)]
 pub(crate) struct Task {
     pub framework: FrameworkId,
+    /// The role its resources are accounted to: its framework's, or for the
+    /// batch framework (which serves many roles) the one it was submitted to.
+    pub role: Role,
     agent: Option<AgentId>,
     /// Its resources are `spec.resources`, its name `spec.name`. Shared by
     /// every task of a submission, so its `task_id` and `attempt` are not
@@ -58,9 +61,10 @@ pub(crate) struct Task {
 
 impl Task {
     /// A task not yet launched (queued, or about to be launched or refused).
-    pub fn new(framework: FrameworkId, spec: Arc<TaskSpec>, submitted_at_ms: i64) -> Task {
+    pub fn new(framework: FrameworkId, role: Role, spec: Arc<TaskSpec>, submitted_at_ms: i64) -> Task {
         Task {
             framework,
+            role,
             agent: None,
             spec,
             allocation: None,
@@ -77,11 +81,13 @@ impl Task {
         }
     }
 
-    /// A task as the registry held it; `spec`: its own, or its submission's.
-    pub fn restored(rec: crate::registry::TaskRecord, spec: Arc<TaskSpec>) -> Task {
+    /// A task as the registry held it; `spec`: its own, or its submission's;
+    /// `role`: used when the record names none (its framework was gone).
+    pub fn restored(rec: crate::registry::TaskRecord, spec: Arc<TaskSpec>, role: Role) -> Task {
         let v = rec.view;
         Task {
             framework: v.framework_id,
+            role: Role::new(v.role).unwrap_or(role),
             agent: v.agent_id,
             spec,
             allocation: None,
@@ -281,6 +287,19 @@ impl Tasks {
         }
     }
 
+    /// An agent said after a master restart that the task runs: the master
+    /// may have missed its RUNNING update, so it starts now if it had not,
+    /// and is no longer "queued".
+    pub fn relearned_running(&mut self, id: &TaskId, agent: &AgentId) {
+        let Some(t) = self.map.get_mut(id) else { return };
+        if t.started_at_ms == 0 {
+            t.started_at_ms = now_ms();
+        }
+        if t.message == "queued" || t.message.is_empty() {
+            t.message = Cow::Owned(format!("{} on {agent} (reported after a master restart)", t.state));
+        }
+    }
+
     /// Remembers an agent's update UUID; false if it was applied before.
     pub fn note_uuid(&mut self, id: &TaskId, uuid: &[u8]) -> bool {
         let Some(t) = self.map.get_mut(id) else { return false };
@@ -299,7 +318,7 @@ impl Tasks {
         let t = self.map.get_mut(id)?;
         t.attempt += 1;
         self.changed.insert(id.clone());
-        Some(Launch { task_id: id.to_string(), spec: t.spec.clone(), resources_error: None })
+        Some(Launch { task_id: id.to_string(), spec: t.spec.clone(), resources_error: None, signature: String::new() })
     }
 
     /// Puts a task that was LOST back in the queue as a new attempt: the one

@@ -148,8 +148,9 @@ pub(crate) struct LaunchTask {
 /// What `Watch` streams to operators.
 #[derive(Debug, Clone)]
 pub(crate) enum WatchEvent {
-    Task(TaskStatus),
-    Refused(Refusal),
+    /// An update and the task's role (who may see it).
+    Task(TaskStatus, Role),
+    Refused(Refusal, Role),
     AgentAdded(AgentView),
     AgentRemoved(AgentId),
     FrameworkAdded(FrameworkView),
@@ -196,11 +197,13 @@ pub(crate) struct Launch {
     pub spec: Arc<TaskSpec>,
     /// Why its resources could not be read (reported as `invalid_resources`).
     pub resources_error: Option<String>,
+    /// The module's signature (hex), for a role that requires one.
+    pub signature: String,
 }
 
 impl From<TaskSpec> for Launch {
     fn from(spec: TaskSpec) -> Launch {
-        Launch { task_id: spec.task_id.clone(), spec: Arc::new(spec), resources_error: None }
+        Launch { task_id: spec.task_id.clone(), spec: Arc::new(spec), resources_error: None, signature: String::new() }
     }
 }
 
@@ -250,6 +253,9 @@ pub(crate) struct Submission {
     pub max_attempts: u32,
     /// The module's signature (hex), for roles that require one.
     pub signature: String,
+    /// The role the tasks are accounted to (`None`: the batch framework's
+    /// default role, `batch`).
+    pub role: Option<Role>,
 }
 
 /// Which tasks a listing wants (every field: no constraint when absent).

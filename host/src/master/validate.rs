@@ -88,7 +88,9 @@ pub(crate) const OFFERS_SPAN_AGENTS: &str = "offers span more than one agent; ac
 /// offers, or offers of several agents, drop every task (`invalid_offers`);
 /// otherwise each task is checked on its own, in order: its id
 /// (`invalid_task_id`, `duplicate_task_id`), its module (`unknown_module`),
-/// its resources (`invalid_resources`) and whether it fits what is left
+/// its signature where the offer's role requires signed modules
+/// (`unsigned_module`; queued batch tasks were checked at submit), its
+/// resources (`invalid_resources`) and whether it fits what is left
 /// (`insufficient_resources`).
 pub(crate) fn accept(
     state: &State,
@@ -97,6 +99,7 @@ pub(crate) fn accept(
     offers: &[OfferId],
     launch: Vec<Launch>,
     has_module: impl Fn(&str) -> bool,
+    mut signed: impl FnMut(&Role, &str, &str) -> Result<(), String>,
 ) -> AcceptPlan {
     let is_batch = fw == batch;
     let mine = |o: &OfferId| state.offers.get(o).filter(|r| &r.framework == fw);
@@ -132,7 +135,7 @@ pub(crate) fn accept(
     let target = Target { agent: first.agent.clone(), role: first.role.clone() };
     let mut planned: HashSet<TaskId> = HashSet::new();
     let mut steps = Vec::with_capacity(launch.len());
-    for Launch { task_id, spec, resources_error } in launch {
+    for Launch { task_id, spec, resources_error, signature } in launch {
         let tid = match TaskId::new(task_id.clone()) {
             Ok(t) => t,
             Err(e) => {
@@ -170,6 +173,10 @@ pub(crate) fn accept(
         if !has_module(&spec.module_sha256) {
             let msg = format!("module {:?} is not in the artifact store; upload it first", spec.module_sha256);
             steps.push(refuse(spec, "unknown_module", msg, record));
+            continue;
+        }
+        if !queued && let Err(msg) = signed(&target.role, &spec.module_sha256, &signature) {
+            steps.push(refuse(spec, "unsigned_module", msg, record));
             continue;
         }
         if let Some(e) = resources_error {

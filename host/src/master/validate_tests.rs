@@ -65,7 +65,12 @@ fn spec(id: &str, r: &str) -> TaskSpec {
 
 fn add_task(s: &mut State, id: &str, owner: &str, on: Option<&str>) {
     let seq = s.tasks.len() as u64 + 1;
-    s.tasks.insert(tid(id), Task::new(fw(owner), std::sync::Arc::new(spec(id, "cpus:1")), 0), seq, true);
+    s.tasks.insert(
+        tid(id),
+        Task::new(fw(owner), wasmos_model::Role::new("r").unwrap(), std::sync::Arc::new(spec(id, "cpus:1")), 0),
+        seq,
+        true,
+    );
     s.frameworks.add_task(&fw(owner), &tid(id));
     if let Some(a) = on {
         s.place(&tid(id), Some(agent(a)), None);
@@ -73,7 +78,14 @@ fn add_task(s: &mut State, id: &str, owner: &str, on: Option<&str>) {
 }
 
 fn has(sha: &str) -> bool {
-    sha == SHA
+    sha == SHA || sha == UNSIGNED
+}
+
+/// A module the role's signature check refuses.
+const UNSIGNED: &str = "dddddddddddddddddddddddddddddddddddddddddddddddddddddddddddddddd";
+
+fn signed(role: &Role, sha: &str, sig: &str) -> Result<(), String> {
+    if sha == UNSIGNED && sig.is_empty() { Err(format!("role {role} requires signed modules")) } else { Ok(()) }
 }
 
 /// The (reason, message) of each refused step, and the ids launched.
@@ -103,6 +115,7 @@ fn accept_launches_what_fits_and_returns_the_rest() {
         &[offer("o-1"), offer("o-2")],
         launches(vec![spec("t1", "cpus:1;mem:512MiB"), spec("t2", "cpus:1.5")]),
         has,
+        signed,
     );
     // pool: cpus 2 + 1 = 3, mem 1 GiB; t1 and t2 take cpus 2.5, mem 512 MiB.
     assert_eq!(outcome(&plan), (vec![], vec!["t1".to_string(), "t2".to_string()]));
@@ -119,7 +132,7 @@ fn accept_with_stale_foreign_or_spread_offers_drops_every_task() {
         (vec![], STALE_OFFERS),
         (vec![offer("o-1"), offer("o-3")], OFFERS_SPAN_AGENTS),
     ] {
-        let plan = accept(&s, &fw("batch"), &fw("fw-a"), &offers, launches(vec![spec("t1", "cpus:1")]), has);
+        let plan = accept(&s, &fw("batch"), &fw("fw-a"), &offers, launches(vec![spec("t1", "cpus:1")]), has, signed);
         assert_eq!(plan.target, None);
         let Step::Refuse { state, reason, message: m, record, .. } = &plan.steps[0] else { panic!("launched") };
         assert_eq!((*state, *reason, m.as_str(), *record), (TaskState::Dropped, "invalid_offers", message, true));
@@ -127,7 +140,7 @@ fn accept_with_stale_foreign_or_spread_offers_drops_every_task() {
         assert!(plan.recover.iter().all(|o| offers.contains(o)));
     }
     // Another framework's offer is not this one's.
-    let plan = accept(&s, &fw("batch"), &fw("fw-b"), &[offer("o-1")], vec![], has);
+    let plan = accept(&s, &fw("batch"), &fw("fw-b"), &[offer("o-1")], vec![], has, signed);
     assert_eq!((plan.target, plan.recover), (None, vec![]));
 }
 
@@ -141,13 +154,18 @@ fn accept_checks_each_task_on_its_own() {
         Launch::from(spec("bad id", "cpus:1")),
         Launch::from(spec("taken", "cpus:1")),
         Launch::from(TaskSpec { module_sha256: "b".repeat(64), ..spec("t-nomod", "cpus:1") }),
+        Launch::from(TaskSpec { module_sha256: UNSIGNED.into(), ..spec("t-unsigned", "cpus:1") }),
+        Launch {
+            signature: "ab".into(),
+            ..Launch::from(TaskSpec { module_sha256: UNSIGNED.into(), ..spec("t-signed", "cpus:0.5") })
+        },
         bad_res,
         Launch::from(spec("t-empty", "")),
         Launch::from(spec("t-ok", "cpus:2")),
         Launch::from(spec("t-ok", "cpus:0.1")),
         Launch::from(spec("t-big", "cpus:1.5")),
     ];
-    let plan = accept(&s, &fw("batch"), &fw("fw-a"), &[offer("o-1"), offer("o-2")], launch, has);
+    let plan = accept(&s, &fw("batch"), &fw("fw-a"), &[offer("o-1"), offer("o-2")], launch, has, signed);
     let (refused, launched) = outcome(&plan);
     let reasons: Vec<&str> = refused.iter().map(|r| r.0).collect();
     assert_eq!(
@@ -156,6 +174,7 @@ fn accept_checks_each_task_on_its_own() {
             "invalid_task_id",
             "duplicate_task_id",
             "unknown_module",
+            "unsigned_module",
             "invalid_resources",
             "invalid_resources",
             "duplicate_task_id",
@@ -165,18 +184,19 @@ fn accept_checks_each_task_on_its_own() {
     assert!(refused[0].1.contains("' '"), "{}", refused[0].1);
     assert_eq!(refused[1].1, "task id taken is already in use; pick a unique id");
     assert_eq!(refused[2].1, format!("module {:?} is not in the artifact store; upload it first", "b".repeat(64)));
-    assert_eq!(refused[3].1, "resource X is invalid");
-    assert_eq!(refused[4].1, "task asks for no resources; give it at least cpus or mem");
-    // pool cpus 3, mem 1 GiB; t-ok takes cpus 2; t-big needs 1.5 of the 1 left.
-    assert_eq!(refused[6].1, "task needs cpus:1.5, more than is left of the offer (cpus:1;mem:1GiB)");
-    assert_eq!(launched, ["t-ok"]);
+    assert_eq!(refused[3].1, "role eng requires signed modules");
+    assert_eq!(refused[4].1, "resource X is invalid");
+    assert_eq!(refused[5].1, "task asks for no resources; give it at least cpus or mem");
+    // pool cpus 3, mem 1 GiB; t-signed takes 0.5, t-ok 2; t-big needs 1.5 of the 0.5 left.
+    assert_eq!(refused[7].1, "task needs cpus:1.5, more than is left of the offer (cpus:0.5;mem:1GiB)");
+    assert_eq!(launched, ["t-signed", "t-ok"]);
     // Bad and reused ids are only reported; new ones are recorded.
     let records: Vec<bool> = plan
         .steps
         .iter()
         .filter_map(|s| if let Step::Refuse { record, .. } = s { Some(*record) } else { None })
         .collect();
-    assert_eq!(records, [false, false, true, true, true, false, true]);
+    assert_eq!(records, [false, false, true, true, true, true, false, true]);
 }
 
 #[test]
@@ -190,7 +210,8 @@ fn accept_by_batch_launches_its_queued_tasks() {
         allocation: Allocation::from(res("cpus:1")),
     };
     s.add_offer(offer("o-b"), rec);
-    let plan = accept(&s, &fw("batch"), &fw("batch"), &[offer("o-b")], launches(vec![spec("q1", "cpus:1")]), has);
+    let plan =
+        accept(&s, &fw("batch"), &fw("batch"), &[offer("o-b")], launches(vec![spec("q1", "cpus:1")]), has, signed);
     assert!(matches!(&plan.steps[0], Step::Launch { queued: true, .. }));
 }
 
@@ -317,6 +338,7 @@ fn submissions() {
         constraints: vec![],
         max_attempts: 0,
         signature: String::new(),
+        role: None,
     };
     assert!(submit(&ok, 10, has).is_ok());
     check_err(

@@ -10,13 +10,13 @@ use super::tasks::Task;
 use super::types::*;
 
 /// A task as listings show it; `role`: its framework's.
-pub(crate) fn task_view(id: &TaskId, t: &Task, role: &str) -> TaskView {
+pub(crate) fn task_view(id: &TaskId, t: &Task) -> TaskView {
     TaskView {
         seq: t.seq(),
         task_id: id.clone(),
         name: t.spec.name.clone(),
         framework_id: t.framework.clone(),
-        role: role.to_string(),
+        role: t.role.to_string(),
         agent_id: t.agent().cloned(),
         state: t.state(),
         outcome: t.outcome.clone(),
@@ -103,16 +103,11 @@ impl Master {
         (all.into_iter().map(|(_, v)| v).collect(), next)
     }
 
-    /// A task's framework's role ("" if the framework is gone).
-    pub(super) fn role_of(&self, fw: &FrameworkId) -> &str {
-        self.state.frameworks.get(fw).map(|f| f.role.as_str()).unwrap_or("")
-    }
-
     pub(super) fn get_task(&self, id: &TaskId) -> Result<TaskView, Error> {
         self.state
             .tasks
             .get(id)
-            .map(|t| task_view(id, t, self.role_of(&t.framework)))
+            .map(|t| task_view(id, t))
             .ok_or_else(|| Error::not_found(format!("no task {:?}; list tasks with `wasmos tasks`", id.as_str())))
     }
 
@@ -127,7 +122,7 @@ impl Master {
                 return Page { rows, next: Some(last) };
             }
             last = t.seq();
-            let v = task_view(id, t, self.role_of(&t.framework));
+            let v = task_view(id, t);
             if f.matches(&v) {
                 rows.push(v);
             }
@@ -139,6 +134,10 @@ impl Master {
         let stats = self.alloc.role_stats(role);
         let mut frameworks: Vec<FrameworkId> =
             self.state.frameworks.iter().filter(|(_, f)| &f.role == role).map(|(id, _)| id.clone()).collect();
+        // The batch framework serves every role something was submitted to.
+        if !frameworks.contains(&self.batch_id) && self.batch.serves(role) {
+            frameworks.push(self.batch_id.clone());
+        }
         frameworks.sort();
         RoleView {
             role: role.clone(),

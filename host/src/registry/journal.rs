@@ -41,13 +41,12 @@ pub(crate) fn collect(
     for id in tc.tasks {
         let Some(t) = state.tasks.get(&id) else { continue };
         let b = batch.tasks.get(&id);
-        let role = state.frameworks.get(&t.framework).map(|f| f.role.as_str()).unwrap_or("");
         // A batch task's spec is its submission's; an ended task needs none.
         let spec = (&t.framework != batch_id && !t.state().is_terminal()).then(|| t.spec.clone());
         changes.tasks.push((
             id.clone(),
             TaskRecord {
-                view: crate::master::views::task_view(&id, t, role),
+                view: crate::master::views::task_view(&id, t),
                 spec,
                 priority: b.map(|b| b.priority).unwrap_or(0),
                 constraints: b.map(|b| b.constraints.clone()).unwrap_or_default(),

@@ -72,6 +72,8 @@ pub(crate) struct SubmissionRecord {
     pub max_attempts: u32,
     pub submitted_at_ms: i64,
     pub name: String,
+    /// The role its tasks are accounted to.
+    pub role: Role,
 }
 
 impl SubmissionRecord {

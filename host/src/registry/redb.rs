@@ -307,6 +307,16 @@ impl Registry for Redb {
                 skip("submission", &s.tag, e);
                 continue;
             }
+            let role = match s.role.as_str() {
+                "" => Role::new("batch").expect("valid role"),
+                r => match Role::new(r) {
+                    Ok(r) => r,
+                    Err(e) => {
+                        skip("submission", &s.tag, e);
+                        continue;
+                    }
+                },
+            };
             let rec = SubmissionRecord {
                 tag: s.tag,
                 first: s.first,
@@ -317,6 +327,7 @@ impl Registry for Redb {
                 max_attempts: s.max_attempts,
                 submitted_at_ms: s.submitted_at_ms,
                 name: s.name,
+                role,
             };
             let n_ended =
                 ended.get(rec.key().as_str()).map_err(serr("submission_ended"))?.map(|v| v.value()).unwrap_or(0);
@@ -773,6 +784,7 @@ fn submission_to_stored(s: &SubmissionRecord) -> v1::StoredSubmission {
         max_attempts: s.max_attempts,
         submitted_at_ms: s.submitted_at_ms,
         name: s.name.clone(),
+        role: s.role.to_string(),
     }
 }
 

@@ -191,5 +191,6 @@ pub fn spec(id: &str, sha: &str, res: &str) -> v1::TaskSpec {
         sandbox_dir: false,
         input: vec![],
         attempt: 0,
+        signature: String::new(),
     }
 }

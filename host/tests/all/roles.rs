@@ -102,6 +102,62 @@ async fn a_quota_limit_caps_a_role_and_raising_it_takes_effect_at_once() {
     }
 }
 
+/// `wasmos submit --role`: the batch framework serves each role from its own
+/// queue, and each role's quota, share and listing count its own tasks.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_batch_framework_accounts_each_submit_to_its_role() {
+    let c = cluster(1, "cpus:4;mem:4GiB").await;
+    let mut op = c.operator();
+    op.update_role(v1::UpdateRoleRequest { role: "a".into(), quota_limit: resources("cpus:1"), ..Default::default() })
+        .await
+        .unwrap();
+    let sha = c.upload_wat(SPIN).await;
+    let to = |role: &str, count| v1::SubmitRequest { role: role.into(), ..submit_req(&sha, count, "cpus:1;mem:64MiB") };
+    let a = op.submit(to("a", 2)).await.unwrap().into_inner().task_ids;
+    let running = c.wait_task(&a[0], Some(v1::TaskState::TaskRunning)).await;
+    assert_eq!(running.role, "a", "{running:?}");
+    assert_eq!(running.framework_id, "batch");
+    // a's limit holds a's second task back though the agent has room...
+    assert!(still_queued(&c, &a[1], Duration::from_millis(800)).await, "{:?}", c.task(&a[1]).await);
+    // ...and does not hold back b's or the default role's.
+    let b = op.submit(to("b", 2)).await.unwrap().into_inner().task_ids;
+    let d = op.submit(submit_req(&sha, 1, "cpus:1;mem:64MiB")).await.unwrap().into_inner().task_ids;
+    for id in b.iter().chain(&d) {
+        c.wait_task(id, Some(v1::TaskState::TaskRunning)).await;
+    }
+    assert_eq!(c.task(&b[0]).await.role, "b");
+    assert_eq!(c.task(&d[0]).await.role, "batch");
+    assert_eq!(c.task(&a[1]).await.state, v1::TaskState::TaskStaging as i32);
+    // Each role's allocation is its own tasks'.
+    for (r, cpus) in [("a", "cpus:1"), ("b", "cpus:2"), ("batch", "cpus:1")] {
+        let got = role(&c, r).await.unwrap_or_else(|| panic!("role {r} listed"));
+        let cpus_of = |x: &Option<v1::Resources>| wasmos_proto::resources_from_wire(x.as_ref()).unwrap().get("cpus");
+        assert_eq!(cpus_of(&got.allocated), cpus_of(&resources(cpus)), "{r}: {got:?}");
+    }
+    let listed = op
+        .list_tasks(v1::ListTasksRequest { role: "b".into(), ..Default::default() })
+        .await
+        .unwrap()
+        .into_inner()
+        .tasks;
+    assert_eq!(listed.iter().map(|t| t.task_id.clone()).collect::<Vec<_>>(), b);
+    // Killing one of b's tasks frees b's share, not another role's; raising
+    // a's limit lets its queued task run.
+    op.kill_task(v1::TaskActionRequest { task_id: b[0].clone() }).await.unwrap();
+    c.wait_task(&b[0], Some(v1::TaskState::TaskKilled)).await;
+    op.update_role(v1::UpdateRoleRequest { role: "a".into(), quota_limit: resources("cpus:2"), ..Default::default() })
+        .await
+        .unwrap();
+    c.wait_task(&a[1], Some(v1::TaskState::TaskRunning)).await;
+    // A bad role is refused before anything is queued.
+    let e = op.submit(to("no good", 1)).await.unwrap_err();
+    assert_eq!(e.code(), Code::InvalidArgument, "{e:?}");
+    assert!(e.message().contains("role \"no good\""), "{e:?}");
+    for id in a.iter().chain(&b[1..]).chain(&d) {
+        op.kill_task(v1::TaskActionRequest { task_id: id.clone() }).await.unwrap();
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn bad_role_and_reservation_requests_are_refused_and_change_nothing() {
     let c = cluster(1, "cpus:2;mem:2GiB").await;
