@@ -45,7 +45,7 @@ pub enum AgentError {
     BadMaster(String),
     #[error("sandbox: {0}")]
     Sandbox(#[from] wasmos_sandbox::SandboxError),
-    #[error("the master refused registration: {0}")]
+    #[error("the master refused this agent: {0}")]
     Refused(String),
     #[error("cannot join: {0}")]
     Join(String),
@@ -217,16 +217,18 @@ pub async fn run(cfg: AgentConfig, shutdown: impl Future<Output = ()> + Send) ->
     agent.resume(restored);
     let heartbeat = match link::register(&agent).await {
         Ok(h) => h,
-        Err(s) if s.code() == tonic::Code::InvalidArgument => return Err(AgentError::Refused(s.message().to_string())),
+        Err(s) if matches!(s.code(), tonic::Code::InvalidArgument | tonic::Code::Unauthenticated) => {
+            return Err(AgentError::Refused(s.message().to_string()));
+        }
         Err(_) => Duration::from_secs(1),
     };
     let updater = tokio::spawn(updates::send(agent.clone()));
     let renewer = tokio::spawn(identity::renew(agent.clone(), identity));
     let heartbeats = tokio::spawn(link::heartbeats(agent.clone(), heartbeat));
-    tokio::select! {
-        _ = link::commands(agent.clone()) => {}
-        _ = shutdown => {}
-    }
+    let refused = tokio::select! {
+        why = link::commands(agent.clone()) => Some(why),
+        _ = shutdown => None,
+    };
     heartbeats.abort();
     updater.abort();
     renewer.abort();
@@ -238,5 +240,8 @@ pub async fn run(cfg: AgentConfig, shutdown: impl Future<Output = ()> + Send) ->
         cp.close();
     }
     agent.executor.kill_all();
-    Ok(id)
+    match refused {
+        Some(why) => Err(AgentError::Refused(why)),
+        None => Ok(id),
+    }
 }

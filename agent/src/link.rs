@@ -130,7 +130,9 @@ pub(crate) async fn heartbeats(agent: Arc<Agent>, every: Duration) {
 
 /// Follows the command stream for as long as the agent runs. Whenever it
 /// ends or cannot be opened: waits (backoff), reregisters, opens it again.
-pub(crate) async fn commands(agent: Arc<Agent>) {
+/// Returns only when the master no longer accepts this agent's identity
+/// (it was revoked): why.
+pub(crate) async fn commands(agent: Arc<Agent>) -> String {
     let mut backoff = Backoff::new(Duration::from_millis(100), agent.cfg.max_backoff);
     loop {
         let stream = agent.link.client().commands(v1::AgentStreamRequest { agent_id: agent.link.id() }).await;
@@ -146,10 +148,15 @@ pub(crate) async fn commands(agent: Arc<Agent>) {
                 // The master forgot us (it restarted, or timed us out).
                 let _ = register(&agent).await;
             }
+            Err(st) if st.code() == tonic::Code::Unauthenticated => return st.message().to_string(),
             Err(_) => {}
         }
         backoff.wait().await;
-        let _ = register(&agent).await;
+        if let Err(st) = register(&agent).await
+            && st.code() == tonic::Code::Unauthenticated
+        {
+            return st.message().to_string();
+        }
     }
 }
 

@@ -146,6 +146,11 @@ pub struct MasterOpts {
     /// then printed once).
     #[arg(long, conflicts_with = "client_config")]
     pub no_client_config: bool,
+    /// Revoke the `admin` token and make a new one, written to the client
+    /// config (or printed with --no-client-config): for an operator who lost
+    /// it. Only whoever can start the master on its state dir can.
+    #[arg(long)]
+    pub reset_admin_token: bool,
 }
 
 impl MasterOpts {
@@ -205,6 +210,7 @@ impl MasterOpts {
         let mut cfg = MasterConfig::new(self.state_dir.clone().unwrap_or_else(|| default_state_dir(default_dir)));
         cfg.transport = self.transport()?;
         cfg.audit_log_size = self.audit_log_size;
+        cfg.reset_admin_token = self.reset_admin_token;
         cfg.agent_cert_ttl = self.agent_cert_ttl;
         cfg.agent_heartbeat_interval = self.agent_heartbeat;
         cfg.agent_timeout = self.agent_timeout;

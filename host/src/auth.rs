@@ -90,6 +90,9 @@ impl Principal {
 #[derive(Debug, Default)]
 pub(crate) struct Auth {
     by_hash: RwLock<HashMap<[u8; 32], Arc<Caller>>>,
+    /// Agents admitted by a join and not revoked: a certificate naming any
+    /// other agent id is refused, though the CA signed it.
+    agents: RwLock<std::collections::HashSet<wasmos_model::AgentId>>,
 }
 
 impl Auth {
@@ -102,6 +105,19 @@ impl Auth {
         if let Some(c) = self.by_hash.write().unwrap_or_else(|e| e.into_inner()).remove(hash) {
             let _ = c.revoked.send(true);
         }
+    }
+
+    pub fn admit_agent(&self, id: wasmos_model::AgentId) {
+        self.agents.write().unwrap_or_else(|e| e.into_inner()).insert(id);
+    }
+
+    pub fn revoke_agent(&self, id: &wasmos_model::AgentId) {
+        self.agents.write().unwrap_or_else(|e| e.into_inner()).remove(id);
+    }
+
+    /// Whether an agent's identity is admitted (joined, not revoked).
+    pub fn admits_agent(&self, id: &wasmos_model::AgentId) -> bool {
+        self.agents.read().unwrap_or_else(|e| e.into_inner()).contains(id)
     }
 
     pub fn get(&self, hash: &[u8; 32]) -> Option<Arc<Caller>> {

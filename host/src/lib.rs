@@ -138,6 +138,10 @@ pub struct MasterConfig {
     /// Lifetime of the client certificates agents get when they join (they
     /// renew at two thirds of it). Default a day.
     pub agent_cert_ttl: Duration,
+    /// At start, revoke the `admin` token and make a new one (an operator
+    /// who lost it; whoever runs the master on its state dir may). Off by
+    /// default.
+    pub reset_admin_token: bool,
 }
 
 /// How the master's listener speaks.
@@ -229,6 +233,7 @@ impl MasterConfig {
             watch_history_bytes: DEFAULT_WATCH_HISTORY_BYTES,
             transport: Transport::Tls(TlsOptions::default()),
             audit_log_size: DEFAULT_AUDIT_LOG_SIZE,
+            reset_admin_token: false,
             agent_cert_ttl: wasmos_security::pki::DEFAULT_AGENT_CERT_TTL,
         }
     }

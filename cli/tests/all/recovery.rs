@@ -369,3 +369,37 @@ fn an_agent_renews_its_certificate_and_reconnects_with_it_after_the_old_one_expi
         tasks(&url).iter().any(|t| t["task_id"] == id.as_str() && t["state"] == "finished")
     });
 }
+
+/// An operator who lost the admin token restarts the master on its state
+/// dir with `--reset-admin-token`: the old token stops working, the new one
+/// is in the client config, and the rest of the registry is as it was.
+#[test]
+fn a_lost_admin_token_is_replaced_by_a_restart_with_reset_admin_token() {
+    let tmp = tempfile::tempdir().unwrap();
+    let (port, state) = (free_port(), tmp.path().join("state"));
+    let url = format!("https://127.0.0.1:{port}");
+    let mut m = master(&state, port);
+    let read = || wasmos_security::client::ClientConfig::read(&config(port)).unwrap().unwrap();
+    let old = read().token.expect("a first start writes the admin token");
+    wait_for("the master", Duration::from_secs(60), || cli(&url, &["token", "ls"]).status.success());
+    let keep = cli(&url, &["token", "create", "ci", "--grant", "view:*"]);
+    assert!(keep.status.success(), "{}", String::from_utf8_lossy(&keep.stderr));
+    m.0.kill().unwrap();
+    m.0.wait().unwrap();
+    // A plain restart makes no new admin token and keeps the config's.
+    let mut m = master(&state, port);
+    wait_for("the master", Duration::from_secs(60), || cli(&url, &["token", "ls"]).status.success());
+    assert_eq!(read().token.as_deref(), Some(old.as_str()));
+    m.0.kill().unwrap();
+    m.0.wait().unwrap();
+    let _m = master_with(&state, port, &["--reset-admin-token"]);
+    wait_for("a new admin token in the client config", Duration::from_secs(60), || {
+        read().token.is_some_and(|t| t != old)
+    });
+    wait_for("the master", Duration::from_secs(60), || cli(&url, &["token", "ls"]).status.success());
+    let o = cli(&url, &["token", "ls", "--token", &old]);
+    assert_eq!(o.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&o.stderr).contains("unknown"), "{}", String::from_utf8_lossy(&o.stderr));
+    let listed = String::from_utf8_lossy(&cli(&url, &["token", "ls"]).stdout).into_owned();
+    assert!(listed.contains("ci") && listed.contains("--reset-admin-token"), "{listed}");
+}

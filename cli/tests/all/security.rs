@@ -481,6 +481,20 @@ fn agents_join_once_with_a_token_and_speak_only_for_themselves() {
     // Join tokens list their uses; no secret shows.
     let o = c.cmd().args(["token", "ls", "--json"]).output().unwrap();
     assert!(!out(&o).contains(&once[5..20]), "a join secret is listed");
+
+    // Every joined agent is listed as `agent@ID`; revoking it removes the
+    // agent at once and refuses its (still unexpired) certificate.
+    let row = format!("agent@{me}");
+    assert!(out(&o).contains(&format!("\"name\":\"{row}\"")), "{}", out(&o));
+    let o = c.cmd().args(["token", "revoke", &row]).output().unwrap();
+    assert_eq!(o.status.code(), Some(0), "{}", err(&o));
+    let e = rt.block_on(a.heartbeat(v1::HeartbeatRequest { agent_id: me.clone() })).unwrap_err();
+    assert_eq!(e.code(), tonic::Code::Unauthenticated, "{e:?}");
+    assert!(e.message().contains("revoked"), "{e:?}");
+    let reg = v1::RegisterAgentRequest { info: info(), agent_id: me.clone(), running_tasks: vec![] };
+    assert_eq!(rt.block_on(a.register(reg)).unwrap_err().code(), tonic::Code::Unauthenticated);
+    let o = c.cmd().args(["agents", "--json"]).output().unwrap();
+    assert!(!out(&o).contains(&me) && out(&o).contains(&victim), "{}", out(&o));
 }
 
 /// The identity `me` got: made again from the same CA for the second

@@ -36,6 +36,13 @@ impl MasterHandle {
                 .and_then(|c| c.agent.as_ref().map(|a| a.to_string())),
         };
         match found.and_then(|id| AgentId::new(id).ok()) {
+            Some(id) if !self.auth.admits_agent(&id) => {
+                let why = format!(
+                    "agent {id} was removed from the cluster (its identity was revoked); to come back, delete the agent's work dir identity and join again with a new token"
+                );
+                self.audit.refused(&format!("agent:{id}"), method, "", "", &why);
+                Err(Status::unauthenticated(why))
+            }
             Some(id) => Ok(Principal::Agent(id)),
             None => {
                 let why = "agents need an identity: join with `wasmos agent --join TOKEN` (a token from `wasmos token create NAME --agent`)";

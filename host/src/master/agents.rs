@@ -224,7 +224,7 @@ impl Master {
     /// other frameworks' tasks become UNREACHABLE: if the agent reregisters
     /// within `agent_reregister_timeout` they resume being tracked, otherwise
     /// they are GONE.
-    fn remove_agent(&mut self, id: &AgentId, reason: &str, message: String) {
+    pub(super) fn remove_agent(&mut self, id: &AgentId, reason: &str, message: String) {
         for o in self.state.offers.on_agent(id) {
             self.rescind(&o);
         }

@@ -232,7 +232,7 @@ impl Master {
             reg.maintain(m.cfg.task_history);
             m.writer = Some(registry::spawn_writer(reg, m.committed.clone()));
         }
-        m.bootstrap_secret = m.bootstrap_token();
+        m.bootstrap_secret = if m.cfg.reset_admin_token { m.reset_admin_token() } else { m.bootstrap_token() };
         m
     }
 

@@ -79,6 +79,9 @@ impl Tokens {
 
     /// Publishes a row where calls are authenticated (or joins looked up).
     fn publish(&mut self, r: &TokenRecord) {
+        if let TokenKind::Agent { agent_id } = &r.kind {
+            self.auth.admit_agent(agent_id.clone());
+        }
         match caller(r) {
             Some(c) => self.auth.insert(r.secret_sha256, c),
             None => {
@@ -153,14 +156,19 @@ impl Tokens {
         Ok((secret, v))
     }
 
-    fn revoke(&mut self, name: &str) -> Result<(), Error> {
+    /// Revokes a token; `Some(agent)` when it was an agent's identity.
+    fn revoke(&mut self, name: &str) -> Result<Option<AgentId>, Error> {
         let Some(rec) = self.rows.remove(name) else {
             return Err(Error::not_found(format!("no token named {name}; list them with `wasmos token ls`")));
         };
         self.auth.revoke(&rec.secret_sha256);
         self.joins.remove(&rec.secret_sha256);
         self.changed.push((name.to_string(), None));
-        Ok(())
+        if let TokenKind::Agent { agent_id } = &rec.kind {
+            self.auth.revoke_agent(agent_id);
+            return Ok(Some(agent_id.clone()));
+        }
+        Ok(None)
     }
 
     /// An agent joins: the join token must exist, be in date and have uses
@@ -185,24 +193,24 @@ impl Tokens {
             self.changed.push((name.clone(), Some(rec.clone())));
         }
         let agent_id = fresh_id();
-        let secret = if req.over_tls {
-            None
-        } else {
-            let s = wasmos_security::token::new_bearer();
-            let rec = TokenRecord {
-                name: format!("agent@{agent_id}"),
-                secret_sha256: wasmos_security::token::hash(&s),
-                grants: Vec::new(),
-                created_at_ms: now_ms(),
-                expires_at_ms: 0,
-                created_by: format!("join:{name}"),
-                kind: TokenKind::Agent { agent_id: agent_id.clone() },
-            };
-            self.publish(&rec);
-            self.changed.push((rec.name.clone(), Some(rec.clone())));
-            self.rows.insert(rec.name.clone(), rec);
-            Some(s)
+        // Every joined agent has a row, `agent@ID`: revoking it (`wasmos
+        // token revoke agent@ID`) refuses the agent's certificate from then
+        // on. Over TLS the certificate is the credential and the row's
+        // secret is thrown away; over plaintext the secret is the agent's.
+        let s = wasmos_security::token::new_bearer();
+        let rec = TokenRecord {
+            name: format!("agent@{agent_id}"),
+            secret_sha256: wasmos_security::token::hash(&s),
+            grants: Vec::new(),
+            created_at_ms: now_ms(),
+            expires_at_ms: 0,
+            created_by: format!("join:{name}"),
+            kind: TokenKind::Agent { agent_id: agent_id.clone() },
         };
+        self.publish(&rec);
+        self.changed.push((rec.name.clone(), Some(rec.clone())));
+        self.rows.insert(rec.name.clone(), rec);
+        let secret = (!req.over_tls).then_some(s);
         Ok(Joined { agent_id, secret })
     }
 
@@ -216,8 +224,14 @@ impl Master {
         self.tokens.create(&t, who.label())
     }
 
+    /// Revokes a token. An agent's (`agent@ID`) leaves the cluster at once:
+    /// its tasks are LOST or UNREACHABLE, as if it had died, and its
+    /// certificate is refused from then on.
     pub(super) fn revoke_token(&mut self, name: &str) -> Result<(), Error> {
-        self.tokens.revoke(name)
+        if let Some(agent) = self.tokens.revoke(name)? {
+            self.remove_agent(&agent, "agent_revoked", format!("agent {agent}'s identity was revoked ({name})"));
+        }
+        Ok(())
     }
 
     pub(super) fn list_tokens(&self) -> Vec<TokenView> {
@@ -227,6 +241,22 @@ impl Master {
     pub(super) fn join(&mut self, req: &JoinRequest) -> Result<Joined, Error> {
         let ids = &mut self.ids;
         self.tokens.join(req, || AgentId::new(ids.fresh("agent")).expect("valid id"))
+    }
+
+    /// `--reset-admin-token`: the `admin` token is revoked (its open streams
+    /// end) and made again; the new secret goes to the client config.
+    pub(super) fn reset_admin_token(&mut self) -> Option<String> {
+        if self.tokens.revoke(BOOTSTRAP_NAME).is_ok() {
+            eprintln!("wasmos master: --reset-admin-token: the old admin token is revoked");
+        }
+        let t = NewToken {
+            name: BOOTSTRAP_NAME.into(),
+            grants: vec!["admin:*".into()],
+            ttl: Default::default(),
+            agent: false,
+            uses: 0,
+        };
+        self.tokens.create(&t, "master (--reset-admin-token)".into()).ok().map(|(secret, _)| secret)
     }
 
     /// At a start with no token at all (a first start, or the in-memory
