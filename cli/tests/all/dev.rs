@@ -13,6 +13,8 @@ pub struct Cluster {
     /// The client config `wasmos dev` wrote (URL, CA), as a user's would be.
     pub config: PathBuf,
     _state: tempfile::TempDir,
+    /// Everything it printed on stderr so far.
+    log: std::sync::Arc<std::sync::Mutex<Vec<String>>>,
 }
 
 impl Cluster {
@@ -38,13 +40,16 @@ impl Cluster {
             .expect("cannot start `wasmos dev`");
         let stderr = child.stderr.take().unwrap();
         let (tx, rx) = mpsc::channel();
+        let log = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+        let kept = log.clone();
         // Keeps draining stderr after the address line so the child never blocks on a full pipe.
         std::thread::spawn(move || {
             for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+                kept.lock().unwrap().push(line.clone());
                 let _ = tx.send(line);
             }
         });
-        let mut cluster = Cluster { child, url: String::new(), config, _state: state };
+        let mut cluster = Cluster { child, url: String::new(), config, _state: state, log };
         let mut seen = Vec::new();
         loop {
             match rx.recv_timeout(Duration::from_secs(30)) {
@@ -70,6 +75,11 @@ impl Cluster {
             std::thread::sleep(Duration::from_millis(50));
         }
         cluster
+    }
+
+    /// What it printed on stderr so far.
+    pub fn log(&self) -> String {
+        self.log.lock().unwrap().join("\n")
     }
 
     /// host:port, as the Python framework takes it.

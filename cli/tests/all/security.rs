@@ -373,6 +373,18 @@ fn grants_bound_what_a_token_does_and_sees() {
     }
     let bearer = out(&o).lines().filter(|l| l.contains("\"kind\":\"bearer\"")).count();
     assert_eq!(bearer, 6, "admin and five made here: {}", out(&o));
+    // Nor in the master's log or the audit log: not a token, not the
+    // admin's, not a private key.
+    let admin = wasmos_security::client::ClientConfig::read(&c.config).unwrap().unwrap().token.unwrap();
+    let key = std::fs::read_to_string(c.state().join("tls/ca.key")).unwrap();
+    let key_body = key.lines().nth(1).unwrap().to_string();
+    let audit = std::fs::read_to_string(c.state().join("audit.jsonl")).unwrap();
+    assert!(!c.log().is_empty() && audit.lines().count() > 10);
+    for s in [&a_viewer, &b_viewer, &a_submitter, &minter, &admin] {
+        assert!(!c.log().contains(&s[5..]), "the master's log shows a secret");
+        assert!(!audit.contains(&s[5..]), "the audit log shows a secret");
+    }
+    assert!(!c.log().contains(&key_body) && !audit.contains(&key_body), "a private key leaked");
 }
 
 // ---------------------------------------------------------------- agents
@@ -749,4 +761,37 @@ fn a_master_serves_a_certificate_brought_by_the_operator() {
     // The cluster's own CA is not what the master presents.
     let cluster_ca = std::fs::read_to_string(c.state().join("tls/ca.pem")).unwrap();
     assert!(list_agents(&Target { ca_pem: Some(cluster_ca), ..trusted(&c) }).is_err());
+}
+
+#[test]
+fn audit_follow_prints_lines_as_they_are_written() {
+    use std::io::BufRead;
+    let c = Cluster::start();
+    let mut follow = c
+        .cmd()
+        .args(["audit", "--follow", "--json", "--state-dir"])
+        .arg(c.state())
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let stdout = follow.stdout.take().unwrap();
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        for line in std::io::BufReader::new(stdout).lines().map_while(Result::ok) {
+            let _ = tx.send(line);
+        }
+    });
+    std::thread::sleep(Duration::from_millis(500));
+    token(&c, "followed", &["view:a"], &[]);
+    let t0 = std::time::Instant::now();
+    let found = loop {
+        match rx.recv_timeout(Duration::from_secs(10)) {
+            Ok(l) if l.contains("token_create") && l.contains("followed") => break Some(l),
+            Ok(_) if t0.elapsed() < Duration::from_secs(10) => continue,
+            _ => break None,
+        }
+    };
+    let _ = follow.kill();
+    let line: serde_json::Value = serde_json::from_str(&found.expect("the new line while following")).unwrap();
+    assert_eq!((line["principal"].as_str(), line["decision"].as_str()), (Some("token:admin"), Some("allow")));
 }
