@@ -14,17 +14,22 @@ struct Live {
     control: TaskControl,
     framework: String,
     paused: bool,
+    /// Its memory limit: what it may take of the agent.
+    mem: u64,
 }
 
 pub(crate) struct Executor {
     sandbox: Sandbox,
     /// Tasks running (or paused) here, by id.
     live: Mutex<HashMap<String, Live>>,
+    /// Fuel used by the tasks that ended here, and how many ended.
+    fuel_consumed: std::sync::atomic::AtomicU64,
+    tasks_ended: std::sync::atomic::AtomicU64,
 }
 
 impl Executor {
     pub fn new(sandbox: Sandbox) -> Executor {
-        Executor { sandbox, live: Mutex::new(HashMap::new()) }
+        Executor { sandbox, live: Mutex::new(HashMap::new()), fuel_consumed: 0.into(), tasks_ended: 0.into() }
     }
 
     fn live(&self) -> MutexGuard<'_, HashMap<String, Live>> {
@@ -33,14 +38,41 @@ impl Executor {
 
     /// Enters a launched task in the table and returns its control; `None`
     /// when it already runs here (a launch resent across a failover).
-    pub fn enter(&self, id: &str, framework: &str) -> Option<TaskControl> {
+    pub fn enter(&self, id: &str, framework: &str, mem: u64) -> Option<TaskControl> {
         let mut live = self.live();
         if live.contains_key(id) {
             return None;
         }
         let control = TaskControl::new();
-        live.insert(id.to_string(), Live { control: control.clone(), framework: framework.to_string(), paused: false });
+        let entry = Live { control: control.clone(), framework: framework.to_string(), paused: false, mem };
+        live.insert(id.to_string(), entry);
         Some(control)
+    }
+
+    /// What the agent reports with each heartbeat.
+    pub fn stats(&self) -> v1::AgentStats {
+        use std::sync::atomic::Ordering::Relaxed;
+        let (mut running, mut paused, mut mem) = (0, 0, 0);
+        for l in self.live().values() {
+            if l.paused {
+                paused += 1;
+            } else {
+                running += 1;
+            }
+            mem += l.mem;
+        }
+        let c = self.sandbox.cache_stats();
+        v1::AgentStats {
+            tasks_running: running,
+            tasks_paused: paused,
+            mem_used_bytes: mem,
+            module_cache_memory_hits: c.memory_hits,
+            module_cache_disk_hits: c.disk_hits,
+            module_compiles: c.compiles,
+            module_cache_evictions: c.evictions,
+            fuel_consumed: self.fuel_consumed.load(Relaxed),
+            tasks_ended: self.tasks_ended.load(Relaxed),
+        }
     }
 
     fn forget(&self, id: &str) {
@@ -98,7 +130,8 @@ pub(crate) fn handle(agent: &Arc<Agent>, cmd: v1::AgentCommand) {
                 if TaskId::new(spec.task_id.clone()).is_err() {
                     continue;
                 }
-                let Some(control) = ex.enter(&spec.task_id, &l.framework_id) else {
+                let mem = wasmos_proto::limits_from_wire(spec.limits.as_ref()).mem;
+                let Some(control) = ex.enter(&spec.task_id, &l.framework_id, mem) else {
                     continue;
                 };
                 if let Some(cp) = &agent.checkpoint {
@@ -141,9 +174,20 @@ async fn run_task(agent: Arc<Agent>, fw: String, spec: v1::TaskSpec, control: Ta
             return;
         }
     };
-    agent.report(&id, &fw, v1::TaskState::TaskRunning, String::new(), None);
+    // Paused while its module was fetched: it starts paused (the sandbox
+    // waits on its control) and says so rather than RUNNING. Decided and
+    // reported under the table's lock, so a pause's own PAUSED report
+    // cannot come before this one.
+    {
+        let live = agent.executor.live();
+        let paused = live.get(&id).is_some_and(|l| l.paused);
+        let state = if paused { v1::TaskState::TaskPaused } else { v1::TaskState::TaskRunning };
+        agent.report(&id, &fw, state, String::new(), None);
+    }
     let outcome = agent.executor.sandbox.run(&prepared, run_request(&spec, &fw), &control).await;
     let state = outcome_state(outcome.kind);
+    agent.executor.fuel_consumed.fetch_add(outcome.fuel_consumed, std::sync::atomic::Ordering::Relaxed);
+    agent.executor.tasks_ended.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
     let msg = outcome.message.clone().unwrap_or_default();
     agent.report(&id, &fw, state, msg, Some(wasmos_proto::outcome_to_wire(&outcome)));
     agent.executor.forget(&id);
@@ -199,10 +243,10 @@ pub(crate) mod tests {
     #[test]
     fn a_task_enters_the_table_once() {
         let ex = executor();
-        assert!(ex.enter("t", "fw").is_some());
-        assert!(ex.enter("t", "fw").is_none(), "a resent launch");
+        assert!(ex.enter("t", "fw", 0).is_some());
+        assert!(ex.enter("t", "fw", 0).is_none(), "a resent launch");
         ex.forget("t");
-        assert!(ex.enter("t", "fw").is_some(), "launched again after it ended");
+        assert!(ex.enter("t", "fw", 0).is_some(), "launched again after it ended");
     }
 
     fn attempt_seen(attempt: u32) -> u32 {

@@ -124,7 +124,8 @@ pub(crate) async fn heartbeats(agent: Arc<Agent>, every: Duration) {
     loop {
         t.tick().await;
         let id = agent.link.id();
-        let _ = agent.link.client().heartbeat(v1::HeartbeatRequest { agent_id: id }).await;
+        let stats = Some(agent.executor.stats());
+        let _ = agent.link.client().heartbeat(v1::HeartbeatRequest { agent_id: id, stats }).await;
     }
 }
 

@@ -5,6 +5,7 @@ mod client;
 mod cluster;
 mod framework;
 mod listing;
+mod observe;
 mod roles;
 mod run;
 mod sign;
@@ -16,7 +17,7 @@ mod tokens;
 use std::path::PathBuf;
 use std::process::ExitCode;
 
-use clap::{Parser, Subcommand};
+use clap::{CommandFactory, Parser, Subcommand};
 
 use tasks::TaskAction;
 
@@ -76,6 +77,10 @@ enum Command {
     Keygen(sign::KeygenArgs),
     /// Sign a module (a detached signature over its SHA-256).
     Sign(sign::SignArgs),
+    /// Print the master's Prometheus metrics (needs a token with view:*).
+    Metrics(observe::MetricsArgs),
+    /// Print a shell completion script (bash, zsh, fish, elvish, powershell).
+    Completion(observe::CompletionArgs),
 }
 
 /// Arguments of `wasmos sim`.
@@ -90,6 +95,14 @@ pub struct SimArgs {
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
+    if !matches!(cli.command, Command::Master(_) | Command::Agent(_) | Command::Dev(_)) {
+        // A closed stdout (`wasmos tasks | head -1`) ends a client command
+        // quietly, as it does `ls` or `grep`; servers keep ignoring SIGPIPE.
+        // SAFETY: restores the default disposition before any thread starts.
+        unsafe {
+            libc::signal(libc::SIGPIPE, libc::SIG_DFL);
+        }
+    }
     match cli.command {
         Command::Run(args) => run::main(args),
         Command::Sim(args) => sim::run(&args),
@@ -113,5 +126,7 @@ fn main() -> ExitCode {
         Command::Audit(args) => tokens::audit(args),
         Command::Keygen(args) => sign::keygen(args),
         Command::Sign(args) => sign::sign(args),
+        Command::Metrics(args) => observe::metrics(args),
+        Command::Completion(args) => observe::completion(args, &mut Cli::command()),
     }
 }

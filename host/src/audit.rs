@@ -161,6 +161,8 @@ fn describe(cmd: &Cmd, state: &State) -> Option<(&'static str, String, String)> 
         | Cmd::ListTasks(..)
         | Cmd::GetTask(..)
         | Cmd::ListRoles(..)
+        | Cmd::Overview(..)
+        | Cmd::Snapshot(..)
         | Cmd::ListTokens(..)
         | Cmd::HostedCheck(..)
         | Cmd::HostedAttach(..)

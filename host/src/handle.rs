@@ -27,6 +27,9 @@ pub struct MasterHandle {
     /// The admin token made at this start (a first start), if any.
     pub(crate) admin_token: Option<Arc<String>>,
     pub(crate) agent_cert_ttl: std::time::Duration,
+    pub(crate) metrics: Arc<crate::metrics::Metrics>,
+    /// `/metrics` answers without a token.
+    pub(crate) metrics_public: bool,
 }
 
 impl MasterHandle {

@@ -15,6 +15,7 @@ mod batch;
 mod handle;
 mod hosted;
 mod master;
+mod metrics;
 mod registry;
 mod watch;
 
@@ -50,6 +51,8 @@ pub const DEFAULT_FRAMEWORK_HEARTBEAT: Duration = Duration::from_secs(15);
 pub const DEFAULT_ALLOCATION_INTERVAL: Duration = Duration::ZERO;
 /// Default [`MasterConfig::batch_refuse`].
 pub const DEFAULT_BATCH_REFUSE: Duration = Duration::from_secs(1);
+/// Default [`MasterConfig::metrics_max_agents`].
+pub const DEFAULT_METRICS_MAX_AGENTS: usize = 1000;
 /// Default [`MasterConfig::agent_reregister_timeout`].
 pub const DEFAULT_AGENT_REREGISTER_TIMEOUT: Duration = Duration::from_secs(120);
 /// Default [`MasterConfig::max_submit_count`].
@@ -142,6 +145,12 @@ pub struct MasterConfig {
     /// who lost it; whoever runs the master on its state dir may). Off by
     /// default.
     pub reset_admin_token: bool,
+    /// Per-agent series in `/metrics` for at most this many agents (by id);
+    /// the rest are counted in `wasmos_agents_omitted_from_series`.
+    pub metrics_max_agents: usize,
+    /// `/metrics` answers without a token (for a scraper on a trusted
+    /// network). Off by default: a token that may `view` every role.
+    pub metrics_public: bool,
 }
 
 /// How the master's listener speaks.
@@ -234,6 +243,8 @@ impl MasterConfig {
             transport: Transport::Tls(TlsOptions::default()),
             audit_log_size: DEFAULT_AUDIT_LOG_SIZE,
             reset_admin_token: false,
+            metrics_max_agents: DEFAULT_METRICS_MAX_AGENTS,
+            metrics_public: false,
             agent_cert_ttl: wasmos_security::pki::DEFAULT_AGENT_CERT_TTL,
         }
     }
@@ -320,8 +331,16 @@ pub fn start(cfg: MasterConfig) -> Result<MasterHandle, StartError> {
     let auth = Arc::new(auth::Auth::default());
     let fingerprint = tls.as_ref().and_then(|t| wasmos_security::pki::fingerprint_pem(&t.client_ca_pem));
     let agent_cert_ttl = cfg.agent_cert_ttl;
-    let mut master =
-        master::Master::new(cfg, artifacts.clone(), watch.clone(), registry, auth.clone(), audit.clone(), fingerprint);
+    let metrics_public = cfg.metrics_public;
+    let metrics = Arc::new(metrics::Metrics::new());
+    let shared = master::Shared {
+        artifacts: artifacts.clone(),
+        watch: watch.clone(),
+        auth: auth.clone(),
+        audit: audit.clone(),
+        metrics: metrics.clone(),
+    };
+    let mut master = master::Master::new(cfg, shared, registry, fingerprint);
     let admin_token = master.bootstrap_secret.take();
     tokio::spawn(master.run(rx));
     let handle = MasterHandle {
@@ -336,6 +355,8 @@ pub fn start(cfg: MasterConfig) -> Result<MasterHandle, StartError> {
         audit,
         admin_token: admin_token.map(Arc::new),
         agent_cert_ttl,
+        metrics,
+        metrics_public,
     };
     // Hosted schedulers come back from their module and config; their state
     // starts fresh (reconciliation tells them about their tasks).
@@ -367,28 +388,30 @@ pub async fn serve_with(
 ) -> Result<(), tonic::transport::Error> {
     let max = wasmos_proto::MAX_MESSAGE_BYTES;
     let tls = handle.tls.clone();
-    let router = tonic::transport::Server::builder()
-        .tcp_nodelay(true)
-        .add_service(
-            v1::agent_service_server::AgentServiceServer::new(handle.clone())
-                .max_decoding_message_size(max)
-                .max_encoding_message_size(max),
-        )
-        .add_service(
-            v1::scheduler_server::SchedulerServer::new(handle.clone())
-                .max_decoding_message_size(max)
-                .max_encoding_message_size(max),
-        )
-        .add_service(
-            v1::operator_server::OperatorServer::new(handle.clone())
-                .max_decoding_message_size(max)
-                .max_encoding_message_size(max),
-        )
-        .add_service(
-            v1::artifacts_server::ArtifactsServer::new(handle)
-                .max_decoding_message_size(max)
-                .max_encoding_message_size(max),
-        );
+    // The gRPC services and the dashboard, metrics and JSON API (HTTP/1.1
+    // or HTTP/2) share one listener.
+    let grpc = tonic::service::Routes::new(
+        v1::agent_service_server::AgentServiceServer::new(handle.clone())
+            .max_decoding_message_size(max)
+            .max_encoding_message_size(max),
+    )
+    .add_service(
+        v1::scheduler_server::SchedulerServer::new(handle.clone())
+            .max_decoding_message_size(max)
+            .max_encoding_message_size(max),
+    )
+    .add_service(
+        v1::operator_server::OperatorServer::new(handle.clone())
+            .max_decoding_message_size(max)
+            .max_encoding_message_size(max),
+    )
+    .add_service(
+        v1::artifacts_server::ArtifactsServer::new(handle.clone())
+            .max_decoding_message_size(max)
+            .max_encoding_message_size(max),
+    );
+    let routes = tonic::service::Routes::from(grpc.into_axum_router().merge(api::http::router(handle)));
+    let router = tonic::transport::Server::builder().tcp_nodelay(true).accept_http1(true).add_routes(routes);
     match tls {
         Some(t) => {
             let incoming =

@@ -159,6 +159,68 @@ impl Target {
         let ch = self.endpoint()?.connect_lazy();
         Ok(InterceptedService::new(ch, Bearer::new(self.token.as_deref())?))
     }
+
+    /// GET `path` over the master's HTTP side (TLS with the CA, the bearer
+    /// token), as HTTP/1.0 so the body simply runs to the end: (status, body).
+    /// At most `max_body` bytes are read.
+    pub async fn http_get(&self, path: &str, max_body: usize) -> Result<(u16, Vec<u8>), String> {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let rest =
+            self.url.strip_prefix("https://").or_else(|| self.url.strip_prefix("http://")).ok_or_else(|| {
+                format!("master address {:?} is not a URL; write e.g. https://127.0.0.1:5050", self.url)
+            })?;
+        let authority = rest.split('/').next().unwrap_or(rest).to_string();
+        let host =
+            authority.rsplit_once(':').map(|(h, _)| h).unwrap_or(&authority).trim_matches(['[', ']']).to_string();
+        let tcp = tokio::time::timeout(Duration::from_secs(5), tokio::net::TcpStream::connect(&authority))
+            .await
+            .map_err(|_| format!("cannot reach {}: timed out", self.url))?
+            .map_err(|e| format!("cannot reach {}: {e}", self.url))?;
+        let mut req = format!("GET {path} HTTP/1.0\r\nHost: {authority}\r\nUser-Agent: wasmos\r\n");
+        if let Some(t) = &self.token {
+            req.push_str(&format!("Authorization: Bearer {t}\r\n"));
+        }
+        req.push_str("\r\n");
+        let mut raw = Vec::new();
+        if self.url.starts_with("https://") {
+            let ca = self.ca_pem.as_ref().ok_or_else(|| {
+                format!(
+                    "{} speaks TLS but no CA certificate is known; pass --ca-cert FILE or set WASMOS_CA_CERT",
+                    self.url
+                )
+            })?;
+            let mut roots = rustls::RootCertStore::empty();
+            for c in rustls_pemfile::certs(&mut ca.as_bytes()) {
+                let c = c.map_err(|e| format!("the CA certificate: {e}"))?;
+                roots.add(c).map_err(|e| format!("the CA certificate: {e}"))?;
+            }
+            let provider = std::sync::Arc::new(rustls::crypto::ring::default_provider());
+            let mut cfg = rustls::ClientConfig::builder_with_provider(provider)
+                .with_safe_default_protocol_versions()
+                .map_err(|e| format!("tls: {e}"))?
+                .with_root_certificates(roots)
+                .with_no_client_auth();
+            cfg.alpn_protocols = vec![b"http/1.1".to_vec()];
+            let name = rustls::pki_types::ServerName::try_from(host.clone())
+                .map_err(|_| format!("{host:?} is not a host name"))?;
+            let mut s = tokio_rustls::TlsConnector::from(std::sync::Arc::new(cfg))
+                .connect(name, tcp)
+                .await
+                .map_err(|e| format!("tls with {}: {e}", self.url))?;
+            s.write_all(req.as_bytes()).await.map_err(|e| e.to_string())?;
+            let _ = (&mut s).take(max_body as u64 + 64 * 1024).read_to_end(&mut raw).await;
+        } else {
+            let mut s = tcp;
+            s.write_all(req.as_bytes()).await.map_err(|e| e.to_string())?;
+            let _ = (&mut s).take(max_body as u64 + 64 * 1024).read_to_end(&mut raw).await;
+        }
+        let split = raw.windows(4).position(|w| w == b"\r\n\r\n").ok_or("the master sent no HTTP answer")?;
+        let head = String::from_utf8_lossy(&raw[..split]).to_string();
+        let status = head.split_whitespace().nth(1).and_then(|s| s.parse().ok()).ok_or("a malformed HTTP answer")?;
+        let mut body = raw[split + 4..].to_vec();
+        body.truncate(max_body);
+        Ok((status, body))
+    }
 }
 
 /// A connect error with its causes, as one line.

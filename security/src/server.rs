@@ -70,7 +70,8 @@ impl ServerTls {
             .with_client_cert_verifier(verifier)
             .with_single_cert(certs(&self.cert_pem)?, key(&self.key_pem)?)
             .map_err(|e| format!("serving certificate: {e}"))?;
-        cfg.alpn_protocols = vec![b"h2".to_vec()];
+        // gRPC (h2), and browsers and scrapers that speak HTTP/1.1.
+        cfg.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
         Ok(Arc::new(cfg))
     }
 }

@@ -40,6 +40,10 @@ fn installed_rust_targets() -> Vec<String> {
         .unwrap_or_default()
 }
 
+/// Headless Chromium and its WebDriver (the dashboard test), and
+/// Prometheus for `promtool check metrics`.
+pub const DEBIAN_TEST_TOOLS: [&str; 3] = ["chromium", "chromium-driver", "prometheus"];
+
 /// `apt-get install` of the `packages` not installed yet (as root, else with
 /// `sudo -n`); nothing at all when every one is there.
 pub fn apt_install(packages: &[&str]) -> Result<()> {
@@ -87,6 +91,8 @@ pub fn setup(root: &Path) -> Result<RustRoute> {
     }
     setup_python(root)?;
     setup_plot(root);
+    // The dashboard's browser test and the metrics check.
+    apt_install(&DEBIAN_TEST_TOOLS)?;
     languages::setup(root)?;
     std::fs::create_dir_all(guests_dir(root))?;
     std::fs::write(guests_dir(root).join(".rust-route"), format!("{route:?}\n"))?;

@@ -1,6 +1,7 @@
 //! wasmos CLI tests through the real binary: one binary, one module per command.
 
 mod cluster;
+mod dashboard;
 mod dev;
 mod languages;
 mod python_remote;

@@ -153,8 +153,21 @@ impl v1::agent_service_server::AgentService for MasterHandle {
 
     async fn heartbeat(&self, r: Request<v1::HeartbeatRequest>) -> Result<Response<v1::HeartbeatResponse>, Status> {
         let who = self.agent_caller(&r, "agent_heartbeat")?;
-        let id = known_agent(&r.into_inner().agent_id, "register again")?;
-        self.request(who, |reply| Cmd::AgentHeartbeat(id, reply)).await?;
+        let req = r.into_inner();
+        let id = known_agent(&req.agent_id, "register again")?;
+        let s = req.stats.unwrap_or_default();
+        let stats = crate::metrics::AgentStats {
+            tasks_running: s.tasks_running,
+            tasks_paused: s.tasks_paused,
+            mem_used_bytes: s.mem_used_bytes,
+            cache_memory_hits: s.module_cache_memory_hits,
+            cache_disk_hits: s.module_cache_disk_hits,
+            compiles: s.module_compiles,
+            cache_evictions: s.module_cache_evictions,
+            fuel_consumed: s.fuel_consumed,
+            tasks_ended: s.tasks_ended,
+        };
+        self.request(who, |reply| Cmd::AgentHeartbeat(id, stats, reply)).await?;
         Ok(Response::new(v1::HeartbeatResponse {}))
     }
 }

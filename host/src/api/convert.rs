@@ -230,7 +230,31 @@ pub(crate) fn task_view_to_wire(t: &TaskView) -> v1::TaskSummary {
         resources: Some(resources_to_wire(&t.resources)),
         message: t.message.clone(),
         role: t.role.clone(),
+        events: t.events.iter().map(task_event_to_wire).collect(),
+        limits: t.spec.as_ref().map(|s| wasmos_proto::limits_to_wire(&s.limits)),
+        args: t.spec.as_ref().map(|s| s.args.clone()).unwrap_or_default(),
+        env_keys: t.spec.as_ref().map(|s| s.env.keys().cloned().collect()).unwrap_or_default(),
     }
+}
+
+fn task_event_to_wire(e: &crate::master::tasks::TaskEvent) -> v1::TaskEvent {
+    v1::TaskEvent {
+        at_ms: e.at_ms,
+        state: state_to_wire(e.state) as i32,
+        reason: e.reason.to_string(),
+        message: e.message.clone(),
+        agent_id: e.agent.as_ref().map(|a| a.to_string()).unwrap_or_default(),
+    }
+}
+
+fn task_event_from_wire(e: &v1::TaskEvent) -> Option<crate::master::tasks::TaskEvent> {
+    Some(crate::master::tasks::TaskEvent {
+        at_ms: e.at_ms,
+        state: state_from_wire(e.state)?,
+        reason: e.reason.clone().into(),
+        message: e.message.clone(),
+        agent: AgentId::new(e.agent_id.clone()).ok(),
+    })
 }
 
 /// A stored summary back as a view (the registry's records).
@@ -251,6 +275,8 @@ pub(crate) fn task_view_from_wire(s: &v1::TaskSummary) -> Result<TaskView, Strin
         module_sha256: s.module_sha256.clone(),
         resources: resources_from_wire(s.resources.as_ref()).unwrap_or_default(),
         message: s.message.clone(),
+        events: s.events.iter().filter_map(task_event_from_wire).collect(),
+        spec: None,
     })
 }
 

@@ -5,6 +5,7 @@
 mod agent;
 mod artifacts;
 pub(crate) mod convert;
+pub(crate) mod http;
 mod operator;
 mod scheduler;
 
@@ -31,6 +32,7 @@ impl MasterHandle {
             Ok(c) => Ok(Principal::Token(c)),
             Err(s) => {
                 self.audit.refused("unauthenticated", method, "", "", s.message());
+                self.metrics.refused.with_label_values(&["unauthenticated"]).inc();
                 Err(s)
             }
         }

@@ -160,6 +160,30 @@ impl v1::operator_server::Operator for MasterHandle {
         Ok(Response::new(v1::ListRolesResponse { roles: roles.iter().map(role_view_to_wire).collect() }))
     }
 
+    async fn overview(&self, r: Request<v1::OverviewRequest>) -> Result<Response<v1::OverviewResponse>, Status> {
+        let who = self.caller(&r, "overview")?;
+        let watch_seq = self.watch.current();
+        let o = self.request(who, Cmd::Overview).await?;
+        let res = |x: &wasmos_model::Resources| Some(wasmos_proto::resources_to_wire(x));
+        Ok(Response::new(v1::OverviewResponse {
+            cluster: self.cluster().unwrap_or_default(),
+            version: env!("CARGO_PKG_VERSION").into(),
+            tasks_by_state: o.tasks_by_state.iter().map(|(s, n)| (s.as_str().to_string(), *n)).collect(),
+            agents_active: o.agents_active,
+            agents_disconnected: o.agents_disconnected,
+            frameworks: o.frameworks,
+            total: res(&o.total),
+            allocated: res(&o.allocated),
+            offered: res(&o.offered),
+            idle: res(&o.total.saturating_sub(&o.allocated)),
+            allocation_cycles: o.cycles,
+            last_cycle_ms: o.last_cycle_ms,
+            mean_cycle_ms: o.mean_cycle_ms,
+            watch_seq,
+            uptime_ms: o.uptime_ms,
+        }))
+    }
+
     async fn update_role(&self, r: Request<v1::UpdateRoleRequest>) -> Result<Response<v1::UpdateRoleResponse>, Status> {
         let who = self.caller(&r, "update_role")?;
         let req = r.into_inner();
@@ -420,6 +444,8 @@ mod tests {
             module_sha256: String::new(),
             resources: Resources::new(),
             message: String::new(),
+            events: vec![],
+            spec: None,
         }
     }
 

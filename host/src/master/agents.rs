@@ -30,6 +30,8 @@ pub(crate) struct Agent {
     tasks: HashSet<TaskId>,
     /// Commands waiting for the agent's command stream to attach.
     pending: Vec<AgentCommand>,
+    /// What it reported with its latest heartbeat.
+    pub stats: crate::metrics::AgentStats,
 }
 
 impl Agent {
@@ -43,6 +45,7 @@ impl Agent {
             mode: Mode::Active,
             tasks: HashSet::new(),
             pending: Vec::new(),
+            stats: Default::default(),
         }
     }
     pub fn task_count(&self) -> usize {
@@ -181,10 +184,11 @@ impl Master {
         Ok(())
     }
 
-    pub(super) fn agent_heartbeat(&mut self, id: &AgentId) -> Result<(), Error> {
+    pub(super) fn agent_heartbeat(&mut self, id: &AgentId, stats: crate::metrics::AgentStats) -> Result<(), Error> {
         match self.state.agents.get_mut(id) {
             Some(a) => {
                 a.last_seen = Instant::now();
+                a.stats = stats;
                 Ok(())
             }
             None => Err(unknown_agent(id)),

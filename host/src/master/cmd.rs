@@ -73,7 +73,7 @@ pub(crate) enum Cmd {
     RegisterAgent(RegisterAgent, Reply<Registered>),
     AttachAgent(AgentId, CommandTx, Reply<()>),
     AgentUpdates(AgentId, Vec<TaskStatus>, Reply<()>),
-    AgentHeartbeat(AgentId, Reply<()>),
+    AgentHeartbeat(AgentId, crate::metrics::AgentStats, Reply<()>),
     /// (info, events, Some if hosted by the master as a Wasm scheduler, reply)
     Subscribe(FrameworkInfo, EventTx, Option<HostedInfo>, Reply<()>),
     /// A scheduler call; `Err` if it could not be read (answered once the
@@ -86,6 +86,10 @@ pub(crate) enum Cmd {
     ListTasks(TaskFilter, u64, usize, Reply<Page<TaskView>>),
     GetTask(TaskId, Reply<TaskView>),
     ListRoles(Reply<Vec<RoleView>>),
+    /// The cluster at a glance, as the caller may view it.
+    Overview(Reply<super::stats::Overview>),
+    /// The state `/metrics` shows (the caller may view every role).
+    Snapshot(Reply<crate::metrics::Snapshot>),
     UpdateRole(RoleUpdate, Reply<RoleView>),
     Reserve(Reservation, Reply<Resources>),
     Unreserve(Reservation, Reply<Resources>),
@@ -197,13 +201,22 @@ pub(crate) fn authorize(who: &Principal, cmd: &Cmd, state: &super::State) -> Res
         },
         // The join token is the credential; checked by the command itself.
         Cmd::Join(..) => Ok(()),
+        // Metrics name every role: a token that may view them all.
+        Cmd::Snapshot(..) => match who {
+            Principal::Master => Ok(()),
+            Principal::Token(c) if c.grants.allows_everywhere(Action::View) => Ok(()),
+            _ => Err(Error::denied(format!(
+                "{} may not read the metrics: they need a token with view:* (or start the master with --metrics-public)",
+                who.label()
+            ))),
+        },
         Cmd::Subscribe(info, _, _, _) => allow(who, Action::RegisterFramework, info.role.as_str()),
         // An unknown framework gets the usual answer from the call itself.
         Cmd::Call(fw, _, _) => match role_of_framework(fw) {
             Some(role) => allow(who, Action::RegisterFramework, &role),
             None => allow_somewhere(who, Action::RegisterFramework),
         },
-        Cmd::ListAgents(..) | Cmd::ListFrameworks(..) | Cmd::ListTasks(..) | Cmd::ListRoles(..) => {
+        Cmd::ListAgents(..) | Cmd::ListFrameworks(..) | Cmd::ListTasks(..) | Cmd::ListRoles(..) | Cmd::Overview(..) => {
             allow_somewhere(who, Action::View)
         }
         // A task the token may not see is as good as absent.
@@ -301,7 +314,7 @@ impl Cmd {
             Cmd::RegisterAgent(_, r) => no(r, e),
             Cmd::AttachAgent(_, _, r) => no(r, e),
             Cmd::AgentUpdates(_, _, r) => no(r, e),
-            Cmd::AgentHeartbeat(_, r) => no(r, e),
+            Cmd::AgentHeartbeat(_, _, r) => no(r, e),
             Cmd::Subscribe(_, _, _, r) => no(r, e),
             Cmd::Call(_, _, r) => no(r, e),
             Cmd::ListAgents(_, _, r) => no(r, e),
@@ -309,6 +322,8 @@ impl Cmd {
             Cmd::ListTasks(_, _, _, r) => no(r, e),
             Cmd::GetTask(_, r) => no(r, e),
             Cmd::ListRoles(r) => no(r, e),
+            Cmd::Overview(r) => no(r, e),
+            Cmd::Snapshot(r) => no(r, e),
             Cmd::UpdateRole(_, r) => no(r, e),
             Cmd::Reserve(_, r) => no(r, e),
             Cmd::Unreserve(_, r) => no(r, e),

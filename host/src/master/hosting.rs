@@ -53,8 +53,12 @@ impl Master {
 
     /// One callback's calls, applied in order as if the framework had sent them.
     pub(super) fn hosted_calls(&mut self, fw: FrameworkId, calls: Vec<Call>, callbacks: u64) -> Vec<Result<(), Error>> {
-        if let Some(Kind::Hosted(h)) = self.state.frameworks.get_mut(&fw).map(|f| &mut f.kind) {
+        if let Some(f) = self.state.frameworks.get_mut(&fw)
+            && let Kind::Hosted(h) = &mut f.kind
+        {
+            let new = callbacks.saturating_sub(h.callbacks);
             h.callbacks = callbacks;
+            self.metrics.prom.hosted_callbacks.with_label_values(&[f.name.as_str()]).inc_by(new);
         }
         calls.into_iter().map(|c| self.call(fw.clone(), Ok(c))).collect()
     }
@@ -63,6 +67,7 @@ impl Master {
     /// and its framework is torn down (offers back, tasks killed).
     pub(super) fn hosted_failed(&mut self, fw: &FrameworkId, why: String) {
         let Some(f) = self.state.frameworks.get(fw) else { return };
+        self.metrics.prom.hosted_failures.with_label_values(&[f.name.as_str()]).inc();
         let callbacks = match &f.kind {
             Kind::Hosted(h) => h.callbacks,
             _ => return,

@@ -19,6 +19,7 @@ mod hosting;
 pub(crate) mod offers;
 pub(crate) mod recovery;
 pub(crate) mod roles;
+pub(crate) mod stats;
 pub(crate) mod task_ops;
 pub(crate) mod tasks;
 pub(crate) mod tokens;
@@ -141,14 +142,27 @@ impl Ids {
 /// How often unused modules are looked for.
 const ARTIFACT_GC_EVERY: Duration = Duration::from_secs(60);
 
-/// Counters the loop bumps (for metrics).
+/// Counters the loop bumps (the Overview's), and the Prometheus ones.
 #[derive(Debug, Default, Clone)]
 pub(crate) struct Metrics {
     pub commands: u64,
     pub cycles: u64,
+    /// The latest allocation cycle, and all of them.
+    pub last_cycle: Duration,
+    pub cycle_time: Duration,
     /// Task state moves the lifecycle does not allow (refused, logged).
     pub illegal_moves: u64,
     pub denied: u64,
+    pub prom: Arc<crate::metrics::Metrics>,
+}
+
+/// What the master shares with the gRPC edge.
+pub(crate) struct Shared {
+    pub artifacts: Arc<ArtifactStore>,
+    pub watch: Arc<crate::watch::WatchHub>,
+    pub auth: Arc<crate::auth::Auth>,
+    pub audit: Arc<crate::audit::Audit>,
+    pub metrics: Arc<crate::metrics::Metrics>,
 }
 
 pub(crate) struct Master {
@@ -183,13 +197,11 @@ pub(crate) struct Master {
 impl Master {
     pub(crate) fn new(
         cfg: MasterConfig,
-        artifacts: Arc<ArtifactStore>,
-        watch: Arc<crate::watch::WatchHub>,
+        shared: Shared,
         registry: Option<(Box<dyn registry::Registry>, Loaded)>,
-        auth: Arc<crate::auth::Auth>,
-        audit: Arc<crate::audit::Audit>,
         ca_fingerprint: Option<String>,
     ) -> Master {
+        let Shared { artifacts, watch, auth, audit, metrics: prom } = shared;
         let tag = format!("{:04x}", (now_ms() as u64 ^ (std::process::id() as u64 * 0x9e37)) & 0xffff);
         let mut alloc = Allocator::new(AllocConfig { seed: cfg.seed, ..AllocConfig::default() });
         let batch_id = FrameworkId::new("batch").expect("valid id");
@@ -215,7 +227,7 @@ impl Master {
             recovery: Recovery::default(),
             artifacts,
             effects: Effects::new(watch),
-            metrics: Metrics::default(),
+            metrics: Metrics { prom: prom.clone(), ..Metrics::default() },
             cycle_due: false,
             writer: None,
             committed: Arc::new(AtomicU64::new(0)),
@@ -230,7 +242,7 @@ impl Master {
         if let Some((reg, loaded)) = registry {
             m.restore(loaded);
             reg.maintain(m.cfg.task_history);
-            m.writer = Some(registry::spawn_writer(reg, m.committed.clone()));
+            m.writer = Some(registry::spawn_writer(reg, m.committed.clone(), prom));
         }
         m.bootstrap_secret = if m.cfg.reset_admin_token { m.reset_admin_token() } else { m.bootstrap_token() };
         m
@@ -345,6 +357,7 @@ impl Master {
         self.audit.command(&env.principal, &env.cmd, &self.state, decision.as_ref().err());
         if let Err(e) = decision {
             self.metrics.denied += 1;
+            self.metrics.prom.refused.with_label_values(&["denied"]).inc();
             env.cmd.refuse(e);
             return;
         }
@@ -361,8 +374,8 @@ impl Master {
                 let r = self.agent_updates(agent, updates);
                 self.effects.reply_after_commit(reply, r);
             }
-            Cmd::AgentHeartbeat(id, reply) => {
-                let _ = reply.send(self.agent_heartbeat(&id));
+            Cmd::AgentHeartbeat(id, stats, reply) => {
+                let _ = reply.send(self.agent_heartbeat(&id, stats));
             }
             Cmd::Subscribe(info, tx, hosted, reply) => {
                 let r = self.subscribe(info, tx, hosted);
@@ -386,6 +399,12 @@ impl Master {
             }
             Cmd::ListRoles(reply) => {
                 let _ = reply.send(Ok(self.list_roles()));
+            }
+            Cmd::Overview(reply) => {
+                let _ = reply.send(Ok(self.overview(&who)));
+            }
+            Cmd::Snapshot(reply) => {
+                let _ = reply.send(Ok(self.snapshot()));
             }
             Cmd::UpdateRole(u, reply) => {
                 let r = self.update_role(u);

@@ -38,6 +38,9 @@ impl Offers {
     pub fn on_agent(&self, agent: &AgentId) -> Vec<OfferId> {
         self.map.iter().filter(|(_, o)| &o.agent == agent).map(|(k, _)| k.clone()).collect()
     }
+    pub fn iter(&self) -> impl Iterator<Item = &OfferRec> + '_ {
+        self.map.values()
+    }
     pub(super) fn insert(&mut self, id: OfferId, rec: OfferRec) {
         self.map.insert(id, rec);
     }
@@ -51,8 +54,10 @@ impl Master {
     /// (the batch framework answers at once).
     pub(super) fn allocate(&mut self) {
         let now = self.clock();
+        let t0 = std::time::Instant::now();
         let offers = self.alloc.allocate(now);
         self.metrics.cycles += 1;
+        self.metrics.prom.offers.with_label_values(&["sent"]).inc_by(offers.len() as u64);
         let mut remote: HashMap<FrameworkId, Vec<Offer>> = HashMap::new();
         let mut batch_offers = Vec::new();
         for o in offers {
@@ -90,6 +95,10 @@ impl Master {
         if !batch_offers.is_empty() {
             self.batch_offers(batch_offers);
         }
+        let took = t0.elapsed();
+        self.metrics.last_cycle = took;
+        self.metrics.cycle_time += took;
+        self.metrics.prom.allocation_cycle.observe(took.as_secs_f64());
     }
 
     /// The batch framework's turn: queued tasks that fit are launched on each
@@ -101,6 +110,7 @@ impl Master {
             let attrs = self.state.agents.get(&o.agent).map(|a| a.attributes.clone()).unwrap_or_default();
             let picked = self.batch.pick(&o.role, &free, &attrs);
             if picked.is_empty() {
+                self.metrics.prom.offers.with_label_values(&["declined"]).inc();
                 self.recover_offer(&id, Some(self.cfg.batch_refuse));
                 continue;
             }
@@ -159,6 +169,7 @@ impl Master {
         for o in &plan.recover {
             self.state.take_offer(o);
         }
+        self.metrics.prom.offers.with_label_values(&["accepted"]).inc_by(plan.recover.len() as u64);
         let mut launch = Vec::new();
         for step in plan.steps {
             match step {
@@ -177,6 +188,8 @@ impl Master {
                     }
                     let attempt = self.state.tasks.get(&id).map(|t| t.attempt).unwrap_or(1);
                     self.state.place(&id, Some(target.agent.clone()), Some(allocation));
+                    self.state.tasks.launched(&id, &target.agent, attempt);
+                    self.metrics.prom.tasks_launched.inc();
                     self.recovery.adoptable.remove(&id);
                     self.state.frameworks.add_task(fw, &id);
                     launch.push(LaunchTask { id, spec, attempt });
@@ -238,6 +251,9 @@ impl Master {
     /// Takes an offer back and tells its framework.
     pub(super) fn rescind(&mut self, offer: &OfferId) {
         let fw = self.state.offers.get(offer).map(|o| o.framework.clone());
+        if fw.is_some() {
+            self.metrics.prom.offers.with_label_values(&["rescinded"]).inc();
+        }
         self.recover_offer(offer, None);
         if let Some(f) = fw.and_then(|fw| self.state.frameworks.get_mut(&fw)) {
             f.send(Event::Rescind(offer.clone()));

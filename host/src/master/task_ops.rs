@@ -59,7 +59,9 @@ impl Master {
             );
             return;
         }
+        let started_before = self.state.tasks.get(&tid).map_or(0, |t| t.started_at_ms);
         self.state.tasks.note_status(&tid, &st);
+        self.observe(&tid, &st, from_agent, started_before);
         st.attempt = self.state.tasks.get(&tid).map_or(0, |t| t.attempt);
         let fw = st.framework_id.clone();
         let role = self.state.tasks.get(&tid).map(|t| t.role.clone());
@@ -77,6 +79,28 @@ impl Master {
         let role = role.unwrap_or_else(|| self.cfg.batch_role.clone());
         self.effects.publish_after_commit(WatchEvent::Task(st.clone(), role));
         self.notify(&fw, st);
+    }
+
+    /// Counts an applied update for `/metrics`: its source and delay, a
+    /// first RUNNING's latency, an end's state, reason and run time.
+    fn observe(&self, tid: &TaskId, st: &TaskStatus, from_agent: bool, started_before: i64) {
+        let m = &self.metrics.prom;
+        let now = now_ms();
+        m.status_updates.with_label_values(&[if from_agent { "agent" } else { "master" }]).inc();
+        if from_agent && st.timestamp_ms > 0 {
+            m.status_update_delay.observe((now - st.timestamp_ms).max(0) as f64 / 1e3);
+        }
+        let Some(t) = self.state.tasks.get(tid) else { return };
+        if started_before == 0 && t.started_at_ms > 0 && t.submitted_at_ms > 0 {
+            m.launch_latency.observe((t.started_at_ms - t.submitted_at_ms).max(0) as f64 / 1e3);
+        }
+        if st.state.is_terminal() {
+            let reason = if st.reason.is_empty() { "none" } else { st.reason.as_str() };
+            m.tasks_ended.with_label_values(&[st.state.as_str(), reason]).inc();
+            if t.started_at_ms > 0 {
+                m.run_time.observe((now - t.started_at_ms).max(0) as f64 / 1e3);
+            }
+        }
     }
 
     /// Tells a task's framework about an update it should see.
@@ -141,9 +165,12 @@ impl Master {
             (action, Some(agent)) => {
                 let cmd = match action {
                     TaskAction::Kill => {
-                        if let Err(m) = self.state.tasks.set_state(tid, TaskState::Killing) {
-                            self.metrics.illegal_moves += 1;
-                            eprintln!("wasmos master: task {tid} cannot move from {} to {}", m.from, m.to);
+                        match self.state.tasks.set_state(tid, TaskState::Killing) {
+                            Ok(()) => self.state.tasks.log(tid, TaskState::Killing, "kill_requested", String::new()),
+                            Err(m) => {
+                                self.metrics.illegal_moves += 1;
+                                eprintln!("wasmos master: task {tid} cannot move from {} to {}", m.from, m.to);
+                            }
                         }
                         super::types::AgentCommand::Kill(tid.clone())
                     }
@@ -196,6 +223,7 @@ impl Master {
             ids.push(tid);
         }
         self.revive_batch();
+        self.metrics.prom.tasks_submitted.inc_by(ids.len() as u64);
         Ok(ids)
     }
 

@@ -57,6 +57,33 @@ pub(crate) struct Task {
     applied: Vec<Vec<u8>>,
     /// Counted among its submission's ended tasks.
     counted_ended: bool,
+    /// What happened to it since it was submitted (see [`TaskEvent`]).
+    pub events: Vec<TaskEvent>,
+}
+
+/// Most events kept per task: the first, and the latest after it.
+pub(crate) const MAX_TASK_EVENTS: usize = 32;
+
+/// One step of a task's life: launched, running, paused, resumed, each
+/// retry, its end (with the reason). Its submission is `submitted_at_ms`.
+#[derive(Debug, Clone, PartialEq)]
+pub(crate) struct TaskEvent {
+    pub at_ms: i64,
+    pub state: TaskState,
+    pub reason: Cow<'static, str>,
+    pub message: String,
+    pub agent: Option<AgentId>,
+}
+
+impl Task {
+    /// Adds an event, keeping the first and the latest [`MAX_TASK_EVENTS`].
+    pub fn log(&mut self, state: TaskState, reason: impl Into<Cow<'static, str>>, message: String) {
+        if self.events.len() >= MAX_TASK_EVENTS {
+            self.events.remove(1);
+        }
+        let at_ms = now_ms();
+        self.events.push(TaskEvent { at_ms, state, reason: reason.into(), message, agent: self.agent.clone() });
+    }
 }
 
 impl Task {
@@ -78,6 +105,7 @@ impl Task {
             seq: 0,
             applied: Vec::new(),
             counted_ended: false,
+            events: Vec::new(),
         }
     }
 
@@ -101,6 +129,7 @@ impl Task {
             seq: v.seq,
             applied: rec.applied_uuids,
             counted_ended: v.state.is_terminal(),
+            events: v.events,
         }
     }
 
@@ -285,6 +314,13 @@ impl Tasks {
         if st.state.is_terminal() {
             t.finished_at_ms = now_ms();
         }
+        let reason = if st.reason.is_empty() { "status_update".to_string() } else { st.reason.to_string() };
+        t.log(st.state, reason, st.message.clone());
+        if st.timestamp_ms > 0
+            && let Some(e) = t.events.last_mut()
+        {
+            e.at_ms = st.timestamp_ms;
+        }
     }
 
     /// An agent said after a master restart that the task runs: the master
@@ -295,6 +331,8 @@ impl Tasks {
         if t.started_at_ms == 0 {
             t.started_at_ms = now_ms();
         }
+        let state = t.state;
+        t.log(state, "agent_reregistered", format!("{agent} reports it {state} after a master restart"));
         if t.message == "queued" || t.message.is_empty() {
             t.message = Cow::Owned(format!("{} on {agent} (reported after a master restart)", t.state));
         }
@@ -329,8 +367,26 @@ impl Tasks {
         t.agent = None;
         t.allocation = None;
         t.finished_at_ms = 0;
+        t.log(TaskState::Staging, "retrying", message.clone());
         t.message = Cow::Owned(message);
         self.changed.insert(id.clone());
+    }
+
+    /// A launch: logged, and a queued task's "queued" message goes.
+    pub fn launched(&mut self, id: &TaskId, agent: &AgentId, attempt: u32) {
+        if let Some(t) = self.map.get_mut(id) {
+            t.log(TaskState::Staging, "launched", format!("on {agent}, attempt {attempt}"));
+            if t.message == "queued" {
+                t.message = Cow::Borrowed("");
+            }
+        }
+    }
+
+    /// Adds an event to a task (see [`Task::log`]).
+    pub fn log(&mut self, id: &TaskId, state: TaskState, reason: &'static str, message: String) {
+        if let Some(t) = self.map.get_mut(id) {
+            t.log(state, reason, message);
+        }
     }
 
     /// Sets where a task runs and what it holds there (see [`super::State`],

@@ -410,7 +410,7 @@ pub(crate) struct TaskView {
     pub task_id: TaskId,
     pub name: String,
     pub framework_id: FrameworkId,
-    /// Its framework's role (empty if the framework is gone).
+    /// The role its resources are accounted to.
     pub role: String,
     pub agent_id: Option<AgentId>,
     pub state: TaskState,
@@ -422,6 +422,10 @@ pub(crate) struct TaskView {
     pub module_sha256: String,
     pub resources: Resources,
     pub message: String,
+    /// What happened to it (a task's page and the registry; empty in listings).
+    pub events: Vec<crate::master::tasks::TaskEvent>,
+    /// Its spec (a task's page; none in listings and the registry's views).
+    pub spec: Option<Arc<TaskSpec>>,
 }
 
 #[derive(Debug, Clone, PartialEq)]

@@ -10,7 +10,9 @@ use super::tasks::Task;
 use super::types::*;
 
 /// A task as listings show it; `role`: its framework's.
-pub(crate) fn task_view(id: &TaskId, t: &Task) -> TaskView {
+/// A task as listings show it; `detail`: with its events and spec (a
+/// task's page, the registry's record).
+pub(crate) fn task_view(id: &TaskId, t: &Task, detail: bool) -> TaskView {
     TaskView {
         seq: t.seq(),
         task_id: id.clone(),
@@ -27,6 +29,8 @@ pub(crate) fn task_view(id: &TaskId, t: &Task) -> TaskView {
         module_sha256: t.spec.module_sha256.clone(),
         resources: t.spec.resources.clone(),
         message: t.message.to_string(),
+        events: if detail { t.events.clone() } else { Vec::new() },
+        spec: detail.then(|| t.spec.clone()),
     }
 }
 
@@ -107,7 +111,7 @@ impl Master {
         self.state
             .tasks
             .get(id)
-            .map(|t| task_view(id, t))
+            .map(|t| task_view(id, t, true))
             .ok_or_else(|| Error::not_found(format!("no task {:?}; list tasks with `wasmos tasks`", id.as_str())))
     }
 
@@ -122,7 +126,7 @@ impl Master {
                 return Page { rows, next: Some(last) };
             }
             last = t.seq();
-            let v = task_view(id, t);
+            let v = task_view(id, t, false);
             if f.matches(&v) {
                 rows.push(v);
             }

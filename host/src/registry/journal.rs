@@ -46,7 +46,7 @@ pub(crate) fn collect(
         changes.tasks.push((
             id.clone(),
             TaskRecord {
-                view: crate::master::views::task_view(&id, t),
+                view: crate::master::types::TaskView { spec: None, ..crate::master::views::task_view(&id, t, true) },
                 spec,
                 priority: b.map(|b| b.priority).unwrap_or(0),
                 constraints: b.map(|b| b.constraints.clone()).unwrap_or_default(),

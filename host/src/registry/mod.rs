@@ -134,6 +134,20 @@ impl Changes {
             && self.tokens.is_empty()
     }
 
+    /// Records it writes (for metrics).
+    pub fn records(&self) -> usize {
+        self.tasks.len()
+            + self.frameworks.len()
+            + self.agents.len()
+            + self.submissions.len()
+            + self.submission_ended.len()
+            + self.closed_submissions.len()
+            + self.roles.len()
+            + self.reservations.len()
+            + self.hosted_jobs.len()
+            + self.tokens.len()
+    }
+
     /// Appends a later batch (its records win).
     fn extend(&mut self, c: Changes) {
         self.tasks.extend(c.tasks);
@@ -273,7 +287,11 @@ const MAX_GROUP: usize = 64;
 /// committed batch number in `committed`, then runs the held replies. A
 /// failed commit stops the process: acknowledging without a durable record
 /// would break the API's promise.
-pub(crate) fn spawn_writer(mut reg: Box<dyn Registry>, committed: Arc<AtomicU64>) -> WriterTx {
+pub(crate) fn spawn_writer(
+    mut reg: Box<dyn Registry>,
+    committed: Arc<AtomicU64>,
+    metrics: Arc<crate::metrics::Metrics>,
+) -> WriterTx {
     let (tx, rx) = std::sync::mpsc::channel::<Batch>();
     let queued = Arc::new(AtomicUsize::new(0));
     let pending = queued.clone();
@@ -297,13 +315,16 @@ pub(crate) fn spawn_writer(mut reg: Box<dyn Registry>, committed: Arc<AtomicU64>
                     replies.extend(r);
                     newest = newest.max(n);
                 }
-                if !merged.is_empty()
-                    && let Err(e) = reg.commit(&merged)
-                {
-                    eprintln!(
-                        "wasmos master: cannot write the registry: {e}; stopping so nothing unrecorded is acknowledged"
-                    );
-                    std::process::exit(70);
+                if !merged.is_empty() {
+                    let t0 = std::time::Instant::now();
+                    if let Err(e) = reg.commit(&merged) {
+                        eprintln!(
+                            "wasmos master: cannot write the registry: {e}; stopping so nothing unrecorded is acknowledged"
+                        );
+                        std::process::exit(70);
+                    }
+                    metrics.registry_commit.observe(t0.elapsed().as_secs_f64());
+                    metrics.registry_commit_records.observe(merged.records() as f64);
                 }
                 committed.fetch_max(newest, Ordering::Release);
                 for f in replies {

@@ -34,6 +34,8 @@ fn records_round_trip() {
         module_sha256: "00".repeat(32),
         resources: res.clone(),
         message: "m".into(),
+        events: vec![],
+        spec: None,
     };
     let task = TaskRecord {
         view,
@@ -85,6 +87,8 @@ fn ended(n: u64, finished_at_ms: i64) -> (TaskId, TaskRecord) {
         module_sha256: String::new(),
         resources: Resources::new(),
         message: String::new(),
+        events: vec![],
+        spec: None,
     };
     let rec = TaskRecord { view, spec: None, priority: 0, constraints: vec![], max_attempts: 0, applied_uuids: vec![] };
     (id, rec)
