@@ -570,18 +570,47 @@ pub fn simulate(s: &Scenario) -> SimResult {
     SimResult { cycles, settled, total: alloc.total(), frameworks, roles }
 }
 
-/// Whether some framework that still wants something could be offered room for it.
+/// What a role could be offered, per agent, and the largest amount of each
+/// resource on any one agent (a task bigger than that fits nowhere).
+struct Room {
+    per_agent: Vec<Resources>,
+    largest: Resources,
+}
+
+impl Room {
+    fn of(alloc: &Allocator, role: &Role) -> Room {
+        let per_agent: Vec<Resources> = alloc.offerable(role).into_iter().map(|(_, a)| a.total()).collect();
+        let mut largest = Resources::new();
+        for r in &per_agent {
+            for (name, amount) in r.iter() {
+                if amount > largest.get(name) {
+                    largest.set(name, amount);
+                }
+            }
+        }
+        Room { per_agent, largest }
+    }
+
+    fn fits(&self, task: &Resources) -> bool {
+        self.largest.contains(task) && self.per_agent.iter().any(|a| a.contains(task))
+    }
+}
+
+/// Whether some framework that still wants something could be offered room
+/// for it. Each role's room is worked out once per call (with the totals,
+/// not the allocations, of each agent), and each distinct task size is
+/// checked once per role.
 fn can_place_more(alloc: &Allocator, s: &Scenario, state: &BTreeMap<FrameworkId, Running>) -> bool {
-    let mut offerable: BTreeMap<&Role, Vec<Allocation>> = BTreeMap::new();
+    let mut rooms: BTreeMap<&Role, Room> = BTreeMap::new();
+    let mut checked: std::collections::HashSet<(&Role, String)> = std::collections::HashSet::new();
     for f in &s.frameworks {
         if state[&f.id].done {
             continue;
         }
-        let room =
-            offerable.entry(&f.role).or_insert_with(|| alloc.offerable(&f.role).into_iter().map(|(_, a)| a).collect());
+        let room = rooms.entry(&f.role).or_insert_with(|| Room::of(alloc, &f.role));
         let fits = match &f.behaviour {
-            Behaviour::AcceptAll => !room.is_empty(),
-            Behaviour::Tasks { task, .. } => room.iter().any(|a| a.total().contains(task)),
+            Behaviour::AcceptAll => !room.per_agent.is_empty(),
+            Behaviour::Tasks { task, .. } => checked.insert((&f.role, task.to_string())) && room.fits(task),
         };
         if fits {
             return true;

@@ -60,6 +60,9 @@ enum Command {
     /// Deploy, list and remove frameworks whose scheduler is a Wasm component.
     #[command(subcommand)]
     Framework(framework::FrameworkCmd),
+    /// Show a task: spec, limits against use, placement, attempts, history.
+    #[command(alias = "status")]
+    Task(tasks::TaskDetailArgs),
     /// Print a task's output.
     Logs(tasks::LogsArgs),
     /// Kill a task.
@@ -118,6 +121,7 @@ fn main() -> ExitCode {
         Command::Role(cmd) => roles::role(cmd),
         Command::Reserve(args) => roles::reserve(args),
         Command::Unreserve(args) => roles::unreserve(args),
+        Command::Task(args) => tasks::detail(args),
         Command::Logs(args) => tasks::logs(args),
         Command::Kill(args) => tasks::action(args, TaskAction::Kill),
         Command::Pause(args) => tasks::action(args, TaskAction::Pause),

@@ -49,16 +49,77 @@ pub struct TasksArgs {
 pub struct LogsArgs {
     #[command(flatten)]
     pub master: MasterArg,
+    /// The task's id, or any unique prefix of it.
     pub task: String,
-    /// Wait for the task to end, then print its output.
+    /// Wait for the task to end, then print its output (agents send a task's
+    /// output when it ends).
     #[arg(long, short)]
     pub follow: bool,
+    /// Print only its stderr (to stdout).
+    #[arg(long)]
+    pub stderr: bool,
+    /// Only the last N lines of each stream.
+    #[arg(long, value_name = "N")]
+    pub tail: Option<usize>,
+}
+
+/// Most ids an ambiguous prefix lists.
+const MAX_MATCHES: usize = 10;
+
+/// The full id of the task `id` names: itself, or the one task whose id
+/// starts with it. An ambiguous prefix lists (some of) its matches.
+pub async fn resolve(op: &mut client::Operator, id: &str) -> Result<String, String> {
+    match op.get_task(v1::GetTaskRequest { task_id: id.to_string() }).await {
+        Ok(t) => return Ok(t.into_inner().task_id),
+        Err(e) if e.code() != tonic::Code::NotFound => return Err(status_msg(&e)),
+        Err(_) => {}
+    }
+    let mut found = Vec::new();
+    let mut token = String::new();
+    loop {
+        let req = v1::ListTasksRequest {
+            id_prefix: id.to_string(),
+            page_size: 1000,
+            page_token: token,
+            ..Default::default()
+        };
+        let r = op.list_tasks(req).await.map_err(|e| status_msg(&e))?.into_inner();
+        found.extend(r.tasks.into_iter().map(|t| t.task_id));
+        if found.len() > MAX_MATCHES || r.next_page_token.is_empty() {
+            break;
+        }
+        token = r.next_page_token;
+    }
+    match found.len() {
+        0 => Err(format!("no task {id:?}; list tasks with `wasmos tasks`")),
+        1 => Ok(found.remove(0)),
+        n => {
+            let more = if n > MAX_MATCHES { ", ..." } else { "" };
+            found.truncate(MAX_MATCHES);
+            Err(format!("task id prefix {id:?} is ambiguous: {}{more}; give more of it", found.join(", ")))
+        }
+    }
+}
+
+/// The last `n` lines of `b` (all of it without `n`).
+fn tail(b: &[u8], n: Option<usize>) -> &[u8] {
+    let Some(n) = n else { return b };
+    let body = b.strip_suffix(b"\n").unwrap_or(b);
+    let mut cut = 0;
+    for (seen, (i, _)) in body.iter().enumerate().rev().filter(|(_, c)| **c == b'\n').enumerate() {
+        if seen + 1 == n {
+            cut = i + 1;
+            break;
+        }
+    }
+    if n == 0 { &b[b.len()..] } else { &b[cut..] }
 }
 
 #[derive(clap::Args, Debug)]
 pub struct TaskArgs {
     #[command(flatten)]
     pub master: MasterArg,
+    /// The task's id, or any unique prefix of it.
     pub task: String,
 }
 
@@ -201,17 +262,24 @@ pub fn logs(args: LogsArgs) -> ExitCode {
             Err(e) => return fail("logs", e),
         };
         let mut op = client::operator(&ch);
+        let id = match resolve(&mut op, &args.task).await {
+            Ok(id) => id,
+            Err(e) => return fail("logs", e),
+        };
         loop {
-            let t = match op.get_task(v1::GetTaskRequest { task_id: args.task.clone() }).await {
+            let t = match op.get_task(v1::GetTaskRequest { task_id: id.clone() }).await {
                 Ok(t) => t.into_inner(),
                 Err(e) => return fail("logs", status_msg(&e)),
             };
             let terminal = wasmos_proto::state_from_wire(t.state).is_some_and(|s| s.is_terminal());
             if terminal || !args.follow {
                 match &t.outcome {
+                    Some(o) if args.stderr => {
+                        let _ = std::io::stdout().write_all(tail(&o.stderr, args.tail));
+                    }
                     Some(o) => {
-                        let _ = std::io::stdout().write_all(&o.stdout);
-                        let _ = std::io::stderr().write_all(&o.stderr);
+                        let _ = std::io::stdout().write_all(tail(&o.stdout, args.tail));
+                        let _ = std::io::stderr().write_all(tail(&o.stderr, args.tail));
                         for (name, cut) in [("stdout", o.stdout_truncated), ("stderr", o.stderr_truncated)] {
                             if cut {
                                 eprintln!("wasmos logs: {name} was truncated at the task's max_output");
@@ -261,7 +329,11 @@ pub fn action(args: TaskArgs, action: TaskAction) -> ExitCode {
             Err(e) => return fail(name, e),
         };
         let mut op = client::operator(&ch);
-        let req = v1::TaskActionRequest { task_id: args.task.clone() };
+        let id = match resolve(&mut op, &args.task).await {
+            Ok(id) => id,
+            Err(e) => return fail(name, e),
+        };
+        let req = v1::TaskActionRequest { task_id: id.clone() };
         let r = match action {
             TaskAction::Kill => op.kill_task(req).await,
             TaskAction::Pause => op.pause_task(req).await,
@@ -269,10 +341,130 @@ pub fn action(args: TaskArgs, action: TaskAction) -> ExitCode {
         };
         match r {
             Ok(_) => {
-                eprintln!("wasmos {name}: sent to {}", args.task);
+                eprintln!("wasmos {name}: sent to {id}");
                 ExitCode::SUCCESS
             }
             Err(e) => fail(name, status_msg(&e)),
         }
     })
+}
+
+#[derive(clap::Args, Debug)]
+pub struct TaskDetailArgs {
+    #[command(flatten)]
+    pub master: MasterArg,
+    /// The task's id, or any unique prefix of it.
+    pub task: String,
+    /// One JSON object (the `tasks --json` keys, its limits and its events).
+    #[arg(long)]
+    pub json: bool,
+}
+
+/// `wasmos task TASK`: spec, limits against use, placement, attempts and
+/// the task's history.
+pub fn detail(args: TaskDetailArgs) -> ExitCode {
+    rt().block_on(async {
+        let ch = match args.master.connect().await {
+            Ok(c) => c,
+            Err(e) => return fail("task", e),
+        };
+        let mut op = client::operator(&ch);
+        let t = match resolve(&mut op, &args.task).await {
+            Ok(id) => match op.get_task(v1::GetTaskRequest { task_id: id }).await {
+                Ok(t) => t.into_inner(),
+                Err(e) => return fail("task", status_msg(&e)),
+            },
+            Err(e) => return fail("task", e),
+        };
+        let limits = wasmos_proto::limits_from_wire(t.limits.as_ref());
+        let o = t.outcome.as_ref();
+        let events: Vec<(String, String, String, String)> = std::iter::once((
+            rfc3339(t.submitted_at_ms).unwrap_or_default(),
+            "submitted".to_string(),
+            String::new(),
+            String::new(),
+        ))
+        .chain(t.events.iter().map(|e| {
+            (
+                rfc3339(e.at_ms).unwrap_or_default(),
+                wasmos_proto::state_from_wire(e.state).map(|s| s.to_string()).unwrap_or_default(),
+                e.reason.clone(),
+                e.message.clone(),
+            )
+        }))
+        .collect();
+        if args.json {
+            let mut v = task_json(&t);
+            v["limits"] = serde_json::json!({
+                "fuel": limits.fuel, "mem_bytes": limits.mem, "timeout_ms": limits.timeout.as_millis() as u64,
+                "max_output_bytes": limits.max_output,
+            });
+            v["args"] = serde_json::json!(t.args);
+            v["events"] = serde_json::Value::Array(
+                events
+                    .iter()
+                    .map(|(at, s, r, m)| serde_json::json!({"at": at, "state": s, "reason": r, "message": m}))
+                    .collect(),
+            );
+            println!("{v}");
+            return ExitCode::SUCCESS;
+        }
+        let state = wasmos_proto::state_from_wire(t.state).map(|s| s.to_string()).unwrap_or_default();
+        let dash = |s: &str| if s.is_empty() { "-".to_string() } else { s.to_string() };
+        println!("task        {}  ({state})", t.task_id);
+        println!("name        {}", t.name);
+        println!("framework   {}  role {}", t.framework_id, t.role);
+        println!("agent       {}  attempt {}", dash(&t.agent_id), t.attempt);
+        println!("module      {}", t.module_sha256);
+        println!("resources   {}", res(&t.resources));
+        if !t.args.is_empty() {
+            println!("args        {}", t.args.join(" "));
+        }
+        if !t.env_keys.is_empty() {
+            println!("env         {}", t.env_keys.join(", "));
+        }
+        if !t.message.is_empty() {
+            println!("message     {}", t.message);
+        }
+        println!();
+        println!("{:<12}{:>16}  {:>16}", "", "USED", "LIMIT");
+        let fuel_limit = limits.fuel.map(|f| f.to_string()).unwrap_or_else(|| "unlimited".into());
+        let used = |f: &dyn Fn(&v1::Outcome) -> String| o.map(f).unwrap_or_else(|| "-".into());
+        println!("{:<12}{:>16}  {:>16}", "fuel", used(&|o| o.fuel_consumed.to_string()), fuel_limit);
+        println!(
+            "{:<12}{:>16}  {:>16}",
+            "memory",
+            used(&|o| human_bytes(o.peak_memory_bytes)),
+            human_bytes(limits.mem)
+        );
+        println!(
+            "{:<12}{:>16}  {:>16}",
+            "wall time",
+            used(&|o| format!("{:.3}ms", o.wall_time_ms)),
+            wasmos_model::format_duration(limits.timeout)
+        );
+        if let Some(o) = o {
+            let kind = wasmos_proto::outcome_kind_from_wire(o.kind).map(|k| k.to_string()).unwrap_or_default();
+            let exit = o.exit_code.map(|c| format!(" exit={c}")).unwrap_or_default();
+            println!();
+            println!("outcome     {kind}{exit}");
+        }
+        println!();
+        println!("{:<26}{:<12}{:<24}MESSAGE", "TIME", "STATE", "REASON");
+        for (at, s, r, m) in events {
+            println!("{at:<26}{s:<12}{:<24}{m}", dash(&r));
+        }
+        ExitCode::SUCCESS
+    })
+}
+
+/// Bytes for people: `1.06 MiB`.
+fn human_bytes(n: u64) -> String {
+    let units = ["B", "KiB", "MiB", "GiB", "TiB"];
+    let (mut v, mut u) = (n as f64, 0);
+    while v >= 1024.0 && u + 1 < units.len() {
+        v /= 1024.0;
+        u += 1;
+    }
+    if u == 0 { format!("{n} B") } else { format!("{v:.2} {}", units[u]) }
 }

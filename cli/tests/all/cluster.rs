@@ -248,3 +248,47 @@ fn listings_page_through_history() {
     assert_eq!(o.status.code(), Some(0), "{}", err(&o));
     assert!(out(&o).starts_with("hello, again!"), "{}", out(&o));
 }
+
+/// `wasmos task` (and `status`) shows a task's limits, use and history; ids
+/// may be shortened to any unique prefix; `logs --stderr --tail`.
+#[test]
+fn a_task_by_any_unique_prefix_with_its_history() {
+    let c = Cluster::start();
+    let hello = guest("hello");
+    let o = wasmos(&c, &["submit", "--wait", "--count", "2", "--fuel", "5000000", hello.to_str().unwrap(), "--", "x"]);
+    assert!(o.status.success(), "{}", err(&o));
+    let ids: Vec<String> =
+        lines(&wasmos(&c, &["tasks", "--json"])).iter().map(|t| t["task_id"].as_str().unwrap().to_string()).collect();
+    assert_eq!(ids.len(), 2);
+    // task-TAG-N: everything but the last digit is shared, so ambiguous.
+    let shared = &ids[0][..ids[0].rfind('-').unwrap() + 1];
+    let o = wasmos(&c, &["task", shared]);
+    assert_eq!(o.status.code(), Some(2));
+    assert!(err(&o).contains("is ambiguous") && err(&o).contains(&ids[0]) && err(&o).contains(&ids[1]), "{}", err(&o));
+    let o = wasmos(&c, &["task", "task-nope"]);
+    assert_eq!(o.status.code(), Some(2));
+    assert!(err(&o).contains("no task"), "{}", err(&o));
+    // A unique prefix: the whole id minus nothing but unique.
+    let last = &ids[1];
+    let o = wasmos(&c, &["status", last]);
+    assert!(o.status.success(), "{}", err(&o));
+    let text = out(&o);
+    for want in
+        ["(finished)", "fuel", "5000000", "64.00 MiB", "args        x", "submitted", "launched", "running", "finished"]
+    {
+        assert!(text.contains(want), "no {want:?} in:\n{text}");
+    }
+    let v: serde_json::Value = serde_json::from_str(&out(&wasmos(&c, &["task", "--json", last]))).unwrap();
+    let states: Vec<&str> = v["events"].as_array().unwrap().iter().map(|e| e["state"].as_str().unwrap()).collect();
+    assert_eq!(states, ["submitted", "staging", "running", "finished"], "{v}");
+    assert_eq!(v["limits"]["fuel"], 5000000);
+    // The same prefix rules for logs and kill.
+    let o = wasmos(&c, &["logs", "--tail", "1", last]);
+    assert!(o.status.success(), "{}", err(&o));
+    assert_eq!(out(&o).lines().count(), 1, "{}", out(&o));
+    let o = wasmos(&c, &["logs", "--stderr", last]);
+    assert!(o.status.success(), "{}", err(&o));
+    assert_eq!(out(&o), "hello: done\n", "only its stderr, on stdout");
+    let o = wasmos(&c, &["kill", shared]);
+    assert_eq!(o.status.code(), Some(2));
+}

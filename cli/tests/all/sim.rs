@@ -110,3 +110,35 @@ fn a_missing_file_exits_2() {
     assert_eq!(o.status.code(), Some(2));
     assert!(stderr(&o).contains("cannot read /nonexistent/scenario.json"), "{}", stderr(&o));
 }
+
+/// A closed stdout (`wasmos sim ... | head -1`) ends the command quietly:
+/// no panic, no backtrace (it used to panic with "Broken pipe").
+#[test]
+fn a_closed_stdout_ends_quietly() {
+    use std::os::unix::process::ExitStatusExt;
+    let dir = tempfile::tempdir().unwrap();
+    // Enough frameworks that the table outgrows the pipe's buffer.
+    let fws: Vec<String> = (0..3000).map(|i| format!(r#"{{"id": "f{i}", "role": "r", "task": "cpus:100"}}"#)).collect();
+    let scenario =
+        format!(r#"{{"agents": [{{"id": "a", "resources": "cpus:1;mem:1GiB"}}], "frameworks": [{}]}}"#, fws.join(","));
+    let path = dir.path().join("big.json");
+    std::fs::write(&path, scenario).unwrap();
+    let mut child = Command::new(env!("CARGO_BIN_EXE_wasmos"))
+        .arg("sim")
+        .arg(&path)
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    // Read one line, then hang up, as `head -1` does.
+    let mut first = String::new();
+    std::io::BufRead::read_line(&mut std::io::BufReader::new(child.stdout.take().unwrap()), &mut first).unwrap();
+    let o = child.wait_with_output().unwrap();
+    assert!(!first.is_empty());
+    assert_eq!(stderr(&o), "", "nothing on stderr when stdout closes");
+    assert!(o.status.success() || o.status.signal() == Some(libc_sigpipe()), "{:?}", o.status);
+}
+
+fn libc_sigpipe() -> i32 {
+    13
+}

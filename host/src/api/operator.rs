@@ -98,6 +98,7 @@ impl v1::operator_server::Operator for MasterHandle {
             role: nonempty(req.role),
             agent_id: nonempty(req.agent_id),
             name_prefix: nonempty(req.name_prefix),
+            id_prefix: nonempty(req.id_prefix),
             submitted_after_ms: Some(req.submitted_after_ms).filter(|t| *t > 0),
             submitted_before_ms: Some(req.submitted_before_ms).filter(|t| *t > 0),
         };

@@ -314,8 +314,7 @@ impl Tasks {
         if st.state.is_terminal() {
             t.finished_at_ms = now_ms();
         }
-        let reason = if st.reason.is_empty() { "status_update".to_string() } else { st.reason.to_string() };
-        t.log(st.state, reason, st.message.clone());
+        t.log(st.state, st.reason.to_string(), st.message.clone());
         if st.timestamp_ms > 0
             && let Some(e) = t.events.last_mut()
         {

@@ -266,6 +266,7 @@ pub(crate) struct TaskFilter {
     pub role: Option<String>,
     pub agent_id: Option<String>,
     pub name_prefix: Option<String>,
+    pub id_prefix: Option<String>,
     /// Submitted at or after (ms since the epoch).
     pub submitted_after_ms: Option<i64>,
     /// Submitted before (ms since the epoch).
@@ -279,6 +280,7 @@ impl TaskFilter {
             && self.role.as_deref().is_none_or(|r| t.role == r)
             && self.agent_id.as_deref().is_none_or(|a| t.agent_id.as_ref().is_some_and(|x| x.as_str() == a))
             && self.name_prefix.as_deref().is_none_or(|p| t.name.starts_with(p))
+            && self.id_prefix.as_deref().is_none_or(|p| t.task_id.as_str().starts_with(p))
             && self.submitted_after_ms.is_none_or(|a| t.submitted_at_ms >= a)
             && self.submitted_before_ms.is_none_or(|b| t.submitted_at_ms < b)
     }
