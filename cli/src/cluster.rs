@@ -527,6 +527,7 @@ pub fn dev(args: DevArgs) -> ExitCode {
         );
         eprintln!("  next: wasmos submit --wait target/guests/hello.wasm -- world");
         eprintln!("        wasmos tasks    (Ctrl-C stops the cluster)");
+        eprintln!("        the dashboard: {url}/  (`wasmos dashboard` prints the token to log in with)");
         ctrl_c().await;
         let _ = stop_tx.send(true);
         for a in agents {

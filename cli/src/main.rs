@@ -82,6 +82,8 @@ enum Command {
     Sign(sign::SignArgs),
     /// Print the master's Prometheus metrics (needs a token with view:*).
     Metrics(observe::MetricsArgs),
+    /// Print the dashboard's URL and the token to log in with.
+    Dashboard(observe::DashboardArgs),
     /// Print a shell completion script (bash, zsh, fish, elvish, powershell).
     Completion(observe::CompletionArgs),
 }
@@ -131,6 +133,7 @@ fn main() -> ExitCode {
         Command::Keygen(args) => sign::keygen(args),
         Command::Sign(args) => sign::sign(args),
         Command::Metrics(args) => observe::metrics(args),
+        Command::Dashboard(args) => observe::dashboard(args),
         Command::Completion(args) => observe::completion(args, &mut Cli::command()),
     }
 }

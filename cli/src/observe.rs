@@ -41,6 +41,35 @@ pub fn metrics(args: MetricsArgs) -> ExitCode {
 }
 
 #[derive(clap::Args, Debug)]
+pub struct DashboardArgs {
+    #[command(flatten)]
+    pub master: MasterArg,
+}
+
+/// Prints where the dashboard is and the token to log in with (the one
+/// this client uses: `--token`, `WASMOS_TOKEN` or the client config).
+pub fn dashboard(args: DashboardArgs) -> ExitCode {
+    let t = match args.master.target() {
+        Ok(t) => t,
+        Err(e) => {
+            eprintln!("wasmos dashboard: {e}");
+            return ExitCode::from(2);
+        }
+    };
+    println!("dashboard: {}/", t.url.trim_end_matches('/'));
+    match &t.token {
+        Some(tok) => println!("log in with the token: {tok}"),
+        None => println!("log in with a token that may view something (`wasmos token create NAME --grant view:*`)"),
+    }
+    if t.url.starts_with("https://") {
+        println!(
+            "the browser will ask about the cluster's own certificate: accept it, or trust the CA (the master's STATE_DIR/tls/ca.pem)"
+        );
+    }
+    ExitCode::SUCCESS
+}
+
+#[derive(clap::Args, Debug)]
 pub struct CompletionArgs {
     /// The shell to complete for.
     pub shell: clap_complete::Shell,

@@ -15,7 +15,9 @@ use crate::util::{guests_dir, run};
 /// 100 components submitted and waited for, the agent and framework lists,
 /// then stop (when `dev` is dropped, also on an error).
 pub fn demo(root: &Path) -> Result<()> {
-    guests::guests(root)?;
+    // Only what it shows: the Rust guests (`cargo xtask test` builds and
+    // installs the rest).
+    guests::demo_guests(root)?;
     run(Command::new("cargo").current_dir(root).args(["build", "--quiet", "-p", "wasmos"]))?;
     let wasmos = root.join("target/debug/wasmos");
     run(Command::new(&wasmos)
@@ -41,5 +43,9 @@ pub fn demo(root: &Path) -> Result<()> {
         .args(["--", "1", "2"])
         .stdout(std::process::Stdio::null()))?;
     run(wasmos().args(["agents", "--master", url]))?;
-    run(wasmos().args(["frameworks", "--master", url]))
+    run(wasmos().args(["frameworks", "--master", url]))?;
+    run(wasmos().args(["dashboard", "--master", url]))?;
+    println!("(this demo's cluster stops now: `target/debug/wasmos dev` keeps one running, and then");
+    println!(" `wasmos dashboard` prints its URL and the token to log in with)");
+    Ok(())
 }

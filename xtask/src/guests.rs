@@ -101,6 +101,24 @@ fn componentize_with(core: &[u8], adapter: &[u8]) -> Result<Vec<u8>> {
         .context("encoding the component")
 }
 
+/// The guests `cargo xtask demo` shows, and nothing else: hello (a WASI
+/// command) and hello-component, with Rust's wasm targets only.
+pub fn demo_guests(root: &Path) -> Result<()> {
+    let route = crate::setup::setup_rust()?;
+    let out = guests_dir(root);
+    std::fs::create_dir_all(&out)?;
+    let wasm = cargo_guest(root, route, "hello", "wasm32-wasip1")?;
+    std::fs::copy(&wasm, out.join("hello.wasm"))?;
+    if route == RustRoute::Rustup {
+        let c = cargo_guest(root, route, "hello-component", "wasm32-wasip2")?;
+        std::fs::copy(&c, out.join("hello-component.wasm"))?;
+    } else {
+        let core = cargo_guest(root, route, "hello-component", "wasm32-wasip1")?;
+        std::fs::write(out.join("hello-component.wasm"), componentize(&std::fs::read(&core)?)?)?;
+    }
+    Ok(())
+}
+
 /// `cargo xtask guests`: every example guest into target/guests/<name>.wasm.
 pub fn guests(root: &Path) -> Result<()> {
     let route = current_route(root)?;

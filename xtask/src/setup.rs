@@ -69,20 +69,27 @@ pub fn apt_install(packages: &[&str]) -> Result<()> {
     run(&mut sudo(&install)).with_context(|| format!("installing {missing:?}; run as root or with sudo"))
 }
 
+/// Rust's wasm targets only (what `cargo xtask demo` needs): rustup's,
+/// else Debian's rustc-web.
+pub fn setup_rust() -> Result<RustRoute> {
+    Ok(
+        if installed_rust_targets().iter().filter(|t| WASM_TARGETS.contains(&t.as_str())).count() == WASM_TARGETS.len()
+        {
+            RustRoute::Rustup
+        } else if has_command("rustup") && quiet_ok(Command::new("rustup").args(["target", "add"]).args(WASM_TARGETS)) {
+            eprintln!("xtask: added rustup targets {WASM_TARGETS:?}");
+            RustRoute::Rustup
+        } else {
+            eprintln!("xtask: rustup cannot provide wasm targets; using Debian's rustc-web with build-std");
+            apt_install(&DEBIAN_RUST)?;
+            RustRoute::Debian
+        },
+    )
+}
+
 /// Installs guest toolchains; idempotent and quick when all is there.
 pub fn setup(root: &Path) -> Result<RustRoute> {
-    let route = if installed_rust_targets().iter().filter(|t| WASM_TARGETS.contains(&t.as_str())).count()
-        == WASM_TARGETS.len()
-    {
-        RustRoute::Rustup
-    } else if has_command("rustup") && quiet_ok(Command::new("rustup").args(["target", "add"]).args(WASM_TARGETS)) {
-        eprintln!("xtask: added rustup targets {WASM_TARGETS:?}");
-        RustRoute::Rustup
-    } else {
-        eprintln!("xtask: rustup cannot provide wasm targets; using Debian's rustc-web with build-std");
-        apt_install(&DEBIAN_RUST)?;
-        RustRoute::Debian
-    };
+    let route = setup_rust()?;
     if !(has_command("clang-16")
         && Path::new(WASI_SYSROOT).join("libc.a").exists()
         && Path::new(CLANG_RT_WASM).exists())
