@@ -49,6 +49,25 @@ impl Executor {
         Some(control)
     }
 
+    /// Running tasks' use so far, for the heartbeat (at most `max` of them).
+    pub fn usage(&self, max: usize) -> Vec<v1::TaskUsage> {
+        self.live()
+            .iter()
+            .take(max)
+            .map(|(id, l)| v1::TaskUsage {
+                task_id: id.clone(),
+                fuel_used: l.control.fuel_used(),
+                mem_bytes: l.control.memory(),
+            })
+            .collect()
+    }
+
+    /// A live task's output from `offset` on; None if it does not run here.
+    fn tail(&self, id: &str, stderr: bool, offset: u64, max: u32) -> Option<(Vec<u8>, usize)> {
+        let stream = if stderr { wasmos_sandbox::Stream::Stderr } else { wasmos_sandbox::Stream::Stdout };
+        self.live().get(id).map(|l| l.control.output(stream, offset as usize, max as usize))
+    }
+
     /// What the agent reports with each heartbeat.
     pub fn stats(&self) -> v1::AgentStats {
         use std::sync::atomic::Ordering::Relaxed;
@@ -150,6 +169,23 @@ pub(crate) fn handle(agent: &Arc<Agent>, cmd: v1::AgentCommand) {
                 c.pause();
                 agent.report(&p.task_id, &fw, v1::TaskState::TaskPaused, "paused".into(), None);
             }
+        }
+        Some(Command::Tail(t)) => {
+            let (data, next, running) = match ex.tail(&t.task_id, t.stderr, t.offset, t.max_bytes) {
+                Some((data, next)) => (data, next as u64, true),
+                None => (Vec::new(), t.offset, false),
+            };
+            let agent = agent.clone();
+            tokio::spawn(async move {
+                let chunk = v1::TaskOutputChunk {
+                    agent_id: agent.link.id(),
+                    request_id: t.request_id,
+                    data,
+                    next_offset: next,
+                    running,
+                };
+                let _ = agent.link.client().output(chunk).await;
+            });
         }
         Some(Command::Resume(r)) => {
             if let Some((c, fw)) = ex.with_live(&r.task_id, Some(false)) {

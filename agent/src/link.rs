@@ -125,9 +125,13 @@ pub(crate) async fn heartbeats(agent: Arc<Agent>, every: Duration) {
         t.tick().await;
         let id = agent.link.id();
         let stats = Some(agent.executor.stats());
-        let _ = agent.link.client().heartbeat(v1::HeartbeatRequest { agent_id: id, stats }).await;
+        let usage = agent.executor.usage(MAX_USAGE_REPORTED);
+        let _ = agent.link.client().heartbeat(v1::HeartbeatRequest { agent_id: id, stats, usage }).await;
     }
 }
+
+/// Most running tasks whose use one heartbeat carries.
+const MAX_USAGE_REPORTED: usize = 1000;
 
 /// Follows the command stream for as long as the agent runs. Whenever it
 /// ends or cannot be opened: waits (backoff), reregisters, opens it again.

@@ -82,6 +82,8 @@ enum Command {
     Sign(sign::SignArgs),
     /// Print the master's Prometheus metrics (needs a token with view:*).
     Metrics(observe::MetricsArgs),
+    /// Running tasks by fuel per second, with memory and wall time against their limits, and the agents.
+    Top(observe::TopArgs),
     /// Print the dashboard's URL and the token to log in with.
     Dashboard(observe::DashboardArgs),
     /// Print a shell completion script (bash, zsh, fish, elvish, powershell).
@@ -134,6 +136,7 @@ fn main() -> ExitCode {
         Command::Sign(args) => sign::sign(args),
         Command::Metrics(args) => observe::metrics(args),
         Command::Dashboard(args) => observe::dashboard(args),
+        Command::Top(args) => observe::top(args),
         Command::Completion(args) => observe::completion(args, &mut Cli::command()),
     }
 }

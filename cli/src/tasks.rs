@@ -51,10 +51,13 @@ pub struct LogsArgs {
     pub master: MasterArg,
     /// The task's id, or any unique prefix of it.
     pub task: String,
-    /// Wait for the task to end, then print its output (agents send a task's
-    /// output when it ends).
+    /// Keep printing its output as it comes (asked of its agent every
+    /// --interval while it runs), until it ends.
     #[arg(long, short)]
     pub follow: bool,
+    /// With --follow: how often to ask.
+    #[arg(long, value_name = "DUR", default_value = "500ms", value_parser = crate::args::duration)]
+    pub interval: Duration,
     /// Print only its stderr (to stdout).
     #[arg(long)]
     pub stderr: bool,
@@ -266,6 +269,9 @@ pub fn logs(args: LogsArgs) -> ExitCode {
             Ok(id) => id,
             Err(e) => return fail("logs", e),
         };
+        if args.follow {
+            return follow(&mut op, &id, &args).await;
+        }
         loop {
             let t = match op.get_task(v1::GetTaskRequest { task_id: id.clone() }).await {
                 Ok(t) => t.into_inner(),
@@ -300,6 +306,50 @@ pub fn logs(args: LogsArgs) -> ExitCode {
             tokio::time::sleep(Duration::from_millis(200)).await;
         }
     })
+}
+
+/// `logs --follow`: each stream's output as it comes, until the task ends.
+async fn follow(op: &mut client::Operator, id: &str, args: &LogsArgs) -> ExitCode {
+    let streams: &[bool] = if args.stderr { &[true] } else { &[false, true] };
+    let mut offsets = [0u64; 2];
+    let mut first = true;
+    loop {
+        let mut running = false;
+        for &stderr in streams {
+            let req = v1::TaskOutputRequest {
+                task_id: id.to_string(),
+                stderr,
+                offset: offsets[stderr as usize],
+                max_bytes: 0,
+            };
+            match op.task_output(req).await {
+                Ok(r) => {
+                    let r = r.into_inner();
+                    let data = if first { tail(&r.data, args.tail) } else { &r.data[..] };
+                    let _ = if stderr && !args.stderr {
+                        std::io::stderr().write_all(data)
+                    } else {
+                        let mut out = std::io::stdout();
+                        out.write_all(data).and_then(|_| out.flush())
+                    };
+                    offsets[stderr as usize] = r.next_offset;
+                    running |= r.running;
+                    if !r.running && r.truncated {
+                        let name = if stderr { "stderr" } else { "stdout" };
+                        eprintln!("wasmos logs: {name} was truncated at the task's max_output");
+                    }
+                }
+                // Its agent is slow or away: ask again.
+                Err(e) if e.code() == tonic::Code::Unavailable => running = true,
+                Err(e) => return fail("logs", status_msg(&e)),
+            }
+        }
+        first = false;
+        if !running {
+            return ExitCode::SUCCESS;
+        }
+        tokio::time::sleep(args.interval).await;
+    }
 }
 
 /// What `kill`, `pause` and `resume` ask the master to do to a task.

@@ -160,6 +160,8 @@ fn describe(cmd: &Cmd, state: &State) -> Option<(&'static str, String, String)> 
         | Cmd::ListFrameworks(..)
         | Cmd::ListTasks(..)
         | Cmd::GetTask(..)
+        | Cmd::TaskOutput(..)
+        | Cmd::AgentOutput(..)
         | Cmd::ListRoles(..)
         | Cmd::Overview(..)
         | Cmd::Snapshot(..)

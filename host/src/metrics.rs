@@ -157,6 +157,9 @@ pub(crate) struct AgentStats {
     pub cache_evictions: u64,
     pub fuel_consumed: u64,
     pub tasks_ended: u64,
+    /// Its running tasks' use: (task, fuel so far, memory now). Taken out
+    /// into the tasks when the heartbeat arrives.
+    pub usage: Vec<(String, u64, u64)>,
 }
 
 /// One agent at a scrape.

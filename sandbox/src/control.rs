@@ -22,6 +22,23 @@ pub enum Signal {
 #[derive(Debug, Clone)]
 pub struct TaskControl {
     tx: Arc<watch::Sender<Signal>>,
+    live: Arc<Live>,
+}
+
+/// What a run shows while it goes: its use so far (updated at each epoch
+/// tick) and its output so far.
+#[derive(Debug, Default)]
+struct Live {
+    fuel: std::sync::atomic::AtomicU64,
+    mem: std::sync::atomic::AtomicU64,
+    output: std::sync::OnceLock<(crate::output::Capture, crate::output::Capture)>,
+}
+
+/// Which output stream.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Stream {
+    Stdout,
+    Stderr,
 }
 
 impl Default for TaskControl {
@@ -32,7 +49,7 @@ impl Default for TaskControl {
 
 impl TaskControl {
     pub fn new() -> TaskControl {
-        TaskControl { tx: Arc::new(watch::Sender::new(Signal::Run)) }
+        TaskControl { tx: Arc::new(watch::Sender::new(Signal::Run)), live: Arc::default() }
     }
 
     fn set(&self, s: Signal) {
@@ -61,6 +78,37 @@ impl TaskControl {
     }
     pub(crate) fn subscribe(&self) -> watch::Receiver<Signal> {
         self.tx.subscribe()
+    }
+
+    /// Fuel used so far (as of the last epoch tick; 0 without metering).
+    pub fn fuel_used(&self) -> u64 {
+        self.live.fuel.load(std::sync::atomic::Ordering::Relaxed)
+    }
+
+    /// Memory in use now (as of the last epoch tick).
+    pub fn memory(&self) -> u64 {
+        self.live.mem.load(std::sync::atomic::Ordering::Relaxed)
+    }
+
+    /// Up to `max` bytes of a stream's kept output from `offset` on, and the
+    /// offset after them; empty before the run started.
+    pub fn output(&self, stream: Stream, offset: usize, max: usize) -> (Vec<u8>, usize) {
+        match self.live.output.get() {
+            Some((out, err)) => match stream {
+                Stream::Stdout => out.read_from(offset, max),
+                Stream::Stderr => err.read_from(offset, max),
+            },
+            None => (Vec::new(), offset),
+        }
+    }
+
+    pub(crate) fn attach_output(&self, stdout: crate::output::Capture, stderr: crate::output::Capture) {
+        let _ = self.live.output.set((stdout, stderr));
+    }
+
+    pub(crate) fn note_use(&self, fuel: u64, mem: u64) {
+        self.live.fuel.store(fuel, std::sync::atomic::Ordering::Relaxed);
+        self.live.mem.store(mem, std::sync::atomic::Ordering::Relaxed);
     }
 }
 

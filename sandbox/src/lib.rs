@@ -39,7 +39,7 @@ use wasmtime::Engine;
 
 pub use cache::{CacheStats, ModuleHash};
 pub use config::*;
-pub use control::{Signal, TaskControl};
+pub use control::{Signal, Stream, TaskControl};
 pub use fs::{InputFile, SandboxDirSpec};
 pub use output::Passthrough;
 pub use scheduler::{

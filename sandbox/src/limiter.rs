@@ -33,6 +33,11 @@ impl MemLimiter {
         self.peak
     }
 
+    /// Memory (linear memories and tables) in use now.
+    pub(crate) fn used(&self) -> u64 {
+        self.used
+    }
+
     fn grow(&mut self, what: &str, current_bytes: u64, desired_bytes: u64) -> bool {
         let delta = desired_bytes.saturating_sub(current_bytes);
         let want = self.used.saturating_add(delta);

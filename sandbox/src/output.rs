@@ -64,6 +64,14 @@ impl Capture {
         };
     }
 
+    /// Up to `max` kept bytes from `offset` on, and the offset after them.
+    pub(crate) fn read_from(&self, offset: usize, max: usize) -> (Vec<u8>, usize) {
+        let inner = self.0.lock().unwrap_or_else(|e| e.into_inner());
+        let from = offset.min(inner.buf.len());
+        let to = (from + max).min(inner.buf.len());
+        (inner.buf[from..to].to_vec(), to)
+    }
+
     /// Takes the kept bytes and the truncation flag.
     pub(crate) fn take(&self) -> (Vec<u8>, bool) {
         let mut inner = self.0.lock().unwrap_or_else(|e| e.into_inner());

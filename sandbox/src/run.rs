@@ -298,6 +298,7 @@ pub(crate) async fn run(inner: &Inner, module: &Arc<Prepared>, req: RunRequest, 
     };
     let stdout = Capture::new(limits.max_output, passthrough(Passthrough::Stdout));
     let stderr = Capture::new(limits.max_output, passthrough(Passthrough::Stderr));
+    control.attach_output(stdout.clone(), stderr.clone());
     let mut b = WasiCtxBuilder::new();
     b.args(&req.args).envs(&req.env).stdout(stdout.clone()).stderr(stderr.clone()).allow_tcp(false).allow_udp(false);
     let stdin = match req.stdin {
@@ -355,8 +356,11 @@ pub(crate) async fn run(inner: &Inner, module: &Arc<Prepared>, req: RunRequest, 
     }
     let clock = Arc::new(ActiveClock::start(limits.timeout));
     let cb_clock = clock.clone();
+    let (cb_control, metered) = (control.clone(), inner.cfg.meter_fuel);
     store.set_epoch_deadline(1);
-    store.epoch_deadline_callback(move |_| {
+    store.epoch_deadline_callback(move |ctx| {
+        let fuel = if metered { initial_fuel.saturating_sub(ctx.get_fuel().unwrap_or(initial_fuel)) } else { 0 };
+        cb_control.note_use(fuel, ctx.data().limiter.used());
         Ok(if cb_clock.expired() { UpdateDeadline::Interrupt } else { UpdateDeadline::Continue(1) })
     });
 

@@ -292,3 +292,68 @@ fn a_task_by_any_unique_prefix_with_its_history() {
     let o = wasmos(&c, &["kill", shared]);
     assert_eq!(o.status.code(), Some(2));
 }
+
+/// A running task seen while it runs: `wasmos top` shows its use (from its
+/// agent's heartbeats), `wasmos logs --follow` its output as it comes, and
+/// ends when the task does.
+#[test]
+fn top_and_logs_follow_show_a_task_while_it_runs() {
+    use std::io::BufRead;
+    let c = Cluster::start();
+    let dir = tempfile::tempdir().unwrap();
+    let n = dir.path().join("n.txt");
+    std::fs::write(&n, "3000000000").unwrap();
+    let o = wasmos(
+        &c,
+        &[
+            "submit",
+            "--cpus",
+            "0.5",
+            "--timeout",
+            "10m",
+            "--input",
+            n.to_str().unwrap(),
+            guest("primes").to_str().unwrap(),
+        ],
+    );
+    assert!(o.status.success(), "{}", err(&o));
+    let id = out(&o).trim().to_string();
+    let mut follow = c
+        .cmd()
+        .args(["logs", "--follow", "--stderr", "--interval", "100ms", &id])
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut first = String::new();
+    std::io::BufReader::new(follow.stdout.take().unwrap()).read_line(&mut first).unwrap();
+    assert_eq!(first, "counting primes below 3000000000 (attempt 1)\n", "its log, while it runs");
+    assert!(follow.try_wait().unwrap().is_none(), "--follow goes on while the task runs");
+    // top: fuel used so far and its rate, memory against the limit.
+    let t0 = std::time::Instant::now();
+    let frame = loop {
+        let f = out(&wasmos(&c, &["top", "--once"]));
+        let row = f.lines().find(|l| l.starts_with(&id)).unwrap_or_default().to_string();
+        let fuel = row.split_whitespace().nth(4).unwrap_or("0");
+        if fuel != "0" {
+            break f;
+        }
+        assert!(t0.elapsed() < Duration::from_secs(30), "no use reported: {f}");
+        std::thread::sleep(Duration::from_millis(200));
+    };
+    assert!(
+        frame.contains("FUEL/S") && frame.contains("/64MiB") && frame.contains("/10m") && frame.contains("running"),
+        "{frame}"
+    );
+    let v: serde_json::Value = lines(&wasmos(&c, &["tasks", "--state", "running", "--json"])).remove(0);
+    assert_eq!(v["task_id"], id.as_str());
+    assert!(wasmos(&c, &["kill", &id]).status.success());
+    let t0 = std::time::Instant::now();
+    let status = loop {
+        if let Some(s) = follow.try_wait().unwrap() {
+            break s;
+        }
+        assert!(t0.elapsed() < Duration::from_secs(30), "--follow did not end with the task");
+        std::thread::sleep(Duration::from_millis(100));
+    };
+    assert!(status.success());
+}

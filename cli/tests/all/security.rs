@@ -451,14 +451,17 @@ fn agents_join_once_with_a_token_and_speak_only_for_themselves() {
     let mut a = agent_client(&rt, &Target { identity: Some(cert), token: None, ..trusted(&c) });
     let reg = v1::RegisterAgentRequest { info: info(), agent_id: me.clone(), running_tasks: vec![] };
     rt.block_on(a.register(reg)).expect("registering as itself");
-    rt.block_on(a.heartbeat(v1::HeartbeatRequest { agent_id: me.clone(), stats: None })).expect("its own heartbeat");
+    rt.block_on(a.heartbeat(v1::HeartbeatRequest { agent_id: me.clone(), stats: None, usage: vec![] }))
+        .expect("its own heartbeat");
     // ... but never as another agent, nor as a new one.
     for other in [victim.as_str(), ""] {
         let reg = v1::RegisterAgentRequest { info: info(), agent_id: other.into(), running_tasks: vec![] };
         let e = rt.block_on(a.register(reg)).unwrap_err();
         assert_eq!(e.code(), tonic::Code::PermissionDenied, "register as {other:?}: {e:?}");
     }
-    let e = rt.block_on(a.heartbeat(v1::HeartbeatRequest { agent_id: victim.clone(), stats: None })).unwrap_err();
+    let e = rt
+        .block_on(a.heartbeat(v1::HeartbeatRequest { agent_id: victim.clone(), stats: None, usage: vec![] }))
+        .unwrap_err();
     assert_eq!(e.code(), tonic::Code::PermissionDenied, "{e:?}");
     let forged = v1::TaskStatus { task_id: "task-x".into(), state: 4, uuid: vec![1; 16], ..Default::default() };
     let e = rt.block_on(a.update(v1::StatusUpdates { agent_id: victim.clone(), updates: vec![forged] })).unwrap_err();
@@ -500,7 +503,9 @@ fn agents_join_once_with_a_token_and_speak_only_for_themselves() {
     assert!(out(&o).contains(&format!("\"name\":\"{row}\"")), "{}", out(&o));
     let o = c.cmd().args(["token", "revoke", &row]).output().unwrap();
     assert_eq!(o.status.code(), Some(0), "{}", err(&o));
-    let e = rt.block_on(a.heartbeat(v1::HeartbeatRequest { agent_id: me.clone(), stats: None })).unwrap_err();
+    let e = rt
+        .block_on(a.heartbeat(v1::HeartbeatRequest { agent_id: me.clone(), stats: None, usage: vec![] }))
+        .unwrap_err();
     assert_eq!(e.code(), tonic::Code::Unauthenticated, "{e:?}");
     assert!(e.message().contains("revoked"), "{e:?}");
     let reg = v1::RegisterAgentRequest { info: info(), agent_id: me.clone(), running_tasks: vec![] };

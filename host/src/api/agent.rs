@@ -18,6 +18,9 @@ fn known_agent(id: &str, then: &str) -> Result<AgentId, Status> {
     AgentId::new(id.to_string()).map_err(|_| Status::not_found(format!("unknown agent {id:?}; {then}")))
 }
 
+/// Most running tasks' use taken from one heartbeat.
+pub(crate) const MAX_USAGE: usize = 1000;
+
 impl MasterHandle {
     /// The agent a request comes from: the agent its client certificate
     /// names (TLS), or whose secret it carries (`--insecure`).
@@ -151,6 +154,20 @@ impl v1::agent_service_server::AgentService for MasterHandle {
         Ok(Response::new(v1::StatusAcks { uuids }))
     }
 
+    async fn output(&self, r: Request<v1::TaskOutputChunk>) -> Result<Response<v1::TaskOutputAck>, Status> {
+        let who = self.agent_caller(&r, "agent_output")?;
+        let req = r.into_inner();
+        let id = known_agent(&req.agent_id, "register again")?;
+        let out = crate::master::types::OutputView {
+            data: req.data,
+            next_offset: req.next_offset,
+            running: req.running,
+            truncated: false,
+        };
+        self.request(who, |reply| Cmd::AgentOutput(id, req.request_id, out, reply)).await?;
+        Ok(Response::new(v1::TaskOutputAck {}))
+    }
+
     async fn heartbeat(&self, r: Request<v1::HeartbeatRequest>) -> Result<Response<v1::HeartbeatResponse>, Status> {
         let who = self.agent_caller(&r, "agent_heartbeat")?;
         let req = r.into_inner();
@@ -166,6 +183,7 @@ impl v1::agent_service_server::AgentService for MasterHandle {
             cache_evictions: s.module_cache_evictions,
             fuel_consumed: s.fuel_consumed,
             tasks_ended: s.tasks_ended,
+            usage: req.usage.into_iter().take(MAX_USAGE).map(|u| (u.task_id, u.fuel_used, u.mem_bytes)).collect(),
         };
         self.request(who, |reply| Cmd::AgentHeartbeat(id, stats, reply)).await?;
         Ok(Response::new(v1::HeartbeatResponse {}))

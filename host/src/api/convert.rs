@@ -183,6 +183,13 @@ pub(crate) fn command_to_wire(c: AgentCommand) -> v1::AgentCommand {
         AgentCommand::Kill(t) => Command::Kill(Kill { task_id: t.to_string() }),
         AgentCommand::Pause(t) => Command::Pause(Pause { task_id: t.to_string() }),
         AgentCommand::Resume(t) => Command::Resume(Resume { task_id: t.to_string() }),
+        AgentCommand::Tail { task, stderr, offset, max, request } => Command::Tail(v1::agent_command::Tail {
+            task_id: task.to_string(),
+            stderr,
+            offset,
+            request_id: request,
+            max_bytes: max,
+        }),
     };
     v1::AgentCommand { command: Some(command) }
 }
@@ -231,9 +238,12 @@ pub(crate) fn task_view_to_wire(t: &TaskView) -> v1::TaskSummary {
         message: t.message.clone(),
         role: t.role.clone(),
         events: t.events.iter().map(task_event_to_wire).collect(),
-        limits: t.spec.as_ref().map(|s| wasmos_proto::limits_to_wire(&s.limits)),
+        limits: t.limits.as_ref().map(wasmos_proto::limits_to_wire),
         args: t.spec.as_ref().map(|s| s.args.clone()).unwrap_or_default(),
         env_keys: t.spec.as_ref().map(|s| s.env.keys().cloned().collect()).unwrap_or_default(),
+        live_fuel: t.usage.map_or(0, |u| u.fuel),
+        live_mem_bytes: t.usage.map_or(0, |u| u.mem),
+        fuel_per_sec: t.usage.map_or(0.0, |u| u.fuel_per_sec),
     }
 }
 
@@ -277,6 +287,8 @@ pub(crate) fn task_view_from_wire(s: &v1::TaskSummary) -> Result<TaskView, Strin
         message: s.message.clone(),
         events: s.events.iter().filter_map(task_event_from_wire).collect(),
         spec: None,
+        usage: None,
+        limits: s.limits.as_ref().map(|l| wasmos_proto::limits_from_wire(Some(l))),
     })
 }
 

@@ -226,6 +226,9 @@ fn task_json(t: &v1::TaskSummary) -> Value {
     o.insert("finished_at_ms".into(), json!(t.finished_at_ms));
     o.insert("message".into(), json!(t.message));
     o.insert("module_sha256".into(), json!(t.module_sha256));
+    o.insert("live_fuel".into(), json!(t.live_fuel));
+    o.insert("live_mem_bytes".into(), json!(t.live_mem_bytes));
+    o.insert("fuel_per_sec".into(), json!(t.fuel_per_sec));
     put_res(&mut o, "resources", t.resources.as_ref());
     o.insert(
         "outcome".into(),
@@ -474,32 +477,31 @@ struct OutputQuery {
     offset: Option<usize>,
 }
 
-/// A task's output from `offset` on. Output arrives with the task's end
-/// (agents send the bounded tails then); `running` says whether more may come.
+/// A task's output from `offset` on: a running task's as its agent has it
+/// now (the page polls while `running`), an ended one's from its outcome.
 async fn output(
     State(h): State<MasterHandle>,
     headers: HeaderMap,
     Path(id): Path<String>,
     Query(q): Query<OutputQuery>,
 ) -> Api {
-    let t = get_task(&h, &headers, id).await?;
-    let bytes = match (q.stream.as_deref().unwrap_or("stdout"), &t.outcome) {
-        ("stdout", Some(o)) => o.stdout.clone(),
-        ("stderr", Some(o)) => o.stderr.clone(),
-        ("stdout" | "stderr", None) => Vec::new(),
-        (other, _) => {
+    let stderr = match q.stream.as_deref().unwrap_or("stdout") {
+        "stdout" => false,
+        "stderr" => true,
+        other => {
             return Err(ApiError(
                 StatusCode::BAD_REQUEST,
                 format!("stream {other:?} is unknown; use stdout or stderr"),
             ));
         }
     };
-    let from = q.offset.unwrap_or(0).min(bytes.len());
-    let running = wasmos_proto::state_from_wire(t.state).is_some_and(|s| !s.is_terminal());
+    let req = v1::TaskOutputRequest { task_id: id, stderr, offset: q.offset.unwrap_or(0) as u64, max_bytes: 0 };
+    let r = h.task_output(grpc(&headers, req)).await?.into_inner();
     Ok(Json(json!({
-        "data": String::from_utf8_lossy(&bytes[from..]),
-        "next_offset": bytes.len(),
-        "running": running,
+        "data": String::from_utf8_lossy(&r.data),
+        "next_offset": r.next_offset,
+        "running": r.running,
+        "truncated": r.truncated,
     })))
 }
 

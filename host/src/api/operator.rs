@@ -155,6 +155,48 @@ impl v1::operator_server::Operator for MasterHandle {
         found.filter(|t| sees(&who, &t.role)).map(|t| Response::new(task_view_to_wire(&t))).ok_or(missing)
     }
 
+    async fn task_output(&self, r: Request<v1::TaskOutputRequest>) -> Result<Response<v1::TaskOutputResponse>, Status> {
+        let who = self.caller(&r, "task_output")?;
+        let req = r.into_inner();
+        let id = req.task_id.clone();
+        let tid = TaskId::new(id.clone())
+            .map_err(|_| Status::not_found(format!("no task {id:?}; list tasks with `wasmos tasks`")))?;
+        let (stderr, offset, max) = (req.stderr, req.offset, req.max_bytes);
+        let missing = match self.request(who.clone(), |reply| Cmd::TaskOutput(tid, stderr, offset, max, reply)).await {
+            Ok(o) => {
+                return Ok(Response::new(v1::TaskOutputResponse {
+                    data: o.data,
+                    next_offset: o.next_offset,
+                    running: o.running,
+                    truncated: o.truncated,
+                }));
+            }
+            Err(s) if s.code() == tonic::Code::NotFound => s,
+            Err(s) => return Err(s),
+        };
+        // An ended task that left memory: its outcome from the history.
+        let Some(h) = self.history.clone() else { return Err(missing) };
+        let found = tokio::task::spawn_blocking(move || h.get(&id))
+            .await
+            .map_err(|e| Status::internal(e.to_string()))?
+            .map_err(|e| Status::internal(e.to_string()))?;
+        let t = found.filter(|t| sees(&who, &t.role)).ok_or(missing)?;
+        let (bytes, truncated) = match &t.outcome {
+            Some(o) if stderr => (o.stderr.clone(), o.stderr_truncated),
+            Some(o) => (o.stdout.clone(), o.stdout_truncated),
+            None => (Vec::new(), false),
+        };
+        let max = if max == 0 { usize::MAX } else { max as usize };
+        let from = (offset as usize).min(bytes.len());
+        let to = from.saturating_add(max).min(bytes.len());
+        Ok(Response::new(v1::TaskOutputResponse {
+            data: bytes[from..to].to_vec(),
+            next_offset: to as u64,
+            running: false,
+            truncated,
+        }))
+    }
+
     async fn list_roles(&self, r: Request<v1::ListRolesRequest>) -> Result<Response<v1::ListRolesResponse>, Status> {
         let who = self.caller(&r, "list_roles")?;
         let roles = self.request(who, Cmd::ListRoles).await?;
@@ -447,6 +489,8 @@ mod tests {
             message: String::new(),
             events: vec![],
             spec: None,
+            usage: None,
+            limits: None,
         }
     }
 

@@ -758,8 +758,11 @@ async function viewTasks(ctx, query) {
 function limitsTable(t, outUsed) {
   const lim = (t.spec && t.spec.limits) || {};
   const o = t.outcome || null;
-  const fuel = o && o.fuel_consumed != null ? Number(o.fuel_consumed) : null;
-  const peak = o && o.peak_memory_bytes != null ? Number(o.peak_memory_bytes) : null;
+  // While it runs: its agent's latest report (live_*), else nothing yet.
+  const live = !o && t.live_fuel != null && Number(t.live_fuel) > 0;
+  const fuel = o && o.fuel_consumed != null ? Number(o.fuel_consumed) : (live ? Number(t.live_fuel) : null);
+  const peak = o && o.peak_memory_bytes != null ? Number(o.peak_memory_bytes)
+    : (live ? Number(t.live_mem_bytes) : null);
   let wall = o && o.wall_ms != null ? Number(o.wall_ms) : null;
   if (wall == null && validMs(t.started_at_ms)) {
     wall = (validMs(t.finished_at_ms) ? Number(t.finished_at_ms) : Date.now()) - Number(t.started_at_ms);
@@ -769,10 +772,11 @@ function limitsTable(t, outUsed) {
   const rows = [
     h('tr', { 'data-limit': 'fuel' }, h('th', null, 'fuel'),
       h('td', { class: 'n' }, h('span', { id: 'fuel-used', class: 'mono' }, fuel == null ? '' : String(fuel)),
-        fuel == null ? h('span', { class: 'muted' }, 'not yet known') : null),
+        fuel == null ? h('span', { class: 'muted' }, 'not yet known') : null,
+        live ? h('span', { class: 'small muted' }, ' so far (' + fmtNum(Math.round(Number(t.fuel_per_sec) || 0)) + '/s)') : null),
       h('td', { class: 'n' }, lim.fuel > 0 ? fmtNum(lim.fuel) : 'unlimited'),
       h('td', null, meter(fuel, Number(lim.fuel), 'fuel'))),
-    h('tr', { 'data-limit': 'memory' }, h('th', null, 'peak memory'),
+    h('tr', { 'data-limit': 'memory' }, h('th', null, live ? 'memory now' : 'peak memory'),
       h('td', { class: 'n' }, peak == null ? '—' : fmtBytes(peak)),
       h('td', { class: 'n' }, lim.mem_bytes > 0 ? fmtBytes(lim.mem_bytes) : 'none'),
       h('td', null, meter(peak, Number(lim.mem_bytes), 'memory'))),

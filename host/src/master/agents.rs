@@ -184,11 +184,20 @@ impl Master {
         Ok(())
     }
 
-    pub(super) fn agent_heartbeat(&mut self, id: &AgentId, stats: crate::metrics::AgentStats) -> Result<(), Error> {
+    pub(super) fn agent_heartbeat(&mut self, id: &AgentId, mut stats: crate::metrics::AgentStats) -> Result<(), Error> {
         match self.state.agents.get_mut(id) {
             Some(a) => {
                 a.last_seen = Instant::now();
+                let usage = std::mem::take(&mut stats.usage);
                 a.stats = stats;
+                for (task, fuel, mem) in usage {
+                    // Only a task the master has on this agent.
+                    if let Ok(tid) = TaskId::new(task)
+                        && self.state.tasks.get(&tid).is_some_and(|t| t.agent() == Some(id))
+                    {
+                        self.state.tasks.note_usage(&tid, fuel, mem);
+                    }
+                }
                 Ok(())
             }
             None => Err(unknown_agent(id)),

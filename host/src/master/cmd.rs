@@ -85,6 +85,11 @@ pub(crate) enum Cmd {
     /// Tasks in memory after a position, at most this many (see `views.rs`).
     ListTasks(TaskFilter, u64, usize, Reply<Page<TaskView>>),
     GetTask(TaskId, Reply<TaskView>),
+    /// A task's output from an offset on (stderr?, offset, most bytes): a
+    /// running task's is asked of its agent.
+    TaskOutput(TaskId, bool, u64, u32, Reply<OutputView>),
+    /// An agent's answer to a `Tail` command: (request, output).
+    AgentOutput(AgentId, u64, OutputView, Reply<()>),
     ListRoles(Reply<Vec<RoleView>>),
     /// The cluster at a glance, as the caller may view it.
     Overview(Reply<super::stats::Overview>),
@@ -193,7 +198,10 @@ pub(crate) fn authorize(who: &Principal, cmd: &Cmd, state: &super::State) -> Res
             (Principal::Master, _) => Ok(()),
             (Principal::Token(c), _) => Err(not_an_agent(c)),
         },
-        Cmd::AttachAgent(id, ..) | Cmd::AgentUpdates(id, ..) | Cmd::AgentHeartbeat(id, ..) => match who {
+        Cmd::AttachAgent(id, ..)
+        | Cmd::AgentUpdates(id, ..)
+        | Cmd::AgentHeartbeat(id, ..)
+        | Cmd::AgentOutput(id, ..) => match who {
             Principal::Agent(me) if me == id => Ok(()),
             Principal::Agent(me) => Err(Error::denied(format!("agent {me} may not speak for agent {id}"))),
             Principal::Master => Ok(()),
@@ -220,7 +228,7 @@ pub(crate) fn authorize(who: &Principal, cmd: &Cmd, state: &super::State) -> Res
             allow_somewhere(who, Action::View)
         }
         // A task the token may not see is as good as absent.
-        Cmd::GetTask(id, _) => match role_of_task(id) {
+        Cmd::GetTask(id, _) | Cmd::TaskOutput(id, ..) => match role_of_task(id) {
             Some(role) if !crate::auth::sees(who, role) => {
                 Err(Error::not_found(format!("no task {id}; list tasks with `wasmos tasks`")))
             }
@@ -321,6 +329,8 @@ impl Cmd {
             Cmd::ListFrameworks(_, _, r) => no(r, e),
             Cmd::ListTasks(_, _, _, r) => no(r, e),
             Cmd::GetTask(_, r) => no(r, e),
+            Cmd::TaskOutput(_, _, _, _, r) => no(r, e),
+            Cmd::AgentOutput(_, _, _, r) => no(r, e),
             Cmd::ListRoles(r) => no(r, e),
             Cmd::Overview(r) => no(r, e),
             Cmd::Snapshot(r) => no(r, e),

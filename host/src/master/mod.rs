@@ -27,6 +27,7 @@ pub(crate) mod types;
 pub(crate) mod validate;
 pub(crate) mod views;
 
+use std::collections::HashMap;
 use std::sync::Arc;
 use std::sync::atomic::AtomicU64;
 use std::time::{Duration, Instant};
@@ -190,6 +191,9 @@ pub(crate) struct Master {
     tokens: tokens::Tokens,
     /// The audit log (every mutating and every denied command).
     audit: Arc<crate::audit::Audit>,
+    /// Output requests sent to agents, by request id: (agent, reply, deadline).
+    outputs: HashMap<u64, (AgentId, cmd::Reply<OutputView>, Instant)>,
+    next_output: u64,
     /// The secret of the admin token made at this start, if one was.
     pub(crate) bootstrap_secret: Option<String>,
 }
@@ -235,6 +239,8 @@ impl Master {
             retention: Retention { max_tasks: retention_cfg.0, max_bytes: retention_cfg.1, ttl: retention_cfg.2 },
             tokens: tokens::Tokens::new(auth, ca_fingerprint),
             audit,
+            outputs: HashMap::new(),
+            next_output: 0,
             bootstrap_secret: None,
         };
         // Nothing queued yet: no offers for the batch framework until a submit.
@@ -330,6 +336,7 @@ impl Master {
                     self.expire_recovering();
                     self.expire_unreported();
                     self.expire_frameworks();
+                    self.expire_outputs();
                     self.evict();
                     if last_artifact_gc.elapsed() >= ARTIFACT_GC_EVERY {
                         last_artifact_gc = Instant::now();
@@ -396,6 +403,11 @@ impl Master {
             }
             Cmd::GetTask(id, reply) => {
                 let _ = reply.send(self.get_task(&id));
+            }
+            Cmd::TaskOutput(id, stderr, offset, max, reply) => self.task_output(&id, stderr, offset, max, reply),
+            Cmd::AgentOutput(agent, request, out, reply) => {
+                let _ = reply.send(Ok(()));
+                self.agent_output(&agent, request, out);
             }
             Cmd::ListRoles(reply) => {
                 let _ = reply.send(Ok(self.list_roles()));

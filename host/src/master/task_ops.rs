@@ -2,13 +2,13 @@
 
 use std::sync::Arc;
 
-use wasmos_model::{FrameworkId, Role, TaskId, TaskSpec, TaskState};
+use wasmos_model::{AgentId, FrameworkId, Role, TaskId, TaskSpec, TaskState};
 
 use super::Master;
 use super::cmd::Error;
 use super::frameworks::Kind;
 use super::tasks::Task;
-use super::types::{Submission, TaskAction, TaskStatus, WatchEvent, now_ms};
+use super::types::{OutputView, Submission, TaskAction, TaskStatus, WatchEvent, now_ms};
 use crate::batch::{BatchTask, DEFAULT_MAX_ATTEMPTS};
 use crate::registry::SubmissionRecord;
 
@@ -258,4 +258,69 @@ impl Master {
         let _ = self.alloc.update_framework(&self.batch_id, &roles);
         let _ = self.alloc.suppress(&self.batch_id, std::slice::from_ref(role));
     }
+
+    /// A task's output from `offset` on: an ended or never-placed task's
+    /// from its outcome; a running task's asked of its agent (answered by
+    /// [`Master::agent_output`], or an error after [`OUTPUT_WAIT`]).
+    pub(super) fn task_output(
+        &mut self,
+        id: &TaskId,
+        stderr: bool,
+        offset: u64,
+        max: u32,
+        reply: super::cmd::Reply<OutputView>,
+    ) {
+        let Some(t) = self.state.tasks.get(id) else {
+            let _ = reply.send(Err(Error::not_found(format!("no task {id}; list tasks with `wasmos tasks`"))));
+            return;
+        };
+        let max = if max == 0 { MAX_OUTPUT_CHUNK } else { max.min(MAX_OUTPUT_CHUNK) };
+        let running = matches!(t.state(), TaskState::Running | TaskState::Paused | TaskState::Killing);
+        let agent = t.agent().cloned().filter(|_| running);
+        let Some(agent) = agent else {
+            let (bytes, truncated) = match &t.outcome {
+                Some(o) if stderr => (&o.stderr[..], o.stderr_truncated),
+                Some(o) => (&o.stdout[..], o.stdout_truncated),
+                None => (&[][..], false),
+            };
+            let from = (offset as usize).min(bytes.len());
+            let to = (from + max as usize).min(bytes.len());
+            let more = !t.state().is_terminal();
+            let out = OutputView { data: bytes[from..to].to_vec(), next_offset: to as u64, running: more, truncated };
+            let _ = reply.send(Ok(out));
+            return;
+        };
+        self.next_output += 1;
+        let request = self.next_output;
+        self.outputs.insert(request, (agent.clone(), reply, std::time::Instant::now() + OUTPUT_WAIT));
+        let cmd = super::types::AgentCommand::Tail { task: id.clone(), stderr, offset, max, request };
+        self.effects.send_agent(&agent, cmd);
+    }
+
+    /// An agent's answer to a `Tail`.
+    pub(super) fn agent_output(&mut self, agent: &AgentId, request: u64, out: OutputView) {
+        if self.outputs.get(&request).is_some_and(|(a, _, _)| a == agent)
+            && let Some((_, reply, _)) = self.outputs.remove(&request)
+        {
+            let _ = reply.send(Ok(out));
+        }
+    }
+
+    /// Output requests whose agent did not answer in time.
+    pub(super) fn expire_outputs(&mut self) {
+        let now = std::time::Instant::now();
+        let due: Vec<u64> = self.outputs.iter().filter(|(_, (_, _, d))| *d <= now).map(|(k, _)| *k).collect();
+        for k in due {
+            if let Some((agent, reply, _)) = self.outputs.remove(&k) {
+                let _ = reply.send(Err(Error::unavailable(format!(
+                    "agent {agent} did not send the task's output within {OUTPUT_WAIT:?}; retry"
+                ))));
+            }
+        }
+    }
 }
+
+/// How long a running task's agent has to send its output.
+const OUTPUT_WAIT: std::time::Duration = std::time::Duration::from_secs(5);
+/// Most output bytes one request returns.
+pub(crate) const MAX_OUTPUT_CHUNK: u32 = 1 << 20;

@@ -59,6 +59,8 @@ pub(crate) struct Task {
     counted_ended: bool,
     /// What happened to it since it was submitted (see [`TaskEvent`]).
     pub events: Vec<TaskEvent>,
+    /// While it runs: its use so far, as its agent reports it.
+    pub usage: Option<super::types::Usage>,
 }
 
 /// Most events kept per task: the first, and the latest after it.
@@ -106,6 +108,7 @@ impl Task {
             applied: Vec::new(),
             counted_ended: false,
             events: Vec::new(),
+            usage: None,
         }
     }
 
@@ -130,6 +133,7 @@ impl Task {
             applied: rec.applied_uuids,
             counted_ended: v.state.is_terminal(),
             events: v.events,
+            usage: None,
         }
     }
 
@@ -369,6 +373,18 @@ impl Tasks {
         t.log(TaskState::Staging, "retrying", message.clone());
         t.message = Cow::Owned(message);
         self.changed.insert(id.clone());
+    }
+
+    /// A running task's use as its agent reports it.
+    pub fn note_usage(&mut self, id: &TaskId, fuel: u64, mem: u64) {
+        let Some(t) = self.map.get_mut(id).filter(|t| !t.state.is_terminal()) else { return };
+        let at_ms = now_ms();
+        let fuel_per_sec = match t.usage {
+            Some(u) if at_ms > u.at_ms && fuel >= u.fuel => (fuel - u.fuel) as f64 * 1e3 / (at_ms - u.at_ms) as f64,
+            Some(u) => u.fuel_per_sec,
+            None => 0.0,
+        };
+        t.usage = Some(super::types::Usage { fuel, mem, at_ms, fuel_per_sec });
     }
 
     /// A launch: logged, and a queued task's "queued" message goes.

@@ -130,10 +130,41 @@ pub(crate) struct Offer {
 /// What the master tells an agent.
 #[derive(Debug, Clone, PartialEq)]
 pub(crate) enum AgentCommand {
-    Launch { framework_id: FrameworkId, tasks: Vec<LaunchTask> },
+    Launch {
+        framework_id: FrameworkId,
+        tasks: Vec<LaunchTask>,
+    },
     Kill(TaskId),
     Pause(TaskId),
     Resume(TaskId),
+    /// Send a running task's output (see [`OutputView`]).
+    Tail {
+        task: TaskId,
+        stderr: bool,
+        offset: u64,
+        max: u32,
+        request: u64,
+    },
+}
+
+/// A piece of a task's output, from an offset on.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub(crate) struct OutputView {
+    pub data: Vec<u8>,
+    pub next_offset: u64,
+    /// More may come.
+    pub running: bool,
+    pub truncated: bool,
+}
+
+/// A running task's use so far, from its agent's heartbeats.
+#[derive(Debug, Clone, Copy, Default, PartialEq)]
+pub(crate) struct Usage {
+    pub fuel: u64,
+    pub mem: u64,
+    pub at_ms: i64,
+    /// Fuel per second between the last two reports.
+    pub fuel_per_sec: f64,
 }
 
 /// One task of a launch: its spec (shared with the task table, and with every
@@ -428,6 +459,10 @@ pub(crate) struct TaskView {
     pub events: Vec<crate::master::tasks::TaskEvent>,
     /// Its spec (a task's page; none in listings and the registry's views).
     pub spec: Option<Arc<TaskSpec>>,
+    /// While it runs: its use so far.
+    pub usage: Option<Usage>,
+    /// Its limits (none in the registry's views of ended tasks).
+    pub limits: Option<wasmos_model::Limits>,
 }
 
 #[derive(Debug, Clone, PartialEq)]

@@ -31,6 +31,8 @@ pub(crate) fn task_view(id: &TaskId, t: &Task, detail: bool) -> TaskView {
         message: t.message.to_string(),
         events: if detail { t.events.clone() } else { Vec::new() },
         spec: detail.then(|| t.spec.clone()),
+        usage: if t.state().is_terminal() { None } else { t.usage },
+        limits: Some(t.spec.limits.clone()),
     }
 }
 

@@ -36,6 +36,8 @@ fn records_round_trip() {
         message: "m".into(),
         events: vec![],
         spec: None,
+        usage: None,
+        limits: None,
     };
     let task = TaskRecord {
         view,
@@ -89,6 +91,8 @@ fn ended(n: u64, finished_at_ms: i64) -> (TaskId, TaskRecord) {
         message: String::new(),
         events: vec![],
         spec: None,
+        usage: None,
+        limits: None,
     };
     let rec = TaskRecord { view, spec: None, priority: 0, constraints: vec![], max_attempts: 0, applied_uuids: vec![] };
     (id, rec)
