@@ -14,8 +14,6 @@ struct Live {
     control: TaskControl,
     framework: String,
     paused: bool,
-    /// Its memory limit: what it may take of the agent.
-    mem: u64,
 }
 
 pub(crate) struct Executor {
@@ -38,13 +36,13 @@ impl Executor {
 
     /// Enters a launched task in the table and returns its control; `None`
     /// when it already runs here (a launch resent across a failover).
-    pub fn enter(&self, id: &str, framework: &str, mem: u64) -> Option<TaskControl> {
+    pub fn enter(&self, id: &str, framework: &str) -> Option<TaskControl> {
         let mut live = self.live();
         if live.contains_key(id) {
             return None;
         }
         let control = TaskControl::new();
-        let entry = Live { control: control.clone(), framework: framework.to_string(), paused: false, mem };
+        let entry = Live { control: control.clone(), framework: framework.to_string(), paused: false };
         live.insert(id.to_string(), entry);
         Some(control)
     }
@@ -78,7 +76,7 @@ impl Executor {
             } else {
                 running += 1;
             }
-            mem += l.mem;
+            mem += l.control.memory();
         }
         let c = self.sandbox.cache_stats();
         v1::AgentStats {
@@ -149,8 +147,7 @@ pub(crate) fn handle(agent: &Arc<Agent>, cmd: v1::AgentCommand) {
                 if TaskId::new(spec.task_id.clone()).is_err() {
                     continue;
                 }
-                let mem = wasmos_proto::limits_from_wire(spec.limits.as_ref()).mem;
-                let Some(control) = ex.enter(&spec.task_id, &l.framework_id, mem) else {
+                let Some(control) = ex.enter(&spec.task_id, &l.framework_id) else {
                     continue;
                 };
                 if let Some(cp) = &agent.checkpoint {
@@ -279,10 +276,10 @@ pub(crate) mod tests {
     #[test]
     fn a_task_enters_the_table_once() {
         let ex = executor();
-        assert!(ex.enter("t", "fw", 0).is_some());
-        assert!(ex.enter("t", "fw", 0).is_none(), "a resent launch");
+        assert!(ex.enter("t", "fw").is_some());
+        assert!(ex.enter("t", "fw").is_none(), "a resent launch");
         ex.forget("t");
-        assert!(ex.enter("t", "fw", 0).is_some(), "launched again after it ended");
+        assert!(ex.enter("t", "fw").is_some(), "launched again after it ended");
     }
 
     fn attempt_seen(attempt: u32) -> u32 {

@@ -232,7 +232,7 @@ mod tests {
         u.report(status("again", Finished));
         u.report(status("kept", Running));
         // "again" is launched here again before its first run's end is acknowledged.
-        ex.enter("again", "fw", 0).unwrap();
+        ex.enter("again", "fw").unwrap();
         let sent = u.front(3);
         assert!(u.acked(3, &acks(&sent, &[0, 1]), &ex));
         cp.close();

@@ -347,7 +347,7 @@ impl Snapshot {
         };
         s.gauges(
             "agent_memory_used_bytes",
-            "Memory the tasks running on an agent may use (their limits), as it reports.",
+            "Memory the tasks running on an agent use now (linear memories and tables), as it reports.",
             &["agent"],
             per_agent(&|a| a.mem_used_bytes as f64),
         );
