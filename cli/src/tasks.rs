@@ -68,6 +68,8 @@ pub struct LogsArgs {
 
 /// Most ids an ambiguous prefix lists.
 const MAX_MATCHES: usize = 10;
+/// Rows asked for per page when resolving a prefix.
+const RESOLVE_PAGE: u32 = 1000;
 
 /// The full id of the task `id` names: itself, or the one task whose id
 /// starts with it. An ambiguous prefix lists (some of) its matches.
@@ -82,7 +84,7 @@ pub async fn resolve(op: &mut client::Operator, id: &str) -> Result<String, Stri
     loop {
         let req = v1::ListTasksRequest {
             id_prefix: id.to_string(),
-            page_size: 1000,
+            page_size: RESOLVE_PAGE,
             page_token: token,
             ..Default::default()
         };
@@ -272,39 +274,33 @@ pub fn logs(args: LogsArgs) -> ExitCode {
         if args.follow {
             return follow(&mut op, &id, &args).await;
         }
-        loop {
-            let t = match op.get_task(v1::GetTaskRequest { task_id: id.clone() }).await {
-                Ok(t) => t.into_inner(),
-                Err(e) => return fail("logs", status_msg(&e)),
-            };
-            let terminal = wasmos_proto::state_from_wire(t.state).is_some_and(|s| s.is_terminal());
-            if terminal || !args.follow {
-                match &t.outcome {
-                    Some(o) if args.stderr => {
-                        let _ = std::io::stdout().write_all(tail(&o.stderr, args.tail));
-                    }
-                    Some(o) => {
-                        let _ = std::io::stdout().write_all(tail(&o.stdout, args.tail));
-                        let _ = std::io::stderr().write_all(tail(&o.stderr, args.tail));
-                        for (name, cut) in [("stdout", o.stdout_truncated), ("stderr", o.stderr_truncated)] {
-                            if cut {
-                                eprintln!("wasmos logs: {name} was truncated at the task's max_output");
-                            }
-                        }
-                    }
-                    None if !terminal => {
-                        eprintln!(
-                            "wasmos logs: task {} is {}; output is available when it ends (use --follow)",
-                            t.task_id,
-                            wasmos_proto::state_from_wire(t.state).map(|s| s.to_string()).unwrap_or_default()
-                        );
-                    }
-                    None => eprintln!("wasmos logs: task {} ended without output: {}", t.task_id, t.message),
-                }
-                return ExitCode::SUCCESS;
+        let t = match op.get_task(v1::GetTaskRequest { task_id: id.clone() }).await {
+            Ok(t) => t.into_inner(),
+            Err(e) => return fail("logs", status_msg(&e)),
+        };
+        match &t.outcome {
+            Some(o) if args.stderr => {
+                let _ = std::io::stdout().write_all(tail(&o.stderr, args.tail));
             }
-            tokio::time::sleep(Duration::from_millis(200)).await;
+            Some(o) => {
+                let _ = std::io::stdout().write_all(tail(&o.stdout, args.tail));
+                let _ = std::io::stderr().write_all(tail(&o.stderr, args.tail));
+                for (name, cut) in [("stdout", o.stdout_truncated), ("stderr", o.stderr_truncated)] {
+                    if cut {
+                        eprintln!("wasmos logs: {name} was truncated at the task's max_output");
+                    }
+                }
+            }
+            None if wasmos_proto::state_from_wire(t.state).is_some_and(|s| !s.is_terminal()) => {
+                eprintln!(
+                    "wasmos logs: task {} is {}; its whole output comes when it ends (--follow shows it as it comes)",
+                    t.task_id,
+                    wasmos_proto::state_from_wire(t.state).map(|s| s.to_string()).unwrap_or_default()
+                );
+            }
+            None => eprintln!("wasmos logs: task {} ended without output: {}", t.task_id, t.message),
         }
+        ExitCode::SUCCESS
     })
 }
 
@@ -312,7 +308,9 @@ pub fn logs(args: LogsArgs) -> ExitCode {
 async fn follow(op: &mut client::Operator, id: &str, args: &LogsArgs) -> ExitCode {
     let streams: &[bool] = if args.stderr { &[true] } else { &[false, true] };
     let mut offsets = [0u64; 2];
-    let mut first = true;
+    // --tail applies to what is there when following starts (its first
+    // answer, at most MAX_OUTPUT_CHUNK bytes).
+    let mut first = [true; 2];
     loop {
         let mut running = false;
         for &stderr in streams {
@@ -325,7 +323,8 @@ async fn follow(op: &mut client::Operator, id: &str, args: &LogsArgs) -> ExitCod
             match op.task_output(req).await {
                 Ok(r) => {
                     let r = r.into_inner();
-                    let data = if first { tail(&r.data, args.tail) } else { &r.data[..] };
+                    let data = if first[stderr as usize] { tail(&r.data, args.tail) } else { &r.data[..] };
+                    first[stderr as usize] = false;
                     let _ = if stderr && !args.stderr {
                         std::io::stderr().write_all(data)
                     } else {
@@ -344,7 +343,6 @@ async fn follow(op: &mut client::Operator, id: &str, args: &LogsArgs) -> ExitCod
                 Err(e) => return fail("logs", status_msg(&e)),
             }
         }
-        first = false;
         if !running {
             return ExitCode::SUCCESS;
         }

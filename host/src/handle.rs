@@ -30,6 +30,8 @@ pub struct MasterHandle {
     pub(crate) metrics: Arc<crate::metrics::Metrics>,
     /// `/metrics` answers without a token.
     pub(crate) metrics_public: bool,
+    /// Dashboard event streams open now.
+    pub(crate) event_streams: Arc<std::sync::atomic::AtomicUsize>,
 }
 
 impl MasterHandle {

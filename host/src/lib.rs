@@ -357,6 +357,7 @@ pub fn start(cfg: MasterConfig) -> Result<MasterHandle, StartError> {
         agent_cert_ttl,
         metrics,
         metrics_public,
+        event_streams: Default::default(),
     };
     // Hosted schedulers come back from their module and config; their state
     // starts fresh (reconciliation tells them about their tasks).

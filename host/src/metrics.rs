@@ -45,7 +45,14 @@ pub(crate) struct Metrics {
     pub hosted_failures: IntCounterVec,
     /// By kind: calls refused by authorization, or unauthenticated.
     pub refused: IntCounterVec,
+    /// Label values seen per free-text label (reasons, framework names).
+    seen: std::sync::Mutex<std::collections::HashMap<&'static str, std::collections::HashSet<String>>>,
 }
+
+/// Distinct values a free-text label (a task's end reason, a hosted
+/// framework's name) takes before the rest count as `other`: what an agent
+/// or a deployer sends cannot grow the series without bound.
+pub(crate) const MAX_LABEL_VALUES: usize = 100;
 
 fn registry() -> Registry {
     Registry::new_custom(Some("wasmos".into()), None).expect("a valid prefix")
@@ -116,6 +123,19 @@ impl Metrics {
                 &["kind"]
             )),
             registry,
+            seen: Default::default(),
+        }
+    }
+
+    /// `value` as a value of the free-text label `label`, or `other` past
+    /// [`MAX_LABEL_VALUES`] distinct ones.
+    pub fn bounded(&self, label: &'static str, value: &str) -> String {
+        let mut seen = self.seen.lock().unwrap_or_else(|e| e.into_inner());
+        let set = seen.entry(label).or_default();
+        if set.contains(value) || (set.len() < MAX_LABEL_VALUES && set.insert(value.to_string())) {
+            value.to_string()
+        } else {
+            "other".to_string()
         }
     }
 

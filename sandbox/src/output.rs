@@ -67,9 +67,13 @@ impl Capture {
     /// Up to `max` kept bytes from `offset` on, and the offset after them.
     pub(crate) fn read_from(&self, offset: usize, max: usize) -> (Vec<u8>, usize) {
         let inner = self.0.lock().unwrap_or_else(|e| e.into_inner());
-        let from = offset.min(inner.buf.len());
-        let to = (from + max).min(inner.buf.len());
-        (inner.buf[from..to].to_vec(), to)
+        // Past what is kept (or after `take` at the run's end): nothing new,
+        // and never an offset before the one asked for.
+        if offset >= inner.buf.len() {
+            return (Vec::new(), offset);
+        }
+        let to = offset.saturating_add(max).min(inner.buf.len());
+        (inner.buf[offset..to].to_vec(), to)
     }
 
     /// Takes the kept bytes and the truncation flag.

@@ -164,7 +164,7 @@ impl Target {
     /// token), as HTTP/1.0 so the body simply runs to the end: (status, body).
     /// At most `max_body` bytes are read.
     pub async fn http_get(&self, path: &str, max_body: usize) -> Result<(u16, Vec<u8>), String> {
-        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        use tokio::io::AsyncWriteExt;
         let rest =
             self.url.strip_prefix("https://").or_else(|| self.url.strip_prefix("http://")).ok_or_else(|| {
                 format!("master address {:?} is not a URL; write e.g. https://127.0.0.1:5050", self.url)
@@ -172,7 +172,7 @@ impl Target {
         let authority = rest.split('/').next().unwrap_or(rest).to_string();
         let host =
             authority.rsplit_once(':').map(|(h, _)| h).unwrap_or(&authority).trim_matches(['[', ']']).to_string();
-        let tcp = tokio::time::timeout(Duration::from_secs(5), tokio::net::TcpStream::connect(&authority))
+        let tcp = tokio::time::timeout(HTTP_TIMEOUT, tokio::net::TcpStream::connect(&authority))
             .await
             .map_err(|_| format!("cannot reach {}: timed out", self.url))?
             .map_err(|e| format!("cannot reach {}: {e}", self.url))?;
@@ -208,18 +208,43 @@ impl Target {
                 .await
                 .map_err(|e| format!("tls with {}: {e}", self.url))?;
             s.write_all(req.as_bytes()).await.map_err(|e| e.to_string())?;
-            let _ = (&mut s).take(max_body as u64 + 64 * 1024).read_to_end(&mut raw).await;
+            read_answer(&mut s, max_body, &mut raw, &self.url).await?;
         } else {
             let mut s = tcp;
             s.write_all(req.as_bytes()).await.map_err(|e| e.to_string())?;
-            let _ = (&mut s).take(max_body as u64 + 64 * 1024).read_to_end(&mut raw).await;
+            read_answer(&mut s, max_body, &mut raw, &self.url).await?;
         }
-        let split = raw.windows(4).position(|w| w == b"\r\n\r\n").ok_or("the master sent no HTTP answer")?;
+        let bad = || format!("{} did not answer in HTTP; is that the master's address?", self.url);
+        let split = raw.windows(4).position(|w| w == b"\r\n\r\n").ok_or_else(bad)?;
         let head = String::from_utf8_lossy(&raw[..split]).to_string();
-        let status = head.split_whitespace().nth(1).and_then(|s| s.parse().ok()).ok_or("a malformed HTTP answer")?;
-        let mut body = raw[split + 4..].to_vec();
-        body.truncate(max_body);
+        let status = head.split_whitespace().nth(1).and_then(|s| s.parse().ok()).ok_or_else(bad)?;
+        let body = raw[split + 4..].to_vec();
+        if body.len() > max_body {
+            return Err(format!("the answer is over {max_body} bytes; ask for less"));
+        }
         Ok((status, body))
+    }
+}
+
+/// Longest wait for an HTTP answer (`Target::http_get`).
+const HTTP_TIMEOUT: Duration = Duration::from_secs(30);
+/// Room for an HTTP answer's head.
+const HTTP_HEAD: usize = 64 << 10;
+
+/// Reads a whole HTTP/1.0 answer (to the end), within [`HTTP_TIMEOUT`] and
+/// `max_body` bytes plus its head.
+async fn read_answer(
+    s: &mut (impl tokio::io::AsyncRead + Unpin),
+    max_body: usize,
+    raw: &mut Vec<u8>,
+    url: &str,
+) -> Result<(), String> {
+    use tokio::io::AsyncReadExt;
+    let mut limited = s.take((max_body + HTTP_HEAD) as u64 + 1);
+    match tokio::time::timeout(HTTP_TIMEOUT, limited.read_to_end(raw)).await {
+        Err(_) => Err(format!("{url} did not answer within {HTTP_TIMEOUT:?}")),
+        Ok(Err(e)) => Err(format!("reading the answer of {url}: {e}")),
+        Ok(Ok(_)) => Ok(()),
     }
 }
 

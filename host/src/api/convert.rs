@@ -202,6 +202,7 @@ pub(crate) fn agent_view_to_wire(a: &AgentView) -> v1::AgentSummary {
         status: a.status.to_string(),
         running_tasks: a.running_tasks,
         registered_at_ms: a.registered_at_ms,
+        mem_used_bytes: a.mem_used,
     }
 }
 
@@ -315,7 +316,8 @@ pub(crate) fn watch_to_wire(ev: &WatchEvent) -> v1::WatchEvent {
         WatchEvent::FrameworkAdded(f) => E::FrameworkAdded(framework_view_to_wire(f)),
         WatchEvent::FrameworkRemoved(f) => E::FrameworkRemoved(f.to_string()),
     };
-    v1::WatchEvent { seq: 0, event: Some(e) }
+    let role = watch_role(ev).filter(|_| !matches!(ev, WatchEvent::FrameworkAdded(_))).unwrap_or("").to_string();
+    v1::WatchEvent { seq: 0, event: Some(e), role }
 }
 
 /// The framework a watch event concerns (task events only).

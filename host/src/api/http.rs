@@ -39,6 +39,8 @@ const MAX_PAGE: u32 = 1000;
 /// Live events buffered per dashboard stream before it is dropped (the
 /// browser reconnects and reloads).
 const EVENTS_BUFFER: usize = 1024;
+/// Dashboard event streams open at once; more are refused (503) until some close.
+const MAX_EVENT_STREAMS: usize = 256;
 /// At most one `overview` event per this long on a stream.
 const OVERVIEW_EVERY: Duration = Duration::from_secs(1);
 
@@ -167,6 +169,7 @@ async fn whoami(State(h): State<MasterHandle>, headers: HeaderMap) -> Api {
     match h.auth.authenticate(&md) {
         Ok(c) => Ok(Json(json!({ "name": c.name, "grants": c.grants.strings() }))),
         Err(s) => {
+            h.audit.refused("unauthenticated", "dashboard_login", "", "", s.message());
             h.metrics.refused.with_label_values(&["unauthenticated"]).inc();
             Err(s.into())
         }
@@ -182,6 +185,7 @@ async fn metrics(State(h): State<MasterHandle>, headers: HeaderMap) -> Result<Re
         match h.auth.authenticate(&md) {
             Ok(c) => Principal::Token(c),
             Err(s) => {
+                h.audit.refused("unauthenticated", "metrics", "", "", s.message());
                 h.metrics.refused.with_label_values(&["unauthenticated"]).inc();
                 return Err(s.into());
             }
@@ -247,7 +251,7 @@ fn task_json(t: &v1::TaskSummary) -> Value {
     Value::Object(o)
 }
 
-fn agent_json(a: &v1::AgentSummary, used: Option<&crate::metrics::AgentStats>) -> Value {
+fn agent_json(a: &v1::AgentSummary) -> Value {
     let info = a.info.clone().unwrap_or_default();
     let mut o = serde_json::Map::new();
     o.insert("agent_id".into(), json!(a.agent_id));
@@ -255,7 +259,7 @@ fn agent_json(a: &v1::AgentSummary, used: Option<&crate::metrics::AgentStats>) -
     o.insert("status".into(), json!(a.status));
     put_res(&mut o, "resources", info.resources.as_ref());
     put_res(&mut o, "allocated", a.allocated.as_ref());
-    let mem = used.map(|u| u.mem_used_bytes).unwrap_or(0);
+    let mem = a.mem_used_bytes;
     o.insert("used".into(), json!({ "mem": mem }));
     o.insert("used_text".into(), json!(format!("mem:{}", wasmos_model::format_size(mem))));
     o.insert("tasks".into(), json!(a.running_tasks));
@@ -308,15 +312,10 @@ async fn overview(State(h): State<MasterHandle>, headers: HeaderMap) -> Api {
 async fn agents(State(h): State<MasterHandle>, headers: HeaderMap) -> Api {
     let mut out = Vec::new();
     let mut token = String::new();
-    // What agents report of themselves (memory in use).
-    let stats: BTreeMap<String, crate::metrics::AgentStats> = match h.ask(Principal::Master, Cmd::Snapshot).await {
-        Ok(s) => s.agents_detail.into_iter().map(|a| (a.id, a.stats)).collect(),
-        Err(_) => BTreeMap::new(),
-    };
     loop {
         let req = v1::ListAgentsRequest { page_token: token, ..Default::default() };
         let r = h.list_agents(grpc(&headers, req)).await?.into_inner();
-        out.extend(r.agents.iter().map(|a| agent_json(a, stats.get(&a.agent_id))));
+        out.extend(r.agents.iter().map(agent_json));
         if r.next_page_token.is_empty() {
             break;
         }
@@ -497,9 +496,15 @@ async fn output(
     };
     let req = v1::TaskOutputRequest { task_id: id, stderr, offset: q.offset.unwrap_or(0) as u64, max_bytes: 0 };
     let r = h.task_output(grpc(&headers, req)).await?.into_inner();
+    // A character cut at the chunk's end comes whole with the next one.
+    let whole = match std::str::from_utf8(&r.data) {
+        Err(e) if e.error_len().is_none() => e.valid_up_to(),
+        _ => r.data.len(),
+    };
+    let next_offset = r.next_offset - (r.data.len() - whole) as u64;
     Ok(Json(json!({
-        "data": String::from_utf8_lossy(&r.data),
-        "next_offset": r.next_offset,
+        "data": String::from_utf8_lossy(&r.data[..whole]),
+        "next_offset": next_offset,
         "running": r.running,
         "truncated": r.truncated,
     })))
@@ -509,10 +514,20 @@ async fn output(
 /// agents, frameworks), and an `overview` at most once a second when
 /// something happened.
 async fn events(State(h): State<MasterHandle>, headers: HeaderMap) -> Result<Response, ApiError> {
+    use std::sync::atomic::Ordering;
     let watch = h.watch(grpc(&headers, v1::WatchRequest { framework_id: String::new(), from: None })).await?;
     let mut watch = watch.into_inner();
+    if h.event_streams.fetch_add(1, Ordering::AcqRel) >= MAX_EVENT_STREAMS {
+        h.event_streams.fetch_sub(1, Ordering::AcqRel);
+        return Err(ApiError(
+            StatusCode::SERVICE_UNAVAILABLE,
+            format!("{MAX_EVENT_STREAMS} dashboards are following this master; close some and reload"),
+        ));
+    }
+    let open = StreamSlot(h.event_streams.clone());
     let (tx, rx) = tokio::sync::mpsc::channel::<Event>(EVENTS_BUFFER);
     tokio::spawn(async move {
+        let _open = open;
         let mut dirty = true;
         let mut tick = tokio::time::interval(OVERVIEW_EVERY);
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
@@ -556,7 +571,7 @@ fn sse_of(ev: &v1::WatchEvent) -> Option<Event> {
         E::Task(s) => (
             "task",
             json!({
-                "task_id": s.task_id, "state": state_name(s.state), "framework_id": s.framework_id,
+                "task_id": s.task_id, "state": state_name(s.state), "framework_id": s.framework_id, "role": ev.role,
                 "agent_id": s.agent_id, "reason": s.reason, "message": s.message, "seq": ev.seq,
             }),
         ),
@@ -568,4 +583,13 @@ fn sse_of(ev: &v1::WatchEvent) -> Option<Event> {
         E::FrameworkRemoved(id) => ("framework", json!({ "framework_id": id, "change": "removed", "seq": ev.seq })),
     };
     Some(Event::default().event(name).data(data.to_string()))
+}
+
+/// One open event stream, counted while it lives.
+struct StreamSlot(std::sync::Arc<std::sync::atomic::AtomicUsize>);
+
+impl Drop for StreamSlot {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, std::sync::atomic::Ordering::AcqRel);
+    }
 }

@@ -11,6 +11,7 @@ use super::{BoxStream, bad_id};
 use crate::MasterHandle;
 use crate::auth::sees;
 use crate::master::cmd::{Cmd, HostedJobs, NewToken, Principal, TokenView};
+use crate::master::task_ops::MAX_OUTPUT_CHUNK;
 use crate::master::types::{
     DEFAULT_PAGE_SIZE, MAX_PAGE_SIZE, PAGE_SCAN_BUDGET, Page, Reservation, RoleUpdate, Submission, TaskAction,
     TaskFilter, TaskView,
@@ -186,7 +187,7 @@ impl v1::operator_server::Operator for MasterHandle {
             Some(o) => (o.stdout.clone(), o.stdout_truncated),
             None => (Vec::new(), false),
         };
-        let max = if max == 0 { usize::MAX } else { max as usize };
+        let max = if max == 0 { MAX_OUTPUT_CHUNK } else { max.min(MAX_OUTPUT_CHUNK) } as usize;
         let from = (offset as usize).min(bytes.len());
         let to = from.saturating_add(max).min(bytes.len());
         Ok(Response::new(v1::TaskOutputResponse {

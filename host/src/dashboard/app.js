@@ -885,6 +885,12 @@ function followOutput(ctx, id, stream, pane, onProgress) {
     try {
       r = await api(`/api/tasks/${enc(id)}/output?stream=${stream}&offset=${st.offset}`);
     } catch (e) {
+      // The task's agent is slow or away (503): ask again, as `logs --follow` does.
+      if (ctx.alive && e instanceof ApiError && e.status === 503) {
+        pane.status.textContent = 'waiting for its agent';
+        ctx.later(tick, OUTPUT_POLL_MS);
+        return;
+      }
       st.busy = false;
       if (ctx.alive) pane.status.textContent = 'unavailable';
       handleErr(ctx, e instanceof ApiError ? new ApiError(`${stream}: ${e.message}`, e.status) : e);

@@ -161,6 +161,7 @@ impl Master {
             status: "active",
             running_tasks: 0,
             registered_at_ms: agent.registered_at_ms,
+            mem_used: 0,
         };
         self.state.agents.insert(id.clone(), agent);
         self.effects.publish(WatchEvent::AgentAdded(view));

@@ -58,7 +58,8 @@ impl Master {
         {
             let new = callbacks.saturating_sub(h.callbacks);
             h.callbacks = callbacks;
-            self.metrics.prom.hosted_callbacks.with_label_values(&[f.name.as_str()]).inc_by(new);
+            let name = self.metrics.prom.bounded("framework", &f.name);
+            self.metrics.prom.hosted_callbacks.with_label_values(&[name.as_str()]).inc_by(new);
         }
         calls.into_iter().map(|c| self.call(fw.clone(), Ok(c))).collect()
     }
@@ -67,7 +68,8 @@ impl Master {
     /// and its framework is torn down (offers back, tasks killed).
     pub(super) fn hosted_failed(&mut self, fw: &FrameworkId, why: String) {
         let Some(f) = self.state.frameworks.get(fw) else { return };
-        self.metrics.prom.hosted_failures.with_label_values(&[f.name.as_str()]).inc();
+        let name = self.metrics.prom.bounded("framework", &f.name);
+        self.metrics.prom.hosted_failures.with_label_values(&[name.as_str()]).inc();
         let callbacks = match &f.kind {
             Kind::Hosted(h) => h.callbacks,
             _ => return,

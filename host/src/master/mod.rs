@@ -192,7 +192,9 @@ pub(crate) struct Master {
     /// The audit log (every mutating and every denied command).
     audit: Arc<crate::audit::Audit>,
     /// Output requests sent to agents, by request id: (agent, reply, deadline).
-    outputs: HashMap<u64, (AgentId, cmd::Reply<OutputView>, Instant)>,
+    outputs: HashMap<u64, (AgentId, TaskId, cmd::Reply<OutputView>, Instant)>,
+    /// The latest full count of tasks by state (see `stats.rs`).
+    counts_cache: std::cell::RefCell<Option<(Instant, std::collections::BTreeMap<wasmos_model::TaskState, u64>)>>,
     next_output: u64,
     /// The secret of the admin token made at this start, if one was.
     pub(crate) bootstrap_secret: Option<String>,
@@ -240,7 +242,10 @@ impl Master {
             tokens: tokens::Tokens::new(auth, ca_fingerprint),
             audit,
             outputs: HashMap::new(),
-            next_output: 0,
+            counts_cache: Default::default(),
+            // Not 0 at every start: a late answer to a request of an earlier
+            // incarnation must not match a new one.
+            next_output: (now_ms() as u64) << 16,
             bootstrap_secret: None,
         };
         // Nothing queued yet: no offers for the batch framework until a submit.

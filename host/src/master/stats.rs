@@ -12,6 +12,9 @@ use super::cmd::Principal;
 use super::frameworks::Kind;
 use crate::metrics::{AgentSample, RoleSample, Snapshot};
 
+/// How long a full count of tasks by state is reused.
+const COUNTS_TTL: std::time::Duration = std::time::Duration::from_millis(500);
+
 /// What `Overview` answers (see the wire message).
 #[derive(Debug, Clone, Default)]
 pub(crate) struct Overview {
@@ -29,8 +32,30 @@ pub(crate) struct Overview {
 }
 
 impl Master {
-    /// Tasks in memory by state, of the roles `who` may view.
+    /// Tasks in memory by state, of the roles `who` may view. Counting walks
+    /// every task: for a caller that views every role the count is reused
+    /// for [`COUNTS_TTL`] (each open dashboard asks once a second).
     fn task_counts(&self, who: &Principal) -> BTreeMap<TaskState, u64> {
+        let everything = match who {
+            Principal::Master => true,
+            Principal::Token(c) => c.grants.allows_everywhere(wasmos_security::grant::Action::View),
+            Principal::Agent(_) => false,
+        };
+        if everything {
+            let mut cache = self.counts_cache.borrow_mut();
+            if let Some((at, n)) = cache.as_ref()
+                && at.elapsed() < COUNTS_TTL
+            {
+                return n.clone();
+            }
+            let n = self.count_tasks(who);
+            *cache = Some((std::time::Instant::now(), n.clone()));
+            return n;
+        }
+        self.count_tasks(who)
+    }
+
+    fn count_tasks(&self, who: &Principal) -> BTreeMap<TaskState, u64> {
         let mut n: BTreeMap<TaskState, u64> = TaskState::ALL.iter().map(|s| (*s, 0)).collect();
         let mut seen: BTreeMap<&str, bool> = BTreeMap::new();
         for (_, t) in self.state.tasks.after(0) {

@@ -95,8 +95,8 @@ impl Master {
             m.launch_latency.observe((t.started_at_ms - t.submitted_at_ms).max(0) as f64 / 1e3);
         }
         if st.state.is_terminal() {
-            let reason = if st.reason.is_empty() { "none" } else { st.reason.as_str() };
-            m.tasks_ended.with_label_values(&[st.state.as_str(), reason]).inc();
+            let reason = m.bounded("reason", if st.reason.is_empty() { "none" } else { st.reason.as_str() });
+            m.tasks_ended.with_label_values(&[st.state.as_str(), reason.as_str()]).inc();
             if t.started_at_ms > 0 {
                 m.run_time.observe((now - t.started_at_ms).max(0) as f64 / 1e3);
             }
@@ -290,18 +290,33 @@ impl Master {
             let _ = reply.send(Ok(out));
             return;
         };
-        self.next_output += 1;
+        if !self.state.agents.get(&agent).is_some_and(|a| a.tx.is_some()) {
+            let _ = reply.send(Err(Error::unavailable(format!(
+                "agent {agent} is not connected; its task's output can be read when it is back, or when the task ends"
+            ))));
+            return;
+        }
+        if self.outputs.len() >= MAX_PENDING_OUTPUTS {
+            let _ = reply.send(Err(Error::unavailable(format!(
+                "{MAX_PENDING_OUTPUTS} output requests are waiting for agents; retry shortly"
+            ))));
+            return;
+        }
+        self.next_output = self.next_output.wrapping_add(1);
         let request = self.next_output;
-        self.outputs.insert(request, (agent.clone(), reply, std::time::Instant::now() + OUTPUT_WAIT));
+        let entry = (agent.clone(), id.clone(), reply, std::time::Instant::now() + OUTPUT_WAIT);
+        self.outputs.insert(request, entry);
         let cmd = super::types::AgentCommand::Tail { task: id.clone(), stderr, offset, max, request };
         self.effects.send_agent(&agent, cmd);
     }
 
-    /// An agent's answer to a `Tail`.
-    pub(super) fn agent_output(&mut self, agent: &AgentId, request: u64, out: OutputView) {
-        if self.outputs.get(&request).is_some_and(|(a, _, _)| a == agent)
-            && let Some((_, reply, _)) = self.outputs.remove(&request)
+    /// An agent's answer to a `Tail`. More may come while the master has
+    /// the task unended (its final output then comes with its outcome).
+    pub(super) fn agent_output(&mut self, agent: &AgentId, request: u64, mut out: OutputView) {
+        if self.outputs.get(&request).is_some_and(|(a, _, _, _)| a == agent)
+            && let Some((_, task, reply, _)) = self.outputs.remove(&request)
         {
+            out.running = self.state.tasks.get(&task).is_some_and(|t| !t.state().is_terminal());
             let _ = reply.send(Ok(out));
         }
     }
@@ -309,9 +324,9 @@ impl Master {
     /// Output requests whose agent did not answer in time.
     pub(super) fn expire_outputs(&mut self) {
         let now = std::time::Instant::now();
-        let due: Vec<u64> = self.outputs.iter().filter(|(_, (_, _, d))| *d <= now).map(|(k, _)| *k).collect();
+        let due: Vec<u64> = self.outputs.iter().filter(|(_, (_, _, _, d))| *d <= now).map(|(k, _)| *k).collect();
         for k in due {
-            if let Some((agent, reply, _)) = self.outputs.remove(&k) {
+            if let Some((agent, _, reply, _)) = self.outputs.remove(&k) {
                 let _ = reply.send(Err(Error::unavailable(format!(
                     "agent {agent} did not send the task's output within {OUTPUT_WAIT:?}; retry"
                 ))));
@@ -322,5 +337,7 @@ impl Master {
 
 /// How long a running task's agent has to send its output.
 const OUTPUT_WAIT: std::time::Duration = std::time::Duration::from_secs(5);
+/// Output requests waiting for agents at once.
+const MAX_PENDING_OUTPUTS: usize = 1024;
 /// Most output bytes one request returns.
 pub(crate) const MAX_OUTPUT_CHUNK: u32 = 1 << 20;

@@ -65,6 +65,8 @@ pub(crate) struct Task {
 
 /// Most events kept per task: the first, and the latest after it.
 pub(crate) const MAX_TASK_EVENTS: usize = 32;
+/// Longest message (bytes) an event keeps; the rest is cut.
+pub(crate) const MAX_EVENT_MESSAGE: usize = 1024;
 
 /// One step of a task's life: launched, running, paused, resumed, each
 /// retry, its end (with the reason). Its submission is `submitted_at_ms`.
@@ -79,12 +81,24 @@ pub(crate) struct TaskEvent {
 
 impl Task {
     /// Adds an event, keeping the first and the latest [`MAX_TASK_EVENTS`].
-    pub fn log(&mut self, state: TaskState, reason: impl Into<Cow<'static, str>>, message: String) {
+    pub fn log(&mut self, state: TaskState, reason: impl Into<Cow<'static, str>>, mut message: String) {
         if self.events.len() >= MAX_TASK_EVENTS {
             self.events.remove(1);
         }
+        if message.len() > MAX_EVENT_MESSAGE {
+            let mut cut = MAX_EVENT_MESSAGE;
+            while !message.is_char_boundary(cut) {
+                cut -= 1;
+            }
+            message.truncate(cut);
+            message.push('…');
+        }
+        let mut reason: Cow<'static, str> = reason.into();
+        if reason.len() > MAX_EVENT_MESSAGE {
+            reason = Cow::Owned(reason.chars().take(64).collect());
+        }
         let at_ms = now_ms();
-        self.events.push(TaskEvent { at_ms, state, reason: reason.into(), message, agent: self.agent.clone() });
+        self.events.push(TaskEvent { at_ms, state, reason, message, agent: self.agent.clone() });
     }
 }
 
@@ -370,6 +384,9 @@ impl Tasks {
         t.agent = None;
         t.allocation = None;
         t.finished_at_ms = 0;
+        // The next attempt starts afresh.
+        t.started_at_ms = 0;
+        t.usage = None;
         t.log(TaskState::Staging, "retrying", message.clone());
         t.message = Cow::Owned(message);
         self.changed.insert(id.clone());

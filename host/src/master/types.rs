@@ -419,6 +419,8 @@ pub(crate) struct AgentView {
     pub status: &'static str,
     pub running_tasks: u32,
     pub registered_at_ms: i64,
+    /// Memory its running tasks use now, as it reports.
+    pub mem_used: u64,
 }
 
 #[derive(Debug, Clone, PartialEq)]

@@ -60,6 +60,7 @@ impl Master {
                     },
                     running_tasks: a.task_count() as u32,
                     registered_at_ms: a.registered_at_ms,
+                    mem_used: a.stats.mem_used_bytes,
                 }
             })
             .collect();
