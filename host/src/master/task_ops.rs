@@ -290,7 +290,7 @@ impl Master {
             let _ = reply.send(Ok(out));
             return;
         };
-        if !self.state.agents.get(&agent).is_some_and(|a| a.tx.is_some()) {
+        if self.state.agents.get(&agent).is_none_or(|a| a.tx.is_none()) {
             let _ = reply.send(Err(Error::unavailable(format!(
                 "agent {agent} is not connected; its task's output can be read when it is back, or when the task ends"
             ))));
