@@ -433,11 +433,17 @@ pub fn detail(args: TaskDetailArgs) -> ExitCode {
             String::new(),
         ))
         .chain(t.events.iter().map(|e| {
+            let on = if e.agent_id.is_empty() { String::new() } else { format!("on {}", e.agent_id) };
+            let message = match (e.message.is_empty(), on.is_empty()) {
+                (true, _) => on,
+                (false, true) => e.message.clone(),
+                (false, false) => format!("{} ({on})", e.message),
+            };
             (
                 rfc3339(e.at_ms).unwrap_or_default(),
                 wasmos_proto::state_from_wire(e.state).map(|s| s.to_string()).unwrap_or_default(),
                 e.reason.clone(),
-                e.message.clone(),
+                message,
             )
         }))
         .collect();

@@ -27,10 +27,6 @@ pub(crate) struct Metrics {
     pub tasks_launched: IntCounter,
     /// By terminal state and reason.
     pub tasks_ended: IntCounterVec,
-    /// By event: sent, accepted, declined, rescinded.
-    pub offers: IntCounterVec,
-    /// By source: agent, master.
-    pub status_updates: IntCounterVec,
     /// From an agent's update being sent (its timestamp) to the master applying it.
     pub status_update_delay: Histogram,
     /// Submitted (or first known) to RUNNING.
@@ -45,6 +41,14 @@ pub(crate) struct Metrics {
     pub hosted_failures: IntCounterVec,
     /// By kind: calls refused by authorization, or unauthenticated.
     pub refused: IntCounterVec,
+    /// The children the event loop bumps on every task, resolved once:
+    /// `status_updates_total` by source, `offers_total` by event.
+    pub updates_from_agent: IntCounter,
+    pub updates_from_master: IntCounter,
+    pub offers_sent: IntCounter,
+    pub offers_accepted: IntCounter,
+    pub offers_declined: IntCounter,
+    pub offers_rescinded: IntCounter,
     /// Label values seen per free-text label (reasons, framework names).
     seen: std::sync::Mutex<std::collections::HashMap<&'static str, std::collections::HashSet<String>>>,
 }
@@ -71,23 +75,30 @@ impl Metrics {
         let counter = |n: &str, h: &str| IntCounter::new(n, h);
         let counters = |n: &str, h: &str, l: &[&str]| IntCounterVec::new(Opts::new(n, h), l);
         let hist = |n: &str, h: &str, b: &[f64]| Histogram::with_opts(HistogramOpts::new(n, h).buckets(b.to_vec()));
+        let offers = reg!(counters(
+            "offers_total",
+            "Offers by what happened to them: sent, accepted, declined, rescinded.",
+            &["event"]
+        ));
+        let status_updates = reg!(counters(
+            "status_updates_total",
+            "Task status updates applied, by source (agent or master).",
+            &["source"]
+        ));
         Metrics {
+            updates_from_agent: status_updates.with_label_values(&["agent"]),
+            updates_from_master: status_updates.with_label_values(&["master"]),
+            offers_sent: offers.with_label_values(&["sent"]),
+            offers_accepted: offers.with_label_values(&["accepted"]),
+            offers_declined: offers.with_label_values(&["declined"]),
+            offers_rescinded: offers.with_label_values(&["rescinded"]),
+
             tasks_submitted: reg!(counter("tasks_submitted_total", "Tasks queued by submits to the batch framework.")),
             tasks_launched: reg!(counter("tasks_launched_total", "Task launches sent to agents (each attempt).")),
             tasks_ended: reg!(counters(
                 "tasks_ended_total",
                 "Tasks that reached a terminal state, by state and reason.",
                 &["state", "reason"]
-            )),
-            offers: reg!(counters(
-                "offers_total",
-                "Offers by what happened to them: sent, accepted, declined, rescinded.",
-                &["event"]
-            )),
-            status_updates: reg!(counters(
-                "status_updates_total",
-                "Task status updates applied, by source (agent or master).",
-                &["source"]
             )),
             status_update_delay: reg!(hist(
                 "status_update_delay_seconds",

@@ -349,7 +349,7 @@ impl Master {
                 let refuse = refuse.or(Some(self.cfg.default_refuse));
                 for id in offers {
                     if self.state.offers.get(&id).is_some_and(|r| r.framework == fw) {
-                        self.metrics.prom.offers.with_label_values(&["declined"]).inc();
+                        self.metrics.prom.offers_declined.inc();
                         self.recover_offer(&id, refuse);
                     }
                 }

@@ -155,6 +155,9 @@ pub(crate) struct Metrics {
     pub illegal_moves: u64,
     pub denied: u64,
     pub prom: Arc<crate::metrics::Metrics>,
+    /// `tasks_ended` children by reason and state, for the first
+    /// MAX_LABEL_VALUES reasons (others are looked up each time).
+    pub ended: HashMap<String, HashMap<&'static str, prometheus::IntCounter>>,
 }
 
 /// What the master shares with the gRPC edge.

@@ -57,7 +57,7 @@ impl Master {
         let t0 = std::time::Instant::now();
         let offers = self.alloc.allocate(now);
         self.metrics.cycles += 1;
-        self.metrics.prom.offers.with_label_values(&["sent"]).inc_by(offers.len() as u64);
+        self.metrics.prom.offers_sent.inc_by(offers.len() as u64);
         let mut remote: HashMap<FrameworkId, Vec<Offer>> = HashMap::new();
         let mut batch_offers = Vec::new();
         for o in offers {
@@ -110,7 +110,7 @@ impl Master {
             let attrs = self.state.agents.get(&o.agent).map(|a| a.attributes.clone()).unwrap_or_default();
             let picked = self.batch.pick(&o.role, &free, &attrs);
             if picked.is_empty() {
-                self.metrics.prom.offers.with_label_values(&["declined"]).inc();
+                self.metrics.prom.offers_declined.inc();
                 self.recover_offer(&id, Some(self.cfg.batch_refuse));
                 continue;
             }
@@ -169,7 +169,7 @@ impl Master {
         for o in &plan.recover {
             self.state.take_offer(o);
         }
-        self.metrics.prom.offers.with_label_values(&["accepted"]).inc_by(plan.recover.len() as u64);
+        self.metrics.prom.offers_accepted.inc_by(plan.recover.len() as u64);
         let mut launch = Vec::new();
         for step in plan.steps {
             match step {
@@ -188,7 +188,7 @@ impl Master {
                     }
                     let attempt = self.state.tasks.get(&id).map(|t| t.attempt).unwrap_or(1);
                     self.state.place(&id, Some(target.agent.clone()), Some(allocation));
-                    self.state.tasks.launched(&id, &target.agent, attempt);
+                    self.state.tasks.launched(&id, attempt);
                     self.metrics.prom.tasks_launched.inc();
                     self.recovery.adoptable.remove(&id);
                     self.state.frameworks.add_task(fw, &id);
@@ -252,7 +252,7 @@ impl Master {
     pub(super) fn rescind(&mut self, offer: &OfferId) {
         let fw = self.state.offers.get(offer).map(|o| o.framework.clone());
         if fw.is_some() {
-            self.metrics.prom.offers.with_label_values(&["rescinded"]).inc();
+            self.metrics.prom.offers_rescinded.inc();
         }
         self.recover_offer(offer, None);
         if let Some(f) = fw.and_then(|fw| self.state.frameworks.get_mut(&fw)) {

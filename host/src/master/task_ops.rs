@@ -83,10 +83,14 @@ impl Master {
 
     /// Counts an applied update for `/metrics`: its source and delay, a
     /// first RUNNING's latency, an end's state, reason and run time.
-    fn observe(&self, tid: &TaskId, st: &TaskStatus, from_agent: bool, started_before: i64) {
-        let m = &self.metrics.prom;
+    fn observe(&mut self, tid: &TaskId, st: &TaskStatus, from_agent: bool, started_before: i64) {
+        let m = self.metrics.prom.clone();
         let now = now_ms();
-        m.status_updates.with_label_values(&[if from_agent { "agent" } else { "master" }]).inc();
+        if from_agent {
+            m.updates_from_agent.inc()
+        } else {
+            m.updates_from_master.inc()
+        }
         if from_agent && st.timestamp_ms > 0 {
             m.status_update_delay.observe((now - st.timestamp_ms).max(0) as f64 / 1e3);
         }
@@ -95,10 +99,22 @@ impl Master {
             m.launch_latency.observe((t.started_at_ms - t.submitted_at_ms).max(0) as f64 / 1e3);
         }
         if st.state.is_terminal() {
-            let reason = m.bounded("reason", if st.reason.is_empty() { "none" } else { st.reason.as_str() });
-            m.tasks_ended.with_label_values(&[st.state.as_str(), reason.as_str()]).inc();
             if t.started_at_ms > 0 {
                 m.run_time.observe((now - t.started_at_ms).max(0) as f64 / 1e3);
+            }
+            let reason = if st.reason.is_empty() { "none" } else { st.reason.as_str() };
+            let state = st.state.as_str();
+            // Resolved once per (reason, state): no label hashing per task.
+            match self.metrics.ended.get(reason).and_then(|s| s.get(state)) {
+                Some(c) => c.inc(),
+                None => {
+                    let label = m.bounded("reason", reason);
+                    let c = m.tasks_ended.with_label_values(&[state, label.as_str()]);
+                    c.inc();
+                    if self.metrics.ended.len() < crate::metrics::MAX_LABEL_VALUES {
+                        self.metrics.ended.entry(reason.to_string()).or_default().insert(state, c);
+                    }
+                }
             }
         }
     }

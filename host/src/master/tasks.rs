@@ -405,9 +405,11 @@ impl Tasks {
     }
 
     /// A launch: logged, and a queued task's "queued" message goes.
-    pub fn launched(&mut self, id: &TaskId, agent: &AgentId, attempt: u32) {
+    pub fn launched(&mut self, id: &TaskId, attempt: u32) {
         if let Some(t) = self.map.get_mut(id) {
-            t.log(TaskState::Staging, "launched", format!("on {agent}, attempt {attempt}"));
+            // The agent is the event's; a first attempt needs no words.
+            let msg = if attempt > 1 { format!("attempt {attempt}") } else { String::new() };
+            t.log(TaskState::Staging, "launched", msg);
             if t.message == "queued" {
                 t.message = Cow::Borrowed("");
             }
