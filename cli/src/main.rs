@@ -102,14 +102,7 @@ pub struct SimArgs {
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    if !matches!(cli.command, Command::Master(_) | Command::Agent(_) | Command::Dev(_)) {
-        // A closed stdout (`wasmos tasks | head -1`) ends a client command
-        // quietly, as it does `ls` or `grep`; servers keep ignoring SIGPIPE.
-        // SAFETY: restores the default disposition before any thread starts.
-        unsafe {
-            libc::signal(libc::SIGPIPE, libc::SIG_DFL);
-        }
-    }
+    quiet_broken_pipe();
     match cli.command {
         Command::Run(args) => run::main(args),
         Command::Sim(args) => sim::run(&args),
@@ -139,4 +132,21 @@ fn main() -> ExitCode {
         Command::Top(args) => observe::top(args),
         Command::Completion(args) => observe::completion(args, &mut Cli::command()),
     }
+}
+
+/// A closed stdout or stderr (`wasmos tasks | head -1`) ends the command
+/// quietly, as it does `ls` or `grep`: print! panics on EPIPE, and that
+/// panic exits with 141 (128 + SIGPIPE) instead of a message and backtrace.
+/// SIGPIPE itself stays ignored, so a peer that closes a socket is an
+/// error to handle, never a silent death.
+fn quiet_broken_pipe() {
+    let default = std::panic::take_hook();
+    std::panic::set_hook(Box::new(move |info| {
+        let p = info.payload();
+        let msg = p.downcast_ref::<String>().map(String::as_str).or_else(|| p.downcast_ref::<&str>().copied());
+        if msg.is_some_and(|m| m.starts_with("failed printing to std") && m.contains("Broken pipe")) {
+            std::process::exit(141);
+        }
+        default(info)
+    }));
 }

@@ -115,7 +115,6 @@ fn a_missing_file_exits_2() {
 /// no panic, no backtrace (it used to panic with "Broken pipe").
 #[test]
 fn a_closed_stdout_ends_quietly() {
-    use std::os::unix::process::ExitStatusExt;
     let dir = tempfile::tempdir().unwrap();
     // Enough frameworks that the table outgrows the pipe's buffer.
     let fws: Vec<String> = (0..3000).map(|i| format!(r#"{{"id": "f{i}", "role": "r", "task": "cpus:100"}}"#)).collect();
@@ -136,9 +135,5 @@ fn a_closed_stdout_ends_quietly() {
     let o = child.wait_with_output().unwrap();
     assert!(!first.is_empty());
     assert_eq!(stderr(&o), "", "nothing on stderr when stdout closes");
-    assert!(o.status.success() || o.status.signal() == Some(libc_sigpipe()), "{:?}", o.status);
-}
-
-fn libc_sigpipe() -> i32 {
-    13
+    assert!(o.status.success() || o.status.code() == Some(141), "{:?}", o.status);
 }
