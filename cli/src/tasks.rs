@@ -25,7 +25,7 @@ pub struct TasksArgs {
     /// Only this framework's tasks.
     #[arg(long, value_name = "ID")]
     pub framework: Option<String>,
-    /// Only tasks of frameworks in this role.
+    /// Only tasks accounted to this role.
     #[arg(long, value_name = "ROLE")]
     pub role: Option<String>,
     /// Only tasks placed on this agent.
