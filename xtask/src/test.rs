@@ -59,6 +59,8 @@ pub fn test(root: &Path, args: &TestArgs) -> Result<()> {
     // Cheap when already installed; covers machines whose guests were built
     // before the Python example existed.
     setup::setup_python(root)?;
+    // Likewise for the dashboard's browser and promtool.
+    setup::apt_install(&setup::DEBIAN_TEST_TOOLS)?;
     run(Command::new("cargo").current_dir(root).args(["test", "--workspace"]).args(&args.cargo_args))?;
     chaos::chaos(root, &CI_CHAOS)?;
     soak::soak_built_guests(root, &ci_soak())

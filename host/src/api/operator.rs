@@ -11,7 +11,7 @@ use super::{BoxStream, bad_id};
 use crate::MasterHandle;
 use crate::auth::sees;
 use crate::master::cmd::{Cmd, HostedJobs, NewToken, Principal, TokenView};
-use crate::master::task_ops::MAX_OUTPUT_CHUNK;
+use crate::master::types::OutputView;
 use crate::master::types::{
     DEFAULT_PAGE_SIZE, MAX_PAGE_SIZE, PAGE_SCAN_BUDGET, Page, Reservation, RoleUpdate, Submission, TaskAction,
     TaskFilter, TaskView,
@@ -148,12 +148,7 @@ impl v1::operator_server::Operator for MasterHandle {
             Err(s) => return Err(s),
         };
         // It may have left memory: the registry keeps its history.
-        let Some(h) = self.history.clone() else { return Err(missing) };
-        let found = tokio::task::spawn_blocking(move || h.get(&id))
-            .await
-            .map_err(|e| Status::internal(e.to_string()))?
-            .map_err(|e| Status::internal(e.to_string()))?;
-        found.filter(|t| sees(&who, &t.role)).map(|t| Response::new(task_view_to_wire(&t))).ok_or(missing)
+        self.task_in_history(&who, id, missing).await.map(|t| Response::new(task_view_to_wire(&t)))
     }
 
     async fn task_output(&self, r: Request<v1::TaskOutputRequest>) -> Result<Response<v1::TaskOutputResponse>, Status> {
@@ -176,25 +171,13 @@ impl v1::operator_server::Operator for MasterHandle {
             Err(s) => return Err(s),
         };
         // An ended task that left memory: its outcome from the history.
-        let Some(h) = self.history.clone() else { return Err(missing) };
-        let found = tokio::task::spawn_blocking(move || h.get(&id))
-            .await
-            .map_err(|e| Status::internal(e.to_string()))?
-            .map_err(|e| Status::internal(e.to_string()))?;
-        let t = found.filter(|t| sees(&who, &t.role)).ok_or(missing)?;
-        let (bytes, truncated) = match &t.outcome {
-            Some(o) if stderr => (o.stderr.clone(), o.stderr_truncated),
-            Some(o) => (o.stdout.clone(), o.stdout_truncated),
-            None => (Vec::new(), false),
-        };
-        let max = if max == 0 { MAX_OUTPUT_CHUNK } else { max.min(MAX_OUTPUT_CHUNK) } as usize;
-        let from = (offset as usize).min(bytes.len());
-        let to = from.saturating_add(max).min(bytes.len());
+        let t = self.task_in_history(&who, id, missing).await?;
+        let o = OutputView::of_outcome(t.outcome.as_deref(), stderr, offset, max, false);
         Ok(Response::new(v1::TaskOutputResponse {
-            data: bytes[from..to].to_vec(),
-            next_offset: to as u64,
+            data: o.data,
+            next_offset: o.next_offset,
             running: false,
-            truncated,
+            truncated: o.truncated,
         }))
     }
 
@@ -376,6 +359,19 @@ impl v1::operator_server::Operator for MasterHandle {
         let name = r.into_inner().name;
         self.request(who, |reply| Cmd::RevokeToken(name, reply)).await?;
         Ok(Response::new(v1::RevokeTokenResponse {}))
+    }
+}
+
+impl MasterHandle {
+    /// A task that left memory, from the registry's history, if `who` may
+    /// view its role; `missing` otherwise.
+    async fn task_in_history(&self, who: &Principal, id: String, missing: Status) -> Result<TaskView, Status> {
+        let Some(h) = self.history.clone() else { return Err(missing) };
+        let found = tokio::task::spawn_blocking(move || h.get(&id))
+            .await
+            .map_err(|e| Status::internal(e.to_string()))?
+            .map_err(|e| Status::internal(e.to_string()))?;
+        found.filter(|t| sees(who, &t.role)).ok_or(missing)
     }
 }
 

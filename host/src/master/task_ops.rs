@@ -294,16 +294,8 @@ impl Master {
         let running = matches!(t.state(), TaskState::Running | TaskState::Paused | TaskState::Killing);
         let agent = t.agent().cloned().filter(|_| running);
         let Some(agent) = agent else {
-            let (bytes, truncated) = match &t.outcome {
-                Some(o) if stderr => (&o.stderr[..], o.stderr_truncated),
-                Some(o) => (&o.stdout[..], o.stdout_truncated),
-                None => (&[][..], false),
-            };
-            let from = (offset as usize).min(bytes.len());
-            let to = (from + max as usize).min(bytes.len());
             let more = !t.state().is_terminal();
-            let out = OutputView { data: bytes[from..to].to_vec(), next_offset: to as u64, running: more, truncated };
-            let _ = reply.send(Ok(out));
+            let _ = reply.send(Ok(OutputView::of_outcome(t.outcome.as_deref(), stderr, offset, max, more)));
             return;
         };
         if self.state.agents.get(&agent).is_none_or(|a| a.tx.is_none()) {

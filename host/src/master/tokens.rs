@@ -249,14 +249,7 @@ impl Master {
         if self.tokens.revoke(BOOTSTRAP_NAME).is_ok() {
             eprintln!("wasmos master: --reset-admin-token: the old admin token is revoked");
         }
-        let t = NewToken {
-            name: BOOTSTRAP_NAME.into(),
-            grants: vec!["admin:*".into()],
-            ttl: Default::default(),
-            agent: false,
-            uses: 0,
-        };
-        self.tokens.create(&t, "master (--reset-admin-token)".into()).ok().map(|(secret, _)| secret)
+        self.make_admin_token("master (--reset-admin-token)")
     }
 
     /// At a start with no token at all (a first start, or the in-memory
@@ -265,6 +258,11 @@ impl Master {
         if !self.tokens.is_empty() {
             return None;
         }
+        self.make_admin_token("master")
+    }
+
+    /// The `admin` token (`admin:*`, no expiry); its secret.
+    fn make_admin_token(&mut self, created_by: &str) -> Option<String> {
         let t = NewToken {
             name: BOOTSTRAP_NAME.into(),
             grants: vec!["admin:*".into()],
@@ -272,7 +270,7 @@ impl Master {
             agent: false,
             uses: 0,
         };
-        self.tokens.create(&t, "master".into()).ok().map(|(secret, _)| secret)
+        self.tokens.create(&t, created_by.into()).ok().map(|(secret, _)| secret)
     }
 }
 

@@ -157,6 +157,24 @@ pub(crate) struct OutputView {
     pub truncated: bool,
 }
 
+impl OutputView {
+    /// An ended (or never-run) task's output from its outcome: at most `max`
+    /// bytes (0: [`MAX_OUTPUT_CHUNK`](super::task_ops::MAX_OUTPUT_CHUNK)) of
+    /// a stream from `offset` on.
+    pub fn of_outcome(outcome: Option<&Outcome>, stderr: bool, offset: u64, max: u32, running: bool) -> OutputView {
+        let chunk = super::task_ops::MAX_OUTPUT_CHUNK;
+        let max = if max == 0 { chunk } else { max.min(chunk) } as usize;
+        let (bytes, truncated) = match outcome {
+            Some(o) if stderr => (&o.stderr[..], o.stderr_truncated),
+            Some(o) => (&o.stdout[..], o.stdout_truncated),
+            None => (&[][..], false),
+        };
+        let from = (offset as usize).min(bytes.len());
+        let to = from.saturating_add(max).min(bytes.len());
+        OutputView { data: bytes[from..to].to_vec(), next_offset: to as u64, running, truncated }
+    }
+}
+
 /// A running task's use so far, from its agent's heartbeats.
 #[derive(Debug, Clone, Copy, Default, PartialEq)]
 pub(crate) struct Usage {
