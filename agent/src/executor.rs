@@ -23,11 +23,18 @@ pub(crate) struct Executor {
     /// Fuel used by the tasks that ended here, and how many ended.
     fuel_consumed: std::sync::atomic::AtomicU64,
     tasks_ended: std::sync::atomic::AtomicU64,
+    cpu_ns: std::sync::atomic::AtomicU64,
 }
 
 impl Executor {
     pub fn new(sandbox: Sandbox) -> Executor {
-        Executor { sandbox, live: Mutex::new(HashMap::new()), fuel_consumed: 0.into(), tasks_ended: 0.into() }
+        Executor {
+            sandbox,
+            live: Mutex::new(HashMap::new()),
+            fuel_consumed: 0.into(),
+            tasks_ended: 0.into(),
+            cpu_ns: 0.into(),
+        }
     }
 
     fn live(&self) -> MutexGuard<'_, HashMap<String, Live>> {
@@ -56,9 +63,12 @@ impl Executor {
                 task_id: id.clone(),
                 fuel_used: l.control.fuel_used(),
                 mem_bytes: l.control.memory(),
+                cpu_ns: l.control.cpu_time().as_nanos() as u64,
+                started: l.control.has_started(),
             })
             .collect()
     }
+
 
     /// A live task's output from `offset` on; None if it does not run here.
     fn tail(&self, id: &str, stderr: bool, offset: u64, max: u32) -> Option<(Vec<u8>, usize)> {
@@ -69,19 +79,27 @@ impl Executor {
     /// What the agent reports with each heartbeat.
     pub fn stats(&self) -> v1::AgentStats {
         use std::sync::atomic::Ordering::Relaxed;
-        let (mut running, mut paused, mut mem) = (0, 0, 0);
+        let (mut running, mut paused, mut starting, mut mem) = (0, 0, 0, 0);
         for l in self.live().values() {
             if l.paused {
                 paused += 1;
-            } else {
+            } else if l.control.has_started() {
                 running += 1;
+            } else {
+                starting += 1;
             }
             mem += l.control.memory();
         }
         let c = self.sandbox.cache_stats();
+        let slots = self.sandbox.slot_stats();
         v1::AgentStats {
             tasks_running: running,
             tasks_paused: paused,
+            tasks_starting: starting,
+            slots_in_use: slots.in_use,
+            slots: slots.capacity,
+            cpu_waiting: slots.cpu_waiting,
+            cpu_ns: self.cpu_ns.load(Relaxed),
             mem_used_bytes: mem,
             module_cache_memory_hits: c.memory_hits,
             module_cache_disk_hits: c.disk_hits,
@@ -114,7 +132,7 @@ impl Executor {
                 task_id: id.clone(),
                 framework_id: l.framework.clone(),
                 agent_id: agent_id.to_string(),
-                state: if l.paused { v1::TaskState::TaskPaused } else { v1::TaskState::TaskRunning } as i32,
+                state: live_state(l.paused, l.control.has_started()) as i32,
                 ..Default::default()
             })
             .collect()
@@ -187,7 +205,7 @@ pub(crate) fn handle(agent: &Arc<Agent>, cmd: v1::AgentCommand) {
         Some(Command::Resume(r)) => {
             if let Some((c, fw)) = ex.with_live(&r.task_id, Some(false)) {
                 c.resume();
-                agent.report(&r.task_id, &fw, v1::TaskState::TaskRunning, "resumed".into(), None);
+                agent.report(&r.task_id, &fw, live_state(false, c.has_started()), "resumed".into(), None);
             }
         }
         None => {}
@@ -207,23 +225,68 @@ async fn run_task(agent: Arc<Agent>, fw: String, spec: v1::TaskSpec, control: Ta
             return;
         }
     };
-    // Paused while its module was fetched: it starts paused (the sandbox
-    // waits on its control) and says so rather than RUNNING. Decided and
-    // reported under the table's lock, so a pause's own PAUSED report
-    // cannot come before this one.
-    {
-        let live = agent.executor.live();
-        let paused = live.get(&id).is_some_and(|l| l.paused);
-        let state = if paused { v1::TaskState::TaskPaused } else { v1::TaskState::TaskRunning };
-        agent.report(&id, &fw, state, String::new(), None);
-    }
-    let outcome = agent.executor.sandbox.run(&prepared, run_request(&spec, &fw), &control).await;
+    // A task is RUNNING only once it has a sandbox slot; until then it is
+    // STARTING. The first poll takes a free slot at once (and runs a first
+    // slice), so an agent with room reports RUNNING and the outcome, no more.
+    let run = agent.executor.sandbox.run(&prepared, run_request(&spec, &fw), &control);
+    tokio::pin!(run);
+    let first = tokio::select! {
+        biased;
+        o = &mut run => Some(o),
+        _ = std::future::ready(()) => None,
+    };
+    let outcome = match first {
+        Some(o) => {
+            if control.has_started() {
+                report_live(&agent, &id, &fw, true);
+            }
+            o
+        }
+        None if control.has_started() => {
+            report_live(&agent, &id, &fw, true);
+            run.await
+        }
+        None => {
+            report_live(&agent, &id, &fw, false);
+            tokio::select! {
+                biased;
+                o = &mut run => o,
+                _ = control.started() => {
+                    report_live(&agent, &id, &fw, true);
+                    run.await
+                }
+            }
+        }
+    };
     let state = outcome_state(outcome.kind);
     agent.executor.fuel_consumed.fetch_add(outcome.fuel_consumed, std::sync::atomic::Ordering::Relaxed);
+    agent.executor.cpu_ns.fetch_add(outcome.cpu_time.as_nanos() as u64, std::sync::atomic::Ordering::Relaxed);
     agent.executor.tasks_ended.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
     let msg = outcome.message.clone().unwrap_or_default();
     agent.report(&id, &fw, state, msg, Some(wasmos_proto::outcome_to_wire(&outcome)));
     agent.executor.forget(&id);
+}
+
+/// STARTING (waiting for a sandbox slot), RUNNING or PAUSED.
+fn live_state(paused: bool, started: bool) -> v1::TaskState {
+    match (paused, started) {
+        (true, _) => v1::TaskState::TaskPaused,
+        (false, true) => v1::TaskState::TaskRunning,
+        (false, false) => v1::TaskState::TaskStarting,
+    }
+}
+
+/// Reports a live task's state. Decided and reported under the table's lock,
+/// so a pause's own PAUSED report cannot come before this one; a task paused
+/// while its module was fetched starts paused and says so.
+fn report_live(agent: &Agent, id: &str, fw: &str, started: bool) {
+    let live = agent.executor.live();
+    let paused = live.get(id).is_some_and(|l| l.paused);
+    if paused && started {
+        // Its PAUSED was reported already (or is reported now, at the start).
+        return;
+    }
+    agent.report(id, fw, live_state(paused, started), String::new(), None);
 }
 
 /// The sandbox's view of a launched task.
@@ -247,7 +310,17 @@ fn run_request(spec: &v1::TaskSpec, fw: &str) -> RunRequest {
         input: spec.input.clone(),
         // A master from before `attempt` existed sends 0: that is the first run.
         context: wasmos_sandbox::TaskContext { task_id: id, attempt: spec.attempt.max(1), framework: fw.to_string() },
+        cpu_weight: cpu_weight(spec.resources.as_ref()),
         ..Default::default()
+    }
+}
+
+/// A task's CPU weight: its `cpus` in milli-cpus (at least 1); a launch that
+/// names no resources weighs one core.
+fn cpu_weight(r: Option<&v1::Resources>) -> u64 {
+    match r.map(|r| wasmos_proto::resources_from_wire(Some(r))) {
+        Some(Ok(r)) => ((r.cpus() * wasmos_sandbox::WEIGHT_ONE as f64).round() as u64).max(1),
+        _ => wasmos_sandbox::WEIGHT_ONE,
     }
 }
 

@@ -194,6 +194,12 @@ impl Agent {
 /// Returns the agent id it registered under.
 pub async fn run(cfg: AgentConfig, shutdown: impl Future<Output = ()> + Send) -> Result<String, AgentError> {
     std::fs::create_dir_all(&cfg.work_dir).map_err(|e| AgentError::WorkDir(cfg.work_dir.clone(), e))?;
+    if let Some((before, after)) = wasmos_sandbox::ensure_map_count(&cfg.sandbox)? {
+        eprintln!(
+            "wasmos agent: raised vm.max_map_count from {before} to {after} for {} task slots",
+            cfg.sandbox.max_concurrent_tasks as u64 + cfg.sandbox.max_metered_tasks as u64
+        );
+    }
     let sandbox = Sandbox::new(cfg.sandbox.clone())?;
     let identity = identity::obtain(&cfg).await?;
     let target = identity.target(&cfg.master, cfg.ca_pem.clone());

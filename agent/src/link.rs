@@ -94,6 +94,9 @@ fn info(cfg: &AgentConfig) -> v1::AgentInfo {
         wasmtime_version: Sandbox::wasmtime_version().to_string(),
         target_triple: format!("{}-{}", std::env::consts::ARCH, std::env::consts::OS),
         agent_version: env!("CARGO_PKG_VERSION").to_string(),
+        task_slots: cfg.sandbox.max_concurrent_tasks.saturating_add(cfg.sandbox.max_metered_tasks),
+        cpu_cores: cfg.sandbox.cpu_cores as u32,
+        cpu_limit: cfg.sandbox.cpu_limit.to_string(),
     }
 }
 

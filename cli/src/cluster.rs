@@ -302,9 +302,8 @@ pub struct AgentArgs {
     /// [default: ~/.local/state/wasmos/agent]
     #[arg(long, value_name = "DIR")]
     pub work_dir: Option<PathBuf>,
-    /// Most tasks running at once (sandbox pool slots).
-    #[arg(long, value_name = "N", default_value_t = wasmos_sandbox::DEFAULT_MAX_CONCURRENT_TASKS)]
-    pub max_tasks: u32,
+    #[command(flatten)]
+    pub sandbox: SandboxArgs,
     /// Most status updates sent to the master in one call.
     #[arg(long, value_name = "N", default_value_t = wasmos_agent::DEFAULT_UPDATE_BATCH)]
     pub update_batch: usize,
@@ -323,6 +322,64 @@ pub struct AgentArgs {
     pub no_checkpoint: bool,
 }
 
+/// How an agent's sandbox is sized and shares its CPU.
+#[derive(clap::Args, Debug, Clone)]
+pub struct SandboxArgs {
+    /// Most tasks alive at once without fuel metering: slots of the sandbox's
+    /// pool. A launch past them waits on the agent, STARTING, for a slot.
+    /// (`wasmos dev` splits them among its agents.)
+    #[arg(long, value_name = "N", default_value_t = wasmos_sandbox::DEFAULT_MAX_CONCURRENT_TASKS)]
+    pub max_tasks: u32,
+    /// Most fuel-metered tasks alive at once (those with --fuel or
+    /// --meter-fuel): slots of the second, metered pool.
+    #[arg(long, value_name = "N", default_value_t = wasmos_sandbox::DEFAULT_MAX_METERED_TASKS)]
+    pub max_metered_tasks: u32,
+    /// Largest --mem a task may have. Every memory slot of the pools reserves
+    /// this much address space (47 bits hold about 100,000 slots of 1GiB);
+    /// 64KiB to 4GiB.
+    #[arg(long, value_name = "SIZE", value_parser = crate::args::size, default_value = "1GiB")]
+    pub max_task_mem: u64,
+    /// Linear memories in the pools per task slot (a core module has one, a
+    /// component a few); a task that finds none free fails.
+    #[arg(long, value_name = "X", default_value_t = 1.25)]
+    pub memories_per_task: f64,
+    /// Tables in the pools per task slot.
+    #[arg(long, value_name = "X", default_value_t = 2.0)]
+    pub tables_per_task: f64,
+    /// Wasm stack per task; deeper recursion traps with a stack overflow.
+    #[arg(long, value_name = "SIZE", value_parser = crate::args::size, default_value = "512KiB")]
+    pub max_wasm_stack: u64,
+    /// How a task's `cpus` holds: `shares` (CPU in proportion to cpus under
+    /// contention, idle CPU lent to others) or `hard` (never more than cpus).
+    #[arg(long, value_name = "MODE", default_value_t = wasmos_sandbox::CpuLimit::Shares)]
+    pub cpu_limit: wasmos_sandbox::CpuLimit,
+    /// Tasks executing Wasm at once [default: the cpus offered, rounded up, at
+    /// most the machine's cores]
+    #[arg(long, value_name = "N")]
+    pub cpu_cores: Option<usize>,
+    /// Longest a task keeps a core while others wait for one.
+    #[arg(long, value_name = "DUR", value_parser = crate::args::duration, default_value = "10ms")]
+    pub cpu_slice: Duration,
+}
+
+impl SandboxArgs {
+    /// Applies the flags to an agent's sandbox config; `share` divides the
+    /// slots among agents in one process.
+    fn apply(&self, cfg: &mut wasmos_sandbox::SandboxConfig, offered: &Resources, share: u32) {
+        let share = share.max(1);
+        cfg.max_concurrent_tasks = (self.max_tasks / share).max(1);
+        cfg.max_metered_tasks = (self.max_metered_tasks / share).max(1);
+        cfg.max_task_mem = self.max_task_mem;
+        cfg.memories_per_task_x100 = (self.memories_per_task * 100.0).round().clamp(100.0, 10_000.0) as u32;
+        cfg.tables_per_task_x100 = (self.tables_per_task * 100.0).round().clamp(100.0, 10_000.0) as u32;
+        cfg.max_wasm_stack = self.max_wasm_stack.clamp(64 << 10, 64 << 20) as usize;
+        cfg.cpu_limit = self.cpu_limit;
+        cfg.cpu_slice = self.cpu_slice;
+        let machine = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1);
+        cfg.cpu_cores = self.cpu_cores.unwrap_or_else(|| (offered.cpus().ceil() as usize).clamp(1, machine)).max(1);
+    }
+}
+
 #[derive(clap::Args, Debug)]
 pub struct DevArgs {
     /// Agents to start in this process.
@@ -337,6 +394,8 @@ pub struct DevArgs {
     /// Agents keep no checkpoint (their tasks are not recovered after a restart).
     #[arg(long)]
     pub no_checkpoint: bool,
+    #[command(flatten)]
+    pub sandbox: SandboxArgs,
     #[command(flatten)]
     pub opts: MasterOpts,
 }
@@ -427,7 +486,7 @@ pub fn agent(args: AgentArgs) -> ExitCode {
         cfg.resources = r;
     }
     cfg.attributes = args.attributes.unwrap_or_default();
-    cfg.sandbox.max_concurrent_tasks = args.max_tasks;
+    args.sandbox.apply(&mut cfg.sandbox, &cfg.resources, 1);
     cfg.update_batch = args.update_batch.max(1);
     cfg.max_backoff = args.max_backoff;
     cfg.checkpoint_interval = args.checkpoint_interval;
@@ -515,6 +574,7 @@ pub fn dev(args: DevArgs) -> ExitCode {
             cfg.hostname = format!("{}-dev{i}", wasmos_agent::hostname());
             cfg.checkpoint_interval = args.checkpoint_interval;
             cfg.checkpoint = !args.no_checkpoint;
+            args.sandbox.apply(&mut cfg.sandbox, &resources, args.agents);
             let mut stop = stop_rx.clone();
             agents.push(tokio::spawn(wasmos_agent::run(cfg, async move {
                 let _ = stop.wait_for(|s| *s).await;

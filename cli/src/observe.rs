@@ -103,7 +103,7 @@ async fn top_frame(op: &mut crate::client::Operator, limit: usize) -> Result<Str
     let msg = |e: tonic::Status| crate::client::status_msg(&e);
     let o = op.overview(v1::OverviewRequest {}).await.map_err(msg)?.into_inner();
     let mut tasks = Vec::new();
-    for state in [v1::TaskState::TaskRunning, v1::TaskState::TaskPaused] {
+    for state in [v1::TaskState::TaskRunning, v1::TaskState::TaskPaused, v1::TaskState::TaskStarting] {
         let mut token = String::new();
         loop {
             let req =
@@ -116,7 +116,9 @@ async fn top_frame(op: &mut crate::client::Operator, limit: usize) -> Result<Str
             token = r.next_page_token;
         }
     }
-    tasks.sort_by(|a, b| b.fuel_per_sec.total_cmp(&a.fuel_per_sec).then(a.task_id.cmp(&b.task_id)));
+    tasks.sort_by(|a, b| {
+        b.cpu_cores.total_cmp(&a.cpu_cores).then(b.fuel_per_sec.total_cmp(&a.fuel_per_sec)).then(a.task_id.cmp(&b.task_id))
+    });
     let now =
         std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_millis() as i64).unwrap_or(0);
     let res = |r: &Option<v1::Resources>| {
@@ -127,11 +129,12 @@ async fn top_frame(op: &mut crate::client::Operator, limit: usize) -> Result<Str
     let n = |k: &str| o.tasks_by_state.get(k).copied().unwrap_or(0);
     let _ = writeln!(
         s,
-        "wasmos top  {}  agents {} active, {} disconnected  tasks {} running, {} paused, {} queued  allocated {} of {}",
+        "wasmos top  {}  agents {} active, {} disconnected  tasks {} running, {} starting, {} paused, {} queued  allocated {} of {}",
         o.cluster,
         o.agents_active,
         o.agents_disconnected,
         n("running"),
+        n("starting"),
         n("paused"),
         n("staging"),
         res(&o.allocated),
@@ -140,8 +143,8 @@ async fn top_frame(op: &mut crate::client::Operator, limit: usize) -> Result<Str
     let _ = writeln!(s);
     let _ = writeln!(
         s,
-        "{:<22} {:<16} {:<16} {:>12} {:>14} {:>21} {:>17} {:<7}",
-        "TASK", "NAME", "AGENT", "FUEL/S", "FUEL", "MEM/LIMIT", "WALL/TIMEOUT", "STATE"
+        "{:<22} {:<16} {:<16} {:>6} {:>9} {:>12} {:>21} {:>17} {:<8}",
+        "TASK", "NAME", "AGENT", "CPU%", "CPU", "FUEL/S", "MEM/LIMIT", "WALL/TIMEOUT", "STATE"
     );
     for t in tasks.iter().take(limit) {
         let l = wasmos_proto::limits_from_wire(t.limits.as_ref());
@@ -153,12 +156,13 @@ async fn top_frame(op: &mut crate::client::Operator, limit: usize) -> Result<Str
         let state = wasmos_proto::state_from_wire(t.state).map(|s| s.to_string()).unwrap_or_default();
         let _ = writeln!(
             s,
-            "{:<22} {:<16} {:<16} {:>12} {:>14} {:>21} {:>17} {:<7}",
+            "{:<22} {:<16} {:<16} {:>6} {:>9} {:>12} {:>21} {:>17} {:<8}",
             t.task_id,
             clip(&t.name, 16),
             clip(&t.agent_id, 16),
-            si(t.fuel_per_sec),
-            si(t.live_fuel as f64),
+            format!("{:.0}", t.cpu_cores * 100.0),
+            format!("{:.1}s", t.live_cpu_ns as f64 / 1e9),
+            if t.live_fuel > 0 { si(t.fuel_per_sec) } else { "-".to_string() },
             format!("{}/{}", wasmos_model::format_size(round_kib(t.live_mem_bytes)), wasmos_model::format_size(l.mem)),
             format!(
                 "{}/{}",

@@ -13,9 +13,14 @@ use wasmos_sandbox::{HostDir, RunRequest, Sandbox, SandboxConfig, Stdin, TaskCon
 #[command(after_help = "Exit status: the guest's exit code; 124 on timeout; 125 on out_of_fuel, \
 out_of_memory or error; 137 when killed. With --json: 0 whenever the run was carried out.")]
 pub struct RunArgs {
-    /// Fuel budget (total instructions, roughly); unlimited when absent, but always counted.
+    /// Fuel budget (total instructions, roughly) [default: none, and fuel is
+    /// not counted]
     #[arg(long, value_name = "N")]
     pub fuel: Option<u64>,
+    /// Count fuel without a budget (identical work, identical fuel); costs
+    /// about 2x on tight loops.
+    #[arg(long)]
+    pub meter_fuel: bool,
     /// Max linear memory plus tables (bytes, KiB, MiB, GiB).
     #[arg(long, value_name = "SIZE", default_value = "256MiB", value_parser = crate::args::size)]
     pub mem: u64,
@@ -108,7 +113,13 @@ pub fn main(args: RunArgs) -> ExitCode {
         name: argv0.clone(),
         args: std::iter::once(argv0).chain(args.args.iter().cloned()).collect(),
         env: args.env.clone(),
-        limits: Limits { fuel: args.fuel, mem: args.mem, timeout: args.timeout, max_output: args.max_output },
+        limits: Limits {
+            fuel: args.fuel,
+            mem: args.mem,
+            timeout: args.timeout,
+            max_output: args.max_output,
+            meter_fuel: args.meter_fuel,
+        },
         stdin: if input.is_some() { Stdin::Closed } else { Stdin::Inherit },
         input: input.unwrap_or_default(),
         host_dirs: args.dirs.clone(),
@@ -148,7 +159,8 @@ pub fn to_json(o: &Outcome) -> serde_json::Value {
     serde_json::json!({
         "outcome": o.kind.as_str(),
         "exit_code": o.exit_code,
-        "fuel_consumed": o.fuel_consumed,
+        "fuel_consumed": if o.fuel_metered { serde_json::json!(o.fuel_consumed) } else { serde_json::Value::Null },
+        "cpu_time_ms": (o.cpu_time.as_secs_f64() * 1000.0 * 1000.0).round() / 1000.0,
         "peak_memory_bytes": o.peak_memory_bytes,
         "wall_time_ms": (o.wall_time.as_secs_f64() * 1000.0 * 1000.0).round() / 1000.0,
         "stdout": String::from_utf8_lossy(&o.stdout),
@@ -162,10 +174,11 @@ pub fn to_json(o: &Outcome) -> serde_json::Value {
 /// The one-line summary printed to stderr after a run (plus the message, if any).
 pub fn summary(o: &Outcome) -> String {
     let exit = o.exit_code.map(|c| c.to_string()).unwrap_or_else(|| "-".into());
+    let fuel = if o.fuel_metered { format!(" fuel={}", o.fuel_consumed) } else { String::new() };
     let mut line = format!(
-        "wasmos: {} exit={exit} fuel={} peak_mem={} wall={:.3}ms",
+        "wasmos: {} exit={exit}{fuel} cpu={:.3}ms peak_mem={} wall={:.3}ms",
         o.kind,
-        o.fuel_consumed,
+        o.cpu_time.as_secs_f64() * 1000.0,
         human_bytes(o.peak_memory_bytes),
         o.wall_time.as_secs_f64() * 1000.0
     );

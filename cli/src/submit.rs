@@ -27,9 +27,13 @@ pub struct SubmitArgs {
     /// Memory each task reserves; also its `mem` limit.
     #[arg(long, value_name = "SIZE", default_value = "64MiB", value_parser = crate::args::size)]
     pub mem: u64,
-    /// Fuel budget per task [default: unlimited, always counted]
+    /// Fuel budget per task [default: none, and fuel is not counted]
     #[arg(long, value_name = "N")]
     pub fuel: Option<u64>,
+    /// Count each task's fuel without a budget (identical work, identical
+    /// fuel); costs about 2x on tight loops. Implied by --fuel.
+    #[arg(long)]
+    pub meter_fuel: bool,
     /// Wall-clock limit per task.
     #[arg(long, value_name = "DUR", default_value = "60s", value_parser = crate::args::duration)]
     pub timeout: Duration,
@@ -124,7 +128,13 @@ async fn submit(args: SubmitArgs) -> Result<ExitCode, String> {
         args.module.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_else(|| "task".into())
     });
     let resources = Resources::new().with(CPUS, Scalar::from_f64(args.cpus)).with(MEM, Scalar::units(args.mem as i64));
-    let limits = Limits { fuel: args.fuel, mem: args.mem, timeout: args.timeout, max_output: args.max_output };
+    let limits = Limits {
+        fuel: args.fuel,
+        mem: args.mem,
+        timeout: args.timeout,
+        max_output: args.max_output,
+        meter_fuel: args.meter_fuel,
+    };
     let template = v1::TaskSpec {
         task_id: String::new(),
         name,
@@ -197,7 +207,7 @@ async fn submit(args: SubmitArgs) -> Result<ExitCode, String> {
             let mut obj = match &outcome {
                 Some(o) => crate::run::to_json(o),
                 None => serde_json::json!({
-                    "outcome": null, "exit_code": null, "fuel_consumed": 0, "peak_memory_bytes": 0,
+                    "outcome": null, "exit_code": null, "fuel_consumed": null, "cpu_time_ms": 0.0, "peak_memory_bytes": 0,
                     "wall_time_ms": 0.0, "stdout": "", "stderr": "", "stdout_truncated": false,
                     "stderr_truncated": false, "message": if t.message.is_empty() { None } else { Some(t.message.clone()) },
                 }),

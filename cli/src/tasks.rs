@@ -139,7 +139,8 @@ fn task_json(t: &v1::TaskSummary) -> serde_json::Value {
         "state": wasmos_proto::state_from_wire(t.state).map(|s| s.to_string()),
         "outcome": o.and_then(|o| wasmos_proto::outcome_kind_from_wire(o.kind)).map(|k| k.to_string()),
         "exit_code": o.and_then(|o| o.exit_code),
-        "fuel_consumed": o.map(|o| o.fuel_consumed),
+        "fuel_consumed": o.filter(|o| o.fuel_metered).map(|o| o.fuel_consumed),
+        "cpu_time_ms": o.map(|o| o.cpu_time_ms),
         "peak_memory_bytes": o.map(|o| o.peak_memory_bytes),
         "attempt": t.attempt,
         "resources": res(&t.resources),
@@ -196,6 +197,9 @@ fn agent_json(a: &v1::AgentSummary) -> serde_json::Value {
         "attributes": info.attributes.iter().map(|x| format!("{}={}", x.key, x.value)).collect::<Vec<_>>(),
         "wasmtime": info.wasmtime_version, "target": info.target_triple,
         "registered_at": rfc3339(a.registered_at_ms),
+        "tasks_live": a.tasks_live, "tasks_starting": a.tasks_starting,
+        "slots_in_use": a.slots_in_use, "slots": info.task_slots,
+        "cpu_cores": info.cpu_cores, "cpu_limit": info.cpu_limit, "cpu_waiting": a.cpu_waiting,
     })
 }
 
@@ -207,6 +211,9 @@ fn agent_row(a: &v1::AgentSummary) -> Vec<String> {
         res(&info.resources),
         res(&a.allocated),
         a.running_tasks.to_string(),
+        format!("{}/{}", a.slots_in_use, info.task_slots),
+        if a.tasks_starting > 0 { a.tasks_starting.to_string() } else { "-".into() },
+        if info.cpu_limit.is_empty() { "-".into() } else { format!("{}x{}", info.cpu_cores, info.cpu_limit) },
         a.status.clone(),
         info.wasmtime_version,
     ]
@@ -214,7 +221,7 @@ fn agent_row(a: &v1::AgentSummary) -> Vec<String> {
 
 const AGENTS: Listing<v1::AgentSummary> = Listing {
     cmd: "agents",
-    header: &["AGENT", "HOSTNAME", "RESOURCES", "ALLOCATED", "TASKS", "STATUS", "WASMTIME"],
+    header: &["AGENT", "HOSTNAME", "RESOURCES", "ALLOCATED", "TASKS", "SLOTS", "STARTING", "CPU", "STATUS", "WASMTIME"],
     row: agent_row,
     json: agent_json,
 };
@@ -451,7 +458,7 @@ pub fn detail(args: TaskDetailArgs) -> ExitCode {
             let mut v = task_json(&t);
             v["limits"] = serde_json::json!({
                 "fuel": limits.fuel, "mem_bytes": limits.mem, "timeout_ms": limits.timeout.as_millis() as u64,
-                "max_output_bytes": limits.max_output,
+                "max_output_bytes": limits.max_output, "meter_fuel": limits.meter_fuel,
             });
             v["args"] = serde_json::json!(t.args);
             v["events"] = serde_json::Value::Array(
@@ -482,9 +489,21 @@ pub fn detail(args: TaskDetailArgs) -> ExitCode {
         }
         println!();
         println!("{:<12}{:>16}  {:>16}", "", "USED", "LIMIT");
-        let fuel_limit = limits.fuel.map(|f| f.to_string()).unwrap_or_else(|| "unlimited".into());
+        let fuel_limit = limits
+            .fuel
+            .map(|f| f.to_string())
+            .unwrap_or_else(|| if limits.meter_fuel { "unlimited" } else { "not counted" }.into());
         let used = |f: &dyn Fn(&v1::Outcome) -> String| o.map(f).unwrap_or_else(|| "-".into());
-        println!("{:<12}{:>16}  {:>16}", "fuel", used(&|o| o.fuel_consumed.to_string()), fuel_limit);
+        let cpus = wasmos_proto::resources_from_wire(t.resources.as_ref()).map(|r| r.cpus()).unwrap_or(0.0);
+        let live_cpu = (t.live_cpu_ns > 0).then(|| format!("{:.3}s so far", t.live_cpu_ns as f64 / 1e9));
+        let cpu_used = match (o, live_cpu) {
+            (Some(o), _) => format!("{:.3}ms", o.cpu_time_ms),
+            (None, Some(l)) => l,
+            (None, None) => "-".into(),
+        };
+        println!("{:<12}{:>16}  {:>16}", "cpu time", cpu_used, format!("{cpus} cpus (share)"));
+        let fuel_used = |o: &v1::Outcome| if o.fuel_metered { o.fuel_consumed.to_string() } else { "-".into() };
+        println!("{:<12}{:>16}  {:>16}", "fuel", used(&fuel_used), fuel_limit);
         println!(
             "{:<12}{:>16}  {:>16}",
             "memory",

@@ -46,9 +46,13 @@ fn scalars(r: &Resources) -> Vec<sched::Scalar> {
     r.iter().map(|(n, v)| sched::Scalar { name: n.to_string(), milli: v.milli() }).collect()
 }
 
+/// The WIT `limits` record has no `meter-fuel` field: there, a fuel budget of
+/// `u64::MAX` stands for "count fuel, no budget".
+const WIT_METERED_NO_BUDGET: u64 = u64::MAX;
+
 fn limits_to_wit(l: &Limits) -> sched::Limits {
     sched::Limits {
-        fuel: l.fuel,
+        fuel: l.fuel.or(l.meter_fuel.then_some(WIT_METERED_NO_BUDGET)),
         mem_bytes: l.mem,
         timeout_ms: l.timeout.as_millis() as u64,
         max_output_bytes: l.max_output,
@@ -56,11 +60,18 @@ fn limits_to_wit(l: &Limits) -> sched::Limits {
 }
 
 fn limits_from_wit(l: &sched::Limits) -> Limits {
-    Limits::or_defaults(l.fuel, l.mem_bytes, l.timeout_ms, l.max_output_bytes)
+    let metered_only = l.fuel == Some(WIT_METERED_NO_BUDGET);
+    Limits {
+        meter_fuel: metered_only,
+        ..Limits::or_defaults(l.fuel.filter(|_| !metered_only), l.mem_bytes, l.timeout_ms, l.max_output_bytes)
+    }
 }
 
-/// A job for `on-submit` from a submission's template.
+/// A job for `on-submit` from a submission's template. A job with a fuel
+/// estimate counts fuel when it runs, so that the framework can compare its
+/// estimate with what identical work used (SRTF, SJF).
 pub(crate) fn job(id: String, t: &TaskSpec, priority: i32, estimated_fuel: Option<u64>) -> sched::Job {
+    let limits = Limits { meter_fuel: t.limits.meter_fuel || estimated_fuel.is_some(), ..t.limits.clone() };
     sched::Job {
         id,
         name: t.name.clone(),
@@ -68,7 +79,7 @@ pub(crate) fn job(id: String, t: &TaskSpec, priority: i32, estimated_fuel: Optio
         args: t.args.clone(),
         env: t.env.iter().map(|(k, v)| (k.clone(), v.clone())).collect(),
         resources: scalars(&t.resources),
-        limits: limits_to_wit(&t.limits),
+        limits: limits_to_wit(&limits),
         priority,
         estimated_fuel,
         payload: t.input.clone(),

@@ -299,8 +299,12 @@ pub fn start(cfg: MasterConfig) -> Result<MasterHandle, StartError> {
         Transport::Tls(o) => Some(Arc::new(tls_state(&cfg.state_dir, o)?)),
     };
     let artifacts = Arc::new(ArtifactStore::open(cfg.state_dir.join("artifacts"), cfg.max_module_bytes)?);
+    // Hosted schedulers run on the metered lane (fuel budgets per callback),
+    // each charged to its own account in the fair CPU scheduler; the plain
+    // lane runs nothing here.
     let sandbox = wasmos_sandbox::Sandbox::new(wasmos_sandbox::SandboxConfig {
-        max_concurrent_tasks: cfg.max_hosted_frameworks.max(1),
+        max_concurrent_tasks: 1,
+        max_metered_tasks: cfg.max_hosted_frameworks.max(1),
         max_task_mem: cfg.scheduler_limits.mem.clamp(1 << 20, 4 << 30),
         ..Default::default()
     })?;

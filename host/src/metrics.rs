@@ -188,9 +188,18 @@ pub(crate) struct AgentStats {
     pub cache_evictions: u64,
     pub fuel_consumed: u64,
     pub tasks_ended: u64,
-    /// Its running tasks' use: (task, fuel so far, memory now). Taken out
-    /// into the tasks when the heartbeat arrives.
-    pub usage: Vec<(String, u64, u64)>,
+    /// Launched there, waiting for a sandbox slot.
+    pub tasks_starting: u32,
+    /// Sandbox pool slots in use and in all.
+    pub slots_in_use: u32,
+    pub slots: u32,
+    /// Runs waiting for a run permit (CPU) at the heartbeat.
+    pub cpu_waiting: u32,
+    /// CPU time of the tasks that ended there.
+    pub cpu_ns: u64,
+    /// Its running tasks' use: (task, fuel so far, memory now, CPU ns so
+    /// far). Taken out into the tasks when the heartbeat arrives.
+    pub usage: Vec<(String, u64, u64, u64)>,
 }
 
 /// One agent at a scrape.
@@ -393,6 +402,36 @@ impl Snapshot {
             "Tasks paused on an agent, as it reports.",
             &["agent"],
             per_agent(&|a| a.tasks_paused as f64),
+        );
+        s.gauges(
+            "agent_tasks_starting",
+            "Tasks launched on an agent that wait for a sandbox slot, as it reports.",
+            &["agent"],
+            per_agent(&|a| a.tasks_starting as f64),
+        );
+        s.gauges(
+            "agent_sandbox_slots_in_use",
+            "Sandbox pool slots in use on an agent (tasks alive there), as it reports.",
+            &["agent"],
+            per_agent(&|a| a.slots_in_use as f64),
+        );
+        s.gauges(
+            "agent_sandbox_slots",
+            "Sandbox pool slots an agent has in all.",
+            &["agent"],
+            per_agent(&|a| a.slots as f64),
+        );
+        s.gauges(
+            "agent_cpu_waiting",
+            "Runs waiting for a core on an agent at its last heartbeat (CPU contention).",
+            &["agent"],
+            per_agent(&|a| a.cpu_waiting as f64),
+        );
+        s.counters(
+            "agent_task_cpu_seconds_total",
+            "CPU time used by the tasks that ended on an agent.",
+            &["agent"],
+            per_agent(&|a| a.cpu_ns as f64 / 1e9),
         );
         let cache = self.agents_detail.iter().flat_map(|a| {
             [

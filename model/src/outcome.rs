@@ -78,8 +78,14 @@ pub struct Outcome {
     /// The guest's exit code when it exited (0 for finished); `None` after a trap,
     /// a limit or a kill.
     pub exit_code: Option<i32>,
-    /// Fuel units consumed (counted even when no budget was set).
+    /// Fuel units consumed; 0 unless the run counted fuel (`fuel_metered`).
     pub fuel_consumed: u64,
+    /// Whether the run counted fuel (it had a budget or `meter_fuel`).
+    #[serde(default)]
+    pub fuel_metered: bool,
+    /// CPU time the run used (thread CPU clock, summed over its time slices).
+    #[serde(default)]
+    pub cpu_time: Duration,
     /// Peak bytes of linear memory plus tables held at once.
     pub peak_memory_bytes: u64,
     pub wall_time: Duration,
@@ -98,6 +104,8 @@ impl Outcome {
             kind: OutcomeKind::Error,
             exit_code: None,
             fuel_consumed: 0,
+            fuel_metered: false,
+            cpu_time: Duration::ZERO,
             peak_memory_bytes: 0,
             wall_time: Duration::ZERO,
             stdout: Vec::new(),

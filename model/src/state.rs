@@ -91,9 +91,10 @@ impl TaskState {
             // A launch can be refused (dropped), paused or killed before its
             // agent reports it running.
             (Staging, Starting | Running | Paused | Killing | Failed | Killed | Dropped) => true,
-            (Starting, Running | Failed | Killed | Finished) => true,
+            // STARTING: on its agent, waiting for a sandbox slot.
+            (Starting, Running | Paused | Killing | Failed | Killed | Finished) => true,
             (Running, Paused | Killing | Finished | Failed | Killed) => true,
-            (Paused, Running | Killing | Killed) => true,
+            (Paused, Running | Starting | Killing | Killed) => true,
             (Killing, Killed | Finished | Failed) => true,
             _ => false,
         }

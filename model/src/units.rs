@@ -97,7 +97,7 @@ pub fn format_duration(d: Duration) -> String {
 /// The hard limits of one task run. Every field has a default (see the constants).
 #[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct Limits {
-    /// Total instruction budget; `None` = unlimited (fuel is still counted).
+    /// Total instruction budget; `None` = unlimited.
     pub fuel: Option<u64>,
     /// Max bytes of linear memory plus tables. Default [`DEFAULT_MEM`].
     pub mem: u64,
@@ -106,11 +106,29 @@ pub struct Limits {
     /// Max bytes kept per output stream; the rest is dropped and reported as
     /// truncated. Default [`DEFAULT_MAX_OUTPUT`].
     pub max_output: u64,
+    /// Count fuel even without a budget (deterministic accounting: identical
+    /// work, identical fuel). A budget implies it. Off by default: counting
+    /// fuel makes tight loops about twice as slow.
+    #[serde(default)]
+    pub meter_fuel: bool,
+}
+
+impl Limits {
+    /// Whether the run counts fuel.
+    pub fn metered(&self) -> bool {
+        self.fuel.is_some() || self.meter_fuel
+    }
 }
 
 impl Default for Limits {
     fn default() -> Self {
-        Limits { fuel: None, mem: DEFAULT_MEM, timeout: DEFAULT_TIMEOUT, max_output: DEFAULT_MAX_OUTPUT }
+        Limits {
+            fuel: None,
+            mem: DEFAULT_MEM,
+            timeout: DEFAULT_TIMEOUT,
+            max_output: DEFAULT_MAX_OUTPUT,
+            meter_fuel: false,
+        }
     }
 }
 
@@ -124,6 +142,7 @@ impl Limits {
             mem: if mem == 0 { d.mem } else { mem },
             timeout: if timeout_ms == 0 { d.timeout } else { Duration::from_millis(timeout_ms) },
             max_output: if max_output == 0 { d.max_output } else { max_output },
+            meter_fuel: false,
         }
     }
 }

@@ -22,13 +22,17 @@ pub fn limits_to_wire(l: &Limits) -> v1::Limits {
         mem_bytes: l.mem,
         timeout_ms: l.timeout.as_millis() as u64,
         max_output_bytes: l.max_output,
+        meter_fuel: l.meter_fuel,
     }
 }
 
 /// Zero fields mean "the default".
 pub fn limits_from_wire(l: Option<&v1::Limits>) -> Limits {
     let Some(l) = l else { return Limits::default() };
-    Limits::or_defaults(l.fuel, l.mem_bytes, l.timeout_ms, l.max_output_bytes)
+    Limits {
+        meter_fuel: l.meter_fuel,
+        ..Limits::or_defaults(l.fuel, l.mem_bytes, l.timeout_ms, l.max_output_bytes)
+    }
 }
 
 pub fn spec_to_wire(s: &TaskSpec) -> v1::TaskSpec {
@@ -141,6 +145,8 @@ pub fn outcome_to_wire(o: &Outcome) -> v1::Outcome {
         fuel_consumed: o.fuel_consumed,
         peak_memory_bytes: o.peak_memory_bytes,
         wall_time_ms: o.wall_time.as_secs_f64() * 1000.0,
+        cpu_time_ms: o.cpu_time.as_secs_f64() * 1000.0,
+        fuel_metered: o.fuel_metered,
         stdout: o.stdout.clone(),
         stderr: o.stderr.clone(),
         stdout_truncated: o.stdout_truncated,
@@ -156,7 +162,9 @@ pub fn outcome_into_model(o: v1::Outcome) -> Option<Outcome> {
         exit_code: o.exit_code,
         fuel_consumed: o.fuel_consumed,
         peak_memory_bytes: o.peak_memory_bytes,
-        wall_time: Duration::from_secs_f64((o.wall_time_ms / 1000.0).max(0.0)),
+        wall_time: Duration::try_from_secs_f64(o.wall_time_ms / 1000.0).unwrap_or_default(),
+        fuel_metered: o.fuel_metered,
+        cpu_time: Duration::try_from_secs_f64(o.cpu_time_ms / 1000.0).unwrap_or_default(),
         stdout: o.stdout,
         stderr: o.stderr,
         stdout_truncated: o.stdout_truncated,
@@ -171,7 +179,9 @@ pub fn outcome_from_wire(o: &v1::Outcome) -> Option<Outcome> {
         exit_code: o.exit_code,
         fuel_consumed: o.fuel_consumed,
         peak_memory_bytes: o.peak_memory_bytes,
-        wall_time: Duration::from_secs_f64((o.wall_time_ms / 1000.0).max(0.0)),
+        wall_time: Duration::try_from_secs_f64(o.wall_time_ms / 1000.0).unwrap_or_default(),
+        fuel_metered: o.fuel_metered,
+        cpu_time: Duration::try_from_secs_f64(o.cpu_time_ms / 1000.0).unwrap_or_default(),
         stdout: o.stdout.clone(),
         stderr: o.stderr.clone(),
         stdout_truncated: o.stdout_truncated,

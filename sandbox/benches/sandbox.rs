@@ -7,7 +7,11 @@
 //! - run/hello_rust_cached: the Rust hello guest (prints two lines), if built.
 //! - compile/*: cold compile of a small module (bytes made unique per iteration
 //!   so no cache can answer).
-//! - fuel/*: a 10M-iteration compute loop with fuel metering on and off.
+//! - fuel/*: a 10M-iteration compute loop: counting fuel (`meter_fuel`), on
+//!   the plain lane (epoch time slices and CPU accounting, the default), and
+//!   as raw wasmtime code with neither (the floor).
+//! - mem/*: a 10M-load memory loop with 1 GiB memory slots (bounds checks,
+//!   the default) and 4 GiB ones (guard pages only).
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -26,6 +30,17 @@ const LOOP: &str = r#"(module
   (func (export "_start") (local $i i32) (local $acc i32)
     (loop $l
       (local.set $acc (i32.add (local.get $acc) (i32.mul (local.get $i) (i32.const 7))))
+      (local.set $i (i32.add (local.get $i) (i32.const 1)))
+      (br_if $l (i32.lt_u (local.get $i) (i32.const 10000000))))
+    (if (i32.eq (local.get $acc) (i32.const 1)) (then unreachable))))"#;
+
+const MEMLOOP: &str = r#"(module
+  (memory (export "memory") 1)
+  (func (export "_start") (local $i i32) (local $acc i32)
+    (loop $l
+      (local.set $acc (i32.add (local.get $acc)
+        (i32.load (i32.and (i32.mul (local.get $i) (i32.const 4)) (i32.const 65532)))))
+      (i32.store (i32.and (i32.mul (local.get $i) (i32.const 12)) (i32.const 65532)) (local.get $acc))
       (local.set $i (i32.add (local.get $i) (i32.const 1)))
       (br_if $l (i32.lt_u (local.get $i) (i32.const 10000000))))
     (if (i32.eq (local.get $acc) (i32.const 1)) (then unreachable))))"#;
@@ -49,7 +64,8 @@ fn unique(bytes: &[u8], n: u64) -> Vec<u8> {
 
 fn benches(c: &mut Criterion) {
     let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
-    let sandbox = Sandbox::new(SandboxConfig { max_concurrent_tasks: 64, ..Default::default() }).unwrap();
+    let sandbox =
+        Sandbox::new(SandboxConfig { max_concurrent_tasks: 64, max_metered_tasks: 4, ..Default::default() }).unwrap();
     let control = TaskControl::new();
     let noop = sandbox.prepare(&wat::parse_str(NOOP).unwrap()).unwrap();
 
@@ -96,15 +112,42 @@ fn benches(c: &mut Criterion) {
     }
     g.finish();
 
-    let no_fuel =
-        Sandbox::new(SandboxConfig { max_concurrent_tasks: 4, meter_fuel: false, ..Default::default() }).unwrap();
     let loop_bytes: Arc<[u8]> = wat::parse_str(LOOP).unwrap().into();
-    let with = sandbox.prepare(&loop_bytes).unwrap();
-    let without = no_fuel.prepare(&loop_bytes).unwrap();
+    let looped = sandbox.prepare(&loop_bytes).unwrap();
+    let metered = || {
+        let mut r = request();
+        r.limits.meter_fuel = true;
+        r
+    };
+    // The floor: the same loop as plain wasmtime code, no fuel, no epochs.
+    let raw_engine = wasmtime::Engine::default();
+    let raw = wasmtime::Module::new(&raw_engine, &*loop_bytes).unwrap();
     let mut g = c.benchmark_group("fuel");
     g.sample_size(20);
-    g.bench_function("loop_10M_fuel_on", |b| b.iter(|| rt.block_on(sandbox.run(&with, request(), &control))));
-    g.bench_function("loop_10M_fuel_off", |b| b.iter(|| rt.block_on(no_fuel.run(&without, request(), &control))));
+    g.bench_function("loop_10M_metered", |b| b.iter(|| rt.block_on(sandbox.run(&looped, metered(), &control))));
+    g.bench_function("loop_10M_plain", |b| b.iter(|| rt.block_on(sandbox.run(&looped, request(), &control))));
+    g.bench_function("loop_10M_raw_wasmtime", |b| {
+        b.iter(|| {
+            let mut store = wasmtime::Store::new(&raw_engine, ());
+            let i = wasmtime::Instance::new(&mut store, &raw, &[]).unwrap();
+            i.get_typed_func::<(), ()>(&mut store, "_start").unwrap().call(&mut store, ()).unwrap();
+        })
+    });
+    g.finish();
+
+    let mem_bytes: Arc<[u8]> = wat::parse_str(MEMLOOP).unwrap().into();
+    let big = Sandbox::new(SandboxConfig {
+        max_concurrent_tasks: 4,
+        max_metered_tasks: 1,
+        max_task_mem: 4 << 30,
+        ..Default::default()
+    })
+    .unwrap();
+    let (small_slot, big_slot) = (sandbox.prepare(&mem_bytes).unwrap(), big.prepare(&mem_bytes).unwrap());
+    let mut g = c.benchmark_group("mem");
+    g.sample_size(20);
+    g.bench_function("loop_10M_slot_1g", |b| b.iter(|| rt.block_on(sandbox.run(&small_slot, request(), &control))));
+    g.bench_function("loop_10M_slot_4g", |b| b.iter(|| rt.block_on(big.run(&big_slot, request(), &control))));
     g.finish();
 }
 
@@ -118,7 +161,8 @@ fn scheduler_benches(c: &mut Criterion) {
         return;
     };
     let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
-    let sandbox = Sandbox::new(SandboxConfig { max_concurrent_tasks: 2, ..Default::default() }).unwrap();
+    let sandbox =
+        Sandbox::new(SandboxConfig { max_concurrent_tasks: 1, max_metered_tasks: 2, ..Default::default() }).unwrap();
     let mut inst = rt.block_on(sandbox.instantiate_scheduler(bytes.into(), Default::default())).unwrap();
     rt.block_on(inst.init("")).unwrap().unwrap();
     let offers: Vec<Offer> = (0..10)

@@ -17,8 +17,8 @@ pub enum Signal {
 /// A handle to steer one task run. Clone it freely; all clones steer the same run.
 ///
 /// Pausing does not lose work: the sandbox simply stops polling the task's
-/// future at its next yield point (every `fuel_yield_interval` fuel units), and
-/// polls it again on resume. Paused time does not count toward the timeout.
+/// future at its next yield point (the next epoch tick), and polls it again on
+/// resume. Paused time does not count toward the timeout.
 #[derive(Debug, Clone)]
 pub struct TaskControl {
     tx: Arc<watch::Sender<Signal>>,
@@ -31,6 +31,10 @@ pub struct TaskControl {
 struct Live {
     fuel: std::sync::atomic::AtomicU64,
     mem: std::sync::atomic::AtomicU64,
+    /// CPU ns charged so far (after each slice).
+    cpu_ns: std::sync::atomic::AtomicU64,
+    /// Set once the run has a pool slot and begins (until then it is STARTING).
+    started: tokio::sync::watch::Sender<bool>,
     output: std::sync::OnceLock<(crate::output::Capture, crate::output::Capture)>,
 }
 
@@ -88,6 +92,36 @@ impl TaskControl {
     /// Memory in use now (as of the last epoch tick).
     pub fn memory(&self) -> u64 {
         self.live.mem.load(std::sync::atomic::Ordering::Relaxed)
+    }
+
+    /// CPU time used so far (as of the end of its last time slice).
+    pub fn cpu_time(&self) -> Duration {
+        Duration::from_nanos(self.live.cpu_ns.load(std::sync::atomic::Ordering::Relaxed))
+    }
+
+    /// True once the run has its pool slot and has begun.
+    pub fn has_started(&self) -> bool {
+        *self.live.started.borrow()
+    }
+
+    /// Resolves once the run has its pool slot and has begun.
+    pub async fn started(&self) {
+        let mut rx = self.live.started.subscribe();
+        let _ = rx.wait_for(|s| *s).await;
+    }
+
+    pub(crate) fn mark_started(&self) {
+        self.live.started.send_replace(true);
+    }
+
+    /// Resolves once the task is killed.
+    pub(crate) async fn killed(&self) {
+        let mut rx = self.tx.subscribe();
+        let _ = rx.wait_for(|s| *s == Signal::Kill).await;
+    }
+
+    pub(crate) fn note_cpu(&self, total_ns: u64) {
+        self.live.cpu_ns.store(total_ns, std::sync::atomic::Ordering::Relaxed);
     }
 
     /// Up to `max` bytes of a stream's kept output from `offset` on, and the

@@ -14,26 +14,33 @@ pub(crate) const MAX_INSTANCES_PER_TASK: u32 = 16;
 pub(crate) const MAX_MEMORIES_PER_TASK: u32 = 4;
 pub(crate) const MAX_TABLES_PER_TASK: u32 = 8;
 
-pub(crate) fn build_engine(cfg: &SandboxConfig) -> Result<Engine, SandboxError> {
-    if cfg.max_concurrent_tasks == 0 {
-        return Err(SandboxError::Config("max_concurrent_tasks must be at least 1".into()));
-    }
-    if cfg.max_task_mem == 0 || cfg.max_task_mem > 4 << 30 {
+/// Builds the engine of one lane: `metered` compiles fuel counting into
+/// every module (for budgets and deterministic accounting); the other lane
+/// relies on epochs alone. `slots` is the lane's pool size in task slots.
+pub(crate) fn build_engine(cfg: &SandboxConfig, slots: u32, metered: bool) -> Result<Engine, SandboxError> {
+    if slots == 0 {
         return Err(SandboxError::Config(format!(
-            "max_task_mem is {} bytes; give between 1 byte and 4GiB (32-bit memories)",
+            "{} must be at least 1",
+            if metered { "max_metered_tasks" } else { "max_concurrent_tasks" }
+        )));
+    }
+    if cfg.max_task_mem < 64 << 10 || cfg.max_task_mem > 4 << 30 {
+        return Err(SandboxError::Config(format!(
+            "max_task_mem is {} bytes; give between 64KiB (one wasm page) and 4GiB (32-bit memories)",
             cfg.max_task_mem
         )));
     }
-    let n = cfg.max_concurrent_tasks;
+    let n = slots;
+    let per = |x100: u32, min: u32| ((n as u64 * x100.max(100) as u64 / 100) as u32).max(min);
     let mut pool = PoolingAllocationConfig::default();
-    // Core instances and tables are cheap to reserve: room for every task to
-    // be a big component (componentize-py/-js ones have a dozen core
-    // instances). Memories reserve address space, so two per task, but never
-    // fewer than one task's worth.
+    // Core instances are only counted, so every task may be a big component
+    // (componentize-py/-js ones have a dozen). Memories and tables reserve
+    // address space: `memories_per_task_x100` of them per slot, never fewer
+    // than one task's worth.
     pool.total_component_instances(n)
         .total_core_instances(n.saturating_mul(MAX_INSTANCES_PER_TASK))
-        .total_memories(n.saturating_mul(2).max(MAX_MEMORIES_PER_TASK))
-        .total_tables(n.saturating_mul(MAX_TABLES_PER_TASK))
+        .total_memories(per(cfg.memories_per_task_x100, MAX_MEMORIES_PER_TASK))
+        .total_tables(per(cfg.tables_per_task_x100, MAX_TABLES_PER_TASK))
         .total_stacks(n)
         .max_core_instances_per_component(MAX_INSTANCES_PER_TASK)
         .max_memories_per_component(MAX_MEMORIES_PER_TASK)
@@ -50,22 +57,58 @@ pub(crate) fn build_engine(cfg: &SandboxConfig) -> Result<Engine, SandboxError> 
     let mut c = Config::new();
     c.wasm_component_model(true)
         .concurrency_support(false)
-        .consume_fuel(cfg.meter_fuel)
+        .consume_fuel(metered)
         .epoch_interruption(true)
+        .memory_reservation(cfg.max_task_mem.next_power_of_two())
         .max_wasm_stack(cfg.max_wasm_stack)
         .async_stack_size(cfg.max_wasm_stack + (1 << 20))
         .allocation_strategy(InstanceAllocationStrategy::Pooling(pool));
-    Engine::new(&c).map_err(|e| SandboxError::Config(format!("cannot build the wasm engine: {e:#}")))
+    Engine::new(&c).map_err(|e| {
+        SandboxError::Config(format!(
+            "cannot build the wasm engine for {n} task slots of {} MiB: {e:#}; lower --max-tasks or --max-task-mem, \
+             or raise vm.max_map_count",
+            cfg.max_task_mem >> 20
+        ))
+    })
 }
 
-/// Advances the engine's epoch every tick until dropped.
+/// Memory mappings the pools of `cfg` may need at most (each stack has a
+/// guard page; each live memory is split into its accessible part and the rest).
+pub fn map_count_needed(cfg: &SandboxConfig) -> u64 {
+    let slots = cfg.max_concurrent_tasks as u64 + cfg.max_metered_tasks as u64;
+    let memories = slots * cfg.memories_per_task_x100.max(100) as u64 / 100;
+    2 * slots + 3 * memories + 16_384
+}
+
+/// The kernel's limit on memory mappings per process, and raises it to what
+/// `cfg` needs when it is lower and this process may (root). Returns
+/// `(before, after)` when it raised it.
+pub fn ensure_map_count(cfg: &SandboxConfig) -> Result<Option<(u64, u64)>, SandboxError> {
+    const PATH: &str = "/proc/sys/vm/max_map_count";
+    let need = map_count_needed(cfg);
+    let Ok(now) = std::fs::read_to_string(PATH) else { return Ok(None) };
+    let Ok(now) = now.trim().parse::<u64>() else { return Ok(None) };
+    if now >= need {
+        return Ok(None);
+    }
+    match std::fs::write(PATH, need.to_string()) {
+        Ok(()) => Ok(Some((now, need))),
+        Err(e) => Err(SandboxError::Config(format!(
+            "{} task slots need up to {need} memory mappings but vm.max_map_count is {now} and cannot be raised \
+             here ({e}); run `sysctl -w vm.max_map_count={need}` as root, or lower --max-tasks",
+            cfg.max_concurrent_tasks as u64 + cfg.max_metered_tasks as u64
+        ))),
+    }
+}
+
+/// Advances the engines' epochs every tick until dropped.
 #[derive(Debug)]
 pub(crate) struct EpochTicker {
     stop: Arc<AtomicBool>,
 }
 
 impl EpochTicker {
-    pub(crate) fn start(engine: Engine, tick: std::time::Duration) -> EpochTicker {
+    pub(crate) fn start(engines: Vec<Engine>, tick: std::time::Duration) -> EpochTicker {
         let stop = Arc::new(AtomicBool::new(false));
         let flag = stop.clone();
         std::thread::Builder::new()
@@ -73,7 +116,7 @@ impl EpochTicker {
             .spawn(move || {
                 while !flag.load(Ordering::Relaxed) {
                     std::thread::sleep(tick);
-                    engine.increment_epoch();
+                    engines.iter().for_each(Engine::increment_epoch);
                 }
             })
             .expect("spawning the epoch ticker thread");

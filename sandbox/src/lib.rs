@@ -1,18 +1,22 @@
 //! wasmos-sandbox: runs one Wasm task under hard limits.
 //!
-//! The only crate that knows wasmtime. One [`Sandbox`] per process holds the
-//! engine (Cranelift, pooling allocator, fuel, epoch interruption, async), the
-//! WASI linkers and the compiled-module cache. [`Sandbox::run`] takes a prepared
-//! module plus a [`RunRequest`] and always returns an [`Outcome`]: a guest can
-//! only ever harm itself.
+//! The only crate that knows wasmtime. One [`Sandbox`] per process holds two
+//! engines (Cranelift, pooling allocator, epoch interruption, async): the
+//! plain lane, and the metered lane that also counts fuel; their WASI linkers
+//! and compiled-module caches; and the fair CPU scheduler ([`cpu`]).
+//! [`Sandbox::run`] takes a prepared module plus a [`RunRequest`] and always
+//! returns an [`Outcome`]: a guest can only ever harm itself.
 //!
 //! Isolation, the Wasm way:
 //! - `mem`: linear memories plus tables may not grow past the limit; a refused
 //!   `memory.grow` returns -1 in the guest, and a trap after a refusal is
 //!   reported as `out_of_memory`.
-//! - `fuel`: an optional budget; fuel is always counted (unless metering was
-//!   turned off for a benchmark). Tasks yield to the executor every
-//!   [`SandboxConfig::fuel_yield_interval`] units, so thousands share a few threads.
+//! - `cpus`: a weight. Runs take turns on [`SandboxConfig::cpu_cores`] run
+//!   permits in slices ended by epoch ticks; the run with the least
+//!   CPU time charged per `cpus` goes next (or, with [`CpuLimit::Hard`], no
+//!   run exceeds its `cpus`). Every outcome reports the CPU time used.
+//! - `fuel`: an optional budget. Only runs with a budget or `meter_fuel` run
+//!   on the metered engine and report fuel; the rest pay no fuel counting.
 //! - `timeout`: running (not paused) wall-clock time, enforced by epoch
 //!   interruption inside Wasm and by a timer while the task waits in a host call.
 //! - filesystem: none, unless the request asks for a sandbox directory (created
@@ -23,6 +27,7 @@
 mod cache;
 mod config;
 mod control;
+mod cpu;
 mod engine;
 mod fs;
 mod limiter;
@@ -40,6 +45,8 @@ use wasmtime::Engine;
 pub use cache::{CacheStats, ModuleHash};
 pub use config::*;
 pub use control::{Signal, Stream, TaskControl};
+pub use cpu::{CpuLimit, WEIGHT_ONE};
+pub use engine::{ensure_map_count, map_count_needed};
 pub use fs::{InputFile, SandboxDirSpec};
 pub use output::Passthrough;
 pub use scheduler::{
@@ -132,13 +139,19 @@ pub struct RunRequest {
     pub context: TaskContext,
     /// Where `report-progress` stores its latest value (`f32::to_bits`).
     pub progress: Option<std::sync::Arc<std::sync::atomic::AtomicU32>>,
+    /// The run's CPU weight in milli-cpus (its `cpus` × 1000); 0 means one core.
+    pub cpu_weight: u64,
 }
 
 /// A module compiled, linked and ready to instantiate (held by the cache).
+/// Compiled for the plain lane at once and for the metered lane on its first
+/// metered run.
 pub struct Prepared {
     pub hash: ModuleHash,
     pub kind: ModuleKind,
     pub(crate) pre: run::Pre,
+    pub(crate) bytes: Arc<[u8]>,
+    pub(crate) metered: tokio::sync::OnceCell<Result<run::Pre, SandboxError>>,
 }
 
 impl std::fmt::Debug for Prepared {
@@ -155,11 +168,46 @@ pub struct Sandbox {
 
 pub(crate) struct Inner {
     pub(crate) cfg: SandboxConfig,
+    pub(crate) plain: Lane,
+    pub(crate) metered: Lane,
+    pub(crate) cpu: Arc<cpu::Cpu>,
+    _ticker: engine::EpochTicker,
+}
+
+/// One engine with its linkers, module cache and pool slots.
+pub(crate) struct Lane {
     pub(crate) engine: Engine,
     pub(crate) linkers: run::Linkers,
     pub(crate) cache: cache::ModuleCache,
     pub(crate) slots: Semaphore,
-    _ticker: engine::EpochTicker,
+    pub(crate) capacity: u32,
+}
+
+impl Lane {
+    fn new(cfg: &SandboxConfig, slots: u32, metered: bool) -> Result<Lane, SandboxError> {
+        let engine = engine::build_engine(cfg, slots, metered)?;
+        let linkers = run::Linkers::new(&engine)?;
+        let cache =
+            cache::ModuleCache::new(&engine, cfg.cache_max_entries, cfg.cache_dir.clone(), cfg.cache_max_disk_bytes);
+        Ok(Lane { engine, linkers, cache, slots: Semaphore::new(slots as usize), capacity: slots })
+    }
+
+    fn in_use(&self) -> u32 {
+        self.capacity - self.slots.available_permits() as u32
+    }
+}
+
+/// What the sandbox holds now, for heartbeats and `wasmos agents`.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct SlotStats {
+    /// Pool slots in use, both lanes.
+    pub in_use: u32,
+    /// Pool slots in all, both lanes.
+    pub capacity: u32,
+    /// Runs waiting for a run permit (CPU) now.
+    pub cpu_waiting: u32,
+    /// Run permits (cores given to tasks).
+    pub cpu_cores: u32,
 }
 
 impl std::fmt::Debug for Sandbox {
@@ -169,16 +217,28 @@ impl std::fmt::Debug for Sandbox {
 }
 
 impl Sandbox {
-    /// Builds the engine, the pooling allocator (which reserves address space
-    /// for `max_concurrent_tasks` slots up front) and starts the epoch ticker.
+    /// Builds both engines, their pooling allocators (which reserve address
+    /// space for every slot up front) and starts the epoch ticker.
     pub fn new(cfg: SandboxConfig) -> Result<Sandbox, SandboxError> {
-        let engine = engine::build_engine(&cfg)?;
-        let linkers = run::Linkers::new(&engine)?;
-        let cache =
-            cache::ModuleCache::new(&engine, cfg.cache_max_entries, cfg.cache_dir.clone(), cfg.cache_max_disk_bytes);
-        let ticker = engine::EpochTicker::start(engine.clone(), cfg.epoch_tick);
-        let slots = Semaphore::new(cfg.max_concurrent_tasks as usize);
-        Ok(Sandbox { inner: Arc::new(Inner { cfg, engine, linkers, cache, slots, _ticker: ticker }) })
+        if cfg.cpu_cores == 0 {
+            return Err(SandboxError::Config("cpu_cores must be at least 1".into()));
+        }
+        let plain = Lane::new(&cfg, cfg.max_concurrent_tasks, false)?;
+        let metered = Lane::new(&cfg, cfg.max_metered_tasks, true)?;
+        let ticker = engine::EpochTicker::start(vec![plain.engine.clone(), metered.engine.clone()], cfg.epoch_tick);
+        let cpu = Arc::new(cpu::Cpu::new(cfg.cpu_cores, cfg.cpu_limit, cfg.cpu_slice));
+        Ok(Sandbox { inner: Arc::new(Inner { cfg, plain, metered, cpu, _ticker: ticker }) })
+    }
+
+    /// Pool slots and run permits in use.
+    pub fn slot_stats(&self) -> SlotStats {
+        let i = &self.inner;
+        SlotStats {
+            in_use: i.plain.in_use() + i.metered.in_use(),
+            capacity: i.plain.capacity + i.metered.capacity,
+            cpu_waiting: i.cpu.waiting() as u32,
+            cpu_cores: i.cpu.cores() as u32,
+        }
     }
 
     pub fn config(&self) -> &SandboxConfig {
@@ -191,7 +251,13 @@ impl Sandbox {
     }
 
     pub fn cache_stats(&self) -> CacheStats {
-        self.inner.cache.stats()
+        let (a, b) = (self.inner.plain.cache.stats(), self.inner.metered.cache.stats());
+        CacheStats {
+            memory_hits: a.memory_hits + b.memory_hits,
+            disk_hits: a.disk_hits + b.disk_hits,
+            compiles: a.compiles + b.compiles,
+            evictions: a.evictions + b.evictions,
+        }
     }
 
     /// Validates, compiles (or fetches from the memory/disk cache) and links a
@@ -205,7 +271,7 @@ impl Sandbox {
     /// in the memory cache.
     pub async fn prepare_async(&self, bytes: Arc<[u8]>) -> Result<Arc<Prepared>, SandboxError> {
         let hash = ModuleHash::of(&bytes);
-        if let Some(p) = self.inner.cache.get(&hash) {
+        if let Some(p) = self.inner.plain.cache.get(&hash) {
             return Ok(p);
         }
         let this = self.clone();

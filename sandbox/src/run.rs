@@ -16,11 +16,12 @@ use crate::control::{ActiveClock, Signal};
 use crate::engine::{MAX_INSTANCES_PER_TASK, MAX_MEMORIES_PER_TASK, MAX_TABLES_PER_TASK};
 use crate::limiter::MemLimiter;
 use crate::output::{Capture, Passthrough};
-use crate::{Inner, ModuleKind, Prepared, RunRequest, SandboxError, Stdin, TaskControl};
+use crate::cpu::Fair;
+use crate::{Inner, Lane, ModuleKind, Prepared, RunRequest, SandboxError, Stdin, TaskControl};
 
 /// The only import module a core task may use.
 const WASI_P1: &str = "wasi_snapshot_preview1";
-/// Fuel given when no budget is set: effectively unlimited, still counted.
+/// Fuel given to a metered run without a budget: effectively unlimited, still counted.
 const UNLIMITED_FUEL: u64 = i64::MAX as u64;
 
 /// A task store's data (also a hosted scheduler's).
@@ -166,16 +167,41 @@ fn link_error(kind: ModuleKind, e: wasmtime::Error) -> SandboxError {
 
 pub(crate) fn prepare(inner: &Inner, bytes: &[u8]) -> Result<Arc<Prepared>, SandboxError> {
     let hash = ModuleHash::of(bytes);
-    if let Some(p) = inner.cache.get(&hash) {
+    if let Some(p) = inner.plain.cache.get(&hash) {
         return Ok(p);
     }
     let kind = detect(bytes)?;
-    let disk = inner.cache.disk_path(&hash, kind == ModuleKind::Component);
-    let pre = match kind {
+    let pre = compile(&inner.plain, &hash, kind, bytes)?;
+    let kind = if matches!(pre, Pre::Task(_)) { ModuleKind::TaskComponent } else { kind };
+    let prepared =
+        Arc::new(Prepared { hash, kind, pre, bytes: bytes.into(), metered: tokio::sync::OnceCell::new() });
+    inner.plain.cache.insert(prepared.clone());
+    Ok(prepared)
+}
+
+/// The module compiled for the metered lane: once, on its first metered run.
+async fn metered_pre<'a>(inner: &Arc<Inner>, module: &'a Prepared) -> Result<&'a Pre, SandboxError> {
+    let r = module
+        .metered
+        .get_or_init(|| async {
+            let (inner, bytes, hash) = (inner.clone(), module.bytes.clone(), module.hash);
+            let kind = if module.kind == ModuleKind::Core { ModuleKind::Core } else { ModuleKind::Component };
+            tokio::task::spawn_blocking(move || compile(&inner.metered, &hash, kind, &bytes))
+                .await
+                .unwrap_or_else(|e| Err(SandboxError::InvalidModule(format!("module compilation crashed: {e}"))))
+        })
+        .await;
+    r.as_ref().map_err(Clone::clone)
+}
+
+/// Compiles (or loads from the lane's disk cache) and links a module for one lane.
+fn compile(lane: &Lane, hash: &ModuleHash, kind: ModuleKind, bytes: &[u8]) -> Result<Pre, SandboxError> {
+    let disk = lane.cache.disk_path(hash, kind == ModuleKind::Component);
+    Ok(match kind {
         ModuleKind::TaskComponent => unreachable!("detect() never says TaskComponent"),
         ModuleKind::Core => {
             let module = load_or_compile(
-                inner,
+                lane,
                 disk.as_deref(),
                 bytes,
                 |e, b| unsafe { Module::deserialize(e, b) },
@@ -183,19 +209,19 @@ pub(crate) fn prepare(inner: &Inner, bytes: &[u8]) -> Result<Arc<Prepared>, Sand
                 |m| m.serialize(),
             )?;
             check_core_imports(&module)?;
-            Pre::Core(inner.linkers.core.instantiate_pre(&module).map_err(|e| link_error(kind, e))?)
+            Pre::Core(lane.linkers.core.instantiate_pre(&module).map_err(|e| link_error(kind, e))?)
         }
         ModuleKind::Component => {
             use wasmtime::component::Component;
             let component = load_or_compile(
-                inner,
+                lane,
                 disk.as_deref(),
                 bytes,
                 |e, b| unsafe { Component::deserialize(e, b) },
                 |e, b| Component::new(e, b),
                 |c| c.serialize(),
             )?;
-            let ipre = inner.linkers.component.instantiate_pre(&component).map_err(|e| link_error(kind, e))?;
+            let ipre = lane.linkers.component.instantiate_pre(&component).map_err(|e| link_error(kind, e))?;
             match CommandPre::new(ipre.clone()) {
                 Ok(c) => Pre::Component(c),
                 Err(e1) => match crate::worlds::task::TaskPre::new(ipre) {
@@ -209,11 +235,7 @@ pub(crate) fn prepare(inner: &Inner, bytes: &[u8]) -> Result<Arc<Prepared>, Sand
                 },
             }
         }
-    };
-    let kind = if matches!(pre, Pre::Task(_)) { ModuleKind::TaskComponent } else { kind };
-    let prepared = Arc::new(Prepared { hash, kind, pre });
-    inner.cache.insert(prepared.clone());
-    Ok(prepared)
+    })
 }
 
 /// Loads a serialized artifact from the disk cache, or compiles and stores one.
@@ -224,7 +246,7 @@ pub(crate) fn prepare(inner: &Inner, bytes: &[u8]) -> Result<Arc<Prepared>, Sand
 /// read into memory rather than mapped, so a file changed under us later can
 /// never fault a running task.
 fn load_or_compile<T>(
-    inner: &Inner,
+    lane: &Lane,
     disk: Option<&std::path::Path>,
     bytes: &[u8],
     deserialize: impl Fn(&Engine, &[u8]) -> wasmtime::Result<T>,
@@ -232,20 +254,20 @@ fn load_or_compile<T>(
     serialize: impl Fn(&T) -> wasmtime::Result<Vec<u8>>,
 ) -> Result<T, SandboxError> {
     if let Some(path) = disk.filter(|p| p.exists()) {
-        if let Ok(t) = std::fs::read(path).map_err(wasmtime::Error::from).and_then(|b| deserialize(&inner.engine, &b)) {
+        if let Ok(t) = std::fs::read(path).map_err(wasmtime::Error::from).and_then(|b| deserialize(&lane.engine, &b)) {
             crate::cache::ModuleCache::touch(path);
-            inner.cache.note_disk_hit();
+            lane.cache.note_disk_hit();
             return Ok(t);
         }
         // Stale or damaged: recompile and overwrite.
         let _ = std::fs::remove_file(path);
     }
-    let t = compile(&inner.engine, bytes).map_err(invalid)?;
-    inner.cache.note_compile();
+    let t = compile(&lane.engine, bytes).map_err(invalid)?;
+    lane.cache.note_compile();
     if let Some(path) = disk
         && let Ok(ser) = serialize(&t)
     {
-        inner.cache.store(path, &ser);
+        lane.cache.store(path, &ser);
     }
     Ok(t)
 }
@@ -260,7 +282,12 @@ enum Ended {
     TimedOut,
 }
 
-pub(crate) async fn run(inner: &Inner, module: &Arc<Prepared>, req: RunRequest, control: &TaskControl) -> Outcome {
+pub(crate) async fn run(
+    inner: &Arc<Inner>,
+    module: &Arc<Prepared>,
+    req: RunRequest,
+    control: &TaskControl,
+) -> Outcome {
     let started = Instant::now();
     let limits = &req.limits;
     let fail = |msg: String| {
@@ -274,19 +301,36 @@ pub(crate) async fn run(inner: &Inner, module: &Arc<Prepared>, req: RunRequest, 
             limits.mem, inner.cfg.max_task_mem
         ));
     }
-    if limits.fuel.is_some() && !inner.cfg.meter_fuel {
-        return fail("a fuel budget was given but this sandbox runs with fuel metering off; drop the budget".into());
-    }
     if control.signal() == Signal::Kill {
         let mut o = fail("killed before it started".into());
         o.kind = OutcomeKind::Killed;
         return o;
     }
 
-    // Wait for a pool slot: past max_concurrent_tasks, runs queue here.
-    let Ok(_permit) = inner.slots.acquire().await else {
-        return fail("the sandbox is shutting down; retry on another agent".into());
+    // Only runs that need fuel pay for counting it.
+    let metered = limits.fuel.is_some() || limits.meter_fuel;
+    let (lane, pre) = if metered {
+        match metered_pre(inner, module).await {
+            Ok(pre) => (&inner.metered, pre),
+            Err(e) => return fail(e.to_string()),
+        }
+    } else {
+        (&inner.plain, &module.pre)
     };
+    // Wait for a pool slot: past the lane's capacity, runs queue here (the
+    // task is STARTING until it has one).
+    let _permit = tokio::select! {
+        p = lane.slots.acquire() => match p {
+            Ok(p) => p,
+            Err(_) => return fail("the sandbox is shutting down; retry on another agent".into()),
+        },
+        _ = control.killed() => {
+            let mut o = fail("killed before it started".into());
+            o.kind = OutcomeKind::Killed;
+            return o;
+        }
+    };
+    control.mark_started();
 
     let dir = match crate::fs::create(&req.sandbox_dir, &inner.cfg.sandbox_root, &req.name) {
         Ok(d) => d,
@@ -337,7 +381,7 @@ pub(crate) async fn run(inner: &Inner, module: &Arc<Prepared>, req: RunRequest, 
         MAX_MEMORIES_PER_TASK as usize,
     );
     let mut store = Store::new(
-        &inner.engine,
+        &lane.engine,
         TaskData {
             wasi,
             limiter,
@@ -349,30 +393,39 @@ pub(crate) async fn run(inner: &Inner, module: &Arc<Prepared>, req: RunRequest, 
     );
     store.limiter(|d| &mut d.limiter);
     let initial_fuel = limits.fuel.unwrap_or(UNLIMITED_FUEL);
-    if inner.cfg.meter_fuel {
-        // Cannot fail: metering is on.
+    if metered {
+        // Cannot fail: the metered lane counts fuel.
         let _ = store.set_fuel(initial_fuel);
-        let _ = store.fuel_async_yield_interval(Some(inner.cfg.fuel_yield_interval.max(1)));
     }
     let clock = Arc::new(ActiveClock::start(limits.timeout));
     let cb_clock = clock.clone();
-    let (cb_control, metered) = (control.clone(), inner.cfg.meter_fuel);
+    let acct = inner.cpu.account(if req.cpu_weight == 0 { crate::WEIGHT_ONE } else { req.cpu_weight }, Some(control.clone()));
+    let (cb_control, cb_acct) = (control.clone(), acct.clone());
     store.set_epoch_deadline(1);
     store.epoch_deadline_callback(move |ctx| {
         let fuel = if metered { initial_fuel.saturating_sub(ctx.get_fuel().unwrap_or(initial_fuel)) } else { 0 };
         cb_control.note_use(fuel, ctx.data().limiter.used());
-        Ok(if cb_clock.expired() { UpdateDeadline::Interrupt } else { UpdateDeadline::Continue(1) })
+        Ok(if cb_clock.expired() {
+            UpdateDeadline::Interrupt
+        } else if cb_control.signal() != Signal::Run || cb_acct.should_yield() {
+            // A kill or pause is seen at the next poll: yield to it.
+            crate::cpu::yield_turn(&cb_acct)
+        } else {
+            UpdateDeadline::Continue(1)
+        })
     });
 
     let ended = {
-        let fut = execute(&mut store, &module.pre, &req.input, &stdout);
-        let mut fut = std::pin::pin!(fut);
+        let mut fut = Fair::new(execute(&mut store, pre, &req.input, &stdout), acct.clone());
         let mut rx = control.subscribe();
         loop {
             let signal = *rx.borrow_and_update();
             match signal {
                 Signal::Kill => break Ended::Killed,
-                Signal::Pause => clock.pause(),
+                Signal::Pause => {
+                    clock.pause();
+                    fut.withdraw();
+                }
                 Signal::Run => clock.resume(),
             }
             let running = signal == Signal::Run;
@@ -393,7 +446,7 @@ pub(crate) async fn run(inner: &Inner, module: &Arc<Prepared>, req: RunRequest, 
     };
 
     let fuel_consumed =
-        if inner.cfg.meter_fuel { initial_fuel.saturating_sub(store.get_fuel().unwrap_or(initial_fuel)) } else { 0 };
+        if metered { initial_fuel.saturating_sub(store.get_fuel().unwrap_or(initial_fuel)) } else { 0 };
     let data = store.data();
     let peak_memory_bytes = data.limiter.peak();
     let refused = data.limiter.refused.clone();
@@ -407,6 +460,8 @@ pub(crate) async fn run(inner: &Inner, module: &Arc<Prepared>, req: RunRequest, 
         fuel_consumed,
         peak_memory_bytes,
         wall_time: started.elapsed(),
+        cpu_time: acct.total(),
+        fuel_metered: metered,
         stdout,
         stderr,
         stdout_truncated,

@@ -1,7 +1,10 @@
 //! Hosted schedulers: one long-lived `wasmos:scheduler` component instance per
 //! framework, in its own store (its memory is its state). Every callback runs
 //! under a fuel budget, a memory cap and a wall-clock limit; after any failure
-//! the instance is poisoned and refuses further calls.
+//! the instance is poisoned and refuses further calls. Its callbacks run on the
+//! metered lane and are charged to its own CPU account in the sandbox's fair
+//! scheduler, so a scheduler that burns its whole budget on every callback
+//! gets no more CPU than any other while others wait.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -10,6 +13,7 @@ use wasmtime::component::{Component, ResourceTable};
 use wasmtime::{Store, Trap, UpdateDeadline};
 use wasmtime_wasi::WasiCtxBuilder;
 
+use crate::cpu::Fair;
 use crate::limiter::MemLimiter;
 use crate::output::{Capture, Passthrough};
 use crate::run::{TaskData, Wasi};
@@ -70,6 +74,7 @@ pub struct CallbackError {
 
 pub struct SchedulerInstance {
     store: Store<TaskData>,
+    acct: Arc<crate::cpu::Account>,
     bindings: Scheduler,
     limits: SchedulerLimits,
     poisoned: Option<String>,
@@ -113,12 +118,13 @@ impl Sandbox {
                     .into(),
             ));
         }
-        let engine = self.inner.engine.clone();
+        let lane = &self.inner.metered;
+        let engine = lane.engine.clone();
         let component = tokio::task::spawn_blocking(move || Component::new(&engine, &bytes))
             .await
             .map_err(|e| SandboxError::InvalidModule(format!("compiling the scheduler crashed: {e}")))?
             .map_err(|e| SandboxError::InvalidModule(format!("scheduler is not a valid component: {e:#}")))?;
-        let ipre = self.inner.linkers.component.instantiate_pre(&component).map_err(|e| {
+        let ipre = lane.linkers.component.instantiate_pre(&component).map_err(|e| {
             SandboxError::UnsupportedImport(format!(
                 "unsupported import: {e:#}; a scheduler may import only wasmos:scheduler/host and WASI 0.2"
             ))
@@ -143,22 +149,40 @@ impl Sandbox {
             log_to: None,
             sched_logs: Vec::new(),
         };
-        let mut store = Store::new(&self.inner.engine, data);
+        let mut store = Store::new(&lane.engine, data);
         store.limiter(|d| &mut d.limiter);
         let _ = store.set_fuel(limits.fuel_per_callback);
-        let _ = store.fuel_async_yield_interval(Some(self.inner.cfg.fuel_yield_interval.max(1)));
-        store.set_epoch_deadline(u64::MAX / 2);
-        store.epoch_deadline_callback(|_| Ok(UpdateDeadline::Continue(u64::MAX / 2)));
-        let bindings = match tokio::time::timeout(limits.timeout, pre.instantiate_async(&mut store)).await {
+        let acct = self.inner.cpu.account(crate::WEIGHT_ONE, None);
+        let cb_acct = acct.clone();
+        store.set_epoch_deadline(1);
+        store.epoch_deadline_callback(move |_| {
+            Ok(if cb_acct.should_yield() { crate::cpu::yield_turn(&cb_acct) } else { UpdateDeadline::Continue(1) })
+        });
+        let instantiate = Fair::new(pre.instantiate_async(&mut store), acct.clone());
+        let bindings = match tokio::time::timeout(limits.timeout, instantiate).await {
             Ok(Ok(b)) => b,
             Ok(Err(e)) => return Err(SandboxError::InvalidModule(format!("cannot instantiate the scheduler: {e:#}"))),
             Err(_) => return Err(SandboxError::InvalidModule("instantiating the scheduler timed out".into())),
         };
-        Ok(SchedulerInstance { store, bindings, limits, poisoned: None, callbacks: 0, fuel_used: 0, logs: Vec::new() })
+        Ok(SchedulerInstance {
+            store,
+            acct,
+            bindings,
+            limits,
+            poisoned: None,
+            callbacks: 0,
+            fuel_used: 0,
+            logs: Vec::new(),
+        })
     }
 }
 
 impl SchedulerInstance {
+    /// CPU time its callbacks used in all.
+    pub fn cpu_time(&self) -> Duration {
+        self.acct.total()
+    }
+
     pub fn is_poisoned(&self) -> bool {
         self.poisoned.is_some()
     }
@@ -212,38 +236,38 @@ impl SchedulerInstance {
 
     pub async fn init(&mut self, config: &str) -> Result<Result<Vec<Call>, String>, CallbackError> {
         self.before("init")?;
-        let r = tokio::time::timeout(self.limits.timeout, self.bindings.call_init(&mut self.store, config)).await;
+        let r = tokio::time::timeout(self.limits.timeout, Fair::new(self.bindings.call_init(&mut self.store, config), self.acct.clone())).await;
         self.after("init", r)
     }
 
     pub async fn on_offers(&mut self, offers: &[Offer]) -> Result<Vec<Call>, CallbackError> {
         self.before("on-offers")?;
-        let r = tokio::time::timeout(self.limits.timeout, self.bindings.call_on_offers(&mut self.store, offers)).await;
+        let r = tokio::time::timeout(self.limits.timeout, Fair::new(self.bindings.call_on_offers(&mut self.store, offers), self.acct.clone())).await;
         self.after("on-offers", r)
     }
 
     pub async fn on_update(&mut self, status: &TaskStatus) -> Result<Vec<Call>, CallbackError> {
         self.before("on-update")?;
-        let r = tokio::time::timeout(self.limits.timeout, self.bindings.call_on_update(&mut self.store, status)).await;
+        let r = tokio::time::timeout(self.limits.timeout, Fair::new(self.bindings.call_on_update(&mut self.store, status), self.acct.clone())).await;
         self.after("on-update", r)
     }
 
     pub async fn on_submit(&mut self, job: &Job) -> Result<Vec<Call>, CallbackError> {
         self.before("on-submit")?;
-        let r = tokio::time::timeout(self.limits.timeout, self.bindings.call_on_submit(&mut self.store, job)).await;
+        let r = tokio::time::timeout(self.limits.timeout, Fair::new(self.bindings.call_on_submit(&mut self.store, job), self.acct.clone())).await;
         self.after("on-submit", r)
     }
 
     pub async fn on_rescind(&mut self, offer_id: &str) -> Result<Vec<Call>, CallbackError> {
         self.before("on-rescind")?;
         let r =
-            tokio::time::timeout(self.limits.timeout, self.bindings.call_on_rescind(&mut self.store, offer_id)).await;
+            tokio::time::timeout(self.limits.timeout, Fair::new(self.bindings.call_on_rescind(&mut self.store, offer_id), self.acct.clone())).await;
         self.after("on-rescind", r)
     }
 
     pub async fn on_timer(&mut self) -> Result<Vec<Call>, CallbackError> {
         self.before("on-timer")?;
-        let r = tokio::time::timeout(self.limits.timeout, self.bindings.call_on_timer(&mut self.store)).await;
+        let r = tokio::time::timeout(self.limits.timeout, Fair::new(self.bindings.call_on_timer(&mut self.store), self.acct.clone())).await;
         self.after("on-timer", r)
     }
 }

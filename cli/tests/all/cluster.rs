@@ -57,7 +57,7 @@ fn submit_wait_then_inspect_with_tasks_agents_frameworks_logs() {
         assert_eq!(v["state"], "failed");
         assert!(v["agent_id"].as_str().unwrap().starts_with("agent-"));
         assert!(v["stdout"].as_str().unwrap().contains("hello, "));
-        for k in ["fuel_consumed", "peak_memory_bytes", "wall_time_ms", "stderr", "stdout_truncated", "message"] {
+        for k in ["fuel_consumed", "cpu_time_ms", "peak_memory_bytes", "wall_time_ms", "stderr", "stdout_truncated", "message"] {
             assert!(v.get(k).is_some(), "{k} missing: {v}");
         }
     }

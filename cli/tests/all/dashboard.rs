@@ -251,7 +251,10 @@ fn paused_task(c: &Cluster) -> String {
 #[test]
 fn the_dashboard_shows_what_the_operator_api_says_and_follows_live() {
     let c = Cluster::start();
-    ok(c.cmd().args(["submit", "--wait", "--count", "5", &guest("hello"), "--", "dashboard"]).output().unwrap());
+    ok(c.cmd()
+        .args(["submit", "--wait", "--count", "5", "--meter-fuel", &guest("hello"), "--", "dashboard"])
+        .output()
+        .unwrap());
     let paused = paused_task(&c);
     let admin = wasmos_security::client::ClientConfig::read(&c.config).unwrap().unwrap().token.unwrap();
 
@@ -321,7 +324,10 @@ fn the_dashboard_shows_what_the_operator_api_says_and_follows_live() {
     assert_eq!(d.js("return document.querySelector('#task-state').innerText;"), json!("finished"));
     d.until("its output", "document.querySelector('pre#stdout').innerText.includes('hello, dashboard')");
     let fuel = d.js("return document.querySelector('#fuel-used').innerText;");
+    assert!(finished[0]["fuel_consumed"].as_u64().is_some_and(|f| f > 0), "{}", finished[0]);
     assert_eq!(fuel.as_str().map(str::trim), Some(finished[0]["fuel_consumed"].to_string().as_str()));
+    let cpu = d.js("return document.querySelector('#cpu-used').innerText;");
+    assert!(cpu.as_str().is_some_and(|c| !c.trim().is_empty()), "the task page shows its CPU time: {cpu}");
     let events = d.js("return [...document.querySelectorAll('#events tbody tr')].map(r => r.innerText).join('\\n');");
     let events = events.as_str().unwrap().to_string();
     for step in ["submitted", "launched", "running", "finished"] {

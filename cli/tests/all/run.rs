@@ -47,9 +47,13 @@ fn rust_wasip1_hello_passes_output_through_and_summarises() {
     let err = stderr(&o);
     assert!(err.contains("hello: done"), "{err}");
     let summary = err.lines().find(|l| l.starts_with("wasmos: ")).expect("a summary line");
-    for key in ["finished", "exit=0", "fuel=", "peak_mem=", "wall="] {
+    for key in ["finished", "exit=0", "cpu=", "peak_mem=", "wall="] {
         assert!(summary.contains(key), "{summary}");
     }
+    assert!(!summary.contains("fuel="), "no budget, no fuel counted: {summary}");
+    let o = wasmos().arg("--meter-fuel").arg(guest("hello")).output().unwrap();
+    let err = stderr(&o);
+    assert!(err.lines().any(|l| l.starts_with("wasmos: ") && l.contains(" fuel=")), "{err}");
 }
 
 #[test]
@@ -68,6 +72,7 @@ fn json_has_exactly_the_documented_keys() {
     assert_eq!(
         keys,
         [
+            "cpu_time_ms",
             "exit_code",
             "fuel_consumed",
             "message",
@@ -82,7 +87,8 @@ fn json_has_exactly_the_documented_keys() {
     );
     assert_eq!(v["outcome"], "finished");
     assert_eq!(v["exit_code"], 0);
-    assert!(v["fuel_consumed"].as_u64().unwrap() > 0);
+    assert_eq!(v["fuel_consumed"], serde_json::Value::Null, "no budget: fuel is not counted");
+    assert!(v["cpu_time_ms"].as_f64().unwrap() > 0.0);
     assert!(v["peak_memory_bytes"].as_u64().unwrap() >= 65536);
     assert!(v["wall_time_ms"].as_f64().unwrap() > 0.0);
     assert!(v["stdout"].as_str().unwrap().starts_with("hi, Bo!"));

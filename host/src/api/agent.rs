@@ -183,7 +183,12 @@ impl v1::agent_service_server::AgentService for MasterHandle {
             cache_evictions: s.module_cache_evictions,
             fuel_consumed: s.fuel_consumed,
             tasks_ended: s.tasks_ended,
-            usage: req.usage.into_iter().take(MAX_USAGE).map(|u| (u.task_id, u.fuel_used, u.mem_bytes)).collect(),
+            tasks_starting: s.tasks_starting,
+            slots_in_use: s.slots_in_use,
+            slots: s.slots,
+            cpu_waiting: s.cpu_waiting,
+            cpu_ns: s.cpu_ns,
+            usage: req.usage.into_iter().take(MAX_USAGE).map(|u| (u.task_id, u.fuel_used, u.mem_bytes, u.cpu_ns)).collect(),
         };
         self.request(who, |reply| Cmd::AgentHeartbeat(id, stats, reply)).await?;
         Ok(Response::new(v1::HeartbeatResponse {}))

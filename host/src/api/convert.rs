@@ -44,6 +44,9 @@ pub(crate) fn agent_info_to_wire(i: &AgentInfo) -> v1::AgentInfo {
         wasmtime_version: i.wasmtime_version.clone(),
         target_triple: i.target_triple.clone(),
         agent_version: i.agent_version.clone(),
+        task_slots: i.task_slots,
+        cpu_cores: i.cpu_cores,
+        cpu_limit: i.cpu_limit.clone(),
     }
 }
 
@@ -56,6 +59,9 @@ pub(crate) fn agent_info_from_wire(i: &v1::AgentInfo) -> Result<AgentInfo, Strin
         wasmtime_version: i.wasmtime_version.clone(),
         target_triple: i.target_triple.clone(),
         agent_version: i.agent_version.clone(),
+        task_slots: i.task_slots,
+        cpu_cores: i.cpu_cores,
+        cpu_limit: i.cpu_limit.chars().take(16).collect(),
     })
 }
 
@@ -203,6 +209,10 @@ pub(crate) fn agent_view_to_wire(a: &AgentView) -> v1::AgentSummary {
         running_tasks: a.running_tasks,
         registered_at_ms: a.registered_at_ms,
         mem_used_bytes: a.mem_used,
+        tasks_live: a.tasks_live,
+        tasks_starting: a.tasks_starting,
+        slots_in_use: a.slots_in_use,
+        cpu_waiting: a.cpu_waiting,
     }
 }
 
@@ -245,6 +255,8 @@ pub(crate) fn task_view_to_wire(t: &TaskView) -> v1::TaskSummary {
         live_fuel: t.usage.map_or(0, |u| u.fuel),
         live_mem_bytes: t.usage.map_or(0, |u| u.mem),
         fuel_per_sec: t.usage.map_or(0.0, |u| u.fuel_per_sec),
+        live_cpu_ns: t.usage.map_or(0, |u| u.cpu_ns),
+        cpu_cores: t.usage.map_or(0.0, |u| u.cpu_cores),
     }
 }
 

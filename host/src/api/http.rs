@@ -233,6 +233,8 @@ fn task_json(t: &v1::TaskSummary) -> Value {
     o.insert("live_fuel".into(), json!(t.live_fuel));
     o.insert("live_mem_bytes".into(), json!(t.live_mem_bytes));
     o.insert("fuel_per_sec".into(), json!(t.fuel_per_sec));
+    o.insert("live_cpu_ms".into(), json!(t.live_cpu_ns as f64 / 1e6));
+    o.insert("cpu_cores".into(), json!(t.cpu_cores));
     put_res(&mut o, "resources", t.resources.as_ref());
     o.insert(
         "outcome".into(),
@@ -241,7 +243,9 @@ fn task_json(t: &v1::TaskSummary) -> Value {
             Some(x) => json!({
                 "kind": wasmos_proto::outcome_kind_from_wire(x.kind).map(|k| k.to_string()),
                 "exit_code": x.exit_code,
-                "fuel_consumed": x.fuel_consumed,
+                "fuel_consumed": if x.fuel_metered { json!(x.fuel_consumed) } else { Value::Null },
+                "fuel_metered": x.fuel_metered,
+                "cpu_ms": x.cpu_time_ms,
                 "peak_memory_bytes": x.peak_memory_bytes,
                 "wall_ms": x.wall_time_ms,
                 "message": x.message,
@@ -452,6 +456,7 @@ async fn task(State(h): State<MasterHandle>, headers: HeaderMap, Path(id): Path<
             "mem_bytes": if l.mem_bytes == 0 { wasmos_model::DEFAULT_MEM } else { l.mem_bytes },
             "timeout_ms": if l.timeout_ms == 0 { wasmos_model::DEFAULT_TIMEOUT.as_millis() as u64 } else { l.timeout_ms },
             "max_output_bytes": if l.max_output_bytes == 0 { wasmos_model::DEFAULT_MAX_OUTPUT } else { l.max_output_bytes },
+            "meter_fuel": l.meter_fuel,
         },
     });
     v["events"] = json!(

@@ -759,8 +759,12 @@ function limitsTable(t, outUsed) {
   const lim = (t.spec && t.spec.limits) || {};
   const o = t.outcome || null;
   // While it runs: its agent's latest report (live_*), else nothing yet.
-  const live = !o && t.live_fuel != null && Number(t.live_fuel) > 0;
-  const fuel = o && o.fuel_consumed != null ? Number(o.fuel_consumed) : (live ? Number(t.live_fuel) : null);
+  const live = !o && t.live_cpu_ms != null && Number(t.live_cpu_ms) > 0;
+  const liveFuel = !o && t.live_fuel != null && Number(t.live_fuel) > 0;
+  const metered = o ? Boolean(o.fuel_metered) : (lim.fuel > 0 || Boolean(lim.meter_fuel) || liveFuel);
+  const fuel = o && o.fuel_consumed != null ? Number(o.fuel_consumed) : (liveFuel ? Number(t.live_fuel) : null);
+  const cpu = o && o.cpu_ms != null ? Number(o.cpu_ms) : (live ? Number(t.live_cpu_ms) : null);
+  const cpus = t.resources && t.resources.cpus != null ? Number(t.resources.cpus) : null;
   const peak = o && o.peak_memory_bytes != null ? Number(o.peak_memory_bytes)
     : (live ? Number(t.live_mem_bytes) : null);
   let wall = o && o.wall_ms != null ? Number(o.wall_ms) : null;
@@ -770,10 +774,16 @@ function limitsTable(t, outUsed) {
   const meter = (used, limit, label) => (limit > 0 && used != null
     ? [bar(used / limit, label), ' ', h('span', { class: 'small muted' }, pct(used / limit))] : '');
   const rows = [
+    h('tr', { 'data-limit': 'cpu' }, h('th', null, 'cpu time'),
+      h('td', { class: 'n' }, h('span', { id: 'cpu-used', class: 'mono' }, cpu == null ? '' : fmtDur(cpu)),
+        cpu == null ? h('span', { class: 'muted' }, 'not yet known') : null,
+        live ? h('span', { class: 'small muted' }, ' so far (' + Math.round((Number(t.cpu_cores) || 0) * 100) + '% of a core)') : null),
+      h('td', { class: 'n' }, cpus == null ? '—' : String(cpus) + ' cpus'),
+      h('td', { class: 'small muted' }, 'a share, not a cap (unless the agent runs --cpu-limit hard)')),
     h('tr', { 'data-limit': 'fuel' }, h('th', null, 'fuel'),
       h('td', { class: 'n' }, h('span', { id: 'fuel-used', class: 'mono' }, fuel == null ? '' : String(fuel)),
-        fuel == null ? h('span', { class: 'muted' }, 'not yet known') : null,
-        live ? h('span', { class: 'small muted' }, ' so far (' + fmtNum(Math.round(Number(t.fuel_per_sec) || 0)) + '/s)') : null),
+        fuel == null ? h('span', { class: 'muted' }, metered ? 'not yet known' : 'not counted') : null,
+        liveFuel ? h('span', { class: 'small muted' }, ' so far (' + fmtNum(Math.round(Number(t.fuel_per_sec) || 0)) + '/s)') : null),
       h('td', { class: 'n' }, lim.fuel > 0 ? fmtNum(lim.fuel) : 'unlimited'),
       h('td', null, meter(fuel, Number(lim.fuel), 'fuel'))),
     h('tr', { 'data-limit': 'memory' }, h('th', null, live ? 'memory now' : 'peak memory'),
@@ -798,7 +808,8 @@ function outcomeBlock(t) {
   return h('dl', { class: 'kv', id: 'outcome' },
     kv('kind', badge(o.kind, { id: 'outcome-kind' })),
     kv('exit code', o.exit_code == null ? '—' : h('span', { class: 'mono' }, String(o.exit_code))),
-    kv('fuel consumed', fmtNum(o.fuel_consumed)),
+    kv('cpu time', fmtDur(o.cpu_ms)),
+    kv('fuel consumed', o.fuel_consumed == null ? 'not counted' : fmtNum(o.fuel_consumed)),
     kv('peak memory', fmtBytes(o.peak_memory_bytes)),
     kv('wall time', fmtDur(o.wall_ms)));
 }

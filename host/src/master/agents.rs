@@ -162,6 +162,10 @@ impl Master {
             running_tasks: 0,
             registered_at_ms: agent.registered_at_ms,
             mem_used: 0,
+            tasks_live: 0,
+            tasks_starting: 0,
+            slots_in_use: 0,
+            cpu_waiting: 0,
         };
         self.state.agents.insert(id.clone(), agent);
         self.effects.publish(WatchEvent::AgentAdded(view));
@@ -191,12 +195,12 @@ impl Master {
                 a.last_seen = Instant::now();
                 let usage = std::mem::take(&mut stats.usage);
                 a.stats = stats;
-                for (task, fuel, mem) in usage {
+                for (task, fuel, mem, cpu_ns) in usage {
                     // Only a task the master has on this agent.
                     if let Ok(tid) = TaskId::new(task)
                         && self.state.tasks.get(&tid).is_some_and(|t| t.agent() == Some(id))
                     {
-                        self.state.tasks.note_usage(&tid, fuel, mem);
+                        self.state.tasks.note_usage(&tid, fuel, mem, cpu_ns);
                     }
                 }
                 Ok(())

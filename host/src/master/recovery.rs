@@ -213,7 +213,8 @@ impl Master {
                 // RUNNING and PAUSED are not written to the registry: the
                 // agent's report is where the master learns them again.
                 use TaskState::*;
-                let relearn = matches!(was, Staging | Starting | Running | Paused) && matches!(now, Running | Paused);
+                let relearn =
+                    matches!(was, Staging | Starting | Running | Paused) && matches!(now, Starting | Running | Paused);
                 if relearn {
                     match self.state.tasks.set_state(&tid, *now) {
                         Ok(()) => self.state.tasks.relearned_running(&tid, id),

@@ -46,8 +46,10 @@ impl Master {
                 Some(a) if Some(&a) != st.agent_id.as_ref() => return,
                 Some(_) => {}
             }
-            // A kill is on its way: a RUNNING or PAUSED sent before it is stale.
-            if prev == TaskState::Killing && matches!(st.state, TaskState::Running | TaskState::Paused) {
+            // A kill is on its way: a STARTING, RUNNING or PAUSED sent before it is stale.
+            if prev == TaskState::Killing
+                && matches!(st.state, TaskState::Starting | TaskState::Running | TaskState::Paused)
+            {
                 return;
             }
         }
@@ -291,7 +293,8 @@ impl Master {
             return;
         };
         let max = if max == 0 { MAX_OUTPUT_CHUNK } else { max.min(MAX_OUTPUT_CHUNK) };
-        let running = matches!(t.state(), TaskState::Running | TaskState::Paused | TaskState::Killing);
+        let running =
+            matches!(t.state(), TaskState::Starting | TaskState::Running | TaskState::Paused | TaskState::Killing);
         let agent = t.agent().cloned().filter(|_| running);
         let Some(agent) = agent else {
             let more = !t.state().is_terminal();

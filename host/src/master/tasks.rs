@@ -393,15 +393,18 @@ impl Tasks {
     }
 
     /// A running task's use as its agent reports it.
-    pub fn note_usage(&mut self, id: &TaskId, fuel: u64, mem: u64) {
+    pub fn note_usage(&mut self, id: &TaskId, fuel: u64, mem: u64, cpu_ns: u64) {
         let Some(t) = self.map.get_mut(id).filter(|t| !t.state.is_terminal()) else { return };
         let at_ms = now_ms();
-        let fuel_per_sec = match t.usage {
-            Some(u) if at_ms > u.at_ms && fuel >= u.fuel => (fuel - u.fuel) as f64 * 1e3 / (at_ms - u.at_ms) as f64,
-            Some(u) => u.fuel_per_sec,
-            None => 0.0,
+        let (fuel_per_sec, cpu_cores) = match t.usage {
+            Some(u) if at_ms > u.at_ms && fuel >= u.fuel && cpu_ns >= u.cpu_ns => {
+                let ms = (at_ms - u.at_ms) as f64;
+                ((fuel - u.fuel) as f64 * 1e3 / ms, (cpu_ns - u.cpu_ns) as f64 / 1e6 / ms)
+            }
+            Some(u) => (u.fuel_per_sec, u.cpu_cores),
+            None => (0.0, 0.0),
         };
-        t.usage = Some(super::types::Usage { fuel, mem, at_ms, fuel_per_sec });
+        t.usage = Some(super::types::Usage { fuel, mem, at_ms, fuel_per_sec, cpu_ns, cpu_cores });
     }
 
     /// A launch: logged, and a queued task's "queued" message goes.

@@ -18,6 +18,12 @@ pub(crate) struct AgentInfo {
     pub wasmtime_version: String,
     pub target_triple: String,
     pub agent_version: String,
+    /// Sandbox pool slots: tasks alive at once.
+    pub task_slots: u32,
+    /// Run permits: tasks executing Wasm at once.
+    pub cpu_cores: u32,
+    /// How `cpus` is enforced there: "shares" or "hard".
+    pub cpu_limit: String,
 }
 
 impl AgentInfo {
@@ -183,6 +189,10 @@ pub(crate) struct Usage {
     pub at_ms: i64,
     /// Fuel per second between the last two reports.
     pub fuel_per_sec: f64,
+    /// CPU time so far.
+    pub cpu_ns: u64,
+    /// CPU used, in cores, between the last two reports.
+    pub cpu_cores: f64,
 }
 
 /// One task of a launch: its spec (shared with the task table, and with every
@@ -439,6 +449,12 @@ pub(crate) struct AgentView {
     pub registered_at_ms: i64,
     /// Memory its running tasks use now, as it reports.
     pub mem_used: u64,
+    /// What its last heartbeat said: tasks alive (running, paused, starting),
+    /// of those starting, pool slots in use, runs waiting for a core.
+    pub tasks_live: u32,
+    pub tasks_starting: u32,
+    pub slots_in_use: u32,
+    pub cpu_waiting: u32,
 }
 
 #[derive(Debug, Clone, PartialEq)]

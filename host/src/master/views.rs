@@ -61,6 +61,10 @@ impl Master {
                     running_tasks: a.task_count() as u32,
                     registered_at_ms: a.registered_at_ms,
                     mem_used: a.stats.mem_used_bytes,
+                    tasks_live: a.stats.tasks_running + a.stats.tasks_paused + a.stats.tasks_starting,
+                    tasks_starting: a.stats.tasks_starting,
+                    slots_in_use: a.stats.slots_in_use,
+                    cpu_waiting: a.stats.cpu_waiting,
                 }
             })
             .collect();

@@ -47,7 +47,7 @@ async fn a_thousand_tasks_every_tenth_hostile() {
             } else {
                 (Some(5_000_000), Duration::from_secs(60))
             };
-            (b.clone(), *k, Limits { fuel, mem: 8 << 20, timeout, max_output: 4096 })
+            (b.clone(), *k, Limits { fuel, mem: 8 << 20, timeout, max_output: 4096, meter_fuel: false })
         } else {
             (benign.clone(), OutcomeKind::Finished, Limits { timeout: Duration::from_secs(60), ..Limits::default() })
         };

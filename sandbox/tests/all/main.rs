@@ -2,6 +2,7 @@
 //! inline WAT (no toolchain needed); `wat!` builds a WASI preview1 command.
 
 mod cache;
+mod cpu;
 mod hostile;
 mod outcomes;
 mod wasi;

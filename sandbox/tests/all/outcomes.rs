@@ -9,11 +9,18 @@ use crate::*;
 const LOOP_FOREVER: &str = r#"(func (export "_start") (loop (br 0)))"#;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn exit_zero_is_finished_with_fuel_counted() {
-    let o = run(wat(r#"(func (export "_start") (call $proc_exit (i32.const 0)))"#), req(limits())).await;
+async fn exit_zero_is_finished_with_cpu_time_and_fuel_only_where_metered() {
+    let exit0 = wat(r#"(func (export "_start") (call $proc_exit (i32.const 0)))"#);
+    let o = run(exit0.clone(), req(limits())).await;
     assert_eq!(o.kind, OutcomeKind::Finished, "{o:?}");
     assert_eq!(o.exit_code, Some(0));
-    assert!(o.fuel_consumed > 0, "fuel is counted even without a budget");
+    assert!(!o.fuel_metered && o.fuel_consumed == 0, "no budget, no fuel counting: {o:?}");
+    assert!(o.cpu_time > Duration::ZERO, "CPU time is always measured: {o:?}");
+    // Asked for, fuel is counted, and identical work uses identical fuel.
+    let metered = || req(Limits { meter_fuel: true, ..limits() });
+    let (a, b) = (run(exit0.clone(), metered()).await, run(exit0, metered()).await);
+    assert!(a.fuel_metered && a.fuel_consumed > 0, "{a:?}");
+    assert_eq!(a.fuel_consumed, b.fuel_consumed);
     // one 64 KiB page of memory (+ no table)
     assert_eq!(o.peak_memory_bytes, 65536);
     // returning from _start is also exit 0
@@ -163,7 +170,7 @@ async fn kill_ends_a_running_task() {
     let o = h.await.unwrap();
     assert_eq!(o.kind, OutcomeKind::Killed, "{o:?}");
     assert_eq!(OutcomeKind::Killed.process_exit_code(o.exit_code), 137);
-    assert!(o.fuel_consumed > 0);
+    assert!(o.cpu_time > Duration::ZERO, "{o:?}");
 }
 
 /// Counts to 2^27 and exits 0: long enough to pause in the middle.
