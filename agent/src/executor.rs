@@ -214,7 +214,12 @@ pub(crate) fn handle(agent: &Arc<Agent>, cmd: v1::AgentCommand) {
 
 async fn run_task(agent: Arc<Agent>, fw: String, spec: v1::TaskSpec, control: TaskControl) {
     let id = spec.task_id.clone();
-    let prepared = match agent.modules.get(&spec.module_sha256).await {
+    let metered = wasmos_proto::limits_from_wire(spec.limits.as_ref()).metered();
+    let module = match agent.modules.get(&spec.module_sha256).await {
+        Ok(p) if metered => agent.executor.sandbox.prepare_metered(&p).await.map(|()| p).map_err(|e| e.to_string()),
+        other => other,
+    };
+    let prepared = match module {
         Ok(p) => p,
         Err(msg) => {
             let o = wasmos_model::Outcome::error(msg.clone());
@@ -250,10 +255,16 @@ async fn run_task(agent: Arc<Agent>, fw: String, spec: v1::TaskSpec, control: Ta
             report_live(&agent, &id, &fw, false);
             tokio::select! {
                 biased;
-                o = &mut run => o,
                 _ = control.started() => {
                     report_live(&agent, &id, &fw, true);
                     run.await
+                }
+                // It may start and end within one poll: RUNNING comes first.
+                o = &mut run => {
+                    if control.has_started() {
+                        report_live(&agent, &id, &fw, true);
+                    }
+                    o
                 }
             }
         }

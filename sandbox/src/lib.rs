@@ -280,6 +280,13 @@ impl Sandbox {
             .unwrap_or_else(|e| Err(SandboxError::InvalidModule(format!("module compilation crashed: {e}"))))
     }
 
+    /// Compiles a prepared module for the metered lane too (as its first
+    /// metered run would), so that a caller can finish compiling before it
+    /// says the run started.
+    pub async fn prepare_metered(&self, module: &Arc<Prepared>) -> Result<(), SandboxError> {
+        run::metered_pre(&self.inner, module).await.map(|_| ())
+    }
+
     /// Runs a prepared module to its end. Never panics or errors on guest
     /// behaviour; the [`Outcome`] says what happened.
     pub async fn run(&self, module: &Arc<Prepared>, req: RunRequest, control: &TaskControl) -> Outcome {

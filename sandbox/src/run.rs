@@ -180,7 +180,7 @@ pub(crate) fn prepare(inner: &Inner, bytes: &[u8]) -> Result<Arc<Prepared>, Sand
 }
 
 /// The module compiled for the metered lane: once, on its first metered run.
-async fn metered_pre<'a>(inner: &Arc<Inner>, module: &'a Prepared) -> Result<&'a Pre, SandboxError> {
+pub(crate) async fn metered_pre<'a>(inner: &Arc<Inner>, module: &'a Prepared) -> Result<&'a Pre, SandboxError> {
     let r = module
         .metered
         .get_or_init(|| async {

@@ -20,11 +20,45 @@ pub fn bench(root: &Path, which: Option<&Bench>) -> Result<()> {
         Some(Bench::E2e(args)) => return e2e(root, args),
         Some(Bench::Memory(args)) => return crate::retention::memory(root, args),
         Some(Bench::Restart(args)) => return crate::retention::restart(root, args),
+        Some(Bench::Density(a)) => {
+            let mut v = vec!["density".to_string(), "--tasks".into(), a.tasks.to_string()];
+            v.push("--".into());
+            v.extend(a.agent_flags.iter().cloned());
+            return agent_bench(root, &v);
+        }
+        Some(Bench::Noisy(a)) => {
+            let mut v = vec!["noisy".to_string(), "--spinners".into(), a.spinners.to_string()];
+            v.extend(["--samples".to_string(), a.samples.to_string(), "--".into()]);
+            v.extend(a.agent_flags.iter().cloned());
+            return agent_bench(root, &v);
+        }
     };
     for p in pkgs {
         run(Command::new("cargo").current_dir(root).args(["bench", "-p", p]))?;
     }
     Ok(())
+}
+
+/// `cargo xtask bench density|noisy`: the agent_bench example (release)
+/// against release `wasmos master` and `wasmos agent` processes.
+fn agent_bench(root: &Path, args: &[String]) -> Result<()> {
+    run(Command::new("cargo").current_dir(root).args([
+        "build",
+        "--release",
+        "-p",
+        "wasmos",
+        "--bin",
+        "wasmos",
+        "--example",
+        "agent_bench",
+    ]))?;
+    let release = root.join("target/release");
+    let (mode, rest) = args.split_first().expect("a mode");
+    run(Command::new(release.join("examples/agent_bench"))
+        .arg(mode)
+        .arg("--wasmos")
+        .arg(release.join("wasmos"))
+        .args(rest))
 }
 
 /// `cargo xtask bench e2e [--registry in-memory] [--agent-checkpoint off] [--tasks N] [--latency-samples N]`:

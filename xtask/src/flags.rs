@@ -84,6 +84,35 @@ pub enum Bench {
     /// A master with a long history killed with SIGKILL and started again:
     /// how long until it serves.
     Restart(RestartArgs),
+    /// Release `wasmos master` + one `wasmos agent`: sleeping tasks launched
+    /// through the cluster until all run; time, RSS and per-task cost.
+    Density(DensityArgs),
+    /// Release `wasmos master` + one `wasmos agent`: benign tasks' latency
+    /// quiet and next to spinners in a low-share role.
+    Noisy(NoisyArgs),
+}
+
+#[derive(Args, Debug, PartialEq, Eq)]
+pub struct DensityArgs {
+    /// Sleeping tasks to hold live at once.
+    #[arg(long, value_name = "N", default_value_t = 50_000)]
+    pub tasks: u32,
+    /// Flags for the agent (after `--`), e.g. `-- --max-tasks 10000`.
+    #[arg(trailing_var_arg = true, allow_hyphen_values = true, value_name = "AGENT_FLAGS")]
+    pub agent_flags: Vec<String>,
+}
+
+#[derive(Args, Debug, PartialEq, Eq)]
+pub struct NoisyArgs {
+    /// Tasks spinning forever in the low-share role.
+    #[arg(long, value_name = "N", default_value_t = 200)]
+    pub spinners: u32,
+    /// Benign tasks timed one after the other, quiet and then noisy.
+    #[arg(long, value_name = "N", default_value_t = 300)]
+    pub samples: u32,
+    /// Flags for the agent (after `--`), e.g. `-- --cpu-limit hard`.
+    #[arg(trailing_var_arg = true, allow_hyphen_values = true, value_name = "AGENT_FLAGS")]
+    pub agent_flags: Vec<String>,
 }
 
 #[derive(Args, Debug, PartialEq, Eq)]

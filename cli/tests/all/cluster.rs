@@ -357,3 +357,83 @@ fn top_and_logs_follow_show_a_task_while_it_runs() {
     };
     assert!(status.success());
 }
+
+/// A WASI command from WAT, written where the CLI can read it.
+fn wat_file(dir: &std::path::Path, name: &str, text: &str) -> PathBuf {
+    let p = dir.join(format!("{name}.wasm"));
+    std::fs::write(&p, wat::parse_str(text).unwrap()).unwrap();
+    p
+}
+
+fn count_state(c: &Cluster, state: &str) -> usize {
+    lines(&wasmos(c, &["tasks", "--state", state, "--json"])).len()
+}
+
+fn wait_for(what: &str, secs: u64, mut f: impl FnMut() -> bool) {
+    let t0 = std::time::Instant::now();
+    while !f() {
+        assert!(t0.elapsed() < Duration::from_secs(secs), "{what} within {secs} s");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+#[test]
+fn cpu_shares_hold_on_an_agent_and_tasks_past_its_slots_are_starting() {
+    // An agent of 2 cores with 4 sandbox slots.
+    let c = Cluster::start_with(&["--max-tasks", "4"]);
+    let dir = tempfile::tempdir().unwrap();
+    let sleep = wat_file(
+        dir.path(),
+        "sleep",
+        r#"(module
+          (import "wasi_snapshot_preview1" "poll_oneoff" (func $poll (param i32 i32 i32 i32) (result i32)))
+          (memory (export "memory") 1)
+          (func (export "_start")
+            (i64.store (i32.const 104) (i64.const 1))
+            (i32.store8 (i32.const 112) (i32.const 0))
+            (i32.store (i32.const 120) (i32.const 1))
+            (i64.store (i32.const 128) (i64.const 3000000000))
+            (i64.store (i32.const 136) (i64.const 0))
+            (i32.store16 (i32.const 144) (i32.const 0))
+            (drop (call $poll (i32.const 104) (i32.const 200) (i32.const 1) (i32.const 300)))))"#,
+    );
+    let spin = wat_file(dir.path(), "spin", r#"(module (memory (export "memory") 1) (func (export "_start") (loop (br 0))))"#);
+
+    // Six sleepers, four slots: four RUNNING, two STARTING (not RUNNING).
+    let o = wasmos(&c, &["submit", "--count", "6", "--cpus", "0.1", "--mem", "1MiB", sleep.to_str().unwrap()]);
+    assert!(o.status.success(), "{}", err(&o));
+    wait_for("four sleepers running", 30, || count_state(&c, "running") == 4);
+    assert_eq!(count_state(&c, "starting"), 2, "two wait for a slot");
+    let agent = &lines(&wasmos(&c, &["agents", "--json"]))[0];
+    assert_eq!(agent["slots"], 4 + wasmos_sandbox::DEFAULT_MAX_METERED_TASKS as u64, "{agent}");
+    assert!(agent["cpu_cores"].as_u64().unwrap() >= 1, "{agent}");
+    wait_for("the agent's report of its slots", 10, || {
+        let a = &lines(&wasmos(&c, &["agents", "--json"]))[0];
+        a["slots_in_use"] == 4 && a["tasks_starting"] == 2
+    });
+    wait_for("all six to finish", 60, || count_state(&c, "finished") == 6);
+
+    // Four spinners on two cores, two of cpus 0.25 and two of 0.75.
+    let mut ids = Vec::new();
+    for cpus in ["0.25", "0.75"] {
+        let o = wasmos(&c, &["submit", "--count", "2", "--cpus", cpus, "--mem", "1MiB", "--timeout", "2m", spin.to_str().unwrap()]);
+        assert!(o.status.success(), "{}", err(&o));
+        ids.extend(out(&o).split_whitespace().map(str::to_string));
+    }
+    assert_eq!(ids.len(), 4, "{ids:?}");
+    wait_for("four spinners running", 30, || count_state(&c, "running") == 4);
+    std::thread::sleep(Duration::from_secs(4));
+    for id in &ids {
+        assert!(wasmos(&c, &["kill", id]).status.success());
+    }
+    wait_for("the spinners killed", 30, || count_state(&c, "killed") == 4);
+    let cpu: Vec<f64> = ids
+        .iter()
+        .map(|id| {
+            let t = &lines(&wasmos(&c, &["task", id, "--json"]))[0];
+            t["cpu_time_ms"].as_f64().unwrap_or_else(|| panic!("no cpu time: {t}"))
+        })
+        .collect();
+    let ratio = (cpu[2] + cpu[3]) / (cpu[0] + cpu[1]);
+    assert!((2.5..=3.5).contains(&ratio), "cpus:0.75 got {ratio:.2}x the CPU of cpus:0.25: {cpu:?} ms");
+}

@@ -223,8 +223,11 @@ async fn srtf_preempts_a_long_task_and_resumes_it_without_losing_work() {
     assert_eq!(preempted.stdout, b"25997 primes below 300000\n");
     let mut req = job("", &primes, "300000", None);
     req.framework = String::new();
+    // Counting fuel, as the framework's jobs with an estimate do.
+    req.template.as_mut().unwrap().limits.get_or_insert_default().meter_fuel = true;
     let reference = c.operator().submit(req).await.unwrap().into_inner().task_ids.remove(0);
     let reference = c.wait_task(&reference, None).await.outcome.unwrap();
+    assert!(preempted.fuel_metered && preempted.fuel_consumed > 0, "{preempted:?}");
     assert_eq!(preempted.fuel_consumed, reference.fuel_consumed);
 }
 
