@@ -360,6 +360,11 @@ pub struct SandboxArgs {
     /// Longest a task keeps a core while others wait for one.
     #[arg(long, value_name = "DUR", value_parser = crate::args::duration, default_value = "10ms")]
     pub cpu_slice: Duration,
+    /// Nice value of the threads that run tasks (0 to 19; 0 leaves them as
+    /// the agent): the agent's own work and other processes get the CPU first.
+    #[arg(long, value_name = "N", default_value_t = wasmos_sandbox::DEFAULT_TASK_NICE,
+          value_parser = clap::value_parser!(i32).range(0..=19))]
+    pub task_nice: i32,
 }
 
 impl SandboxArgs {
@@ -375,6 +380,7 @@ impl SandboxArgs {
         cfg.max_wasm_stack = self.max_wasm_stack.clamp(64 << 10, 64 << 20) as usize;
         cfg.cpu_limit = self.cpu_limit;
         cfg.cpu_slice = self.cpu_slice;
+        cfg.task_nice = self.task_nice;
         let machine = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1);
         cfg.cpu_cores = self.cpu_cores.unwrap_or_else(|| (offered.cpus().ceil() as usize).clamp(1, machine)).max(1);
     }

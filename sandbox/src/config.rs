@@ -14,6 +14,8 @@ pub const DEFAULT_MAX_METERED_TASKS: u32 = 1_000;
 pub const DEFAULT_MAX_TASK_MEM: u64 = 1 << 30;
 /// Default [`SandboxConfig::epoch_tick`].
 pub const DEFAULT_EPOCH_TICK: Duration = Duration::from_millis(1);
+/// Default [`SandboxConfig::task_nice`].
+pub const DEFAULT_TASK_NICE: i32 = 10;
 /// Default [`SandboxConfig::cpu_slice`].
 pub const DEFAULT_CPU_SLICE: Duration = Duration::from_millis(10);
 /// Default [`SandboxConfig::memories_per_task`] in hundredths: 1.25 linear
@@ -62,6 +64,10 @@ pub struct SandboxConfig {
     pub cpu_limit: crate::CpuLimit,
     /// Longest a run keeps the CPU while others wait. Default 10 ms.
     pub cpu_slice: Duration,
+    /// Nice value of the threads that run Wasm (0..19): the kernel gives the
+    /// process's own work, and other processes such as a master beside it,
+    /// the CPU first when they want it. Default 10.
+    pub task_nice: i32,
     /// Parent of the per-task sandbox directories. Default
     /// `$TMPDIR/wasmos-sandboxes`.
     pub sandbox_root: PathBuf,
@@ -90,6 +96,7 @@ impl Default for SandboxConfig {
             cpu_cores: std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1),
             cpu_limit: crate::CpuLimit::Shares,
             cpu_slice: DEFAULT_CPU_SLICE,
+            task_nice: DEFAULT_TASK_NICE,
             sandbox_root: std::env::temp_dir().join("wasmos-sandboxes"),
             cache_dir: None,
             cache_max_entries: DEFAULT_CACHE_MAX_ENTRIES,

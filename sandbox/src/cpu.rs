@@ -89,6 +89,20 @@ pub(crate) fn yield_turn(acct: &Arc<Account>) -> wasmtime::UpdateDeadline {
     )
 }
 
+/// Lowers the calling thread's scheduling priority by `nice` (0: leave it),
+/// so the kernel runs a process's control work (an agent's gRPC, the master
+/// beside it) before tenant Wasm when both want the CPU. Best effort.
+pub(crate) fn renice_this_thread(nice: i32) {
+    if nice == 0 {
+        return;
+    }
+    // SAFETY: plain syscalls on the calling thread's own id; no memory is passed.
+    unsafe {
+        let tid = libc::gettid();
+        libc::setpriority(libc::PRIO_PROCESS as _, tid as libc::id_t, nice.clamp(-20, 19));
+    }
+}
+
 /// CPU time used by the calling thread, in nanoseconds.
 pub(crate) fn thread_cpu_ns() -> u64 {
     let mut ts = libc::timespec { tv_sec: 0, tv_nsec: 0 };
@@ -107,6 +121,10 @@ pub(crate) struct Cpu {
     limit: CpuLimit,
     slice_ns: u64,
     st: Mutex<St>,
+    /// Engines whose epoch is bumped when a run queues at the front, so the
+    /// runs on the cores check at once whether to make way (rather than at
+    /// the next tick of the ticker).
+    kick: std::sync::OnceLock<Vec<wasmtime::Engine>>,
 }
 
 #[derive(Debug, Default)]
@@ -115,8 +133,9 @@ struct St {
     running: usize,
     /// Waiters by (virtual runtime, arrival).
     queue: BTreeMap<(u64, u64), u64>,
-    /// A waiter's place in `queue` and how to wake it, by account id.
-    waiting: HashMap<u64, ((u64, u64), Waker)>,
+    /// A waiter's place in `queue` and how to wake it, by account id (no
+    /// waker yet: a run that arrived and has not been polled).
+    waiting: HashMap<u64, ((u64, u64), Option<Waker>)>,
     /// Waiters handed a permit that have not yet polled.
     granted: HashSet<u64>,
     /// Grows monotonically: where a run that was idle re-enters.
@@ -132,6 +151,18 @@ impl Cpu {
             limit,
             slice_ns: slice.as_nanos().clamp(100_000, u64::MAX as u128) as u64,
             st: Mutex::new(St::default()),
+            kick: std::sync::OnceLock::new(),
+        }
+    }
+
+    pub(crate) fn kick_engines(&self, engines: Vec<wasmtime::Engine>) {
+        let _ = self.kick.set(engines);
+    }
+
+    /// A run queued at the front: the runs on the cores look now.
+    fn kick(&self, st: &St, key: (u64, u64)) {
+        if st.queue.keys().next() == Some(&key) {
+            self.kick.get().into_iter().flatten().for_each(wasmtime::Engine::increment_epoch);
         }
     }
 
@@ -175,8 +206,8 @@ impl Cpu {
             return true;
         }
         if let Some((_, w)) = st.waiting.get_mut(&acct.id) {
-            if !w.will_wake(waker) {
-                *w = waker.clone();
+            if !w.as_ref().is_some_and(|w| w.will_wake(waker)) {
+                *w = Some(waker.clone());
             }
             return false;
         }
@@ -191,8 +222,31 @@ impl Cpu {
         st.seq += 1;
         let key = (vr, st.seq);
         st.queue.insert(key, acct.id);
-        st.waiting.insert(acct.id, (key, waker.clone()));
+        st.waiting.insert(acct.id, (key, Some(waker.clone())));
+        self.kick(&st, key);
         false
+    }
+
+    /// A run about to start (it has its sandbox slot) queues before its first
+    /// poll: the runs on the cores see it at their next tick and make way, so
+    /// it is not left behind them in the executor's queue.
+    pub(crate) fn arrive(&self, acct: &Account) {
+        let mut st = self.lock();
+        if st.waiting.contains_key(&acct.id) || st.granted.contains(&acct.id) {
+            return;
+        }
+        let vr = acct.vr.load(Relaxed).max(st.min_vr.saturating_sub(GRANULARITY_NS));
+        acct.vr.store(vr, Relaxed);
+        if st.running < self.cores && st.queue.is_empty() {
+            st.running += 1;
+            st.granted.insert(acct.id);
+            return;
+        }
+        st.seq += 1;
+        let key = (vr, st.seq);
+        st.queue.insert(key, acct.id);
+        st.waiting.insert(acct.id, (key, None));
+        self.kick(&st, key);
     }
 
     /// A run at the end of its slice (still holding its permit) queues for
@@ -207,7 +261,7 @@ impl Cpu {
         st.seq += 1;
         let key = (vr, st.seq);
         st.queue.insert(key, acct.id);
-        st.waiting.insert(acct.id, (key, waker.clone()));
+        st.waiting.insert(acct.id, (key, Some(waker.clone())));
     }
 
     /// Gives back the permit of run `id` after a poll, its virtual runtime now
@@ -233,7 +287,7 @@ impl Cpu {
             if let Some((_, w)) = st.waiting.remove(&id) {
                 st.granted.insert(id);
                 st.running += 1;
-                if Some(id) != quiet {
+                if let Some(w) = w.filter(|_| Some(id) != quiet) {
                     wake.push(w);
                 }
             }
@@ -241,8 +295,12 @@ impl Cpu {
         wake
     }
 
-    /// Takes `id` out of the queue, and returns a permit it was handed.
-    fn withdraw(&self, id: u64) {
+    /// Takes a run out of the queue, and gives back a permit it was handed.
+    pub(crate) fn withdraw(&self, acct: &Account) {
+        self.withdraw_id(acct.id);
+    }
+
+    fn withdraw_id(&self, id: u64) {
         let wake = {
             let mut st = self.lock();
             if let Some((key, _)) = st.waiting.remove(&id) {
@@ -332,13 +390,21 @@ impl<F> Fair<F> {
 
     /// Leaves the queue (a paused run must not hold or wait for a permit).
     pub(crate) fn withdraw(&mut self) {
-        self.acct.cpu.withdraw(self.acct.id);
+        self.acct.cpu.withdraw_id(self.acct.id);
     }
 }
 
 impl<F> Drop for Fair<F> {
     fn drop(&mut self) {
         self.withdraw();
+    }
+}
+
+impl Drop for Account {
+    /// A run that ends anywhere leaves the queue and gives back a permit it
+    /// was handed.
+    fn drop(&mut self) {
+        self.cpu.withdraw_id(self.id);
     }
 }
 
@@ -362,7 +428,7 @@ impl<F: Future> Future for Fair<F> {
             b.last = now;
             if b.tokens <= 0 {
                 // Out of its share: it neither holds nor waits for a core.
-                this.acct.cpu.withdraw(this.acct.id);
+                this.acct.cpu.withdraw_id(this.acct.id);
                 let wait = Duration::from_nanos((-b.tokens) as u64 * WEIGHT_ONE / weight + 1);
                 let mut sleep = Box::pin(tokio::time::sleep(wait));
                 if sleep.as_mut().poll(cx).is_pending() {
@@ -423,7 +489,7 @@ mod tests {
         assert!(fc.0.load(Relaxed) && !fb.0.load(Relaxed), "c has run less, so it goes first");
         assert!(cpu.acquire(&c, &wc), "the permit was handed to c");
         // A paused waiter leaves the queue; a withdrawn grant passes on.
-        cpu.withdraw(b.id);
+        cpu.withdraw_id(b.id);
         assert_eq!(cpu.waiting(), 0);
         cpu.release(c.id, c.vr.load(Relaxed));
         assert!(cpu.acquire(&a, &wa), "a free permit and nobody waiting");

@@ -164,7 +164,27 @@ impl std::fmt::Debug for Prepared {
 #[derive(Clone)]
 pub struct Sandbox {
     inner: Arc<Inner>,
+    /// The runtime tasks execute on: its own worker threads (`cpu_cores` of
+    /// them), so that Wasm keeping every core busy never delays the caller's
+    /// own work (an agent's gRPC streams, heartbeats). Held only here, not by
+    /// the runs, and shut down when the last clone goes.
+    rt: Arc<WasmRuntime>,
 }
+
+struct WasmRuntime(Option<tokio::runtime::Runtime>);
+
+impl Drop for WasmRuntime {
+    fn drop(&mut self) {
+        if let Some(rt) = self.0.take() {
+            rt.shutdown_background();
+        }
+    }
+}
+
+/// Scheduler ticks between two looks at timers and I/O on the Wasm runtime
+/// (tokio's default is 61: with every worker busy in 10 ms slices, a sleeping
+/// task would wake up to 0.6 s late).
+const WASM_RT_EVENT_INTERVAL: u32 = 4;
 
 pub(crate) struct Inner {
     pub(crate) cfg: SandboxConfig,
@@ -227,7 +247,20 @@ impl Sandbox {
         let metered = Lane::new(&cfg, cfg.max_metered_tasks, true)?;
         let ticker = engine::EpochTicker::start(vec![plain.engine.clone(), metered.engine.clone()], cfg.epoch_tick);
         let cpu = Arc::new(cpu::Cpu::new(cfg.cpu_cores, cfg.cpu_limit, cfg.cpu_slice));
-        Ok(Sandbox { inner: Arc::new(Inner { cfg, plain, metered, cpu, _ticker: ticker }) })
+        cpu.kick_engines(vec![plain.engine.clone(), metered.engine.clone()]);
+        let nice = cfg.task_nice;
+        let rt = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(cfg.cpu_cores)
+            .thread_name("wasmos-wasm")
+            .event_interval(WASM_RT_EVENT_INTERVAL)
+            .on_thread_start(move || cpu::renice_this_thread(nice))
+            .enable_all()
+            .build()
+            .map_err(|e| SandboxError::Config(format!("cannot start the task runtime: {e}")))?;
+        Ok(Sandbox {
+            inner: Arc::new(Inner { cfg, plain, metered, cpu, _ticker: ticker }),
+            rt: Arc::new(WasmRuntime(Some(rt))),
+        })
     }
 
     /// Pool slots and run permits in use.
@@ -289,8 +322,21 @@ impl Sandbox {
 
     /// Runs a prepared module to its end. Never panics or errors on guest
     /// behaviour; the [`Outcome`] says what happened.
+    /// On the sandbox's own runtime; a run that can start at once (a free
+    /// slot, its code compiled) queues for a core before it is first polled.
     pub async fn run(&self, module: &Arc<Prepared>, req: RunRequest, control: &TaskControl) -> Outcome {
-        run::run(&self.inner, module, req, control).await
+        let inner = self.inner.clone();
+        let weight = if req.cpu_weight == 0 { WEIGHT_ONE } else { req.cpu_weight };
+        let acct = inner.cpu.account(weight, Some(control.clone()));
+        let metered = req.limits.metered();
+        let lane = if metered { &inner.metered } else { &inner.plain };
+        if lane.slots.available_permits() > 0 && (!metered || module.metered.initialized()) {
+            inner.cpu.arrive(&acct);
+        }
+        let (module, control) = (module.clone(), control.clone());
+        let Some(rt) = self.rt.0.as_ref() else { return Outcome::error("the sandbox is shutting down") };
+        let run = rt.spawn(async move { run::run(&inner, &module, req, &control, acct).await });
+        run.await.unwrap_or_else(|e| Outcome::error(format!("the task's run crashed: {e}; this is a bug in wasmos")))
     }
 
     /// Prepares `bytes` and runs them; a module that cannot be prepared gives

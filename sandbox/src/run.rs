@@ -287,6 +287,7 @@ pub(crate) async fn run(
     module: &Arc<Prepared>,
     req: RunRequest,
     control: &TaskControl,
+    acct: Arc<crate::cpu::Account>,
 ) -> Outcome {
     let started = Instant::now();
     let limits = &req.limits;
@@ -318,19 +319,26 @@ pub(crate) async fn run(
         (&inner.plain, &module.pre)
     };
     // Wait for a pool slot: past the lane's capacity, runs queue here (the
-    // task is STARTING until it has one).
-    let _permit = tokio::select! {
-        p = lane.slots.acquire() => match p {
-            Ok(p) => p,
-            Err(_) => return fail("the sandbox is shutting down; retry on another agent".into()),
-        },
-        _ = control.killed() => {
-            let mut o = fail("killed before it started".into());
-            o.kind = OutcomeKind::Killed;
-            return o;
+    // task is STARTING until it has one), neither holding nor waiting for a core.
+    let _permit = match lane.slots.try_acquire() {
+        Ok(p) => p,
+        Err(_) => {
+            inner.cpu.withdraw(&acct);
+            tokio::select! {
+                p = lane.slots.acquire() => match p {
+                    Ok(p) => p,
+                    Err(_) => return fail("the sandbox is shutting down; retry on another agent".into()),
+                },
+                _ = control.killed() => {
+                    let mut o = fail("killed before it started".into());
+                    o.kind = OutcomeKind::Killed;
+                    return o;
+                }
+            }
         }
     };
     control.mark_started();
+    inner.cpu.arrive(&acct);
 
     let dir = match crate::fs::create(&req.sandbox_dir, &inner.cfg.sandbox_root, &req.name) {
         Ok(d) => d,
@@ -399,7 +407,6 @@ pub(crate) async fn run(
     }
     let clock = Arc::new(ActiveClock::start(limits.timeout));
     let cb_clock = clock.clone();
-    let acct = inner.cpu.account(if req.cpu_weight == 0 { crate::WEIGHT_ONE } else { req.cpu_weight }, Some(control.clone()));
     let (cb_control, cb_acct) = (control.clone(), acct.clone());
     store.set_epoch_deadline(1);
     store.epoch_deadline_callback(move |ctx| {
