@@ -230,43 +230,27 @@ async fn run_task(agent: Arc<Agent>, fw: String, spec: v1::TaskSpec, control: Ta
             return;
         }
     };
-    // A task is RUNNING only once it has a sandbox slot; until then it is
-    // STARTING. The first poll takes a free slot at once (and runs a first
-    // slice), so an agent with room reports RUNNING and the outcome, no more.
+    // A task is RUNNING only once it has a sandbox slot. One that will wait
+    // for a slot says STARTING first; one with a slot free says RUNNING once
+    // it started (within microseconds), so an agent with room reports
+    // RUNNING and the outcome, no more.
     let run = agent.executor.sandbox.run(&prepared, run_request(&spec, &fw), &control);
     tokio::pin!(run);
-    let first = tokio::select! {
+    if !agent.executor.sandbox.has_free_slot(metered) {
+        report_live(&agent, &id, &fw, false);
+    }
+    let outcome = tokio::select! {
         biased;
-        o = &mut run => Some(o),
-        _ = std::future::ready(()) => None,
-    };
-    let outcome = match first {
-        Some(o) => {
+        _ = control.started() => {
+            report_live(&agent, &id, &fw, true);
+            run.await
+        }
+        // It may start and end before this looks again: RUNNING comes first.
+        o = &mut run => {
             if control.has_started() {
                 report_live(&agent, &id, &fw, true);
             }
             o
-        }
-        None if control.has_started() => {
-            report_live(&agent, &id, &fw, true);
-            run.await
-        }
-        None => {
-            report_live(&agent, &id, &fw, false);
-            tokio::select! {
-                biased;
-                _ = control.started() => {
-                    report_live(&agent, &id, &fw, true);
-                    run.await
-                }
-                // It may start and end within one poll: RUNNING comes first.
-                o = &mut run => {
-                    if control.has_started() {
-                        report_live(&agent, &id, &fw, true);
-                    }
-                    o
-                }
-            }
         }
     };
     let state = outcome_state(outcome.kind);

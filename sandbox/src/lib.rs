@@ -263,6 +263,12 @@ impl Sandbox {
         })
     }
 
+    /// Whether a run on that lane would find a pool slot free now.
+    pub fn has_free_slot(&self, metered: bool) -> bool {
+        let lane = if metered { &self.inner.metered } else { &self.inner.plain };
+        lane.slots.available_permits() > 0
+    }
+
     /// Pool slots and run permits in use.
     pub fn slot_stats(&self) -> SlotStats {
         let i = &self.inner;
