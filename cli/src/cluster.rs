@@ -365,6 +365,10 @@ pub struct SandboxArgs {
     #[arg(long, value_name = "N", default_value_t = wasmos_sandbox::DEFAULT_TASK_NICE,
           value_parser = clap::value_parser!(i32).range(0..=19))]
     pub task_nice: i32,
+    /// Run tasks on the agent's own runtime threads instead of dedicated
+    /// ones (no handoff per task; Wasm then competes with the agent's gRPC).
+    #[arg(long)]
+    pub shared_runtime: bool,
 }
 
 impl SandboxArgs {
@@ -381,6 +385,7 @@ impl SandboxArgs {
         cfg.cpu_limit = self.cpu_limit;
         cfg.cpu_slice = self.cpu_slice;
         cfg.task_nice = self.task_nice;
+        cfg.own_runtime = !self.shared_runtime;
         let machine = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1);
         cfg.cpu_cores = self.cpu_cores.unwrap_or_else(|| (offered.cpus().ceil() as usize).clamp(1, machine)).max(1);
     }

@@ -68,6 +68,9 @@ pub struct SandboxConfig {
     /// process's own work, and other processes such as a master beside it,
     /// the CPU first when they want it. Default 10.
     pub task_nice: i32,
+    /// Run tasks on the sandbox's own runtime (`cpu_cores` threads at
+    /// `task_nice`) rather than the caller's. Default true.
+    pub own_runtime: bool,
     /// Parent of the per-task sandbox directories. Default
     /// `$TMPDIR/wasmos-sandboxes`.
     pub sandbox_root: PathBuf,
@@ -97,6 +100,7 @@ impl Default for SandboxConfig {
             cpu_limit: crate::CpuLimit::Shares,
             cpu_slice: DEFAULT_CPU_SLICE,
             task_nice: DEFAULT_TASK_NICE,
+            own_runtime: true,
             sandbox_root: std::env::temp_dir().join("wasmos-sandboxes"),
             cache_dir: None,
             cache_max_entries: DEFAULT_CACHE_MAX_ENTRIES,

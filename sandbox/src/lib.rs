@@ -249,17 +249,22 @@ impl Sandbox {
         let cpu = Arc::new(cpu::Cpu::new(cfg.cpu_cores, cfg.cpu_limit, cfg.cpu_slice));
         cpu.kick_engines(vec![plain.engine.clone(), metered.engine.clone()]);
         let nice = cfg.task_nice;
-        let rt = tokio::runtime::Builder::new_multi_thread()
-            .worker_threads(cfg.cpu_cores)
-            .thread_name("wasmos-wasm")
-            .event_interval(WASM_RT_EVENT_INTERVAL)
-            .on_thread_start(move || cpu::renice_this_thread(nice))
-            .enable_all()
-            .build()
-            .map_err(|e| SandboxError::Config(format!("cannot start the task runtime: {e}")))?;
+        let rt = if cfg.own_runtime {
+            let rt = tokio::runtime::Builder::new_multi_thread()
+                .worker_threads(cfg.cpu_cores)
+                .thread_name("wasmos-wasm")
+                .event_interval(WASM_RT_EVENT_INTERVAL)
+                .on_thread_start(move || cpu::renice_this_thread(nice))
+                .enable_all()
+                .build()
+                .map_err(|e| SandboxError::Config(format!("cannot start the task runtime: {e}")))?;
+            Some(rt)
+        } else {
+            None
+        };
         Ok(Sandbox {
             inner: Arc::new(Inner { cfg, plain, metered, cpu, _ticker: ticker }),
-            rt: Arc::new(WasmRuntime(Some(rt))),
+            rt: Arc::new(WasmRuntime(rt)),
         })
     }
 
@@ -339,8 +344,8 @@ impl Sandbox {
         if lane.slots.available_permits() > 0 && (!metered || module.metered.initialized()) {
             inner.cpu.arrive(&acct);
         }
+        let Some(rt) = self.rt.0.as_ref() else { return run::run(&inner, module, req, control, acct).await };
         let (module, control) = (module.clone(), control.clone());
-        let Some(rt) = self.rt.0.as_ref() else { return Outcome::error("the sandbox is shutting down") };
         let run = rt.spawn(async move { run::run(&inner, &module, req, &control, acct).await });
         run.await.unwrap_or_else(|e| Outcome::error(format!("the task's run crashed: {e}; this is a bug in wasmos")))
     }
