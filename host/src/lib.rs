@@ -305,6 +305,8 @@ pub fn start(cfg: MasterConfig) -> Result<MasterHandle, StartError> {
     let sandbox = wasmos_sandbox::Sandbox::new(wasmos_sandbox::SandboxConfig {
         max_concurrent_tasks: 1,
         max_metered_tasks: cfg.max_hosted_frameworks.max(1),
+        // Callbacks run in the hosted actors' own futures, not `Sandbox::run`.
+        own_runtime: false,
         max_task_mem: cfg.scheduler_limits.mem.clamp(1 << 20, 4 << 30),
         ..Default::default()
     })?;
