@@ -24,6 +24,26 @@ pub(crate) struct Executor {
     fuel_consumed: std::sync::atomic::AtomicU64,
     tasks_ended: std::sync::atomic::AtomicU64,
     cpu_ns: std::sync::atomic::AtomicU64,
+    /// Launches about to run that have not started yet, per lane (plain,
+    /// metered): those ahead of a launch take the free slots before it.
+    unstarted: [std::sync::atomic::AtomicUsize; 2],
+}
+
+/// A launch counted in `Executor::unstarted` until it starts or ends.
+struct Unstarted<'a>(Option<&'a std::sync::atomic::AtomicUsize>);
+
+impl Unstarted<'_> {
+    fn started(&mut self) {
+        if let Some(c) = self.0.take() {
+            c.fetch_sub(1, std::sync::atomic::Ordering::SeqCst);
+        }
+    }
+}
+
+impl Drop for Unstarted<'_> {
+    fn drop(&mut self) {
+        self.started();
+    }
 }
 
 impl Executor {
@@ -34,6 +54,7 @@ impl Executor {
             fuel_consumed: 0.into(),
             tasks_ended: 0.into(),
             cpu_ns: 0.into(),
+            unstarted: Default::default(),
         }
     }
 
@@ -236,23 +257,29 @@ async fn run_task(agent: Arc<Agent>, fw: String, spec: v1::TaskSpec, control: Ta
     // RUNNING and the outcome, no more.
     let run = agent.executor.sandbox.run(&prepared, run_request(&spec, &fw), &control);
     tokio::pin!(run);
-    if !agent.executor.sandbox.has_free_slot(metered) {
+    let counter = &agent.executor.unstarted[metered as usize];
+    let ahead = counter.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+    let mut unstarted = Unstarted(Some(counter));
+    if ahead >= agent.executor.sandbox.free_slots(metered) {
         report_live(&agent, &id, &fw, false);
     }
     let outcome = tokio::select! {
         biased;
         _ = control.started() => {
+            unstarted.started();
             report_live(&agent, &id, &fw, true);
             run.await
         }
         // It may start and end before this looks again: RUNNING comes first.
         o = &mut run => {
+            unstarted.started();
             if control.has_started() {
                 report_live(&agent, &id, &fw, true);
             }
             o
         }
     };
+    drop(unstarted);
     let state = outcome_state(outcome.kind);
     agent.executor.fuel_consumed.fetch_add(outcome.fuel_consumed, std::sync::atomic::Ordering::Relaxed);
     agent.executor.cpu_ns.fetch_add(outcome.cpu_time.as_nanos() as u64, std::sync::atomic::Ordering::Relaxed);

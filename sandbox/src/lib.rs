@@ -268,10 +268,10 @@ impl Sandbox {
         })
     }
 
-    /// Whether a run on that lane would find a pool slot free now.
-    pub fn has_free_slot(&self, metered: bool) -> bool {
+    /// Pool slots free now on that lane.
+    pub fn free_slots(&self, metered: bool) -> usize {
         let lane = if metered { &self.inner.metered } else { &self.inner.plain };
-        lane.slots.available_permits() > 0
+        lane.slots.available_permits()
     }
 
     /// Pool slots and run permits in use.

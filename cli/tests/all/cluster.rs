@@ -392,7 +392,7 @@ fn cpu_shares_hold_on_an_agent_and_tasks_past_its_slots_are_starting() {
             (i64.store (i32.const 104) (i64.const 1))
             (i32.store8 (i32.const 112) (i32.const 0))
             (i32.store (i32.const 120) (i32.const 1))
-            (i64.store (i32.const 128) (i64.const 3000000000))
+            (i64.store (i32.const 128) (i64.const 6000000000))
             (i64.store (i32.const 136) (i64.const 0))
             (i32.store16 (i32.const 144) (i32.const 0))
             (drop (call $poll (i32.const 104) (i32.const 200) (i32.const 1) (i32.const 300)))))"#,
