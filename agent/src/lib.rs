@@ -194,11 +194,23 @@ impl Agent {
 /// Returns the agent id it registered under.
 pub async fn run(cfg: AgentConfig, shutdown: impl Future<Output = ()> + Send) -> Result<String, AgentError> {
     std::fs::create_dir_all(&cfg.work_dir).map_err(|e| AgentError::WorkDir(cfg.work_dir.clone(), e))?;
-    if let Some((before, after)) = wasmos_sandbox::ensure_map_count(&cfg.sandbox)? {
-        eprintln!(
+    let mut cfg = cfg;
+    match wasmos_sandbox::ensure_map_count(&cfg.sandbox) {
+        Ok(Some((before, after))) => eprintln!(
             "wasmos agent: raised vm.max_map_count from {before} to {after} for {} task slots",
             cfg.sandbox.max_concurrent_tasks as u64 + cfg.sandbox.max_metered_tasks as u64
-        );
+        ),
+        Ok(None) => {}
+        // Not ours to raise (not root, a read-only /proc): as many slots as
+        // the kernel's limit allows, and say how to get the rest.
+        Err(e) => {
+            let fit = wasmos_sandbox::slots_within_map_count(&cfg.sandbox);
+            if fit == 0 {
+                return Err(e.into());
+            }
+            eprintln!("wasmos agent: {e}; running with {fit} task slots instead");
+            cfg.sandbox.max_concurrent_tasks = fit;
+        }
     }
     let sandbox = Sandbox::new(cfg.sandbox.clone())?;
     let identity = identity::obtain(&cfg).await?;

@@ -52,7 +52,15 @@ pub(crate) fn build_engine(cfg: &SandboxConfig, slots: u32, metered: bool) -> Re
         // Keep a little of each slot resident: re-instantiating a small task
         // then touches no fresh pages.
         .linear_memory_keep_resident(64 << 10)
-        .table_keep_resident(16 << 10);
+        .table_keep_resident(16 << 10)
+        // A stack is given back to the kernel when its task ends (and so
+        // never shows the next task what the last one left): with tens of
+        // thousands of pooled stacks, those a long-running agent ever touched
+        // would otherwise stay resident, growing RSS long after the peak.
+        .async_stack_keep_resident(0)
+        // Reuse the slots a module used before, least recently used first,
+        // so the slots ever touched are as many as ran at once, not all of them.
+        .max_unused_warm_slots(0);
 
     let mut c = Config::new();
     c.wasm_component_model(true)
@@ -62,6 +70,7 @@ pub(crate) fn build_engine(cfg: &SandboxConfig, slots: u32, metered: bool) -> Re
         .memory_reservation(cfg.max_task_mem.next_power_of_two())
         .max_wasm_stack(cfg.max_wasm_stack)
         .async_stack_size(cfg.max_wasm_stack + (1 << 20))
+        .async_stack_zeroing(true)
         .allocation_strategy(InstanceAllocationStrategy::Pooling(pool));
     Engine::new(&c).map_err(|e| {
         SandboxError::Config(format!(
@@ -78,6 +87,24 @@ pub fn map_count_needed(cfg: &SandboxConfig) -> u64 {
     let slots = cfg.max_concurrent_tasks as u64 + cfg.max_metered_tasks as u64;
     let memories = slots * cfg.memories_per_task_x100.max(100) as u64 / 100;
     2 * slots + 3 * memories + 16_384
+}
+
+/// Plain-lane slots that fit under the kernel's current `vm.max_map_count`
+/// (the metered lane's as configured); 0 when not even those fit.
+pub fn slots_within_map_count(cfg: &SandboxConfig) -> u32 {
+    let Some(limit) =
+        std::fs::read_to_string("/proc/sys/vm/max_map_count").ok().and_then(|s| s.trim().parse::<u64>().ok())
+    else {
+        return cfg.max_concurrent_tasks;
+    };
+    let mut lo = 0u32;
+    let mut hi = cfg.max_concurrent_tasks;
+    while lo < hi {
+        let mid = lo + (hi - lo).div_ceil(2);
+        let probe = SandboxConfig { max_concurrent_tasks: mid, ..cfg.clone() };
+        if map_count_needed(&probe) <= limit { lo = mid } else { hi = mid - 1 }
+    }
+    lo
 }
 
 /// The kernel's limit on memory mappings per process, and raises it to what

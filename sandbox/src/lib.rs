@@ -46,7 +46,7 @@ pub use cache::{CacheStats, ModuleHash};
 pub use config::*;
 pub use control::{Signal, Stream, TaskControl};
 pub use cpu::{CpuLimit, WEIGHT_ONE};
-pub use engine::{ensure_map_count, map_count_needed};
+pub use engine::{ensure_map_count, map_count_needed, slots_within_map_count};
 pub use fs::{InputFile, SandboxDirSpec};
 pub use output::Passthrough;
 pub use scheduler::{
