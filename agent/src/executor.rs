@@ -90,7 +90,6 @@ impl Executor {
             .collect()
     }
 
-
     /// A live task's output from `offset` on; None if it does not run here.
     fn tail(&self, id: &str, stderr: bool, offset: u64, max: u32) -> Option<(Vec<u8>, usize)> {
         let stream = if stderr { wasmos_sandbox::Stream::Stderr } else { wasmos_sandbox::Stream::Stdout };

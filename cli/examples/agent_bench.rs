@@ -299,7 +299,9 @@ impl Watch {
 
     async fn wait(&mut self, mut ids: HashSet<String>) {
         while !ids.is_empty() {
-            match tokio::time::timeout(Duration::from_secs(120), self.stream.message()).await.expect("no event for 120 s")
+            match tokio::time::timeout(Duration::from_secs(120), self.stream.message())
+                .await
+                .expect("no event for 120 s")
             {
                 Ok(Some(ev)) => {
                     self.last = ev.seq;

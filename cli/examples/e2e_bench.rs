@@ -49,7 +49,12 @@ async fn main() {
         name: "noop".into(),
         module_sha256: sha,
         resources: Some(wasmos_proto::resources_to_wire(&Resources::parse("cpus:0.01;mem:1MiB").unwrap())),
-        limits: Some(v1::Limits { mem_bytes: 1 << 20, timeout_ms: 60_000, max_output_bytes: 4096, ..Default::default() }),
+        limits: Some(v1::Limits {
+            mem_bytes: 1 << 20,
+            timeout_ms: 60_000,
+            max_output_bytes: 4096,
+            ..Default::default()
+        }),
         ..Default::default()
     };
     let submit = |count: u32| v1::SubmitRequest {

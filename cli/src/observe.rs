@@ -117,7 +117,10 @@ async fn top_frame(op: &mut crate::client::Operator, limit: usize) -> Result<Str
         }
     }
     tasks.sort_by(|a, b| {
-        b.cpu_cores.total_cmp(&a.cpu_cores).then(b.fuel_per_sec.total_cmp(&a.fuel_per_sec)).then(a.task_id.cmp(&b.task_id))
+        b.cpu_cores
+            .total_cmp(&a.cpu_cores)
+            .then(b.fuel_per_sec.total_cmp(&a.fuel_per_sec))
+            .then(a.task_id.cmp(&b.task_id))
     });
     let now =
         std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_millis() as i64).unwrap_or(0);

@@ -29,10 +29,7 @@ pub fn limits_to_wire(l: &Limits) -> v1::Limits {
 /// Zero fields mean "the default".
 pub fn limits_from_wire(l: Option<&v1::Limits>) -> Limits {
     let Some(l) = l else { return Limits::default() };
-    Limits {
-        meter_fuel: l.meter_fuel,
-        ..Limits::or_defaults(l.fuel, l.mem_bytes, l.timeout_ms, l.max_output_bytes)
-    }
+    Limits { meter_fuel: l.meter_fuel, ..Limits::or_defaults(l.fuel, l.mem_bytes, l.timeout_ms, l.max_output_bytes) }
 }
 
 pub fn spec_to_wire(s: &TaskSpec) -> v1::TaskSpec {

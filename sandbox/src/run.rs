@@ -13,10 +13,10 @@ use wasmtime_wasi::{FsPerms, I32Exit, WasiCtx, WasiCtxBuilder, WasiCtxView, Wasi
 
 use crate::cache::ModuleHash;
 use crate::control::{ActiveClock, Signal};
+use crate::cpu::Fair;
 use crate::engine::{MAX_INSTANCES_PER_TASK, MAX_MEMORIES_PER_TASK, MAX_TABLES_PER_TASK};
 use crate::limiter::MemLimiter;
 use crate::output::{Capture, Passthrough};
-use crate::cpu::Fair;
 use crate::{Inner, Lane, ModuleKind, Prepared, RunRequest, SandboxError, Stdin, TaskControl};
 
 /// The only import module a core task may use.
@@ -173,8 +173,7 @@ pub(crate) fn prepare(inner: &Inner, bytes: &[u8]) -> Result<Arc<Prepared>, Sand
     let kind = detect(bytes)?;
     let pre = compile(&inner.plain, &hash, kind, bytes)?;
     let kind = if matches!(pre, Pre::Task(_)) { ModuleKind::TaskComponent } else { kind };
-    let prepared =
-        Arc::new(Prepared { hash, kind, pre, bytes: bytes.into(), metered: tokio::sync::OnceCell::new() });
+    let prepared = Arc::new(Prepared { hash, kind, pre, bytes: bytes.into(), metered: tokio::sync::OnceCell::new() });
     inner.plain.cache.insert(prepared.clone());
     Ok(prepared)
 }
@@ -452,8 +451,7 @@ pub(crate) async fn run(
         }
     };
 
-    let fuel_consumed =
-        if metered { initial_fuel.saturating_sub(store.get_fuel().unwrap_or(initial_fuel)) } else { 0 };
+    let fuel_consumed = if metered { initial_fuel.saturating_sub(store.get_fuel().unwrap_or(initial_fuel)) } else { 0 };
     let data = store.data();
     let peak_memory_bytes = data.limiter.peak();
     let refused = data.limiter.refused.clone();

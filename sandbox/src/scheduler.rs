@@ -236,38 +236,61 @@ impl SchedulerInstance {
 
     pub async fn init(&mut self, config: &str) -> Result<Result<Vec<Call>, String>, CallbackError> {
         self.before("init")?;
-        let r = tokio::time::timeout(self.limits.timeout, Fair::new(self.bindings.call_init(&mut self.store, config), self.acct.clone())).await;
+        let r = tokio::time::timeout(
+            self.limits.timeout,
+            Fair::new(self.bindings.call_init(&mut self.store, config), self.acct.clone()),
+        )
+        .await;
         self.after("init", r)
     }
 
     pub async fn on_offers(&mut self, offers: &[Offer]) -> Result<Vec<Call>, CallbackError> {
         self.before("on-offers")?;
-        let r = tokio::time::timeout(self.limits.timeout, Fair::new(self.bindings.call_on_offers(&mut self.store, offers), self.acct.clone())).await;
+        let r = tokio::time::timeout(
+            self.limits.timeout,
+            Fair::new(self.bindings.call_on_offers(&mut self.store, offers), self.acct.clone()),
+        )
+        .await;
         self.after("on-offers", r)
     }
 
     pub async fn on_update(&mut self, status: &TaskStatus) -> Result<Vec<Call>, CallbackError> {
         self.before("on-update")?;
-        let r = tokio::time::timeout(self.limits.timeout, Fair::new(self.bindings.call_on_update(&mut self.store, status), self.acct.clone())).await;
+        let r = tokio::time::timeout(
+            self.limits.timeout,
+            Fair::new(self.bindings.call_on_update(&mut self.store, status), self.acct.clone()),
+        )
+        .await;
         self.after("on-update", r)
     }
 
     pub async fn on_submit(&mut self, job: &Job) -> Result<Vec<Call>, CallbackError> {
         self.before("on-submit")?;
-        let r = tokio::time::timeout(self.limits.timeout, Fair::new(self.bindings.call_on_submit(&mut self.store, job), self.acct.clone())).await;
+        let r = tokio::time::timeout(
+            self.limits.timeout,
+            Fair::new(self.bindings.call_on_submit(&mut self.store, job), self.acct.clone()),
+        )
+        .await;
         self.after("on-submit", r)
     }
 
     pub async fn on_rescind(&mut self, offer_id: &str) -> Result<Vec<Call>, CallbackError> {
         self.before("on-rescind")?;
-        let r =
-            tokio::time::timeout(self.limits.timeout, Fair::new(self.bindings.call_on_rescind(&mut self.store, offer_id), self.acct.clone())).await;
+        let r = tokio::time::timeout(
+            self.limits.timeout,
+            Fair::new(self.bindings.call_on_rescind(&mut self.store, offer_id), self.acct.clone()),
+        )
+        .await;
         self.after("on-rescind", r)
     }
 
     pub async fn on_timer(&mut self) -> Result<Vec<Call>, CallbackError> {
         self.before("on-timer")?;
-        let r = tokio::time::timeout(self.limits.timeout, Fair::new(self.bindings.call_on_timer(&mut self.store), self.acct.clone())).await;
+        let r = tokio::time::timeout(
+            self.limits.timeout,
+            Fair::new(self.bindings.call_on_timer(&mut self.store), self.acct.clone()),
+        )
+        .await;
         self.after("on-timer", r)
     }
 }

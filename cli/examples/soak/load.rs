@@ -157,7 +157,12 @@ impl Load {
                 name: name.into(),
                 module_sha256: sha.into(),
                 resources: Some(wasmos_proto::resources_to_wire(&Resources::parse(TASK_RESOURCES).unwrap())),
-                limits: Some(v1::Limits { mem_bytes: 8 << 20, timeout_ms, max_output_bytes: 4096, ..Default::default() }),
+                limits: Some(v1::Limits {
+                    mem_bytes: 8 << 20,
+                    timeout_ms,
+                    max_output_bytes: 4096,
+                    ..Default::default()
+                }),
                 ..Default::default()
             }),
             count,

@@ -57,7 +57,15 @@ fn submit_wait_then_inspect_with_tasks_agents_frameworks_logs() {
         assert_eq!(v["state"], "failed");
         assert!(v["agent_id"].as_str().unwrap().starts_with("agent-"));
         assert!(v["stdout"].as_str().unwrap().contains("hello, "));
-        for k in ["fuel_consumed", "cpu_time_ms", "peak_memory_bytes", "wall_time_ms", "stderr", "stdout_truncated", "message"] {
+        for k in [
+            "fuel_consumed",
+            "cpu_time_ms",
+            "peak_memory_bytes",
+            "wall_time_ms",
+            "stderr",
+            "stdout_truncated",
+            "message",
+        ] {
             assert!(v.get(k).is_some(), "{k} missing: {v}");
         }
     }
@@ -397,7 +405,8 @@ fn cpu_shares_hold_on_an_agent_and_tasks_past_its_slots_are_starting() {
             (i32.store16 (i32.const 144) (i32.const 0))
             (drop (call $poll (i32.const 104) (i32.const 200) (i32.const 1) (i32.const 300)))))"#,
     );
-    let spin = wat_file(dir.path(), "spin", r#"(module (memory (export "memory") 1) (func (export "_start") (loop (br 0))))"#);
+    let spin =
+        wat_file(dir.path(), "spin", r#"(module (memory (export "memory") 1) (func (export "_start") (loop (br 0))))"#);
 
     // Six sleepers, four slots: four RUNNING, two STARTING (not RUNNING).
     let o = wasmos(&c, &["submit", "--count", "6", "--cpus", "0.1", "--mem", "1MiB", sleep.to_str().unwrap()]);
@@ -419,7 +428,10 @@ fn cpu_shares_hold_on_an_agent_and_tasks_past_its_slots_are_starting() {
     // Four spinners on two cores, two of cpus 0.25 and two of 0.75.
     let mut ids = Vec::new();
     for cpus in ["0.25", "0.75"] {
-        let o = wasmos(&c, &["submit", "--count", "2", "--cpus", cpus, "--mem", "1MiB", "--timeout", "2m", spin.to_str().unwrap()]);
+        let o = wasmos(
+            &c,
+            &["submit", "--count", "2", "--cpus", cpus, "--mem", "1MiB", "--timeout", "2m", spin.to_str().unwrap()],
+        );
         assert!(o.status.success(), "{}", err(&o));
         ids.extend(out(&o).split_whitespace().map(str::to_string));
     }

@@ -188,7 +188,12 @@ impl v1::agent_service_server::AgentService for MasterHandle {
             slots: s.slots,
             cpu_waiting: s.cpu_waiting,
             cpu_ns: s.cpu_ns,
-            usage: req.usage.into_iter().take(MAX_USAGE).map(|u| (u.task_id, u.fuel_used, u.mem_bytes, u.cpu_ns)).collect(),
+            usage: req
+                .usage
+                .into_iter()
+                .take(MAX_USAGE)
+                .map(|u| (u.task_id, u.fuel_used, u.mem_bytes, u.cpu_ns))
+                .collect(),
         };
         self.request(who, |reply| Cmd::AgentHeartbeat(id, stats, reply)).await?;
         Ok(Response::new(v1::HeartbeatResponse {}))
