@@ -2,6 +2,7 @@
 //! (or paused) here, which kill, pause and resume act on.
 
 use std::collections::HashMap;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 
 use wasmos_model::{OutcomeKind, TaskId};
@@ -56,6 +57,10 @@ impl Executor {
             cpu_ns: 0.into(),
             unstarted: Default::default(),
         }
+    }
+
+    pub(crate) fn sandbox(&self) -> &Sandbox {
+        &self.sandbox
     }
 
     fn live(&self) -> MutexGuard<'_, HashMap<String, Live>> {
@@ -254,7 +259,26 @@ async fn run_task(agent: Arc<Agent>, fw: String, spec: v1::TaskSpec, control: Ta
     // for a slot says STARTING first; one with a slot free says RUNNING once
     // it started (within microseconds), so an agent with room reports
     // RUNNING and the outcome, no more.
-    let run = agent.executor.sandbox.run(&prepared, run_request(&spec, &fw), &control);
+    let mut req = run_request(&spec, &fw);
+    let health = spec.health.as_ref().map(|h| {
+        let check = wasmos_proto::health_from_wire(h);
+        let beats = std::sync::Arc::new(std::sync::atomic::AtomicU64::new(0));
+        req.heartbeats = Some(beats.clone());
+        let mut dir = None;
+        if matches!(check.kind, wasmos_model::HealthKind::Probe { .. }) {
+            // The probe looks at the task's directory: give it one, at a
+            // path known here.
+            let root = &agent.executor.sandbox.config().sandbox_root;
+            let n = NEXT_DIR.fetch_add(1, Ordering::Relaxed);
+            let d = root.join(format!("{id}-a{}-{}-{n}", spec.attempt, std::process::id()));
+            req.sandbox_dir.enabled = true;
+            req.sandbox_dir.path = Some(d.clone());
+            dir = Some(d);
+        }
+        crate::health::Watch { check, beats, dir }
+    });
+    let mut killed_by_check: Option<String> = None;
+    let run = agent.executor.sandbox.run(&prepared, req, &control);
     tokio::pin!(run);
     let counter = &agent.executor.unstarted[metered as usize];
     let ahead = counter.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
@@ -267,7 +291,20 @@ async fn run_task(agent: Arc<Agent>, fw: String, spec: v1::TaskSpec, control: Ta
         _ = control.started() => {
             unstarted.started();
             report_live(&agent, &id, &fw, true);
-            run.await
+            match health {
+                None => run.await,
+                Some(w) => {
+                    let checks = crate::health::watch(&agent, &id, &fw, w, &control);
+                    tokio::pin!(checks);
+                    tokio::select! {
+                        o = &mut run => o,
+                        why = &mut checks => {
+                            killed_by_check = Some(why);
+                            run.await
+                        }
+                    }
+                }
+            }
         }
         // It may start and end before this looks again: RUNNING comes first.
         o = &mut run => {
@@ -283,10 +320,27 @@ async fn run_task(agent: Arc<Agent>, fw: String, spec: v1::TaskSpec, control: Ta
     agent.executor.fuel_consumed.fetch_add(outcome.fuel_consumed, std::sync::atomic::Ordering::Relaxed);
     agent.executor.cpu_ns.fetch_add(outcome.cpu_time.as_nanos() as u64, std::sync::atomic::Ordering::Relaxed);
     agent.executor.tasks_ended.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-    let msg = outcome.message.clone().unwrap_or_default();
-    agent.report(&id, &fw, state, msg, Some(wasmos_proto::outcome_to_wire(&outcome)));
+    let wire = Some(wasmos_proto::outcome_to_wire(&outcome));
+    match killed_by_check {
+        // Killed by its health check (unless it ended on its own first).
+        Some(why) if outcome.kind == OutcomeKind::Killed => agent.updates.report(v1::TaskStatus {
+            task_id: id.clone(),
+            framework_id: fw.clone(),
+            agent_id: agent.link.id(),
+            state: state as i32,
+            reason: crate::health::REASON.into(),
+            message: why,
+            outcome: wire,
+            healthy: Some(false),
+            ..Default::default()
+        }),
+        _ => agent.report(&id, &fw, state, outcome.message.clone().unwrap_or_default(), wire),
+    }
     agent.executor.forget(&id);
 }
+
+/// Names of the sandbox directories of probed tasks, unique in this process.
+static NEXT_DIR: AtomicU64 = AtomicU64::new(0);
 
 /// STARTING (waiting for a sandbox slot), RUNNING or PAUSED.
 fn live_state(paused: bool, started: bool) -> v1::TaskState {

@@ -9,6 +9,7 @@
 
 mod checkpoint;
 mod executor;
+mod health;
 mod identity;
 mod link;
 mod modules;

@@ -5,6 +5,7 @@ mod client;
 mod cluster;
 mod framework;
 mod listing;
+mod maintenance;
 mod observe;
 mod roles;
 mod run;
@@ -36,8 +37,9 @@ enum Command {
     Sim(SimArgs),
     /// Run a master (the control plane).
     Master(cluster::MasterArgs),
-    /// Run an agent that offers this machine's resources to a master.
-    Agent(cluster::AgentArgs),
+    /// Run an agent that offers this machine's resources to a master; or
+    /// drain, undrain or set the eligibility of one (`wasmos agent drain ID`).
+    Agent(AgentCmd),
     /// A master plus agents in one process: the embedded default to start with.
     Dev(cluster::DevArgs),
     /// Queue tasks in the built-in batch framework (uploading the module if needed).
@@ -90,6 +92,16 @@ enum Command {
     Completion(observe::CompletionArgs),
 }
 
+/// `wasmos agent [OPTIONS]` runs an agent; `wasmos agent drain|undrain|eligibility ID` maintains one.
+#[derive(clap::Args, Debug)]
+#[command(args_conflicts_with_subcommands = true, subcommand_negates_reqs = true)]
+struct AgentCmd {
+    #[command(subcommand)]
+    op: Option<maintenance::AgentOp>,
+    #[command(flatten)]
+    run: cluster::AgentArgs,
+}
+
 /// Arguments of `wasmos sim`.
 #[derive(clap::Args, Debug)]
 pub struct SimArgs {
@@ -107,7 +119,8 @@ fn main() -> ExitCode {
         Command::Run(args) => run::main(args),
         Command::Sim(args) => sim::run(&args),
         Command::Master(args) => cluster::master(args),
-        Command::Agent(args) => cluster::agent(args),
+        Command::Agent(AgentCmd { op: Some(op), .. }) => maintenance::main(op),
+        Command::Agent(AgentCmd { op: None, run }) => cluster::agent(run),
         Command::Dev(args) => cluster::dev(args),
         Command::Submit(args) => submit::main(args),
         Command::Tasks(args) => tasks::tasks(args),

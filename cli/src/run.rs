@@ -67,7 +67,7 @@ fn host_dir(s: &str) -> Result<HostDir, String> {
     if host.is_empty() || guest.is_empty() {
         return Err(format!("directory {s:?} is not HOST[::GUEST]; write e.g. --dir ./data::/data"));
     }
-    Ok(HostDir { host: PathBuf::from(host), guest: guest.to_string() })
+    Ok(HostDir { host: PathBuf::from(host), guest: guest.to_string(), read_only: false })
 }
 
 /// Where compiled modules are kept between runs, unless told otherwise.

@@ -69,6 +69,8 @@ pub struct SubmitArgs {
     /// Input bytes: `run`'s input for wasmos:task components, stdin for WASI commands.
     #[arg(long, value_name = "FILE")]
     pub input: Option<PathBuf>,
+    #[command(flatten)]
+    pub health: HealthArgs,
     /// Wait for every task to end, then print the outcomes.
     #[arg(long)]
     pub wait: bool,
@@ -81,6 +83,61 @@ pub struct SubmitArgs {
     /// Arguments for the task, after `--`.
     #[arg(value_name = "ARGS", trailing_var_arg = true, allow_hyphen_values = true)]
     pub args: Vec<String>,
+}
+
+/// A health check for each task, run by its agent while it runs.
+#[derive(clap::Args, Debug, Clone)]
+pub struct HealthArgs {
+    /// Heartbeat check: the task must call `wasmos:task/context.heartbeat`
+    /// (core modules: import `wasmos` `heartbeat`), or report progress, at
+    /// least once per --health-interval.
+    #[arg(long, conflicts_with = "health_probe", help_heading = "Health check")]
+    pub health_heartbeat: bool,
+    /// Probe check: this WASI command runs with read-only access to the
+    /// task's sandbox directory (as /); healthy when it exits 0 within
+    /// --health-timeout. Arguments with --health-probe-arg.
+    #[arg(long, value_name = "PROBE.wasm", help_heading = "Health check")]
+    pub health_probe: Option<PathBuf>,
+    /// An argument for the probe (repeatable).
+    #[arg(long = "health-probe-arg", value_name = "ARG", requires = "health_probe", help_heading = "Health check")]
+    pub health_probe_args: Vec<String>,
+    /// Time between two checks.
+    #[arg(long, value_name = "DUR", default_value = "10s", value_parser = crate::args::duration, help_heading = "Health check")]
+    pub health_interval: Duration,
+    /// A probe's wall-clock limit.
+    #[arg(long, value_name = "DUR", default_value = "20s", value_parser = crate::args::duration, help_heading = "Health check")]
+    pub health_timeout: Duration,
+    /// Time after the start before the first check counts.
+    #[arg(long, value_name = "DUR", default_value = "10s", value_parser = crate::args::duration, help_heading = "Health check")]
+    pub health_grace: Duration,
+    /// Consecutive failed checks that kill the task (reason health_check_failed).
+    #[arg(long, value_name = "N", default_value_t = 3, help_heading = "Health check")]
+    pub health_failures: u32,
+}
+
+impl HealthArgs {
+    /// The check, uploading the probe module if the master lacks it.
+    pub async fn check(&self, ch: &wasmos_security::client::AuthChannel) -> Result<Option<v1::HealthCheck>, String> {
+        let kind = match &self.health_probe {
+            Some(p) => {
+                let bytes = std::fs::read(p)
+                    .map_err(|e| format!("cannot read --health-probe {}: {e}; check the path", p.display()))?;
+                let sha = upload(ch, &bytes).await?;
+                wasmos_model::HealthKind::Probe { module_sha256: sha, args: self.health_probe_args.clone() }
+            }
+            None if self.health_heartbeat => wasmos_model::HealthKind::Heartbeat,
+            None => return Ok(None),
+        };
+        let h = wasmos_model::HealthCheck {
+            interval: self.health_interval,
+            timeout: self.health_timeout,
+            grace: self.health_grace,
+            failures: self.health_failures,
+            kind,
+        };
+        h.validate()?;
+        Ok(Some(wasmos_proto::health_to_wire(&h)))
+    }
 }
 
 pub fn main(args: SubmitArgs) -> ExitCode {
@@ -123,6 +180,7 @@ async fn submit(args: SubmitArgs) -> Result<ExitCode, String> {
         None => Vec::new(),
     };
     let ch = args.master.connect().await?;
+    let health = args.health.check(&ch).await?;
     let sha = upload(&ch, &bytes).await?;
     let name = args.name.clone().unwrap_or_else(|| {
         args.module.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_else(|| "task".into())
@@ -148,6 +206,7 @@ async fn submit(args: SubmitArgs) -> Result<ExitCode, String> {
         input,
         attempt: 0,
         signature: String::new(), // sent once, in the request
+        health,
     };
     let framework = args.framework.clone().unwrap_or_default();
     let watch_fw = if framework.is_empty() { "batch".to_string() } else { String::new() };

@@ -148,6 +148,8 @@ fn task_json(t: &v1::TaskSummary) -> serde_json::Value {
         "submitted_at": rfc3339(t.submitted_at_ms),
         "started_at": rfc3339(t.started_at_ms),
         "finished_at": rfc3339(t.finished_at_ms),
+        "healthy": t.healthy,
+        "health_message": if t.health_message.is_empty() { None } else { Some(&t.health_message) },
     })
 }
 
@@ -200,6 +202,7 @@ fn agent_json(a: &v1::AgentSummary) -> serde_json::Value {
         "tasks_live": a.tasks_live, "tasks_starting": a.tasks_starting,
         "slots_in_use": a.slots_in_use, "slots": info.task_slots,
         "cpu_cores": info.cpu_cores, "cpu_limit": info.cpu_limit, "cpu_waiting": a.cpu_waiting,
+        "mode": a.mode, "eligible": a.eligible, "drain_deadline": rfc3339(a.drain_deadline_ms),
     })
 }
 
@@ -486,6 +489,27 @@ pub fn detail(args: TaskDetailArgs) -> ExitCode {
         }
         if !t.message.is_empty() {
             println!("message     {}", t.message);
+        }
+        if let Some(h) = &t.health {
+            let h = wasmos_proto::health_from_wire(h);
+            let kind = match &h.kind {
+                wasmos_model::HealthKind::Heartbeat => "heartbeat".to_string(),
+                wasmos_model::HealthKind::Probe { module_sha256, .. } => format!("probe {}", &module_sha256[..12.min(module_sha256.len())]),
+            };
+            let verdict = match t.healthy {
+                Some(true) => "healthy",
+                Some(false) => "unhealthy",
+                None => "not checked yet",
+            };
+            println!(
+                "health      {verdict}  ({kind} every {}, grace {}, {} failures kill it)",
+                wasmos_model::format_duration(h.interval),
+                wasmos_model::format_duration(h.grace),
+                h.failures
+            );
+            if !t.health_message.is_empty() {
+                println!("last check  {}", t.health_message);
+            }
         }
         println!();
         println!("{:<12}{:>16}  {:>16}", "", "USED", "LIMIT");

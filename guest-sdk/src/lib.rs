@@ -73,7 +73,7 @@ pub mod scheduler {
 
 /// What a task can ask the host: its id, attempt, framework; progress; logs.
 pub mod context {
-    pub use crate::task::wasmos::task::context::{attempt, framework, log, report_progress, task_id};
+    pub use crate::task::wasmos::task::context::{attempt, framework, heartbeat, log, report_progress, task_id};
 }
 
 /// Scheduler-side host functions: logging and the master's clock.
@@ -139,6 +139,7 @@ pub fn task_for(job: Job) -> TaskSpec {
         resources: job.resources,
         limits: job.limits,
         input: job.payload,
+        health: job.health,
     }
 }
 

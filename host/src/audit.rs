@@ -151,6 +151,18 @@ fn describe(cmd: &Cmd, state: &State) -> Option<(&'static str, String, String)> 
         Cmd::RevokeToken(name, _) => ("token_revoke", name.clone(), String::new()),
         Cmd::Join(..) => ("agent_join", String::new(), String::new()),
         Cmd::HostedRemove(name, _) => ("framework_remove", name.clone(), String::new()),
+        Cmd::Maintain(id, op, _) => {
+            use crate::master::cmd::Maintenance as M;
+            let what = match op {
+                M::Drain { force: true, .. } => "agent_drain_force".to_string(),
+                M::Drain { deadline: Some(d), .. } => format!("agent_drain deadline {d:?}"),
+                M::Drain { deadline: None, .. } => "agent_drain".to_string(),
+                M::Undrain => "agent_undrain".to_string(),
+                M::Eligible(on) => format!("agent_eligibility {}", if *on { "on" } else { "off" }),
+                M::MarkGone => "agent_mark_gone".to_string(),
+            };
+            ("drain", format!("{id}: {what}"), String::new())
+        }
         Cmd::RegisterAgent(..)
         | Cmd::AttachAgent(..)
         | Cmd::AgentUpdates(..)

@@ -83,7 +83,31 @@ pub(crate) fn job(id: String, t: &TaskSpec, priority: i32, estimated_fuel: Optio
         priority,
         estimated_fuel,
         payload: t.input.clone(),
+        health: t.health.as_ref().map(health_to_wit),
     }
+}
+
+fn health_to_wit(h: &wasmos_model::HealthCheck) -> sched::HealthCheck {
+    let w = wasmos_proto::health_to_wire(h);
+    sched::HealthCheck {
+        interval_ms: w.interval_ms,
+        timeout_ms: w.timeout_ms,
+        grace_ms: w.grace_ms,
+        failures: w.failures,
+        probe_sha256: w.probe_sha256,
+        probe_args: w.probe_args,
+    }
+}
+
+fn health_from_wit(h: sched::HealthCheck) -> wasmos_model::HealthCheck {
+    wasmos_proto::health_from_wire(&wasmos_proto::v1::HealthCheck {
+        interval_ms: h.interval_ms,
+        timeout_ms: h.timeout_ms,
+        grace_ms: h.grace_ms,
+        failures: h.failures,
+        probe_sha256: h.probe_sha256,
+        probe_args: h.probe_args,
+    })
 }
 
 fn offer_to_wit(o: &crate::master::types::Offer) -> sched::Offer {
@@ -126,6 +150,8 @@ fn status_to_wit(s: &TaskStatus) -> sched::TaskStatus {
             peak_memory_bytes: o.peak_memory_bytes,
             wall_time_ms: o.wall_time.as_secs_f64() * 1000.0,
         }),
+        healthy: s.healthy,
+        drain_deadline_ms: None,
     }
 }
 
@@ -137,6 +163,8 @@ fn refusal_to_wit(r: &Refusal) -> sched::TaskStatus {
         reason: r.reason.to_string(),
         message: r.message.clone(),
         outcome: None,
+        healthy: None,
+        drain_deadline_ms: None,
     }
 }
 
@@ -194,6 +222,7 @@ fn translate(call: sched::Call, held: &mut HashSet<String>, timer: &mut Option<I
                     sandbox_dir: false,
                     input: t.input,
                     attempt: 0,
+                    health: t.health.map(health_from_wit),
                 };
                 launch.push(Launch {
                     task_id: spec.task_id.clone(),
@@ -301,6 +330,32 @@ pub(crate) async fn run_actor(
                     r
                 }
                 Some(Event::Refused(refusal)) => inst.on_update(&refusal_to_wit(&refusal)).await,
+                // One update per task on the draining agent, in one callback
+                // turn each (their calls are sent together).
+                Some(Event::Drain { agent_id, deadline_ms, tasks }) => {
+                    let mut all = Ok(Vec::new());
+                    for t in tasks {
+                        let st = sched::TaskStatus {
+                            task_id: t.to_string(),
+                            agent_id: agent_id.to_string(),
+                            state: sched::TaskState::Running,
+                            reason: "agent_draining".into(),
+                            message: format!("agent {agent_id} is draining"),
+                            outcome: None,
+                            healthy: None,
+                            drain_deadline_ms: Some(deadline_ms.map_or(0, |d| d.max(1) as u64)),
+                        };
+                        match (inst.on_update(&st).await, &mut all) {
+                            (Ok(calls), Ok(acc)) => acc.extend(calls),
+                            (Err(e), _) => {
+                                all = Err(e);
+                                break;
+                            }
+                            _ => {}
+                        }
+                    }
+                    all
+                }
                 Some(Event::Error(e)) => {
                     eprintln!("wasmos master: framework {name}: {e}");
                     return;

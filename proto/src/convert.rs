@@ -2,7 +2,9 @@
 
 use std::time::Duration;
 
-use wasmos_model::{InputFile, Limits, Outcome, OutcomeKind, ResourceError, Resources, TaskSpec, TaskState};
+use wasmos_model::{
+    HealthCheck, HealthKind, InputFile, Limits, Outcome, OutcomeKind, ResourceError, Resources, TaskSpec, TaskState,
+};
 
 use crate::v1;
 
@@ -46,6 +48,39 @@ pub fn spec_to_wire(s: &TaskSpec) -> v1::TaskSpec {
         input: s.input.clone(),
         attempt: s.attempt,
         signature: String::new(),
+        health: s.health.as_ref().map(health_to_wire),
+    }
+}
+
+pub fn health_to_wire(h: &HealthCheck) -> v1::HealthCheck {
+    let (probe_sha256, probe_args) = match &h.kind {
+        HealthKind::Heartbeat => (String::new(), Vec::new()),
+        HealthKind::Probe { module_sha256, args } => (module_sha256.clone(), args.clone()),
+    };
+    v1::HealthCheck {
+        interval_ms: h.interval.as_millis() as u64,
+        timeout_ms: h.timeout.as_millis() as u64,
+        grace_ms: h.grace.as_millis() as u64,
+        failures: h.failures,
+        probe_sha256,
+        probe_args,
+    }
+}
+
+/// Zero fields mean the defaults.
+pub fn health_from_wire(h: &v1::HealthCheck) -> HealthCheck {
+    let ms = |v: u64, d: Duration| if v == 0 { d } else { Duration::from_millis(v) };
+    HealthCheck {
+        interval: ms(h.interval_ms, HealthCheck::DEFAULT_INTERVAL),
+        timeout: ms(h.timeout_ms, HealthCheck::DEFAULT_TIMEOUT),
+        // An explicit zero grace is the default: a check never starts at once.
+        grace: ms(h.grace_ms, HealthCheck::DEFAULT_GRACE),
+        failures: if h.failures == 0 { HealthCheck::DEFAULT_FAILURES } else { h.failures },
+        kind: if h.probe_sha256.is_empty() {
+            HealthKind::Heartbeat
+        } else {
+            HealthKind::Probe { module_sha256: h.probe_sha256.clone(), args: h.probe_args.clone() }
+        },
     }
 }
 
@@ -68,6 +103,7 @@ pub fn spec_from_wire(s: &v1::TaskSpec) -> (TaskSpec, Option<ResourceError>) {
         sandbox_dir: s.sandbox_dir,
         input: s.input.clone(),
         attempt: s.attempt,
+        health: s.health.as_ref().map(health_from_wire),
     };
     (spec, err)
 }

@@ -114,6 +114,8 @@ pub enum Stdin {
 pub struct HostDir {
     pub host: PathBuf,
     pub guest: String,
+    /// Preopened read-only (a health probe looking at a task's directory).
+    pub read_only: bool,
 }
 
 /// Everything about one run except the module.
@@ -139,6 +141,9 @@ pub struct RunRequest {
     pub context: TaskContext,
     /// Where `report-progress` stores its latest value (`f32::to_bits`).
     pub progress: Option<std::sync::Arc<std::sync::atomic::AtomicU32>>,
+    /// Counts the guest's heartbeats (`wasmos:task/context.heartbeat`,
+    /// `wasmos::heartbeat` for core modules) and progress reports.
+    pub heartbeats: Option<std::sync::Arc<std::sync::atomic::AtomicU64>>,
     /// The run's CPU weight in milli-cpus (its `cpus` × 1000); 0 means one core.
     pub cpu_weight: u64,
 }

@@ -19,8 +19,11 @@ use crate::limiter::MemLimiter;
 use crate::output::{Capture, Passthrough};
 use crate::{Inner, Lane, ModuleKind, Prepared, RunRequest, SandboxError, Stdin, TaskControl};
 
-/// The only import module a core task may use.
+/// The import module a core task may use, besides [`WASMOS_CORE`].
 const WASI_P1: &str = "wasi_snapshot_preview1";
+/// What a core task may import from wasmos: `(import "wasmos" "heartbeat" (func))`.
+const WASMOS_CORE: &str = "wasmos";
+const WASMOS_CORE_FUNCS: [&str; 1] = ["heartbeat"];
 /// Fuel given to a metered run without a budget: effectively unlimited, still counted.
 const UNLIMITED_FUEL: u64 = i64::MAX as u64;
 
@@ -30,10 +33,20 @@ pub(crate) struct TaskData {
     pub(crate) limiter: MemLimiter,
     pub(crate) context: crate::TaskContext,
     pub(crate) progress: Option<Arc<std::sync::atomic::AtomicU32>>,
+    /// Counts heartbeats (and progress reports) for a health check.
+    pub(crate) heartbeats: Option<Arc<std::sync::atomic::AtomicU64>>,
     /// Where `context.log` lines go (the task's stderr).
     pub(crate) log_to: Option<Capture>,
     /// `host.log` lines of a scheduler callback, drained after each call.
     pub(crate) sched_logs: Vec<(crate::worlds::scheduler::wasmos::scheduler::types::LogLevel, String)>,
+}
+
+impl TaskData {
+    pub(crate) fn beat(&self) {
+        if let Some(h) = &self.heartbeats {
+            h.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        }
+    }
 }
 
 pub(crate) enum Wasi {
@@ -69,6 +82,8 @@ impl Linkers {
         let mut core = wasmtime::Linker::new(engine);
         wasmtime_wasi::p1::add_to_linker_async(&mut core, p1_ctx)
             .map_err(|e| SandboxError::Config(format!("linking WASI preview1: {e:#}")))?;
+        core.func_wrap(WASMOS_CORE, "heartbeat", |c: wasmtime::Caller<'_, TaskData>| c.data().beat())
+            .map_err(|e| SandboxError::Config(format!("linking wasmos::heartbeat: {e:#}")))?;
         let mut component = wasmtime::component::Linker::new(engine);
         wasmtime_wasi::p2::add_to_linker_async(&mut component)
             .map_err(|e| SandboxError::Config(format!("linking WASI preview2: {e:#}")))?;
@@ -135,11 +150,15 @@ fn invalid(e: wasmtime::Error) -> SandboxError {
 /// Core modules may import only WASI preview1; say exactly which import is not.
 fn check_core_imports(module: &Module) -> Result<(), SandboxError> {
     let foreign: Vec<String> =
-        module.imports().filter(|i| i.module() != WASI_P1).map(|i| format!("`{}::{}`", i.module(), i.name())).collect();
+        module
+            .imports()
+            .filter(|i| i.module() != WASI_P1 && !(i.module() == WASMOS_CORE && WASMOS_CORE_FUNCS.contains(&i.name())))
+            .map(|i| format!("`{}::{}`", i.module(), i.name()))
+            .collect();
     if !foreign.is_empty() {
         return Err(SandboxError::UnsupportedImport(format!(
-            "unsupported import{} {}: a core task may import only from `{WASI_P1}` (WASI preview1); \
-             link it as a wasm32-wasip1 command with no undefined symbols",
+            "unsupported import{} {}: a core task may import only from `{WASI_P1}` (WASI preview1) \
+             and `{WASMOS_CORE}::heartbeat`; link it as a wasm32-wasip1 command with no undefined symbols",
             if foreign.len() > 1 { "s" } else { "" },
             foreign.join(", ")
         )));
@@ -373,7 +392,8 @@ pub(crate) async fn run(
         return fail(format!("cannot preopen the sandbox directory {}: {e:#}", d.path().display()));
     }
     for hd in &req.host_dirs {
-        if let Err(e) = b.preopened_dir(&hd.host, &hd.guest, FsPerms::ReadWrite) {
+        let perms = if hd.read_only { FsPerms::ReadOnly } else { FsPerms::ReadWrite };
+        if let Err(e) = b.preopened_dir(&hd.host, &hd.guest, perms) {
             return fail(format!("cannot open directory {}: {e:#}; check that it exists", hd.host.display()));
         }
     }
@@ -394,6 +414,7 @@ pub(crate) async fn run(
             limiter,
             context: req.context.clone(),
             progress: req.progress.clone(),
+            heartbeats: req.heartbeats.clone(),
             log_to: Some(stderr.clone()),
             sched_logs: Vec::new(),
         },

@@ -146,6 +146,7 @@ impl Sandbox {
             limiter: MemLimiter::new(limits.mem, 16, 8, 4),
             context: crate::TaskContext::default(),
             progress: None,
+            heartbeats: None,
             log_to: None,
             sched_logs: Vec::new(),
         };

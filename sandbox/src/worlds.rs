@@ -36,6 +36,10 @@ impl task::wasmos::task::context::Host for TaskData {
         if let Some(p) = &self.progress {
             p.store(f.to_bits(), Ordering::Relaxed);
         }
+        self.beat();
+    }
+    fn heartbeat(&mut self) {
+        self.beat();
     }
     fn log(&mut self, message: String) {
         if let Some(c) = &self.log_to {

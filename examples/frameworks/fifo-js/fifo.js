@@ -36,7 +36,7 @@ export function onOffers(offers) {
       for (const n of Object.keys(room)) room[n] -= amount(job.resources, n);
       tasks.push({
         taskId: job.id, name: job.name, moduleSha256: job.moduleSha256, args: job.args, env: job.env,
-        resources: job.resources, limits: job.limits, input: job.payload,
+        resources: job.resources, limits: job.limits, input: job.payload, health: job.health,
       });
     }
     return tasks.length

@@ -45,7 +45,7 @@ class WitWorld(wit_world.WitWorld):
                 for name in room:
                     room[name] -= amount(job.resources, name)
                 tasks.append(TaskSpec(job.id, job.name, job.module_sha256, job.args, job.env,
-                                      job.resources, job.limits, job.payload))
+                                      job.resources, job.limits, job.payload, job.health))
             if tasks:
                 calls.append(Call_Launch(Launch([offer.id], tasks, None)))
             else:

@@ -105,6 +105,7 @@ pub(crate) fn status_to_wire(s: &TaskStatus) -> v1::TaskStatus {
         message: s.message.clone(),
         outcome: s.outcome.as_deref().map(wasmos_proto::outcome_to_wire),
         attempt: s.attempt,
+        healthy: s.healthy,
     }
 }
 
@@ -120,6 +121,7 @@ fn refusal_to_wire(r: &Refusal) -> v1::TaskStatus {
         message: r.message.clone(),
         outcome: None,
         attempt: 0,
+        healthy: None,
     }
 }
 
@@ -139,6 +141,7 @@ pub(crate) fn status_from_agent(s: v1::TaskStatus) -> Option<TaskStatus> {
         outcome: s.outcome.and_then(wasmos_proto::outcome_into_model).map(Arc::new),
         // The master's record says which run it is.
         attempt: 0,
+        healthy: s.healthy,
     })
 }
 
@@ -167,6 +170,11 @@ pub(crate) fn event_to_wire(ev: Event) -> v1::Event {
         Event::Refused(r) => E::Update(v1::event::Update { status: Some(refusal_to_wire(&r)) }),
         Event::Error(message) => E::Error(v1::event::Error { message }),
         Event::Heartbeat => E::Heartbeat(v1::event::Heartbeat {}),
+        Event::Drain { agent_id, deadline_ms, tasks } => E::Drain(v1::event::Drain {
+            agent_id: agent_id.to_string(),
+            deadline_ms: deadline_ms.unwrap_or(0),
+            task_ids: tasks.iter().map(|t| t.to_string()).collect(),
+        }),
     };
     v1::Event { event: Some(e) }
 }
@@ -213,6 +221,9 @@ pub(crate) fn agent_view_to_wire(a: &AgentView) -> v1::AgentSummary {
         tasks_starting: a.tasks_starting,
         slots_in_use: a.slots_in_use,
         cpu_waiting: a.cpu_waiting,
+        mode: a.mode.as_str().to_string(),
+        eligible: a.eligible,
+        drain_deadline_ms: a.mode.deadline_ms().unwrap_or(0),
     }
 }
 
@@ -257,6 +268,9 @@ pub(crate) fn task_view_to_wire(t: &TaskView) -> v1::TaskSummary {
         fuel_per_sec: t.usage.map_or(0.0, |u| u.fuel_per_sec),
         live_cpu_ns: t.usage.map_or(0, |u| u.cpu_ns),
         cpu_cores: t.usage.map_or(0.0, |u| u.cpu_cores),
+        healthy: t.health.as_ref().map(|h| h.0),
+        health_message: t.health.as_ref().map(|h| h.1.clone()).unwrap_or_default(),
+        health: t.spec.as_ref().and_then(|s| s.health.as_ref()).map(wasmos_proto::health_to_wire),
     }
 }
 
@@ -302,6 +316,7 @@ pub(crate) fn task_view_from_wire(s: &v1::TaskSummary) -> Result<TaskView, Strin
         spec: None,
         usage: None,
         limits: s.limits.as_ref().map(|l| wasmos_proto::limits_from_wire(Some(l))),
+        health: s.healthy.map(|h| (h, s.health_message.clone())),
     })
 }
 

@@ -235,6 +235,9 @@ fn task_json(t: &v1::TaskSummary) -> Value {
     o.insert("fuel_per_sec".into(), json!(t.fuel_per_sec));
     o.insert("live_cpu_ms".into(), json!(t.live_cpu_ns as f64 / 1e6));
     o.insert("cpu_cores".into(), json!(t.cpu_cores));
+    o.insert("healthy".into(), json!(t.healthy));
+    o.insert("health_message".into(), json!(t.health_message));
+    o.insert("health_checked".into(), json!(t.health.is_some()));
     put_res(&mut o, "resources", t.resources.as_ref());
     o.insert(
         "outcome".into(),
@@ -261,6 +264,9 @@ fn agent_json(a: &v1::AgentSummary) -> Value {
     o.insert("agent_id".into(), json!(a.agent_id));
     o.insert("hostname".into(), json!(info.hostname));
     o.insert("status".into(), json!(a.status));
+    o.insert("mode".into(), json!(a.mode));
+    o.insert("eligible".into(), json!(a.eligible));
+    o.insert("drain_deadline_ms".into(), json!(a.drain_deadline_ms));
     put_res(&mut o, "resources", info.resources.as_ref());
     put_res(&mut o, "allocated", a.allocated.as_ref());
     let mem = a.mem_used_bytes;
@@ -292,8 +298,10 @@ async fn overview_json(h: &MasterHandle, headers: &HeaderMap) -> Api {
         "agents": {
             "active": o.agents_active,
             "disconnected": o.agents_disconnected,
-            "draining": 0,
-            "total": o.agents_active + o.agents_disconnected,
+            "draining": o.agents_draining,
+            "drained": o.agents_drained,
+            "ineligible": o.agents_ineligible,
+            "total": o.agents_active + o.agents_disconnected + o.agents_draining + o.agents_drained,
         },
         "tasks": tasks,
         "frameworks": o.frameworks,

@@ -10,7 +10,7 @@ use super::convert::*;
 use super::{BoxStream, bad_id};
 use crate::MasterHandle;
 use crate::auth::sees;
-use crate::master::cmd::{Cmd, HostedJobs, NewToken, Principal, TokenView};
+use crate::master::cmd::{Cmd, HostedJobs, Maintenance, NewToken, Principal, TokenView};
 use crate::master::types::OutputView;
 use crate::master::types::{
     DEFAULT_PAGE_SIZE, MAX_PAGE_SIZE, PAGE_SCAN_BUDGET, Page, Reservation, RoleUpdate, Submission, TaskAction,
@@ -198,6 +198,9 @@ impl v1::operator_server::Operator for MasterHandle {
             tasks_by_state: o.tasks_by_state.iter().map(|(s, n)| (s.as_str().to_string(), *n)).collect(),
             agents_active: o.agents_active,
             agents_disconnected: o.agents_disconnected,
+            agents_draining: o.agents_draining,
+            agents_drained: o.agents_drained,
+            agents_ineligible: o.agents_ineligible,
             frameworks: o.frameworks,
             total: res(&o.total),
             allocated: res(&o.allocated),
@@ -360,6 +363,42 @@ impl v1::operator_server::Operator for MasterHandle {
         self.request(who, |reply| Cmd::RevokeToken(name, reply)).await?;
         Ok(Response::new(v1::RevokeTokenResponse {}))
     }
+
+    async fn drain_agent(&self, r: Request<v1::DrainAgentRequest>) -> Result<Response<v1::AgentSummary>, Status> {
+        let who = self.caller(&r, "agent_drain")?;
+        let req = r.into_inner();
+        let deadline = req.deadline_ms.map(std::time::Duration::from_millis);
+        let op = Maintenance::Drain { deadline, force: req.force };
+        self.maintain(who, &req.agent_id, op).await
+    }
+
+    async fn undrain_agent(&self, r: Request<v1::AgentRequest>) -> Result<Response<v1::AgentSummary>, Status> {
+        let who = self.caller(&r, "agent_undrain")?;
+        self.maintain(who, &r.into_inner().agent_id, Maintenance::Undrain).await
+    }
+
+    async fn set_eligibility(
+        &self,
+        r: Request<v1::EligibilityRequest>,
+    ) -> Result<Response<v1::AgentSummary>, Status> {
+        let who = self.caller(&r, "agent_eligibility")?;
+        let req = r.into_inner();
+        self.maintain(who, &req.agent_id, Maintenance::Eligible(req.eligible)).await
+    }
+
+    async fn mark_gone(&self, r: Request<v1::AgentRequest>) -> Result<Response<v1::AgentSummary>, Status> {
+        let who = self.caller(&r, "agent_mark_gone")?;
+        self.maintain(who, &r.into_inner().agent_id, Maintenance::MarkGone).await
+    }
+}
+
+impl MasterHandle {
+    async fn maintain(&self, who: Principal, agent: &str, op: Maintenance) -> Result<Response<v1::AgentSummary>, Status> {
+        let id = AgentId::new(agent.to_string())
+            .map_err(|e| Status::invalid_argument(format!("agent id {agent:?}: {e}; list agents with `wasmos agents`")))?;
+        let view = self.request(who, |reply| Cmd::Maintain(id, op, reply)).await?;
+        Ok(Response::new(agent_view_to_wire(&view)))
+    }
 }
 
 impl MasterHandle {
@@ -488,6 +527,7 @@ mod tests {
             spec: None,
             usage: None,
             limits: None,
+            health: None,
         }
     }
 

@@ -484,7 +484,7 @@ async function viewAgents(ctx, query) {
   const render = (d, summary) => {
     const list = Array.isArray(d.agents) ? d.agents : [];
     const count = (s) => list.filter((a) => a.status === s).length;
-    summary.textContent = `${list.length} total · ${count('active')} active · ${count('draining')} draining · ${count('disconnected')} disconnected`;
+    summary.textContent = `${list.length} total · ${count('active')} active · ${count('draining')} draining · ${count('drained')} drained · ${count('ineligible')} ineligible · ${count('disconnected')} disconnected`;
     if (!list.length) return h('p', { class: 'empty' }, 'no agents registered');
     const rows = list.map((a) => h('tr', { 'data-agent-id': a.agent_id, class: a.agent_id === focus ? 'focus' : null },
       h('td', null, mono(a.agent_id)),
@@ -854,7 +854,10 @@ function taskDetail(t, outUsed) {
         kv('submitted', timeEl(t.submitted_at_ms)),
         kv('started', timeEl(t.started_at_ms)),
         kv('finished', timeEl(t.finished_at_ms)),
-        kv('message', txt(t.message)))),
+        kv('message', txt(t.message)),
+        t.health_checked ? kv('health', h('span', { id: 'task-health' },
+          t.healthy == null ? 'not checked yet' : (t.healthy ? 'healthy' : 'unhealthy'),
+          t.health_message ? ' — ' + String(t.health_message) : '')) : null)),
     h('div', { class: 'cols' },
       h('section', { class: 'panel' }, h('h2', null, 'limits vs use'), limitsTable(t, outUsed)),
       h('section', { class: 'panel' }, h('h2', null, 'outcome'), outcomeBlock(t))),

@@ -10,12 +10,39 @@ use super::Master;
 use super::cmd::{CommandTx, Error};
 use super::types::*;
 
-/// What an agent is doing for the cluster. Only `Active` exists today; drain
-/// (draining, drained) comes with maintenance.
+/// What an agent is doing for the cluster (see `maintenance.rs`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub(crate) enum Mode {
     #[default]
     Active,
+    /// No offers; its tasks run until the deadline (unix ms), when the rest
+    /// are killed.
+    Draining { deadline_ms: Option<i64> },
+    /// Drained: nothing runs there and nothing will until undrained.
+    Drained,
+}
+
+impl Mode {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Mode::Active => "active",
+            Mode::Draining { .. } => "draining",
+            Mode::Drained => "drained",
+        }
+    }
+    pub fn parse(s: &str, deadline_ms: i64) -> Mode {
+        match s {
+            "draining" => Mode::Draining { deadline_ms: (deadline_ms > 0).then_some(deadline_ms) },
+            "drained" => Mode::Drained,
+            _ => Mode::Active,
+        }
+    }
+    pub fn deadline_ms(self) -> Option<i64> {
+        match self {
+            Mode::Draining { deadline_ms } => deadline_ms,
+            _ => None,
+        }
+    }
 }
 
 pub(crate) struct Agent {
@@ -26,6 +53,8 @@ pub(crate) struct Agent {
     pub last_seen: Instant,
     pub registered_at_ms: i64,
     pub mode: Mode,
+    /// Receives offers (when active): `wasmos agent eligibility ID on|off`.
+    pub eligible: bool,
     /// Tasks placed here that hold resources (see [`super::State::place`]).
     tasks: HashSet<TaskId>,
     /// Commands waiting for the agent's command stream to attach.
@@ -43,6 +72,7 @@ impl Agent {
             last_seen: Instant::now(),
             registered_at_ms: now_ms(),
             mode: Mode::Active,
+            eligible: true,
             tasks: HashSet::new(),
             pending: Vec::new(),
             stats: Default::default(),
@@ -50,6 +80,14 @@ impl Agent {
     }
     pub fn task_count(&self) -> usize {
         self.tasks.len()
+    }
+    /// The tasks placed here that hold resources (not ended).
+    pub fn tasks(&self) -> impl Iterator<Item = &TaskId> + '_ {
+        self.tasks.iter()
+    }
+    /// Whether the allocator may offer its resources.
+    pub fn offerable(&self) -> bool {
+        self.eligible && self.mode == Mode::Active
     }
 
     /// Sends a command now, or keeps it until the command stream attaches.
@@ -153,12 +191,21 @@ impl Master {
         ainfo.attributes = req.info.attribute_map();
         self.alloc.add_agent(id.clone(), ainfo).map_err(|e| Error::invalid(e.to_string()))?;
         self.apply_reservations(&id);
-        let agent = Agent::new(req.info);
+        let mut agent = Agent::new(req.info);
+        // A drain or eligibility set before a master restart or before the
+        // agent went silent holds.
+        if let Some((mode, eligible)) = self.recovery.modes.remove(&id) {
+            agent.mode = mode;
+            agent.eligible = eligible;
+            if !agent.offerable() {
+                let _ = self.alloc.deactivate_agent(&id);
+            }
+        }
         let view = AgentView {
             agent_id: id.clone(),
             info: agent.info.clone(),
             allocated: None,
-            status: "active",
+            status: agent.mode.as_str(),
             running_tasks: 0,
             registered_at_ms: agent.registered_at_ms,
             mem_used: 0,
@@ -166,6 +213,8 @@ impl Master {
             tasks_starting: 0,
             slots_in_use: 0,
             cpu_waiting: 0,
+            mode: agent.mode,
+            eligible: agent.eligible,
         };
         self.state.agents.insert(id.clone(), agent);
         self.effects.publish(WatchEvent::AgentAdded(view));
@@ -247,6 +296,9 @@ impl Master {
             self.rescind(&o);
         }
         let Some(agent) = self.state.agents.remove(id) else { return };
+        if !agent.offerable() {
+            self.recovery.modes.insert(id.clone(), (agent.mode, agent.eligible));
+        }
         for t in agent.tasks {
             // The agent's resources leave with it.
             let Some(task) = self.state.tasks.get(&t) else { continue };

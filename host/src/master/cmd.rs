@@ -122,6 +122,18 @@ pub(crate) enum Cmd {
     /// An agent joins with a join token (by the hash of its secret): its new
     /// id, and over plaintext a secret for it.
     Join(JoinRequest, Reply<Joined>),
+    /// Drain, undrain, eligibility, mark gone: the agent as it is after.
+    Maintain(AgentId, Maintenance, Reply<AgentView>),
+}
+
+/// What an operator does to an agent (grant `drain:*`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Maintenance {
+    /// Deadline from now (none: no deadline); force: the deadline is now.
+    Drain { deadline: Option<std::time::Duration>, force: bool },
+    Undrain,
+    Eligible(bool),
+    MarkGone,
 }
 
 #[derive(Debug, Clone)]
@@ -289,6 +301,15 @@ pub(crate) fn authorize(who: &Principal, cmd: &Cmd, state: &super::State) -> Res
             Ok(())
         }
         Cmd::ListTokens(..) | Cmd::RevokeToken(..) => allow_somewhere(who, Action::Tokens),
+        // Agents serve every role: only a token that may drain everywhere.
+        Cmd::Maintain(..) => match who {
+            Principal::Master => Ok(()),
+            Principal::Token(c) if c.grants.allows_everywhere(Action::Drain) => Ok(()),
+            _ => Err(Error::denied(format!(
+                "{} may not drain agents or set their eligibility: that needs a token with drain:*",
+                who.label()
+            ))),
+        },
     }
 }
 
@@ -349,6 +370,7 @@ impl Cmd {
             Cmd::ListTokens(r) => no(r, e),
             Cmd::RevokeToken(_, r) => no(r, e),
             Cmd::Join(_, r) => no(r, e),
+            Cmd::Maintain(_, _, r) => no(r, e),
         }
     }
 }

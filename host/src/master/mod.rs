@@ -16,6 +16,7 @@ pub(crate) mod cmd;
 pub(crate) mod effects;
 pub(crate) mod frameworks;
 mod hosting;
+pub(crate) mod maintenance;
 pub(crate) mod offers;
 pub(crate) mod recovery;
 pub(crate) mod roles;
@@ -37,7 +38,7 @@ use wasmos_allocator::{Allocation, Allocator, Config as AllocConfig};
 use wasmos_model::{AgentId, FrameworkId, OfferId, TaskId};
 
 use self::agents::Agents;
-use self::cmd::{Cmd, Envelope};
+use self::cmd::{Cmd, Envelope, Maintenance};
 use self::effects::Effects;
 use self::frameworks::{Framework, Frameworks, Kind};
 use self::offers::{OfferRec, Offers};
@@ -196,6 +197,8 @@ pub(crate) struct Master {
     audit: Arc<crate::audit::Audit>,
     /// Output requests sent to agents, by request id: (agent, reply, deadline).
     outputs: HashMap<u64, (AgentId, TaskId, cmd::Reply<OutputView>, Instant)>,
+    /// Tasks killed at their agent's drain deadline, and the agent.
+    drain_kills: HashMap<TaskId, AgentId>,
     /// The latest full count of tasks by state (see `stats.rs`).
     counts_cache: std::cell::RefCell<Option<(Instant, std::collections::BTreeMap<wasmos_model::TaskState, u64>)>>,
     next_output: u64,
@@ -234,6 +237,7 @@ impl Master {
             batch_id: batch_id.clone(),
             roles: Roles::default(),
             recovery: Recovery::default(),
+            drain_kills: HashMap::new(),
             artifacts,
             effects: Effects::new(watch),
             metrics: Metrics { prom: prom.clone(), ..Metrics::default() },
@@ -342,6 +346,7 @@ impl Master {
                     self.check_agents();
                     self.retry_unapplied();
                     self.expire_recovering();
+                    self.check_drains();
                     self.expire_unreported();
                     self.expire_frameworks();
                     self.expire_outputs();
@@ -487,6 +492,15 @@ impl Master {
             Cmd::Join(req, reply) => {
                 // A use of the token and the agent's secret are committed first.
                 let r = self.join(&req);
+                self.effects.reply_after_commit(reply, r);
+            }
+            Cmd::Maintain(id, op, reply) => {
+                let r = match op {
+                    Maintenance::Drain { deadline, force } => self.drain_agent(&id, deadline, force),
+                    Maintenance::Undrain => self.undrain_agent(&id),
+                    Maintenance::Eligible(on) => self.set_eligibility(&id, on),
+                    Maintenance::MarkGone => self.mark_gone(&id),
+                };
                 self.effects.reply_after_commit(reply, r);
             }
         }

@@ -21,6 +21,11 @@ pub(crate) struct Overview {
     pub tasks_by_state: Vec<(TaskState, u64)>,
     pub agents_active: u32,
     pub agents_disconnected: u32,
+    /// By mode (draining and drained agents are counted there, not above).
+    pub agents_draining: u32,
+    pub agents_drained: u32,
+    /// Agents set not eligible for offers (whatever their mode).
+    pub agents_ineligible: u32,
     pub frameworks: u32,
     pub total: Resources,
     pub allocated: Resources,
@@ -85,11 +90,16 @@ impl Master {
 
     pub(super) fn overview(&self, who: &Principal) -> Overview {
         let (total, allocated, offered) = self.resources();
-        let (mut active, mut disconnected) = (0, 0);
+        let (mut active, mut disconnected, mut draining, mut drained, mut ineligible) = (0, 0, 0, 0, 0);
         for (_, a) in self.state.agents.iter() {
             match (a.mode, a.tx.is_some()) {
                 (Mode::Active, true) => active += 1,
                 (Mode::Active, false) => disconnected += 1,
+                (Mode::Draining { .. }, _) => draining += 1,
+                (Mode::Drained, _) => drained += 1,
+            }
+            if !a.eligible {
+                ineligible += 1;
             }
         }
         let frameworks = self.state.frameworks.iter().filter(|(_, f)| crate::auth::sees(who, f.role.as_str())).count();
@@ -98,6 +108,9 @@ impl Master {
             tasks_by_state: self.task_counts(who).into_iter().collect(),
             agents_active: active,
             agents_disconnected: disconnected,
+            agents_draining: draining,
+            agents_drained: drained,
+            agents_ineligible: ineligible,
             frameworks: frameworks as u32,
             total,
             allocated,
@@ -154,7 +167,13 @@ impl Master {
         Snapshot {
             uptime_secs: o.uptime_ms as f64 / 1e3,
             tasks: o.tasks_by_state.iter().map(|(s, n)| (s.as_str(), *n)).collect(),
-            agents: vec![("active", o.agents_active as u64), ("disconnected", o.agents_disconnected as u64)],
+            agents: vec![
+                ("active", o.agents_active as u64),
+                ("disconnected", o.agents_disconnected as u64),
+                ("draining", o.agents_draining as u64),
+                ("drained", o.agents_drained as u64),
+                ("ineligible", o.agents_ineligible as u64),
+            ],
             frameworks: kinds.into_iter().collect(),
             offers_outstanding: self.state.offers.iter().count() as u64,
             total: o.total,

@@ -53,13 +53,22 @@ impl Master {
                 return;
             }
         }
-        if let Err(m) = self.state.tasks.set_state(&tid, st.state) {
+        // A health verdict on a task already RUNNING: no move, but noted,
+        // watched and told to its framework like any update.
+        let same_state_health = st.healthy.is_some() && st.state == prev;
+        if same_state_health {
+        } else if let Err(m) = self.state.tasks.set_state(&tid, st.state) {
             self.metrics.illegal_moves += 1;
             eprintln!(
                 "wasmos master: task {tid} cannot move from {} to {} ({}: {}); update ignored",
                 m.from, m.to, st.reason, st.message
             );
             return;
+        }
+        // Killed at its agent's drain deadline (not ended on its own first).
+        if st.state.is_terminal() && self.drain_kills.remove(&tid).is_some() && st.state == TaskState::Killed {
+            st.reason = super::maintenance::DRAIN_REASON.into();
+            st.message = "killed at its agent's drain deadline".into();
         }
         let started_before = self.state.tasks.get(&tid).map_or(0, |t| t.started_at_ms);
         self.state.tasks.note_status(&tid, &st);
@@ -128,6 +137,9 @@ impl Master {
         match f.kind {
             Kind::Batch => {
                 if !st.state.is_terminal() {
+                    return;
+                }
+                if st.reason == super::maintenance::DRAIN_REASON && self.requeue_drained(&tid) {
                     return;
                 }
                 // Lost tasks come back to the queue while attempts remain.

@@ -61,6 +61,8 @@ pub(crate) struct Task {
     pub events: Vec<TaskEvent>,
     /// While it runs: its use so far, as its agent reports it.
     pub usage: Option<super::types::Usage>,
+    /// Tasks with a health check: the latest verdict and what it said.
+    pub health: Option<Box<(bool, String)>>,
 }
 
 /// Most events kept per task: the first, and the latest after it.
@@ -123,6 +125,7 @@ impl Task {
             counted_ended: false,
             events: Vec::new(),
             usage: None,
+            health: None,
         }
     }
 
@@ -148,6 +151,7 @@ impl Task {
             counted_ended: v.state.is_terminal(),
             events: v.events,
             usage: None,
+            health: v.health.map(Box::new),
         }
     }
 
@@ -252,7 +256,16 @@ impl Tasks {
     }
     /// Modules of the tasks that have not ended.
     pub fn live_modules(&self) -> HashSet<&str> {
-        self.map.values().filter(|t| !t.state.is_terminal()).map(|t| t.spec.module_sha256.as_str()).collect()
+        let mut used = HashSet::new();
+        for t in self.map.values().filter(|t| !t.state.is_terminal()) {
+            used.insert(t.spec.module_sha256.as_str());
+            if let Some(wasmos_model::HealthCheck { kind: wasmos_model::HealthKind::Probe { module_sha256, .. }, .. }) =
+                &t.spec.health
+            {
+                used.insert(module_sha256.as_str());
+            }
+        }
+        used
     }
 
     /// Adds a task at listing position `seq`. `store`: journal it now (a task
@@ -320,6 +333,9 @@ impl Tasks {
     /// change of its own for the registry.
     pub fn note_status(&mut self, id: &TaskId, st: &TaskStatus) {
         let Some(t) = self.map.get_mut(id) else { return };
+        if let Some(h) = st.healthy {
+            t.health = Some(Box::new((h, st.message.clone())));
+        }
         if !st.message.is_empty() {
             t.message = Cow::Owned(st.message.clone());
         }
@@ -376,6 +392,15 @@ impl Tasks {
         Some(Launch { task_id: id.to_string(), spec: t.spec.clone(), resources_error: None, signature: String::new() })
     }
 
+    /// Takes back the attempt its latest launch counted (a run killed by a
+    /// drain is not held against it): its next launch has the same number.
+    pub fn unlaunch(&mut self, id: &TaskId) {
+        if let Some(t) = self.map.get_mut(id) {
+            t.attempt = t.attempt.saturating_sub(1);
+            self.changed.insert(id.clone());
+        }
+    }
+
     /// Puts a task that was LOST back in the queue as a new attempt: the one
     /// move out of a terminal state, because the next run is a new one.
     pub fn requeue(&mut self, id: &TaskId, message: String) {
@@ -387,6 +412,8 @@ impl Tasks {
         // The next attempt starts afresh.
         t.started_at_ms = 0;
         t.usage = None;
+        t.health = None;
+        t.outcome = None;
         t.log(TaskState::Staging, "retrying", message.clone());
         t.message = Cow::Owned(message);
         self.changed.insert(id.clone());

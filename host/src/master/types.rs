@@ -66,6 +66,9 @@ pub(crate) struct TaskStatus {
     /// Which run of the task this is about; set by the master from its
     /// record when it applies the update (0: unknown).
     pub attempt: u32,
+    /// A health check's verdict (RUNNING updates of a checked task, and the
+    /// end of one its check killed).
+    pub healthy: Option<bool>,
 }
 
 impl TaskStatus {
@@ -89,6 +92,7 @@ impl TaskStatus {
             message,
             outcome: None,
             attempt: 0,
+            healthy: None,
         }
     }
 }
@@ -120,6 +124,8 @@ pub(crate) enum Event {
     /// The framework was torn down; the stream ends.
     Error(String),
     Heartbeat,
+    /// An agent with these tasks of the framework drains (deadline: unix ms).
+    Drain { agent_id: AgentId, deadline_ms: Option<i64>, tasks: Vec<TaskId> },
 }
 
 /// An offer as a framework sees it.
@@ -455,6 +461,8 @@ pub(crate) struct AgentView {
     pub tasks_starting: u32,
     pub slots_in_use: u32,
     pub cpu_waiting: u32,
+    pub mode: super::agents::Mode,
+    pub eligible: bool,
 }
 
 #[derive(Debug, Clone, PartialEq)]
@@ -499,6 +507,8 @@ pub(crate) struct TaskView {
     pub usage: Option<Usage>,
     /// Its limits (none in the registry's views of ended tasks).
     pub limits: Option<wasmos_model::Limits>,
+    /// Tasks with a health check: the latest verdict and what the check said.
+    pub health: Option<(bool, String)>,
 }
 
 #[derive(Debug, Clone, PartialEq)]

@@ -175,6 +175,10 @@ pub(crate) fn accept(
             steps.push(refuse(spec, "unknown_module", msg, record));
             continue;
         }
+        if let Some(msg) = health_problem(spec.health.as_ref(), &has_module) {
+            steps.push(refuse(spec, "invalid_health_check", msg, record));
+            continue;
+        }
         if !queued && let Err(msg) = signed(&target.role, &spec.module_sha256, &signature) {
             steps.push(refuse(spec, "unsigned_module", msg, record));
             continue;
@@ -296,6 +300,9 @@ pub(crate) fn submit(s: &Submission, max_count: u32, has_module: impl Fn(&str) -
     if let Some(e) = &s.resources_error {
         return Err(Error::invalid(e.clone()));
     }
+    if let Some(msg) = health_problem(s.template.health.as_ref(), &has_module) {
+        return Err(Error::invalid(msg));
+    }
     if s.template.resources.is_empty() {
         return Err(Error::invalid("task asks for no resources; give it --cpus or --mem"));
     }
@@ -306,6 +313,21 @@ pub(crate) fn submit(s: &Submission, max_count: u32, has_module: impl Fn(&str) -
         )));
     }
     Ok(())
+}
+
+/// What is wrong with a task's health check, if anything: its numbers, or
+/// a probe module the artifact store does not have.
+fn health_problem(h: Option<&wasmos_model::HealthCheck>, has_module: &impl Fn(&str) -> bool) -> Option<String> {
+    let h = h?;
+    if let Err(e) = h.validate() {
+        return Some(e);
+    }
+    match &h.kind {
+        wasmos_model::HealthKind::Probe { module_sha256, .. } if !has_module(module_sha256) => {
+            Some(format!("health probe module {module_sha256:?} is not in the artifact store; upload it first"))
+        }
+        _ => None,
+    }
 }
 
 /// An agent must offer something.

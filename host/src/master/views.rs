@@ -33,6 +33,7 @@ pub(crate) fn task_view(id: &TaskId, t: &Task, detail: bool) -> TaskView {
         spec: detail.then(|| t.spec.clone()),
         usage: if t.state().is_terminal() { None } else { t.usage },
         limits: Some(t.spec.limits.clone()),
+        health: t.health.as_deref().cloned(),
     }
 }
 
@@ -45,30 +46,34 @@ impl Master {
         let more = ids.len() > limit;
         ids.truncate(limit);
         let next = if more { ids.last().map(|i| i.to_string()) } else { None };
-        let agents = ids
-            .into_iter()
-            .filter_map(|id| self.state.agents.get(id).map(|a| (id, a)))
-            .map(|(id, a)| {
-                let free = self.alloc.agent_free(id).map(|f| f.total()).unwrap_or_default();
-                AgentView {
-                    agent_id: id.clone(),
-                    info: a.info.clone(),
-                    allocated: Some(a.info.resources.saturating_sub(&free)),
-                    status: match (a.mode, a.tx.is_some()) {
-                        (Mode::Active, true) => "active",
-                        (Mode::Active, false) => "disconnected",
-                    },
-                    running_tasks: a.task_count() as u32,
-                    registered_at_ms: a.registered_at_ms,
-                    mem_used: a.stats.mem_used_bytes,
-                    tasks_live: a.stats.tasks_running + a.stats.tasks_paused + a.stats.tasks_starting,
-                    tasks_starting: a.stats.tasks_starting,
-                    slots_in_use: a.stats.slots_in_use,
-                    cpu_waiting: a.stats.cpu_waiting,
-                }
-            })
-            .collect();
+        let agents = ids.into_iter().filter_map(|id| self.agent_view(id)).collect();
         (agents, next)
+    }
+
+    /// One agent as listings show it.
+    pub(super) fn agent_view(&self, id: &AgentId) -> Option<AgentView> {
+        let a = self.state.agents.get(id)?;
+        let free = self.alloc.agent_free(id).map(|f| f.total()).unwrap_or_default();
+        Some(AgentView {
+            agent_id: id.clone(),
+            info: a.info.clone(),
+            allocated: Some(a.info.resources.saturating_sub(&free)),
+            status: match (a.mode, a.eligible, a.tx.is_some()) {
+                (Mode::Active, _, false) => "disconnected",
+                (Mode::Active, true, true) => "active",
+                (Mode::Active, false, true) => "ineligible",
+                (m, _, _) => m.as_str(),
+            },
+            running_tasks: a.task_count() as u32,
+            registered_at_ms: a.registered_at_ms,
+            mem_used: a.stats.mem_used_bytes,
+            tasks_live: a.stats.tasks_running + a.stats.tasks_paused + a.stats.tasks_starting,
+            tasks_starting: a.stats.tasks_starting,
+            slots_in_use: a.stats.slots_in_use,
+            cpu_waiting: a.stats.cpu_waiting,
+            mode: a.mode,
+            eligible: a.eligible,
+        })
     }
 
     pub(super) fn framework_view(&self, id: &FrameworkId) -> Option<FrameworkView> {

@@ -73,6 +73,8 @@ pub(crate) fn collect(
             id: id.clone(),
             info: a.info.clone(),
             registered_at_ms: a.registered_at_ms,
+            mode: a.mode,
+            eligible: a.eligible,
         });
         changes.agents.push((id, rec));
     }

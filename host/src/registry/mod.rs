@@ -56,6 +56,8 @@ pub(crate) struct AgentRecord {
     pub id: AgentId,
     pub info: AgentInfo,
     pub registered_at_ms: i64,
+    pub mode: crate::master::agents::Mode,
+    pub eligible: bool,
 }
 
 /// One `wasmos submit` of COUNT tasks, stored once: its tasks are

@@ -290,7 +290,13 @@ impl Registry for Redb {
             let info = a.info.as_ref().map(wire::agent_info_from_wire);
             match (AgentId::new(a.agent_id.clone()), info.unwrap_or_else(|| Ok(Default::default()))) {
                 (Ok(id), Ok(info)) => {
-                    loaded.agents.push(AgentRecord { id, info, registered_at_ms: a.registered_at_ms })
+                    loaded.agents.push(AgentRecord {
+                        id,
+                        info,
+                        registered_at_ms: a.registered_at_ms,
+                        mode: crate::master::agents::Mode::parse(&a.mode, a.drain_deadline_ms),
+                        eligible: !a.ineligible,
+                    })
                 }
                 _ => skip("agent", &a.agent_id, "bad id or resources"),
             }
@@ -461,6 +467,9 @@ impl Registry for Redb {
                             agent_id: id.to_string(),
                             info: Some(wire::agent_info_to_wire(&a.info)),
                             registered_at_ms: a.registered_at_ms,
+                            mode: a.mode.as_str().to_string(),
+                            ineligible: !a.eligible,
+                            drain_deadline_ms: a.mode.deadline_ms().unwrap_or(0),
                         })
                     });
                     (id.to_string(), rec)

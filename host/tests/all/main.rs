@@ -192,5 +192,6 @@ pub fn spec(id: &str, sha: &str, res: &str) -> v1::TaskSpec {
         input: vec![],
         attempt: 0,
         signature: String::new(),
+        health: None,
     }
 }

@@ -131,13 +131,13 @@ async fn input_files_are_readable_in_the_sandbox() {
 async fn host_dirs_for_local_runs() {
     let tmp = tempfile::tempdir().unwrap();
     let mut r = req(limits());
-    r.host_dirs = vec![HostDir { host: tmp.path().to_path_buf(), guest: "/data".into() }];
+    r.host_dirs = vec![HostDir { host: tmp.path().to_path_buf(), guest: "/data".into(), read_only: false }];
     let o = run(create_file("made-by-guest.txt"), r).await;
     assert_eq!(o.kind, OutcomeKind::Finished, "{o:?}");
     assert_eq!(std::fs::read(tmp.path().join("made-by-guest.txt")).unwrap(), b"hello");
 
     let mut r = req(limits());
-    r.host_dirs = vec![HostDir { host: tmp.path().join("missing"), guest: "/x".into() }];
+    r.host_dirs = vec![HostDir { host: tmp.path().join("missing"), guest: "/x".into(), read_only: false }];
     let o = run(create_file("f"), r).await;
     assert_eq!(o.kind, OutcomeKind::Error);
     assert!(o.message.unwrap().contains("cannot open directory"));

@@ -38,6 +38,7 @@ fn records_round_trip() {
         spec: None,
         usage: None,
         limits: None,
+        health: None,
     };
     let task = TaskRecord {
         view,
@@ -93,6 +94,7 @@ fn ended(n: u64, finished_at_ms: i64) -> (TaskId, TaskRecord) {
         spec: None,
         usage: None,
         limits: None,
+        health: None,
     };
     let rec = TaskRecord { view, spec: None, priority: 0, constraints: vec![], max_attempts: 0, applied_uuids: vec![] };
     (id, rec)

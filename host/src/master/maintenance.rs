@@ -1,0 +1,205 @@
+//! Maintenance: draining an agent (Mesos's DRAIN_AGENT, Nomad's node drain)
+//! and its eligibility for offers.
+//!
+//! A draining agent gets no offers (its outstanding ones are rescinded), and
+//! the frameworks with tasks there are told once (`Event::Drain`, a
+//! simplified inverse offer) so they can move them. Its tasks run until the
+//! deadline; then the rest are killed, and batch tasks go back to the queue
+//! without the attempt counting. Once nothing holds resources there it is
+//! DRAINED; `mark_gone` then removes it for good (its identity is revoked).
+//! Mode and eligibility are kept in the agent's registry record, so a drain
+//! survives a master restart.
+
+use std::collections::BTreeMap;
+use std::time::Duration;
+
+use wasmos_model::{AgentId, FrameworkId, TaskId, TaskState};
+
+use super::Master;
+use super::agents::Mode;
+use super::cmd::Error;
+use super::frameworks::Kind;
+use super::types::{AgentCommand, AgentView, Event, now_ms};
+
+/// The reason tasks killed at a drain's deadline end with.
+pub(crate) const DRAIN_REASON: &str = "agent_drained";
+
+impl Master {
+    fn maintained(&mut self, id: &AgentId) -> Result<&mut super::agents::Agent, Error> {
+        if !self.state.agents.contains(id) {
+            return Err(if self.recovery.recovering.contains_key(id) {
+                Error::unavailable(format!(
+                    "agent {id} has not reregistered since it went silent or the master restarted; try again once `wasmos agents` lists it"
+                ))
+            } else {
+                Error::not_found(format!("no agent {id}; list them with `wasmos agents`"))
+            });
+        }
+        Ok(self.state.agents.get_mut(id).expect("checked"))
+    }
+
+    /// `wasmos agent drain`: `deadline` from now (none: no deadline);
+    /// `force`: the deadline is now. Draining again sets a new deadline.
+    pub(super) fn drain_agent(&mut self, id: &AgentId, deadline: Option<Duration>, force: bool) -> Result<AgentView, Error> {
+        let now = now_ms();
+        let deadline_ms = if force { Some(now) } else { deadline.map(|d| now.saturating_add(d.as_millis() as i64)) };
+        let a = self.maintained(id)?;
+        if a.mode == Mode::Drained && !force {
+            return self.agent_view(id).ok_or_else(|| Error::internal("agent vanished"));
+        }
+        let first = !matches!(a.mode, Mode::Draining { .. });
+        a.mode = Mode::Draining { deadline_ms };
+        self.state.agents.touch(id);
+        let _ = self.alloc.deactivate_agent(id);
+        for o in self.state.offers.on_agent(id) {
+            self.rescind(&o);
+        }
+        let when = deadline_ms.map_or("no deadline".to_string(), |d| format!("deadline in {:?}", Duration::from_millis((d - now).max(0) as u64)));
+        eprintln!("wasmos master: draining agent {id} ({when})");
+        self.tell_frameworks_of_drain(id, deadline_ms, first);
+        self.check_drain(id);
+        self.agent_view(id).ok_or_else(|| Error::internal("agent vanished"))
+    }
+
+    /// Tells each framework (but batch, which lets its tasks run) with tasks
+    /// on the agent which of them must move, and by when.
+    fn tell_frameworks_of_drain(&mut self, id: &AgentId, deadline_ms: Option<i64>, _first: bool) {
+        let Some(a) = self.state.agents.get(id) else { return };
+        let mut by_fw: BTreeMap<FrameworkId, Vec<TaskId>> = BTreeMap::new();
+        for t in a.tasks() {
+            if let Some(task) = self.state.tasks.get(t)
+                && task.framework != self.batch_id
+            {
+                by_fw.entry(task.framework.clone()).or_default().push(t.clone());
+            }
+        }
+        for (fw, mut tasks) in by_fw {
+            tasks.sort();
+            if let Some(f) = self.state.frameworks.get_mut(&fw)
+                && matches!(f.kind, Kind::Remote | Kind::Hosted(_))
+            {
+                f.send(Event::Drain { agent_id: id.clone(), deadline_ms, tasks });
+            }
+        }
+    }
+
+    /// `wasmos agent undrain`: active again (offers resume if eligible).
+    pub(super) fn undrain_agent(&mut self, id: &AgentId) -> Result<AgentView, Error> {
+        let a = self.maintained(id)?;
+        a.mode = Mode::Active;
+        let offerable = a.offerable();
+        self.state.agents.touch(id);
+        self.drain_kills.retain(|_, agent| agent != id);
+        if offerable {
+            let _ = self.alloc.activate_agent(id);
+            self.cycle_due = true;
+        }
+        eprintln!("wasmos master: agent {id} undrained");
+        self.agent_view(id).ok_or_else(|| Error::internal("agent vanished"))
+    }
+
+    /// `wasmos agent eligibility ID on|off`: an ineligible agent gets no new
+    /// offers (outstanding ones are rescinded); its tasks go on running.
+    pub(super) fn set_eligibility(&mut self, id: &AgentId, eligible: bool) -> Result<AgentView, Error> {
+        let a = self.maintained(id)?;
+        a.eligible = eligible;
+        let offerable = a.offerable();
+        self.state.agents.touch(id);
+        if offerable {
+            let _ = self.alloc.activate_agent(id);
+            self.cycle_due = true;
+        } else {
+            let _ = self.alloc.deactivate_agent(id);
+            for o in self.state.offers.on_agent(id) {
+                self.rescind(&o);
+            }
+        }
+        self.agent_view(id).ok_or_else(|| Error::internal("agent vanished"))
+    }
+
+    /// `wasmos agent drain --mark-gone`: a drained agent leaves for good;
+    /// its identity is revoked, so it can never come back under its id.
+    pub(super) fn mark_gone(&mut self, id: &AgentId) -> Result<AgentView, Error> {
+        let a = self.maintained(id)?;
+        if a.mode != Mode::Drained {
+            return Err(Error::precondition(format!(
+                "agent {id} is {}, not drained; drain it first (`wasmos agent drain {id}`), then mark it gone",
+                a.mode.as_str()
+            )));
+        }
+        let view = self.agent_view(id).ok_or_else(|| Error::internal("agent vanished"))?;
+        let row = format!("agent@{id}");
+        match self.revoke_token(&row) {
+            Ok(()) => {}
+            // An agent without an identity row (joined before identities
+            // were recorded): removed all the same.
+            Err(_) => self.remove_agent(id, "agent_gone", format!("agent {id} was marked gone")),
+        }
+        self.recovery.recovering.remove(id);
+        self.recovery.modes.remove(id);
+        self.state.agents.touch(id);
+        eprintln!("wasmos master: agent {id} marked gone");
+        Ok(AgentView { status: "gone", ..view })
+    }
+
+    /// Every draining agent: DRAINED once nothing holds resources there;
+    /// past its deadline, what still runs is killed.
+    pub(super) fn check_drains(&mut self) {
+        let draining: Vec<AgentId> = self
+            .state
+            .agents
+            .iter()
+            .filter(|(_, a)| matches!(a.mode, Mode::Draining { .. }))
+            .map(|(id, _)| id.clone())
+            .collect();
+        for id in draining {
+            self.check_drain(&id);
+        }
+    }
+
+    fn check_drain(&mut self, id: &AgentId) {
+        let Some(a) = self.state.agents.get(id) else { return };
+        let Mode::Draining { deadline_ms } = a.mode else { return };
+        if a.task_count() == 0 {
+            let a = self.state.agents.get_mut(id).expect("present");
+            a.mode = Mode::Drained;
+            self.state.agents.touch(id);
+            self.drain_kills.retain(|_, agent| agent != id);
+            eprintln!("wasmos master: agent {id} is drained");
+            return;
+        }
+        if deadline_ms.is_none_or(|d| now_ms() < d) {
+            return;
+        }
+        let tasks: Vec<TaskId> = a.tasks().cloned().collect();
+        for tid in tasks {
+            if self.drain_kills.contains_key(&tid) {
+                continue;
+            }
+            let Some(t) = self.state.tasks.get(&tid) else { continue };
+            if t.state().is_terminal() {
+                continue;
+            }
+            self.drain_kills.insert(tid.clone(), id.clone());
+            if t.state() != TaskState::Killing {
+                if self.state.tasks.set_state(&tid, TaskState::Killing).is_ok() {
+                    self.state.tasks.log(&tid, TaskState::Killing, DRAIN_REASON, format!("agent {id} reached its drain deadline"));
+                }
+            }
+            self.effects.send_agent(id, AgentCommand::Kill(tid));
+        }
+    }
+
+    /// A batch task killed at its agent's drain deadline goes back to the
+    /// queue, this run not counted against its attempts. Returns whether it
+    /// was requeued.
+    pub(super) fn requeue_drained(&mut self, tid: &TaskId) -> bool {
+        let Some(b) = self.batch.tasks.get_mut(tid) else { return false };
+        b.attempts = b.attempts.saturating_sub(1);
+        self.state.tasks.unlaunch(tid);
+        self.state.tasks.requeue(tid, "its agent was drained; queued again (the attempt does not count)".into());
+        self.batch.requeue(tid);
+        self.revive_batch();
+        true
+    }
+}
