@@ -168,7 +168,10 @@ async fn drain(a: DrainArgs) -> ExitCode {
             eprintln!("wasmos agent: draining in the background; watch it with `wasmos agents`");
             return ExitCode::SUCCESS;
         }
-        eprintln!("wasmos agent: Ctrl-C stops watching; the drain goes on (`wasmos agent undrain {}` undoes it)", a.agent);
+        eprintln!(
+            "wasmos agent: Ctrl-C stops watching; the drain goes on (`wasmos agent undrain {}` undoes it)",
+            a.agent
+        );
     }
     let mut last_print = Instant::now();
     loop {

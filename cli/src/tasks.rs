@@ -494,7 +494,9 @@ pub fn detail(args: TaskDetailArgs) -> ExitCode {
             let h = wasmos_proto::health_from_wire(h);
             let kind = match &h.kind {
                 wasmos_model::HealthKind::Heartbeat => "heartbeat".to_string(),
-                wasmos_model::HealthKind::Probe { module_sha256, .. } => format!("probe {}", &module_sha256[..12.min(module_sha256.len())]),
+                wasmos_model::HealthKind::Probe { module_sha256, .. } => {
+                    format!("probe {}", &module_sha256[..12.min(module_sha256.len())])
+                }
             };
             let verdict = match t.healthy {
                 Some(true) => "healthy",

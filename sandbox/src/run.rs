@@ -149,12 +149,11 @@ fn invalid(e: wasmtime::Error) -> SandboxError {
 
 /// Core modules may import only WASI preview1; say exactly which import is not.
 fn check_core_imports(module: &Module) -> Result<(), SandboxError> {
-    let foreign: Vec<String> =
-        module
-            .imports()
-            .filter(|i| i.module() != WASI_P1 && !(i.module() == WASMOS_CORE && WASMOS_CORE_FUNCS.contains(&i.name())))
-            .map(|i| format!("`{}::{}`", i.module(), i.name()))
-            .collect();
+    let foreign: Vec<String> = module
+        .imports()
+        .filter(|i| i.module() != WASI_P1 && !(i.module() == WASMOS_CORE && WASMOS_CORE_FUNCS.contains(&i.name())))
+        .map(|i| format!("`{}::{}`", i.module(), i.name()))
+        .collect();
     if !foreign.is_empty() {
         return Err(SandboxError::UnsupportedImport(format!(
             "unsupported import{} {}: a core task may import only from `{WASI_P1}` (WASI preview1) \

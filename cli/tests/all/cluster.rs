@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use crate::dev::Cluster;
 
-fn guest(name: &str) -> PathBuf {
+pub(crate) fn guest(name: &str) -> PathBuf {
     let p = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../target/guests").join(format!("{name}.wasm"));
     assert!(p.exists(), "{} is missing: run `cargo xtask guests` first", p.display());
     p
@@ -15,18 +15,18 @@ fn guest(name: &str) -> PathBuf {
 
 /// A client command as after `wasmos dev`: no flag, the client config says
 /// where the master is and which CA to trust.
-fn wasmos(c: &Cluster, args: &[&str]) -> Output {
+pub(crate) fn wasmos(c: &Cluster, args: &[&str]) -> Output {
     c.cmd().args(args).output().unwrap()
 }
 
-fn out(o: &Output) -> String {
+pub(crate) fn out(o: &Output) -> String {
     String::from_utf8_lossy(&o.stdout).into_owned()
 }
-fn err(o: &Output) -> String {
+pub(crate) fn err(o: &Output) -> String {
     String::from_utf8_lossy(&o.stderr).into_owned()
 }
 
-fn lines(o: &Output) -> Vec<serde_json::Value> {
+pub(crate) fn lines(o: &Output) -> Vec<serde_json::Value> {
     out(o).lines().map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("{e}: {l}"))).collect()
 }
 
@@ -367,17 +367,17 @@ fn top_and_logs_follow_show_a_task_while_it_runs() {
 }
 
 /// A WASI command from WAT, written where the CLI can read it.
-fn wat_file(dir: &std::path::Path, name: &str, text: &str) -> PathBuf {
+pub(crate) fn wat_file(dir: &std::path::Path, name: &str, text: &str) -> PathBuf {
     let p = dir.join(format!("{name}.wasm"));
     std::fs::write(&p, wat::parse_str(text).unwrap()).unwrap();
     p
 }
 
-fn count_state(c: &Cluster, state: &str) -> usize {
+pub(crate) fn count_state(c: &Cluster, state: &str) -> usize {
     lines(&wasmos(c, &["tasks", "--state", state, "--json"])).len()
 }
 
-fn wait_for(what: &str, secs: u64, mut f: impl FnMut() -> bool) {
+pub(crate) fn wait_for(what: &str, secs: u64, mut f: impl FnMut() -> bool) {
     let t0 = std::time::Instant::now();
     while !f() {
         assert!(t0.elapsed() < Duration::from_secs(secs), "{what} within {secs} s");

@@ -4,6 +4,7 @@ mod cluster;
 mod dashboard;
 mod dev;
 mod languages;
+mod maintenance;
 mod python_remote;
 mod recovery;
 mod run;

@@ -217,6 +217,79 @@ fn master_kill_9_and_restart_loses_nothing() {
     assert_eq!(String::from_utf8_lossy(&o.stdout), "1270607 primes below 20000000\n");
 }
 
+/// A drain with a deadline, across a master kill -9: what ends in time ends
+/// there, new work goes elsewhere, what is left at the deadline runs again
+/// elsewhere with its attempt unchanged; DRAINED is reached, and
+/// `--mark-gone` then removes the agent for good.
+#[test]
+fn a_drain_survives_a_master_kill_9_and_requeues_what_is_left_at_the_deadline() {
+    let tmp = tempfile::tempdir().unwrap();
+    let (url, state, port, mut m, mut a) = master_and_agent(tmp.path());
+    let id_of = |o: &Output| String::from_utf8_lossy(&o.stdout).lines().map(String::from).collect::<Vec<_>>();
+    let a_id = lines(&cli(&url, &["agents", "--json"]))[0]["agent_id"].as_str().unwrap().to_string();
+    let short = crate::cluster::wat_file(tmp.path(), "short", &crate::maintenance::sleeper(3));
+    let long = crate::cluster::wat_file(tmp.path(), "long", &crate::maintenance::sleeper(120));
+    let submit = |n: &str, cpus: &str, m: &Path| {
+        let o = cli(&url, &["submit", "--count", n, "--cpus", cpus, "--mem", "8MiB", m.to_str().unwrap()]);
+        assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+        id_of(&o)
+    };
+    let longs = submit("2", "0.5", &long);
+    let shorts = submit("2", "0.5", &short);
+    let state_of = |id: &str| tasks(&url).into_iter().find(|t| t["task_id"] == id);
+    wait_for("four tasks running on a", Duration::from_secs(60), || {
+        longs.iter().chain(&shorts).all(|id| state_of(id).is_some_and(|t| t["state"] == "running"))
+    });
+    let _b = agent(&url, &tmp.path().join("agent-b"));
+    wait_for("agent b", Duration::from_secs(90), || lines(&cli(&url, &["agents", "--json"])).len() == 2);
+
+    let o = cli(&url, &["agent", "drain", &a_id, "--deadline", "15s", "--detach"]);
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    assert!(String::from_utf8_lossy(&o.stdout).contains("is draining, deadline in"), "{o:?}");
+    // No more offers from a: new work runs on b.
+    let fresh = submit("2", "0.1", &short);
+
+    m.0.kill().unwrap();
+    m.0.wait().unwrap();
+    let _m = master(&state, port);
+    let agent_status = |id: &str| {
+        lines(&cli(&url, &["agents", "--json"])).into_iter().find(|x| x["agent_id"] == id).map(|x| x["status"].clone())
+    };
+    wait_for("a, reregistered, still draining", Duration::from_secs(90), || {
+        agent_status(&a_id).is_some_and(|s| s == "draining")
+    });
+    for id in &shorts {
+        wait_for("a short task to finish on a", Duration::from_secs(60), || {
+            state_of(id).is_some_and(|t| t["state"] == "finished" && t["agent_id"] == a_id.as_str())
+        });
+    }
+    for id in &fresh {
+        wait_for("new work to finish on b", Duration::from_secs(60), || {
+            state_of(id).is_some_and(|t| t["state"] == "finished" && t["agent_id"] != a_id.as_str())
+        });
+    }
+    for id in &longs {
+        wait_for("a long task to run again on b", Duration::from_secs(60), || {
+            state_of(id).is_some_and(|t| t["state"] == "running" && t["agent_id"] != a_id.as_str())
+        });
+        let t = state_of(id).unwrap();
+        assert_eq!(t["attempt"], 1, "the drain's kill does not count: {t}");
+        let o = cli(&url, &["task", id, "--json"]);
+        let events = lines(&o)[0]["events"].clone();
+        assert!(events.as_array().unwrap().iter().any(|e| e["reason"] == "agent_drained"), "{events}");
+    }
+    wait_for("a drained", Duration::from_secs(30), || agent_status(&a_id).is_some_and(|s| s == "drained"));
+
+    let o = cli(&url, &["agent", "drain", &a_id, "--mark-gone"]);
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    assert!(String::from_utf8_lossy(&o.stdout).contains("is gone for good"), "{o:?}");
+    assert!(agent_status(&a_id).is_none(), "a is no longer listed");
+    // Its identity is revoked: the agent process learns it and exits.
+    wait_for("agent a to exit", Duration::from_secs(60), || a.0.try_wait().unwrap().is_some());
+    let o = cli(&url, &["agent", "undrain", &a_id]);
+    assert!(!o.status.success(), "a gone agent cannot be undrained");
+}
+
 #[test]
 fn agent_kill_9_tasks_are_retried_on_a_new_agent() {
     let tmp = tempfile::tempdir().unwrap();

@@ -377,10 +377,7 @@ impl v1::operator_server::Operator for MasterHandle {
         self.maintain(who, &r.into_inner().agent_id, Maintenance::Undrain).await
     }
 
-    async fn set_eligibility(
-        &self,
-        r: Request<v1::EligibilityRequest>,
-    ) -> Result<Response<v1::AgentSummary>, Status> {
+    async fn set_eligibility(&self, r: Request<v1::EligibilityRequest>) -> Result<Response<v1::AgentSummary>, Status> {
         let who = self.caller(&r, "agent_eligibility")?;
         let req = r.into_inner();
         self.maintain(who, &req.agent_id, Maintenance::Eligible(req.eligible)).await
@@ -393,9 +390,15 @@ impl v1::operator_server::Operator for MasterHandle {
 }
 
 impl MasterHandle {
-    async fn maintain(&self, who: Principal, agent: &str, op: Maintenance) -> Result<Response<v1::AgentSummary>, Status> {
-        let id = AgentId::new(agent.to_string())
-            .map_err(|e| Status::invalid_argument(format!("agent id {agent:?}: {e}; list agents with `wasmos agents`")))?;
+    async fn maintain(
+        &self,
+        who: Principal,
+        agent: &str,
+        op: Maintenance,
+    ) -> Result<Response<v1::AgentSummary>, Status> {
+        let id = AgentId::new(agent.to_string()).map_err(|e| {
+            Status::invalid_argument(format!("agent id {agent:?}: {e}; list agents with `wasmos agents`"))
+        })?;
         let view = self.request(who, |reply| Cmd::Maintain(id, op, reply)).await?;
         Ok(Response::new(agent_view_to_wire(&view)))
     }

@@ -130,7 +130,10 @@ pub(crate) enum Cmd {
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) enum Maintenance {
     /// Deadline from now (none: no deadline); force: the deadline is now.
-    Drain { deadline: Option<std::time::Duration>, force: bool },
+    Drain {
+        deadline: Option<std::time::Duration>,
+        force: bool,
+    },
     Undrain,
     Eligible(bool),
     MarkGone,

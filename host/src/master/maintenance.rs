@@ -40,7 +40,12 @@ impl Master {
 
     /// `wasmos agent drain`: `deadline` from now (none: no deadline);
     /// `force`: the deadline is now. Draining again sets a new deadline.
-    pub(super) fn drain_agent(&mut self, id: &AgentId, deadline: Option<Duration>, force: bool) -> Result<AgentView, Error> {
+    pub(super) fn drain_agent(
+        &mut self,
+        id: &AgentId,
+        deadline: Option<Duration>,
+        force: bool,
+    ) -> Result<AgentView, Error> {
         let now = now_ms();
         let deadline_ms = if force { Some(now) } else { deadline.map(|d| now.saturating_add(d.as_millis() as i64)) };
         let a = self.maintained(id)?;
@@ -54,7 +59,9 @@ impl Master {
         for o in self.state.offers.on_agent(id) {
             self.rescind(&o);
         }
-        let when = deadline_ms.map_or("no deadline".to_string(), |d| format!("deadline in {:?}", Duration::from_millis((d - now).max(0) as u64)));
+        let when = deadline_ms.map_or("no deadline".to_string(), |d| {
+            format!("deadline in {:?}", Duration::from_millis((d - now).max(0) as u64))
+        });
         eprintln!("wasmos master: draining agent {id} ({when})");
         self.tell_frameworks_of_drain(id, deadline_ms, first);
         self.check_drain(id);
@@ -183,7 +190,12 @@ impl Master {
             self.drain_kills.insert(tid.clone(), id.clone());
             if t.state() != TaskState::Killing {
                 if self.state.tasks.set_state(&tid, TaskState::Killing).is_ok() {
-                    self.state.tasks.log(&tid, TaskState::Killing, DRAIN_REASON, format!("agent {id} reached its drain deadline"));
+                    self.state.tasks.log(
+                        &tid,
+                        TaskState::Killing,
+                        DRAIN_REASON,
+                        format!("agent {id} reached its drain deadline"),
+                    );
                 }
             }
             self.effects.send_agent(id, AgentCommand::Kill(tid));

@@ -259,8 +259,9 @@ impl Tasks {
         let mut used = HashSet::new();
         for t in self.map.values().filter(|t| !t.state.is_terminal()) {
             used.insert(t.spec.module_sha256.as_str());
-            if let Some(wasmos_model::HealthCheck { kind: wasmos_model::HealthKind::Probe { module_sha256, .. }, .. }) =
-                &t.spec.health
+            if let Some(wasmos_model::HealthCheck {
+                kind: wasmos_model::HealthKind::Probe { module_sha256, .. }, ..
+            }) = &t.spec.health
             {
                 used.insert(module_sha256.as_str());
             }
@@ -336,7 +337,8 @@ impl Tasks {
         if let Some(h) = st.healthy {
             t.health = Some(Box::new((h, st.message.clone())));
         }
-        if !st.message.is_empty() {
+        // A passed health check keeps the task's message (it is in `health`).
+        if !st.message.is_empty() && st.healthy != Some(true) {
             t.message = Cow::Owned(st.message.clone());
         }
         if st.outcome.is_some() {

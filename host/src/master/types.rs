@@ -125,7 +125,11 @@ pub(crate) enum Event {
     Error(String),
     Heartbeat,
     /// An agent with these tasks of the framework drains (deadline: unix ms).
-    Drain { agent_id: AgentId, deadline_ms: Option<i64>, tasks: Vec<TaskId> },
+    Drain {
+        agent_id: AgentId,
+        deadline_ms: Option<i64>,
+        tasks: Vec<TaskId>,
+    },
 }
 
 /// An offer as a framework sees it.

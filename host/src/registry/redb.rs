@@ -289,15 +289,13 @@ impl Registry for Redb {
         for a in load::<v1::StoredAgent>(&r, AGENTS, "agent")? {
             let info = a.info.as_ref().map(wire::agent_info_from_wire);
             match (AgentId::new(a.agent_id.clone()), info.unwrap_or_else(|| Ok(Default::default()))) {
-                (Ok(id), Ok(info)) => {
-                    loaded.agents.push(AgentRecord {
-                        id,
-                        info,
-                        registered_at_ms: a.registered_at_ms,
-                        mode: crate::master::agents::Mode::parse(&a.mode, a.drain_deadline_ms),
-                        eligible: !a.ineligible,
-                    })
-                }
+                (Ok(id), Ok(info)) => loaded.agents.push(AgentRecord {
+                    id,
+                    info,
+                    registered_at_ms: a.registered_at_ms,
+                    mode: crate::master::agents::Mode::parse(&a.mode, a.drain_deadline_ms),
+                    eligible: !a.ineligible,
+                }),
                 _ => skip("agent", &a.agent_id, "bad id or resources"),
             }
         }
