@@ -448,3 +448,129 @@ async fn offers_of_the_old_connection_are_offered_again_at_failover() {
     assert_ne!(offered[0].offer_id, held[0].offer_id);
     drop(old);
 }
+
+/// Sleeps `secs` seconds in one `poll_oneoff`.
+fn sleeper_wat(secs: u64) -> String {
+    format!(
+        r#"(module
+          (import "wasi_snapshot_preview1" "poll_oneoff" (func $poll (param i32 i32 i32 i32) (result i32)))
+          (memory (export "memory") 1)
+          (func (export "_start")
+            (i64.store (i32.const 104) (i64.const 1))
+            (i32.store8 (i32.const 112) (i32.const 0))
+            (i32.store (i32.const 120) (i32.const 1))
+            (i64.store (i32.const 128) (i64.const {}))
+            (i64.store (i32.const 136) (i64.const 0))
+            (i32.store16 (i32.const 144) (i32.const 0))
+            (drop (call $poll (i32.const 104) (i32.const 200) (i32.const 1) (i32.const 300)))))"#,
+        secs * 1_000_000_000
+    )
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_remote_framework_is_told_of_a_drain_and_gets_no_offers_from_a_draining_or_ineligible_agent() {
+    let c = cluster(2, "cpus:1;mem:1GiB").await;
+    let sha = c.upload_wat(&sleeper_wat(60)).await;
+    let mut fw = Framework::subscribe(&c, "drained", "eng").await;
+    let offers = fw.offers().await;
+    let x = offers[0].agent_id.clone();
+    fw.accept(&[&offers[0]], vec![spec("d-1", &sha, "cpus:0.5;mem:64MiB")]).await;
+    c.wait_task("d-1", Some(v1::TaskState::TaskRunning)).await;
+
+    // Only a token that may drain everywhere may drain.
+    let viewer = c
+        .operator()
+        .create_token(v1::CreateTokenRequest {
+            name: "viewer".into(),
+            grants: vec!["view:*".into(), "drain:eng".into()],
+            ..Default::default()
+        })
+        .await
+        .unwrap()
+        .into_inner()
+        .secret;
+    let ch = Target { url: c.url.clone(), ca_pem: None, identity: None, token: Some(viewer) }.connect().await.unwrap();
+    let req = v1::DrainAgentRequest { agent_id: x.clone(), deadline_ms: Some(3_600_000), force: false };
+    let denied = v1::operator_client::OperatorClient::new(ch).drain_agent(req.clone()).await.unwrap_err();
+    assert_eq!(denied.code(), tonic::Code::PermissionDenied, "{denied:?}");
+    let bad =
+        c.operator().drain_agent(v1::DrainAgentRequest { agent_id: "nope".into(), ..req.clone() }).await.unwrap_err();
+    assert_eq!(bad.code(), tonic::Code::NotFound, "{bad:?}");
+
+    let t0 = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_millis() as i64;
+    let a = c.operator().drain_agent(req).await.unwrap().into_inner();
+    assert_eq!((a.mode.as_str(), a.status.as_str()), ("draining", "draining"));
+    assert!(a.drain_deadline_ms >= t0 + 3_590_000, "{a:?}");
+    // The framework hears which of its tasks must move, and by when; from
+    // then on no offer names the draining agent.
+    // (Offers made before the drain may still arrive ahead of its event.)
+    let mut offered_x_after = false;
+    let drain = loop {
+        if let E::Drain(d) = fw.next().await {
+            break d;
+        }
+    };
+    assert_eq!((drain.agent_id.as_str(), drain.task_ids.as_slice()), (x.as_str(), &["d-1".to_string()][..]));
+    assert_eq!(drain.deadline_ms, a.drain_deadline_ms);
+    fw.call(v1::call::Call::Revive(v1::call::Revive {})).await.unwrap();
+    let until = tokio::time::Instant::now() + Duration::from_secs(2);
+    while tokio::time::Instant::now() < until {
+        if let Ok(E::Offers(o)) = tokio::time::timeout(Duration::from_millis(200), fw.next()).await {
+            offered_x_after |= o.offers.iter().any(|o| o.agent_id == x);
+            for o in &o.offers {
+                fw.call(v1::call::Call::Decline(v1::call::Decline {
+                    offer_ids: vec![o.offer_id.clone()],
+                    filters: Some(v1::Filters { refuse_seconds: Some(0.0) }),
+                }))
+                .await
+                .unwrap();
+            }
+        }
+    }
+    assert!(!offered_x_after, "a draining agent is offered to no one");
+    assert_eq!(c.task("d-1").await.state, v1::TaskState::TaskRunning as i32, "no deadline yet: it runs on");
+
+    // Undrained, it is offered again; set ineligible, it is not.
+    let a = c.operator().undrain_agent(v1::AgentRequest { agent_id: x.clone() }).await.unwrap().into_inner();
+    assert_eq!(a.mode, "active");
+    let mut back = false;
+    for _ in 0..50 {
+        if let Ok(E::Offers(o)) = tokio::time::timeout(Duration::from_millis(200), fw.next()).await {
+            back |= o.offers.iter().any(|o| o.agent_id == x);
+            for o in &o.offers {
+                fw.call(v1::call::Call::Decline(v1::call::Decline {
+                    offer_ids: vec![o.offer_id.clone()],
+                    filters: Some(v1::Filters { refuse_seconds: Some(0.0) }),
+                }))
+                .await
+                .unwrap();
+            }
+        }
+        if back {
+            break;
+        }
+    }
+    assert!(back, "an undrained agent is offered again");
+    let a = c
+        .operator()
+        .set_eligibility(v1::EligibilityRequest { agent_id: x.clone(), eligible: false })
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!((a.status.as_str(), a.eligible), ("ineligible", false));
+    let gone = c.operator().mark_gone(v1::AgentRequest { agent_id: x.clone() }).await.unwrap_err();
+    assert_eq!(gone.code(), tonic::Code::FailedPrecondition, "only a drained agent may be marked gone: {gone:?}");
+    // Force: the deadline is now; the remote framework's task is killed.
+    let a = c
+        .operator()
+        .drain_agent(v1::DrainAgentRequest { agent_id: x.clone(), deadline_ms: None, force: true })
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(a.mode, "draining");
+    let t = c.wait_task("d-1", None).await;
+    assert_eq!(
+        (t.state, t.message.as_str()),
+        (v1::TaskState::TaskKilled as i32, "killed at its agent's drain deadline")
+    );
+}
