@@ -210,6 +210,11 @@ pub(crate) fn handle(agent: &Arc<Agent>, cmd: v1::AgentCommand) {
                 agent.report(&p.task_id, &fw, v1::TaskState::TaskPaused, "paused".into(), None);
             }
         }
+        Some(Command::Capture(c)) => {
+            if let Some((control, _)) = ex.with_live(&c.task_id, None) {
+                control.capture();
+            }
+        }
         Some(Command::Tail(t)) => {
             let (data, next, running) = match ex.tail(&t.task_id, t.stderr, t.offset, t.max_bytes) {
                 Some((data, next)) => (data, next as u64, true),
@@ -278,19 +283,23 @@ async fn run_task(agent: Arc<Agent>, fw: String, spec: v1::TaskSpec, control: Ta
         crate::health::Watch { check, beats, dir }
     });
     let mut killed_by_check: Option<String> = None;
+    // A resumed run says so when it starts.
+    let resumed = req.resume.as_ref().map_or(String::new(), |s| {
+        format!("resumed from a capture ({} bytes of memory, fuel {} so far)", s.memory.len(), s.fuel)
+    });
     let run = agent.executor.sandbox.run(&prepared, req, &control);
     tokio::pin!(run);
     let counter = &agent.executor.unstarted[metered as usize];
     let ahead = counter.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
     let mut unstarted = Unstarted(Some(counter));
     if ahead >= agent.executor.sandbox.free_slots(metered) {
-        report_live(&agent, &id, &fw, false);
+        report_live(&agent, &id, &fw, false, String::new());
     }
     let outcome = tokio::select! {
         biased;
         _ = control.started() => {
             unstarted.started();
-            report_live(&agent, &id, &fw, true);
+            report_live(&agent, &id, &fw, true, resumed.clone());
             match health {
                 None => run.await,
                 Some(w) => {
@@ -310,7 +319,7 @@ async fn run_task(agent: Arc<Agent>, fw: String, spec: v1::TaskSpec, control: Ta
         o = &mut run => {
             unstarted.started();
             if control.has_started() {
-                report_live(&agent, &id, &fw, true);
+                report_live(&agent, &id, &fw, true, resumed.clone());
             }
             o
         }
@@ -321,6 +330,22 @@ async fn run_task(agent: Arc<Agent>, fw: String, spec: v1::TaskSpec, control: Ta
     agent.executor.cpu_ns.fetch_add(outcome.cpu_time.as_nanos() as u64, std::sync::atomic::Ordering::Relaxed);
     agent.executor.tasks_ended.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
     let wire = Some(wasmos_proto::outcome_to_wire(&outcome));
+    if let Some(snap) = control.take_snapshot() {
+        // Captured for a migration: the master resumes it elsewhere.
+        agent.updates.report(v1::TaskStatus {
+            task_id: id.clone(),
+            framework_id: fw.clone(),
+            agent_id: agent.link.id(),
+            state: state as i32,
+            reason: "migrated".into(),
+            message: "captured at a safe point, to resume on another agent".into(),
+            outcome: wire,
+            snapshot: wasmos_proto::encode(&crate::migrate::to_wire(&snap)),
+            ..Default::default()
+        });
+        agent.executor.forget(&id);
+        return;
+    }
     match killed_by_check {
         // Killed by its health check (unless it ended on its own first).
         Some(why) if outcome.kind == OutcomeKind::Killed => agent.updates.report(v1::TaskStatus {
@@ -354,14 +379,14 @@ fn live_state(paused: bool, started: bool) -> v1::TaskState {
 /// Reports a live task's state. Decided and reported under the table's lock,
 /// so a pause's own PAUSED report cannot come before this one; a task paused
 /// while its module was fetched starts paused and says so.
-fn report_live(agent: &Agent, id: &str, fw: &str, started: bool) {
+fn report_live(agent: &Agent, id: &str, fw: &str, started: bool, message: String) {
     let live = agent.executor.live();
     let paused = live.get(id).is_some_and(|l| l.paused);
     if paused && started {
         // Its PAUSED was reported already (or is reported now, at the start).
         return;
     }
-    agent.report(id, fw, live_state(paused, started), String::new(), None);
+    agent.report(id, fw, live_state(paused, started), message, None);
 }
 
 /// The sandbox's view of a launched task.
@@ -386,6 +411,10 @@ fn run_request(spec: &v1::TaskSpec, fw: &str) -> RunRequest {
         // A master from before `attempt` existed sends 0: that is the first run.
         context: wasmos_sandbox::TaskContext { task_id: id, attempt: spec.attempt.max(1), framework: fw.to_string() },
         cpu_weight: cpu_weight(spec.resources.as_ref()),
+        resume: (!spec.resume.is_empty())
+            .then(|| wasmos_proto::decode::<v1::TaskSnapshot>(&spec.resume))
+            .flatten()
+            .map(|s| std::sync::Arc::new(crate::migrate::from_wire(s))),
         ..Default::default()
     }
 }

@@ -12,6 +12,7 @@ mod executor;
 mod health;
 mod identity;
 mod link;
+mod migrate;
 mod modules;
 mod updates;
 

@@ -278,7 +278,7 @@ async fn noisy(wasmos: &std::path::Path, args: &[String], agent_flags: &[String]
         cpu.as_secs_f64()
     );
     for id in ids {
-        let _ = op(&ch).kill_task(v1::TaskActionRequest { task_id: id, ..Default::default() }).await;
+        let _ = op(&ch).kill_task(v1::TaskActionRequest { task_id: id }).await;
     }
 }
 

@@ -6,6 +6,7 @@ mod cluster;
 mod framework;
 mod listing;
 mod maintenance;
+mod migratable;
 mod observe;
 mod roles;
 mod run;

@@ -36,6 +36,11 @@ pub struct DrainArgs {
     /// Kill (and requeue) everything now: the deadline is now.
     #[arg(long)]
     pub force: bool,
+    /// Move migratable batch tasks (`wasmos submit --migratable`) now: each
+    /// is captured at its next heartbeat and resumed on another agent with
+    /// its memory, fuel and time so far; the others run to the deadline.
+    #[arg(long)]
+    pub migrate: bool,
     /// Return at once instead of printing what is left until it is drained.
     #[arg(long)]
     pub detach: bool,
@@ -153,8 +158,9 @@ async fn drain(a: DrainArgs) -> ExitCode {
     if !(a.mark_gone && already_drained) {
         let req = v1::DrainAgentRequest {
             agent_id: a.agent.clone(),
-            deadline_ms: (!a.no_deadline && !a.force).then(|| a.deadline.as_millis() as u64),
+            deadline_ms: (!a.no_deadline && !a.force).then_some(a.deadline.as_millis() as u64),
             force: a.force,
+            migrate: a.migrate,
         };
         match op.drain_agent(req).await {
             Ok(r) => {

@@ -71,6 +71,12 @@ pub struct SubmitArgs {
     pub input: Option<PathBuf>,
     #[command(flatten)]
     pub health: HealthArgs,
+    /// Make the tasks movable mid-run (`wasmos agent drain --migrate`): the
+    /// module (a WASI preview1 command that calls the `wasmos` `heartbeat`
+    /// import) gets Binaryen's asyncify, which needs `wasm-opt` here; at a
+    /// heartbeat its run can be captured and resumed on another agent.
+    #[arg(long, conflicts_with_all = ["input", "framework"])]
+    pub migratable: bool,
     /// Wait for every task to end, then print the outcomes.
     #[arg(long)]
     pub wait: bool,
@@ -175,6 +181,7 @@ async fn submit(args: SubmitArgs) -> Result<ExitCode, String> {
     }
     let bytes = std::fs::read(&args.module)
         .map_err(|e| format!("cannot read {}: {e}; check the path", args.module.display()))?;
+    let bytes = if args.migratable { crate::migratable::make(&bytes)? } else { bytes };
     let input = match &args.input {
         Some(p) => std::fs::read(p).map_err(|e| format!("cannot read --input {}: {e}", p.display()))?,
         None => Vec::new(),
@@ -207,6 +214,8 @@ async fn submit(args: SubmitArgs) -> Result<ExitCode, String> {
         attempt: 0,
         signature: String::new(), // sent once, in the request
         health,
+        migratable: args.migratable,
+        resume: Vec::new(),
     };
     let framework = args.framework.clone().unwrap_or_default();
     let watch_fw = if framework.is_empty() { "batch".to_string() } else { String::new() };

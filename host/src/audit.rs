@@ -155,6 +155,7 @@ fn describe(cmd: &Cmd, state: &State) -> Option<(&'static str, String, String)> 
             use crate::master::cmd::Maintenance as M;
             let what = match op {
                 M::Drain { force: true, .. } => "agent_drain_force".to_string(),
+                M::Drain { migrate: true, deadline, .. } => format!("agent_drain_migrate deadline {deadline:?}"),
                 M::Drain { deadline: Some(d), .. } => format!("agent_drain deadline {d:?}"),
                 M::Drain { deadline: None, .. } => "agent_drain".to_string(),
                 M::Undrain => "agent_undrain".to_string(),

@@ -223,6 +223,7 @@ fn translate(call: sched::Call, held: &mut HashSet<String>, timer: &mut Option<I
                     input: t.input,
                     attempt: 0,
                     health: t.health.map(health_from_wit),
+                    migratable: false,
                 };
                 launch.push(Launch {
                     task_id: spec.task_id.clone(),

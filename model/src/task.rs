@@ -32,6 +32,9 @@ pub struct TaskSpec {
     pub attempt: u32,
     /// A health check its agent runs while it runs.
     pub health: Option<HealthCheck>,
+    /// Made migratable (`wasmos submit --migratable`): a drain with
+    /// `--migrate` may capture it at a heartbeat and resume it elsewhere.
+    pub migratable: bool,
 }
 
 /// A running task's health check (Mesos's defaults): after `grace` from

@@ -49,6 +49,8 @@ pub fn spec_to_wire(s: &TaskSpec) -> v1::TaskSpec {
         attempt: s.attempt,
         signature: String::new(),
         health: s.health.as_ref().map(health_to_wire),
+        migratable: s.migratable,
+        resume: Vec::new(),
     }
 }
 
@@ -104,6 +106,7 @@ pub fn spec_from_wire(s: &v1::TaskSpec) -> (TaskSpec, Option<ResourceError>) {
         input: s.input.clone(),
         attempt: s.attempt,
         health: s.health.as_ref().map(health_from_wire),
+        migratable: s.migratable,
     };
     (spec, err)
 }

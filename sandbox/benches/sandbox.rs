@@ -184,6 +184,8 @@ fn scheduler_benches(c: &mut Criterion) {
         reason: String::new(),
         message: String::new(),
         outcome: None,
+        healthy: None,
+        drain_deadline_ms: None,
     };
     let mut g = c.benchmark_group("scheduler");
     g.bench_function("on_offers_10", |b| {

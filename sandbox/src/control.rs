@@ -33,6 +33,10 @@ struct Live {
     mem: std::sync::atomic::AtomicU64,
     /// CPU ns charged so far (after each slice).
     cpu_ns: std::sync::atomic::AtomicU64,
+    /// Asked to capture at the next safe point (migratable modules).
+    capture: Arc<std::sync::atomic::AtomicBool>,
+    /// The snapshot of a run that ended captured.
+    snapshot: std::sync::Mutex<Option<crate::migrate::Snapshot>>,
     /// Set once the run has a pool slot and begins (until then it is STARTING).
     started: tokio::sync::watch::Sender<bool>,
     output: std::sync::OnceLock<(crate::output::Capture, crate::output::Capture)>,
@@ -65,6 +69,22 @@ impl TaskControl {
                 true
             }
         });
+    }
+
+    /// Asks a migratable run to end at its next safe point with a snapshot
+    /// (see [`crate::migrate`]); a run that reaches none runs on.
+    pub fn capture(&self) {
+        self.live.capture.store(true, std::sync::atomic::Ordering::Relaxed);
+    }
+    pub(crate) fn capture_flag(&self) -> Arc<std::sync::atomic::AtomicBool> {
+        self.live.capture.clone()
+    }
+    pub(crate) fn put_snapshot(&self, s: crate::migrate::Snapshot) {
+        *self.live.snapshot.lock().unwrap_or_else(|e| e.into_inner()) = Some(s);
+    }
+    /// The snapshot of a run that ended captured (once).
+    pub fn take_snapshot(&self) -> Option<crate::migrate::Snapshot> {
+        self.live.snapshot.lock().unwrap_or_else(|e| e.into_inner()).take()
     }
 
     /// Ends the task as `killed` at its next yield point.

@@ -31,6 +31,7 @@ mod cpu;
 mod engine;
 mod fs;
 mod limiter;
+pub mod migrate;
 mod output;
 mod run;
 mod scheduler;
@@ -144,6 +145,9 @@ pub struct RunRequest {
     /// Counts the guest's heartbeats (`wasmos:task/context.heartbeat`,
     /// `wasmos::heartbeat` for core modules) and progress reports.
     pub heartbeats: Option<std::sync::Arc<std::sync::atomic::AtomicU64>>,
+    /// Resume this captured run (a migratable core module) instead of
+    /// starting afresh.
+    pub resume: Option<std::sync::Arc<migrate::Snapshot>>,
     /// The run's CPU weight in milli-cpus (its `cpus` × 1000); 0 means one core.
     pub cpu_weight: u64,
 }

@@ -35,6 +35,8 @@ pub(crate) struct TaskData {
     pub(crate) progress: Option<Arc<std::sync::atomic::AtomicU32>>,
     /// Counts heartbeats (and progress reports) for a health check.
     pub(crate) heartbeats: Option<Arc<std::sync::atomic::AtomicU64>>,
+    /// Capture and resume of a migratable core module.
+    pub(crate) migration: crate::migrate::Migration,
     /// Where `context.log` lines go (the task's stderr).
     pub(crate) log_to: Option<Capture>,
     /// `host.log` lines of a scheduler callback, drained after each call.
@@ -82,8 +84,13 @@ impl Linkers {
         let mut core = wasmtime::Linker::new(engine);
         wasmtime_wasi::p1::add_to_linker_async(&mut core, p1_ctx)
             .map_err(|e| SandboxError::Config(format!("linking WASI preview1: {e:#}")))?;
-        core.func_wrap(WASMOS_CORE, "heartbeat", |c: wasmtime::Caller<'_, TaskData>| c.data().beat())
-            .map_err(|e| SandboxError::Config(format!("linking wasmos::heartbeat: {e:#}")))?;
+        core.func_wrap_async(WASMOS_CORE, "heartbeat", |mut c: wasmtime::Caller<'_, TaskData>, (): ()| {
+            Box::new(async move {
+                c.data().beat();
+                crate::migrate::safe_point(&mut c).await
+            })
+        })
+        .map_err(|e| SandboxError::Config(format!("linking wasmos::heartbeat: {e:#}")))?;
         let mut component = wasmtime::component::Linker::new(engine);
         wasmtime_wasi::p2::add_to_linker_async(&mut component)
             .map_err(|e| SandboxError::Config(format!("linking WASI preview2: {e:#}")))?;
@@ -297,6 +304,8 @@ enum Ended {
     InstantiateFailed(wasmtime::Error),
     Killed,
     TimedOut,
+    /// A migratable module unwound at a safe point (see `migrate.rs`).
+    Captured(Box<crate::migrate::Snapshot>),
 }
 
 pub(crate) async fn run(
@@ -414,6 +423,12 @@ pub(crate) async fn run(
             context: req.context.clone(),
             progress: req.progress.clone(),
             heartbeats: req.heartbeats.clone(),
+            migration: crate::migrate::Migration {
+                metered,
+                initial_fuel: limits.fuel.unwrap_or(UNLIMITED_FUEL),
+                wanted: Some(control.capture_flag()),
+                ..Default::default()
+            },
             log_to: Some(stderr.clone()),
             sched_logs: Vec::new(),
         },
@@ -424,7 +439,16 @@ pub(crate) async fn run(
         // Cannot fail: the metered lane counts fuel.
         let _ = store.set_fuel(initial_fuel);
     }
-    let clock = Arc::new(ActiveClock::start(limits.timeout));
+    // A resumed run: its output so far, and the time it used, carry over.
+    let (prior_wall, prior_cpu) = match &req.resume {
+        Some(s) => {
+            stdout.push_bytes(&s.stdout);
+            stderr.push_bytes(&s.stderr);
+            (s.wall_time, s.cpu_time)
+        }
+        None => Default::default(),
+    };
+    let clock = Arc::new(ActiveClock::start(limits.timeout.saturating_sub(prior_wall)));
     let cb_clock = clock.clone();
     let (cb_control, cb_acct) = (control.clone(), acct.clone());
     store.set_epoch_deadline(1);
@@ -442,7 +466,7 @@ pub(crate) async fn run(
     });
 
     let ended = {
-        let mut fut = Fair::new(execute(&mut store, pre, &req.input, &stdout), acct.clone());
+        let mut fut = Fair::new(execute(&mut store, pre, &req.input, &stdout, req.resume.as_deref()), acct.clone());
         let mut rx = control.subscribe();
         loop {
             let signal = *rx.borrow_and_update();
@@ -478,14 +502,26 @@ pub(crate) async fn run(
     drop(store);
     let (stdout, stdout_truncated) = stdout.take();
     let (stderr, stderr_truncated) = stderr.take();
+    let (wall_time, cpu_time) = (started.elapsed() + prior_wall, acct.total() + prior_cpu);
+    let ended = match ended {
+        Ended::Captured(mut snap) => {
+            snap.wall_time = wall_time;
+            snap.cpu_time = cpu_time;
+            snap.stdout = stdout.clone();
+            snap.stderr = stderr.clone();
+            control.put_snapshot(*snap);
+            Ended::Captured(Box::default())
+        }
+        other => other,
+    };
     let (kind, exit_code, message) = classify(ended, refused, limits);
     Outcome {
         kind,
         exit_code,
         fuel_consumed,
         peak_memory_bytes,
-        wall_time: started.elapsed(),
-        cpu_time: acct.total(),
+        wall_time,
+        cpu_time,
         fuel_metered: metered,
         stdout,
         stderr,
@@ -495,7 +531,13 @@ pub(crate) async fn run(
     }
 }
 
-async fn execute(store: &mut Store<TaskData>, pre: &Pre, input: &[u8], stdout: &Capture) -> Ended {
+async fn execute(
+    store: &mut Store<TaskData>,
+    pre: &Pre,
+    input: &[u8],
+    stdout: &Capture,
+    resume: Option<&crate::migrate::Snapshot>,
+) -> Ended {
     match pre {
         Pre::Core(pre) => {
             let instance = match pre.instantiate_async(&mut *store).await {
@@ -506,7 +548,20 @@ async fn execute(store: &mut Store<TaskData>, pre: &Pre, input: &[u8], stdout: &
                 Ok(f) => f,
                 Err(e) => return Ended::InstantiateFailed(e),
             };
-            Ended::Returned(start.call_async(&mut *store, ()).await.map(|()| 0))
+            if let Some(snap) = resume
+                && let Err(e) = crate::migrate::restore(&mut *store, &instance, snap).await
+            {
+                return Ended::InstantiateFailed(e.context("cannot resume the captured run"));
+            }
+            let r = start.call_async(&mut *store, ()).await;
+            if r.is_ok() {
+                match crate::migrate::captured(&mut *store, &instance).await {
+                    Ok(Some(snap)) => return Ended::Captured(Box::new(snap)),
+                    Ok(None) => {}
+                    Err(e) => return Ended::Returned(Err(e)),
+                }
+            }
+            Ended::Returned(r.map(|()| 0))
         }
         Pre::Component(pre) => {
             let command = match pre.instantiate_async(&mut *store).await {
@@ -554,6 +609,7 @@ fn classify(
     let timeout = wasmos_model::format_duration(limits.timeout);
     match ended {
         Ended::Killed => (Killed, None, Some("killed".into())),
+        Ended::Captured(_) => (Killed, None, Some("captured at a safe point, to resume elsewhere".into())),
         Ended::TimedOut => (TimedOut, None, Some(format!("timed out after {timeout} of running time"))),
         Ended::Returned(Ok(0)) => (Finished, Some(0), None),
         Ended::TaskError(msg) => (Failed, Some(1), Some(msg)),

@@ -147,6 +147,7 @@ impl Sandbox {
             context: crate::TaskContext::default(),
             progress: None,
             heartbeats: None,
+            migration: Default::default(),
             log_to: None,
             sched_logs: Vec::new(),
         };

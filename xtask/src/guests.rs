@@ -147,6 +147,10 @@ pub fn guests(root: &Path) -> Result<()> {
         .args(["--target=wasm32-wasi", "-O2", "-Wl,--strip-debug", "-o"])
         .arg(out.join("hello-c.wasm"))
         .arg(root.join("examples/tasks/hello-c/hello.c")))?;
+    run(Command::new("clang-16")
+        .args(["--target=wasm32-wasi", "-O2", "-Wl,--strip-debug", "-o"])
+        .arg(out.join("primes-c.wasm"))
+        .arg(root.join("examples/tasks/primes-c/primes.c")))?;
     languages::build(root, &out)?;
     let mut names: Vec<String> = std::fs::read_dir(&out)?
         .filter_map(Result::ok)

@@ -40,9 +40,10 @@ fn installed_rust_targets() -> Vec<String> {
         .unwrap_or_default()
 }
 
-/// Headless Chromium and its WebDriver (the dashboard test), and
-/// Prometheus for `promtool check metrics`.
-pub const DEBIAN_TEST_TOOLS: [&str; 3] = ["chromium", "chromium-driver", "prometheus"];
+/// Headless Chromium and its WebDriver (the dashboard test), Prometheus
+/// for `promtool check metrics`, and Binaryen's `wasm-opt` (asyncify, for
+/// `wasmos submit --migratable`).
+pub const DEBIAN_TEST_TOOLS: [&str; 4] = ["chromium", "chromium-driver", "prometheus", "binaryen"];
 
 /// `apt-get install` of the `packages` not installed yet (as root, else with
 /// `sudo -n`); nothing at all when every one is there.

@@ -227,3 +227,57 @@ fn service_replicas_move_off_a_draining_agent_before_the_old_ones_stop() {
     assert_eq!(ended.iter().filter(|t| t["agent_id"] == a.as_str()).count(), 2, "{ended:?}");
     assert!(ended.iter().all(|t| t["message"] != "killed at its agent's drain deadline"), "{ended:?}");
 }
+
+#[test]
+fn a_drain_with_migrate_moves_a_running_task_that_ends_as_an_undisturbed_run_would() {
+    let c = Cluster::start_with(&["--agents", "2"]);
+    wait_for("two agents", 60, || lines(&wasmos(&c, &["agents", "--json"])).len() == 2);
+    let agents: Vec<String> =
+        lines(&wasmos(&c, &["agents", "--json"])).iter().map(|a| a["agent_id"].as_str().unwrap().to_string()).collect();
+    let (a, b) = (&agents[0], &agents[1]);
+    assert!(wasmos(&c, &["agent", "eligibility", b, "off"]).status.success());
+    // primes-c (C, clang + wasi-libc) counts primes, calling the heartbeat
+    // every 10,000 numbers: its safe points.
+    let primes = crate::cluster::guest("primes-c");
+    let run = ["submit", "--migratable", "--meter-fuel", "--cpus", "1", "--mem", "16MiB"];
+    let o = wasmos(&c, &[&run[..], &["--wait", "--json", primes.to_str().unwrap(), "--", "3000000"]].concat());
+    assert!(o.status.success(), "{}", err(&o));
+    let reference = lines(&o).remove(0);
+    assert_eq!(reference["stdout"], "216816 primes below 3000000\n", "{reference}");
+    let fuel = reference["fuel_consumed"].as_u64().unwrap();
+
+    // The same, moved mid-run.
+    let o = wasmos(&c, &[&run[..], &[primes.to_str().unwrap(), "--", "3000000"]].concat());
+    assert!(o.status.success(), "{}", err(&o));
+    let id = String::from_utf8_lossy(&o.stdout).trim().to_string();
+    wait_for("it runs on a", 60, || {
+        let t = task(&c, &id);
+        t["state"] == "running" && t["agent_id"] == a.as_str()
+    });
+    std::thread::sleep(Duration::from_millis(500));
+    assert!(wasmos(&c, &["agent", "eligibility", b, "on"]).status.success());
+    let o = wasmos(&c, &["agent", "drain", a, "--migrate", "--deadline", "5m", "--detach"]);
+    assert!(o.status.success(), "{}", err(&o));
+    wait_for("it ends", 120, || task(&c, &id)["state"] == "finished");
+    let t = task(&c, &id);
+    assert_eq!((t["agent_id"].as_str(), t["attempt"].as_u64()), (Some(b.as_str()), Some(1)), "{t}");
+    let events = t["events"].as_array().unwrap();
+    assert!(events.iter().any(|e| e["state"] == "killed" && e["reason"] == "migrated"), "captured on a: {t}");
+    // Resumed on b, not started again: it came with the fuel it had used on a.
+    let resumed = events
+        .iter()
+        .find_map(|e| e["message"].as_str().filter(|m| m.starts_with("resumed from a capture")))
+        .unwrap_or_else(|| panic!("no resumed run: {t}"));
+    let before: u64 = resumed.split("fuel ").nth(1).unwrap().split(' ').next().unwrap().parse().unwrap();
+    assert!(before > 0 && before < fuel, "{resumed}");
+    let o = wasmos(&c, &["logs", &id]);
+    assert_eq!(String::from_utf8_lossy(&o.stdout), "216816 primes below 3000000\n");
+    // Same work, same fuel: what ran on a and on b adds up to the undisturbed run.
+    let listed = lines(&wasmos(&c, &["tasks", "--json"])).into_iter().find(|x| x["task_id"] == id.as_str()).unwrap();
+    assert_eq!(listed["fuel_consumed"].as_u64(), Some(fuel), "{listed}");
+    wait_for("a drained", 30, || {
+        lines(&wasmos(&c, &["agents", "--json"]))
+            .iter()
+            .any(|x| x["agent_id"] == a.as_str() && x["status"] == "drained")
+    });
+}

@@ -106,6 +106,7 @@ pub(crate) fn status_to_wire(s: &TaskStatus) -> v1::TaskStatus {
         outcome: s.outcome.as_deref().map(wasmos_proto::outcome_to_wire),
         attempt: s.attempt,
         healthy: s.healthy,
+        snapshot: Vec::new(),
     }
 }
 
@@ -122,6 +123,7 @@ fn refusal_to_wire(r: &Refusal) -> v1::TaskStatus {
         outcome: None,
         attempt: 0,
         healthy: None,
+        snapshot: Vec::new(),
     }
 }
 
@@ -142,6 +144,7 @@ pub(crate) fn status_from_agent(s: v1::TaskStatus) -> Option<TaskStatus> {
         // The master's record says which run it is.
         attempt: 0,
         healthy: s.healthy,
+        snapshot: (!s.snapshot.is_empty()).then(|| Arc::new(s.snapshot)),
     })
 }
 
@@ -190,6 +193,7 @@ pub(crate) fn command_to_wire(c: AgentCommand) -> v1::AgentCommand {
                     let mut w = wasmos_proto::spec_to_wire(&t.spec);
                     w.task_id = t.id.to_string();
                     w.attempt = t.attempt;
+                    w.resume = t.resume.as_deref().cloned().unwrap_or_default();
                     w
                 })
                 .collect(),
@@ -197,6 +201,7 @@ pub(crate) fn command_to_wire(c: AgentCommand) -> v1::AgentCommand {
         AgentCommand::Kill(t) => Command::Kill(Kill { task_id: t.to_string() }),
         AgentCommand::Pause(t) => Command::Pause(Pause { task_id: t.to_string() }),
         AgentCommand::Resume(t) => Command::Resume(Resume { task_id: t.to_string() }),
+        AgentCommand::Capture(t) => Command::Capture(v1::agent_command::Capture { task_id: t.to_string() }),
         AgentCommand::Tail { task, stderr, offset, max, request } => Command::Tail(v1::agent_command::Tail {
             task_id: task.to_string(),
             stderr,
@@ -224,6 +229,7 @@ pub(crate) fn agent_view_to_wire(a: &AgentView) -> v1::AgentSummary {
         mode: a.mode.as_str().to_string(),
         eligible: a.eligible,
         drain_deadline_ms: a.mode.deadline_ms().unwrap_or(0),
+        drain_migrate: a.mode.migrates(),
     }
 }
 

@@ -368,7 +368,7 @@ impl v1::operator_server::Operator for MasterHandle {
         let who = self.caller(&r, "agent_drain")?;
         let req = r.into_inner();
         let deadline = req.deadline_ms.map(std::time::Duration::from_millis);
-        let op = Maintenance::Drain { deadline, force: req.force };
+        let op = Maintenance::Drain { deadline, force: req.force, migrate: req.migrate };
         self.maintain(who, &req.agent_id, op).await
     }
 

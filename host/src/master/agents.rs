@@ -17,7 +17,7 @@ pub(crate) enum Mode {
     Active,
     /// No offers; its tasks run until the deadline (unix ms), when the rest
     /// are killed.
-    Draining { deadline_ms: Option<i64> },
+    Draining { deadline_ms: Option<i64>, migrate: bool },
     /// Drained: nothing runs there and nothing will until undrained.
     Drained,
 }
@@ -32,16 +32,19 @@ impl Mode {
     }
     pub fn parse(s: &str, deadline_ms: i64) -> Mode {
         match s {
-            "draining" => Mode::Draining { deadline_ms: (deadline_ms > 0).then_some(deadline_ms) },
+            "draining" => Mode::Draining { deadline_ms: (deadline_ms > 0).then_some(deadline_ms), migrate: false },
             "drained" => Mode::Drained,
             _ => Mode::Active,
         }
     }
     pub fn deadline_ms(self) -> Option<i64> {
         match self {
-            Mode::Draining { deadline_ms } => deadline_ms,
+            Mode::Draining { deadline_ms, .. } => deadline_ms,
             _ => None,
         }
+    }
+    pub fn migrates(self) -> bool {
+        matches!(self, Mode::Draining { migrate: true, .. })
     }
 }
 

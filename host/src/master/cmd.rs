@@ -130,9 +130,11 @@ pub(crate) enum Cmd {
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) enum Maintenance {
     /// Deadline from now (none: no deadline); force: the deadline is now.
+    /// migrate: capture migratable batch tasks and resume them elsewhere.
     Drain {
         deadline: Option<std::time::Duration>,
         force: bool,
+        migrate: bool,
     },
     Undrain,
     Eligible(bool),

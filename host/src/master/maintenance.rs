@@ -11,6 +11,7 @@
 //! survives a master restart.
 
 use std::collections::BTreeMap;
+use std::sync::Arc;
 use std::time::Duration;
 
 use wasmos_model::{AgentId, FrameworkId, TaskId, TaskState};
@@ -45,6 +46,7 @@ impl Master {
         id: &AgentId,
         deadline: Option<Duration>,
         force: bool,
+        migrate: bool,
     ) -> Result<AgentView, Error> {
         let now = now_ms();
         let deadline_ms = if force { Some(now) } else { deadline.map(|d| now.saturating_add(d.as_millis() as i64)) };
@@ -53,7 +55,7 @@ impl Master {
             return self.agent_view(id).ok_or_else(|| Error::internal("agent vanished"));
         }
         let first = !matches!(a.mode, Mode::Draining { .. });
-        a.mode = Mode::Draining { deadline_ms };
+        a.mode = Mode::Draining { deadline_ms, migrate };
         self.state.agents.touch(id);
         let _ = self.alloc.deactivate_agent(id);
         for o in self.state.offers.on_agent(id) {
@@ -97,6 +99,7 @@ impl Master {
         let offerable = a.offerable();
         self.state.agents.touch(id);
         self.drain_kills.retain(|_, agent| agent != id);
+        self.captures.retain(|_, agent| agent != id);
         if offerable {
             let _ = self.alloc.activate_agent(id);
             self.cycle_due = true;
@@ -166,7 +169,7 @@ impl Master {
 
     fn check_drain(&mut self, id: &AgentId) {
         let Some(a) = self.state.agents.get(id) else { return };
-        let Mode::Draining { deadline_ms } = a.mode else { return };
+        let Mode::Draining { deadline_ms, migrate } = a.mode else { return };
         if a.task_count() == 0 {
             let a = self.state.agents.get_mut(id).expect("present");
             a.mode = Mode::Drained;
@@ -174,6 +177,30 @@ impl Master {
             self.drain_kills.retain(|_, agent| agent != id);
             eprintln!("wasmos master: agent {id} is drained");
             return;
+        }
+        if migrate {
+            // Migratable batch tasks are captured at their next safe point
+            // (a heartbeat) and resumed elsewhere; others run to the deadline.
+            let running: Vec<TaskId> = a
+                .tasks()
+                .filter(|t| !self.captures.contains_key(*t))
+                .filter(|t| {
+                    self.state.tasks.get(t).is_some_and(|k| {
+                        k.spec.migratable && k.framework == self.batch_id && k.state() == TaskState::Running
+                    })
+                })
+                .cloned()
+                .collect();
+            for tid in running {
+                self.captures.insert(tid.clone(), id.clone());
+                self.state.tasks.log(
+                    &tid,
+                    TaskState::Running,
+                    "capture_requested",
+                    format!("agent {id} drains with migrate"),
+                );
+                self.effects.send_agent(id, AgentCommand::Capture(tid));
+            }
         }
         if deadline_ms.is_none_or(|d| now_ms() < d) {
             return;
@@ -188,15 +215,9 @@ impl Master {
                 continue;
             }
             self.drain_kills.insert(tid.clone(), id.clone());
-            if t.state() != TaskState::Killing {
-                if self.state.tasks.set_state(&tid, TaskState::Killing).is_ok() {
-                    self.state.tasks.log(
-                        &tid,
-                        TaskState::Killing,
-                        DRAIN_REASON,
-                        format!("agent {id} reached its drain deadline"),
-                    );
-                }
+            if t.state() != TaskState::Killing && self.state.tasks.set_state(&tid, TaskState::Killing).is_ok() {
+                let why = format!("agent {id} reached its drain deadline");
+                self.state.tasks.log(&tid, TaskState::Killing, DRAIN_REASON, why);
             }
             self.effects.send_agent(id, AgentCommand::Kill(tid));
         }
@@ -205,11 +226,17 @@ impl Master {
     /// A batch task killed at its agent's drain deadline goes back to the
     /// queue, this run not counted against its attempts. Returns whether it
     /// was requeued.
-    pub(super) fn requeue_drained(&mut self, tid: &TaskId) -> bool {
+    pub(super) fn requeue_drained(&mut self, tid: &TaskId, snapshot: Option<Arc<Vec<u8>>>) -> bool {
         let Some(b) = self.batch.tasks.get_mut(tid) else { return false };
         b.attempts = b.attempts.saturating_sub(1);
         self.state.tasks.unlaunch(tid);
-        self.state.tasks.requeue(tid, "its agent was drained; queued again (the attempt does not count)".into());
+        let why = if snapshot.is_some() {
+            "captured on its draining agent; queued to resume elsewhere (the attempt does not count)"
+        } else {
+            "its agent was drained; queued again (the attempt does not count)"
+        };
+        self.state.tasks.requeue(tid, why.into());
+        self.state.tasks.set_resume(tid, snapshot);
         self.batch.requeue(tid);
         self.revive_batch();
         true

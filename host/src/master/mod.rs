@@ -199,6 +199,8 @@ pub(crate) struct Master {
     outputs: HashMap<u64, (AgentId, TaskId, cmd::Reply<OutputView>, Instant)>,
     /// Tasks killed at their agent's drain deadline, and the agent.
     drain_kills: HashMap<TaskId, AgentId>,
+    /// Migratable tasks asked to capture (a drain with migrate), and the agent.
+    captures: HashMap<TaskId, AgentId>,
     /// The latest full count of tasks by state (see `stats.rs`).
     counts_cache: std::cell::RefCell<Option<(Instant, std::collections::BTreeMap<wasmos_model::TaskState, u64>)>>,
     next_output: u64,
@@ -238,6 +240,7 @@ impl Master {
             roles: Roles::default(),
             recovery: Recovery::default(),
             drain_kills: HashMap::new(),
+            captures: HashMap::new(),
             artifacts,
             effects: Effects::new(watch),
             metrics: Metrics { prom: prom.clone(), ..Metrics::default() },
@@ -496,7 +499,7 @@ impl Master {
             }
             Cmd::Maintain(id, op, reply) => {
                 let r = match op {
-                    Maintenance::Drain { deadline, force } => self.drain_agent(&id, deadline, force),
+                    Maintenance::Drain { deadline, force, migrate } => self.drain_agent(&id, deadline, force, migrate),
                     Maintenance::Undrain => self.undrain_agent(&id),
                     Maintenance::Eligible(on) => self.set_eligibility(&id, on),
                     Maintenance::MarkGone => self.mark_gone(&id),

@@ -192,7 +192,8 @@ impl Master {
                     self.metrics.prom.tasks_launched.inc();
                     self.recovery.adoptable.remove(&id);
                     self.state.frameworks.add_task(fw, &id);
-                    launch.push(LaunchTask { id, spec, attempt });
+                    let resume = self.state.tasks.take_resume(&id);
+                    launch.push(LaunchTask { id, spec, attempt, resume });
                 }
             }
         }

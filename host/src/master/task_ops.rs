@@ -65,6 +65,11 @@ impl Master {
             );
             return;
         }
+        // Captured on a draining agent: it resumes elsewhere.
+        let captured = st.state.is_terminal() && self.captures.remove(&tid).is_some();
+        if !(captured && st.state == TaskState::Killed && st.reason == "migrated" && st.snapshot.is_some()) {
+            st.snapshot = None;
+        }
         // Killed at its agent's drain deadline (not ended on its own first).
         if st.state.is_terminal() && self.drain_kills.remove(&tid).is_some() && st.state == TaskState::Killed {
             st.reason = super::maintenance::DRAIN_REASON.into();
@@ -139,7 +144,9 @@ impl Master {
                 if !st.state.is_terminal() {
                     return;
                 }
-                if st.reason == super::maintenance::DRAIN_REASON && self.requeue_drained(&tid) {
+                if (st.reason == super::maintenance::DRAIN_REASON || st.snapshot.is_some())
+                    && self.requeue_drained(&tid, st.snapshot.clone())
+                {
                     return;
                 }
                 // Lost tasks come back to the queue while attempts remain.

@@ -63,6 +63,9 @@ pub(crate) struct Task {
     pub usage: Option<super::types::Usage>,
     /// Tasks with a health check: the latest verdict and what it said.
     pub health: Option<Box<(bool, String)>>,
+    /// A captured run its next launch resumes (in memory only: after a
+    /// master restart the task starts afresh).
+    resume: Option<Arc<Vec<u8>>>,
 }
 
 /// Most events kept per task: the first, and the latest after it.
@@ -126,6 +129,7 @@ impl Task {
             events: Vec::new(),
             usage: None,
             health: None,
+            resume: None,
         }
     }
 
@@ -152,6 +156,7 @@ impl Task {
             events: v.events,
             usage: None,
             health: v.health.map(Box::new),
+            resume: None,
         }
     }
 
@@ -392,6 +397,16 @@ impl Tasks {
         t.attempt += 1;
         self.changed.insert(id.clone());
         Some(Launch { task_id: id.to_string(), spec: t.spec.clone(), resources_error: None, signature: String::new() })
+    }
+
+    /// The captured run the next launch resumes.
+    pub fn set_resume(&mut self, id: &TaskId, snapshot: Option<Arc<Vec<u8>>>) {
+        if let Some(t) = self.map.get_mut(id) {
+            t.resume = snapshot;
+        }
+    }
+    pub fn take_resume(&mut self, id: &TaskId) -> Option<Arc<Vec<u8>>> {
+        self.map.get_mut(id).and_then(|t| t.resume.take())
     }
 
     /// Takes back the attempt its latest launch counted (a run killed by a

@@ -69,6 +69,8 @@ pub(crate) struct TaskStatus {
     /// A health check's verdict (RUNNING updates of a checked task, and the
     /// end of one its check killed).
     pub healthy: Option<bool>,
+    /// KILLED, reason "migrated": the encoded snapshot to resume it from.
+    pub snapshot: Option<Arc<Vec<u8>>>,
 }
 
 impl TaskStatus {
@@ -93,6 +95,7 @@ impl TaskStatus {
             outcome: None,
             attempt: 0,
             healthy: None,
+            snapshot: None,
         }
     }
 }
@@ -153,6 +156,8 @@ pub(crate) enum AgentCommand {
     Kill(TaskId),
     Pause(TaskId),
     Resume(TaskId),
+    /// Capture a migratable task at its next safe point.
+    Capture(TaskId),
     /// Send a running task's output (see [`OutputView`]).
     Tail {
         task: TaskId,
@@ -212,6 +217,8 @@ pub(crate) struct LaunchTask {
     pub id: TaskId,
     pub spec: Arc<TaskSpec>,
     pub attempt: u32,
+    /// A captured run to resume (an encoded snapshot).
+    pub resume: Option<Arc<Vec<u8>>>,
 }
 
 /// What `Watch` streams to operators.

@@ -293,7 +293,12 @@ impl Registry for Redb {
                     id,
                     info,
                     registered_at_ms: a.registered_at_ms,
-                    mode: crate::master::agents::Mode::parse(&a.mode, a.drain_deadline_ms),
+                    mode: match crate::master::agents::Mode::parse(&a.mode, a.drain_deadline_ms) {
+                        crate::master::agents::Mode::Draining { deadline_ms, .. } => {
+                            crate::master::agents::Mode::Draining { deadline_ms, migrate: a.drain_migrate }
+                        }
+                        m => m,
+                    },
                     eligible: !a.ineligible,
                 }),
                 _ => skip("agent", &a.agent_id, "bad id or resources"),
@@ -468,6 +473,7 @@ impl Registry for Redb {
                             mode: a.mode.as_str().to_string(),
                             ineligible: !a.eligible,
                             drain_deadline_ms: a.mode.deadline_ms().unwrap_or(0),
+                            drain_migrate: a.mode.migrates(),
                         })
                     });
                     (id.to_string(), rec)

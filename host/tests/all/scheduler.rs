@@ -490,7 +490,7 @@ async fn a_remote_framework_is_told_of_a_drain_and_gets_no_offers_from_a_drainin
         .into_inner()
         .secret;
     let ch = Target { url: c.url.clone(), ca_pem: None, identity: None, token: Some(viewer) }.connect().await.unwrap();
-    let req = v1::DrainAgentRequest { agent_id: x.clone(), deadline_ms: Some(3_600_000), force: false };
+    let req = v1::DrainAgentRequest { agent_id: x.clone(), deadline_ms: Some(3_600_000), ..Default::default() };
     let denied = v1::operator_client::OperatorClient::new(ch).drain_agent(req.clone()).await.unwrap_err();
     assert_eq!(denied.code(), tonic::Code::PermissionDenied, "{denied:?}");
     let bad =
@@ -563,7 +563,7 @@ async fn a_remote_framework_is_told_of_a_drain_and_gets_no_offers_from_a_drainin
     // Force: the deadline is now; the remote framework's task is killed.
     let a = c
         .operator()
-        .drain_agent(v1::DrainAgentRequest { agent_id: x.clone(), deadline_ms: None, force: true })
+        .drain_agent(v1::DrainAgentRequest { agent_id: x.clone(), force: true, ..Default::default() })
         .await
         .unwrap()
         .into_inner();
