@@ -390,21 +390,7 @@ fn cpu_shares_hold_on_an_agent_and_tasks_past_its_slots_are_starting() {
     // An agent of 2 cores with 4 sandbox slots.
     let c = Cluster::start_with(&["--max-tasks", "4"]);
     let dir = tempfile::tempdir().unwrap();
-    let sleep = wat_file(
-        dir.path(),
-        "sleep",
-        r#"(module
-          (import "wasi_snapshot_preview1" "poll_oneoff" (func $poll (param i32 i32 i32 i32) (result i32)))
-          (memory (export "memory") 1)
-          (func (export "_start")
-            (i64.store (i32.const 104) (i64.const 1))
-            (i32.store8 (i32.const 112) (i32.const 0))
-            (i32.store (i32.const 120) (i32.const 1))
-            (i64.store (i32.const 128) (i64.const 6000000000))
-            (i64.store (i32.const 136) (i64.const 0))
-            (i32.store16 (i32.const 144) (i32.const 0))
-            (drop (call $poll (i32.const 104) (i32.const 200) (i32.const 1) (i32.const 300)))))"#,
-    );
+    let sleep = wat_file(dir.path(), "sleep", &crate::maintenance::sleeper(6));
     let spin =
         wat_file(dir.path(), "spin", r#"(module (memory (export "memory") 1) (func (export "_start") (loop (br 0))))"#);
 

@@ -43,6 +43,25 @@ pub(crate) fn sleeper(secs: u64) -> String {
     format!(r#"(module {SLEEP_FN} (func (export "_start") (call $sleep (i64.const {}))))"#, secs * 1_000_000_000)
 }
 
+/// Deploys the service example framework as `svc` in role web.
+fn deploy_service(c: &Cluster, config: &str) {
+    let svc = crate::cluster::guest("service");
+    let o = wasmos(
+        c,
+        &["framework", "deploy", "--name", "svc", "--role", "web", "--config", config, svc.to_str().unwrap()],
+    );
+    assert!(o.status.success(), "{}", err(&o));
+}
+
+/// `wasmos dev --agents 2`, both registered: the cluster and the agents' ids.
+fn two_agents() -> (Cluster, String, String) {
+    let c = Cluster::start_with(&["--agents", "2"]);
+    wait_for("two agents", 60, || lines(&wasmos(&c, &["agents", "--json"])).len() == 2);
+    let ids: Vec<String> =
+        lines(&wasmos(&c, &["agents", "--json"])).iter().map(|a| a["agent_id"].as_str().unwrap().to_string()).collect();
+    (c, ids[0].clone(), ids[1].clone())
+}
+
 fn task(c: &Cluster, id: &str) -> serde_json::Value {
     lines(&wasmos(c, &["task", id, "--json"])).remove(0)
 }
@@ -130,22 +149,7 @@ fn health_checks_kill_what_stops_heartbeating_or_fails_its_probe_and_the_service
     );
 
     // The service framework restarts a replica its health check killed.
-    let svc = crate::cluster::guest("service");
-    let o = wasmos(
-        &c,
-        &[
-            "framework",
-            "deploy",
-            "--name",
-            "svc",
-            "--role",
-            "web",
-            "--config",
-            "replicas=1,backoff_ms=50",
-            svc.to_str().unwrap(),
-        ],
-    );
-    assert!(o.status.success(), "{}", err(&o));
+    deploy_service(&c, "replicas=1,backoff_ms=50");
     let o = wasmos(
         &c,
         &[&["submit", "--framework", "svc", "--cpus", "0.1", "--mem", "8MiB"][..], &hb[..], &[p(&stops).as_str()]]
@@ -162,33 +166,15 @@ fn health_checks_kill_what_stops_heartbeating_or_fails_its_probe_and_the_service
 
 #[test]
 fn service_replicas_move_off_a_draining_agent_before_the_old_ones_stop() {
-    let c = Cluster::start_with(&["--agents", "2"]);
-    wait_for("two agents", 60, || lines(&wasmos(&c, &["agents", "--json"])).len() == 2);
-    let agents: Vec<String> =
-        lines(&wasmos(&c, &["agents", "--json"])).iter().map(|a| a["agent_id"].as_str().unwrap().to_string()).collect();
-    let (a, b) = (&agents[0], &agents[1]);
+    let (c, a, b) = two_agents();
+    let (a, b) = (&a, &b);
     // Both replicas on a: b takes no offers for now.
     let o = wasmos(&c, &["agent", "eligibility", b, "off"]);
     assert!(o.status.success(), "{}", err(&o));
     assert!(String::from_utf8_lossy(&o.stdout).contains("(ineligible)"), "{o:?}");
     let dir = tempfile::tempdir().unwrap();
     let long = wat_file(dir.path(), "long", &sleeper(120));
-    let svc = crate::cluster::guest("service");
-    let o = wasmos(
-        &c,
-        &[
-            "framework",
-            "deploy",
-            "--name",
-            "svc",
-            "--role",
-            "web",
-            "--config",
-            "replicas=2,max_parallel=1",
-            svc.to_str().unwrap(),
-        ],
-    );
-    assert!(o.status.success(), "{}", err(&o));
+    deploy_service(&c, "replicas=2,max_parallel=1");
     let o = wasmos(&c, &["submit", "--framework", "svc", "--cpus", "0.1", "--mem", "8MiB", long.to_str().unwrap()]);
     assert!(o.status.success(), "{}", err(&o));
     let running_on = |agent: &str| {
@@ -230,11 +216,8 @@ fn service_replicas_move_off_a_draining_agent_before_the_old_ones_stop() {
 
 #[test]
 fn a_drain_with_migrate_moves_a_running_task_that_ends_as_an_undisturbed_run_would() {
-    let c = Cluster::start_with(&["--agents", "2"]);
-    wait_for("two agents", 60, || lines(&wasmos(&c, &["agents", "--json"])).len() == 2);
-    let agents: Vec<String> =
-        lines(&wasmos(&c, &["agents", "--json"])).iter().map(|a| a["agent_id"].as_str().unwrap().to_string()).collect();
-    let (a, b) = (&agents[0], &agents[1]);
+    let (c, a, b) = two_agents();
+    let (a, b) = (&a, &b);
     assert!(wasmos(&c, &["agent", "eligibility", b, "off"]).status.success());
     // primes-c (C, clang + wasi-libc) counts primes, calling the heartbeat
     // every 10,000 numbers: its safe points.

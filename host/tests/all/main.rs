@@ -193,5 +193,7 @@ pub fn spec(id: &str, sha: &str, res: &str) -> v1::TaskSpec {
         attempt: 0,
         signature: String::new(),
         health: None,
+        migratable: false,
+        resume: Vec::new(),
     }
 }

@@ -80,6 +80,20 @@ impl Framework {
         .unwrap();
     }
 
+    /// Declines (with no filter) the offers of the next event if it is
+    /// offers within `wait`; returns the agents they named.
+    pub async fn decline_offers_within(&mut self, wait: Duration) -> Vec<String> {
+        let Ok(E::Offers(o)) = tokio::time::timeout(wait, self.next()).await else { return Vec::new() };
+        for o in &o.offers {
+            let decline = v1::call::Decline {
+                offer_ids: vec![o.offer_id.clone()],
+                filters: Some(v1::Filters { refuse_seconds: Some(0.0) }),
+            };
+            self.call(v1::call::Call::Decline(decline)).await.unwrap();
+        }
+        o.offers.into_iter().map(|o| o.agent_id).collect()
+    }
+
     pub async fn ack(&mut self, st: &v1::TaskStatus) {
         if !st.uuid.is_empty() {
             self.call(v1::call::Call::Acknowledge(v1::call::Acknowledge {
@@ -515,17 +529,7 @@ async fn a_remote_framework_is_told_of_a_drain_and_gets_no_offers_from_a_drainin
     fw.call(v1::call::Call::Revive(v1::call::Revive {})).await.unwrap();
     let until = tokio::time::Instant::now() + Duration::from_secs(2);
     while tokio::time::Instant::now() < until {
-        if let Ok(E::Offers(o)) = tokio::time::timeout(Duration::from_millis(200), fw.next()).await {
-            offered_x_after |= o.offers.iter().any(|o| o.agent_id == x);
-            for o in &o.offers {
-                fw.call(v1::call::Call::Decline(v1::call::Decline {
-                    offer_ids: vec![o.offer_id.clone()],
-                    filters: Some(v1::Filters { refuse_seconds: Some(0.0) }),
-                }))
-                .await
-                .unwrap();
-            }
-        }
+        offered_x_after |= fw.decline_offers_within(Duration::from_millis(200)).await.contains(&x);
     }
     assert!(!offered_x_after, "a draining agent is offered to no one");
     assert_eq!(c.task("d-1").await.state, v1::TaskState::TaskRunning as i32, "no deadline yet: it runs on");
@@ -535,17 +539,7 @@ async fn a_remote_framework_is_told_of_a_drain_and_gets_no_offers_from_a_drainin
     assert_eq!(a.mode, "active");
     let mut back = false;
     for _ in 0..50 {
-        if let Ok(E::Offers(o)) = tokio::time::timeout(Duration::from_millis(200), fw.next()).await {
-            back |= o.offers.iter().any(|o| o.agent_id == x);
-            for o in &o.offers {
-                fw.call(v1::call::Call::Decline(v1::call::Decline {
-                    offer_ids: vec![o.offer_id.clone()],
-                    filters: Some(v1::Filters { refuse_seconds: Some(0.0) }),
-                }))
-                .await
-                .unwrap();
-            }
-        }
+        back |= fw.decline_offers_within(Duration::from_millis(200)).await.contains(&x);
         if back {
             break;
         }
