@@ -57,8 +57,23 @@ pub(crate) async fn watch(agent: &Arc<Agent>, id: &str, fw: &str, w: Watch, cont
                 last = now;
                 (ok, if ok { "heartbeat".to_string() } else { format!("no heartbeat in {:?}", c.interval) })
             }
-            HealthKind::Probe { module_sha256, args } => probe(agent, id, module_sha256, args, c, w.dir.as_ref()).await,
+            HealthKind::Probe { module_sha256, args } => {
+                // The timeout bounds the whole probe, its wait for a
+                // sandbox slot included.
+                let run = probe(agent, id, module_sha256, args, c, w.dir.as_ref());
+                match tokio::time::timeout(c.timeout, run).await {
+                    Ok(r) => r,
+                    Err(_) => (
+                        false,
+                        format!("probe did not finish within {:?} (waiting for a sandbox slot counts)", c.timeout),
+                    ),
+                }
+            }
         };
+        if control.signal() == Signal::Pause {
+            // Paused while it was checked: no verdict.
+            continue;
+        }
         if ok {
             failures = 0;
             if healthy != Some(true) {

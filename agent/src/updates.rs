@@ -116,8 +116,19 @@ impl Updates {
     }
 
     /// The first `max` updates of the queue.
+    /// The oldest updates, at most `max` and `UPDATE_BATCH_BYTES` (at least one).
     fn front(&self, max: usize) -> Vec<v1::TaskStatus> {
-        self.lock().iter().take(max).cloned().collect()
+        let q = self.lock();
+        let mut bytes = 0;
+        let mut out = Vec::new();
+        for u in q.iter().take(max) {
+            bytes += wasmos_proto::encoded_len(u);
+            if !out.is_empty() && bytes > UPDATE_BATCH_BYTES {
+                break;
+            }
+            out.push(u.clone());
+        }
+        out
     }
 
     /// Drops the acknowledged updates among the first `sent` and returns
@@ -147,6 +158,10 @@ impl Updates {
         left
     }
 }
+
+/// Most bytes of updates in one Update call (outputs and snapshots make
+/// some updates large; the master takes up to `MAX_MESSAGE_BYTES`).
+const UPDATE_BATCH_BYTES: usize = 4 << 20;
 
 /// Sends the queued updates in batches (at most `update_batch` per Update
 /// call) until the agent stops; an update leaves the queue only once the

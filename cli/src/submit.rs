@@ -75,7 +75,7 @@ pub struct SubmitArgs {
     /// module (a WASI preview1 command that calls the `wasmos` `heartbeat`
     /// import) gets Binaryen's asyncify, which needs `wasm-opt` here; at a
     /// heartbeat its run can be captured and resumed on another agent.
-    #[arg(long, conflicts_with_all = ["input", "framework"])]
+    #[arg(long, conflicts_with_all = ["input", "framework", "health_probe"])]
     pub migratable: bool,
     /// Wait for every task to end, then print the outcomes.
     #[arg(long)]
@@ -316,6 +316,15 @@ struct Final {
     state: i32,
     outcome: Option<v1::Outcome>,
     message: String,
+    /// The master may have queued it again: LOST, or ended by a drain.
+    requeued: bool,
+}
+
+/// Whether an end may be followed by another run of the same task: LOST
+/// (retried), or killed or captured by a drain (queued elsewhere).
+fn requeues(reason: &str, state: i32) -> bool {
+    state == v1::TaskState::TaskLost as i32
+        || (state == v1::TaskState::TaskKilled as i32 && (reason == "agent_drained" || reason == "migrated"))
 }
 
 fn ended(state: i32) -> bool {
@@ -372,6 +381,7 @@ async fn wait(
                                     state: st.state,
                                     outcome: st.outcome,
                                     message: st.message,
+                                    requeued: requeues(&st.reason, st.state),
                                 };
                                 finals.insert(st.task_id, f);
                             } else {
@@ -403,7 +413,13 @@ async fn wait(
                     if let Ok(t) = t.map(|t| t.into_inner())
                         && ended(t.state)
                     {
-                        let f = Final { agent_id: t.agent_id, state: t.state, outcome: t.outcome, message: t.message };
+                        let f = Final {
+                            agent_id: t.agent_id,
+                            state: t.state,
+                            outcome: t.outcome,
+                            message: t.message,
+                            requeued: t.state == v1::TaskState::TaskLost as i32,
+                        };
                         finals.insert(id, f);
                     }
                 }
@@ -415,13 +431,9 @@ async fn wait(
                 last_draw = Instant::now();
             }
         }
-        // A LOST task is final only if the master still has it ended (not
-        // queued again for another attempt).
-        let lost: Vec<String> = finals
-            .iter()
-            .filter(|(_, f)| f.state == v1::TaskState::TaskLost as i32)
-            .map(|(id, _)| id.clone())
-            .collect();
+        // A LOST task, or one killed or captured by a drain, is final only
+        // if the master still has it ended (not queued again).
+        let lost: Vec<String> = finals.iter().filter(|(_, f)| f.requeued).map(|(id, _)| id.clone()).collect();
         let mut again = false;
         for id in lost {
             if let Ok(t) = op.get_task(v1::GetTaskRequest { task_id: id.clone() }).await.map(|t| t.into_inner())

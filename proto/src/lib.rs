@@ -19,6 +19,11 @@ pub trait Wire: prost::Message + Default {}
 impl<M: prost::Message + Default> Wire for M {}
 
 /// Decodes a wire message; `None` if the bytes are not one.
+/// Bytes `m` takes on the wire.
+pub fn encoded_len<M: prost::Message>(m: &M) -> usize {
+    m.encoded_len()
+}
+
 pub fn decode<M: prost::Message + Default>(b: &[u8]) -> Option<M> {
     M::decode(b).ok()
 }

@@ -26,8 +26,13 @@ use crate::run::TaskData;
 
 /// The prefix of the exports that name a migratable module's globals.
 pub const GLOBAL_EXPORT: &str = "__wasmos_global_";
-/// Bytes of the buffer asyncify saves the stack in (one page).
-const BUFFER: u32 = 65536;
+/// Bytes of the buffer asyncify saves the stack in (four pages).
+const BUFFER: u32 = 4 * 65536;
+/// The largest memory a run may have to be captured: its snapshot travels
+/// in one status update and one launch (`MAX_MESSAGE_BYTES` is 16 MiB, and
+/// output rides along). A larger run is not captured and runs to the
+/// drain's deadline.
+pub const MAX_SNAPSHOT_MEMORY: u64 = 8 << 20;
 
 /// A captured run.
 #[derive(Debug, Clone, PartialEq, Default)]
@@ -97,12 +102,17 @@ pub(crate) async fn safe_point(caller: &mut Caller<'_, TaskData>) -> wasmtime::R
     let Some(start) = func::<i32, ()>(caller, "asyncify_start_unwind") else { return Ok(()) };
     let Some(mem) = caller.get_export("memory").and_then(|e| e.into_memory()) else { return Ok(()) };
     let fuel = if metered { initial.saturating_sub(caller.get_fuel().unwrap_or(initial)) } else { 0 };
-    // The buffer: a page of its own at the end of memory (the program's
-    // allocator grows past it).
-    let Ok(pages) = mem.grow(&mut *caller, 1) else { return Ok(()) };
-    let Ok(ptr) = u32::try_from(pages * 65536) else { return Ok(()) };
+    if mem.data_size(&*caller) as u64 + BUFFER as u64 > MAX_SNAPSHOT_MEMORY {
+        return Ok(());
+    }
+    // The buffer: pages of its own at the end of memory (the program's
+    // allocator grows past them).
+    let Ok(pages) = mem.grow(&mut *caller, (BUFFER / 65536) as u64) else { return Ok(()) };
+    let Some((ptr, end)) = u32::try_from(pages * 65536).ok().and_then(|p| Some((p, p.checked_add(BUFFER)?))) else {
+        return Ok(());
+    };
     mem.write(&mut *caller, ptr as usize, &(ptr + 8).to_le_bytes())?;
-    mem.write(&mut *caller, ptr as usize + 4, &(ptr + BUFFER).to_le_bytes())?;
+    mem.write(&mut *caller, ptr as usize + 4, &end.to_le_bytes())?;
     let m = &mut caller.data_mut().migration;
     m.unwinding = Some(ptr);
     m.captured_fuel = fuel;

@@ -280,6 +280,14 @@ fn a_drain_survives_a_master_kill_9_and_requeues_what_is_left_at_the_deadline() 
     }
     wait_for("a drained", Duration::from_secs(30), || agent_status(&a_id).is_some_and(|s| s == "drained"));
 
+    // Switched off for maintenance and back: it comes back drained, not
+    // offered to anyone until undrained.
+    a.0.kill().unwrap();
+    a.0.wait().unwrap();
+    wait_for("a silent and removed", Duration::from_secs(30), || agent_status(&a_id).is_none());
+    a = agent(&url, &tmp.path().join("agent"));
+    wait_for("a back, still drained", Duration::from_secs(60), || agent_status(&a_id).is_some_and(|s| s == "drained"));
+
     let o = cli(&url, &["agent", "drain", &a_id, "--mark-gone"]);
     assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
     assert!(String::from_utf8_lossy(&o.stdout).contains("is gone for good"), "{o:?}");

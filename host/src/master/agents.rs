@@ -110,6 +110,10 @@ impl Agent {
 pub(crate) struct Agents {
     map: HashMap<AgentId, Agent>,
     changed: HashSet<AgentId>,
+    /// Agents not registered now whose mode or eligibility must outlive
+    /// them (drained and switched off for maintenance, ineligible): their
+    /// records stay in the registry and apply when they register again.
+    parked: HashMap<AgentId, crate::registry::AgentRecord>,
 }
 
 impl Agents {
@@ -127,12 +131,38 @@ impl Agents {
     }
     pub fn insert(&mut self, id: AgentId, a: Agent) {
         self.changed.insert(id.clone());
+        self.parked.remove(&id);
         self.map.insert(id, a);
     }
-    /// Removes a silent agent (its record stays until it expires).
+    /// Removes a silent agent (its record stays until it expires, or for
+    /// good while it is not plain active: it is parked).
     pub fn remove(&mut self, id: &AgentId) -> Option<Agent> {
         self.changed.insert(id.clone());
-        self.map.remove(id)
+        let a = self.map.remove(id)?;
+        if !a.offerable() {
+            self.park(crate::registry::AgentRecord {
+                id: id.clone(),
+                info: a.info.clone(),
+                registered_at_ms: a.registered_at_ms,
+                mode: a.mode,
+                eligible: a.eligible,
+            });
+        }
+        Some(a)
+    }
+    /// Keeps the record of an agent that is not registered (see `parked`).
+    pub fn park(&mut self, rec: crate::registry::AgentRecord) {
+        self.parked.insert(rec.id.clone(), rec);
+    }
+    pub fn parked(&self, id: &AgentId) -> Option<&crate::registry::AgentRecord> {
+        self.parked.get(id)
+    }
+    /// Forgets a parked record (the agent registers, or is active again, or
+    /// gone): its registry record goes with the next commit unless the
+    /// agent is in the table.
+    pub fn unpark(&mut self, id: &AgentId) -> Option<crate::registry::AgentRecord> {
+        self.changed.insert(id.clone());
+        self.parked.remove(id)
     }
     /// Marks an agent's record to be written again (or dropped, if the agent
     /// is not in the table).
@@ -197,9 +227,9 @@ impl Master {
         let mut agent = Agent::new(req.info);
         // A drain or eligibility set before a master restart or before the
         // agent went silent holds.
-        if let Some((mode, eligible)) = self.recovery.modes.remove(&id) {
-            agent.mode = mode;
-            agent.eligible = eligible;
+        if let Some(rec) = self.state.agents.unpark(&id) {
+            agent.mode = rec.mode;
+            agent.eligible = rec.eligible;
             if !agent.offerable() {
                 let _ = self.alloc.deactivate_agent(&id);
             }
@@ -299,9 +329,6 @@ impl Master {
             self.rescind(&o);
         }
         let Some(agent) = self.state.agents.remove(id) else { return };
-        if !agent.offerable() {
-            self.recovery.modes.insert(id.clone(), (agent.mode, agent.eligible));
-        }
         for t in agent.tasks {
             // The agent's resources leave with it.
             let Some(task) = self.state.tasks.get(&t) else { continue };

@@ -11,7 +11,6 @@
 //! survives a master restart.
 
 use std::collections::BTreeMap;
-use std::sync::Arc;
 use std::time::Duration;
 
 use wasmos_model::{AgentId, FrameworkId, TaskId, TaskState};
@@ -28,7 +27,12 @@ pub(crate) const DRAIN_REASON: &str = "agent_drained";
 impl Master {
     fn maintained(&mut self, id: &AgentId) -> Result<&mut super::agents::Agent, Error> {
         if !self.state.agents.contains(id) {
-            return Err(if self.recovery.recovering.contains_key(id) {
+            return Err(if let Some(r) = self.state.agents.parked(id) {
+                Error::unavailable(format!(
+                    "agent {id} is not connected; it stays {} until it comes back (undrain, eligibility and, once drained, mark-gone work meanwhile)",
+                    if r.eligible { r.mode.as_str() } else { "ineligible" }
+                ))
+            } else if self.recovery.recovering.contains_key(id) {
                 Error::unavailable(format!(
                     "agent {id} has not reregistered since it went silent or the master restarted; try again once `wasmos agents` lists it"
                 ))
@@ -49,7 +53,11 @@ impl Master {
         migrate: bool,
     ) -> Result<AgentView, Error> {
         let now = now_ms();
-        let deadline_ms = if force { Some(now) } else { deadline.map(|d| now.saturating_add(d.as_millis() as i64)) };
+        let deadline_ms = if force {
+            Some(now)
+        } else {
+            deadline.map(|d| now.saturating_add(i64::try_from(d.as_millis()).unwrap_or(i64::MAX)))
+        };
         let a = self.maintained(id)?;
         if a.mode == Mode::Drained && !force {
             return self.agent_view(id).ok_or_else(|| Error::internal("agent vanished"));
@@ -92,14 +100,45 @@ impl Master {
         }
     }
 
+    /// A maintenance command on an agent that is not registered but parked
+    /// (drained, then switched off): its record changes, and applies when it
+    /// registers again. `None`: it is not parked.
+    fn on_parked(&mut self, id: &AgentId, change: impl FnOnce(&mut crate::registry::AgentRecord)) -> Option<AgentView> {
+        let mut rec = self.state.agents.unpark(id)?;
+        change(&mut rec);
+        let view = AgentView {
+            agent_id: id.clone(),
+            info: rec.info.clone(),
+            allocated: None,
+            status: if rec.mode == Mode::Active && rec.eligible { "active" } else { rec.mode.as_str() },
+            running_tasks: 0,
+            registered_at_ms: rec.registered_at_ms,
+            mem_used: 0,
+            tasks_live: 0,
+            tasks_starting: 0,
+            slots_in_use: 0,
+            cpu_waiting: 0,
+            mode: rec.mode,
+            eligible: rec.eligible,
+        };
+        if rec.mode != Mode::Active || !rec.eligible {
+            self.state.agents.park(rec);
+        }
+        Some(view)
+    }
+
     /// `wasmos agent undrain`: active again (offers resume if eligible).
     pub(super) fn undrain_agent(&mut self, id: &AgentId) -> Result<AgentView, Error> {
+        if !self.state.agents.contains(id)
+            && let Some(v) = self.on_parked(id, |r| r.mode = Mode::Active)
+        {
+            return Ok(v);
+        }
         let a = self.maintained(id)?;
         a.mode = Mode::Active;
         let offerable = a.offerable();
         self.state.agents.touch(id);
-        self.drain_kills.retain(|_, agent| agent != id);
-        self.captures.retain(|_, agent| agent != id);
+        // Kills and captures already sent stand: their ends requeue as usual.
         if offerable {
             let _ = self.alloc.activate_agent(id);
             self.cycle_due = true;
@@ -111,6 +150,11 @@ impl Master {
     /// `wasmos agent eligibility ID on|off`: an ineligible agent gets no new
     /// offers (outstanding ones are rescinded); its tasks go on running.
     pub(super) fn set_eligibility(&mut self, id: &AgentId, eligible: bool) -> Result<AgentView, Error> {
+        if !self.state.agents.contains(id)
+            && let Some(v) = self.on_parked(id, |r| r.eligible = eligible)
+        {
+            return Ok(v);
+        }
         let a = self.maintained(id)?;
         a.eligible = eligible;
         let offerable = a.offerable();
@@ -130,6 +174,15 @@ impl Master {
     /// `wasmos agent drain --mark-gone`: a drained agent leaves for good;
     /// its identity is revoked, so it can never come back under its id.
     pub(super) fn mark_gone(&mut self, id: &AgentId) -> Result<AgentView, Error> {
+        // Drained and switched off: gone without coming back first.
+        if !self.state.agents.contains(id) && self.state.agents.parked(id).is_some_and(|r| r.mode == Mode::Drained) {
+            let view = self.on_parked(id, |_| {}).expect("parked");
+            let _ = self.revoke_token(&format!("agent@{id}"));
+            self.recovery.recovering.remove(id);
+            self.state.agents.unpark(id);
+            eprintln!("wasmos master: agent {id} marked gone");
+            return Ok(AgentView { status: "gone", ..view });
+        }
         let a = self.maintained(id)?;
         if a.mode != Mode::Drained {
             return Err(Error::precondition(format!(
@@ -146,7 +199,7 @@ impl Master {
             Err(_) => self.remove_agent(id, "agent_gone", format!("agent {id} was marked gone")),
         }
         self.recovery.recovering.remove(id);
-        self.recovery.modes.remove(id);
+        self.state.agents.unpark(id);
         self.state.agents.touch(id);
         eprintln!("wasmos master: agent {id} marked gone");
         Ok(AgentView { status: "gone", ..view })
@@ -174,7 +227,6 @@ impl Master {
             let a = self.state.agents.get_mut(id).expect("present");
             a.mode = Mode::Drained;
             self.state.agents.touch(id);
-            self.drain_kills.retain(|_, agent| agent != id);
             eprintln!("wasmos master: agent {id} is drained");
             return;
         }
@@ -211,7 +263,8 @@ impl Master {
                 continue;
             }
             let Some(t) = self.state.tasks.get(&tid) else { continue };
-            if t.state().is_terminal() {
+            // Ended, or killed by someone else (that kill is not the drain's).
+            if t.state().is_terminal() || t.state() == TaskState::Killing {
                 continue;
             }
             self.drain_kills.insert(tid.clone(), id.clone());
@@ -226,17 +279,16 @@ impl Master {
     /// A batch task killed at its agent's drain deadline goes back to the
     /// queue, this run not counted against its attempts. Returns whether it
     /// was requeued.
-    pub(super) fn requeue_drained(&mut self, tid: &TaskId, snapshot: Option<Arc<Vec<u8>>>) -> bool {
+    pub(super) fn requeue_drained(&mut self, tid: &TaskId) -> bool {
         let Some(b) = self.batch.tasks.get_mut(tid) else { return false };
         b.attempts = b.attempts.saturating_sub(1);
         self.state.tasks.unlaunch(tid);
-        let why = if snapshot.is_some() {
+        let why = if self.state.tasks.resumes(tid) {
             "captured on its draining agent; queued to resume elsewhere (the attempt does not count)"
         } else {
             "its agent was drained; queued again (the attempt does not count)"
         };
         self.state.tasks.requeue(tid, why.into());
-        self.state.tasks.set_resume(tid, snapshot);
         self.batch.requeue(tid);
         self.revive_batch();
         true

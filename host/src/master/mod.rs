@@ -201,6 +201,9 @@ pub(crate) struct Master {
     drain_kills: HashMap<TaskId, AgentId>,
     /// Migratable tasks asked to capture (a drain with migrate), and the agent.
     captures: HashMap<TaskId, AgentId>,
+    /// The task whose update being applied ended a drain's kill or capture:
+    /// the batch framework queues it again (set and taken in one update).
+    drain_requeue: Option<TaskId>,
     /// The latest full count of tasks by state (see `stats.rs`).
     counts_cache: std::cell::RefCell<Option<(Instant, std::collections::BTreeMap<wasmos_model::TaskState, u64>)>>,
     next_output: u64,
@@ -241,6 +244,7 @@ impl Master {
             recovery: Recovery::default(),
             drain_kills: HashMap::new(),
             captures: HashMap::new(),
+            drain_requeue: None,
             artifacts,
             effects: Effects::new(watch),
             metrics: Metrics { prom: prom.clone(), ..Metrics::default() },

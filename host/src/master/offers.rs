@@ -201,6 +201,12 @@ impl Master {
             let now = self.clock();
             let _ = self.alloc.recover_resources(fw, &target.agent, &target.role, &plan.leftover, refuse, now);
         }
+        // A resumed task's snapshot is large: it travels in a launch of its own.
+        let (resumed, launch): (Vec<LaunchTask>, Vec<LaunchTask>) =
+            launch.into_iter().partition(|t| t.resume.is_some());
+        for t in resumed {
+            self.effects.send_agent(&target.agent, AgentCommand::Launch { framework_id: fw.clone(), tasks: vec![t] });
+        }
         if !launch.is_empty() {
             self.effects.send_agent(&target.agent, AgentCommand::Launch { framework_id: fw.clone(), tasks: launch });
         }

@@ -33,10 +33,6 @@ pub(crate) struct Recovery {
     /// as the registry knows): an agent that reports one ran the previous
     /// master's unrecorded launch, which is adopted. Cleared at launch.
     pub adoptable: HashSet<TaskId>,
-    /// The mode and eligibility of agents not in the table (registry, or
-    /// removed as silent) that are not plain active: applied when they
-    /// (re)register.
-    pub modes: HashMap<AgentId, (super::agents::Mode, bool)>,
 }
 
 impl Recovery {
@@ -84,10 +80,10 @@ impl Master {
             }
         }
         for a in loaded.agents {
+            self.recovery.recovering.insert(a.id.clone(), now + self.cfg.agent_reregister_timeout);
             if a.mode != super::agents::Mode::Active || !a.eligible {
-                self.recovery.modes.insert(a.id.clone(), (a.mode, a.eligible));
+                self.state.agents.park(a);
             }
-            self.recovery.recovering.insert(a.id, now + self.cfg.agent_reregister_timeout);
         }
         // Open submissions: one spec each, shared by their tasks.
         let mut subs: BTreeMap<(String, u64), (Arc<TaskSpec>, SubmissionRecord)> = BTreeMap::new();
@@ -309,7 +305,6 @@ impl Master {
             self.recovery.recovering.iter().filter(|(_, d)| **d <= now).map(|(k, _)| k.clone()).collect();
         for id in expired {
             self.recovery.recovering.remove(&id);
-            self.recovery.modes.remove(&id);
             for tid in self.state.tasks.live_on(&id) {
                 let Some(t) = self.state.tasks.get(&tid) else { continue };
                 let fw = t.framework.clone();

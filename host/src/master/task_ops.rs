@@ -53,10 +53,14 @@ impl Master {
                 return;
             }
         }
-        // A health verdict on a task already RUNNING: no move, but noted,
-        // watched and told to its framework like any update.
-        let same_state_health = st.healthy.is_some() && st.state == prev;
-        if same_state_health {
+        // A health verdict on a live task: no move (a verdict that crossed a
+        // pause or a kill must not undo it), but noted, watched and told to
+        // its framework like any update.
+        let verdict_only = st.healthy.is_some()
+            && st.state == TaskState::Running
+            && matches!(prev, TaskState::Running | TaskState::Paused | TaskState::Killing);
+        if verdict_only {
+            st.state = prev;
         } else if let Err(m) = self.state.tasks.set_state(&tid, st.state) {
             self.metrics.illegal_moves += 1;
             eprintln!(
@@ -65,15 +69,28 @@ impl Master {
             );
             return;
         }
-        // Captured on a draining agent: it resumes elsewhere.
-        let captured = st.state.is_terminal() && self.captures.remove(&tid).is_some();
-        if !(captured && st.state == TaskState::Killed && st.reason == "migrated" && st.snapshot.is_some()) {
-            st.snapshot = None;
-        }
-        // Killed at its agent's drain deadline (not ended on its own first).
-        if st.state.is_terminal() && self.drain_kills.remove(&tid).is_some() && st.state == TaskState::Killed {
+        // What the master itself asked of a draining agent decides whether
+        // a batch task is queued again, never the reason an agent gives.
+        let (asked_capture, asked_kill) = if st.state.is_terminal() {
+            (self.captures.remove(&tid).is_some(), self.drain_kills.remove(&tid).is_some())
+        } else {
+            (false, false)
+        };
+        let snapshot = st.snapshot.take();
+        if st.state == TaskState::Killed && prev != TaskState::Killing && asked_capture && st.reason == "migrated" {
+            // Captured at a safe point: its next launch resumes it. (Not
+            // kept on the update: watchers and frameworks never see it.)
+            if let Some(s) = snapshot {
+                self.state.tasks.set_resume(&tid, Some(s));
+                self.drain_requeue = Some(tid.clone());
+            }
+        } else if st.state == TaskState::Killed && asked_kill {
             st.reason = super::maintenance::DRAIN_REASON.into();
             st.message = "killed at its agent's drain deadline".into();
+            self.drain_requeue = Some(tid.clone());
+        } else if from_agent && (st.reason == super::maintenance::DRAIN_REASON || st.reason == "migrated") {
+            // Not the master's doing: an agent's word alone requeues nothing.
+            st.reason = format!("agent_said_{}", st.reason);
         }
         let started_before = self.state.tasks.get(&tid).map_or(0, |t| t.started_at_ms);
         self.state.tasks.note_status(&tid, &st);
@@ -144,10 +161,11 @@ impl Master {
                 if !st.state.is_terminal() {
                     return;
                 }
-                if (st.reason == super::maintenance::DRAIN_REASON || st.snapshot.is_some())
-                    && self.requeue_drained(&tid, st.snapshot.clone())
-                {
-                    return;
+                if self.drain_requeue.as_ref() == Some(&tid) {
+                    self.drain_requeue = None;
+                    if self.requeue_drained(&tid) {
+                        return;
+                    }
                 }
                 // Lost tasks come back to the queue while attempts remain.
                 let retry = st.state == TaskState::Lost
@@ -226,6 +244,17 @@ impl Master {
         super::validate::submit(&s, self.cfg.max_submit_count, |sha| self.artifacts.size(sha).is_some())?;
         let role = s.role.clone().unwrap_or_else(|| self.cfg.batch_role.clone());
         self.check_signed(&role, &s.template.module_sha256, &s.signature)?;
+        if let Some(wasmos_model::HealthCheck { kind: wasmos_model::HealthKind::Probe { module_sha256, .. }, .. }) =
+            &s.template.health
+        {
+            // A probe runs code too: in a signed role it must be verified.
+            self.check_signed(&role, module_sha256, "").map_err(|e| {
+                Error::denied(format!(
+                    "health probe: {}; submit the probe signed once as a task of its own, or use --health-heartbeat",
+                    e.message
+                ))
+            })?;
+        }
         let count = s.count.max(1);
         let base = if s.template.name.is_empty() { "task".to_string() } else { s.template.name.clone() };
         let max_attempts = if s.max_attempts == 0 { DEFAULT_MAX_ATTEMPTS } else { s.max_attempts };

@@ -329,8 +329,9 @@ impl Tasks {
         }
         t.state = next;
         if next.is_terminal() {
-            // Nothing is applied to an ended task again.
+            // Nothing is applied to an ended task again, nor resumed.
             t.applied = Vec::new();
+            t.resume = None;
         }
         Ok(())
     }
@@ -404,6 +405,9 @@ impl Tasks {
         if let Some(t) = self.map.get_mut(id) {
             t.resume = snapshot;
         }
+    }
+    pub fn resumes(&self, id: &TaskId) -> bool {
+        self.map.get(id).is_some_and(|t| t.resume.is_some())
     }
     pub fn take_resume(&mut self, id: &TaskId) -> Option<Arc<Vec<u8>>> {
         self.map.get_mut(id).and_then(|t| t.resume.take())

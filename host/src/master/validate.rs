@@ -179,6 +179,18 @@ pub(crate) fn accept(
             steps.push(refuse(spec, "invalid_health_check", msg, record));
             continue;
         }
+        if let Some(msg) = migratable_problem(&spec) {
+            steps.push(refuse(spec, "invalid_migratable", msg, record));
+            continue;
+        }
+        if let Some(wasmos_model::HealthCheck { kind: wasmos_model::HealthKind::Probe { module_sha256, .. }, .. }) =
+            &spec.health
+            && let Err(msg) = signed(&target.role, module_sha256, "")
+        {
+            let msg = format!("health probe: {msg}");
+            steps.push(refuse(spec, "unsigned_module", msg, record));
+            continue;
+        }
         if !queued && let Err(msg) = signed(&target.role, &spec.module_sha256, &signature) {
             steps.push(refuse(spec, "unsigned_module", msg, record));
             continue;
@@ -303,6 +315,9 @@ pub(crate) fn submit(s: &Submission, max_count: u32, has_module: impl Fn(&str) -
     if let Some(msg) = health_problem(s.template.health.as_ref(), &has_module) {
         return Err(Error::invalid(msg));
     }
+    if let Some(msg) = migratable_problem(&s.template) {
+        return Err(Error::invalid(msg));
+    }
     if s.template.resources.is_empty() {
         return Err(Error::invalid("task asks for no resources; give it --cpus or --mem"));
     }
@@ -328,6 +343,18 @@ fn health_problem(h: Option<&wasmos_model::HealthCheck>, has_module: &impl Fn(&s
         }
         _ => None,
     }
+}
+
+/// A migratable task carries no state besides its memory and output: no
+/// input, no files, no directory (a probe check needs one).
+fn migratable_problem(s: &wasmos_model::TaskSpec) -> Option<String> {
+    if !s.migratable {
+        return None;
+    }
+    let probe = matches!(&s.health, Some(h) if matches!(h.kind, wasmos_model::HealthKind::Probe { .. }));
+    (!s.input.is_empty() || !s.files.is_empty() || s.sandbox_dir || probe).then(|| {
+        "a migratable task may have no input, files, sandbox directory or probe check (they would not move with it); drop --migratable or them".to_string()
+    })
 }
 
 /// An agent must offer something.

@@ -69,13 +69,17 @@ pub(crate) fn collect(
         changes.frameworks.push((id, rec));
     }
     for id in agents {
-        let rec = state.agents.get(&id).map(|a| AgentRecord {
-            id: id.clone(),
-            info: a.info.clone(),
-            registered_at_ms: a.registered_at_ms,
-            mode: a.mode,
-            eligible: a.eligible,
-        });
+        let rec = state
+            .agents
+            .get(&id)
+            .map(|a| AgentRecord {
+                id: id.clone(),
+                info: a.info.clone(),
+                registered_at_ms: a.registered_at_ms,
+                mode: a.mode,
+                eligible: a.eligible,
+            })
+            .or_else(|| state.agents.parked(&id).cloned());
         changes.agents.push((id, rec));
     }
     changes

@@ -7,8 +7,9 @@
 //!
 //! When a replica's agent drains (an update with `drain-deadline-ms`), the
 //! service starts a replacement elsewhere first and stops the old replica
-//! only once the replacement runs, at most P moves at a time: it never runs
-//! fewer than N replicas because of a drain.
+//! only once the replacement runs (and is healthy, when the service has a
+//! health check), at most P moves at a time: it never runs fewer than N
+//! replicas because of a drain.
 
 use wasmos_guest::{res, Call, Job, Offer, Scheduler, TaskSpec, TaskState, TaskStatus};
 
@@ -146,8 +147,13 @@ impl Scheduler for Services {
             return calls;
         }
         if status.state == TaskState::Running {
-            // A replacement runs: stop the replica it replaces.
+            // A replacement runs (and, when the service has a health check,
+            // is healthy): stop the replica it replaces.
             for s in self.services.iter_mut() {
+                let ready = s.template.health.is_none() || status.healthy == Some(true);
+                if !ready {
+                    continue;
+                }
                 if let Some(pos) = s.moving.iter().position(|(_, new)| new == id) {
                     let (old, _) = s.moving.remove(pos);
                     wasmos_guest::host::info(&format!("{id} runs: stopping {old}"));
