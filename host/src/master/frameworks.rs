@@ -317,6 +317,8 @@ impl Master {
             let _ = self.alloc.activate_framework(&id);
             self.state.frameworks.touch(&id);
             self.cycle_due = true;
+            // A drain it may have missed while away (or before a master restart).
+            self.retell_drains(&id);
             return Ok(());
         }
         self.alloc

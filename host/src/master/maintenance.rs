@@ -62,7 +62,6 @@ impl Master {
         if a.mode == Mode::Drained && !force {
             return self.agent_view(id).ok_or_else(|| Error::internal("agent vanished"));
         }
-        let first = !matches!(a.mode, Mode::Draining { .. });
         a.mode = Mode::Draining { deadline_ms, migrate };
         self.state.agents.touch(id);
         let _ = self.alloc.deactivate_agent(id);
@@ -73,14 +72,14 @@ impl Master {
             format!("deadline in {:?}", Duration::from_millis((d - now).max(0) as u64))
         });
         eprintln!("wasmos master: draining agent {id} ({when})");
-        self.tell_frameworks_of_drain(id, deadline_ms, first);
+        self.tell_frameworks_of_drain(id, deadline_ms);
         self.check_drain(id);
         self.agent_view(id).ok_or_else(|| Error::internal("agent vanished"))
     }
 
     /// Tells each framework (but batch, which lets its tasks run) with tasks
     /// on the agent which of them must move, and by when.
-    fn tell_frameworks_of_drain(&mut self, id: &AgentId, deadline_ms: Option<i64>, _first: bool) {
+    fn tell_frameworks_of_drain(&mut self, id: &AgentId, deadline_ms: Option<i64>) {
         let Some(a) = self.state.agents.get(id) else { return };
         let mut by_fw: BTreeMap<FrameworkId, Vec<TaskId>> = BTreeMap::new();
         for t in a.tasks() {
@@ -125,6 +124,26 @@ impl Master {
             self.state.agents.park(rec);
         }
         Some(view)
+    }
+
+    /// A framework that fails over (or a hosted one after a master restart)
+    /// hears again of every drain its tasks are in.
+    pub(super) fn retell_drains(&mut self, fw: &FrameworkId) {
+        let mut notices = Vec::new();
+        for (agent, a) in self.state.agents.iter() {
+            let Mode::Draining { deadline_ms, .. } = a.mode else { continue };
+            let mut tasks: Vec<TaskId> =
+                a.tasks().filter(|t| self.state.tasks.get(t).is_some_and(|k| &k.framework == fw)).cloned().collect();
+            if !tasks.is_empty() {
+                tasks.sort();
+                notices.push(Event::Drain { agent_id: agent.clone(), deadline_ms, tasks });
+            }
+        }
+        if let Some(f) = self.state.frameworks.get_mut(fw) {
+            for n in notices {
+                f.send(n);
+            }
+        }
     }
 
     /// `wasmos agent undrain`: active again (offers resume if eligible).

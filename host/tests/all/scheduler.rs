@@ -10,7 +10,7 @@ use crate::*;
 
 pub struct Framework {
     pub id: String,
-    events: Streaming<v1::Event>,
+    pub events: Streaming<v1::Event>,
     client: v1::scheduler_client::SchedulerClient<wasmos_security::client::AuthChannel>,
 }
 
@@ -526,6 +526,28 @@ async fn a_remote_framework_is_told_of_a_drain_and_gets_no_offers_from_a_drainin
     };
     assert_eq!((drain.agent_id.as_str(), drain.task_ids.as_slice()), (x.as_str(), &["d-1".to_string()][..]));
     assert_eq!(drain.deadline_ms, a.drain_deadline_ms);
+    // A failover hears of it again: the new connection may have missed it.
+    let mut events = c
+        .scheduler()
+        .subscribe(v1::SubscribeRequest {
+            framework: Some(v1::FrameworkInfo {
+                framework_id: fw.id.clone(),
+                name: "drained".into(),
+                role: "eng".into(),
+                failover_timeout_s: 0.0,
+            }),
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    let again = loop {
+        let ev = tokio::time::timeout(Duration::from_secs(10), events.message()).await.unwrap().unwrap().unwrap();
+        if let Some(E::Drain(d)) = ev.event {
+            break d;
+        }
+    };
+    assert_eq!(again, drain);
+    fw.events = events;
     fw.call(v1::call::Call::Revive(v1::call::Revive {})).await.unwrap();
     let until = tokio::time::Instant::now() + Duration::from_secs(2);
     while tokio::time::Instant::now() < until {
