@@ -30,9 +30,10 @@ impl Mode {
             Mode::Drained => "drained",
         }
     }
-    pub fn parse(s: &str, deadline_ms: i64) -> Mode {
+    /// A stored mode (an unknown one is active).
+    pub fn parse(s: &str, deadline_ms: i64, migrate: bool) -> Mode {
         match s {
-            "draining" => Mode::Draining { deadline_ms: (deadline_ms > 0).then_some(deadline_ms), migrate: false },
+            "draining" => Mode::Draining { deadline_ms: (deadline_ms > 0).then_some(deadline_ms), migrate },
             "drained" => Mode::Drained,
             _ => Mode::Active,
         }
@@ -234,21 +235,7 @@ impl Master {
                 let _ = self.alloc.deactivate_agent(&id);
             }
         }
-        let view = AgentView {
-            agent_id: id.clone(),
-            info: agent.info.clone(),
-            allocated: None,
-            status: agent.mode.as_str(),
-            running_tasks: 0,
-            registered_at_ms: agent.registered_at_ms,
-            mem_used: 0,
-            tasks_live: 0,
-            tasks_starting: 0,
-            slots_in_use: 0,
-            cpu_waiting: 0,
-            mode: agent.mode,
-            eligible: agent.eligible,
-        };
+        let view = AgentView::idle(&id, &agent.info, agent.registered_at_ms, agent.mode, agent.eligible);
         self.state.agents.insert(id.clone(), agent);
         self.effects.publish(WatchEvent::AgentAdded(view));
         self.cycle_due = true;

@@ -80,8 +80,15 @@ impl Master {
     /// Tells each framework (but batch, which lets its tasks run) with tasks
     /// on the agent which of them must move, and by when.
     fn tell_frameworks_of_drain(&mut self, id: &AgentId, deadline_ms: Option<i64>) {
-        let Some(a) = self.state.agents.get(id) else { return };
+        for (fw, tasks) in self.drain_notices(id) {
+            self.send_drain(&fw, Event::Drain { agent_id: id.clone(), deadline_ms, tasks });
+        }
+    }
+
+    /// The tasks on an agent by framework (but batch), in id order.
+    fn drain_notices(&self, id: &AgentId) -> BTreeMap<FrameworkId, Vec<TaskId>> {
         let mut by_fw: BTreeMap<FrameworkId, Vec<TaskId>> = BTreeMap::new();
+        let Some(a) = self.state.agents.get(id) else { return by_fw };
         for t in a.tasks() {
             if let Some(task) = self.state.tasks.get(t)
                 && task.framework != self.batch_id
@@ -89,13 +96,15 @@ impl Master {
                 by_fw.entry(task.framework.clone()).or_default().push(t.clone());
             }
         }
-        for (fw, mut tasks) in by_fw {
-            tasks.sort();
-            if let Some(f) = self.state.frameworks.get_mut(&fw)
-                && matches!(f.kind, Kind::Remote | Kind::Hosted(_))
-            {
-                f.send(Event::Drain { agent_id: id.clone(), deadline_ms, tasks });
-            }
+        by_fw.values_mut().for_each(|v| v.sort());
+        by_fw
+    }
+
+    fn send_drain(&mut self, fw: &FrameworkId, ev: Event) {
+        if let Some(f) = self.state.frameworks.get_mut(fw)
+            && matches!(f.kind, Kind::Remote | Kind::Hosted(_))
+        {
+            f.send(ev);
         }
     }
 
@@ -105,21 +114,7 @@ impl Master {
     fn on_parked(&mut self, id: &AgentId, change: impl FnOnce(&mut crate::registry::AgentRecord)) -> Option<AgentView> {
         let mut rec = self.state.agents.unpark(id)?;
         change(&mut rec);
-        let view = AgentView {
-            agent_id: id.clone(),
-            info: rec.info.clone(),
-            allocated: None,
-            status: if rec.mode == Mode::Active && rec.eligible { "active" } else { rec.mode.as_str() },
-            running_tasks: 0,
-            registered_at_ms: rec.registered_at_ms,
-            mem_used: 0,
-            tasks_live: 0,
-            tasks_starting: 0,
-            slots_in_use: 0,
-            cpu_waiting: 0,
-            mode: rec.mode,
-            eligible: rec.eligible,
-        };
+        let view = AgentView::idle(id, &rec.info, rec.registered_at_ms, rec.mode, rec.eligible);
         if rec.mode != Mode::Active || !rec.eligible {
             self.state.agents.park(rec);
         }
@@ -129,19 +124,18 @@ impl Master {
     /// A framework that fails over (or a hosted one after a master restart)
     /// hears again of every drain its tasks are in.
     pub(super) fn retell_drains(&mut self, fw: &FrameworkId) {
-        let mut notices = Vec::new();
-        for (agent, a) in self.state.agents.iter() {
-            let Mode::Draining { deadline_ms, .. } = a.mode else { continue };
-            let mut tasks: Vec<TaskId> =
-                a.tasks().filter(|t| self.state.tasks.get(t).is_some_and(|k| &k.framework == fw)).cloned().collect();
-            if !tasks.is_empty() {
-                tasks.sort();
-                notices.push(Event::Drain { agent_id: agent.clone(), deadline_ms, tasks });
-            }
-        }
-        if let Some(f) = self.state.frameworks.get_mut(fw) {
-            for n in notices {
-                f.send(n);
+        let draining: Vec<(AgentId, Option<i64>)> = self
+            .state
+            .agents
+            .iter()
+            .filter_map(|(id, a)| match a.mode {
+                Mode::Draining { deadline_ms, .. } => Some((id.clone(), deadline_ms)),
+                _ => None,
+            })
+            .collect();
+        for (agent_id, deadline_ms) in draining {
+            if let Some(tasks) = self.drain_notices(&agent_id).remove(fw) {
+                self.send_drain(fw, Event::Drain { agent_id, deadline_ms, tasks });
             }
         }
     }

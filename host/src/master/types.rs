@@ -476,6 +476,34 @@ pub(crate) struct AgentView {
     pub eligible: bool,
 }
 
+impl AgentView {
+    /// An agent with nothing placed and nothing reported yet (just
+    /// registered, or away).
+    pub fn idle(
+        id: &AgentId,
+        info: &AgentInfo,
+        registered_at_ms: i64,
+        mode: super::agents::Mode,
+        eligible: bool,
+    ) -> AgentView {
+        AgentView {
+            agent_id: id.clone(),
+            info: info.clone(),
+            allocated: None,
+            status: if mode == super::agents::Mode::Active && !eligible { "ineligible" } else { mode.as_str() },
+            running_tasks: 0,
+            registered_at_ms,
+            mem_used: 0,
+            tasks_live: 0,
+            tasks_starting: 0,
+            slots_in_use: 0,
+            cpu_waiting: 0,
+            mode,
+            eligible,
+        }
+    }
+}
+
 #[derive(Debug, Clone, PartialEq)]
 pub(crate) struct FrameworkView {
     pub framework_id: String,

@@ -29,9 +29,11 @@ use wasmos_proto::v1;
 use super::*;
 
 mod reading;
+mod records;
 use crate::api::convert as wire;
 use crate::master::types::{HostedInfo, Page, RoleSettings, TaskFilter, TaskView, failover_timeout};
 use reading::RedbHistory;
+use records::*;
 
 const TASKS: TableDefinition<&str, &[u8]> = TableDefinition::new("tasks");
 const FRAMEWORKS: TableDefinition<&str, &[u8]> = TableDefinition::new("frameworks");
@@ -287,21 +289,9 @@ impl Registry for Redb {
             }
         }
         for a in load::<v1::StoredAgent>(&r, AGENTS, "agent")? {
-            let info = a.info.as_ref().map(wire::agent_info_from_wire);
-            match (AgentId::new(a.agent_id.clone()), info.unwrap_or_else(|| Ok(Default::default()))) {
-                (Ok(id), Ok(info)) => loaded.agents.push(AgentRecord {
-                    id,
-                    info,
-                    registered_at_ms: a.registered_at_ms,
-                    mode: match crate::master::agents::Mode::parse(&a.mode, a.drain_deadline_ms) {
-                        crate::master::agents::Mode::Draining { deadline_ms, .. } => {
-                            crate::master::agents::Mode::Draining { deadline_ms, migrate: a.drain_migrate }
-                        }
-                        m => m,
-                    },
-                    eligible: !a.ineligible,
-                }),
-                _ => skip("agent", &a.agent_id, "bad id or resources"),
+            match agent_from_stored(&a) {
+                Some(rec) => loaded.agents.push(rec),
+                None => skip("agent", &a.agent_id, "bad id or resources"),
             }
         }
         let ended = r.open_table(SUB_ENDED).map_err(oerr("submission_ended"))?;
@@ -465,17 +455,7 @@ impl Registry for Redb {
                 AGENTS,
                 "agents",
                 changes.agents.iter().map(|(id, a)| {
-                    let rec = a.as_ref().map(|a| {
-                        wasmos_proto::encode(&v1::StoredAgent {
-                            agent_id: id.to_string(),
-                            info: Some(wire::agent_info_to_wire(&a.info)),
-                            registered_at_ms: a.registered_at_ms,
-                            mode: a.mode.as_str().to_string(),
-                            ineligible: !a.eligible,
-                            drain_deadline_ms: a.mode.deadline_ms().unwrap_or(0),
-                            drain_migrate: a.mode.migrates(),
-                        })
-                    });
+                    let rec = a.as_ref().map(|a| wasmos_proto::encode(&agent_to_stored(id, a)));
                     (id.to_string(), rec)
                 }),
             )?;
@@ -729,77 +709,6 @@ const ARCHIVE_BATCH: usize = 5_000;
 const COLLECT_EVERY: Duration = Duration::from_secs(1);
 /// Most history records one deletion takes.
 const COLLECT_BATCH: usize = 5_000;
-
-fn attributes(a: &[(String, String)]) -> Vec<v1::Attribute> {
-    a.iter().map(|(k, v)| v1::Attribute { key: k.clone(), value: v.clone() }).collect()
-}
-
-fn task_to_stored(t: &TaskRecord) -> v1::StoredTask {
-    v1::StoredTask {
-        summary: Some(wire::task_view_to_wire(&t.view)),
-        spec: t.spec.as_ref().map(|s| {
-            let mut spec = wasmos_proto::spec_to_wire(s);
-            spec.task_id = t.view.task_id.to_string();
-            spec.attempt = t.view.attempt;
-            spec
-        }),
-        priority: t.priority,
-        constraints: attributes(&t.constraints),
-        max_attempts: t.max_attempts,
-        applied_uuids: t.applied_uuids.clone(),
-        seq: t.view.seq,
-    }
-}
-
-fn task_from_stored(rec: v1::StoredTask) -> Result<TaskRecord, (String, String)> {
-    let Some(sum) = rec.summary else {
-        return Err((String::new(), "no summary".into()));
-    };
-    let key = sum.task_id.clone();
-    let mut view = wire::task_view_from_wire(&sum).map_err(|e| (key.clone(), e))?;
-    view.seq = rec.seq;
-    // The task's resources are its summary's (they were checked at launch).
-    let spec = rec.spec.map(|spec| {
-        let (mut spec, _) = wasmos_proto::spec_from_wire(&spec);
-        spec.resources = view.resources.clone();
-        Arc::new(spec)
-    });
-    Ok(TaskRecord {
-        view,
-        spec,
-        priority: rec.priority,
-        constraints: rec.constraints.into_iter().map(|a| (a.key, a.value)).collect(),
-        max_attempts: rec.max_attempts,
-        applied_uuids: rec.applied_uuids,
-    })
-}
-
-fn framework_to_stored(f: &FrameworkRecord) -> Vec<u8> {
-    wasmos_proto::encode(&v1::StoredFramework {
-        framework_id: f.id.to_string(),
-        name: f.name.clone(),
-        role: f.role.to_string(),
-        hosted: f.hosted.is_some(),
-        module_sha256: f.hosted.as_ref().map(|h| h.module_sha256.clone()).unwrap_or_default(),
-        config: f.hosted.as_ref().map(|h| h.config.clone()).unwrap_or_default(),
-        failover_timeout_s: f.failover_timeout.as_secs_f64(),
-    })
-}
-
-fn submission_to_stored(s: &SubmissionRecord) -> v1::StoredSubmission {
-    v1::StoredSubmission {
-        tag: s.tag.clone(),
-        first: s.first,
-        count: s.count,
-        template: Some(wasmos_proto::spec_to_wire(&s.template)),
-        priority: s.priority,
-        constraints: attributes(&s.constraints),
-        max_attempts: s.max_attempts,
-        submitted_at_ms: s.submitted_at_ms,
-        name: s.name.clone(),
-        role: s.role.to_string(),
-    }
-}
 
 #[cfg(test)]
 mod tests;
