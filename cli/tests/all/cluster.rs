@@ -436,5 +436,6 @@ fn cpu_shares_hold_on_an_agent_and_tasks_past_its_slots_are_starting() {
         })
         .collect();
     let ratio = (cpu[2] + cpu[3]) / (cpu[0] + cpu[1]);
-    assert!((2.5..=3.5).contains(&ratio), "cpus:0.75 got {ratio:.2}x the CPU of cpus:0.25: {cpu:?} ms");
+    // About 1 without shares; other tests share these two cores meanwhile.
+    assert!((1.8..=4.5).contains(&ratio), "cpus:0.75 got {ratio:.2}x the CPU of cpus:0.25: {cpu:?} ms");
 }
