@@ -51,6 +51,9 @@ pub(crate) struct Link {
     /// Empty until the first registration unless restored from the
     /// checkpoint; written only by [`register`].
     id: RwLock<String>,
+    /// The newest leader epoch seen (registration answers and commands):
+    /// commands from an older one (a deposed leader) are refused.
+    epoch: std::sync::atomic::AtomicU64,
 }
 
 impl Link {
@@ -67,12 +70,24 @@ impl Link {
     }
 
     pub fn new(channel: SharedChannel, id: String) -> Link {
-        Link { channel, id: RwLock::new(id) }
+        Link { channel, id: RwLock::new(id), epoch: Default::default() }
     }
 
     /// From now on, calls go through `channel` (a renewed certificate).
     pub fn set_channel(&self, channel: AuthChannel) {
         *self.channel.write().unwrap_or_else(|e| e.into_inner()) = channel;
+    }
+
+    /// Whether a command from leader epoch `epoch` may run here: not when
+    /// a newer leader has been seen (0: a master that names none).
+    pub fn accepts(&self, epoch: u64) -> bool {
+        use std::sync::atomic::Ordering;
+        let newest = self.epoch.fetch_max(epoch, Ordering::AcqRel);
+        if epoch != 0 && epoch < newest {
+            eprintln!("wasmos agent: refusing a command from master epoch {epoch}: epoch {newest} leads now");
+            return false;
+        }
+        true
     }
 
     pub fn id(&self) -> String {
@@ -119,6 +134,7 @@ pub(crate) async fn register(agent: &Agent) -> Result<Duration, tonic::Status> {
         cp.set_agent_id(&resp.agent_id);
     }
     *agent.link.id.write().unwrap_or_else(|e| e.into_inner()) = resp.agent_id;
+    agent.link.epoch.fetch_max(resp.epoch, std::sync::atomic::Ordering::AcqRel);
     Ok(Duration::from_millis(resp.heartbeat_interval_ms.max(100)))
 }
 
@@ -149,6 +165,9 @@ pub(crate) async fn commands(agent: Arc<Agent>) -> String {
                 backoff.reset();
                 let mut s = s.into_inner();
                 while let Ok(Some(cmd)) = s.message().await {
+                    if !agent.link.accepts(cmd.epoch) {
+                        continue;
+                    }
                     executor::handle(&agent, cmd);
                 }
             }
@@ -183,6 +202,17 @@ mod tests {
         assert_eq!(steps(&mut b, 6), [100, 200, 400, 800, 1000, 1000]);
         b.reset();
         assert_eq!(steps(&mut b, 2), [100, 200]);
+    }
+
+    #[test]
+    fn commands_from_an_older_epoch_are_refused() {
+        let ch = Target { url: "http://127.0.0.1:1".into(), ..Default::default() }.connect_lazy().unwrap();
+        let link = Link::new(Arc::new(RwLock::new(ch)), String::new());
+        assert!(link.accepts(0));
+        assert!(link.accepts(3));
+        assert!(!link.accepts(2), "epoch 2 after 3");
+        assert!(link.accepts(3) && link.accepts(4) && link.accepts(0));
+        assert!(!link.accepts(3));
     }
 
     #[test]

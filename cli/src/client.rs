@@ -44,6 +44,11 @@ pub fn with_scheme(raw: &str) -> String {
     if raw.contains("://") { raw.to_string() } else { format!("https://{raw}") }
 }
 
+/// An etcd URL with a scheme (`http://` unless one is given).
+pub fn with_scheme_http(raw: &str) -> String {
+    if raw.contains("://") { raw.to_string() } else { format!("http://{raw}") }
+}
+
 /// The CA PEM from `--ca-cert`/`WASMOS_CA_CERT`, else the config's.
 pub fn ca_pem(flag: Option<&PathBuf>, config: Option<&ClientConfig>) -> Result<Option<String>, String> {
     match flag.cloned().or_else(|| env("WASMOS_CA_CERT").map(PathBuf::from)) {

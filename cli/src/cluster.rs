@@ -275,6 +275,77 @@ fn write_client_config(cmd: &str, path: Option<PathBuf>, url: &str, handle: &was
 pub struct MasterArgs {
     #[command(flatten)]
     pub opts: MasterOpts,
+    #[command(flatten)]
+    pub ha: HaOpts,
+}
+
+/// Several masters on etcd (high availability).
+#[derive(clap::Args, Debug, Clone)]
+pub struct HaOpts {
+    /// Run as one of several masters sharing the registry on etcd, at these
+    /// client URLs (comma-separated): they elect a leader, the others follow
+    /// and answer with its address. Without it: one master, registry in
+    /// STATE_DIR (redb).
+    #[arg(long, value_name = "URL[,URL...]", value_delimiter = ',')]
+    pub etcd: Vec<String>,
+    /// The URL clients and agents reach this master by (with --etcd;
+    /// followers name it as the leader's): https://HOST:PORT [default: the
+    /// listen address, or the first --advertise name with its port]
+    #[arg(long = "advertise-url", value_name = "URL", requires = "etcd")]
+    pub advertise_url: Option<String>,
+    /// This cluster's key prefix in etcd (several clusters may share one etcd).
+    #[arg(long, value_name = "PREFIX", default_value = "/wasmos/", requires = "etcd")]
+    pub etcd_prefix: String,
+    /// The leader's etcd lease: a leader that dies is replaced about this
+    /// long after (etcd rounds it up to 1.5 of its --election-timeout).
+    #[arg(long, value_name = "DUR", default_value = "1s", value_parser = crate::args::duration, requires = "etcd")]
+    pub etcd_lease_ttl: Duration,
+    /// etcd's CA certificate (PEM), for https:// etcd URLs.
+    #[arg(long, value_name = "FILE", requires = "etcd")]
+    pub etcd_ca_cert: Option<PathBuf>,
+    /// A client certificate (PEM) for etcd (needs --etcd-key).
+    #[arg(long, value_name = "FILE", requires = "etcd_key")]
+    pub etcd_cert: Option<PathBuf>,
+    /// The key of --etcd-cert (PEM).
+    #[arg(long, value_name = "FILE", requires = "etcd_cert")]
+    pub etcd_key: Option<PathBuf>,
+    /// Most operations in one etcd transaction (etcd's --max-txn-ops, default 128).
+    #[arg(long, value_name = "N", default_value_t = wasmos_host::DEFAULT_TXN_LIMITS.max_ops, requires = "etcd")]
+    pub etcd_max_txn_ops: usize,
+    /// Most bytes in one etcd transaction (below etcd's --max-request-bytes, default 1.5 MiB).
+    #[arg(long, value_name = "SIZE", default_value = "1MiB", value_parser = crate::args::size, requires = "etcd")]
+    pub etcd_max_txn_bytes: u64,
+}
+
+impl HaOpts {
+    fn config(&self, url: &str) -> Result<wasmos_host::HaConfig, String> {
+        let read = |p: &PathBuf| std::fs::read_to_string(p).map_err(|e| format!("cannot read {}: {e}", p.display()));
+        if self.etcd_max_txn_ops < 4 {
+            return Err("--etcd-max-txn-ops must be at least 4".into());
+        }
+        if self.etcd_max_txn_bytes < 4096 {
+            return Err("--etcd-max-txn-bytes must be at least 4KiB".into());
+        }
+        let advertise = self.advertise_url.clone().unwrap_or_else(|| url.to_string());
+        if !advertise.starts_with("https://") && !advertise.starts_with("http://") {
+            return Err(format!("--advertise-url {advertise:?} is not a URL; write e.g. https://10.0.0.5:5050"));
+        }
+        Ok(wasmos_host::HaConfig {
+            endpoints: self.etcd.iter().map(|e| crate::client::with_scheme_http(e)).collect(),
+            advertise,
+            prefix: self.etcd_prefix.clone(),
+            lease_ttl: self.etcd_lease_ttl,
+            etcd_ca_pem: self.etcd_ca_cert.as_ref().map(read).transpose()?,
+            etcd_identity: match (&self.etcd_cert, &self.etcd_key) {
+                (Some(c), Some(k)) => Some((read(c)?, read(k)?)),
+                _ => None,
+            },
+            txn_limits: wasmos_host::TxnLimits {
+                max_ops: self.etcd_max_txn_ops,
+                max_bytes: self.etcd_max_txn_bytes as usize,
+            },
+        })
+    }
 }
 
 #[derive(clap::Args, Debug)]
@@ -457,6 +528,9 @@ pub fn master(args: MasterArgs) -> ExitCode {
             Err(code) => return code,
         };
         eprintln!("wasmos master: listening on {url} (state in {})", cfg.state_dir.display());
+        if !args.ha.etcd.is_empty() {
+            return master_ha(&args, listener, url, cfg).await;
+        }
         let handle = match wasmos_host::start(cfg) {
             Ok(h) => h,
             Err(e) => {
@@ -477,6 +551,34 @@ pub fn master(args: MasterArgs) -> ExitCode {
             }
         }
     })
+}
+
+/// `wasmos master --etcd ...`: one of several masters.
+async fn master_ha(args: &MasterArgs, listener: tokio::net::TcpListener, url: String, cfg: MasterConfig) -> ExitCode {
+    if args.opts.registry != "file" {
+        eprintln!("wasmos master: --registry in-memory and --etcd exclude each other: with --etcd the registry is etcd");
+        return ExitCode::from(2);
+    }
+    let ha = match args.ha.config(&url) {
+        Ok(h) => h,
+        Err(e) => {
+            eprintln!("wasmos master: {e}");
+            return ExitCode::from(2);
+        }
+    };
+    if let Some(Err(e)) = args.opts.url_file.as_deref().map(|p| write_url_file(p, &url)) {
+        eprintln!("wasmos master: {e}");
+        return ExitCode::from(2);
+    }
+    let (path, advertise) = (args.opts.client_config_path(), ha.advertise.clone());
+    let elected = Box::new(move |h: &wasmos_host::MasterHandle| write_client_config("master", path, &advertise, h));
+    match wasmos_host::run_ha(listener, cfg, ha, elected, ctrl_c()).await {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("wasmos master: {e}");
+            ExitCode::from(1)
+        }
+    }
 }
 
 pub fn agent(args: AgentArgs) -> ExitCode {

@@ -5,6 +5,7 @@ mod client;
 mod cluster;
 mod framework;
 mod listing;
+mod masters;
 mod maintenance;
 mod migratable;
 mod observe;
@@ -51,6 +52,9 @@ enum Command {
     Agents(listing::ListArgs),
     /// List frameworks.
     Frameworks(listing::ListArgs),
+    /// List the masters (several with `master --etcd`): which one leads, its
+    /// epoch and for how long.
+    Masters(listing::ListArgs),
     /// List roles: weight, quota, reservations, allocation and share.
     Roles(listing::ListArgs),
     /// Set a role's weight and quota (kept in the master's registry).
@@ -127,6 +131,7 @@ fn main() -> ExitCode {
         Command::Tasks(args) => tasks::tasks(args),
         Command::Agents(args) => tasks::agents(args),
         Command::Frameworks(args) => tasks::frameworks(args),
+        Command::Masters(args) => masters::list(args),
         Command::Framework(cmd) => framework::main(cmd),
         Command::Roles(args) => roles::list(args),
         Command::Role(cmd) => roles::role(cmd),

@@ -32,6 +32,9 @@ pub struct MasterHandle {
     pub(crate) metrics_public: bool,
     /// Dashboard event streams open now.
     pub(crate) event_streams: Arc<std::sync::atomic::AtomicUsize>,
+    /// This master's epoch: the leader epoch on etcd, else which start of
+    /// the master this is. Stamped on every agent command.
+    pub(crate) epoch: u64,
 }
 
 impl MasterHandle {

@@ -12,6 +12,7 @@ mod artifacts;
 mod audit;
 mod auth;
 mod batch;
+mod ha;
 mod handle;
 mod hosted;
 mod master;
@@ -39,6 +40,8 @@ pub use watch::{DEFAULT_WATCH_HISTORY, DEFAULT_WATCH_HISTORY_BYTES, EPOCH_SHIFT}
 /// Default [`MasterConfig::max_hosted_frameworks`].
 pub const DEFAULT_MAX_HOSTED_FRAMEWORKS: u32 = 64;
 pub use handle::MasterHandle;
+pub use ha::{DEFAULT_LEASE_TTL, HaConfig, run_ha};
+pub use registry::etcd::{DEFAULT_TXN_LIMITS, TxnLimits};
 
 /// Default [`MasterConfig::agent_heartbeat_interval`].
 pub const DEFAULT_AGENT_HEARTBEAT: Duration = Duration::from_secs(1);
@@ -298,6 +301,26 @@ pub fn start(cfg: MasterConfig) -> Result<MasterHandle, StartError> {
         Transport::Insecure => None,
         Transport::Tls(o) => Some(Arc::new(tls_state(&cfg.state_dir, o)?)),
     };
+    let opts = registry::Options { keep_recent: cfg.max_completed_tasks, cache: cfg.registry_cache as usize };
+    let t0 = std::time::Instant::now();
+    let registry = if cfg.durable_registry { Some(registry::open(&cfg.state_dir, opts)?) } else { None };
+    if let Some((_, l)) = &registry {
+        eprintln!(
+            "wasmos master: registry loaded in {} ms ({} tasks live or recent, {} open submissions)",
+            t0.elapsed().as_millis(),
+            l.tasks.len(),
+            l.submissions.len()
+        );
+    }
+    start_with(cfg, tls, registry)
+}
+
+/// [`start`] with its TLS and registry already made (the HA leader's).
+pub(crate) fn start_with(
+    cfg: MasterConfig,
+    tls: Option<Arc<TlsState>>,
+    registry: Option<(Box<dyn registry::Registry>, registry::Loaded)>,
+) -> Result<MasterHandle, StartError> {
     let artifacts = Arc::new(ArtifactStore::open(cfg.state_dir.join("artifacts"), cfg.max_module_bytes)?);
     // Hosted schedulers run on the metered lane (fuel budgets per callback),
     // each charged to its own account in the fair CPU scheduler; the plain
@@ -312,17 +335,6 @@ pub fn start(cfg: MasterConfig) -> Result<MasterHandle, StartError> {
     })?;
     let (tx, rx) = tokio::sync::mpsc::channel(COMMAND_QUEUE);
     let scheduler_limits = cfg.scheduler_limits;
-    let opts = registry::Options { keep_recent: cfg.max_completed_tasks, cache: cfg.registry_cache as usize };
-    let t0 = std::time::Instant::now();
-    let registry = if cfg.durable_registry { Some(registry::open(&cfg.state_dir, opts)?) } else { None };
-    if let Some((_, l)) = &registry {
-        eprintln!(
-            "wasmos master: registry loaded in {} ms ({} tasks live or recent, {} open submissions)",
-            t0.elapsed().as_millis(),
-            l.tasks.len(),
-            l.submissions.len()
-        );
-    }
     let epoch = registry.as_ref().map_or(0, |(_, l)| l.epoch);
     let watch = Arc::new(watch::WatchHub::new(epoch, cfg.watch_history, cfg.watch_history_bytes));
     let history = registry.as_ref().map(|(r, _)| r.history());
@@ -364,6 +376,7 @@ pub fn start(cfg: MasterConfig) -> Result<MasterHandle, StartError> {
         metrics,
         metrics_public,
         event_streams: Default::default(),
+        epoch,
     };
     // Hosted schedulers come back from their module and config; their state
     // starts fresh (reconciliation tells them about their tasks).
@@ -393,8 +406,32 @@ pub async fn serve_with(
     listener: TcpListener,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> Result<(), tonic::transport::Error> {
-    let max = wasmos_proto::MAX_MESSAGE_BYTES;
     let tls = handle.tls.clone();
+    serve_routes(tonic::service::Routes::from(routes(handle)), tls, listener, shutdown).await
+}
+
+/// Serves `routes` on `listener` (TLS with `tls`, else plaintext) until
+/// `shutdown` resolves.
+pub(crate) async fn serve_routes(
+    routes: tonic::service::Routes,
+    tls: Option<Arc<TlsState>>,
+    listener: TcpListener,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> Result<(), tonic::transport::Error> {
+    let router = tonic::transport::Server::builder().tcp_nodelay(true).accept_http1(true).add_routes(routes);
+    match tls {
+        Some(t) => {
+            let incoming =
+                wasmos_security::server::incoming(listener, t.server.clone(), t.handshake_timeout, t.max_handshakes);
+            router.serve_with_incoming_shutdown(incoming, shutdown).await
+        }
+        None => router.serve_with_incoming_shutdown(incoming(listener), shutdown).await,
+    }
+}
+
+/// The four gRPC services of `handle` and the HTTP side, as one router.
+pub(crate) fn routes(handle: MasterHandle) -> axum::Router {
+    let max = wasmos_proto::MAX_MESSAGE_BYTES;
     // The gRPC services and the dashboard, metrics and JSON API (HTTP/1.1
     // or HTTP/2) share one listener.
     let grpc = tonic::service::Routes::new(
@@ -416,17 +453,9 @@ pub async fn serve_with(
         v1::artifacts_server::ArtifactsServer::new(handle.clone())
             .max_decoding_message_size(max)
             .max_encoding_message_size(max),
-    );
-    let routes = tonic::service::Routes::from(grpc.into_axum_router().merge(api::http::router(handle)));
-    let router = tonic::transport::Server::builder().tcp_nodelay(true).accept_http1(true).add_routes(routes);
-    match tls {
-        Some(t) => {
-            let incoming =
-                wasmos_security::server::incoming(listener, t.server.clone(), t.handshake_timeout, t.max_handshakes);
-            router.serve_with_incoming_shutdown(incoming, shutdown).await
-        }
-        None => router.serve_with_incoming_shutdown(incoming(listener), shutdown).await,
-    }
+    )
+    .add_service(ha::single_master_routes(handle.epoch));
+    grpc.into_axum_router().merge(api::http::router(handle))
 }
 
 /// Accepted connections with Nagle's algorithm off: the server's own

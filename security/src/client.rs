@@ -7,11 +7,11 @@
 //! environment variables override each field.
 
 use std::path::{Path, PathBuf};
+use std::sync::{Arc, RwLock};
 use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 use tonic::metadata::{Ascii, MetadataValue};
-use tonic::service::interceptor::InterceptedService;
 use tonic::transport::{Certificate, Channel, ClientTlsConfig, Endpoint, Identity};
 
 /// What a client needs to reach a master.
@@ -96,8 +96,116 @@ impl std::fmt::Debug for Target {
     }
 }
 
-/// A channel that sends the bearer token with every call.
-pub type AuthChannel = InterceptedService<Channel, Bearer>;
+/// A channel to the master that sends the bearer token with every call, and
+/// follows the leader when there are several masters: an answer carrying
+/// `wasmos-leader: URL` (a follower's) moves later calls to that URL, and
+/// a call that cannot reach its master moves later calls to the next URL
+/// given. The call that learned it fails as it did; callers that retry (the
+/// agent, frameworks, `--wait`) go on with the leader.
+#[derive(Clone)]
+pub struct AuthChannel {
+    route: Arc<Route>,
+    bearer: Option<tonic::codegen::http::HeaderValue>,
+}
+
+/// Where an [`AuthChannel`]'s calls go now.
+struct Route {
+    target: Target,
+    /// The URLs given (several masters), in order.
+    urls: Vec<String>,
+    now: RwLock<(String, Channel)>,
+}
+
+impl Route {
+    fn current(&self) -> (String, Channel) {
+        self.now.read().unwrap_or_else(|e| e.into_inner()).clone()
+    }
+
+    /// Moves to `url` unless calls already go elsewhere than `from`.
+    fn move_to(&self, from: &str, url: &str) {
+        let mut now = self.now.write().unwrap_or_else(|e| e.into_inner());
+        if now.0 != from || now.0 == url {
+            return;
+        }
+        if let Ok(ep) = self.target.endpoint_for(url) {
+            *now = (url.to_string(), ep.connect_lazy());
+        }
+    }
+
+    /// After a failed call to `from`: the next URL given.
+    fn rotate(&self, from: &str) {
+        if self.urls.len() < 2 {
+            return;
+        }
+        let i = self.urls.iter().position(|u| u == from).map_or(0, |i| (i + 1) % self.urls.len());
+        self.move_to(from, &self.urls[i]);
+    }
+}
+
+impl AuthChannel {
+    fn new(target: &Target, url: String, ch: Channel) -> Result<AuthChannel, String> {
+        let bearer = target
+            .token
+            .as_ref()
+            .map(|t| {
+                format!("Bearer {t}")
+                    .parse::<tonic::codegen::http::HeaderValue>()
+                    .map_err(|_| "the token has characters a header cannot carry; check --token".to_string())
+            })
+            .transpose()?;
+        let urls = target.urls();
+        Ok(AuthChannel { route: Arc::new(Route { target: target.clone(), urls, now: RwLock::new((url, ch)) }), bearer })
+    }
+
+    /// The master calls go to now.
+    pub fn url(&self) -> String {
+        self.route.current().0
+    }
+}
+
+type HttpRequest = tonic::codegen::http::Request<tonic::body::Body>;
+type HttpResponse = tonic::codegen::http::Response<tonic::body::Body>;
+
+impl tonic::codegen::Service<HttpRequest> for AuthChannel {
+    type Response = HttpResponse;
+    type Error = tonic::transport::Error;
+    type Future = std::pin::Pin<Box<dyn std::future::Future<Output = Result<HttpResponse, Self::Error>> + Send>>;
+
+    fn poll_ready(&mut self, _: &mut std::task::Context<'_>) -> std::task::Poll<Result<(), Self::Error>> {
+        std::task::Poll::Ready(Ok(()))
+    }
+
+    fn call(&mut self, mut req: HttpRequest) -> Self::Future {
+        if let Some(v) = &self.bearer {
+            req.headers_mut().insert("authorization", v.clone());
+        }
+        let route = self.route.clone();
+        Box::pin(async move {
+            let (url, mut ch) = route.current();
+            let answer = match std::future::poll_fn(|cx| tonic::codegen::Service::poll_ready(&mut ch, cx)).await {
+                Ok(()) => tonic::codegen::Service::call(&mut ch, req).await,
+                Err(e) => Err(e),
+            };
+            match &answer {
+                Ok(r) => {
+                    if let Some(leader) = r.headers().get(LEADER_HEADER).and_then(|v| v.to_str().ok())
+                        && !leader.is_empty()
+                    {
+                        route.move_to(&url, leader);
+                    }
+                }
+                Err(_) => route.rotate(&url),
+            }
+            answer
+        })
+    }
+}
+
+/// The header a follower names the leader in.
+pub const LEADER_HEADER: &str = "wasmos-leader";
+/// How long `connect` looks for a leader among several masters (an
+/// election takes about a lease's TTL).
+pub const LEADER_WAIT: Duration = Duration::from_secs(15);
 
 /// Adds `authorization: Bearer TOKEN` to every request (nothing without a token).
 #[derive(Clone, Default)]
@@ -126,19 +234,38 @@ impl tonic::service::Interceptor for Bearer {
 }
 
 impl Target {
-    /// The endpoint: TLS with the CA (and identity) for `https://`.
+    /// The master URLs `url` holds (several, comma-separated, for several
+    /// masters; `https://` unless a scheme is given).
+    pub fn urls(&self) -> Vec<String> {
+        self.url
+            .split(',')
+            .map(str::trim)
+            .filter(|u| !u.is_empty())
+            .map(|u| if u.contains("://") { u.to_string() } else { format!("https://{u}") })
+            .collect()
+    }
+
+    /// The endpoint of the first URL: TLS with the CA (and identity) for `https://`.
     pub fn endpoint(&self) -> Result<Endpoint, String> {
-        let ep = Endpoint::from_shared(self.url.clone())
-            .map_err(|_| format!("master address {:?} is not a URL; write e.g. https://127.0.0.1:5050", self.url))?
+        let url = self.urls().into_iter().next().unwrap_or_default();
+        self.endpoint_for(&url)
+    }
+
+    /// The endpoint of one master `url`.
+    pub fn endpoint_for(&self, url: &str) -> Result<Endpoint, String> {
+        let ep = Endpoint::from_shared(url.to_string())
+            .map_err(|_| format!("master address {url:?} is not a URL; write e.g. https://127.0.0.1:5050"))?
             .connect_timeout(Duration::from_secs(5))
+            .http2_keep_alive_interval(Duration::from_secs(2))
+            .keep_alive_timeout(Duration::from_secs(3))
+            .keep_alive_while_idle(true)
             .tcp_nodelay(true);
-        if !self.url.starts_with("https://") {
+        if !url.starts_with("https://") {
             return Ok(ep);
         }
         let ca = self.ca_pem.as_ref().ok_or_else(|| {
             format!(
-                "{} speaks TLS but no CA certificate is known; pass --ca-cert FILE (the master's STATE_DIR/tls/ca.pem) or set WASMOS_CA_CERT",
-                self.url
+                "{url} speaks TLS but no CA certificate is known; pass --ca-cert FILE (the master's STATE_DIR/tls/ca.pem) or set WASMOS_CA_CERT"
             )
         })?;
         let mut tls = ClientTlsConfig::new().ca_certificate(Certificate::from_pem(ca));
@@ -148,16 +275,75 @@ impl Target {
         ep.tls_config(tls).map_err(|e| format!("tls: {e}"))
     }
 
-    /// Connects now.
+    /// Connects now; to the leader when several masters are given.
     pub async fn connect(&self) -> Result<AuthChannel, String> {
-        let ch = self.endpoint()?.connect().await.map_err(|e| describe_connect_error(&self.url, &e))?;
-        Ok(InterceptedService::new(ch, Bearer::new(self.token.as_deref())?))
+        let urls = self.urls();
+        let Some(first) = urls.first().cloned() else {
+            return Err("no master address given; pass --master URL[,URL...]".into());
+        };
+        if urls.len() == 1 {
+            let ch = self.endpoint_for(&first)?.connect().await.map_err(|e| describe_connect_error(&first, &e))?;
+            return AuthChannel::new(self, first, ch);
+        }
+        let (url, ch) = self.find_leader(&urls).await?;
+        AuthChannel::new(self, url, ch)
+    }
+
+    /// Asks the masters in turn who leads (a follower names the leader in
+    /// `wasmos-leader` whatever the call), until one leads or
+    /// [`LEADER_WAIT`] passes.
+    async fn find_leader(&self, urls: &[String]) -> Result<(String, Channel), String> {
+        let deadline = std::time::Instant::now() + LEADER_WAIT;
+        let mut last = String::new();
+        let mut queue: Vec<String> = urls.to_vec();
+        loop {
+            for url in std::mem::take(&mut queue) {
+                let ep = self.endpoint_for(&url)?;
+                let mut ch = match ep.connect().await {
+                    Ok(ch) => ch,
+                    Err(e) => {
+                        last = describe_connect_error(&url, &e);
+                        continue;
+                    }
+                };
+                // A method no master serves: a follower answers it (as any
+                // call) with the leader's URL, the leader with UNIMPLEMENTED.
+                let req = tonic::codegen::http::Request::post("/wasmos.v1.Leader/Probe")
+                    .header("content-type", "application/grpc")
+                    .header("te", "trailers")
+                    .body(tonic::body::Body::empty())
+                    .expect("a request");
+                let answer = match std::future::poll_fn(|cx| tonic::codegen::Service::poll_ready(&mut ch, cx)).await {
+                    Ok(()) => tonic::codegen::Service::call(&mut ch, req).await,
+                    Err(e) => Err(e),
+                };
+                match answer {
+                    Ok(r) => match r.headers().get(LEADER_HEADER).and_then(|v| v.to_str().ok()) {
+                        None => return Ok((url, ch)),
+                        Some("") => last = format!("{url}: no master leads yet (an election is under way)"),
+                        Some(leader) => {
+                            if !queue.contains(&leader.to_string()) {
+                                queue.insert(0, leader.to_string());
+                            }
+                            last = format!("{url} is a follower; the leader {leader} did not answer");
+                        }
+                    },
+                    Err(e) => last = describe_connect_error(&url, &e),
+                }
+            }
+            if std::time::Instant::now() >= deadline {
+                return Err(format!("no leader among {} within {LEADER_WAIT:?}: {last}", urls.join(",")));
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+            queue = urls.to_vec();
+        }
     }
 
     /// A channel that connects on first use (and reconnects).
     pub fn connect_lazy(&self) -> Result<AuthChannel, String> {
-        let ch = self.endpoint()?.connect_lazy();
-        Ok(InterceptedService::new(ch, Bearer::new(self.token.as_deref())?))
+        let url = self.urls().into_iter().next().unwrap_or_default();
+        let ch = self.endpoint_for(&url)?.connect_lazy();
+        AuthChannel::new(self, url, ch)
     }
 
     /// GET `path` over the master's HTTP side (TLS with the CA, the bearer
@@ -165,28 +351,30 @@ impl Target {
     /// At most `max_body` bytes are read.
     pub async fn http_get(&self, path: &str, max_body: usize) -> Result<(u16, Vec<u8>), String> {
         use tokio::io::AsyncWriteExt;
+        let url = self.urls().into_iter().next().unwrap_or_default();
+        let url = url.as_str();
         let rest =
-            self.url.strip_prefix("https://").or_else(|| self.url.strip_prefix("http://")).ok_or_else(|| {
-                format!("master address {:?} is not a URL; write e.g. https://127.0.0.1:5050", self.url)
+            url.strip_prefix("https://").or_else(|| url.strip_prefix("http://")).ok_or_else(|| {
+                format!("master address {:?} is not a URL; write e.g. https://127.0.0.1:5050", url)
             })?;
         let authority = rest.split('/').next().unwrap_or(rest).to_string();
         let host =
             authority.rsplit_once(':').map(|(h, _)| h).unwrap_or(&authority).trim_matches(['[', ']']).to_string();
         let tcp = tokio::time::timeout(HTTP_TIMEOUT, tokio::net::TcpStream::connect(&authority))
             .await
-            .map_err(|_| format!("cannot reach {}: timed out", self.url))?
-            .map_err(|e| format!("cannot reach {}: {e}", self.url))?;
+            .map_err(|_| format!("cannot reach {}: timed out", url))?
+            .map_err(|e| format!("cannot reach {}: {e}", url))?;
         let mut req = format!("GET {path} HTTP/1.0\r\nHost: {authority}\r\nUser-Agent: wasmos\r\n");
         if let Some(t) = &self.token {
             req.push_str(&format!("Authorization: Bearer {t}\r\n"));
         }
         req.push_str("\r\n");
         let mut raw = Vec::new();
-        if self.url.starts_with("https://") {
+        if url.starts_with("https://") {
             let ca = self.ca_pem.as_ref().ok_or_else(|| {
                 format!(
                     "{} speaks TLS but no CA certificate is known; pass --ca-cert FILE or set WASMOS_CA_CERT",
-                    self.url
+                    url
                 )
             })?;
             let mut roots = rustls::RootCertStore::empty();
@@ -206,15 +394,15 @@ impl Target {
             let mut s = tokio_rustls::TlsConnector::from(std::sync::Arc::new(cfg))
                 .connect(name, tcp)
                 .await
-                .map_err(|e| format!("tls with {}: {e}", self.url))?;
+                .map_err(|e| format!("tls with {}: {e}", url))?;
             s.write_all(req.as_bytes()).await.map_err(|e| e.to_string())?;
-            read_answer(&mut s, max_body, &mut raw, &self.url).await?;
+            read_answer(&mut s, max_body, &mut raw, &url).await?;
         } else {
             let mut s = tcp;
             s.write_all(req.as_bytes()).await.map_err(|e| e.to_string())?;
-            read_answer(&mut s, max_body, &mut raw, &self.url).await?;
+            read_answer(&mut s, max_body, &mut raw, &url).await?;
         }
-        let bad = || format!("{} did not answer in HTTP; is that the master's address?", self.url);
+        let bad = || format!("{} did not answer in HTTP; is that the master's address?", url);
         let split = raw.windows(4).position(|w| w == b"\r\n\r\n").ok_or_else(bad)?;
         let head = String::from_utf8_lossy(&raw[..split]).to_string();
         let status = head.split_whitespace().nth(1).and_then(|s| s.parse().ok()).ok_or_else(bad)?;

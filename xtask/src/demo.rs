@@ -18,6 +18,7 @@ pub fn demo(root: &Path) -> Result<()> {
     // Only what it shows: the Rust guests (`cargo xtask test` builds and
     // installs the rest).
     guests::demo_guests(root)?;
+    crate::setup::setup_build()?;
     run(Command::new("cargo").current_dir(root).args(["build", "--quiet", "-p", "wasmos"]))?;
     let wasmos = root.join("target/debug/wasmos");
     run(Command::new(&wasmos)

@@ -41,9 +41,24 @@ fn installed_rust_targets() -> Vec<String> {
 }
 
 /// Headless Chromium and its WebDriver (the dashboard test), Prometheus
-/// for `promtool check metrics`, and Binaryen's `wasm-opt` (asyncify, for
-/// `wasmos submit --migratable`).
-pub const DEBIAN_TEST_TOOLS: [&str; 4] = ["chromium", "chromium-driver", "prometheus", "binaryen"];
+/// for `promtool check metrics`, Binaryen's `wasm-opt` (asyncify, for
+/// `wasmos submit --migratable`), and etcd (the several-masters tests
+/// start their own 3-member cluster on loopback).
+pub const DEBIAN_TEST_TOOLS: [&str; 5] = ["chromium", "chromium-driver", "prometheus", "binaryen", "etcd-server"];
+
+/// What building wasmos itself needs beyond Rust: `protoc`, which the
+/// `etcd-client` crate's build script runs (wasmos's own protos are
+/// compiled by protox, in Rust). Installed before the first build by
+/// `cargo xtask setup`, `test` and `demo`.
+pub const DEBIAN_BUILD: [&str; 1] = ["protobuf-compiler"];
+
+/// [`DEBIAN_BUILD`], unless `protoc` is already there (or `PROTOC` names one).
+pub fn setup_build() -> Result<()> {
+    if std::env::var_os("PROTOC").is_some() || has_command("protoc") {
+        return Ok(());
+    }
+    apt_install(&DEBIAN_BUILD)
+}
 
 /// `apt-get install` of the `packages` not installed yet (as root, else with
 /// `sudo -n`); nothing at all when every one is there.
@@ -90,6 +105,7 @@ pub fn setup_rust() -> Result<RustRoute> {
 
 /// Installs guest toolchains; idempotent and quick when all is there.
 pub fn setup(root: &Path) -> Result<RustRoute> {
+    setup_build()?;
     let route = setup_rust()?;
     if !(has_command("clang-16")
         && Path::new(WASI_SYSROOT).join("libc.a").exists()

@@ -55,6 +55,7 @@ const CI_SOAK_SEED: u64 = 11;
 /// `cargo xtask test [CARGO_TEST_ARGS]`: setup if needed, build the guests, run
 /// every test of the workspace, then the chaos suite and a short soak at CI size.
 pub fn test(root: &Path, args: &TestArgs) -> Result<()> {
+    setup::setup_build()?;
     guests::guests(root)?;
     // Cheap when already installed; covers machines whose guests were built
     // before the Python example existed.

@@ -129,6 +129,7 @@ impl v1::agent_service_server::AgentService for MasterHandle {
         Ok(Response::new(v1::RegisterAgentResponse {
             agent_id: r.agent_id.to_string(),
             heartbeat_interval_ms: r.heartbeat_interval.as_millis() as u64,
+            epoch: self.epoch,
         }))
     }
 
@@ -138,7 +139,12 @@ impl v1::agent_service_server::AgentService for MasterHandle {
         let id = known_agent(&r.into_inner().agent_id, "register first")?;
         let (tx, rx) = mpsc::unbounded_channel();
         self.request(who, |reply| Cmd::AttachAgent(id, tx, reply)).await?;
-        let stream = UnboundedReceiverStream::new(rx).map(|c| Ok(command_to_wire(c)));
+        let epoch = self.epoch;
+        let stream = UnboundedReceiverStream::new(rx).map(move |c| {
+            let mut c = command_to_wire(c);
+            c.epoch = epoch;
+            Ok(c)
+        });
         Ok(Response::new(Box::pin(stream)))
     }
 

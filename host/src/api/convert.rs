@@ -210,7 +210,7 @@ pub(crate) fn command_to_wire(c: AgentCommand) -> v1::AgentCommand {
             max_bytes: max,
         }),
     };
-    v1::AgentCommand { command: Some(command) }
+    v1::AgentCommand { command: Some(command), epoch: 0 }
 }
 
 pub(crate) fn agent_view_to_wire(a: &AgentView) -> v1::AgentSummary {

@@ -6,7 +6,9 @@
 
 mod history_file;
 pub(crate) mod journal;
+pub(crate) mod records;
 mod redb;
+pub(crate) mod etcd;
 
 use std::collections::HashSet;
 use std::path::Path;

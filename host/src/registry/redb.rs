@@ -23,17 +23,14 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use ::redb::{Database, ReadableDatabase, ReadableTable, TableDefinition};
-use wasmos_model::{AgentId, FrameworkId, Role};
 use wasmos_proto::v1;
 
 use super::*;
 
 mod reading;
-mod records;
-use crate::api::convert as wire;
-use crate::master::types::{HostedInfo, Page, RoleSettings, TaskFilter, TaskView, failover_timeout};
+use super::records::*;
+use crate::master::types::{Page, TaskFilter, TaskView};
 use reading::RedbHistory;
-use records::*;
 
 const TASKS: TableDefinition<&str, &[u8]> = TableDefinition::new("tasks");
 const FRAMEWORKS: TableDefinition<&str, &[u8]> = TableDefinition::new("frameworks");
@@ -61,46 +58,17 @@ fn err(what: &str) -> impl Fn(String) -> RegistryError + '_ {
     move |e| RegistryError(format!("{what}: {e}"))
 }
 
-/// Reads every record of `table`; a record that does not decode is an error
-/// naming its key (the registry is damaged; nothing is silently dropped).
-fn load<T: wasmos_proto::Wire>(
-    r: &::redb::ReadTransaction,
-    table: TableDefinition<&str, &[u8]>,
-    what: &str,
-) -> Result<Vec<T>, RegistryError> {
-    let t = r.open_table(table).map_err(|e| err(what)(e.to_string()))?;
-    let mut out = Vec::new();
-    for row in t.iter().map_err(|e| err(what)(e.to_string()))? {
-        let (k, v) = row.map_err(|e| err(what)(e.to_string()))?;
-        out.push(
-            wasmos_proto::decode(v.value())
-                .ok_or_else(|| RegistryError(format!("{what} record {:?} is damaged", k.value())))?,
-        );
+/// The redb table of a record kind.
+fn def(t: Table) -> TableDefinition<'static, &'static str, &'static [u8]> {
+    match t {
+        Table::Frameworks => FRAMEWORKS,
+        Table::Agents => AGENTS,
+        Table::Submissions => SUBMISSIONS,
+        Table::Roles => ROLES,
+        Table::Reservations => RESERVATIONS,
+        Table::HostedJobs => HOSTED_JOBS,
+        Table::Tokens => TOKENS,
     }
-    Ok(out)
-}
-
-/// Inserts or (for `None`) removes each keyed record.
-fn put(
-    w: &::redb::WriteTransaction,
-    table: TableDefinition<&str, &[u8]>,
-    what: &str,
-    rows: impl Iterator<Item = (String, Option<Vec<u8>>)>,
-) -> Result<(), RegistryError> {
-    let mut t = w.open_table(table).map_err(|e| err(what)(e.to_string()))?;
-    for (k, v) in rows {
-        match v {
-            Some(v) => t.insert(k.as_str(), v.as_slice()).map(|_| ()),
-            None => t.remove(k.as_str()).map(|_| ()),
-        }
-        .map_err(|e| err(what)(e.to_string()))?;
-    }
-    Ok(())
-}
-
-/// Says why a record is skipped at load.
-fn skip(what: &str, key: &str, why: impl std::fmt::Display) {
-    eprintln!("wasmos master: registry {what} {key:?} is not valid ({why}); skipping it");
 }
 
 pub(crate) struct Redb {
@@ -276,62 +244,21 @@ impl Registry for Redb {
                 }
             }
         }
-        for f in load::<v1::StoredFramework>(&r, FRAMEWORKS, "framework")? {
-            match (FrameworkId::new(f.framework_id.clone()), Role::new(f.role.clone())) {
-                (Ok(id), Ok(role)) => loaded.frameworks.push(FrameworkRecord {
-                    id,
-                    name: f.name,
-                    role,
-                    hosted: f.hosted.then_some(HostedInfo { module_sha256: f.module_sha256, config: f.config }),
-                    failover_timeout: failover_timeout(f.failover_timeout_s),
-                }),
-                _ => skip("framework", &f.framework_id, "bad id or role"),
-            }
-        }
-        for a in load::<v1::StoredAgent>(&r, AGENTS, "agent")? {
-            match agent_from_stored(&a) {
-                Some(rec) => loaded.agents.push(rec),
-                None => skip("agent", &a.agent_id, "bad id or resources"),
-            }
-        }
         let ended = r.open_table(SUB_ENDED).map_err(oerr("submission_ended"))?;
-        let have: std::collections::HashSet<String> = loaded.tasks.iter().map(|t| t.view.task_id.to_string()).collect();
-        for s in load::<v1::StoredSubmission>(&r, SUBMISSIONS, "submission")? {
-            let Some(tpl) = s.template.as_ref() else {
-                skip("submission", &s.tag, "no template");
-                continue;
-            };
-            let (template, bad) = wasmos_proto::spec_from_wire(tpl);
-            if let Some(e) = bad {
-                skip("submission", &s.tag, e);
-                continue;
-            }
-            let role = match s.role.as_str() {
-                "" => Role::new("batch").expect("valid role"),
-                r => match Role::new(r) {
-                    Ok(r) => r,
-                    Err(e) => {
-                        skip("submission", &s.tag, e);
-                        continue;
+        for table in Table::ALL {
+            let t = r.open_table(def(table)).map_err(oerr(table.name()))?;
+            for row in t.iter().map_err(serr(table.name()))? {
+                let (k, v) = row.map_err(serr(table.name()))?;
+                let n = match table {
+                    Table::Submissions => {
+                        ended.get(k.value()).map_err(serr("submission_ended"))?.map(|v| v.value()).unwrap_or(0) as u32
                     }
-                },
-            };
-            let rec = SubmissionRecord {
-                tag: s.tag,
-                first: s.first,
-                count: s.count,
-                template,
-                priority: s.priority,
-                constraints: s.constraints.into_iter().map(|a| (a.key, a.value)).collect(),
-                max_attempts: s.max_attempts,
-                submitted_at_ms: s.submitted_at_ms,
-                name: s.name,
-                role,
-            };
-            let n_ended =
-                ended.get(rec.key().as_str()).map_err(serr("submission_ended"))?.map(|v| v.value()).unwrap_or(0);
-            loaded.submissions.push((rec, n_ended as u32));
+                    _ => 0,
+                };
+                table.decode(k.value(), v.value(), n, &mut loaded)?;
+            }
         }
+        let have: std::collections::HashSet<String> = loaded.tasks.iter().map(|t| t.view.task_id.to_string()).collect();
         // Open submissions' tasks that have a record but were not loaded
         // (they ended a while ago). A batch task's listing position is the
         // number in its id, so the positions of a submission are a range.
@@ -351,72 +278,6 @@ impl Registry for Redb {
                 if !have.contains(&id) {
                     loaded.recorded.insert(id);
                 }
-            }
-        }
-        for j in load::<v1::StoredHostedJob>(&r, HOSTED_JOBS, "hosted job")? {
-            let (Ok(framework), Some(tpl)) = (FrameworkId::new(j.framework_id.clone()), j.template.as_ref()) else {
-                skip("hosted job", &j.job_id, "bad framework id or no template");
-                continue;
-            };
-            let (template, bad) = wasmos_proto::spec_from_wire(tpl);
-            if let Some(e) = bad {
-                skip("hosted job", &j.job_id, e);
-                continue;
-            }
-            loaded.hosted_jobs.push(HostedJobRecord {
-                id: j.job_id,
-                framework,
-                template,
-                priority: j.priority,
-                estimated_fuel: j.estimated_fuel,
-            });
-        }
-        for t in load::<v1::StoredToken>(&r, TOKENS, "token")? {
-            let Ok(hash) = <[u8; 32]>::try_from(t.secret_sha256.as_slice()) else {
-                skip("token", &t.name, "bad hash");
-                continue;
-            };
-            let kind = match t.kind {
-                0 => super::TokenKind::Bearer,
-                1 => super::TokenKind::Join { uses_left: t.uses_left },
-                _ => match AgentId::new(t.agent_id.clone()) {
-                    Ok(agent_id) => super::TokenKind::Agent { agent_id },
-                    Err(_) => {
-                        skip("token", &t.name, "bad agent id");
-                        continue;
-                    }
-                },
-            };
-            loaded.tokens.push(super::TokenRecord {
-                name: t.name,
-                secret_sha256: hash,
-                grants: t.grants,
-                created_at_ms: t.created_at_ms,
-                expires_at_ms: t.expires_at_ms,
-                created_by: t.created_by,
-                kind,
-            });
-        }
-        for rec in load::<v1::StoredRole>(&r, ROLES, "role")? {
-            let Ok(role) = Role::new(rec.role.clone()) else {
-                skip("role", &rec.role, "bad name");
-                continue;
-            };
-            match wire::quota_from_wire(rec.quota.as_ref()) {
-                Ok(quota) => {
-                    loaded.roles.push((role, RoleSettings { weight: rec.weight, quota, signers: rec.signers }))
-                }
-                Err(e) => eprintln!("wasmos master: registry role {role}: {e}; keeping the defaults for it"),
-            }
-        }
-        for rec in load::<v1::StoredReservation>(&r, RESERVATIONS, "reservation")? {
-            match (
-                AgentId::new(rec.agent_id.clone()),
-                Role::new(rec.role.clone()),
-                wasmos_proto::resources_from_wire(rec.resources.as_ref()),
-            ) {
-                (Ok(agent), Ok(role), Ok(res)) => loaded.reservations.push(((agent, role), res)),
-                _ => skip("reservation", &format!("{} {}", rec.agent_id, rec.role), "bad id, role or resources"),
             }
         }
         Ok(loaded)
@@ -444,106 +305,16 @@ impl Registry for Redb {
                     tables.put(id.as_str(), &task_to_stored(t))?;
                 }
             }
-            put(
-                &w,
-                FRAMEWORKS,
-                "frameworks",
-                changes.frameworks.iter().map(|(id, f)| (id.to_string(), f.as_ref().map(framework_to_stored))),
-            )?;
-            put(
-                &w,
-                AGENTS,
-                "agents",
-                changes.agents.iter().map(|(id, a)| {
-                    let rec = a.as_ref().map(|a| wasmos_proto::encode(&agent_to_stored(id, a)));
-                    (id.to_string(), rec)
-                }),
-            )?;
-            put(
-                &w,
-                ROLES,
-                "roles",
-                changes.roles.iter().map(|(role, s)| {
-                    let rec = s.as_ref().map(|s| {
-                        wasmos_proto::encode(&v1::StoredRole {
-                            role: role.to_string(),
-                            weight: s.weight,
-                            quota: Some(wire::quota_to_wire(&s.quota)),
-                            signers: s.signers.clone(),
-                        })
-                    });
-                    (role.to_string(), rec)
-                }),
-            )?;
-            put(
-                &w,
-                RESERVATIONS,
-                "reservations",
-                changes.reservations.iter().map(|((agent, role), r)| {
-                    let rec = r.as_ref().map(|r| {
-                        wasmos_proto::encode(&v1::StoredReservation {
-                            agent_id: agent.to_string(),
-                            role: role.to_string(),
-                            resources: Some(wasmos_proto::resources_to_wire(r)),
-                        })
-                    });
-                    (format!("{agent} {role}"), rec)
-                }),
-            )?;
-            put(
-                &w,
-                HOSTED_JOBS,
-                "hosted_jobs",
-                changes.hosted_jobs.iter().map(|(id, j)| {
-                    let rec = j.as_ref().map(|j| {
-                        wasmos_proto::encode(&v1::StoredHostedJob {
-                            job_id: j.id.clone(),
-                            framework_id: j.framework.to_string(),
-                            template: Some(wasmos_proto::spec_to_wire(&j.template)),
-                            priority: j.priority,
-                            estimated_fuel: j.estimated_fuel,
-                        })
-                    });
-                    (id.clone(), rec)
-                }),
-            )?;
-            put(
-                &w,
-                TOKENS,
-                "tokens",
-                changes.tokens.iter().map(|(name, t)| {
-                    let rec = t.as_ref().map(|t| {
-                        wasmos_proto::encode(&v1::StoredToken {
-                            name: t.name.clone(),
-                            secret_sha256: t.secret_sha256.to_vec(),
-                            grants: t.grants.clone(),
-                            created_at_ms: t.created_at_ms,
-                            expires_at_ms: t.expires_at_ms,
-                            created_by: t.created_by.clone(),
-                            kind: match &t.kind {
-                                super::TokenKind::Bearer => 0,
-                                super::TokenKind::Join { .. } => 1,
-                                super::TokenKind::Agent { .. } => 2,
-                            },
-                            uses_left: match &t.kind {
-                                super::TokenKind::Join { uses_left } => *uses_left,
-                                _ => None,
-                            },
-                            agent_id: match &t.kind {
-                                super::TokenKind::Agent { agent_id } => agent_id.to_string(),
-                                _ => String::new(),
-                            },
-                        })
-                    });
-                    (name.clone(), rec)
-                }),
-            )?;
-            put(
-                &w,
-                SUBMISSIONS,
-                "submissions",
-                changes.submissions.iter().map(|s| (s.key(), Some(wasmos_proto::encode(&submission_to_stored(s))))),
-            )?;
+            for table in Table::ALL {
+                let mut t = w.open_table(def(table)).map_err(oerr(table.name()))?;
+                for (_, k, v) in rows(changes).into_iter().filter(|(t, _, _)| *t == table) {
+                    match v {
+                        Some(v) => t.insert(k.as_str(), v.as_slice()).map(|_| ()),
+                        None => t.remove(k.as_str()).map(|_| ()),
+                    }
+                    .map_err(serr(table.name()))?;
+                }
+            }
             {
                 let mut ended = w.open_table(SUB_ENDED).map_err(oerr("submission_ended"))?;
                 for (key, n) in &changes.submission_ended {
