@@ -315,6 +315,11 @@ pub struct HaOpts {
     /// Most bytes in one etcd transaction (below etcd's --max-request-bytes, default 1.5 MiB).
     #[arg(long, value_name = "SIZE", default_value = "1MiB", value_parser = crate::args::size, requires = "etcd")]
     pub etcd_max_txn_bytes: u64,
+    /// The leader compacts etcd's history this often, to the revision of
+    /// one period before (0: never; then give etcd --auto-compaction-retention,
+    /// or its database fills up).
+    #[arg(long, value_name = "DUR", default_value = "5m", value_parser = crate::args::duration, requires = "etcd")]
+    pub etcd_compact_every: Duration,
 }
 
 impl HaOpts {
@@ -344,6 +349,7 @@ impl HaOpts {
                 max_ops: self.etcd_max_txn_ops,
                 max_bytes: self.etcd_max_txn_bytes as usize,
             },
+            compact_every: self.etcd_compact_every,
         })
     }
 }

@@ -37,9 +37,22 @@ pub fn check_hash(s: &str) -> Result<(), ArtifactError> {
     }
 }
 
-#[derive(Debug)]
+/// Where modules live beside the local directory when several masters
+/// share them (etcd): every upload is written there before it is
+/// acknowledged, a module missing here is read from there, and collected
+/// modules are deleted there too. Calls block (never on the event loop).
+pub(crate) trait SharedBlobs: Send + Sync {
+    /// Every module held there, with its size.
+    fn list(&self) -> Result<Vec<(String, u64)>, String>;
+    fn put(&self, hash: &str, bytes: &[u8]) -> Result<(), String>;
+    /// `None`: not there.
+    fn get(&self, hash: &str) -> Result<Option<Vec<u8>>, String>;
+    fn delete(&self, hashes: &[String]);
+}
+
 pub struct ArtifactStore {
     dir: PathBuf,
+    shared: Option<Box<dyn SharedBlobs>>,
     max_bytes: u64,
     /// Modules by hash: their size and when they were last used (uploaded,
     /// downloaded, or referenced when the master last looked).
@@ -47,6 +60,12 @@ pub struct ArtifactStore {
     /// Numbers each upload's temp file: concurrent uploads of one module
     /// each write their own and rename it into place.
     uploads: AtomicU64,
+}
+
+impl std::fmt::Debug for ArtifactStore {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ArtifactStore").field("dir", &self.dir).field("shared", &self.shared.is_some()).finish()
+    }
 }
 
 impl ArtifactStore {
@@ -71,7 +90,26 @@ impl ArtifactStore {
                 index.insert(hash.to_string(), (m.map(|m| m.len()).unwrap_or(0), at));
             }
         }
-        Ok(ArtifactStore { dir, max_bytes, index: RwLock::new(index), uploads: AtomicU64::new(0) })
+        Ok(ArtifactStore { dir, shared: None, max_bytes, index: RwLock::new(index), uploads: AtomicU64::new(0) })
+    }
+
+    /// [`ArtifactStore::open`], with the modules `shared` holds indexed too
+    /// (read from there when first used).
+    pub(crate) fn open_shared(
+        dir: PathBuf,
+        max_bytes: u64,
+        shared: Box<dyn SharedBlobs>,
+    ) -> Result<ArtifactStore, ArtifactError> {
+        let mut store = ArtifactStore::open(dir, max_bytes)?;
+        let held = shared.list().map_err(ArtifactError::Io)?;
+        {
+            let mut idx = store.index.write().unwrap_or_else(|e| e.into_inner());
+            for (hash, size) in held {
+                idx.entry(hash).or_insert((size, SystemTime::now()));
+            }
+        }
+        store.shared = Some(shared);
+        Ok(store)
     }
 
     pub fn max_bytes(&self) -> u64 {
@@ -119,6 +157,11 @@ impl ArtifactStore {
         for h in &gone {
             let _ = std::fs::remove_file(self.dir.join(format!("{h}.wasm")));
         }
+        if let Some(shared) = &self.shared
+            && !gone.is_empty()
+        {
+            shared.delete(&gone);
+        }
         gone.len()
     }
 
@@ -142,6 +185,19 @@ impl ArtifactStore {
             self.touch(&actual);
             return Ok((actual, true));
         }
+        if let Some(shared) = &self.shared {
+            shared.put(&actual, bytes).map_err(|e| ArtifactError::Io(format!("storing the module in etcd: {e}")))?;
+        }
+        self.write_local(&actual, bytes)?;
+        self.index
+            .write()
+            .unwrap_or_else(|e| e.into_inner())
+            .insert(actual.clone(), (bytes.len() as u64, SystemTime::now()));
+        Ok((actual, false))
+    }
+
+    /// Writes a module's file (durably, atomically).
+    fn write_local(&self, actual: &str, bytes: &[u8]) -> Result<(), ArtifactError> {
         let path = self.dir.join(format!("{actual}.wasm"));
         let n = self.uploads.fetch_add(1, Ordering::Relaxed);
         let tmp = self.dir.join(format!(".{actual}.{}.{n}.tmp", std::process::id()));
@@ -158,12 +214,7 @@ impl ArtifactStore {
         write().map_err(|e| {
             let _ = std::fs::remove_file(&tmp);
             ArtifactError::Io(format!("writing {}: {e}", path.display()))
-        })?;
-        self.index
-            .write()
-            .unwrap_or_else(|e| e.into_inner())
-            .insert(actual.clone(), (bytes.len() as u64, SystemTime::now()));
-        Ok((actual, false))
+        })
     }
 
     pub fn get(&self, hash: &str) -> Result<Vec<u8>, ArtifactError> {
@@ -172,7 +223,22 @@ impl ArtifactStore {
             return Err(ArtifactError::Missing(hash.to_string()));
         }
         self.touch(hash);
-        std::fs::read(self.dir.join(format!("{hash}.wasm"))).map_err(|e| ArtifactError::Io(e.to_string()))
+        match std::fs::read(self.dir.join(format!("{hash}.wasm"))) {
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound && self.shared.is_some() => {
+                // Uploaded to another master: read from etcd, checked, kept here.
+                let shared = self.shared.as_ref().expect("checked");
+                let bytes = shared
+                    .get(hash)
+                    .map_err(|e| ArtifactError::Io(format!("reading the module from etcd: {e}")))?
+                    .ok_or_else(|| ArtifactError::Missing(hash.to_string()))?;
+                if hex::encode(Sha256::digest(&bytes)) != hash {
+                    return Err(ArtifactError::Io(format!("the copy of module {hash} in etcd is damaged")));
+                }
+                self.write_local(hash, &bytes)?;
+                Ok(bytes)
+            }
+            r => r.map_err(|e| ArtifactError::Io(e.to_string())),
+        }
     }
 }
 

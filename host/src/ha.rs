@@ -30,7 +30,7 @@ use tokio::net::TcpListener;
 use tonic::{Request as GrpcRequest, Response as GrpcResponse, Status};
 use wasmos_proto::v1;
 
-use crate::registry::etcd::{Etcd, Fence, Image, Keys, TxnLimits};
+use crate::registry::etcd::{Conn, Etcd, Fence, Image, Keys, TxnLimits};
 use crate::{MasterConfig, Transport};
 
 /// Default [`HaConfig::lease_ttl`]: a dead leader's lease runs out within
@@ -55,7 +55,14 @@ pub struct HaConfig {
     pub etcd_identity: Option<(String, String)>,
     /// Bounds of one etcd transaction.
     pub txn_limits: TxnLimits,
+    /// The leader compacts etcd's history this often, to the revision of
+    /// one period ago (zero: never; then run etcd with its own
+    /// `--auto-compaction-retention`, or its database fills). Default 5 min.
+    pub compact_every: Duration,
 }
+
+/// Default [`HaConfig::compact_every`].
+pub const DEFAULT_COMPACT_EVERY: Duration = Duration::from_secs(300);
 
 /// Deadline of every etcd call but the campaign.
 const ETCD_TIMEOUT: Duration = Duration::from_secs(5);
@@ -70,11 +77,12 @@ fn stop(why: &str) -> ! {
 
 /// A client of the etcd cluster; `timeout`: the deadline of every call
 /// (none for the campaign's, which waits for as long as another leads).
-async fn connect(ha: &HaConfig, timeout: Option<Duration>) -> Result<Client, String> {
+async fn connect(ha: &HaConfig, timeout: Option<Duration>) -> Result<Conn, String> {
     let mut opts = ConnectOptions::new()
         .with_connect_timeout(Duration::from_secs(2))
-        .with_keep_alive(Duration::from_secs(1), Duration::from_secs(2))
-        .with_keep_alive_while_idle(true);
+        // etcd closes connections that ping more often than its
+        // --grpc-keepalive-min-time (5 s); the lease loop has its own clock.
+        .with_keep_alive(Duration::from_secs(10), Duration::from_secs(5));
     if ha.endpoints.iter().any(|e| e.starts_with("https://")) {
         let mut tls = etcd_client::TlsOptions::new();
         if let Some(ca) = &ha.etcd_ca_pem {
@@ -88,7 +96,7 @@ async fn connect(ha: &HaConfig, timeout: Option<Duration>) -> Result<Client, Str
     if let Some(t) = timeout {
         opts = opts.with_timeout(t);
     }
-    Client::connect(&ha.endpoints, Some(opts))
+    Conn::connect(&ha.endpoints, Some(opts))
         .await
         .map_err(|e| format!("cannot reach etcd at {}: {e}; check --etcd", ha.endpoints.join(",")))
 }
@@ -190,7 +198,7 @@ async fn dispatch(sw: Arc<Switch>, req: Request<axum::body::Body>) -> Response {
 /// `Masters.List`, on every master.
 #[derive(Clone)]
 pub(crate) struct MastersSvc {
-    ha: Option<(Client, Keys, String)>,
+    ha: Option<(Conn, Keys, String)>,
     epoch: u64,
 }
 
@@ -202,11 +210,15 @@ pub(crate) fn single_master_routes(epoch: u64) -> v1::masters_server::MastersSer
 #[tonic::async_trait]
 impl v1::masters_server::Masters for MastersSvc {
     async fn list(&self, _: GrpcRequest<v1::ListMastersRequest>) -> Result<GrpcResponse<v1::ListMastersResponse>, Status> {
-        let Some((client, keys, me)) = &self.ha else {
+        let Some((conn, keys, me)) = &self.ha else {
             return Ok(GrpcResponse::new(v1::ListMastersResponse { epoch: self.epoch, ..Default::default() }));
         };
-        let mut client = client.clone();
-        let unavailable = |e: etcd_client::Error| Status::unavailable(format!("etcd: {e}"));
+        let mut client = conn.client();
+        let unavailable = |e: etcd_client::Error| {
+            let conn = conn.clone();
+            tokio::spawn(async move { conn.reconnect().await });
+            Status::unavailable(format!("etcd: {e}"))
+        };
         let candidates = client
             .get(
                 format!("{}/", keys.election()),
@@ -247,11 +259,13 @@ struct Warm {
     rev: AtomicI64,
 }
 
-async fn follow(mut client: Client, keys: Keys, warm: Arc<Warm>) {
+async fn follow(conn: Conn, keys: Keys, warm: Arc<Warm>) {
     loop {
+        let mut client = conn.client();
         let (image, rev) = match Etcd::read_image(&mut client, &keys).await {
             Ok(x) => x,
             Err(_) => {
+                conn.reconnect().await;
                 tokio::time::sleep(Duration::from_millis(200)).await;
                 continue;
             }
@@ -260,6 +274,7 @@ async fn follow(mut client: Client, keys: Keys, warm: Arc<Warm>) {
         warm.rev.store(rev, Ordering::Release);
         let opts = WatchOptions::new().with_prefix().with_start_revision(rev + 1);
         let Ok(mut stream) = client.watch(keys.p.clone(), Some(opts)).await else {
+            conn.reconnect().await;
             tokio::time::sleep(Duration::from_millis(200)).await;
             continue;
         };
@@ -291,11 +306,11 @@ async fn follow(mut client: Client, keys: Keys, warm: Arc<Warm>) {
 
 /// Keeps the lease alive (three times a TTL); exits the process once it
 /// may have run out.
-async fn keep_lease(client: Client, lease: i64, ttl: Duration) {
+async fn keep_lease(conn: Conn, lease: i64, ttl: Duration) {
     let mut last_ok = Instant::now();
     let every = ttl / 3;
     loop {
-        let mut c = client.clone();
+        let mut c = conn.client();
         if let Ok((mut keeper, mut stream)) = c.lease_keep_alive(lease).await {
             loop {
                 if keeper.keep_alive().await.is_err() {
@@ -316,7 +331,8 @@ async fn keep_lease(client: Client, lease: i64, ttl: Duration) {
         if last_ok.elapsed() >= ttl {
             stop("it could not renew its etcd lease within --etcd-lease-ttl");
         }
-        tokio::time::sleep(Duration::from_millis(50)).await;
+        conn.reconnect().await;
+        tokio::time::sleep(Duration::from_millis(20)).await;
     }
 }
 
@@ -330,8 +346,9 @@ pub async fn run_ha(
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> Result<(), Box<dyn std::error::Error + Send + Sync>> {
     let keys = Keys::new(&ha.prefix);
-    let mut client = connect(&ha, Some(ETCD_TIMEOUT)).await?;
-    let mut campaigner = connect(&ha, None).await?;
+    let conn = connect(&ha, Some(ETCD_TIMEOUT)).await?;
+    let campaigner = connect(&ha, None).await?;
+    let mut client = conn.client();
     cfg.durable_registry = true;
     let tls = match &cfg.transport {
         Transport::Insecure => None,
@@ -342,7 +359,7 @@ pub async fn run_ha(
     };
     let view = Arc::new(View::default());
     let switch = Arc::new(Switch { leader: OnceLock::new(), view: view.clone() });
-    let masters = MastersSvc { ha: Some((client.clone(), keys.clone(), ha.advertise.clone())), epoch: 0 };
+    let masters = MastersSvc { ha: Some((conn.clone(), keys.clone(), ha.advertise.clone())), epoch: 0 };
     let app = tonic::service::Routes::new(v1::masters_server::MastersServer::new(masters))
         .into_axum_router()
         .fallback({
@@ -353,35 +370,39 @@ pub async fn run_ha(
 
     let ttl_s = ha.lease_ttl.as_secs_f64().ceil().max(1.0) as i64;
     let lease = client.lease_grant(ttl_s, None).await.map_err(|e| format!("etcd: granting a lease: {e}"))?.id();
-    tokio::spawn(keep_lease(client.clone(), lease, ha.lease_ttl.max(Duration::from_millis(300))));
+    tokio::spawn(keep_lease(conn.clone(), lease, ha.lease_ttl.max(Duration::from_millis(300))));
     // Who leads, for the follower's answers.
     let watcher = {
-        let (mut c, name, view) = (client.clone(), keys.election(), view.clone());
+        let (conn, name, view) = (conn.clone(), keys.election(), view.clone());
         tokio::spawn(async move {
             loop {
-                if let Ok(r) = c.leader(name.clone()).await {
+                if let Ok(r) = conn.client().leader(name.clone()).await {
                     let url = r.kv().and_then(|kv| kv.value_str().ok()).unwrap_or("").to_string();
                     *view.leader.write().unwrap_or_else(|e| e.into_inner()) = url;
                 } else {
                     view.leader.write().unwrap_or_else(|e| e.into_inner()).clear();
+                    conn.reconnect().await;
                 }
                 tokio::time::sleep(Duration::from_millis(200)).await;
             }
         })
     };
     let warm = Arc::new(Warm::default());
-    let follower = tokio::spawn(follow(client.clone(), keys.clone(), warm.clone()));
+    let follower = tokio::spawn(follow(conn.clone(), keys.clone(), warm.clone()));
     eprintln!("wasmos master: following; campaigning for leadership on etcd {} as {}", ha.endpoints.join(","), ha.advertise);
 
     // Campaign until elected (an etcd member going away ends a campaign call).
     let leader_key = loop {
-        match campaigner.campaign(keys.election(), ha.advertise.clone(), lease).await {
+        match campaigner.client().campaign(keys.election(), ha.advertise.clone(), lease).await {
             Ok(mut r) => {
                 if let Some(k) = r.take_leader() {
                     break k;
                 }
             }
-            Err(e) => eprintln!("wasmos master: campaign: {e}; again"),
+            Err(e) => {
+                eprintln!("wasmos master: campaign: {e}; again");
+                campaigner.reconnect().await;
+            }
         }
         tokio::time::sleep(Duration::from_millis(100)).await;
     };
@@ -389,7 +410,14 @@ pub async fn run_ha(
     let fence = Fence { key: leader_key.key().to_vec(), rev: leader_key.rev() };
     // The new epoch, fenced.
     let epoch = loop {
-        let got = client.get(keys.epoch(), None).await.map_err(|e| format!("etcd: {e}"))?;
+        let mut client = conn.client();
+        let got = match client.get(keys.epoch(), None).await {
+            Ok(g) => g,
+            Err(_) => {
+                conn.reconnect().await;
+                continue;
+            }
+        };
         let (old, modrev) = got
             .kvs()
             .first()
@@ -406,11 +434,14 @@ pub async fn run_ha(
                 TxnOp::put(keys.epoch(), epoch.to_string(), None),
                 TxnOp::put(keys.leader_since(), since, None),
             ]);
-        let r = client.txn(txn).await.map_err(|e| format!("etcd: {e}"))?;
+        let Ok(r) = client.txn(txn).await else {
+            conn.reconnect().await;
+            continue;
+        };
         if r.succeeded() {
             break epoch;
         }
-        let mine = client.get(fence.key.clone(), None).await.map_err(|e| format!("etcd: {e}"))?;
+        let Ok(mine) = client.get(fence.key.clone(), None).await else { continue };
         if mine.kvs().first().map(|kv| kv.create_revision()) != Some(fence.rev) {
             stop("it lost its leader key while taking over");
         }
@@ -419,7 +450,7 @@ pub async fn run_ha(
     watcher.abort();
     // The warm copy serves if it has seen the last log write.
     let last_write =
-        client.get(keys.commit(), None).await.ok().and_then(|r| r.kvs().first().map(|kv| kv.mod_revision())).unwrap_or(0);
+        conn.client().get(keys.commit(), None).await.ok().and_then(|r| r.kvs().first().map(|kv| kv.mod_revision())).unwrap_or(0);
     let deadline = Instant::now() + Duration::from_millis(500);
     while warm.rev.load(Ordering::Acquire) < last_write && Instant::now() < deadline {
         tokio::time::sleep(Duration::from_millis(5)).await;
@@ -431,7 +462,14 @@ pub async fn run_ha(
         None
     };
     let warm_used = image.is_some();
-    let mut reg = Etcd::new(client.clone(), &ha.prefix, fence, epoch, &ha.advertise, ha.txn_limits, image);
+    let blobs = crate::registry::etcd::EtcdBlobs {
+        conn: conn.clone(),
+        fence: fence.clone(),
+        keys: keys.clone(),
+        rt: tokio::runtime::Handle::current(),
+        limits: ha.txn_limits,
+    };
+    let mut reg = Etcd::new(conn.clone(), &ha.prefix, fence, epoch, &ha.advertise, ha.txn_limits, image);
     let loaded = reg.load_async(cfg.max_completed_tasks).await?;
     eprintln!(
         "wasmos master: elected leader in epoch {epoch}; registry loaded in {} ms from {} ({} tasks live or recent, {} open submissions)",
@@ -440,12 +478,30 @@ pub async fn run_ha(
         loaded.tasks.len(),
         loaded.submissions.len()
     );
-    let handle = crate::start_with(cfg, tls, Some((Box::new(reg), loaded)))?;
+    let handle = crate::start_with(cfg, tls, Some((Box::new(reg), loaded)), Some(Box::new(blobs)))?;
     elected(&handle);
+    if !ha.compact_every.is_zero() {
+        let (conn, key, every) = (conn.clone(), keys.epoch(), ha.compact_every);
+        tokio::spawn(async move {
+            let mut prev = 0;
+            loop {
+                tokio::time::sleep(every).await;
+                let mut c = conn.client();
+                let Ok(r) = c.get(key.clone(), None).await else { continue };
+                let rev = r.header().map_or(0, |h| h.revision());
+                if prev > 0
+                    && let Err(e) = c.compact(prev, None).await
+                {
+                    eprintln!("wasmos master: compacting etcd's history to revision {prev}: {e}");
+                }
+                prev = rev;
+            }
+        });
+    }
     let _ = switch.leader.set(crate::routes(handle));
     let result = server.await;
     // Stepping down: the lease goes, so another master is elected at once.
-    let _ = client.lease_revoke(lease).await;
+    let _ = conn.client().lease_revoke(lease).await;
     match result {
         Ok(r) => r.map_err(|e| e.into()),
         Err(e) => Err(format!("server task: {e}").into()),

@@ -40,7 +40,7 @@ pub use watch::{DEFAULT_WATCH_HISTORY, DEFAULT_WATCH_HISTORY_BYTES, EPOCH_SHIFT}
 /// Default [`MasterConfig::max_hosted_frameworks`].
 pub const DEFAULT_MAX_HOSTED_FRAMEWORKS: u32 = 64;
 pub use handle::MasterHandle;
-pub use ha::{DEFAULT_LEASE_TTL, HaConfig, run_ha};
+pub use ha::{DEFAULT_COMPACT_EVERY, DEFAULT_LEASE_TTL, EXIT_DEPOSED, HaConfig, run_ha};
 pub use registry::etcd::{DEFAULT_TXN_LIMITS, TxnLimits};
 
 /// Default [`MasterConfig::agent_heartbeat_interval`].
@@ -312,7 +312,7 @@ pub fn start(cfg: MasterConfig) -> Result<MasterHandle, StartError> {
             l.submissions.len()
         );
     }
-    start_with(cfg, tls, registry)
+    start_with(cfg, tls, registry, None)
 }
 
 /// [`start`] with its TLS and registry already made (the HA leader's).
@@ -320,8 +320,13 @@ pub(crate) fn start_with(
     cfg: MasterConfig,
     tls: Option<Arc<TlsState>>,
     registry: Option<(Box<dyn registry::Registry>, registry::Loaded)>,
+    shared_blobs: Option<Box<dyn artifacts::SharedBlobs>>,
 ) -> Result<MasterHandle, StartError> {
-    let artifacts = Arc::new(ArtifactStore::open(cfg.state_dir.join("artifacts"), cfg.max_module_bytes)?);
+    let dir = cfg.state_dir.join("artifacts");
+    let artifacts = Arc::new(match shared_blobs {
+        Some(b) => ArtifactStore::open_shared(dir, cfg.max_module_bytes, b)?,
+        None => ArtifactStore::open(dir, cfg.max_module_bytes)?,
+    });
     // Hosted schedulers run on the metered lane (fuel budgets per callback),
     // each charged to its own account in the fair CPU scheduler; the plain
     // lane runs nothing here.

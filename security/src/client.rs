@@ -206,6 +206,8 @@ pub const LEADER_HEADER: &str = "wasmos-leader";
 /// How long `connect` looks for a leader among several masters (an
 /// election takes about a lease's TTL).
 pub const LEADER_WAIT: Duration = Duration::from_secs(15);
+/// How long one master has to answer who leads.
+pub const PROBE_TIMEOUT: Duration = Duration::from_secs(2);
 
 /// Adds `authorization: Bearer TOKEN` to every request (nothing without a token).
 #[derive(Clone, Default)]
@@ -289,54 +291,71 @@ impl Target {
         AuthChannel::new(self, url, ch)
     }
 
-    /// Asks the masters in turn who leads (a follower names the leader in
-    /// `wasmos-leader` whatever the call), until one leads or
+    /// Asks every master at once who leads (a follower names the leader in
+    /// `wasmos-leader` whatever the call; a master that does not answer
+    /// within [`PROBE_TIMEOUT`] is stopped or cut off), until one leads or
     /// [`LEADER_WAIT`] passes.
     async fn find_leader(&self, urls: &[String]) -> Result<(String, Channel), String> {
         let deadline = std::time::Instant::now() + LEADER_WAIT;
-        let mut last = String::new();
-        let mut queue: Vec<String> = urls.to_vec();
+        // A bad address or a missing CA is said at once, not waited out.
+        for url in urls {
+            self.endpoint_for(url)?;
+        }
         loop {
-            for url in std::mem::take(&mut queue) {
-                let ep = self.endpoint_for(&url)?;
-                let mut ch = match ep.connect().await {
-                    Ok(ch) => ch,
-                    Err(e) => {
-                        last = describe_connect_error(&url, &e);
-                        continue;
-                    }
-                };
-                // A method no master serves: a follower answers it (as any
-                // call) with the leader's URL, the leader with UNIMPLEMENTED.
-                let req = tonic::codegen::http::Request::post("/wasmos.v1.Leader/Probe")
-                    .header("content-type", "application/grpc")
-                    .header("te", "trailers")
-                    .body(tonic::body::Body::empty())
-                    .expect("a request");
-                let answer = match std::future::poll_fn(|cx| tonic::codegen::Service::poll_ready(&mut ch, cx)).await {
-                    Ok(()) => tonic::codegen::Service::call(&mut ch, req).await,
-                    Err(e) => Err(e),
-                };
+            let (tx, mut rx) = tokio::sync::mpsc::channel(urls.len());
+            for url in urls {
+                let (me, url, tx) = (self.clone(), url.clone(), tx.clone());
+                tokio::spawn(async move {
+                    let answer = tokio::time::timeout(PROBE_TIMEOUT, me.probe(&url)).await;
+                    let answer = answer.unwrap_or_else(|_| Err(format!("{url} did not answer within {PROBE_TIMEOUT:?}")));
+                    let _ = tx.send((url, answer)).await;
+                });
+            }
+            drop(tx);
+            let mut last = String::new();
+            let mut named: Option<String> = None;
+            while let Some((url, answer)) = rx.recv().await {
                 match answer {
-                    Ok(r) => match r.headers().get(LEADER_HEADER).and_then(|v| v.to_str().ok()) {
-                        None => return Ok((url, ch)),
-                        Some("") => last = format!("{url}: no master leads yet (an election is under way)"),
-                        Some(leader) => {
-                            if !queue.contains(&leader.to_string()) {
-                                queue.insert(0, leader.to_string());
-                            }
-                            last = format!("{url} is a follower; the leader {leader} did not answer");
-                        }
-                    },
-                    Err(e) => last = describe_connect_error(&url, &e),
+                    Ok((ch, None)) => return Ok((url, ch)),
+                    Ok((_, Some(leader))) if leader.is_empty() => {
+                        last = format!("{url}: no master leads yet (an election is under way)")
+                    }
+                    Ok((_, Some(leader))) => {
+                        last = format!("{url} is a follower; the leader {leader} did not answer");
+                        named = Some(leader);
+                    }
+                    Err(e) => last = e,
                 }
+            }
+            // A leader none of the URLs given is (a master added since).
+            if let Some(leader) = named.filter(|l| !urls.contains(l))
+                && let Ok(Ok((ch, None))) = tokio::time::timeout(PROBE_TIMEOUT, self.probe(&leader)).await
+            {
+                return Ok((leader, ch));
             }
             if std::time::Instant::now() >= deadline {
                 return Err(format!("no leader among {} within {LEADER_WAIT:?}: {last}", urls.join(",")));
             }
             tokio::time::sleep(Duration::from_millis(100)).await;
-            queue = urls.to_vec();
         }
+    }
+
+    /// Connects to `url` and asks with a method no master serves: a
+    /// follower answers it (as any call) with the leader's URL (`Some`), a
+    /// leader or a single master with UNIMPLEMENTED (`None`).
+    async fn probe(&self, url: &str) -> Result<(Channel, Option<String>), String> {
+        let mut ch = self.endpoint_for(url)?.connect().await.map_err(|e| describe_connect_error(url, &e))?;
+        let req = tonic::codegen::http::Request::post("/wasmos.v1.Leader/Probe")
+            .header("content-type", "application/grpc")
+            .header("te", "trailers")
+            .body(tonic::body::Body::empty())
+            .expect("a request");
+        std::future::poll_fn(|cx| tonic::codegen::Service::poll_ready(&mut ch, cx))
+            .await
+            .map_err(|e| describe_connect_error(url, &e))?;
+        let r = tonic::codegen::Service::call(&mut ch, req).await.map_err(|e| describe_connect_error(url, &e))?;
+        let leader = r.headers().get(LEADER_HEADER).map(|v| v.to_str().unwrap_or("").to_string());
+        Ok((ch, leader))
     }
 
     /// A channel that connects on first use (and reconnects).

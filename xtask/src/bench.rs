@@ -84,6 +84,27 @@ fn e2e(root: &Path, args: &E2eArgs) -> Result<()> {
         "e2e_bench",
     ]))?;
     let this = root.join("target/release");
+    if args.etcd {
+        crate::setup::apt_install(&crate::setup::DEBIAN_TEST_TOOLS)?;
+        for round in 0..args.rounds {
+            let order = if round % 2 == 0 { [false, true] } else { [true, false] };
+            for etcd in order {
+                let name = if etcd { "etcd (3 members)" } else { "redb" };
+                eprintln!("xtask: bench e2e round {} of {}: {name}", round + 1, args.rounds);
+                if etcd {
+                    let c = crate::etcd::EtcdCluster::start(&this.join("wasmos"), "bench")?;
+                    run(Command::new(this.join("examples/e2e_bench"))
+                        .env("WASMOS_CONFIG", &c.config)
+                        .args(["--master", &c.url])
+                        .args(&args.client_args)
+                        .args(["--tasks", &args.tasks.to_string(), "--latency-samples", &args.latency_samples.to_string()]))?;
+                } else {
+                    e2e_once(&this, &this.join("examples"), args, false)?;
+                }
+            }
+        }
+        return Ok(());
+    }
     if args.security == Security::Both {
         // TLS + tokens against --insecure, alternating which goes first.
         for round in 0..args.rounds {

@@ -168,6 +168,11 @@ pub struct E2eArgs {
     /// the two for `--rounds`, for their cost side by side.
     #[arg(long, value_name = "MODE", value_enum, default_value_t = Security::Tls)]
     pub security: Security,
+    /// Also run the cluster on etcd (a 3-member etcd on loopback, `wasmos
+    /// master --etcd` and one agent), alternating with the redb registry for
+    /// `--rounds`.
+    #[arg(long)]
+    pub etcd: bool,
     /// Anything else is passed on to the e2e_bench client.
     #[arg(trailing_var_arg = true, allow_hyphen_values = true, value_name = "CLIENT_ARGS")]
     pub client_args: Vec<String>,
@@ -194,6 +199,16 @@ pub struct ChaosArgs {
     /// Tasks the remote framework launches meanwhile.
     #[arg(long, value_name = "N", default_value_t = 100)]
     pub framework_tasks: usize,
+    /// Several masters instead: 3 `wasmos master --etcd` on a 3-member etcd,
+    /// faults on the leader, etcd and followers (cli/examples/chaos_ha.rs).
+    #[arg(long)]
+    pub ha: bool,
+    /// With --ha: inject faults until this many leader changes were seen.
+    #[arg(long, value_name = "N", default_value_t = 10)]
+    pub leader_changes: u64,
+    /// With --ha: batch tasks submitted each round.
+    #[arg(long, value_name = "N", default_value_t = 40)]
+    pub tasks_per_round: usize,
 }
 
 #[derive(Args, Debug, Clone, PartialEq)]
@@ -323,10 +338,18 @@ mod tests {
 
     #[test]
     fn chaos_sizes() {
-        assert_eq!(parse("chaos"), Cmd::Chaos(ChaosArgs { tasks: 2000, framework_tasks: 100 }));
+        let plain = |tasks, framework_tasks| ChaosArgs {
+            tasks,
+            framework_tasks,
+            ha: false,
+            leader_changes: 10,
+            tasks_per_round: 40,
+        };
+        assert_eq!(parse("chaos"), Cmd::Chaos(plain(2000, 100)));
+        assert_eq!(parse("chaos --tasks 600 --framework-tasks 40"), Cmd::Chaos(plain(600, 40)));
         assert_eq!(
-            parse("chaos --tasks 600 --framework-tasks 40"),
-            Cmd::Chaos(ChaosArgs { tasks: 600, framework_tasks: 40 })
+            parse("chaos --ha --leader-changes 100"),
+            Cmd::Chaos(ChaosArgs { ha: true, leader_changes: 100, ..plain(2000, 100) })
         );
     }
 

@@ -14,6 +14,7 @@ mod bench;
 mod chaos;
 mod demo;
 mod dev;
+mod etcd;
 mod flags;
 mod guests;
 mod languages;

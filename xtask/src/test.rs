@@ -11,7 +11,12 @@ use crate::util::run;
 use crate::{chaos, guests, setup, soak};
 
 /// The chaos suite at a size that keeps CI short.
-const CI_CHAOS: ChaosArgs = ChaosArgs { tasks: 600, framework_tasks: 40 };
+const CI_CHAOS: ChaosArgs =
+    ChaosArgs { tasks: 600, framework_tasks: 40, ha: false, leader_changes: 0, tasks_per_round: 0 };
+
+/// The several-masters chaos suite at CI size: at least 10 leader changes.
+const CI_CHAOS_HA: ChaosArgs =
+    ChaosArgs { tasks: 0, framework_tasks: 40, ha: true, leader_changes: 10, tasks_per_round: 30 };
 
 /// A short soak: 80 s at a modest rate with 2 faults (a fixed seed, so every
 /// CI run injects the same ones: kill -9 of agent 1 at 28 s, of the master at
@@ -64,5 +69,6 @@ pub fn test(root: &Path, args: &TestArgs) -> Result<()> {
     setup::apt_install(&setup::DEBIAN_TEST_TOOLS)?;
     run(Command::new("cargo").current_dir(root).args(["test", "--workspace"]).args(&args.cargo_args))?;
     chaos::chaos(root, &CI_CHAOS)?;
+    chaos::chaos(root, &CI_CHAOS_HA)?;
     soak::soak_built_guests(root, &ci_soak())
 }

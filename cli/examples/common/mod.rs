@@ -65,6 +65,25 @@ impl Proc {
         *self = Proc::spawn(&self.bin.clone(), &self.argv.clone(), self.log.clone().as_deref());
     }
 
+    /// Whether it has exited (reaped if so).
+    pub fn exited(&mut self) -> bool {
+        matches!(self.child.try_wait(), Ok(Some(_)))
+    }
+
+    /// Its exit code, once it exited.
+    pub fn exit_code(&mut self) -> Option<i32> {
+        self.child.try_wait().ok().flatten().and_then(|s| s.code())
+    }
+
+    /// Starts it again (same command line) if it exited; true if it did.
+    pub fn respawn_if_exited(&mut self) -> bool {
+        if !self.exited() {
+            return false;
+        }
+        *self = Proc::spawn(&self.bin.clone(), &self.argv.clone(), self.log.clone().as_deref());
+        true
+    }
+
     /// Sends a signal by name, e.g. `-STOP`, `-CONT`.
     pub fn signal(&self, sig: &str) {
         let _ = Command::new("kill").args([sig, &self.child.id().to_string()]).status();

@@ -3,6 +3,7 @@
 mod cluster;
 mod dashboard;
 mod dev;
+mod ha;
 mod languages;
 mod maintenance;
 mod python_remote;

@@ -75,13 +75,98 @@ fn eerr(what: &str) -> impl Fn(etcd_client::Error) -> RegistryError + '_ {
 /// Says a fenced transaction did not apply: another master leads now.
 pub(crate) const DEPOSED: &str = "this master is no longer the leader (another was elected)";
 
-/// Runs `txn` fenced; an error if it did not apply.
-async fn fenced(client: &mut Client, fence: &Fence, ops: Vec<TxnOp>) -> Result<i64, RegistryError> {
-    let resp = client.txn(Txn::new().when(vec![fence.compare()]).and_then(ops)).await.map_err(eerr("txn"))?;
-    if !resp.succeeded() {
-        return Err(RegistryError(DEPOSED.into()));
+/// A client of the etcd cluster that talks to one member at a time and
+/// moves to the next one after a failure (as etcd's Go client pins one
+/// endpoint): etcd-client's own balanced channel keeps sending calls to a
+/// member that is down.
+#[derive(Clone)]
+pub(crate) struct Conn(Arc<ConnInner>);
+
+struct ConnInner {
+    endpoints: Vec<String>,
+    opts: Option<etcd_client::ConnectOptions>,
+    /// The member in use (its index) and its client.
+    now: std::sync::RwLock<(usize, Client)>,
+    last: tokio::sync::Mutex<std::time::Instant>,
+}
+
+/// How long a member has to answer before the next one is tried.
+const MEMBER_TIMEOUT: Duration = Duration::from_secs(1);
+
+impl Conn {
+    /// The first member, from `start` on, that answers.
+    async fn open(
+        endpoints: &[String],
+        opts: &Option<etcd_client::ConnectOptions>,
+        start: usize,
+    ) -> Result<(usize, Client), etcd_client::Error> {
+        let mut last = None;
+        for k in 0..endpoints.len() {
+            let i = (start + k) % endpoints.len();
+            match Client::connect([&endpoints[i]], opts.clone()).await {
+                Ok(c) => match tokio::time::timeout(MEMBER_TIMEOUT, c.clone().status()).await {
+                    Ok(Ok(_)) => return Ok((i, c)),
+                    Ok(Err(e)) => last = Some(e),
+                    Err(_) => last = Some(etcd_client::Error::InvalidArgs(format!("{} did not answer", endpoints[i]))),
+                },
+                Err(e) => last = Some(e),
+            }
+        }
+        Err(last.unwrap_or_else(|| etcd_client::Error::InvalidArgs("no etcd endpoint given".into())))
     }
-    Ok(resp.header().map(|h| h.revision()).unwrap_or(0))
+
+    pub async fn connect(
+        endpoints: &[String],
+        opts: Option<etcd_client::ConnectOptions>,
+    ) -> Result<Conn, etcd_client::Error> {
+        let now = Conn::open(endpoints, &opts, 0).await?;
+        Ok(Conn(Arc::new(ConnInner {
+            endpoints: endpoints.to_vec(),
+            opts,
+            now: std::sync::RwLock::new(now),
+            last: tokio::sync::Mutex::new(std::time::Instant::now()),
+        })))
+    }
+
+    pub fn client(&self) -> Client {
+        self.0.now.read().unwrap_or_else(|e| e.into_inner()).1.clone()
+    }
+
+    /// After a failed call: the next member that answers (at most every 100 ms).
+    pub async fn reconnect(&self) {
+        let mut last = self.0.last.lock().await;
+        if last.elapsed() < Duration::from_millis(100) {
+            return;
+        }
+        let from = self.0.now.read().unwrap_or_else(|e| e.into_inner()).0 + 1;
+        if let Ok(now) = Conn::open(&self.0.endpoints, &self.0.opts, from).await {
+            *self.0.now.write().unwrap_or_else(|e| e.into_inner()) = now;
+        }
+        *last = std::time::Instant::now();
+    }
+}
+
+/// How long a fenced write is retried through etcd failures (a member
+/// killed, a raft election) before the master gives up on it.
+const WRITE_RETRY: Duration = Duration::from_secs(5);
+
+/// Runs `txn` fenced; an error if it did not apply. A call that fails is
+/// made again (on a fresh client) for up to [`WRITE_RETRY`]: every write
+/// here is a whole value, so one applied twice is applied once.
+async fn fenced(conn: &Conn, fence: &Fence, ops: Vec<TxnOp>) -> Result<i64, RegistryError> {
+    let deadline = std::time::Instant::now() + WRITE_RETRY;
+    loop {
+        let txn = Txn::new().when(vec![fence.compare()]).and_then(ops.clone());
+        match conn.client().txn(txn).await {
+            Ok(resp) if resp.succeeded() => return Ok(resp.header().map(|h| h.revision()).unwrap_or(0)),
+            Ok(_) => return Err(RegistryError(DEPOSED.into())),
+            Err(e) if std::time::Instant::now() >= deadline => return Err(eerr("txn")(e)),
+            Err(_) => {
+                conn.reconnect().await;
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+        }
+    }
 }
 
 fn txn_op((k, v): &Op) -> TxnOp {
@@ -95,21 +180,29 @@ fn op_bytes((k, v): &Op) -> usize {
     k.len() + v.as_ref().map_or(0, |v| v.len()) + 16
 }
 
-/// Writes `ops` in order in fenced transactions within `limits`.
-async fn apply(client: &mut Client, fence: &Fence, limits: TxnLimits, ops: &[Op]) -> Result<(), RegistryError> {
+/// Writes `ops` in fenced transactions within `limits`: only the last op
+/// of each key (etcd refuses a key twice in one transaction), in the order
+/// of those last ops. Not atomic as a whole: whoever applies a log's groups
+/// deletes them only after, so a crash halfway is replayed over.
+async fn apply(conn: &Conn, fence: &Fence, limits: TxnLimits, ops: &[Op]) -> Result<(), RegistryError> {
+    let mut last: HashMap<&str, usize> = HashMap::new();
+    for (i, (k, _)) in ops.iter().enumerate() {
+        last.insert(k.as_str(), i);
+    }
+    let ops: Vec<&Op> = ops.iter().enumerate().filter(|(i, (k, _))| last.get(k.as_str()) == Some(i)).map(|(_, op)| op).collect();
     let mut batch: Vec<TxnOp> = Vec::new();
     let mut bytes = 0;
     for op in ops {
         let b = op_bytes(op);
         if !batch.is_empty() && (batch.len() + 1 >= limits.max_ops || bytes + b > limits.max_bytes) {
-            fenced(client, fence, std::mem::take(&mut batch)).await?;
+            fenced(conn, fence, std::mem::take(&mut batch)).await?;
             bytes = 0;
         }
         batch.push(txn_op(op));
         bytes += b;
     }
     if !batch.is_empty() {
-        fenced(client, fence, batch).await?;
+        fenced(conn, fence, batch).await?;
     }
     Ok(())
 }
@@ -419,7 +512,7 @@ fn replay(keys: &Keys, image: &mut Image) -> Result<Replay, RegistryError> {
 /// The registry's log writer and checkpointer state (shared with the
 /// maintenance thread).
 struct Shared {
-    client: Client,
+    conn: Conn,
     rt: tokio::runtime::Handle,
     keys: Keys,
     fence: Fence,
@@ -446,7 +539,7 @@ impl Etcd {
     /// The registry of the leader that won with `fence` in `epoch`;
     /// `image`: a warm copy to load from instead of reading etcd.
     pub fn new(
-        client: Client,
+        conn: Conn,
         prefix: &str,
         fence: Fence,
         epoch: u64,
@@ -456,7 +549,7 @@ impl Etcd {
     ) -> Etcd {
         Etcd {
             shared: Arc::new(Shared {
-                client,
+                conn,
                 rt: tokio::runtime::Handle::current(),
                 keys: Keys::new(prefix),
                 fence,
@@ -486,7 +579,7 @@ impl Etcd {
     pub async fn load_async(&mut self, keep_recent: usize) -> Result<Loaded, RegistryError> {
         let sh = self.shared.clone();
         let keys = &sh.keys;
-        let mut client = sh.client.clone();
+        let mut client = sh.conn.client();
         let mut image = match self.image.take() {
             Some(i) => i,
             None => Etcd::read_image(&mut client, keys).await?.0,
@@ -618,7 +711,6 @@ impl Etcd {
         let group = (self.epoch, self.next_group);
         self.next_group += 1;
         let parts = parts_of(group, ops.clone(), sh.limits.max_bytes);
-        let mut client = sh.client.clone();
         let mut batch: Vec<TxnOp> = Vec::new();
         let mut bytes = 0;
         let stamp = TxnOp::put(sh.keys.commit(), self.stamp.clone(), None);
@@ -626,7 +718,7 @@ impl Etcd {
             let v = p.encode();
             if !batch.is_empty() && (batch.len() + 2 >= sh.limits.max_ops || bytes + v.len() > sh.limits.max_bytes) {
                 batch.push(stamp.clone());
-                fenced(&mut client, &sh.fence, std::mem::take(&mut batch)).await?;
+                fenced(&sh.conn, &sh.fence, std::mem::take(&mut batch)).await?;
                 bytes = 0;
             }
             bytes += v.len();
@@ -634,7 +726,7 @@ impl Etcd {
             self.next_entry += 1;
         }
         batch.push(stamp);
-        fenced(&mut client, &sh.fence, batch).await?;
+        fenced(&sh.conn, &sh.fence, batch).await?;
         sh.pending.lock().unwrap_or_else(|e| e.into_inner()).push_back((self.next_entry - 1, ops));
         Ok(())
     }
@@ -674,7 +766,7 @@ impl Registry for Etcd {
     }
 
     fn history(&self) -> Arc<dyn History> {
-        Arc::new(EtcdHistory { client: self.shared.client.clone(), rt: self.shared.rt.clone(), keys: self.shared.keys.clone() })
+        Arc::new(EtcdHistory { conn: self.shared.conn.clone(), rt: self.shared.rt.clone(), keys: self.shared.keys.clone() })
     }
 }
 
@@ -697,20 +789,19 @@ fn checkpointer(sh: std::sync::Weak<Shared>, task_history: Duration) {
         let groups: Vec<(u64, Vec<Op>)> = sh.pending.lock().unwrap_or_else(|e| e.into_inner()).drain(..).collect();
         let garbage = sh.garbage_below.lock().unwrap_or_else(|e| e.into_inner()).take();
         let result = block(&sh.rt, async {
-            let mut client = sh.client.clone();
             if !groups.is_empty() {
                 let ops: Vec<Op> = groups.iter().flat_map(|(_, ops)| ops.iter().cloned()).collect();
-                apply(&mut client, &sh.fence, sh.limits, &ops).await?;
+                apply(&sh.conn, &sh.fence, sh.limits, &ops).await?;
             }
             let below = groups.iter().map(|(n, _)| n + 1).max().into_iter().chain(garbage).max();
             if let Some(below) = below {
                 let del = TxnOp::delete(sh.keys.log(), Some(DeleteOptions::new().with_range(sh.keys.log_entry(below))));
-                fenced(&mut client, &sh.fence, vec![del]).await?;
+                fenced(&sh.conn, &sh.fence, vec![del]).await?;
             }
             if last_collect.elapsed() >= COLLECT_EVERY {
                 last_collect = std::time::Instant::now();
                 let before = (crate::master::types::now_ms() - task_history.as_millis() as i64).max(0) as u64;
-                collect(&mut client, &sh, before).await?;
+                collect(&sh, before).await?;
             }
             Ok::<(), RegistryError>(())
         });
@@ -730,7 +821,8 @@ fn checkpointer(sh: std::sync::Weak<Shared>, task_history: Duration) {
 }
 
 /// Deletes history records of tasks that ended before `before_ms`.
-async fn collect(client: &mut Client, sh: &Shared, before_ms: u64) -> Result<(), RegistryError> {
+async fn collect(sh: &Shared, before_ms: u64) -> Result<(), RegistryError> {
+    let mut client = sh.conn.client();
     let fin = format!("{}h/fin/", sh.keys.p);
     let end = format!("{fin}{}", hex16(before_ms));
     let resp = client
@@ -745,19 +837,19 @@ async fn collect(client: &mut Client, sh: &Shared, before_ms: u64) -> Result<(),
         ops.push((sh.keys.h_id(id), None));
         ops.push((k.to_string(), None));
     }
-    apply(client, &sh.fence, sh.limits, &ops).await
+    apply(&sh.conn, &sh.fence, sh.limits, &ops).await
 }
 
 /// Reads ended tasks from etcd (any master may; only the leader is asked).
 struct EtcdHistory {
-    client: Client,
+    conn: Conn,
     rt: tokio::runtime::Handle,
     keys: Keys,
 }
 
 impl History for EtcdHistory {
     fn get(&self, id: &str) -> Result<Option<TaskView>, RegistryError> {
-        let mut client = self.client.clone();
+        let mut client = self.conn.client();
         block(&self.rt, async {
             for key in [self.keys.live(id), self.keys.h_id(id)] {
                 let resp = client.get(key.clone(), None).await.map_err(eerr("get"))?;
@@ -781,7 +873,7 @@ impl History for EtcdHistory {
     }
 
     fn page(&self, after: u64, filter: &TaskFilter, limit: usize, budget: usize) -> Result<Page<TaskView>, RegistryError> {
-        let mut client = self.client.clone();
+        let mut client = self.conn.client();
         block(&self.rt, async {
             let mut page = Page::default();
             let mut last = after;
@@ -816,6 +908,82 @@ impl History for EtcdHistory {
                 }
             }
         })
+    }
+}
+
+/// Modules in etcd (`P artm/<sha>`: size, written last; `P artc/<sha>/<n>`:
+/// the bytes, cut to fit a transaction): what lets any master serve a module
+/// another one took. Writes are fenced like the registry's.
+pub(crate) struct EtcdBlobs {
+    pub conn: Conn,
+    pub fence: Fence,
+    pub keys: Keys,
+    pub rt: tokio::runtime::Handle,
+    pub limits: TxnLimits,
+}
+
+impl EtcdBlobs {
+    fn manifest(&self, hash: &str) -> String {
+        format!("{}artm/{hash}", self.keys.p)
+    }
+    fn chunks(&self, hash: &str) -> String {
+        format!("{}artc/{hash}/", self.keys.p)
+    }
+}
+
+impl crate::artifacts::SharedBlobs for EtcdBlobs {
+    fn list(&self) -> Result<Vec<(String, u64)>, String> {
+        let prefix = format!("{}artm/", self.keys.p);
+        let mut client = self.conn.client();
+        let (kvs, _) = block(&self.rt, range_all(&mut client, &prefix, 0)).map_err(|e| e.0)?;
+        Ok(kvs
+            .into_iter()
+            .filter_map(|(k, v)| {
+                let hash = k.strip_prefix(&prefix)?.to_string();
+                Some((hash, String::from_utf8_lossy(&v).parse().ok()?))
+            })
+            .collect())
+    }
+
+    fn put(&self, hash: &str, bytes: &[u8]) -> Result<(), String> {
+        let chunk = self.limits.max_bytes.saturating_sub(1024).max(1024);
+        block(&self.rt, async {
+            for (i, c) in bytes.chunks(chunk).enumerate() {
+                let key = format!("{}{i:08x}", self.chunks(hash));
+                fenced(&self.conn, &self.fence, vec![TxnOp::put(key, c.to_vec(), None)]).await?;
+            }
+            let m = TxnOp::put(self.manifest(hash), bytes.len().to_string(), None);
+            fenced(&self.conn, &self.fence, vec![m]).await.map(|_| ())
+        })
+        .map_err(|e| e.0)
+    }
+
+    fn get(&self, hash: &str) -> Result<Option<Vec<u8>>, String> {
+        let mut client = self.conn.client();
+        block(&self.rt, async {
+            let m = client.get(self.manifest(hash), None).await.map_err(|e| e.to_string())?;
+            if m.kvs().is_empty() {
+                return Ok(None);
+            }
+            let (kvs, _) = range_all(&mut client, &self.chunks(hash), 0).await.map_err(|e| e.0)?;
+            Ok(Some(kvs.into_iter().flat_map(|(_, v)| v).collect()))
+        })
+    }
+
+    fn delete(&self, hashes: &[String]) {
+        let r = block(&self.rt, async {
+            for h in hashes {
+                let ops = vec![
+                    TxnOp::delete(self.manifest(h), None),
+                    TxnOp::delete(self.chunks(h), Some(DeleteOptions::new().with_prefix())),
+                ];
+                fenced(&self.conn, &self.fence, ops).await?;
+            }
+            Ok::<(), RegistryError>(())
+        });
+        if let Err(e) = r {
+            eprintln!("wasmos master: deleting collected modules from etcd: {e}");
+        }
     }
 }
 
