@@ -31,7 +31,7 @@ fn bin(config: &Path) -> Command {
 
 fn cli(config: &Path, master: &str, args: &[&str]) -> Output {
     let mut c = bin(config);
-    c.args(args).args(["--master", master]).stdout(Stdio::piped()).stderr(Stdio::piped());
+    c.env("WASMOS_MASTER", master).args(args).stdout(Stdio::piped()).stderr(Stdio::piped());
     c.output().unwrap()
 }
 
@@ -121,7 +121,7 @@ fn several_masters_elect_one_leader_that_clients_follow_and_a_deposed_one_writes
     let hello = guest("hello");
     let o = cli(&config, &all, &["submit", "--wait", &hello, "--", "first"]);
     assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
-    assert!(String::from_utf8_lossy(&o.stdout).contains("hello, first!"));
+    assert!(String::from_utf8_lossy(&o.stdout).contains("hello, first!"), "{}", String::from_utf8_lossy(&o.stdout));
 
     // kill -9 of the leader: another is elected, epoch 2, and takes the
     // next submission (the module uploaded to the first one included).
@@ -129,7 +129,7 @@ fn several_masters_elect_one_leader_that_clients_follow_and_a_deposed_one_writes
     procs[i] = None;
     let o = cli(&config, &all, &["submit", "--wait", &hello, "--", "second"]);
     assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
-    assert!(String::from_utf8_lossy(&o.stdout).contains("hello, second!"));
+    assert!(String::from_utf8_lossy(&o.stdout).contains("hello, second!"), "{}", String::from_utf8_lossy(&o.stdout));
     let m = masters(&config, &all);
     assert_eq!(m["epoch"], 2, "{m}");
     let second = m["leader"].as_str().unwrap().to_string();
