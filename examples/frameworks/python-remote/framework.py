@@ -39,6 +39,10 @@ CHUNK = 1 << 20  # upload chunk size
 EXIT_OK, EXIT_TASKS, EXIT_SETUP, EXIT_TIMEOUT = 0, 1, 2, 3
 
 
+class Reconnect(Exception):
+    """The master went away or is not the leader: find the leader, subscribe again."""
+
+
 class Fatal(Exception):
     """An error that ends the run with a message and an exit code."""
 
@@ -147,18 +151,14 @@ class Framework:
         self.args = args
         self.pb = pb
         self.grpc = grpc
+        self.pb_grpc = pb_grpc
         self.deadline = Deadline(args.timeout)
-        options = [("grpc.max_send_message_length", 64 * MIB), ("grpc.max_receive_message_length", 64 * MIB)]
-        if args.tls:
-            creds = grpc.ssl_channel_credentials(root_certificates=args.ca_pem.encode())
-            self.channel = grpc.secure_channel(args.master, creds, options=options)
-        else:
-            self.channel = grpc.insecure_channel(args.master, options=options)
+        self.channel = None
+        self.open(args.masters[0])
         # The token goes with every call (plaintext masters take it too).
         self.md = [("authorization", f"Bearer {args.token}")] if args.token else []
-        self.scheduler = pb_grpc.SchedulerStub(self.channel)
-        self.artifacts = pb_grpc.ArtifactsStub(self.channel)
         self.events = queue.Queue()
+        self.failovers = 0
         self.stream = None
         self.framework_id = ""
         run = uuidlib.uuid4().hex[:8]
@@ -173,6 +173,61 @@ class Framework:
 
     # -- helpers
 
+    def open(self, address):
+        """A channel to the master at `address` (host:port) and its stubs."""
+        if self.channel is not None:
+            self.channel.close()
+        grpc = self.grpc
+        options = [("grpc.max_send_message_length", 64 * MIB), ("grpc.max_receive_message_length", 64 * MIB)]
+        if self.args.tls:
+            creds = grpc.ssl_channel_credentials(root_certificates=self.args.ca_pem.encode())
+            self.channel = grpc.secure_channel(address, creds, options=options)
+        else:
+            self.channel = grpc.insecure_channel(address, options=options)
+        self.address = address
+        self.scheduler = self.pb_grpc.SchedulerStub(self.channel)
+        self.artifacts = self.pb_grpc.ArtifactsStub(self.channel)
+
+    def find_leader(self):
+        """With several masters (`--master a,b,c`), the one that leads: any
+        master answers Masters.List (followers too) with the leader's URL."""
+        if len(self.args.masters) == 1:
+            return
+        last = "no master answered"
+        while True:
+            for address in self.args.masters:
+                self.open(address)
+                try:
+                    r = self.pb_grpc.MastersStub(self.channel).List(self.pb.ListMastersRequest(), timeout=self.deadline.rpc(2.0))
+                except self.grpc.RpcError as e:
+                    last = f"{address}: {rpc_msg(e)}"
+                    continue
+                if r.leader:
+                    leader = r.leader.split("://", 1)[-1].rstrip("/")
+                    if leader != address:
+                        self.open(leader)
+                    log(f"the leader is {leader} (epoch {r.epoch})")
+                    return
+                last = f"{address}: no master leads yet"
+            time.sleep(min(0.2, self.deadline.left()))
+            if self.deadline.left() <= 0.2:
+                raise Fatal(f"no leader among {','.join(self.args.masters)}: {last}")
+
+    def reconnect(self):
+        """After the master went away: the new leader, subscribed again with
+        our framework id, then asked for the state of every task launched."""
+        if self.stream is not None:
+            self.stream.cancel()
+        self.events = queue.Queue()
+        self.find_leader()
+        self.subscribe()
+        launched = [t for t in self.task_ids if t not in self.pending and t not in self.final]
+        if launched:
+            self.call(reconcile=self.pb.Call.Reconcile(task_ids=launched))
+
+    def multi(self):
+        return len(self.args.masters) > 1
+
     def state_name(self, value):
         return self.pb.TaskState.Name(value).removeprefix("TASK_").lower()
 
@@ -182,6 +237,8 @@ class Framework:
                 self.pb.Call(framework_id=self.framework_id, **kw), timeout=self.deadline.rpc(), metadata=self.md
             )
         except self.grpc.RpcError as e:
+            if self.multi() and e.code() == self.grpc.StatusCode.UNAVAILABLE:
+                raise Reconnect()
             raise Fatal(f"scheduler call {next(iter(kw))} failed: {rpc_msg(e)}", EXIT_TASKS)
 
     def next_event(self):
@@ -200,7 +257,7 @@ class Framework:
             self.grpc.channel_ready_future(self.channel).result(timeout=min(5.0, self.deadline.left()))
         except self.grpc.FutureTimeoutError:
             raise Fatal(
-                f"cannot reach the master at {self.args.master}; is it running? "
+                f"cannot reach the master at {self.address}; is it running? "
                 "(start one with `wasmos dev`; it writes the client config this script reads)"
             )
 
@@ -229,21 +286,30 @@ class Framework:
         return sha
 
     def subscribe(self):
-        info = self.pb.FrameworkInfo(name=self.args.name, role=self.args.role)
-        self.stream = self.scheduler.Subscribe(self.pb.SubscribeRequest(framework=info), metadata=self.md)
+        info = self.pb.FrameworkInfo(name=self.args.name, role=self.args.role, framework_id=self.framework_id)
+        if self.framework_id:
+            info.failover_timeout_s = 600.0
+        stream = self.scheduler.Subscribe(self.pb.SubscribeRequest(framework=info), metadata=self.md)
+        self.stream, events, multi = stream, self.events, self.multi()
 
         def pump():
             try:
-                for ev in self.stream:
-                    self.events.put(ev)
-                self.events.put(Fatal("the master closed the event stream", EXIT_TASKS))
+                for ev in stream:
+                    events.put(ev)
+                events.put(Reconnect() if multi else Fatal("the master closed the event stream", EXIT_TASKS))
             except self.grpc.RpcError as e:
-                if e.code() != self.grpc.StatusCode.CANCELLED:
-                    self.events.put(Fatal(f"event stream: {rpc_msg(e)}", EXIT_TASKS))
+                if e.code() == self.grpc.StatusCode.CANCELLED:
+                    return
+                if multi and e.code() == self.grpc.StatusCode.UNAVAILABLE:
+                    events.put(Reconnect())
+                else:
+                    events.put(Fatal(f"event stream: {rpc_msg(e)}", EXIT_TASKS))
 
         threading.Thread(target=pump, name="events", daemon=True).start()
         try:
             ev = self.next_event()
+        except Reconnect:
+            raise
         except Fatal as e:
             raise Fatal(f"cannot subscribe: {e}", EXIT_SETUP)
         if ev.WhichOneof("event") != "subscribed":
@@ -343,21 +409,32 @@ class Framework:
         return answers, problems
 
     def run(self):
+        self.find_leader()
         self.connect()
         self.sha = self.upload()
         self.subscribe()
         for t in self.task_ids:
             self.state[t] = "pending"
         while len(self.final) < len(self.task_ids):
-            ev = self.next_event()
-            kind = ev.WhichOneof("event")
-            if kind == "offers":
-                self.on_offers(ev.offers.offers)
-            elif kind == "update":
-                self.on_update(ev.update.status)
-            elif kind == "error":
-                raise Fatal(f"the master reported: {ev.error.message}", EXIT_TASKS)
-            # rescind: offers are answered at once, so nothing is held; heartbeat: nothing to do
+            try:
+                ev = self.next_event()
+                kind = ev.WhichOneof("event")
+                if kind == "offers":
+                    self.on_offers(ev.offers.offers)
+                elif kind == "update":
+                    self.on_update(ev.update.status)
+                elif kind == "error":
+                    raise Fatal(f"the master reported: {ev.error.message}", EXIT_TASKS)
+                # rescind: offers are answered at once, so nothing is held; heartbeat: nothing to do
+            except Reconnect:
+                log("lost the master; looking for the leader")
+                while True:
+                    try:
+                        self.reconnect()
+                        self.failovers += 1
+                        break
+                    except Reconnect:
+                        time.sleep(min(0.2, self.deadline.left()))
         answers, problems = self.reconcile()
         try:
             self.call(teardown=self.pb.Call.Teardown())
@@ -419,7 +496,8 @@ def parse_args(argv):
         epilog="Arguments after `--` are passed to every task (default: the task's own id).",
     )
     p.add_argument("--master", default=None,
-                   help="master address, https://host:port (http:// for an --insecure master; default: "
+                   help="master address, https://host:port (http:// for an --insecure master), or several "
+                        "comma-separated (masters on etcd: it follows the leader; default: "
                         "$WASMOS_MASTER, else the client config's, else https://127.0.0.1:5050)")
     p.add_argument("--ca-cert", default=None,
                    help="the master's CA certificate, PEM (default: $WASMOS_CA_CERT, else the client config's)")
@@ -445,10 +523,10 @@ def parse_args(argv):
     config = read_client_config(p)
     a.master = a.master or os.environ.get("WASMOS_MASTER") or config.get("master") or "https://127.0.0.1:5050"
     a.tls = not a.master.startswith("http://")
-    for scheme in ("http://", "https://"):
-        if a.master.startswith(scheme):
-            a.master = a.master[len(scheme) :]
-    a.master = a.master.rstrip("/")
+    a.masters = [m.strip().split("://", 1)[-1].rstrip("/") for m in a.master.split(",") if m.strip()]
+    if not a.masters:
+        p.error("--master is empty; give host:port (or several, comma-separated)")
+    a.master = a.masters[0]
     ca_file = a.ca_cert or os.environ.get("WASMOS_CA_CERT")
     if ca_file:
         try:
@@ -521,6 +599,7 @@ def main(argv):
         "offers": fw.offers_seen,
         "declined": fw.declined,
         "reconciled": answers,
+        "failovers": fw.failovers,
         "reconcile_problems": problems,
         "elapsed_s": round(time.monotonic() - started, 3),
         "ok": ok,
