@@ -204,8 +204,8 @@ mod tests {
         assert_eq!(steps(&mut b, 2), [100, 200]);
     }
 
-    #[test]
-    fn commands_from_an_older_epoch_are_refused() {
+    #[tokio::test]
+    async fn commands_from_an_older_epoch_are_refused() {
         let ch = Target { url: "http://127.0.0.1:1".into(), ..Default::default() }.connect_lazy().unwrap();
         let link = Link::new(Arc::new(RwLock::new(ch)), String::new());
         assert!(link.accepts(0));

@@ -195,16 +195,22 @@ async fn dispatch(sw: Arc<Switch>, req: Request<axum::body::Body>) -> Response {
     (StatusCode::SERVICE_UNAVAILABLE, msg).into_response()
 }
 
-/// `Masters.List`, on every master.
+/// `Masters.List`, on every master. Anyone may call it (it is how clients
+/// find the leader), so an answer read from etcd serves for
+/// [`MASTERS_CACHE`]: callers cannot turn it into load on etcd.
 #[derive(Clone)]
 pub(crate) struct MastersSvc {
     ha: Option<(Conn, Keys, String)>,
     epoch: u64,
+    cache: Arc<tokio::sync::Mutex<Option<(Instant, v1::ListMastersResponse)>>>,
 }
+
+/// How long one `Masters.List` answer from etcd is reused.
+const MASTERS_CACHE: Duration = Duration::from_millis(200);
 
 /// A single master's routes for `Masters.List` (it is its own leader).
 pub(crate) fn single_master_routes(epoch: u64) -> v1::masters_server::MastersServer<MastersSvc> {
-    v1::masters_server::MastersServer::new(MastersSvc { ha: None, epoch })
+    v1::masters_server::MastersServer::new(MastersSvc { ha: None, epoch, cache: Default::default() })
 }
 
 #[tonic::async_trait]
@@ -213,6 +219,12 @@ impl v1::masters_server::Masters for MastersSvc {
         let Some((conn, keys, me)) = &self.ha else {
             return Ok(GrpcResponse::new(v1::ListMastersResponse { epoch: self.epoch, ..Default::default() }));
         };
+        let mut cache = self.cache.lock().await;
+        if let Some((at, r)) = cache.as_ref()
+            && at.elapsed() < MASTERS_CACHE
+        {
+            return Ok(GrpcResponse::new(r.clone()));
+        }
         let mut client = conn.client();
         let unavailable = |e: etcd_client::Error| {
             let conn = conn.clone();
@@ -246,6 +258,7 @@ impl v1::masters_server::Masters for MastersSvc {
                 out.leader_since_ms = since.and_then(|s| s.parse().ok()).unwrap_or(0);
             }
         }
+        *cache = Some((Instant::now(), out.clone()));
         Ok(GrpcResponse::new(out))
     }
 }
@@ -359,7 +372,8 @@ pub async fn run_ha(
     };
     let view = Arc::new(View::default());
     let switch = Arc::new(Switch { leader: OnceLock::new(), view: view.clone() });
-    let masters = MastersSvc { ha: Some((conn.clone(), keys.clone(), ha.advertise.clone())), epoch: 0 };
+    let masters =
+        MastersSvc { ha: Some((conn.clone(), keys.clone(), ha.advertise.clone())), epoch: 0, cache: Default::default() };
     let app = tonic::service::Routes::new(v1::masters_server::MastersServer::new(masters))
         .into_axum_router()
         .fallback({
