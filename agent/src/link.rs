@@ -134,7 +134,9 @@ pub(crate) async fn register(agent: &Agent) -> Result<Duration, tonic::Status> {
         cp.set_agent_id(&resp.agent_id);
     }
     *agent.link.id.write().unwrap_or_else(|e| e.into_inner()) = resp.agent_id;
-    agent.link.epoch.fetch_max(resp.epoch, std::sync::atomic::Ordering::AcqRel);
+    // The master registered with is the one followed from now on (also one
+    // whose state was reset, or moved from redb to etcd: its epoch starts over).
+    agent.link.epoch.store(resp.epoch, std::sync::atomic::Ordering::Release);
     Ok(Duration::from_millis(resp.heartbeat_interval_ms.max(100)))
 }
 

@@ -103,9 +103,13 @@ impl ArtifactStore {
         let mut store = ArtifactStore::open(dir, max_bytes)?;
         let held = shared.list().map_err(ArtifactError::Io)?;
         {
+            // What etcd holds is the store; files here are a cache (one only
+            // here was collected from etcd, or predates it: uploaded again).
             let mut idx = store.index.write().unwrap_or_else(|e| e.into_inner());
+            let local = std::mem::take(&mut *idx);
             for (hash, size) in held {
-                idx.entry(hash).or_insert((size, SystemTime::now()));
+                let at = local.get(&hash).map_or_else(SystemTime::now, |e| e.1);
+                idx.insert(hash, (size, at));
             }
         }
         store.shared = Some(shared);

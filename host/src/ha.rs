@@ -295,6 +295,10 @@ async fn follow(conn: Conn, keys: Keys, warm: Arc<Warm>) {
             if resp.canceled() || resp.compact_revision() > 0 {
                 break;
             }
+            // The copy is complete up to the newest event applied: a
+            // response's header revision is etcd's current one, which a
+            // `created` answer or a partial catch-up batch also carries.
+            let mut newest = 0;
             {
                 let mut image = warm.image.lock().unwrap_or_else(|e| e.into_inner());
                 let Some(image) = image.as_mut() else { break };
@@ -305,11 +309,10 @@ async fn follow(conn: Conn, keys: Keys, warm: Arc<Warm>) {
                         EventType::Put => image.apply(&keys, &key, Some(kv.value().to_vec())),
                         EventType::Delete => image.apply(&keys, &key, None),
                     }
+                    newest = newest.max(kv.mod_revision());
                 }
             }
-            if let Some(h) = resp.header() {
-                warm.rev.fetch_max(h.revision(), Ordering::AcqRel);
-            }
+            warm.rev.fetch_max(newest, Ordering::AcqRel);
         }
         // Cut off or compacted past us: read it all again.
         *warm.image.lock().unwrap_or_else(|e| e.into_inner()) = None;
@@ -332,8 +335,8 @@ async fn keep_lease(conn: Conn, lease: i64, ttl: Duration) {
                 match tokio::time::timeout(every, stream.message()).await {
                     Ok(Ok(Some(r))) if r.ttl() > 0 => last_ok = Instant::now(),
                     Ok(Ok(Some(_))) => stop("its etcd lease ran out (it was paused or cut off for longer than --etcd-lease-ttl)"),
-                    Ok(_) => break,
-                    Err(_) => {}
+                    // No reply (a member that hangs) or a closed stream: the next member.
+                    _ => break,
                 }
                 if last_ok.elapsed() >= ttl {
                     stop("it could not renew its etcd lease within --etcd-lease-ttl");
@@ -351,6 +354,7 @@ async fn keep_lease(conn: Conn, lease: i64, ttl: Duration) {
 
 /// Runs one of several masters on etcd until `shutdown` resolves: a
 /// follower until it is elected, then the leader (see the module doc).
+/// Needs a multi-thread runtime (the registry's threads call into it).
 pub async fn run_ha(
     listener: TcpListener,
     mut cfg: MasterConfig,
@@ -462,15 +466,18 @@ pub async fn run_ha(
     };
     *view.leader.write().unwrap_or_else(|e| e.into_inner()) = ha.advertise.clone();
     watcher.abort();
-    // The warm copy serves if it has seen the last log write.
-    let last_write =
-        conn.client().get(keys.commit(), None).await.ok().and_then(|r| r.kvs().first().map(|kv| kv.mod_revision())).unwrap_or(0);
+    // The warm copy serves if it has seen the last log write (every log
+    // write rewrites `meta/commit`); if that cannot be read, etcd is read.
+    let last_write = match conn.client().get(keys.commit(), None).await {
+        Ok(r) => Some(r.kvs().first().map(|kv| kv.mod_revision()).unwrap_or(0)),
+        Err(_) => None,
+    };
     let deadline = Instant::now() + Duration::from_millis(500);
-    while warm.rev.load(Ordering::Acquire) < last_write && Instant::now() < deadline {
+    while last_write.is_some_and(|w| warm.rev.load(Ordering::Acquire) < w) && Instant::now() < deadline {
         tokio::time::sleep(Duration::from_millis(5)).await;
     }
     follower.abort();
-    let image = if warm.rev.load(Ordering::Acquire) >= last_write {
+    let image = if last_write.is_some_and(|w| warm.rev.load(Ordering::Acquire) >= w) {
         warm.image.lock().unwrap_or_else(|e| e.into_inner()).take()
     } else {
         None

@@ -132,9 +132,13 @@ impl Route {
         }
     }
 
-    /// After a failed call to `from`: the next URL given.
+    /// After a failed call to `from`: the next URL given (the one given,
+    /// when there is one and a follower sent calls elsewhere).
     fn rotate(&self, from: &str) {
         if self.urls.len() < 2 {
+            if let Some(given) = self.urls.first() {
+                self.move_to(from, given);
+            }
             return;
         }
         let i = self.urls.iter().position(|u| u == from).map_or(0, |i| (i + 1) % self.urls.len());

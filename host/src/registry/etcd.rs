@@ -147,8 +147,10 @@ impl Conn {
 }
 
 /// How long a fenced write is retried through etcd failures (a member
-/// killed, a raft election) before the master gives up on it.
-const WRITE_RETRY: Duration = Duration::from_secs(5);
+/// killed or hanging, a raft election) before the master gives up on it...
+const WRITE_RETRY: Duration = Duration::from_secs(8);
+/// ...each attempt on one member at most this long.
+const WRITE_ATTEMPT: Duration = Duration::from_secs(2);
 
 /// Runs `txn` fenced; an error if it did not apply. A call that fails is
 /// made again (on a fresh client) for up to [`WRITE_RETRY`]: every write
@@ -157,7 +159,9 @@ async fn fenced(conn: &Conn, fence: &Fence, ops: Vec<TxnOp>) -> Result<i64, Regi
     let deadline = std::time::Instant::now() + WRITE_RETRY;
     loop {
         let txn = Txn::new().when(vec![fence.compare()]).and_then(ops.clone());
-        match conn.client().txn(txn).await {
+        let attempt = tokio::time::timeout(WRITE_ATTEMPT, conn.client().txn(txn)).await;
+        let attempt = attempt.unwrap_or_else(|_| Err(etcd_client::Error::InvalidArgs("no answer within 2 s".into())));
+        match attempt {
             Ok(resp) if resp.succeeded() => return Ok(resp.header().map(|h| h.revision()).unwrap_or(0)),
             Ok(_) => return Err(RegistryError(DEPOSED.into())),
             Err(e) if std::time::Instant::now() >= deadline => return Err(eerr("txn")(e)),
@@ -584,8 +588,31 @@ impl Etcd {
             Some(i) => i,
             None => Etcd::read_image(&mut client, keys).await?.0,
         };
+        // The newest log entry in etcd: a new leader numbers on from there
+        // (an image that lacks it is stale: read etcd instead).
+        let log = keys.log();
+        let newest = client
+            .get(
+                log.clone(),
+                Some(
+                    GetOptions::new()
+                        .with_range(prefix_end(&log))
+                        .with_sort(SortTarget::Key, SortOrder::Descend)
+                        .with_limit(1)
+                        .with_keys_only(),
+                ),
+            )
+            .await
+            .map_err(eerr("log"))?
+            .kvs()
+            .first()
+            .and_then(|kv| kv.key_str().ok()?.strip_prefix(&log).and_then(|n| u64::from_str_radix(n, 16).ok()));
+        if newest.is_some_and(|n| image.log.keys().next_back().is_none_or(|have| *have < n)) {
+            eprintln!("wasmos master: the warm copy lacks the newest log entries; reading the registry from etcd");
+            image = Etcd::read_image(&mut client, keys).await?.0;
+        }
         let replayed = replay(keys, &mut image)?;
-        self.next_entry = replayed.last_entry.map_or(0, |n| n + 1);
+        self.next_entry = replayed.last_entry.max(newest).map_or(0, |n| n + 1);
         {
             let mut pending = sh.pending.lock().unwrap_or_else(|e| e.into_inner());
             for ops in replayed.groups {
@@ -668,8 +695,16 @@ impl Etcd {
         let mut seen_recent = std::collections::HashSet::new();
         for t in recent {
             let id = t.view.task_id.to_string();
-            if !have.contains(&id) && seen_recent.insert(id) && seen_recent.len() <= keep_recent {
+            if have.contains(&id) || seen_recent.contains(&id) {
+                continue;
+            }
+            if seen_recent.len() < keep_recent {
+                seen_recent.insert(id);
                 loaded.tasks.push(t);
+            } else {
+                // Ended (in the log, not yet in the history) and not loaded:
+                // never to be queued again.
+                loaded.recorded.insert(id);
             }
         }
         have.extend(seen_recent);

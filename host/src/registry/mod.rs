@@ -322,6 +322,13 @@ pub(crate) fn spawn_writer(
                 if !merged.is_empty() {
                     let t0 = std::time::Instant::now();
                     if let Err(e) = reg.commit(&merged) {
+                        if e.0 == etcd::DEPOSED {
+                            eprintln!(
+                                "wasmos master: {}; exiting so that nothing is written in an old epoch",
+                                etcd::DEPOSED
+                            );
+                            std::process::exit(crate::ha::EXIT_DEPOSED);
+                        }
                         eprintln!(
                             "wasmos master: cannot write the registry: {e}; stopping so nothing unrecorded is acknowledged"
                         );

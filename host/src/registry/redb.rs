@@ -305,9 +305,10 @@ impl Registry for Redb {
                     tables.put(id.as_str(), &task_to_stored(t))?;
                 }
             }
+            let rows = rows(changes);
             for table in Table::ALL {
                 let mut t = w.open_table(def(table)).map_err(oerr(table.name()))?;
-                for (_, k, v) in rows(changes).into_iter().filter(|(t, _, _)| *t == table) {
+                for (_, k, v) in rows.iter().filter(|(t, _, _)| *t == table) {
                     match v {
                         Some(v) => t.insert(k.as_str(), v.as_slice()).map(|_| ()),
                         None => t.remove(k.as_str()).map(|_| ()),
