@@ -100,15 +100,17 @@ async fn first_submit(urls: &[String], hello: &str, t0: Instant) -> Option<(Dura
             let mut last = String::new();
             while Instant::now() < deadline && !*stop.borrow() {
                 match tokio::time::timeout(Duration::from_millis(1000), common::try_connect(&url)).await {
-                    Ok(Some(ch)) => match tokio::time::timeout(Duration::from_millis(1000), op(&ch).submit(req.clone())).await {
-                        Ok(Ok(r)) => {
-                            let id = r.into_inner().task_ids.into_iter().next().unwrap_or_default();
-                            let _ = tx.send((t0.elapsed(), id)).await;
-                            return;
+                    Ok(Some(ch)) => {
+                        match tokio::time::timeout(Duration::from_millis(1000), op(&ch).submit(req.clone())).await {
+                            Ok(Ok(r)) => {
+                                let id = r.into_inner().task_ids.into_iter().next().unwrap_or_default();
+                                let _ = tx.send((t0.elapsed(), id)).await;
+                                return;
+                            }
+                            Ok(Err(e)) => last = format!("submit: {}", e.message()),
+                            Err(_) => last = "submit: timed out".into(),
                         }
-                        Ok(Err(e)) => last = format!("submit: {}", e.message()),
-                        Err(_) => last = "submit: timed out".into(),
-                    },
+                    }
                     Ok(None) => last = "cannot connect".into(),
                     Err(_) => last = "connect: timed out".into(),
                 }
@@ -146,9 +148,8 @@ async fn chaos() -> bool {
     let mut etcd = etcd::EtcdCluster::start(dir.path(), 3);
     assert!(etcd.wait_ready(Duration::from_secs(30)).await, "etcd starts (see {}/e*.log)", dir.path().display());
     let endpoints = etcd.endpoints();
-    let ports: Vec<u16> = (0..3)
-        .map(|_| std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port())
-        .collect();
+    let ports: Vec<u16> =
+        (0..3).map(|_| std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()).collect();
     let urls: Vec<String> = ports.iter().map(|p| format!("https://127.0.0.1:{p}")).collect();
     let url = urls.join(",");
     let client_config = dir.path().join("client.json");
@@ -218,7 +219,8 @@ async fn chaos() -> bool {
         .map(|s| s.to_string())
         .collect()
     };
-    let _agents = [Proc::spawn(&wasmos, &agent_argv("agent-a"), log), Proc::spawn(&wasmos, &agent_argv("agent-b"), log)];
+    let _agents =
+        [Proc::spawn(&wasmos, &agent_argv("agent-a"), log), Proc::spawn(&wasmos, &agent_argv("agent-b"), log)];
     let ch = connect(&url).await;
     assert!(common::wait_agents(&ch, 2, Duration::from_secs(30)).await, "two agents join");
     let seen = Arc::new(Mutex::new(History::new(false)));
@@ -360,7 +362,8 @@ async fn chaos() -> bool {
     let mut final_tasks = Vec::new();
     while Instant::now() < deadline {
         if let Some(ts) = list(&url).await {
-            let ended: HashMap<&str, bool> = ts.iter().map(|t| (t.task_id.as_str(), common::is_terminal(t.state))).collect();
+            let ended: HashMap<&str, bool> =
+                ts.iter().map(|t| (t.task_id.as_str(), common::is_terminal(t.state))).collect();
             let done = expected.keys().chain(probes.iter()).all(|id| ended.get(id.as_str()) == Some(&true));
             let fw_done = remote.ended() >= fw_tasks;
             final_tasks = ts;
@@ -389,7 +392,11 @@ async fn chaos() -> bool {
                     Some(wasmos_model::TaskState::Finished) => {
                         finished += 1;
                         let want = *cache.entry(*input).or_insert_with(|| primes_below(*input));
-                        let out = t.outcome.as_ref().map(|o| String::from_utf8_lossy(&o.stdout).to_string()).unwrap_or_default();
+                        let out = t
+                            .outcome
+                            .as_ref()
+                            .map(|o| String::from_utf8_lossy(&o.stdout).to_string())
+                            .unwrap_or_default();
                         if out != format!("{want} primes below {input}\n") {
                             failures.push(format!("task {id} finished with wrong output {out:?}"));
                         }
@@ -402,7 +409,9 @@ async fn chaos() -> bool {
     for id in &probes {
         match by_id.get(id.as_str()).and_then(|t| wasmos_proto::state_from_wire(t.state)) {
             Some(wasmos_model::TaskState::Finished) => {}
-            other => failures.push(format!("probe task {id} (a Submit acknowledged right after a fault) ended as {other:?}")),
+            other => {
+                failures.push(format!("probe task {id} (a Submit acknowledged right after a fault) ended as {other:?}"))
+            }
         }
     }
     let events = {
@@ -432,7 +441,9 @@ async fn chaos() -> bool {
     println!("  tasks submitted: {} batch + {} probes + {fw_tasks} remote", expected.len(), probes.len());
     println!("  finished: {finished}  retried: {retried}  remote ended: {fw_done}");
     println!("  rounds: {round}; faults: {faults:?}");
-    println!("  leader changes: {changes} (epochs that wrote: {epochs_written}; commit writes in etcd's history: {writes})");
+    println!(
+        "  leader changes: {changes} (epochs that wrote: {epochs_written}; commit writes in etcd's history: {writes})"
+    );
     println!("  master restarts by the supervisor: {}", masters.lock().unwrap().restarts);
     println!(
         "  leader lost -> next leader accepts a Submit: p50 {:?}, p99 {:?}, max {:?} over {} faults (target p99 <= 2 s)",

@@ -562,7 +562,9 @@ pub fn master(args: MasterArgs) -> ExitCode {
 /// `wasmos master --etcd ...`: one of several masters.
 async fn master_ha(args: &MasterArgs, listener: tokio::net::TcpListener, url: String, cfg: MasterConfig) -> ExitCode {
     if args.opts.registry != "file" {
-        eprintln!("wasmos master: --registry in-memory and --etcd exclude each other: with --etcd the registry is etcd");
+        eprintln!(
+            "wasmos master: --registry in-memory and --etcd exclude each other: with --etcd the registry is etcd"
+        );
         return ExitCode::from(2);
     }
     let ha = match args.ha.config(&url) {

@@ -27,7 +27,8 @@ pub fn list(args: ListArgs) -> ExitCode {
             Ok(r) => r.into_inner(),
             Err(s) => return fail("masters", status_msg(&s)),
         };
-        let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_millis() as i64);
+        let now =
+            std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_millis() as i64);
         if args.json {
             let masters: Vec<_> = r
                 .masters

@@ -25,7 +25,9 @@ use std::time::{Duration, Instant};
 
 use axum::http::{HeaderValue, Request, StatusCode, header};
 use axum::response::{IntoResponse, Response};
-use etcd_client::{Client, Compare, CompareOp, ConnectOptions, EventType, GetOptions, SortOrder, SortTarget, Txn, TxnOp, WatchOptions};
+use etcd_client::{
+    Client, Compare, CompareOp, ConnectOptions, EventType, GetOptions, SortOrder, SortTarget, Txn, TxnOp, WatchOptions,
+};
 use tokio::net::TcpListener;
 use tonic::{Request as GrpcRequest, Response as GrpcResponse, Status};
 use wasmos_proto::v1;
@@ -71,7 +73,9 @@ const ETCD_TIMEOUT: Duration = Duration::from_secs(5);
 pub const EXIT_DEPOSED: i32 = 75;
 
 fn stop(why: &str) -> ! {
-    eprintln!("wasmos master: {why}; exiting so that nothing is written in an old epoch (a supervisor restarts it as a follower)");
+    eprintln!(
+        "wasmos master: {why}; exiting so that nothing is written in an old epoch (a supervisor restarts it as a follower)"
+    );
     std::process::exit(EXIT_DEPOSED)
 }
 
@@ -215,7 +219,10 @@ pub(crate) fn single_master_routes(epoch: u64) -> v1::masters_server::MastersSer
 
 #[tonic::async_trait]
 impl v1::masters_server::Masters for MastersSvc {
-    async fn list(&self, _: GrpcRequest<v1::ListMastersRequest>) -> Result<GrpcResponse<v1::ListMastersResponse>, Status> {
+    async fn list(
+        &self,
+        _: GrpcRequest<v1::ListMastersRequest>,
+    ) -> Result<GrpcResponse<v1::ListMastersResponse>, Status> {
         let Some((conn, keys, me)) = &self.ha else {
             return Ok(GrpcResponse::new(v1::ListMastersResponse { epoch: self.epoch, ..Default::default() }));
         };
@@ -334,7 +341,9 @@ async fn keep_lease(conn: Conn, lease: i64, ttl: Duration) {
                 }
                 match tokio::time::timeout(every, stream.message()).await {
                     Ok(Ok(Some(r))) if r.ttl() > 0 => last_ok = Instant::now(),
-                    Ok(Ok(Some(_))) => stop("its etcd lease ran out (it was paused or cut off for longer than --etcd-lease-ttl)"),
+                    Ok(Ok(Some(_))) => {
+                        stop("its etcd lease ran out (it was paused or cut off for longer than --etcd-lease-ttl)")
+                    }
                     // No reply (a member that hangs) or a closed stream: the next member.
                     _ => break,
                 }
@@ -363,7 +372,22 @@ pub async fn run_ha(
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> Result<(), Box<dyn std::error::Error + Send + Sync>> {
     let keys = Keys::new(&ha.prefix);
-    let conn = connect(&ha, Some(ETCD_TIMEOUT)).await?;
+    // etcd may come up after the masters (a reboot of the whole cluster):
+    // wait for it, saying so every few seconds.
+    let since = Instant::now();
+    let mut said = Instant::now() - Duration::from_secs(10);
+    let conn = loop {
+        match connect(&ha, Some(ETCD_TIMEOUT)).await {
+            Ok(c) => break c,
+            Err(e) => {
+                if said.elapsed() >= Duration::from_secs(5) {
+                    eprintln!("wasmos master: {e}; retrying (waiting {} s so far)", since.elapsed().as_secs());
+                    said = Instant::now();
+                }
+                tokio::time::sleep(Duration::from_millis(200)).await;
+            }
+        }
+    };
     let campaigner = connect(&ha, None).await?;
     let mut client = conn.client();
     cfg.durable_registry = true;
@@ -376,11 +400,13 @@ pub async fn run_ha(
     };
     let view = Arc::new(View::default());
     let switch = Arc::new(Switch { leader: OnceLock::new(), view: view.clone() });
-    let masters =
-        MastersSvc { ha: Some((conn.clone(), keys.clone(), ha.advertise.clone())), epoch: 0, cache: Default::default() };
-    let app = tonic::service::Routes::new(v1::masters_server::MastersServer::new(masters))
-        .into_axum_router()
-        .fallback({
+    let masters = MastersSvc {
+        ha: Some((conn.clone(), keys.clone(), ha.advertise.clone())),
+        epoch: 0,
+        cache: Default::default(),
+    };
+    let app =
+        tonic::service::Routes::new(v1::masters_server::MastersServer::new(masters)).into_axum_router().fallback({
             let sw = switch.clone();
             move |req: Request<axum::body::Body>| dispatch(sw.clone(), req)
         });
@@ -407,7 +433,11 @@ pub async fn run_ha(
     };
     let warm = Arc::new(Warm::default());
     let follower = tokio::spawn(follow(conn.clone(), keys.clone(), warm.clone()));
-    eprintln!("wasmos master: following; campaigning for leadership on etcd {} as {}", ha.endpoints.join(","), ha.advertise);
+    eprintln!(
+        "wasmos master: following; campaigning for leadership on etcd {} as {}",
+        ha.endpoints.join(","),
+        ha.advertise
+    );
 
     // Campaign until elected (an etcd member going away ends a campaign call).
     let leader_key = loop {

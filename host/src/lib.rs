@@ -39,8 +39,8 @@ pub use watch::{DEFAULT_WATCH_HISTORY, DEFAULT_WATCH_HISTORY_BYTES, EPOCH_SHIFT}
 
 /// Default [`MasterConfig::max_hosted_frameworks`].
 pub const DEFAULT_MAX_HOSTED_FRAMEWORKS: u32 = 64;
-pub use handle::MasterHandle;
 pub use ha::{DEFAULT_COMPACT_EVERY, DEFAULT_LEASE_TTL, EXIT_DEPOSED, HaConfig, run_ha};
+pub use handle::MasterHandle;
 pub use registry::etcd::{DEFAULT_TXN_LIMITS, TxnLimits};
 
 /// Default [`MasterConfig::agent_heartbeat_interval`].

@@ -311,7 +311,8 @@ impl Target {
                 let (me, url, tx) = (self.clone(), url.clone(), tx.clone());
                 tokio::spawn(async move {
                     let answer = tokio::time::timeout(PROBE_TIMEOUT, me.probe(&url)).await;
-                    let answer = answer.unwrap_or_else(|_| Err(format!("{url} did not answer within {PROBE_TIMEOUT:?}")));
+                    let answer =
+                        answer.unwrap_or_else(|_| Err(format!("{url} did not answer within {PROBE_TIMEOUT:?}")));
                     let _ = tx.send((url, answer)).await;
                 });
             }
@@ -376,10 +377,10 @@ impl Target {
         use tokio::io::AsyncWriteExt;
         let url = self.urls().into_iter().next().unwrap_or_default();
         let url = url.as_str();
-        let rest =
-            url.strip_prefix("https://").or_else(|| url.strip_prefix("http://")).ok_or_else(|| {
-                format!("master address {:?} is not a URL; write e.g. https://127.0.0.1:5050", url)
-            })?;
+        let rest = url
+            .strip_prefix("https://")
+            .or_else(|| url.strip_prefix("http://"))
+            .ok_or_else(|| format!("master address {:?} is not a URL; write e.g. https://127.0.0.1:5050", url))?;
         let authority = rest.split('/').next().unwrap_or(rest).to_string();
         let host =
             authority.rsplit_once(':').map(|(h, _)| h).unwrap_or(&authority).trim_matches(['[', ']']).to_string();
@@ -395,10 +396,7 @@ impl Target {
         let mut raw = Vec::new();
         if url.starts_with("https://") {
             let ca = self.ca_pem.as_ref().ok_or_else(|| {
-                format!(
-                    "{} speaks TLS but no CA certificate is known; pass --ca-cert FILE or set WASMOS_CA_CERT",
-                    url
-                )
+                format!("{} speaks TLS but no CA certificate is known; pass --ca-cert FILE or set WASMOS_CA_CERT", url)
             })?;
             let mut roots = rustls::RootCertStore::empty();
             for c in rustls_pemfile::certs(&mut ca.as_bytes()) {

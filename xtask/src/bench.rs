@@ -97,7 +97,12 @@ fn e2e(root: &Path, args: &E2eArgs) -> Result<()> {
                         .env("WASMOS_CONFIG", &c.config)
                         .args(["--master", &c.url])
                         .args(&args.client_args)
-                        .args(["--tasks", &args.tasks.to_string(), "--latency-samples", &args.latency_samples.to_string()]))?;
+                        .args([
+                            "--tasks",
+                            &args.tasks.to_string(),
+                            "--latency-samples",
+                            &args.latency_samples.to_string(),
+                        ]))?;
                 } else {
                     e2e_once(&this, &this.join("examples"), args, false)?;
                 }

@@ -38,8 +38,7 @@ impl EtcdCluster {
         std::fs::create_dir_all(&dir)?;
         let members: Vec<(String, String, String)> =
             (0..3).map(|i| Ok((format!("e{i}"), free_port()?, free_port()?))).collect::<Result<_>>()?;
-        let initial =
-            members.iter().map(|(n, _, peer)| format!("{n}=http://{peer}")).collect::<Vec<_>>().join(",");
+        let initial = members.iter().map(|(n, _, peer)| format!("{n}=http://{peer}")).collect::<Vec<_>>().join(",");
         let mut c = EtcdCluster {
             children: Vec::new(),
             dir: dir.clone(),

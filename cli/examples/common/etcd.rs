@@ -115,10 +115,13 @@ impl EtcdCluster {
     /// Waits until a write goes through (a raft leader and a quorum).
     pub async fn wait_ready(&self, timeout: Duration) -> bool {
         let t0 = Instant::now();
-        let urls: Vec<String> = self.members.iter().filter(|m| m.child.is_some()).map(|m| m.client_url.clone()).collect();
+        let urls: Vec<String> =
+            self.members.iter().filter(|m| m.child.is_some()).map(|m| m.client_url.clone()).collect();
         while t0.elapsed() < timeout {
             if let Ok(mut c) = etcd_client::Client::connect(&urls, None).await
-                && tokio::time::timeout(Duration::from_secs(2), c.put("/probe", "1", None)).await.is_ok_and(|r| r.is_ok())
+                && tokio::time::timeout(Duration::from_secs(2), c.put("/probe", "1", None))
+                    .await
+                    .is_ok_and(|r| r.is_ok())
             {
                 return true;
             }

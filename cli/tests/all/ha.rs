@@ -142,7 +142,11 @@ fn several_masters_elect_one_leader_that_clients_follow_and_a_deposed_one_writes
     let pid = procs[j].as_ref().unwrap().0.id().to_string();
     Command::new("kill").args(["-STOP", &pid]).status().unwrap();
     wait_for("a new leader", Duration::from_secs(30), || {
-        let o = cli(&config, &urls.iter().filter(|u| **u != second).cloned().collect::<Vec<_>>().join(","), &["masters", "--json"]);
+        let o = cli(
+            &config,
+            &urls.iter().filter(|u| **u != second).cloned().collect::<Vec<_>>().join(","),
+            &["masters", "--json"],
+        );
         let v: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap_or_default();
         v["epoch"].as_u64().unwrap_or(0) >= 3
     });

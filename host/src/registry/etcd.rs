@@ -193,7 +193,8 @@ async fn apply(conn: &Conn, fence: &Fence, limits: TxnLimits, ops: &[Op]) -> Res
     for (i, (k, _)) in ops.iter().enumerate() {
         last.insert(k.as_str(), i);
     }
-    let ops: Vec<&Op> = ops.iter().enumerate().filter(|(i, (k, _))| last.get(k.as_str()) == Some(i)).map(|(_, op)| op).collect();
+    let ops: Vec<&Op> =
+        ops.iter().enumerate().filter(|(i, (k, _))| last.get(k.as_str()) == Some(i)).map(|(_, op)| op).collect();
     let mut batch: Vec<TxnOp> = Vec::new();
     let mut bytes = 0;
     for op in ops {
@@ -495,7 +496,10 @@ fn replay(keys: &Keys, image: &mut Image) -> Result<Replay, RegistryError> {
     for g in order {
         let (parts, mut got, _) = by_group.remove(&g).expect("listed");
         if got.len() as u32 != parts {
-            eprintln!("wasmos master: registry log group {}.{} is incomplete (its leader died writing it); skipping it", g.0, g.1);
+            eprintln!(
+                "wasmos master: registry log group {}.{} is incomplete (its leader died writing it); skipping it",
+                g.0, g.1
+            );
             continue;
         }
         got.sort_by_key(|p| p.part);
@@ -671,19 +675,16 @@ impl Etcd {
                 )
                 .await
                 .map_err(eerr("recent history"))?;
-            let seqs: Vec<String> = resp
-                .kvs()
-                .iter()
-                .filter_map(|kv| kv.key_str().ok()?.rsplit('/').next().map(str::to_string))
-                .collect();
+            let seqs: Vec<String> =
+                resp.kvs().iter().filter_map(|kv| kv.key_str().ok()?.rsplit('/').next().map(str::to_string)).collect();
             for chunk in seqs.chunks(sh.limits.max_ops.max(2) - 1) {
                 let ops: Vec<TxnOp> = chunk.iter().map(|s| TxnOp::get(format!("{}h/task/{s}", keys.p), None)).collect();
                 let r = client.txn(Txn::new().and_then(ops)).await.map_err(eerr("recent history"))?;
                 for op in r.op_responses() {
                     if let etcd_client::TxnOpResponse::Get(g) = op {
                         for kv in g.kvs() {
-                            if let Some(t) =
-                                wasmos_proto::decode::<v1::StoredTask>(kv.value()).and_then(|r| task_from_stored(r).ok())
+                            if let Some(t) = wasmos_proto::decode::<v1::StoredTask>(kv.value())
+                                .and_then(|r| task_from_stored(r).ok())
                             {
                                 recent.push(t);
                             }
@@ -716,11 +717,18 @@ impl Etcd {
             let (mut page_from, mut more) = (from.into_bytes(), true);
             while more {
                 let resp = client
-                    .get(page_from.clone(), Some(GetOptions::new().with_range(to.clone()).with_keys_only().with_limit(RANGE_PAGE)))
+                    .get(
+                        page_from.clone(),
+                        Some(GetOptions::new().with_range(to.clone()).with_keys_only().with_limit(RANGE_PAGE)),
+                    )
                     .await
                     .map_err(eerr("history"))?;
                 for kv in resp.kvs() {
-                    let n = kv.key_str().ok().and_then(|k| k.rsplit('/').next()).and_then(|n| u64::from_str_radix(n, 16).ok());
+                    let n = kv
+                        .key_str()
+                        .ok()
+                        .and_then(|k| k.rsplit('/').next())
+                        .and_then(|n| u64::from_str_radix(n, 16).ok());
                     if let Some(n) = n {
                         let id = format!("task-{}-{n}", sub.tag);
                         if !have.contains(&id) {
@@ -801,7 +809,11 @@ impl Registry for Etcd {
     }
 
     fn history(&self) -> Arc<dyn History> {
-        Arc::new(EtcdHistory { conn: self.shared.conn.clone(), rt: self.shared.rt.clone(), keys: self.shared.keys.clone() })
+        Arc::new(EtcdHistory {
+            conn: self.shared.conn.clone(),
+            rt: self.shared.rt.clone(),
+            keys: self.shared.keys.clone(),
+        })
     }
 }
 
@@ -907,7 +919,13 @@ impl History for EtcdHistory {
         })
     }
 
-    fn page(&self, after: u64, filter: &TaskFilter, limit: usize, budget: usize) -> Result<Page<TaskView>, RegistryError> {
+    fn page(
+        &self,
+        after: u64,
+        filter: &TaskFilter,
+        limit: usize,
+        budget: usize,
+    ) -> Result<Page<TaskView>, RegistryError> {
         let mut client = self.conn.client();
         block(&self.rt, async {
             let mut page = Page::default();
@@ -930,7 +948,11 @@ impl History for EtcdHistory {
                         return Ok(page);
                     }
                     scanned += 1;
-                    let seq = kv.key_str().ok().and_then(|k| k.rsplit('/').next()).and_then(|s| u64::from_str_radix(s, 16).ok());
+                    let seq = kv
+                        .key_str()
+                        .ok()
+                        .and_then(|k| k.rsplit('/').next())
+                        .and_then(|s| u64::from_str_radix(s, 16).ok());
                     last = seq.unwrap_or(last + 1);
                     let Some(rec) = wasmos_proto::decode::<v1::StoredTask>(kv.value()) else { continue };
                     let Ok(t) = task_from_stored(rec) else { continue };
@@ -1028,7 +1050,8 @@ mod tests {
 
     #[test]
     fn log_parts_round_trip_and_split_by_bytes() {
-        let ops: Vec<Op> = (0..10).map(|i| (format!("/w/r/live/task-{i}"), (i % 3 != 0).then(|| vec![i as u8; 100]))).collect();
+        let ops: Vec<Op> =
+            (0..10).map(|i| (format!("/w/r/live/task-{i}"), (i % 3 != 0).then(|| vec![i as u8; 100]))).collect();
         let parts = parts_of((3, 7), ops.clone(), 400);
         assert!(parts.len() > 1, "{} parts", parts.len());
         assert!(parts.iter().all(|p| p.parts == parts.len() as u32 && p.group == (3, 7)));
@@ -1042,9 +1065,14 @@ mod tests {
         let keys = Keys::new("/w");
         let mut image = Image::default();
         image.apply(&keys, "/w/r/roles/a", Some(b"old".to_vec()));
-        let g1 = parts_of((1, 0), vec![("/w/r/roles/a".into(), Some(b"new".to_vec())), ("/w/r/roles/b".into(), Some(b"b".to_vec()))], 1 << 20);
+        let g1 = parts_of(
+            (1, 0),
+            vec![("/w/r/roles/a".into(), Some(b"new".to_vec())), ("/w/r/roles/b".into(), Some(b"b".to_vec()))],
+            1 << 20,
+        );
         // Group 2 has two parts; only the first was written.
-        let mut g2 = parts_of((1, 1), vec![("/w/r/roles/a".into(), None), ("/w/r/roles/c".into(), Some(vec![0; 64]))], 40);
+        let mut g2 =
+            parts_of((1, 1), vec![("/w/r/roles/a".into(), None), ("/w/r/roles/c".into(), Some(vec![0; 64]))], 40);
         assert_eq!(g2.len(), 2);
         g2.pop();
         for (n, p) in g1.iter().chain(g2.iter()).enumerate() {

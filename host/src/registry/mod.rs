@@ -4,11 +4,11 @@
 //! batches, on a writer thread ([`spawn_writer`]). The records here are domain
 //! types; each backend has its own encoding (redb: the `Stored*` wire records).
 
+pub(crate) mod etcd;
 mod history_file;
 pub(crate) mod journal;
 pub(crate) mod records;
 mod redb;
-pub(crate) mod etcd;
 
 use std::collections::HashSet;
 use std::path::Path;
