@@ -257,6 +257,7 @@ async fn chaos() -> bool {
     let mut expected: HashMap<String, u64> = HashMap::new();
     let mut probes: Vec<String> = Vec::new();
     let mut failovers: Vec<Duration> = Vec::new();
+    let mut slowest: Option<(Duration, usize, &str)> = None;
     let mut faults: HashMap<&str, u64> = HashMap::new();
     let mut changes = 0u64;
     let (mut last_leader, mut last_epoch) = leader(&url).await.expect("a leader");
@@ -333,6 +334,9 @@ async fn chaos() -> bool {
             probes.push(id);
             if leader_lost {
                 failovers.push(took);
+                if slowest.is_none_or(|(t, _, _)| took > t) {
+                    slowest = Some((took, round, fault));
+                }
             }
         } else {
             eprintln!("chaos_ha: round {round} ({fault}): no Submit accepted within 60 s");
@@ -452,6 +456,9 @@ async fn chaos() -> bool {
         failovers.last().copied().unwrap_or_default(),
         failovers.len()
     );
+    if let Some((t, r, f)) = slowest {
+        println!("  slowest failover: {t:?} in round {r} ({f})");
+    }
     println!("  status events observed: {events}");
     if failures.is_empty() {
         println!("  invariants: all hold");
