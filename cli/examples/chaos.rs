@@ -21,11 +21,7 @@ use wasmos_proto::v1;
 #[path = "common/mod.rs"]
 mod common;
 
-use common::{History, Proc, Remote, arg, connect, list, op, wait_up, watch_all};
-
-fn primes_below(n: u64) -> u64 {
-    (2..n).filter(|k| (2..).take_while(|d| d * d <= *k).all(|d| k % d != 0)).count() as u64
-}
+use common::{History, Proc, Remote, arg, connect, list, op, primes_below, wait_up, watch_all};
 
 #[tokio::main(flavor = "multi_thread", worker_threads = 2)]
 async fn main() {

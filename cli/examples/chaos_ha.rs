@@ -35,11 +35,7 @@ mod common;
 #[path = "common/etcd.rs"]
 mod etcd;
 
-use common::{History, Proc, Remote, arg, connect, list, op, watch_all};
-
-fn primes_below(n: u64) -> u64 {
-    (2..n).filter(|k| (2..).take_while(|d| d * d <= *k).all(|d| k % d != 0)).count() as u64
-}
+use common::{History, Proc, Remote, arg, connect, list, op, primes_below, watch_all};
 
 #[tokio::main(flavor = "multi_thread", worker_threads = 2)]
 async fn main() {

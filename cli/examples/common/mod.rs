@@ -19,6 +19,11 @@ use wasmos_model::{Resources, TaskState};
 use wasmos_proto::v1;
 use wasmos_security::client::{AuthChannel as Channel, Target};
 
+/// How many primes are below `n` (what the `primes` guest prints for `n`).
+pub fn primes_below(n: u64) -> u64 {
+    (2..n).filter(|k| (2..).take_while(|d| d * d <= *k).all(|d| k % d != 0)).count() as u64
+}
+
 pub fn arg(args: &[String], name: &str) -> Option<String> {
     args.iter().position(|a| a == name).and_then(|i| args.get(i + 1).cloned())
 }
