@@ -41,7 +41,7 @@ fn ci_soak() -> SoakArgs {
         sample_every: Duration::from_secs(2),
         growth_tolerance: 0.1,
         growth_floor_mib: 16.0,
-        settle: Duration::from_secs(10),
+        settle: Duration::from_secs(20),
         p99_ratio: 3.0,
         // 80 s at CI size gives the second quarter 5 intervals of a debug
         // build: its median p99 ranged 16–64 ms and the last quarter's
