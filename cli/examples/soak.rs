@@ -317,14 +317,25 @@ async fn soak(cfg: Config) -> bool {
         &restarts_of(Restarted::Master),
         &cfg.tol,
     )];
+    // The highest RSS an agent never restarted reached: the level a
+    // restarted one may grow back to (see `verdict::warming_up_to_peers`).
+    let peer_level = (0..cfg.agents)
+        .filter(|i| restarts_of(Restarted::Agent(*i)).is_empty())
+        .flat_map(|i| samples.iter().filter_map(move |s| s.agents[i].0.map(|v| v as f64)))
+        .reduce(f64::max);
     for i in 0..cfg.agents {
-        growth.push(verdict::growth(
+        let restarts = restarts_of(Restarted::Agent(i));
+        let mut g = verdict::growth(
             &format!("agent {i} RSS"),
             &samples.iter().map(|s| (s.t, s.agents[i].0.map(|v| v as f64))).collect::<Vec<_>>(),
             d / 2.0,
-            &restarts_of(Restarted::Agent(i)),
+            &restarts,
             &cfg.tol,
-        ));
+        );
+        if !restarts.is_empty() {
+            verdict::warming_up_to_peers(&mut g, peer_level, &cfg.tol);
+        }
+        growth.push(g);
     }
     growth.push(verdict::growth(
         "registry",

@@ -174,6 +174,19 @@ impl Growth {
     }
 }
 
+/// A restarted process that grows back to the level its peers that were
+/// never restarted hold (their highest sample, within the tolerance) is
+/// warming up again, not leaking: an agent killed mid-run touches its pool
+/// slots anew up to the load's peak, which in a short run takes the rest of
+/// it. Clears `g`'s failure in that case and says why.
+pub fn warming_up_to_peers(g: &mut Growth, peer_level: Option<f64>, tol: &Tolerances) {
+    let (Some(level), Some(last)) = (peer_level, g.last) else { return };
+    if g.failed && last <= level * (1.0 + tol.growth) {
+        g.failed = false;
+        g.note = Some(format!("restarted; warming up to the {:.1} MiB its peers hold", level / (1 << 20) as f64));
+    }
+}
+
 /// Checks that `series` (time, value) does not keep growing over the last
 /// half of the load (t ≥ `from`), leaving out samples within `settle_s` after
 /// each of `restarts`.
@@ -309,6 +322,14 @@ mod tests {
         assert!(!g.failed && g.left_out == 10, "{g:?}");
         // not left out, the dip early in the half reads as growth
         assert!(growth("dip", &series(&dip), 50.0, &[], &tol()).failed);
+        // Grown back to its peers' level after a restart: warm-up; past it: not.
+        let mut g = growth("up", &series(&|t| 1000.0 + 10.0 * t), 50.0, &[], &tol());
+        assert!(g.failed);
+        let top = g.last.unwrap();
+        warming_up_to_peers(&mut g, Some(top * 0.8), &tol());
+        assert!(g.failed, "above its peers");
+        warming_up_to_peers(&mut g, Some(top), &tol());
+        assert!(!g.failed, "at its peers' level");
     }
 
     #[test]
