@@ -246,7 +246,7 @@ async fn run_task(agent: Arc<Agent>, fw: String, spec: v1::TaskSpec, control: Ta
     let id = spec.task_id.clone();
     let metered = wasmos_proto::limits_from_wire(spec.limits.as_ref()).metered();
     let module = match agent.modules.get(&spec.module_sha256).await {
-        Ok(p) if metered => agent.executor.sandbox.prepare_metered(&p).await.map(|()| p).map_err(|e| e.to_string()),
+        Ok(p) if metered => agent.modules.ensure_metered(&p).await.map(|()| p),
         other => other,
     };
     let prepared = match module {

@@ -38,6 +38,8 @@ pub const DEFAULT_UPDATE_BATCH: usize = 4096;
 pub const FETCH_PATIENCE: Duration = Duration::from_secs(60);
 /// Default [`AgentConfig::max_backoff`].
 pub const DEFAULT_MAX_BACKOFF: Duration = Duration::from_secs(10);
+/// Default [`AgentConfig::max_spool_bytes`].
+pub const DEFAULT_MAX_SPOOL_BYTES: u64 = 64 << 20;
 /// Default [`AgentConfig::checkpoint_interval`].
 pub const DEFAULT_CHECKPOINT_INTERVAL: Duration = Duration::from_millis(20);
 
@@ -90,6 +92,12 @@ pub struct AgentConfig {
     /// much (those tasks are then declared LOST by the master and retried).
     /// Default 20 ms.
     pub checkpoint_interval: Duration,
+    /// Most bytes of undelivered status updates kept (in memory and in the
+    /// checkpoint) while the master cannot be reached. Past it the oldest
+    /// non-final updates are dropped, then the oldest of any kind; every drop
+    /// is counted and reported to the master when the agent is back.
+    /// Default 64 MiB.
+    pub max_spool_bytes: u64,
 }
 
 impl AgentConfig {
@@ -112,6 +120,7 @@ impl AgentConfig {
             max_backoff: DEFAULT_MAX_BACKOFF,
             checkpoint: true,
             checkpoint_interval: DEFAULT_CHECKPOINT_INTERVAL,
+            max_spool_bytes: DEFAULT_MAX_SPOOL_BYTES,
         }
     }
 }

@@ -112,6 +112,8 @@ fn info(cfg: &AgentConfig) -> v1::AgentInfo {
         task_slots: cfg.sandbox.max_concurrent_tasks.saturating_add(cfg.sandbox.max_metered_tasks),
         cpu_cores: cfg.sandbox.cpu_cores as u32,
         cpu_limit: cfg.sandbox.cpu_limit.to_string(),
+        engine_profile: wasmos_sandbox::EngineProfile::of(&cfg.sandbox).key(),
+        precompiled_only: !cfg.sandbox.compile,
     }
 }
 

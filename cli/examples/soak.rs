@@ -189,7 +189,7 @@ async fn soak(cfg: Config) -> bool {
     let sjf = guest("sjf.wasm");
     let sjf_sha = hex::encode(Sha256::digest(&sjf));
     v1::artifacts_client::ArtifactsClient::new(ch.clone())
-        .upload(tokio_stream::iter(vec![v1::Chunk { sha256: sjf_sha.clone(), data: sjf }]))
+        .upload(tokio_stream::iter(vec![v1::Chunk { sha256: sjf_sha.clone(), data: sjf, ..Default::default() }]))
         .await
         .expect("upload sjf.wasm");
     let deploy = v1::DeployRequest {

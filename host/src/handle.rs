@@ -15,6 +15,8 @@ pub struct MasterHandle {
     pub(crate) tx: mpsc::Sender<Envelope>,
     pub(crate) watch: Arc<WatchHub>,
     pub(crate) artifacts: Arc<ArtifactStore>,
+    /// Modules compiled for agents without a compiler.
+    pub(crate) compiled: Arc<crate::compiled::CompiledCache>,
     pub(crate) sandbox: wasmos_sandbox::Sandbox,
     pub(crate) scheduler_limits: wasmos_sandbox::SchedulerLimits,
     /// Ended tasks that left the master's memory (none with the in-memory registry).

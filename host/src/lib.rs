@@ -12,6 +12,7 @@ mod artifacts;
 mod audit;
 mod auth;
 mod batch;
+pub mod compiled;
 mod ha;
 mod handle;
 mod hosted;
@@ -131,6 +132,11 @@ pub struct MasterConfig {
     /// Modules no queued or running task, open submission or hosted
     /// framework has used for this long are deleted. Default one week.
     pub artifact_ttl: Duration,
+    /// Bytes of modules compiled for agents without a compiler kept in
+    /// `state_dir/compiled` (least recently used go first). Default 2 GiB.
+    pub compiled_cache_bytes: u64,
+    /// Modules compiled for such agents at once (each on a blocking thread). Default 1.
+    pub compile_workers: usize,
     /// Watch events kept for watchers that resume (`Watch(from)`). Default 100,000.
     pub watch_history: usize,
     /// ... and at most this many bytes of them (output tails count). Default 64 MiB.
@@ -241,6 +247,8 @@ impl MasterConfig {
             task_history: DEFAULT_TASK_HISTORY,
             registry_cache: DEFAULT_REGISTRY_CACHE,
             artifact_ttl: DEFAULT_ARTIFACT_TTL,
+            compiled_cache_bytes: compiled::DEFAULT_COMPILED_CACHE_BYTES,
+            compile_workers: compiled::DEFAULT_COMPILE_WORKERS,
             watch_history: DEFAULT_WATCH_HISTORY,
             watch_history_bytes: DEFAULT_WATCH_HISTORY_BYTES,
             transport: Transport::Tls(TlsOptions::default()),
@@ -327,6 +335,11 @@ pub(crate) fn start_with(
         Some(b) => ArtifactStore::open_shared(dir, cfg.max_module_bytes, b)?,
         None => ArtifactStore::open(dir, cfg.max_module_bytes)?,
     });
+    let compiled = Arc::new(compiled::CompiledCache::new(
+        cfg.state_dir.join("compiled"),
+        cfg.compiled_cache_bytes,
+        cfg.compile_workers,
+    ));
     // Hosted schedulers run on the metered lane (fuel budgets per callback),
     // each charged to its own account in the fair CPU scheduler; the plain
     // lane runs nothing here.
@@ -370,6 +383,7 @@ pub(crate) fn start_with(
         tx,
         watch,
         artifacts,
+        compiled,
         sandbox,
         scheduler_limits,
         history,
@@ -456,6 +470,10 @@ pub(crate) fn routes(handle: MasterHandle) -> axum::Router {
     )
     .add_service(
         v1::artifacts_server::ArtifactsServer::new(handle.clone())
+            // Artifacts travel gzip-compressed to clients that accept it
+            // (agents on slow links); uploads may come compressed too.
+            .send_compressed(tonic::codec::CompressionEncoding::Gzip)
+            .accept_compressed(tonic::codec::CompressionEncoding::Gzip)
             .max_decoding_message_size(max)
             .max_encoding_message_size(max),
     )

@@ -70,8 +70,14 @@ impl ModuleCache {
         dir: Option<PathBuf>,
         max_disk_bytes: u64,
     ) -> Self {
+        #[allow(unused_mut)]
         let mut h = std::collections::hash_map::DefaultHasher::new();
+        #[cfg(feature = "compiler")]
         engine.precompile_compatibility_hash().hash(&mut h);
+        // Without a compiler the disk cache holds nothing (artifacts are the
+        // agent's, under its work dir).
+        #[cfg(not(feature = "compiler"))]
+        let _ = engine;
         ModuleCache {
             lru: Mutex::new(Lru { map: HashMap::new(), clock: 0, stats: CacheStats::default() }),
             max_entries: max_entries.max(1),

@@ -84,6 +84,18 @@ pub struct SandboxConfig {
     /// Wasm stack per task, in bytes; deeper recursion traps with a stack
     /// overflow. Default 512 KiB.
     pub max_wasm_stack: usize,
+    /// What the engine runs: `None` is this machine's own code (Cranelift's
+    /// target for it); `Some("pulley64")` is wasmtime's portable interpreter.
+    /// Part of the [`crate::EngineProfile`] the master compiles for.
+    pub target: Option<String>,
+    /// Compile Wasm here. `false` runs only artifacts precompiled for this
+    /// engine's profile ([`crate::Sandbox::load_precompiled`]); a build
+    /// without the `compiler` feature (`wasmos-edge`) is always `false`.
+    pub compile: bool,
+    /// CPU features the engine's code may use: `Native` (what this CPU has)
+    /// or `Baseline` (none beyond the architecture's base, so an artifact
+    /// runs on every CPU of the kind). Default `Native`.
+    pub cpu_features: crate::CpuFeatures,
 }
 
 impl Default for SandboxConfig {
@@ -106,6 +118,9 @@ impl Default for SandboxConfig {
             cache_max_entries: DEFAULT_CACHE_MAX_ENTRIES,
             cache_max_disk_bytes: DEFAULT_CACHE_MAX_DISK_BYTES,
             max_wasm_stack: DEFAULT_MAX_WASM_STACK,
+            target: None,
+            compile: cfg!(feature = "compiler"),
+            cpu_features: crate::CpuFeatures::Native,
         }
     }
 }

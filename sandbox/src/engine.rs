@@ -62,16 +62,12 @@ pub(crate) fn build_engine(cfg: &SandboxConfig, slots: u32, metered: bool) -> Re
         // so the slots ever touched are as many as ran at once, not all of them.
         .max_unused_warm_slots(0);
 
-    let mut c = Config::new();
-    c.wasm_component_model(true)
-        .concurrency_support(false)
-        .consume_fuel(metered)
-        .epoch_interruption(true)
-        .memory_reservation(cfg.max_task_mem.next_power_of_two())
-        .max_wasm_stack(cfg.max_wasm_stack)
-        .async_stack_size(cfg.max_wasm_stack + (1 << 20))
-        .async_stack_zeroing(true)
-        .allocation_strategy(InstanceAllocationStrategy::Pooling(pool));
+    let profile = crate::EngineProfile::of(cfg);
+    let mut c = code_config(&profile, metered);
+    if let Some(t) = &cfg.target {
+        c.target(t).map_err(|e| SandboxError::Config(format!("unknown engine target {t:?}: {e}; give pulley64 or leave it out")))?;
+    }
+    c.async_stack_zeroing(true).allocation_strategy(InstanceAllocationStrategy::Pooling(pool));
     Engine::new(&c).map_err(|e| {
         SandboxError::Config(format!(
             "cannot build the wasm engine for {n} task slots of {} MiB: {e:#}; lower --max-tasks or --max-task-mem, \
@@ -79,6 +75,21 @@ pub(crate) fn build_engine(cfg: &SandboxConfig, slots: u32, metered: bool) -> Re
             cfg.max_task_mem >> 20
         ))
     })
+}
+
+/// Every setting that shapes compiled code, for one lane of an engine of
+/// `profile`: an agent's own engine and the master's precompiler for it
+/// both start here, so their artifacts fit (wasmtime checks the rest).
+pub(crate) fn code_config(profile: &crate::EngineProfile, metered: bool) -> Config {
+    let mut c = Config::new();
+    c.wasm_component_model(true)
+        .concurrency_support(false)
+        .consume_fuel(metered)
+        .epoch_interruption(true)
+        .memory_reservation(profile.max_task_mem.next_power_of_two())
+        .max_wasm_stack(profile.max_wasm_stack)
+        .async_stack_size(profile.max_wasm_stack + (1 << 20));
+    c
 }
 
 /// Memory mappings the pools of `cfg` may need at most (each stack has a

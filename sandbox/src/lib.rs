@@ -24,6 +24,8 @@
 //! - no network, no inherited environment, stdin closed unless asked for.
 //! - output: bounded per stream; the excess is dropped and flagged.
 
+// Without a compiler nothing is compiled, so nothing goes to the disk cache.
+#[cfg_attr(not(feature = "compiler"), allow(dead_code))]
 mod cache;
 mod config;
 mod control;
@@ -33,7 +35,9 @@ mod fs;
 mod limiter;
 pub mod migrate;
 mod output;
+mod precompiled;
 mod run;
+#[cfg(feature = "compiler")]
 mod scheduler;
 mod worlds;
 
@@ -50,6 +54,8 @@ pub use cpu::{CpuLimit, WEIGHT_ONE};
 pub use engine::{ensure_map_count, map_count_needed, slots_within_map_count};
 pub use fs::{InputFile, SandboxDirSpec};
 pub use output::Passthrough;
+pub use precompiled::*;
+#[cfg(feature = "compiler")]
 pub use scheduler::{
     CallbackError, CallbackErrorKind, DEFAULT_CALLBACK_FUEL, DEFAULT_CALLBACK_TIMEOUT, DEFAULT_SCHEDULER_MEM,
     SchedulerInstance, SchedulerLimits,
@@ -159,7 +165,9 @@ pub struct Prepared {
     pub hash: ModuleHash,
     pub kind: ModuleKind,
     pub(crate) pre: run::Pre,
-    pub(crate) bytes: Arc<[u8]>,
+    /// The Wasm, to compile for the metered lane later; `None` for a
+    /// precompiled artifact (the metered lane's comes separately).
+    pub(crate) bytes: Option<Arc<[u8]>>,
     pub(crate) metered: tokio::sync::OnceCell<Result<run::Pre, SandboxError>>,
 }
 
@@ -331,6 +339,45 @@ impl Sandbox {
         tokio::task::spawn_blocking(move || this.prepare(&bytes))
             .await
             .unwrap_or_else(|e| Err(SandboxError::InvalidModule(format!("module compilation crashed: {e}"))))
+    }
+
+    /// This sandbox's engine profile: what precompiled artifacts must be built for.
+    pub fn profile(&self) -> EngineProfile {
+        EngineProfile::of(&self.inner.cfg)
+    }
+
+    /// Whether this sandbox compiles Wasm itself ([`SandboxConfig::compile`]).
+    pub fn compiles(&self) -> bool {
+        self.inner.cfg.compile
+    }
+
+    /// The module `hash` from an artifact precompiled for this sandbox's
+    /// plain lane (its envelope and code are checked; blocking: run it off
+    /// the async threads for large artifacts).
+    pub fn load_precompiled(&self, hash: ModuleHash, artifact: &[u8]) -> Result<Arc<Prepared>, SandboxError> {
+        if let Some(p) = self.inner.plain.cache.get(&hash) {
+            return Ok(p);
+        }
+        let (kind, pre) = run::load_precompiled(&self.inner, &hash, false, artifact)?;
+        let prepared = Arc::new(Prepared { hash, kind, pre, bytes: None, metered: tokio::sync::OnceCell::new() });
+        self.inner.plain.cache.insert(prepared.clone());
+        Ok(prepared)
+    }
+
+    /// Gives a precompiled module its metered lane's artifact.
+    pub fn load_precompiled_metered(&self, module: &Arc<Prepared>, artifact: &[u8]) -> Result<(), SandboxError> {
+        if module.metered.initialized() {
+            return Ok(());
+        }
+        let (_, pre) = run::load_precompiled(&self.inner, &module.hash, true, artifact)?;
+        let _ = module.metered.set(Ok(pre));
+        Ok(())
+    }
+
+    /// Whether a prepared module can run on the metered lane now, without
+    /// compiling or loading anything.
+    pub fn has_metered(&self, module: &Prepared) -> bool {
+        module.metered.initialized()
     }
 
     /// Compiles a prepared module for the metered lane too (as its first

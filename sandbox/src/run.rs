@@ -111,6 +111,17 @@ pub(crate) enum Pre {
 
 const CORE_VERSION: [u8; 4] = [1, 0, 0, 0];
 
+/// Core module or component, from a binary's header.
+#[cfg(feature = "compiler")]
+pub(crate) fn detect_binary(bytes: &[u8]) -> Result<ModuleKind, SandboxError> {
+    if bytes.len() >= 8 && bytes.starts_with(b"\0asm") {
+        return detect(bytes);
+    }
+    Err(SandboxError::InvalidModule(
+        "not a wasm binary: it does not start with the wasm magic 00 61 73 6d; upload the .wasm file".into(),
+    ))
+}
+
 fn detect(bytes: &[u8]) -> Result<ModuleKind, SandboxError> {
     if bytes.len() >= 8 && bytes.starts_with(b"\0asm") {
         return if bytes[4..8] == CORE_VERSION {
@@ -148,6 +159,7 @@ fn detect(bytes: &[u8]) -> Result<ModuleKind, SandboxError> {
     }
 }
 
+#[cfg(feature = "compiler")]
 fn invalid(e: wasmtime::Error) -> SandboxError {
     SandboxError::InvalidModule(format!(
         "module is not valid wasm: {e:#}; rebuild it for wasm32-wasip1 or wasm32-wasip2"
@@ -195,12 +207,78 @@ pub(crate) fn prepare(inner: &Inner, bytes: &[u8]) -> Result<Arc<Prepared>, Sand
     if let Some(p) = inner.plain.cache.get(&hash) {
         return Ok(p);
     }
+    if !inner.cfg.compile {
+        return Err(no_compiler(&hash));
+    }
     let kind = detect(bytes)?;
     let pre = compile(&inner.plain, &hash, kind, bytes)?;
     let kind = if matches!(pre, Pre::Task(_)) { ModuleKind::TaskComponent } else { kind };
-    let prepared = Arc::new(Prepared { hash, kind, pre, bytes: bytes.into(), metered: tokio::sync::OnceCell::new() });
+    let prepared =
+        Arc::new(Prepared { hash, kind, pre, bytes: Some(bytes.into()), metered: tokio::sync::OnceCell::new() });
     inner.plain.cache.insert(prepared.clone());
     Ok(prepared)
+}
+
+fn no_compiler(hash: &ModuleHash) -> SandboxError {
+    SandboxError::InvalidModule(format!(
+        "module {hash} was given as wasm, but this sandbox has no compiler (wasmos-edge): it runs only artifacts \
+         the master precompiled for its engine profile"
+    ))
+}
+
+/// Loads an artifact precompiled for one lane of this sandbox ([`crate::Precompiler`]
+/// on the master), after checking its envelope names `hash` and this
+/// engine's profile; wasmtime then checks the code itself.
+///
+/// Safety of `deserialize`: artifacts come only from the master, over its
+/// authenticated channel; the master is trusted with the code agents run
+/// anyway. wasmtime still refuses code for another architecture, CPU
+/// features, settings or version.
+pub(crate) fn load_precompiled(
+    inner: &Inner,
+    hash: &ModuleHash,
+    metered: bool,
+    artifact: &[u8],
+) -> Result<(ModuleKind, Pre), SandboxError> {
+    use crate::precompiled::{ArtifactHeader, ArtifactKind};
+    let (head, code) = ArtifactHeader::unwrap(artifact)?;
+    if head.module != hash.to_hex() {
+        return Err(SandboxError::InvalidModule(format!(
+            "the artifact is of module {}, not {hash}; the master sent the wrong artifact",
+            head.module
+        )));
+    }
+    if head.metered != metered {
+        return Err(SandboxError::InvalidModule(format!(
+            "the artifact was compiled for the {} lane, not the {} one",
+            if head.metered { "metered" } else { "plain" },
+            if metered { "metered" } else { "plain" }
+        )));
+    }
+    let ours = crate::EngineProfile::of(&inner.cfg);
+    if head.profile != ours.key() {
+        return Err(SandboxError::InvalidModule(format!(
+            "refusing an artifact compiled for another engine: it is for {} but this agent is {ours}; \
+             the master must compile for the profile this agent registered with",
+            head.profile
+        )));
+    }
+    let lane = if metered { &inner.metered } else { &inner.plain };
+    let refused = |e: wasmtime::Error| {
+        SandboxError::InvalidModule(format!("refusing an artifact this engine cannot run: {e:#}"))
+    };
+    Ok(match head.kind {
+        ArtifactKind::Core => {
+            let module = unsafe { Module::deserialize(&lane.engine, code) }.map_err(refused)?;
+            (ModuleKind::Core, link_core(lane, module)?)
+        }
+        ArtifactKind::Component => {
+            let c = unsafe { wasmtime::component::Component::deserialize(&lane.engine, code) }.map_err(refused)?;
+            let pre = link_component(lane, c)?;
+            let kind = if matches!(pre, Pre::Task(_)) { ModuleKind::TaskComponent } else { ModuleKind::Component };
+            (kind, pre)
+        }
+    })
 }
 
 /// The module compiled for the metered lane: once, on its first metered run.
@@ -208,7 +286,13 @@ pub(crate) async fn metered_pre<'a>(inner: &Arc<Inner>, module: &'a Prepared) ->
     let r = module
         .metered
         .get_or_init(|| async {
-            let (inner, bytes, hash) = (inner.clone(), module.bytes.clone(), module.hash);
+            let (inner, hash) = (inner.clone(), module.hash);
+            let Some(bytes) = module.bytes.clone() else {
+                return Err(SandboxError::InvalidModule(format!(
+                    "module {hash} has no metered-lane artifact loaded here; this agent runs only precompiled \
+                     artifacts (load one with Sandbox::load_precompiled_metered)"
+                )));
+            };
             let kind = if module.kind == ModuleKind::Core { ModuleKind::Core } else { ModuleKind::Component };
             tokio::task::spawn_blocking(move || compile(&inner.metered, &hash, kind, &bytes))
                 .await
@@ -219,9 +303,10 @@ pub(crate) async fn metered_pre<'a>(inner: &Arc<Inner>, module: &'a Prepared) ->
 }
 
 /// Compiles (or loads from the lane's disk cache) and links a module for one lane.
+#[cfg(feature = "compiler")]
 fn compile(lane: &Lane, hash: &ModuleHash, kind: ModuleKind, bytes: &[u8]) -> Result<Pre, SandboxError> {
     let disk = lane.cache.disk_path(hash, kind == ModuleKind::Component);
-    Ok(match kind {
+    match kind {
         ModuleKind::TaskComponent => unreachable!("detect() never says TaskComponent"),
         ModuleKind::Core => {
             let module = load_or_compile(
@@ -232,8 +317,7 @@ fn compile(lane: &Lane, hash: &ModuleHash, kind: ModuleKind, bytes: &[u8]) -> Re
                 |e, b| Module::new(e, b),
                 |m| m.serialize(),
             )?;
-            check_core_imports(&module)?;
-            Pre::Core(lane.linkers.core.instantiate_pre(&module).map_err(|e| link_error(kind, e))?)
+            link_core(lane, module)
         }
         ModuleKind::Component => {
             use wasmtime::component::Component;
@@ -245,24 +329,37 @@ fn compile(lane: &Lane, hash: &ModuleHash, kind: ModuleKind, bytes: &[u8]) -> Re
                 |e, b| Component::new(e, b),
                 |c| c.serialize(),
             )?;
-            let ipre = lane.linkers.component.instantiate_pre(&component).map_err(|e| link_error(kind, e))?;
-            match CommandPre::new(ipre.clone()) {
-                Ok(c) => Pre::Component(c),
-                Err(e1) => match crate::worlds::task::TaskPre::new(ipre) {
-                    Ok(t) => Pre::Task(t),
-                    Err(e2) => {
-                        return Err(SandboxError::UnsupportedImport(format!(
-                            "component exports neither wasi:cli/run ({e1:#}) nor the wasmos:task `run` function \
-                             ({e2:#}); build it as a WASI 0.2 command (wasm32-wasip2) or for the wasmos:task world"
-                        )));
-                    }
-                },
-            }
+            link_component(lane, component)
         }
-    })
+    }
+}
+
+#[cfg(not(feature = "compiler"))]
+fn compile(_: &Lane, hash: &ModuleHash, _: ModuleKind, _: &[u8]) -> Result<Pre, SandboxError> {
+    Err(no_compiler(hash))
+}
+
+fn link_core(lane: &Lane, module: Module) -> Result<Pre, SandboxError> {
+    check_core_imports(&module)?;
+    Ok(Pre::Core(lane.linkers.core.instantiate_pre(&module).map_err(|e| link_error(ModuleKind::Core, e))?))
+}
+
+fn link_component(lane: &Lane, component: wasmtime::component::Component) -> Result<Pre, SandboxError> {
+    let ipre = lane.linkers.component.instantiate_pre(&component).map_err(|e| link_error(ModuleKind::Component, e))?;
+    match CommandPre::new(ipre.clone()) {
+        Ok(c) => Ok(Pre::Component(c)),
+        Err(e1) => match crate::worlds::task::TaskPre::new(ipre) {
+            Ok(t) => Ok(Pre::Task(t)),
+            Err(e2) => Err(SandboxError::UnsupportedImport(format!(
+                "component exports neither wasi:cli/run ({e1:#}) nor the wasmos:task `run` function \
+                 ({e2:#}); build it as a WASI 0.2 command (wasm32-wasip2) or for the wasmos:task world"
+            ))),
+        },
+    }
 }
 
 /// Loads a serialized artifact from the disk cache, or compiles and stores one.
+#[cfg(feature = "compiler")]
 ///
 /// Safety of `deserialize`: the cache directory holds only files this module
 /// wrote (atomically, via rename) for an engine with the same compatibility

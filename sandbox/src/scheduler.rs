@@ -27,10 +27,6 @@ pub const DEFAULT_CALLBACK_FUEL: u64 = 100_000_000;
 pub const DEFAULT_SCHEDULER_MEM: u64 = 64 << 20;
 /// Default [`SchedulerLimits::timeout`]: 1 s.
 pub const DEFAULT_CALLBACK_TIMEOUT: Duration = Duration::from_secs(1);
-/// Log lines kept per callback (the rest are dropped).
-pub const MAX_LOG_LINES_PER_CALLBACK: usize = 100;
-/// Bytes kept per log line.
-pub const MAX_LOG_LINE_BYTES: usize = 4096;
 
 /// Limits applied to every callback of a hosted scheduler.
 #[derive(Debug, Clone, Copy)]

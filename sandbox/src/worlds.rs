@@ -55,9 +55,9 @@ impl scheduler::wasmos::scheduler::types::Host for TaskData {}
 impl scheduler::wasmos::scheduler::host::Host for TaskData {
     fn log(&mut self, level: scheduler::wasmos::scheduler::types::LogLevel, message: String) {
         // Bounded: a chatty scheduler cannot grow the master's memory.
-        if self.sched_logs.len() < crate::scheduler::MAX_LOG_LINES_PER_CALLBACK {
+        if self.sched_logs.len() < MAX_LOG_LINES_PER_CALLBACK {
             let mut m = message;
-            m.truncate(crate::scheduler::MAX_LOG_LINE_BYTES);
+            m.truncate(MAX_LOG_LINE_BYTES);
             self.sched_logs.push((level, m));
         }
     }
@@ -65,3 +65,8 @@ impl scheduler::wasmos::scheduler::host::Host for TaskData {
         std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_millis() as u64).unwrap_or(0)
     }
 }
+
+/// Log lines kept per callback (the rest are dropped).
+pub const MAX_LOG_LINES_PER_CALLBACK: usize = 100;
+/// Bytes kept per log line.
+pub const MAX_LOG_LINE_BYTES: usize = 4096;

@@ -1,5 +1,7 @@
 //! `wasmos.v1.Artifacts`: modules by SHA-256, streamed in chunks.
 
+use std::sync::Arc;
+
 use tokio_stream::StreamExt;
 use tonic::{Request, Response, Status, Streaming};
 use wasmos_proto::v1;
@@ -82,18 +84,58 @@ impl v1::artifacts_server::Artifacts for MasterHandle {
     type DownloadStream = BoxStream<v1::Chunk>;
     async fn download(&self, r: Request<v1::DownloadRequest>) -> Result<Response<Self::DownloadStream>, Status> {
         self.agent_or_token(&r, "artifact_download")?;
-        let h = r.into_inner().sha256;
+        let req = r.into_inner();
         let store = self.artifacts.clone();
-        let hash = h.clone();
+        let hash = req.sha256.clone();
         let bytes = tokio::task::spawn_blocking(move || store.get(&hash))
             .await
             .map_err(|e| Status::internal(e.to_string()))?
             .map_err(artifact_status)?;
-        let chunks: Vec<Result<v1::Chunk, Status>> = bytes
-            .chunks(wasmos_proto::CHUNK_BYTES)
-            .enumerate()
-            .map(|(i, c)| Ok(v1::Chunk { sha256: if i == 0 { h.clone() } else { String::new() }, data: c.to_vec() }))
-            .collect();
-        Ok(Response::new(Box::pin(tokio_stream::iter(chunks))))
+        Ok(Response::new(chunks(Arc::new(bytes), req.sha256, req.offset)))
     }
+
+    type DownloadCompiledStream = BoxStream<v1::Chunk>;
+    async fn download_compiled(
+        &self,
+        r: Request<v1::DownloadCompiledRequest>,
+    ) -> Result<Response<Self::DownloadCompiledStream>, Status> {
+        self.agent_or_token(&r, "artifact_download")?;
+        let req = r.into_inner();
+        crate::artifacts::check_hash(&req.sha256).map_err(artifact_status)?;
+        let profile = wasmos_sandbox::EngineProfile::parse(&req.engine_profile).map_err(Status::invalid_argument)?;
+        wasmos_sandbox::Precompiler::check(&profile).map_err(Status::failed_precondition)?;
+        if self.artifacts.size(&req.sha256).is_none() {
+            return Err(artifact_status(ArtifactError::Missing(req.sha256)));
+        }
+        let art = self
+            .compiled
+            .get(&self.artifacts, &req.sha256, &profile, req.metered)
+            .await
+            .map_err(|e| Status::invalid_argument(format!("cannot compile module {} for {profile}: {e}", req.sha256)))?;
+        // Resume only where the artifact is still the one the agent has a part of.
+        let offset = if req.expect_sha256 == art.sha256 { req.offset } else { 0 };
+        let sent = (art.bytes.len() as u64).saturating_sub(offset);
+        self.compiled.stats.bytes_sent.fetch_add(sent, std::sync::atomic::Ordering::Relaxed);
+        let sha = art.sha256.clone();
+        Ok(Response::new(chunks(art, sha, offset)))
+    }
+}
+
+/// `bytes` from `offset` in chunks; the first names the whole's hash and size.
+fn chunks<T: AsRef<[u8]> + Send + Sync + 'static>(whole: Arc<T>, sha256: String, offset: u64) -> BoxStream<v1::Chunk> {
+    let len = (*whole).as_ref().len();
+    let total = len as u64;
+    let start = offset.min(total) as usize;
+    let n = (len - start).div_ceil(wasmos_proto::CHUNK_BYTES).max(1);
+    let it = (0..n).map(move |i| {
+        let from = start + i * wasmos_proto::CHUNK_BYTES;
+        let to = (from + wasmos_proto::CHUNK_BYTES).min(len);
+        Ok(v1::Chunk {
+            sha256: if i == 0 { sha256.clone() } else { String::new() },
+            data: (*whole).as_ref()[from..to].to_vec(),
+            offset: from as u64,
+            total: if i == 0 { total } else { 0 },
+        })
+    });
+    Box::pin(tokio_stream::iter(it))
 }

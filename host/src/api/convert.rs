@@ -47,6 +47,8 @@ pub(crate) fn agent_info_to_wire(i: &AgentInfo) -> v1::AgentInfo {
         task_slots: i.task_slots,
         cpu_cores: i.cpu_cores,
         cpu_limit: i.cpu_limit.clone(),
+        engine_profile: i.engine_profile.clone(),
+        precompiled_only: i.precompiled_only,
     }
 }
 
@@ -62,6 +64,8 @@ pub(crate) fn agent_info_from_wire(i: &v1::AgentInfo) -> Result<AgentInfo, Strin
         task_slots: i.task_slots,
         cpu_cores: i.cpu_cores,
         cpu_limit: i.cpu_limit.chars().take(16).collect(),
+        engine_profile: i.engine_profile.chars().take(1024).collect(),
+        precompiled_only: i.precompiled_only,
     })
 }
 

@@ -24,12 +24,27 @@ pub(crate) struct AgentInfo {
     pub cpu_cores: u32,
     /// How `cpus` is enforced there: "shares" or "hard".
     pub cpu_limit: String,
+    /// What compiled code must fit there (`EngineProfile::key`).
+    pub engine_profile: String,
+    /// It runs only what the master compiled for `engine_profile`
+    /// (`wasmos-edge`); otherwise it compiles modules itself.
+    pub precompiled_only: bool,
 }
 
 impl AgentInfo {
-    /// Attributes as constraints match them.
+    /// Attributes as constraints match them: the agent's own, plus `arch`
+    /// (`x86_64`, `aarch64`, `pulley64`: what its engine runs) and `compiler`
+    /// (`yes`, or `no` for an edge agent) unless it set them itself.
     pub fn attribute_map(&self) -> BTreeMap<String, String> {
-        self.attributes.iter().cloned().collect()
+        let mut m: BTreeMap<String, String> = self.attributes.iter().cloned().collect();
+        let arch = wasmos_sandbox::EngineProfile::parse(&self.engine_profile)
+            .map(|p| p.arch().to_string())
+            .unwrap_or_else(|_| self.target_triple.split('-').next().unwrap_or_default().to_string());
+        if !arch.is_empty() {
+            m.entry("arch".into()).or_insert(arch);
+        }
+        m.entry("compiler".into()).or_insert_with(|| if self.precompiled_only { "no" } else { "yes" }.into());
+        m
     }
 }
 

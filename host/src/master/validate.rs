@@ -362,6 +362,13 @@ pub(crate) fn register_agent(info: &AgentInfo) -> Result<(), Error> {
     if info.resources.is_empty() {
         return Err(Error::invalid("agent offers no resources; give it e.g. --resources cpus:2;mem:4GiB"));
     }
+    if info.precompiled_only {
+        // It runs only what this master compiles for it: the master must be able to.
+        let p = wasmos_sandbox::EngineProfile::parse(&info.engine_profile)
+            .map_err(|e| Error::invalid(format!("agent without a compiler sent no usable engine profile: {e}")))?;
+        wasmos_sandbox::Precompiler::check(&p)
+            .map_err(|e| Error::invalid(format!("this master cannot compile for the agent's engine ({p}): {e}")))?;
+    }
     Ok(())
 }
 

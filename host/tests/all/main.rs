@@ -116,7 +116,7 @@ impl Cluster {
         let sha = hex::encode(Sha256::digest(&bytes));
         let mut art = v1::artifacts_client::ArtifactsClient::new(self.channel.clone());
         let r = art
-            .upload(tokio_stream::iter(vec![v1::Chunk { sha256: sha.clone(), data: bytes }]))
+            .upload(tokio_stream::iter(vec![v1::Chunk { sha256: sha.clone(), data: bytes, ..Default::default() }]))
             .await
             .unwrap()
             .into_inner();
