@@ -15,6 +15,10 @@ struct Live {
     control: TaskControl,
     framework: String,
     paused: bool,
+    /// `--on-disconnect stop-after`: stop it once cut off this long.
+    stop_after: Option<std::time::Duration>,
+    /// Stopped because the agent was cut off (reported LOST, not KILLED).
+    stopped_cut_off: bool,
 }
 
 pub(crate) struct Executor {
@@ -69,13 +73,19 @@ impl Executor {
 
     /// Enters a launched task in the table and returns its control; `None`
     /// when it already runs here (a launch resent across a failover).
-    pub fn enter(&self, id: &str, framework: &str) -> Option<TaskControl> {
+    pub fn enter(&self, id: &str, framework: &str, stop_after: Option<std::time::Duration>) -> Option<TaskControl> {
         let mut live = self.live();
         if live.contains_key(id) {
             return None;
         }
         let control = TaskControl::new();
-        let entry = Live { control: control.clone(), framework: framework.to_string(), paused: false };
+        let entry = Live {
+            control: control.clone(),
+            framework: framework.to_string(),
+            paused: false,
+            stop_after,
+            stopped_cut_off: false,
+        };
         live.insert(id.to_string(), entry);
         Some(control)
     }
@@ -132,6 +142,7 @@ impl Executor {
             module_cache_evictions: c.evictions,
             fuel_consumed: self.fuel_consumed.load(Relaxed),
             tasks_ended: self.tasks_ended.load(Relaxed),
+            updates_dropped: 0,
         }
     }
 
@@ -173,6 +184,24 @@ impl Executor {
         f(&tasks);
     }
 
+    /// Stops the tasks whose `stop-after` the agent has now been cut off
+    /// for; returns how many it stopped.
+    pub fn stop_cut_off(&self, cut_off_for: std::time::Duration) -> usize {
+        let mut n = 0;
+        for l in self.live().values_mut() {
+            if !l.stopped_cut_off && l.stop_after.is_some_and(|d| cut_off_for >= d) {
+                l.stopped_cut_off = true;
+                l.control.kill();
+                n += 1;
+            }
+        }
+        n
+    }
+
+    fn was_stopped_cut_off(&self, id: &str) -> bool {
+        self.live().get(id).is_some_and(|l| l.stopped_cut_off)
+    }
+
     pub fn kill_all(&self) {
         for l in self.live().values() {
             l.control.kill();
@@ -190,7 +219,11 @@ pub(crate) fn handle(agent: &Arc<Agent>, cmd: v1::AgentCommand) {
                 if TaskId::new(spec.task_id.clone()).is_err() {
                     continue;
                 }
-                let Some(control) = ex.enter(&spec.task_id, &l.framework_id) else {
+                let stop_after = match wasmos_model::OnDisconnect::parse_lenient(&spec.on_disconnect) {
+                    wasmos_model::OnDisconnect::StopAfter(d) => Some(d),
+                    _ => None,
+                };
+                let Some(control) = ex.enter(&spec.task_id, &l.framework_id, stop_after) else {
                     continue;
                 };
                 if let Some(cp) = &agent.checkpoint {
@@ -346,6 +379,22 @@ async fn run_task(agent: Arc<Agent>, fw: String, spec: v1::TaskSpec, control: Ta
         agent.executor.forget(&id);
         return;
     }
+    if outcome.kind == OutcomeKind::Killed && agent.executor.was_stopped_cut_off(&id) {
+        // `--on-disconnect stop-after`: the master declares it LOST too (and
+        // a batch task is retried); this says where it ended.
+        agent.updates.report(v1::TaskStatus {
+            task_id: id.clone(),
+            framework_id: fw.clone(),
+            agent_id: agent.link.id(),
+            state: v1::TaskState::TaskLost as i32,
+            reason: "stopped_on_disconnect".into(),
+            message: format!("stopped by its agent, cut off from the master for {:?}", agent.link.cut_off_for()),
+            outcome: wire,
+            ..Default::default()
+        });
+        agent.executor.forget(&id);
+        return;
+    }
     match killed_by_check {
         // Killed by its health check (unless it ended on its own first).
         Some(why) if outcome.kind == OutcomeKind::Killed => agent.updates.report(v1::TaskStatus {
@@ -453,10 +502,10 @@ pub(crate) mod tests {
     #[test]
     fn a_task_enters_the_table_once() {
         let ex = executor();
-        assert!(ex.enter("t", "fw").is_some());
-        assert!(ex.enter("t", "fw").is_none(), "a resent launch");
+        assert!(ex.enter("t", "fw", None).is_some());
+        assert!(ex.enter("t", "fw", None).is_none(), "a resent launch");
         ex.forget("t");
-        assert!(ex.enter("t", "fw").is_some(), "launched again after it ended");
+        assert!(ex.enter("t", "fw", None).is_some(), "launched again after it ended");
     }
 
     fn attempt_seen(attempt: u32) -> u32 {

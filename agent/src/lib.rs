@@ -201,6 +201,23 @@ impl Agent {
     }
 }
 
+/// Stops the tasks launched with `--on-disconnect stop-after DUR` once the
+/// agent has been cut off from the master for DUR.
+async fn disconnect_guard(agent: Arc<Agent>) {
+    let mut t = tokio::time::interval(Duration::from_millis(250));
+    loop {
+        t.tick().await;
+        let cut = agent.link.cut_off_for();
+        if cut.is_zero() {
+            continue;
+        }
+        let n = agent.executor.stop_cut_off(cut);
+        if n > 0 {
+            eprintln!("wasmos agent: cut off from the master for {cut:?}: stopped {n} task(s) (--on-disconnect stop-after)");
+        }
+    }
+}
+
 /// `pub async fn run(config, shutdown)`: a whole agent, until `shutdown`.
 /// Returns the agent id it registered under.
 pub async fn run(cfg: AgentConfig, shutdown: impl Future<Output = ()> + Send) -> Result<String, AgentError> {
@@ -239,7 +256,7 @@ pub async fn run(cfg: AgentConfig, shutdown: impl Future<Output = ()> + Send) ->
         link: Link::new(channel.clone(), identity.agent_id.clone()),
         modules: Modules::new(&cfg.work_dir, channel, sandbox.clone(), cfg.max_backoff),
         executor: Executor::new(sandbox),
-        updates: Updates::new(checkpoint.clone()),
+        updates: Updates::new(checkpoint.clone(), cfg.max_spool_bytes),
         checkpoint,
         cfg,
     });
@@ -253,12 +270,15 @@ pub async fn run(cfg: AgentConfig, shutdown: impl Future<Output = ()> + Send) ->
     };
     let updater = tokio::spawn(updates::send(agent.clone()));
     let renewer = tokio::spawn(identity::renew(agent.clone(), identity));
+    agent.link.set_heartbeat(heartbeat);
     let heartbeats = tokio::spawn(link::heartbeats(agent.clone(), heartbeat));
+    let guard = tokio::spawn(disconnect_guard(agent.clone()));
     let refused = tokio::select! {
         why = link::commands(agent.clone()) => Some(why),
         _ = shutdown => None,
     };
     heartbeats.abort();
+    guard.abort();
     updater.abort();
     renewer.abort();
     let id = agent.link.id();

@@ -12,18 +12,33 @@ use wasmos_security::client::{AuthChannel, Target};
 
 use crate::{Agent, AgentConfig, AgentError, executor};
 
-/// Capped exponential backoff: waits `first`, then twice as long each time,
-/// at most `max`; [`Backoff::reset`] starts over. Pitfall: the first wait is
-/// `first` even when `max` is shorter.
+/// Capped exponential backoff with jitter: the n-th wait is drawn between
+/// half and all of `first`·2ⁿ, capped at `max`, so that many agents cut off
+/// together do not all come back in the same instant; [`Backoff::reset`]
+/// starts over. Pitfall: the first wait is about `first` even when `max` is
+/// shorter.
 pub(crate) struct Backoff {
     first: Duration,
     next: Duration,
     max: Duration,
+    rng: u64,
 }
 
 impl Backoff {
     pub fn new(first: Duration, max: Duration) -> Backoff {
-        Backoff { first, next: first, max }
+        let t = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_nanos() as u64);
+        let rng = (t ^ ((std::process::id() as u64) << 32) ^ (&t as *const u64 as u64)) | 1;
+        Backoff { first, next: first, max, rng }
+    }
+
+    /// `d` less a random part of up to half of it.
+    fn jitter(&mut self, d: Duration) -> Duration {
+        // xorshift64
+        self.rng ^= self.rng << 13;
+        self.rng ^= self.rng >> 7;
+        self.rng ^= self.rng << 17;
+        let half = d.as_micros() as u64 / 2;
+        d - Duration::from_micros(self.rng % (half + 1))
     }
 
     /// The next wait, doubling the one after it.
@@ -34,7 +49,8 @@ impl Backoff {
     }
 
     pub async fn wait(&mut self) {
-        tokio::time::sleep(self.step()).await;
+        let d = self.step();
+        tokio::time::sleep(self.jitter(d)).await;
     }
 
     pub fn reset(&mut self) {
@@ -54,9 +70,36 @@ pub(crate) struct Link {
     /// The newest leader epoch seen (registration answers and commands):
     /// commands from an older one (a deposed leader) are refused.
     epoch: std::sync::atomic::AtomicU64,
+    /// When the master last answered (a registration, heartbeat, acknowledged
+    /// update or command): how long the agent has been cut off.
+    last_contact: std::sync::Mutex<std::time::Instant>,
+    /// The master's heartbeat interval (ms): contact is due that often.
+    heartbeat_ms: std::sync::atomic::AtomicU64,
 }
 
+/// Past the heartbeat interval, how long without an answer before the agent
+/// counts itself cut off (for `--on-disconnect stop-after`).
+pub(crate) const CUT_OFF_GRACE: Duration = Duration::from_secs(1);
+
 impl Link {
+    /// The master answered just now.
+    pub fn contact(&self) {
+        *self.last_contact.lock().unwrap_or_else(|e| e.into_inner()) = std::time::Instant::now();
+    }
+
+    /// How long the agent has been cut off: since the master last
+    /// answered, less the heartbeat interval and a second's grace (by then
+    /// the next answer was due). Zero while in touch.
+    pub fn cut_off_for(&self) -> Duration {
+        let since = self.last_contact.lock().unwrap_or_else(|e| e.into_inner()).elapsed();
+        let due = Duration::from_millis(self.heartbeat_ms.load(std::sync::atomic::Ordering::Relaxed)) + CUT_OFF_GRACE;
+        since.saturating_sub(due)
+    }
+
+    pub fn set_heartbeat(&self, every: Duration) {
+        self.heartbeat_ms.store(every.as_millis() as u64, std::sync::atomic::Ordering::Relaxed);
+    }
+
     /// Connects to the master as `target`, retrying with backoff until it answers.
     pub async fn connect(target: &Target, max_backoff: Duration) -> Result<AuthChannel, AgentError> {
         target.endpoint().map_err(AgentError::BadMaster)?;
@@ -70,7 +113,13 @@ impl Link {
     }
 
     pub fn new(channel: SharedChannel, id: String) -> Link {
-        Link { channel, id: RwLock::new(id), epoch: Default::default() }
+        Link {
+            channel,
+            id: RwLock::new(id),
+            epoch: Default::default(),
+            last_contact: std::sync::Mutex::new(std::time::Instant::now()),
+            heartbeat_ms: std::sync::atomic::AtomicU64::new(1000),
+        }
     }
 
     /// From now on, calls go through `channel` (a renewed certificate).
@@ -132,6 +181,7 @@ pub(crate) async fn register(agent: &Agent) -> Result<Duration, tonic::Status> {
         })
         .await?
         .into_inner();
+    agent.link.contact();
     if let Some(cp) = &agent.checkpoint {
         cp.set_agent_id(&resp.agent_id);
     }
@@ -147,9 +197,13 @@ pub(crate) async fn heartbeats(agent: Arc<Agent>, every: Duration) {
     loop {
         t.tick().await;
         let id = agent.link.id();
-        let stats = Some(agent.executor.stats());
+        let mut stats = agent.executor.stats();
+        stats.updates_dropped = agent.updates.dropped.load(std::sync::atomic::Ordering::Relaxed);
+        let stats = Some(stats);
         let usage = agent.executor.usage(MAX_USAGE_REPORTED);
-        let _ = agent.link.client().heartbeat(v1::HeartbeatRequest { agent_id: id, stats, usage }).await;
+        if agent.link.client().heartbeat(v1::HeartbeatRequest { agent_id: id, stats, usage }).await.is_ok() {
+            agent.link.contact();
+        }
     }
 }
 
@@ -169,6 +223,7 @@ pub(crate) async fn commands(agent: Arc<Agent>) -> String {
                 backoff.reset();
                 let mut s = s.into_inner();
                 while let Ok(Some(cmd)) = s.message().await {
+                    agent.link.contact();
                     if !agent.link.accepts(cmd.epoch) {
                         continue;
                     }
@@ -217,6 +272,16 @@ mod tests {
         assert!(!link.accepts(2), "epoch 2 after 3");
         assert!(link.accepts(3) && link.accepts(4) && link.accepts(0));
         assert!(!link.accepts(3));
+    }
+
+    #[test]
+    fn jittered_waits_stay_between_half_and_all_of_the_step_and_vary() {
+        let mut b = Backoff::new(Duration::from_millis(100), Duration::from_secs(10));
+        let d = Duration::from_millis(800);
+        let waits: Vec<Duration> = (0..200).map(|_| b.jitter(d)).collect();
+        assert!(waits.iter().all(|w| *w >= d / 2 && *w <= d), "{waits:?}");
+        let distinct: std::collections::HashSet<_> = waits.iter().collect();
+        assert!(distinct.len() > 100, "only {} distinct waits of 200", distinct.len());
     }
 
     #[test]

@@ -52,19 +52,68 @@ pub(crate) struct Updates {
     uuids: Uuids,
     /// Holds every update in `queue` (it writes a little later, see `checkpoint.rs`).
     checkpoint: Option<Checkpoint>,
+    /// Encoded bytes of the updates in `queue` (changed under its lock).
+    bytes: AtomicU64,
+    /// Most `bytes` kept ([`crate::AgentConfig::max_spool_bytes`]).
+    max_bytes: u64,
+    /// Updates dropped because the spool was full (reported with heartbeats).
+    pub dropped: AtomicU64,
 }
 
 impl Updates {
-    pub fn new(checkpoint: Option<Checkpoint>) -> Updates {
-        Updates { queue: Mutex::new(VecDeque::new()), added: Notify::new(), uuids: Uuids::new(), checkpoint }
+    pub fn new(checkpoint: Option<Checkpoint>, max_bytes: u64) -> Updates {
+        Updates {
+            queue: Mutex::new(VecDeque::new()),
+            added: Notify::new(),
+            uuids: Uuids::new(),
+            checkpoint,
+            bytes: AtomicU64::new(0),
+            max_bytes,
+            dropped: AtomicU64::new(0),
+        }
     }
 
     fn lock(&self) -> MutexGuard<'_, VecDeque<v1::TaskStatus>> {
         self.queue.lock().unwrap_or_else(|e| e.into_inner())
     }
 
+    /// Queues an update; when the spool is then over its bytes, drops the
+    /// oldest updates that are not a task's end (a later update supersedes
+    /// them), then the oldest of any kind, never the one just queued. Every
+    /// drop is counted (and leaves the checkpoint).
     fn push(&self, st: v1::TaskStatus) {
-        self.lock().push_back(st);
+        let dropped = {
+            let mut q = self.lock();
+            let len = wasmos_proto::encoded_len(&st) as u64;
+            q.push_back(st);
+            let mut total = self.bytes.fetch_add(len, Ordering::Relaxed) + len;
+            let mut dropped = Vec::new();
+            while total > self.max_bytes && q.len() > 1 {
+                let last = q.len() - 1;
+                let i = q.iter().take(last).position(|u| !is_final(u)).unwrap_or(0);
+                let Some(u) = q.remove(i) else { break };
+                let l = wasmos_proto::encoded_len(&u) as u64;
+                total -= l;
+                self.bytes.fetch_sub(l, Ordering::Relaxed);
+                dropped.push(u.uuid);
+            }
+            dropped
+        };
+        if !dropped.is_empty() {
+            let before = self.dropped.fetch_add(dropped.len() as u64, Ordering::Relaxed);
+            let after = before + dropped.len() as u64;
+            // Said once, then at each power of two: never silent, never a flood.
+            if before == 0 || before.leading_zeros() != after.leading_zeros() {
+                eprintln!(
+                    "wasmos agent: the spool of undelivered status updates is full ({} bytes, --max-spool); \
+                     {after} update(s) dropped so far, oldest first",
+                    self.max_bytes
+                );
+            }
+            if let Some(cp) = &self.checkpoint {
+                cp.acked(&dropped, &[]);
+            }
+        }
         self.added.notify_one();
     }
 
@@ -140,6 +189,8 @@ impl Updates {
             let mut q = self.lock();
             let n = sent.min(q.len());
             let (done, kept): (Vec<_>, Vec<_>) = q.drain(..n).partition(|u| acked.contains(&u.uuid));
+            let freed: u64 = done.iter().map(|u| wasmos_proto::encoded_len(u) as u64).sum();
+            self.bytes.fetch_sub(freed, Ordering::Relaxed);
             let left = !kept.is_empty();
             for u in kept.into_iter().rev() {
                 q.push_front(u);
@@ -157,6 +208,10 @@ impl Updates {
         }
         left
     }
+}
+
+fn is_final(u: &v1::TaskStatus) -> bool {
+    wasmos_proto::state_from_wire(u.state).is_some_and(|s| s.is_terminal())
 }
 
 /// Most bytes of updates in one Update call (outputs and snapshots make
@@ -185,6 +240,7 @@ pub(crate) async fn send(agent: Arc<Agent>) {
             Ok(acks) => {
                 let acked: HashSet<Vec<u8>> = acks.into_inner().uuids.into_iter().collect();
                 unfinished = updates.acked(n, &acked, &agent.executor);
+                agent.link.contact();
                 backoff.reset();
             }
             Err(_) => {
@@ -218,7 +274,7 @@ mod tests {
 
     #[test]
     fn acknowledged_updates_leave_the_rest_stay_in_order_and_count_for_registration() {
-        let (ex, u) = (executor(), Updates::new(None));
+        let (ex, u) = (executor(), Updates::new(None, u64::MAX));
         for (t, s) in [("a", Running), ("b", Running), ("a", Finished), ("b", Finished)] {
             u.report(status(t, s));
         }
@@ -237,17 +293,40 @@ mod tests {
     }
 
     #[test]
+    fn a_full_spool_drops_the_oldest_non_final_updates_first_and_counts_them() {
+        let one = wasmos_proto::encoded_len(&v1::TaskStatus { uuid: vec![0; 16], timestamp_ms: 1, ..status("a", Running) }) as u64;
+        // Room for about four updates.
+        let u = Updates::new(None, one * 4 + one / 2);
+        for (t, s) in [("a", Running), ("a", Finished), ("b", Running), ("c", Running), ("b", Finished), ("d", Running)] {
+            u.report(status(t, s));
+        }
+        // a RUNNING went first, then b RUNNING: both superseded by their ends.
+        assert_eq!(
+            queued(&u),
+            [("a".into(), Finished as i32), ("c".into(), Running as i32), ("b".into(), Finished as i32), ("d".into(), Running as i32)]
+        );
+        assert_eq!(u.dropped.load(Ordering::Relaxed), 2);
+        // Only ends left: the oldest end goes (counted), never the newest update.
+        let u = Updates::new(None, one * 2 + one / 2);
+        for t in ["a", "b", "c"] {
+            u.report(status(t, Finished));
+        }
+        assert_eq!(queued(&u), [("b".into(), Finished as i32), ("c".into(), Finished as i32)]);
+        assert_eq!(u.dropped.load(Ordering::Relaxed), 1);
+    }
+
+    #[test]
     fn an_ended_task_leaves_the_checkpoint_unless_it_runs_here_again() {
         let dir = tempfile::tempdir().unwrap();
         let (cp, _) = Checkpoint::open(dir.path(), Duration::from_millis(1)).unwrap();
-        let (ex, u) = (executor(), Updates::new(Some(cp.clone())));
+        let (ex, u) = (executor(), Updates::new(Some(cp.clone()), u64::MAX));
         cp.launched("once", "fw");
         cp.launched("again", "fw");
         u.report(status("once", Finished));
         u.report(status("again", Finished));
         u.report(status("kept", Running));
         // "again" is launched here again before its first run's end is acknowledged.
-        ex.enter("again", "fw").unwrap();
+        ex.enter("again", "fw", None).unwrap();
         let sent = u.front(3);
         assert!(u.acked(3, &acks(&sent, &[0, 1]), &ex));
         cp.close();

@@ -9,14 +9,12 @@ use std::time::Duration;
 use wasmos_host::MasterConfig;
 use wasmos_model::{Resources, Scalar};
 
-fn attributes(s: &str) -> Result<Vec<(String, String)>, String> {
-    s.split(',')
-        .filter(|p| !p.trim().is_empty())
-        .map(|p| match p.split_once('=') {
-            Some((k, v)) if !k.trim().is_empty() => Ok((k.trim().to_string(), v.trim().to_string())),
-            _ => Err(format!("attribute {p:?} is not k=v; write e.g. --attributes zone=eu,rack=r1")),
-        })
-        .collect()
+/// One `k=v` of `--attributes k=v,...` (clap splits at the commas).
+fn attribute(p: &str) -> Result<(String, String), String> {
+    match p.split_once('=') {
+        Some((k, v)) if !k.trim().is_empty() => Ok((k.trim().to_string(), v.trim().to_string())),
+        _ => Err(format!("attribute {p:?} is not k=v; write e.g. --attributes zone=eu,rack=r1")),
+    }
 }
 
 pub(crate) fn default_state_dir(what: &str) -> PathBuf {
@@ -373,8 +371,8 @@ pub struct AgentArgs {
     #[arg(long, value_name = "RES", value_parser = crate::args::resources)]
     pub resources: Option<Resources>,
     /// Attributes, matched by `submit --constraint`.
-    #[arg(long, value_name = "k=v,...", value_parser = attributes)]
-    pub attributes: Option<Vec<(String, String)>>,
+    #[arg(long, value_name = "k=v,...", value_delimiter = ',', value_parser = attribute)]
+    pub attributes: Vec<(String, String)>,
     /// Where artifacts, the compiled-module cache and task sandboxes live
     /// [default: ~/.local/state/wasmos/agent]
     #[arg(long, value_name = "DIR")]
@@ -606,7 +604,7 @@ pub fn agent(args: AgentArgs) -> ExitCode {
     if let Some(r) = args.resources {
         cfg.resources = r;
     }
-    cfg.attributes = args.attributes.unwrap_or_default();
+    cfg.attributes = args.attributes.clone();
     args.sandbox.apply(&mut cfg.sandbox, &cfg.resources, 1);
     cfg.update_batch = args.update_batch.max(1);
     cfg.max_backoff = args.max_backoff;

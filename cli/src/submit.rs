@@ -77,6 +77,14 @@ pub struct SubmitArgs {
     /// heartbeat its run can be captured and resumed on another agent.
     #[arg(long, conflicts_with_all = ["input", "framework", "health_probe"])]
     pub migratable: bool,
+    /// While the task's agent is cut off from the master: `keep` (never
+    /// replaced; UNREACHABLE until the agent is back), `stop-after DUR` (the
+    /// agent stops it after DUR cut off, then it is LOST and retried), or
+    /// `replace-after DUR` (LOST and retried elsewhere after DUR; when the
+    /// agent returns the original is killed). Default: a batch task is LOST
+    /// and retried as soon as its agent is declared gone.
+    #[arg(long, value_name = "POLICY", value_parser = on_disconnect)]
+    pub on_disconnect: Option<wasmos_model::OnDisconnect>,
     /// Wait for every task to end, then print the outcomes.
     #[arg(long)]
     pub wait: bool,
@@ -216,6 +224,7 @@ async fn submit(args: SubmitArgs) -> Result<ExitCode, String> {
         health,
         migratable: args.migratable,
         resume: Vec::new(),
+        on_disconnect: args.on_disconnect.as_ref().map(|p| p.to_string()).unwrap_or_default(),
     };
     let framework = args.framework.clone().unwrap_or_default();
     let watch_fw = if framework.is_empty() { "batch".to_string() } else { String::new() };
@@ -454,4 +463,8 @@ fn draw(done: usize, total: usize) {
     let filled = done * width / total.max(1);
     eprint!("\r[{}{}] {done}/{total} done", "#".repeat(filled), " ".repeat(width - filled));
     let _ = std::io::stderr().flush();
+}
+
+fn on_disconnect(s: &str) -> Result<wasmos_model::OnDisconnect, String> {
+    wasmos_model::OnDisconnect::parse(s)
 }

@@ -34,8 +34,8 @@ struct Args {
     resources: Option<Resources>,
     /// Attributes, matched by `submit --constraint` (`arch` and `compiler=no`
     /// are added by the master unless given).
-    #[arg(long, value_name = "k=v,...", value_parser = attributes)]
-    attributes: Option<Vec<(String, String)>>,
+    #[arg(long, value_name = "k=v,...", value_delimiter = ',', value_parser = attribute)]
+    attributes: Vec<(String, String)>,
     /// Where artifacts, the checkpoint and task sandboxes live.
     #[arg(long, value_name = "DIR", default_value = "/var/lib/wasmos-edge")]
     work_dir: PathBuf,
@@ -87,14 +87,12 @@ fn resources(s: &str) -> Result<Resources, String> {
     }
     Ok(r)
 }
-fn attributes(s: &str) -> Result<Vec<(String, String)>, String> {
-    s.split(',')
-        .filter(|p| !p.trim().is_empty())
-        .map(|p| match p.split_once('=') {
-            Some((k, v)) if !k.trim().is_empty() => Ok((k.trim().to_string(), v.trim().to_string())),
-            _ => Err(format!("attribute {p:?} is not k=v; write e.g. --attributes zone=eu,rack=r1")),
-        })
-        .collect()
+/// One `k=v` of `--attributes k=v,...` (clap splits at the commas).
+fn attribute(p: &str) -> Result<(String, String), String> {
+    match p.split_once('=') {
+        Some((k, v)) if !k.trim().is_empty() => Ok((k.trim().to_string(), v.trim().to_string())),
+        _ => Err(format!("attribute {p:?} is not k=v; write e.g. --attributes zone=eu,rack=r1")),
+    }
 }
 
 fn main() -> ExitCode {
@@ -113,7 +111,7 @@ fn main() -> ExitCode {
     if let Some(r) = args.resources {
         cfg.resources = r;
     }
-    cfg.attributes = args.attributes.unwrap_or_default();
+    cfg.attributes = args.attributes.clone();
     let sb = &mut cfg.sandbox;
     sb.compile = false;
     sb.max_concurrent_tasks = args.max_tasks.max(1);

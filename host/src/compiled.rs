@@ -133,7 +133,11 @@ impl CompiledCache {
         }
         let wasm = store.get(module).map_err(|e| e.to_string())?;
         let started = std::time::Instant::now();
-        let bytes = self.pre.precompile(profile, metered, module, &wasm).map_err(|e| e.to_string())?;
+        let bytes = self.pre.precompile(profile, metered, module, &wasm).map_err(|e| match e {
+            wasmos_sandbox::SandboxError::Config(m)
+            | wasmos_sandbox::SandboxError::InvalidModule(m)
+            | wasmos_sandbox::SandboxError::UnsupportedImport(m) => m,
+        })?;
         self.stats.compiles.fetch_add(1, Ordering::Relaxed);
         eprintln!(
             "wasmos master: compiled module {} for {} ({} lane): {} bytes of wasm -> {} in {:?}",

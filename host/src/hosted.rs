@@ -224,6 +224,7 @@ fn translate(call: sched::Call, held: &mut HashSet<String>, timer: &mut Option<I
                     attempt: 0,
                     health: t.health.map(health_from_wit),
                     migratable: false,
+                    on_disconnect: Default::default(),
                 };
                 launch.push(Launch {
                     task_id: spec.task_id.clone(),

@@ -197,6 +197,8 @@ pub(crate) struct AgentStats {
     pub cpu_waiting: u32,
     /// CPU time of the tasks that ended there.
     pub cpu_ns: u64,
+    /// Status updates it dropped because its spool was full while cut off.
+    pub updates_dropped: u64,
     /// Its running tasks' use: (task, fuel so far, memory now, CPU ns so
     /// far). Taken out into the tasks when the heartbeat arrives.
     pub usage: Vec<(String, u64, u64, u64)>,
@@ -432,6 +434,12 @@ impl Snapshot {
             "CPU time used by the tasks that ended on an agent.",
             &["agent"],
             per_agent(&|a| a.cpu_ns as f64 / 1e9),
+        );
+        s.counters(
+            "agent_updates_dropped_total",
+            "Status updates an agent dropped (oldest first) because its spool was full while cut off from the master.",
+            &["agent"],
+            per_agent(&|a| a.updates_dropped as f64),
         );
         let cache = self.agents_detail.iter().flat_map(|a| {
             [

@@ -18,7 +18,7 @@ pub use outcome::{Outcome, OutcomeKind};
 pub use resources::{CPUS, DISK, MEM, ResourceError, Resources, Scalar};
 pub use role::{MAX_ROLE_LEN, Role, RoleError};
 pub use state::TaskState;
-pub use task::{HealthCheck, HealthKind, InputFile, TaskSpec};
+pub use task::{HealthCheck, HealthKind, InputFile, OnDisconnect, TaskSpec};
 pub use units::{
     DEFAULT_MAX_OUTPUT, DEFAULT_MEM, DEFAULT_TIMEOUT, Limits, UnitError, format_duration, format_size, parse_duration,
     parse_size, rfc3339_ms,

@@ -51,6 +51,7 @@ pub fn spec_to_wire(s: &TaskSpec) -> v1::TaskSpec {
         health: s.health.as_ref().map(health_to_wire),
         migratable: s.migratable,
         resume: Vec::new(),
+        on_disconnect: s.on_disconnect.to_string(),
     }
 }
 
@@ -107,6 +108,7 @@ pub fn spec_from_wire(s: &v1::TaskSpec) -> (TaskSpec, Option<ResourceError>) {
         attempt: s.attempt,
         health: s.health.as_ref().map(health_from_wire),
         migratable: s.migratable,
+        on_disconnect: wasmos_model::OnDisconnect::parse_lenient(&s.on_disconnect),
     };
     (spec, err)
 }

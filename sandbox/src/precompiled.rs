@@ -329,10 +329,14 @@ impl Precompiler {
         if let Some(e) = engines.get(&key) {
             return Ok(e.clone());
         }
+        let no_target = |e: wasmtime::Error| {
+            SandboxError::Config(format!(
+                "Cranelift cannot compile for {}: {e}; start that agent with --target pulley64 (the interpreter)",
+                profile.target
+            ))
+        };
         let mut c = crate::engine::code_config(profile, metered);
-        c.target(&profile.target).map_err(|e| {
-            SandboxError::Config(format!("cannot compile for target {:?}: {e}; give a target Cranelift knows, or pulley64", profile.target))
-        })?;
+        c.target(&profile.target).map_err(no_target)?;
         for f in &profile.cpu_features {
             // Safety: `check` allowed only flags wasmtime itself tests for
             // when it loads an artifact, so code using a feature the agent's
@@ -341,8 +345,7 @@ impl Precompiler {
                 c.cranelift_flag_enable(f);
             }
         }
-        let engine = wasmtime::Engine::new(&c)
-            .map_err(|e| SandboxError::Config(format!("cannot build a compiler for {profile}: {e:#}")))?;
+        let engine = wasmtime::Engine::new(&c).map_err(no_target)?;
         engines.insert(key, engine.clone());
         Ok(engine)
     }

@@ -194,6 +194,7 @@ impl v1::agent_service_server::AgentService for MasterHandle {
             slots: s.slots,
             cpu_waiting: s.cpu_waiting,
             cpu_ns: s.cpu_ns,
+            updates_dropped: s.updates_dropped,
             usage: req
                 .usage
                 .into_iter()

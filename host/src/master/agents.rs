@@ -4,7 +4,7 @@
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::time::Instant;
 
-use wasmos_model::{AgentId, TaskId, TaskState};
+use wasmos_model::{AgentId, OnDisconnect, TaskId, TaskState};
 
 use super::Master;
 use super::cmd::{CommandTx, Error};
@@ -320,8 +320,19 @@ impl Master {
             // The agent's resources leave with it.
             let Some(task) = self.state.tasks.get(&t) else { continue };
             let fw = task.framework.clone();
+            let policy = task.spec.on_disconnect.clone();
             self.state.place(&t, Some(id.clone()), None);
-            let state = if fw == self.batch_id { TaskState::Lost } else { TaskState::Unreachable };
+            let state = match policy {
+                OnDisconnect::Default | OnDisconnect::Invalid(_) if fw == self.batch_id => TaskState::Lost,
+                _ => TaskState::Unreachable,
+            };
+            if let OnDisconnect::StopAfter(d) | OnDisconnect::ReplaceAfter(d) = policy {
+                // Counted from the agent's last word, as the agent counts its
+                // own stop-after, which starts a heartbeat and a second later
+                // (never before it stops the task: never two copies).
+                let at = (agent.last_seen + d + self.cfg.agent_heartbeat_interval + STOP_MARGIN).max(Instant::now());
+                self.recovery.disconnected.insert(t.clone(), at);
+            }
             let st = TaskStatus::master(&t, &fw, Some(id), state, reason, message.clone());
             self.apply_status(st, false);
         }
@@ -331,6 +342,10 @@ impl Master {
         self.cycle_due = true;
     }
 }
+
+/// Past an agent's own stop-after grace (`wasmos_agent`'s CUT_OFF_GRACE, 1 s),
+/// how much later the master declares a `stop-after` task LOST.
+const STOP_MARGIN: std::time::Duration = std::time::Duration::from_secs(2);
 
 fn unknown_agent(id: &AgentId) -> Error {
     Error::not_found(format!("unknown agent {:?}; register again", id.as_str()))

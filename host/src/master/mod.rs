@@ -353,6 +353,7 @@ impl Master {
                     self.check_agents();
                     self.retry_unapplied();
                     self.expire_recovering();
+                    self.expire_disconnected();
                     self.check_drains();
                     self.expire_unreported();
                     self.expire_frameworks();

@@ -6,7 +6,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use wasmos_allocator::Allocation;
-use wasmos_model::{AgentId, Role, TaskId, TaskSpec, TaskState};
+use wasmos_model::{AgentId, OnDisconnect, Role, TaskId, TaskSpec, TaskState};
 
 use super::Master;
 use super::frameworks::{Framework, Hosted, Kind};
@@ -33,6 +33,10 @@ pub(crate) struct Recovery {
     /// as the registry knows): an agent that reports one ran the previous
     /// master's unrecorded launch, which is adopted. Cleared at launch.
     pub adoptable: HashSet<TaskId>,
+    /// UNREACHABLE tasks whose `--on-disconnect` is `stop-after` or
+    /// `replace-after`: declared LOST at the deadline unless their agent is
+    /// back first.
+    pub disconnected: HashMap<TaskId, Instant>,
 }
 
 impl Recovery {
@@ -227,6 +231,7 @@ impl Master {
                         }
                     }
                 }
+                self.recovery.disconnected.remove(&tid);
                 if self.state.tasks.get(&tid).is_some_and(|t| t.state() == TaskState::Unreachable) {
                     let st = TaskStatus::master(
                         &tid,
@@ -307,6 +312,11 @@ impl Master {
             self.recovery.recovering.remove(&id);
             for tid in self.state.tasks.live_on(&id) {
                 let Some(t) = self.state.tasks.get(&tid) else { continue };
+                // `--on-disconnect keep` waits for the agent however long;
+                // stop-after and replace-after have their own deadlines.
+                if t.state() == TaskState::Unreachable && t.spec.on_disconnect != OnDisconnect::Default {
+                    continue;
+                }
                 let fw = t.framework.clone();
                 let state = if t.state() == TaskState::Unreachable { TaskState::Gone } else { TaskState::Lost };
                 let st = TaskStatus::master(
@@ -320,6 +330,35 @@ impl Master {
                 self.apply_status(st, false);
             }
             self.state.agents.touch(&id);
+        }
+    }
+
+    /// UNREACHABLE tasks past their `stop-after`/`replace-after` deadline:
+    /// LOST (a batch task is then retried elsewhere).
+    pub(super) fn expire_disconnected(&mut self) {
+        let now = Instant::now();
+        let due: Vec<TaskId> =
+            self.recovery.disconnected.iter().filter(|(_, d)| **d <= now).map(|(k, _)| k.clone()).collect();
+        for tid in due {
+            self.recovery.disconnected.remove(&tid);
+            let Some(t) = self.state.tasks.get(&tid) else { continue };
+            if t.state() != TaskState::Unreachable {
+                continue;
+            }
+            let (fw, agent, policy) = (t.framework.clone(), t.agent().cloned(), t.spec.on_disconnect.clone());
+            let (reason, what) = match policy {
+                OnDisconnect::StopAfter(_) => ("stopped_on_disconnect", "its agent stopped it"),
+                _ => ("replaced_on_disconnect", "a replacement may run; the original is killed if its agent returns"),
+            };
+            let st = TaskStatus::master(
+                &tid,
+                &fw,
+                agent.as_ref(),
+                TaskState::Lost,
+                reason,
+                format!("its agent was cut off past --on-disconnect {policy}: {what}"),
+            );
+            self.apply_status(st, false);
         }
     }
 }

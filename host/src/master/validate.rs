@@ -183,6 +183,10 @@ pub(crate) fn accept(
             steps.push(refuse(spec, "invalid_migratable", msg, record));
             continue;
         }
+        if let Some(msg) = spec.on_disconnect.problem_text() {
+            steps.push(refuse(spec, "invalid_on_disconnect", msg, record));
+            continue;
+        }
         if let Some(wasmos_model::HealthCheck { kind: wasmos_model::HealthKind::Probe { module_sha256, .. }, .. }) =
             &spec.health
             && let Err(msg) = signed(&target.role, module_sha256, "")
@@ -316,6 +320,9 @@ pub(crate) fn submit(s: &Submission, max_count: u32, has_module: impl Fn(&str) -
         return Err(Error::invalid(msg));
     }
     if let Some(msg) = migratable_problem(&s.template) {
+        return Err(Error::invalid(msg));
+    }
+    if let Some(msg) = s.template.on_disconnect.problem_text() {
         return Err(Error::invalid(msg));
     }
     if s.template.resources.is_empty() {
