@@ -19,6 +19,20 @@ struct Live {
     stop_after: Option<std::time::Duration>,
     /// Stopped because the agent was cut off (reported LOST, not KILLED).
     stopped_cut_off: bool,
+    /// Which run of the task this is (0: a master that does not say).
+    attempt: u32,
+}
+
+/// What [`Executor::enter`] found.
+pub(crate) enum Enter {
+    /// Entered: run it with this control.
+    New(TaskControl),
+    /// This very run is here already (a launch resent across a failover).
+    Duplicate,
+    /// An older run of the task is still here (the master gave it up while
+    /// the agent was cut off, and launched the next attempt here): it was
+    /// told to stop; enter again once it has left.
+    Older,
 }
 
 pub(crate) struct Executor {
@@ -71,12 +85,15 @@ impl Executor {
         self.live.lock().unwrap_or_else(|e| e.into_inner())
     }
 
-    /// Enters a launched task in the table and returns its control; `None`
-    /// when it already runs here (a launch resent across a failover).
-    pub fn enter(&self, id: &str, framework: &str, stop_after: Option<std::time::Duration>) -> Option<TaskControl> {
+    /// Enters a launched task in the table (see [`Enter`]).
+    pub fn enter(&self, id: &str, framework: &str, stop_after: Option<std::time::Duration>, attempt: u32) -> Enter {
         let mut live = self.live();
-        if live.contains_key(id) {
-            return None;
+        if let Some(l) = live.get(id) {
+            if l.attempt != 0 && attempt > l.attempt {
+                l.control.kill();
+                return Enter::Older;
+            }
+            return Enter::Duplicate;
         }
         let control = TaskControl::new();
         let entry = Live {
@@ -85,9 +102,15 @@ impl Executor {
             paused: false,
             stop_after,
             stopped_cut_off: false,
+            attempt,
         };
         live.insert(id.to_string(), entry);
-        Some(control)
+        Enter::New(control)
+    }
+
+    /// The attempt of the run of `id` here (0: none, or not said).
+    pub fn attempt_of(&self, id: &str) -> u32 {
+        self.live().get(id).map_or(0, |l| l.attempt)
     }
 
     /// Running tasks' use so far, for the heartbeat (at most `max` of them).
@@ -169,6 +192,7 @@ impl Executor {
                 framework_id: l.framework.clone(),
                 agent_id: agent_id.to_string(),
                 state: live_state(l.paused, l.control.has_started()) as i32,
+                attempt: l.attempt,
                 ..Default::default()
             })
             .collect()
@@ -223,17 +247,25 @@ pub(crate) fn handle(agent: &Arc<Agent>, cmd: v1::AgentCommand) {
                     wasmos_model::OnDisconnect::StopAfter(d) => Some(d),
                     _ => None,
                 };
-                let Some(control) = ex.enter(&spec.task_id, &l.framework_id, stop_after) else {
-                    continue;
-                };
-                if let Some(cp) = &agent.checkpoint {
-                    cp.launched(&spec.task_id, &l.framework_id);
+                match ex.enter(&spec.task_id, &l.framework_id, stop_after, spec.attempt) {
+                    Enter::New(control) => {
+                        if let Some(cp) = &agent.checkpoint {
+                            cp.launched(&spec.task_id, &l.framework_id);
+                        }
+                        tokio::spawn(run_task(agent.clone(), l.framework_id.clone(), spec, control));
+                    }
+                    Enter::Duplicate => {}
+                    Enter::Older => {
+                        tokio::spawn(launch_after_older(agent.clone(), l.framework_id.clone(), spec, stop_after));
+                    }
                 }
-                tokio::spawn(run_task(agent.clone(), l.framework_id.clone(), spec, control));
             }
         }
         Some(Command::Kill(k)) => {
-            if let Some((c, _)) = ex.with_live(&k.task_id, None) {
+            // A kill that names an attempt is for that run only.
+            if (k.attempt == 0 || ex.attempt_of(&k.task_id) == k.attempt)
+                && let Some((c, _)) = ex.with_live(&k.task_id, None)
+            {
                 c.kill();
             }
         }
@@ -273,6 +305,44 @@ pub(crate) fn handle(agent: &Arc<Agent>, cmd: v1::AgentCommand) {
         }
         None => {}
     }
+}
+
+/// Most time an older run of a task has to leave before the next attempt,
+/// launched here, gives up (it was killed: it leaves within an epoch tick).
+const OLDER_RUN_WAIT: std::time::Duration = std::time::Duration::from_secs(60);
+
+/// Starts `spec` once the older run of the same task (told to stop) has left.
+async fn launch_after_older(
+    agent: Arc<Agent>,
+    fw: String,
+    spec: v1::TaskSpec,
+    stop_after: Option<std::time::Duration>,
+) {
+    let t0 = tokio::time::Instant::now();
+    while t0.elapsed() < OLDER_RUN_WAIT {
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+        match agent.executor.enter(&spec.task_id, &fw, stop_after, spec.attempt) {
+            Enter::New(control) => {
+                if let Some(cp) = &agent.checkpoint {
+                    cp.launched(&spec.task_id, &fw);
+                }
+                return run_task(agent, fw, spec, control).await;
+            }
+            Enter::Duplicate => return,
+            Enter::Older => {}
+        }
+    }
+    let msg = format!("an older run of task {} did not stop within {OLDER_RUN_WAIT:?}", spec.task_id);
+    agent.updates.report(v1::TaskStatus {
+        task_id: spec.task_id.clone(),
+        framework_id: fw,
+        agent_id: agent.link.id(),
+        state: v1::TaskState::TaskError as i32,
+        message: msg.clone(),
+        outcome: Some(wasmos_proto::outcome_to_wire(&wasmos_model::Outcome::error(msg))),
+        attempt: spec.attempt,
+        ..Default::default()
+    });
 }
 
 async fn run_task(agent: Arc<Agent>, fw: String, spec: v1::TaskSpec, control: TaskControl) {
@@ -374,6 +444,7 @@ async fn run_task(agent: Arc<Agent>, fw: String, spec: v1::TaskSpec, control: Ta
             message: "captured at a safe point, to resume on another agent".into(),
             outcome: wire,
             snapshot: wasmos_proto::encode(&crate::migrate::to_wire(&snap)),
+            attempt: spec.attempt,
             ..Default::default()
         });
         agent.executor.forget(&id);
@@ -390,6 +461,7 @@ async fn run_task(agent: Arc<Agent>, fw: String, spec: v1::TaskSpec, control: Ta
             reason: "stopped_on_disconnect".into(),
             message: format!("stopped by its agent, cut off from the master for {:?}", agent.link.cut_off_for()),
             outcome: wire,
+            attempt: spec.attempt,
             ..Default::default()
         });
         agent.executor.forget(&id);
@@ -406,6 +478,7 @@ async fn run_task(agent: Arc<Agent>, fw: String, spec: v1::TaskSpec, control: Ta
             message: why,
             outcome: wire,
             healthy: Some(false),
+            attempt: spec.attempt,
             ..Default::default()
         }),
         _ => agent.report(&id, &fw, state, outcome.message.clone().unwrap_or_default(), wire),
@@ -429,13 +502,23 @@ fn live_state(paused: bool, started: bool) -> v1::TaskState {
 /// so a pause's own PAUSED report cannot come before this one; a task paused
 /// while its module was fetched starts paused and says so.
 fn report_live(agent: &Agent, id: &str, fw: &str, started: bool, message: String) {
+    // Under the table's lock, so a pause cannot come between the look and
+    // the report (the report itself must not take the lock again).
     let live = agent.executor.live();
-    let paused = live.get(id).is_some_and(|l| l.paused);
+    let (paused, attempt) = live.get(id).map_or((false, 0), |l| (l.paused, l.attempt));
     if paused && started {
         // Its PAUSED was reported already (or is reported now, at the start).
         return;
     }
-    agent.report(id, fw, live_state(paused, started), message, None);
+    agent.updates.report(v1::TaskStatus {
+        task_id: id.to_string(),
+        framework_id: fw.to_string(),
+        agent_id: agent.link.id(),
+        state: live_state(paused, started) as i32,
+        message,
+        attempt,
+        ..Default::default()
+    });
 }
 
 /// The sandbox's view of a launched task.
@@ -500,12 +583,20 @@ pub(crate) mod tests {
     }
 
     #[test]
-    fn a_task_enters_the_table_once() {
+    fn a_task_enters_the_table_once_per_attempt_and_a_newer_attempt_stops_the_older_run() {
         let ex = executor();
-        assert!(ex.enter("t", "fw", None).is_some());
-        assert!(ex.enter("t", "fw", None).is_none(), "a resent launch");
+        let Enter::New(first) = ex.enter("t", "fw", None, 1) else { panic!("entered") };
+        assert!(matches!(ex.enter("t", "fw", None, 1), Enter::Duplicate), "a resent launch");
+        assert!(matches!(ex.enter("t", "fw", None, 0), Enter::Duplicate), "a launch without an attempt");
+        assert!(first.signal() != wasmos_sandbox::Signal::Kill);
+        // Attempt 2 launched here while attempt 1 still runs: attempt 1 is
+        // told to stop, and attempt 2 waits for it to leave.
+        assert!(matches!(ex.enter("t", "fw", None, 2), Enter::Older));
+        assert!(first.signal() == wasmos_sandbox::Signal::Kill, "the older run was told to stop");
+        assert_eq!(ex.attempt_of("t"), 1);
         ex.forget("t");
-        assert!(ex.enter("t", "fw", None).is_some(), "launched again after it ended");
+        assert!(matches!(ex.enter("t", "fw", None, 2), Enter::New(_)), "launched once the older run left");
+        assert_eq!(ex.attempt_of("t"), 2);
     }
 
     fn attempt_seen(attempt: u32) -> u32 {

@@ -102,6 +102,7 @@ fn report(agent: &Agent, id: &str, fw: &str, healthy: bool, message: String) {
         reason: if healthy { "health_check_passed" } else { "health_check_failed" }.into(),
         message,
         healthy: Some(healthy),
+        attempt: agent.executor.attempt_of(id),
         ..Default::default()
     });
 }

@@ -162,6 +162,8 @@ struct Agent {
 
 impl Agent {
     /// Reports a task's new state to the master.
+    /// Reports an update of `task`, with the attempt of its run here. Takes
+    /// the executor's table lock: never call it holding that lock.
     fn report(&self, task: &str, fw: &str, state: v1::TaskState, message: String, outcome: Option<v1::Outcome>) {
         self.updates.report(v1::TaskStatus {
             task_id: task.to_string(),
@@ -170,6 +172,7 @@ impl Agent {
             state: state as i32,
             message,
             outcome,
+            attempt: self.executor.attempt_of(task),
             ..Default::default()
         });
     }

@@ -75,6 +75,9 @@ pub(crate) struct Link {
     last_contact: std::sync::Mutex<std::time::Instant>,
     /// The master's heartbeat interval (ms): contact is due that often.
     heartbeat_ms: std::sync::atomic::AtomicU64,
+    /// Successful registrations so far (the first is said, and each
+    /// reregistration after the agent was cut off).
+    registrations: std::sync::atomic::AtomicU64,
 }
 
 /// Past the heartbeat interval, how long without an answer before the agent
@@ -119,6 +122,7 @@ impl Link {
             epoch: Default::default(),
             last_contact: std::sync::Mutex::new(std::time::Instant::now()),
             heartbeat_ms: std::sync::atomic::AtomicU64::new(1000),
+            registrations: std::sync::atomic::AtomicU64::new(0),
         }
     }
 
@@ -181,7 +185,16 @@ pub(crate) async fn register(agent: &Agent) -> Result<Duration, tonic::Status> {
         })
         .await?
         .into_inner();
+    let cut = agent.link.cut_off_for();
     agent.link.contact();
+    // Said once per link: at the start, and after each break (a
+    // reregistration follows only a broken stream, a master that forgot
+    // the agent, or a new leader).
+    match agent.link.registrations.fetch_add(1, std::sync::atomic::Ordering::Relaxed) {
+        0 => eprintln!("wasmos agent: registered with the master as {}", resp.agent_id),
+        _ if cut.is_zero() => eprintln!("wasmos agent: reregistered with the master as {}", resp.agent_id),
+        _ => eprintln!("wasmos agent: reregistered with the master as {} after {cut:.1?} cut off", resp.agent_id),
+    }
     if let Some(cp) = &agent.checkpoint {
         cp.set_agent_id(&resp.agent_id);
     }

@@ -148,6 +148,7 @@ impl Updates {
                     task_id: u.task_id.clone(),
                     agent_id: agent_id.to_string(),
                     state: v1::TaskState::TaskRunning as i32,
+                    attempt: u.attempt,
                     ..Default::default()
                 });
             }
@@ -294,7 +295,7 @@ mod tests {
 
     #[test]
     fn a_full_spool_drops_the_oldest_non_final_updates_first_and_counts_them() {
-        let one = wasmos_proto::encoded_len(&v1::TaskStatus { uuid: vec![0; 16], timestamp_ms: 1, ..status("a", Running) }) as u64;
+        let one = wasmos_proto::encoded_len(&v1::TaskStatus { uuid: vec![0; 16], timestamp_ms: now_ms(), ..status("a", Running) }) as u64;
         // Room for about four updates.
         let u = Updates::new(None, one * 4 + one / 2);
         for (t, s) in [("a", Running), ("a", Finished), ("b", Running), ("c", Running), ("b", Finished), ("d", Running)] {
@@ -326,7 +327,7 @@ mod tests {
         u.report(status("again", Finished));
         u.report(status("kept", Running));
         // "again" is launched here again before its first run's end is acknowledged.
-        ex.enter("again", "fw", None).unwrap();
+        assert!(matches!(ex.enter("again", "fw", None, 2), crate::executor::Enter::New(_)));
         let sent = u.front(3);
         assert!(u.acked(3, &acks(&sent, &[0, 1]), &ex));
         cp.close();

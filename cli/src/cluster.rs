@@ -96,6 +96,16 @@ pub struct MasterOpts {
     /// Most memory the kept watch events may hold (output tails count).
     #[arg(long, value_name = "SIZE", default_value = "64MiB", value_parser = crate::args::size)]
     pub watch_history_bytes: u64,
+    /// Most disk the cache of modules compiled for edge agents (one artifact
+    /// per module and engine profile, in STATE_DIR/compiled) may hold; past
+    /// it the least recently used leave first.
+    #[arg(long, value_name = "SIZE", default_value = "2GiB", value_parser = crate::args::size)]
+    pub compiled_cache_bytes: u64,
+    /// Modules compiled for edge agents at once (each compile takes a core;
+    /// the same module and profile asked twice compiles once).
+    #[arg(long, value_name = "N", default_value_t = wasmos_host::DEFAULT_COMPILE_WORKERS as u32,
+          value_parser = clap::value_parser!(u32).range(1..=64))]
+    pub compile_workers: u32,
     /// Write the URL the master serves on to PATH once it listens (for
     /// scripts; with `--listen 127.0.0.1:0` it names the port picked).
     ///
@@ -225,6 +235,8 @@ impl MasterOpts {
         cfg.artifact_ttl = self.artifact_ttl;
         cfg.watch_history = self.watch_history;
         cfg.watch_history_bytes = self.watch_history_bytes;
+        cfg.compiled_cache_bytes = self.compiled_cache_bytes;
+        cfg.compile_workers = self.compile_workers as usize;
         cfg.scheduler_limits = wasmos_host::SchedulerLimits {
             fuel_per_callback: self.scheduler_fuel,
             mem: self.scheduler_mem,
@@ -386,6 +398,11 @@ pub struct AgentArgs {
     /// (exponential backoff, capped here).
     #[arg(long, value_name = "DUR", value_parser = crate::args::duration, default_value = "10s")]
     pub max_backoff: Duration,
+    /// Most bytes of undelivered status updates kept while the master is
+    /// unreachable; past it the oldest are dropped and counted (reported
+    /// when the agent reconnects, as agent_updates_dropped_total).
+    #[arg(long, value_name = "SIZE", value_parser = crate::args::size, default_value = "64MiB")]
+    pub max_spool: u64,
     /// How long checkpoint changes (launched tasks, unacknowledged updates)
     /// gather before one commit to the work dir; a crash loses at most this
     /// much, and those tasks are retried.
@@ -608,6 +625,7 @@ pub fn agent(args: AgentArgs) -> ExitCode {
     args.sandbox.apply(&mut cfg.sandbox, &cfg.resources, 1);
     cfg.update_batch = args.update_batch.max(1);
     cfg.max_backoff = args.max_backoff;
+    cfg.max_spool_bytes = args.max_spool;
     cfg.checkpoint_interval = args.checkpoint_interval;
     cfg.checkpoint = !args.no_checkpoint;
     eprintln!("wasmos agent: offering {} to {}", cfg.resources, cfg.master);

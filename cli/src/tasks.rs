@@ -201,7 +201,7 @@ fn agent_json(a: &v1::AgentSummary) -> serde_json::Value {
         "registered_at": rfc3339(a.registered_at_ms),
         "tasks_live": a.tasks_live, "tasks_starting": a.tasks_starting,
         "slots_in_use": a.slots_in_use, "slots": info.task_slots,
-        "cpu_cores": info.cpu_cores, "cpu_limit": info.cpu_limit, "cpu_waiting": a.cpu_waiting,
+        "cpu_cores": info.cpu_cores, "cpu_limit": info.cpu_limit, "cpu_waiting": a.cpu_waiting, "updates_dropped": a.updates_dropped,
         "mode": a.mode, "eligible": a.eligible, "drain_deadline": rfc3339(a.drain_deadline_ms),
     })
 }

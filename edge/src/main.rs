@@ -55,6 +55,10 @@ struct Args {
     /// Tasks executing Wasm at once [default: the machine's cores].
     #[arg(long, value_name = "N")]
     cpu_cores: Option<usize>,
+    /// How a task's `cpus` holds: `shares` (CPU in proportion to cpus under
+    /// contention, idle CPU lent to others) or `hard` (never more than cpus).
+    #[arg(long, value_name = "MODE", default_value_t = wasmos_sandbox::CpuLimit::Shares)]
+    cpu_limit: wasmos_sandbox::CpuLimit,
     /// What the engine runs: `native` (machine code for this CPU, compiled
     /// by the master) or `pulley64` (wasmtime's portable interpreter, for a
     /// CPU Cranelift cannot compile for; slower).
@@ -123,6 +127,7 @@ fn main() -> ExitCode {
     if let Some(n) = args.cpu_cores {
         sb.cpu_cores = n.max(1);
     }
+    sb.cpu_limit = args.cpu_limit;
     match args.target.as_str() {
         "native" => sb.target = None,
         "pulley64" => sb.target = Some("pulley64".into()),

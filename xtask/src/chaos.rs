@@ -17,6 +17,9 @@ use crate::util::{guests_dir, run};
 /// Debug build, so it reuses the test build.
 pub fn chaos(root: &Path, args: &ChaosArgs) -> Result<()> {
     guests::guests(root)?;
+    if args.netns {
+        return netns(root, args);
+    }
     let (example, flags) = if args.ha {
         crate::setup::apt_install(&crate::setup::DEBIAN_TEST_TOOLS)?;
         let flags = [
@@ -45,4 +48,29 @@ pub fn chaos(root: &Path, args: &ChaosArgs) -> Result<()> {
         c.args([flag, &value]);
     }
     run(&mut c)
+}
+
+/// `cargo xtask chaos --netns [--partition DUR]`: cli/examples/chaos_netns.rs
+/// with the debug `wasmos` and the edge agent (built alone, as the tests do).
+fn netns(root: &Path, args: &ChaosArgs) -> Result<()> {
+    crate::setup::apt_install(&["iproute2", "iptables"])?;
+    let edge = crate::edge::build_native(root)?;
+    run(Command::new("cargo").current_dir(root).args([
+        "build",
+        "--quiet",
+        "-p",
+        "wasmos",
+        "--bin",
+        "wasmos",
+        "--example",
+        "chaos_netns",
+    ]))?;
+    run(Command::new(root.join("target/debug/examples/chaos_netns"))
+        .arg("--wasmos")
+        .arg(root.join("target/debug/wasmos"))
+        .arg("--edge")
+        .arg(edge)
+        .arg("--guests")
+        .arg(guests_dir(root))
+        .args(["--partition", &format!("{}s", args.partition.as_secs().max(4))]))
 }

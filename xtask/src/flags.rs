@@ -45,6 +45,9 @@ pub enum Cmd {
     Test(TestArgs),
     /// Run the hello guest under `wasmos run`, then on a `wasmos dev` cluster.
     Demo,
+    /// Build the compiler-free edge agent for this machine and for aarch64
+    /// (target/edge/wasmos-edge, target/aarch64-unknown-linux-gnu/edge/wasmos-edge).
+    Edge,
     /// Run benchmarks: the criterion ones (all by default) or e2e.
     Bench(BenchArgs),
     /// Fault injection with real master and agent processes.
@@ -209,6 +212,14 @@ pub struct ChaosArgs {
     /// With --ha: batch tasks submitted each round.
     #[arg(long, value_name = "N", default_value_t = 40)]
     pub tasks_per_round: usize,
+    /// Bad networks instead (needs root): master and three agents (one full,
+    /// two wasmos-edge) in network namespaces on slow, lossy, delayed links,
+    /// agents cut off and one rebooted while cut off (cli/examples/chaos_netns.rs).
+    #[arg(long, conflicts_with = "ha")]
+    pub netns: bool,
+    /// With --netns: how long each agent is cut off.
+    #[arg(long, value_name = "DUR", default_value = "60s", value_parser = duration)]
+    pub partition: Duration,
 }
 
 #[derive(Args, Debug, Clone, PartialEq)]
@@ -344,6 +355,8 @@ mod tests {
             ha: false,
             leader_changes: 10,
             tasks_per_round: 40,
+            netns: false,
+            partition: Duration::from_secs(60),
         };
         assert_eq!(parse("chaos"), Cmd::Chaos(plain(2000, 100)));
         assert_eq!(parse("chaos --tasks 600 --framework-tasks 40"), Cmd::Chaos(plain(600, 40)));
@@ -351,6 +364,11 @@ mod tests {
             parse("chaos --ha --leader-changes 100"),
             Cmd::Chaos(ChaosArgs { ha: true, leader_changes: 100, ..plain(2000, 100) })
         );
+        assert_eq!(
+            parse("chaos --netns --partition 2m"),
+            Cmd::Chaos(ChaosArgs { netns: true, partition: Duration::from_secs(120), ..plain(2000, 100) })
+        );
+        assert!(Xtask::try_parse_from(["xtask", "chaos", "--netns", "--ha"]).is_err());
     }
 
     fn soak(line: &str) -> SoakArgs {

@@ -14,6 +14,7 @@ mod bench;
 mod chaos;
 mod demo;
 mod dev;
+mod edge;
 mod etcd;
 mod flags;
 mod guests;
@@ -33,6 +34,7 @@ fn main() {
         Cmd::Guests => guests::guests(&root),
         Cmd::Test(args) => test::test(&root, &args),
         Cmd::Demo => demo::demo(&root),
+        Cmd::Edge => edge::build(&root).map(|_| ()),
         Cmd::Bench(args) => bench::bench(&root, args.which.as_ref()),
         Cmd::Chaos(args) => chaos::chaos(&root, &args),
         Cmd::Soak(args) => soak::soak(&root, &args),

@@ -11,12 +11,38 @@ use crate::util::run;
 use crate::{chaos, guests, setup, soak};
 
 /// The chaos suite at a size that keeps CI short.
-const CI_CHAOS: ChaosArgs =
-    ChaosArgs { tasks: 600, framework_tasks: 40, ha: false, leader_changes: 0, tasks_per_round: 0 };
+const CI_CHAOS: ChaosArgs = ChaosArgs {
+    tasks: 600,
+    framework_tasks: 40,
+    ha: false,
+    leader_changes: 0,
+    tasks_per_round: 0,
+    netns: false,
+    partition: Duration::ZERO,
+};
 
 /// The several-masters chaos suite at CI size: at least 10 leader changes.
-const CI_CHAOS_HA: ChaosArgs =
-    ChaosArgs { tasks: 0, framework_tasks: 40, ha: true, leader_changes: 10, tasks_per_round: 30 };
+const CI_CHAOS_HA: ChaosArgs = ChaosArgs {
+    tasks: 0,
+    framework_tasks: 40,
+    ha: true,
+    leader_changes: 10,
+    tasks_per_round: 30,
+    netns: false,
+    partition: Duration::ZERO,
+};
+
+/// Bad networks at CI size: each cut lasts 20 s (the suite's timers, agent
+/// timeout 4 s and on-disconnect deadlines of a quarter of it, fit in).
+const CI_CHAOS_NETNS: ChaosArgs = ChaosArgs {
+    tasks: 0,
+    framework_tasks: 0,
+    ha: false,
+    leader_changes: 0,
+    tasks_per_round: 0,
+    netns: true,
+    partition: Duration::from_secs(20),
+};
 
 /// A short soak: 80 s at a modest rate with 2 faults (a fixed seed, so every
 /// CI run injects the same ones: kill -9 of agent 1 at 28 s, of the master at
@@ -58,7 +84,7 @@ fn ci_soak() -> SoakArgs {
 const CI_SOAK_SEED: u64 = 11;
 
 /// `cargo xtask test [CARGO_TEST_ARGS]`: setup if needed, build the guests, run
-/// every test of the workspace, then the chaos suite and a short soak at CI size.
+/// the edge agents, every test of the workspace, then the chaos suite and a short soak at CI size.
 pub fn test(root: &Path, args: &TestArgs) -> Result<()> {
     setup::setup_build()?;
     guests::guests(root)?;
@@ -67,8 +93,18 @@ pub fn test(root: &Path, args: &TestArgs) -> Result<()> {
     setup::setup_python(root)?;
     // Likewise for the dashboard's browser and promtool.
     setup::apt_install(&setup::DEBIAN_TEST_TOOLS)?;
-    run(Command::new("cargo").current_dir(root).args(["test", "--workspace"]).args(&args.cargo_args))?;
+    // The edge agents first, each built alone: a workspace build would give
+    // them Cranelift. The CLI tests run them (x86-64, and aarch64 under qemu).
+    let (edge, edge_arm) = crate::edge::build(root)?;
+    let mut test = Command::new("cargo");
+    test.current_dir(root).args(["test", "--workspace"]).args(&args.cargo_args).env("WASMOS_EDGE_BIN", edge);
+    match edge_arm {
+        Some(arm) => test.env("WASMOS_EDGE_AARCH64_BIN", arm),
+        None => test.env_remove("WASMOS_EDGE_AARCH64_BIN"),
+    };
+    run(&mut test)?;
     chaos::chaos(root, &CI_CHAOS)?;
     chaos::chaos(root, &CI_CHAOS_HA)?;
+    chaos::chaos(root, &CI_CHAOS_NETNS)?;
     soak::soak_built_guests(root, &ci_soak())
 }

@@ -21,7 +21,24 @@ use wasmos_security::client::{AuthChannel as Channel, Target};
 
 /// How many primes are below `n` (what the `primes` guest prints for `n`).
 pub fn primes_below(n: u64) -> u64 {
-    (2..n).filter(|k| (2..).take_while(|d| d * d <= *k).all(|d| k % d != 0)).count() as u64
+    // A sieve: the same count as the guest's trial division, quick for any n.
+    let n = n as usize;
+    if n < 3 {
+        return 0;
+    }
+    let mut composite = vec![false; n];
+    let mut count = 0;
+    for k in 2..n {
+        if !composite[k] {
+            count += 1;
+            let mut m = k * k;
+            while m < n {
+                composite[m] = true;
+                m += k;
+            }
+        }
+    }
+    count
 }
 
 pub fn arg(args: &[String], name: &str) -> Option<String> {
@@ -458,6 +475,11 @@ impl History {
         }
     }
 
+    /// The events themselves (with `keep_events`; else none).
+    pub fn events_kept(&self) -> &[v1::TaskStatus] {
+        self.events_kept.as_deref().unwrap_or_default()
+    }
+
     /// Tasks seen reaching a terminal state.
     pub fn ended(&self) -> usize {
         self.terminal.len()
@@ -500,7 +522,7 @@ impl History {
     pub fn check(&self, attempts: impl Fn(&str) -> u32) -> Vec<String> {
         let mut failures = Vec::new();
         for (task, uuid) in &self.dup_uuids {
-            failures.push(format!("status update {} of task {task} applied twice", hex::encode(uuid)));
+            failures.push(format!("status update {} of task {task} applied twice{}", hex::encode(uuid), self.history_of(task)));
         }
         let mut repeated: Vec<_> = self.repeated.iter().collect();
         repeated.sort();
@@ -536,7 +558,7 @@ impl History {
                     "{}:{}:{}:{}:{}",
                     wasmos_proto::state_from_wire(e.state).map(|s| s.to_string()).unwrap_or_default(),
                     e.reason,
-                    hex::encode(&e.uuid).get(..6).unwrap_or(""),
+                    hex::encode(&e.uuid).get(..18).unwrap_or(""),
                     e.agent_id,
                     e.timestamp_ms % 100000
                 )

@@ -3,6 +3,7 @@
 mod cluster;
 mod dashboard;
 mod dev;
+mod edge;
 mod ha;
 mod languages;
 mod maintenance;

@@ -121,7 +121,7 @@ impl v1::agent_service_server::AgentService for MasterHandle {
             .into_iter()
             .filter_map(|t| {
                 let state = wasmos_proto::state_from_wire(t.state).unwrap_or(TaskState::Running);
-                Some((TaskId::new(t.task_id).ok()?, state))
+                Some((TaskId::new(t.task_id).ok()?, state, t.attempt))
             })
             .collect();
         let reg = RegisterAgent { agent_id, info, running };

@@ -145,8 +145,9 @@ pub(crate) fn status_from_agent(s: v1::TaskStatus) -> Option<TaskStatus> {
         reason: s.reason,
         message: s.message,
         outcome: s.outcome.and_then(wasmos_proto::outcome_into_model).map(Arc::new),
-        // The master's record says which run it is.
-        attempt: 0,
+        // Which run the agent says it is about (0: not said); stale if not
+        // the master's current one. Published with the master's record.
+        attempt: s.attempt,
         healthy: s.healthy,
         snapshot: (!s.snapshot.is_empty()).then(|| Arc::new(s.snapshot)),
     })
@@ -202,7 +203,8 @@ pub(crate) fn command_to_wire(c: AgentCommand) -> v1::AgentCommand {
                 })
                 .collect(),
         }),
-        AgentCommand::Kill(t) => Command::Kill(Kill { task_id: t.to_string() }),
+        AgentCommand::Kill(t) => Command::Kill(Kill { task_id: t.to_string(), attempt: 0 }),
+        AgentCommand::KillAttempt(t, attempt) => Command::Kill(Kill { task_id: t.to_string(), attempt }),
         AgentCommand::Pause(t) => Command::Pause(Pause { task_id: t.to_string() }),
         AgentCommand::Resume(t) => Command::Resume(Resume { task_id: t.to_string() }),
         AgentCommand::Capture(t) => Command::Capture(v1::agent_command::Capture { task_id: t.to_string() }),
@@ -230,6 +232,7 @@ pub(crate) fn agent_view_to_wire(a: &AgentView) -> v1::AgentSummary {
         tasks_starting: a.tasks_starting,
         slots_in_use: a.slots_in_use,
         cpu_waiting: a.cpu_waiting,
+        updates_dropped: a.updates_dropped,
         mode: a.mode.as_str().to_string(),
         eligible: a.eligible,
         drain_deadline_ms: a.mode.deadline_ms().unwrap_or(0),

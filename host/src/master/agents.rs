@@ -200,20 +200,24 @@ impl Master {
             existing.last_seen = Instant::now();
             existing.attributes = req.info.attribute_map();
             existing.info = req.info;
-            let stray: Vec<TaskId> = req
+            let stray: Vec<(TaskId, u32)> = req
                 .running
                 .iter()
-                .map(|(t, _)| t)
-                .filter(|t| self.state.tasks.get(t).is_none_or(|k| k.state().is_terminal() || k.agent() != Some(&id)))
-                .cloned()
+                .filter(|(t, _, attempt)| !self.state.tasks.runs_there(t, &id, *attempt))
+                .map(|(t, _, attempt)| (t.clone(), *attempt))
                 .collect();
-            for t in stray {
-                self.effects.send_agent(&id, AgentCommand::Kill(t));
+            for (t, attempt) in stray {
+                self.effects.send_agent(&id, AgentCommand::KillAttempt(t, attempt));
             }
             // Tasks the master has there that the agent no longer knows (it
             // restarted without its checkpoint): LOST after the grace period,
             // unless their final update arrives first.
-            let reported: HashSet<&TaskId> = req.running.iter().map(|(t, _)| t).collect();
+            let reported: HashSet<&TaskId> = req
+                .running
+                .iter()
+                .filter(|(t, _, attempt)| self.state.tasks.runs_there(t, &id, *attempt))
+                .map(|(t, _, _)| t)
+                .collect();
             for tid in self.state.tasks.live_on(&id) {
                 if !reported.contains(&tid) {
                     self.recovery.unreported_after_grace(tid);

@@ -209,8 +209,14 @@ impl Master {
     /// which tasks it runs. Those resume being tracked (their resources count
     /// again); the ones it no longer has are LOST; the ones the master does not
     /// know (or has given up on) are killed.
-    pub(super) fn reconcile_agent(&mut self, id: &AgentId, running: &[(TaskId, TaskState)]) {
-        let reported: HashMap<&TaskId, TaskState> = running.iter().map(|(t, s)| (t, *s)).collect();
+    pub(super) fn reconcile_agent(&mut self, id: &AgentId, running: &[(TaskId, TaskState, u32)]) {
+        // A report of an older run than the master's (given up while the
+        // agent was away) is not the task's: that run is killed below.
+        let current = |t: &TaskId, attempt: u32| {
+            attempt == 0 || self.state.tasks.get(t).is_none_or(|k| k.attempt == 0 || k.attempt == attempt)
+        };
+        let reported: HashMap<&TaskId, TaskState> =
+            running.iter().filter(|(t, _, a)| current(t, *a)).map(|(t, s, _)| (t, *s)).collect();
         for tid in self.state.tasks.live_on(id) {
             if let Some(now) = reported.get(&tid) {
                 let (fw, was) = self.state.tasks.get(&tid).map(|t| (t.framework.clone(), t.state())).expect("listed");
@@ -250,7 +256,7 @@ impl Master {
                 self.recovery.unreported.insert(tid, Instant::now() + UNREPORTED_GRACE);
             }
         }
-        for (tid, _) in running {
+        for (tid, _, attempt) in running {
             // Launched just before the restart but recorded as still queued:
             // adopt it. Only tasks the registry has as never launched qualify;
             // one that was LOST and queued again runs here as a given-up
@@ -269,9 +275,8 @@ impl Master {
                 }
                 continue;
             }
-            let known = self.state.tasks.get(tid).is_some_and(|k| !k.state().is_terminal() && k.agent() == Some(id));
-            if !known {
-                self.effects.send_agent(id, AgentCommand::Kill(tid.clone()));
+            if !self.state.tasks.runs_there(tid, id, *attempt) {
+                self.effects.send_agent(id, AgentCommand::KillAttempt(tid.clone(), *attempt));
             }
         }
     }

@@ -17,11 +17,16 @@ impl Master {
     /// Duplicates (same UUID) are ignored; updates for unknown tasks dropped.
     pub(super) fn apply_status(&mut self, mut st: TaskStatus, from_agent: bool) {
         let tid = st.task_id.clone();
-        let Some((framework, prev, agent)) =
-            self.state.tasks.get(&tid).map(|t| (t.framework.clone(), t.state(), t.agent().cloned()))
+        let Some((framework, prev, agent, attempt)) =
+            self.state.tasks.get(&tid).map(|t| (t.framework.clone(), t.state(), t.agent().cloned(), t.attempt))
         else {
             return;
         };
+        // From a run the master gave up (an older attempt, still on an agent
+        // that was cut off): stale, whatever agent it is on.
+        if from_agent && st.attempt != 0 && attempt != 0 && st.attempt != attempt {
+            return;
+        }
         // The task's framework is the master's record, not what an agent says.
         st.framework_id = framework;
         if from_agent && !st.uuid.is_empty() && !self.state.tasks.note_uuid(&tid, &st.uuid) {

@@ -379,6 +379,16 @@ impl Tasks {
         }
     }
 
+    /// Whether the master has run `attempt` of `id` live on `agent` (attempt
+    /// 0: an agent that does not say which).
+    pub fn runs_there(&self, id: &TaskId, agent: &AgentId, attempt: u32) -> bool {
+        self.get(id).is_some_and(|k| {
+            !k.state().is_terminal()
+                && k.agent() == Some(agent)
+                && (attempt == 0 || k.attempt == 0 || k.attempt == attempt)
+        })
+    }
+
     /// Remembers an agent's update UUID; false if it was applied before.
     pub fn note_uuid(&mut self, id: &TaskId, uuid: &[u8]) -> bool {
         let Some(t) = self.map.get_mut(id) else { return false };

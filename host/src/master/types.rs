@@ -54,8 +54,8 @@ pub(crate) struct RegisterAgent {
     pub agent_id: Option<AgentId>,
     pub info: AgentInfo,
     /// Tasks the agent runs (RUNNING or PAUSED), or has unacknowledged
-    /// updates for (RUNNING).
-    pub running: Vec<(TaskId, TaskState)>,
+    /// updates for (RUNNING), with the attempt (0: not said).
+    pub running: Vec<(TaskId, TaskState, u32)>,
 }
 
 #[derive(Debug, Clone, PartialEq)]
@@ -169,6 +169,9 @@ pub(crate) enum AgentCommand {
         tasks: Vec<LaunchTask>,
     },
     Kill(TaskId),
+    /// Kill only this run (attempt) of the task: an older run an agent
+    /// reports after the master gave it up.
+    KillAttempt(TaskId, u32),
     Pause(TaskId),
     Resume(TaskId),
     /// Capture a migratable task at its next safe point.
@@ -487,6 +490,8 @@ pub(crate) struct AgentView {
     pub tasks_starting: u32,
     pub slots_in_use: u32,
     pub cpu_waiting: u32,
+    /// Status updates it dropped (spool full while cut off), as it reports.
+    pub updates_dropped: u64,
     pub mode: super::agents::Mode,
     pub eligible: bool,
 }
@@ -513,6 +518,7 @@ impl AgentView {
             tasks_starting: 0,
             slots_in_use: 0,
             cpu_waiting: 0,
+            updates_dropped: 0,
             mode,
             eligible,
         }

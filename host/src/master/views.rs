@@ -71,6 +71,7 @@ impl Master {
             tasks_starting: a.stats.tasks_starting,
             slots_in_use: a.stats.slots_in_use,
             cpu_waiting: a.stats.cpu_waiting,
+            updates_dropped: a.stats.updates_dropped,
             mode: a.mode,
             eligible: a.eligible,
         })

@@ -195,5 +195,6 @@ pub fn spec(id: &str, sha: &str, res: &str) -> v1::TaskSpec {
         health: None,
         migratable: false,
         resume: Vec::new(),
+        on_disconnect: String::new(),
     }
 }

@@ -5,6 +5,7 @@ mod cache;
 mod cpu;
 mod hostile;
 mod outcomes;
+mod precompiled;
 mod wasi;
 
 use std::sync::{Arc, OnceLock};
