@@ -33,7 +33,7 @@ const CI_CHAOS_HA: ChaosArgs = ChaosArgs {
 };
 
 /// Bad networks at CI size: each cut lasts 20 s (the suite's timers, agent
-/// timeout 4 s and on-disconnect deadlines of a quarter of it, fit in).
+/// timeout 6 s and on-disconnect deadlines of 5 s, fit in).
 const CI_CHAOS_NETNS: ChaosArgs = ChaosArgs {
     tasks: 0,
     framework_tasks: 0,
@@ -47,8 +47,12 @@ const CI_CHAOS_NETNS: ChaosArgs = ChaosArgs {
 /// A short soak: 80 s at a modest rate with 2 faults (a fixed seed, so every
 /// CI run injects the same ones: kill -9 of agent 1 at 28 s, of the master at
 /// 40 s), on the debug build the tests already made (a release build would be
-/// a second full build). At 300 tasks/s the last half sees ~12,000 tasks, so
-/// the growth floor is 16 MiB (about 1.4 KB a task) rather than the default.
+/// a second full build). At 300 tasks/s the last half sees ~12,000 tasks; the
+/// growth floor is the default 32 MiB (about 2.8 KB a task): with 16 MiB a
+/// never-restarted agent still warming up failed the verdict (agent 0 of
+/// seed 11: +2.9 MiB in one run, +24.3 MiB in the next, same code), and the
+/// per-task growth the summary prints is what to read here. The long release
+/// soak is the leak check.
 ///
 /// A master that holds up to N finished tasks before it lets go of them grows
 /// until it holds N, and its history until it holds `--task-history` worth:
@@ -66,7 +70,7 @@ fn ci_soak() -> SoakArgs {
         out: None,
         sample_every: Duration::from_secs(2),
         growth_tolerance: 0.1,
-        growth_floor_mib: 16.0,
+        growth_floor_mib: 32.0,
         settle: Duration::from_secs(20),
         p99_ratio: 3.0,
         // 80 s at CI size gives the second quarter 5 intervals of a debug

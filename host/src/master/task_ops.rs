@@ -57,6 +57,17 @@ impl Master {
             {
                 return;
             }
+            // Nothing new: the live state the master holds already, no health
+            // verdict. That is an update resent after a master restart (the
+            // old master published it, then died before its ack reached the
+            // agent; the agent's reregistration taught the new master the
+            // state first): acknowledged, not published twice.
+            if st.state == prev
+                && st.healthy.is_none()
+                && matches!(prev, TaskState::Starting | TaskState::Running | TaskState::Paused)
+            {
+                return;
+            }
         }
         // A health verdict on a live task: no move (a verdict that crossed a
         // pause or a kill must not undo it), but noted, watched and told to
