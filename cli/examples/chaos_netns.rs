@@ -535,14 +535,10 @@ async fn inner(args: &[String], prefix: &str) -> bool {
     // order it made them, and nothing after an end.
     let mut last: HashMap<(String, u32), (i64, bool)> = HashMap::new();
     let mut unreachable_on: HashMap<String, String> = HashMap::new();
-    let mut stopped_by_agent = 0;
     for e in events {
         let state = wasmos_proto::state_from_wire(e.state);
         if state == Some(TaskState::Unreachable) {
             unreachable_on.entry(e.task_id.clone()).or_insert(e.agent_id.clone());
-        }
-        if e.reason == "stopped_on_disconnect" && !e.uuid.is_empty() {
-            stopped_by_agent += 1;
         }
         if e.uuid.is_empty() || e.reason == "reconciliation" {
             continue;
@@ -608,6 +604,16 @@ async fn inner(args: &[String], prefix: &str) -> bool {
             ));
         }
     }
+    // Stopped by the agents themselves (their word: the master's LOST at its
+    // deadline comes first, so the agents' own reports of it are stale).
+    let stopped_by_agent: u64 = (0..AGENTS)
+        .map(|i| std::fs::read_to_string(agent_log(dir.path(), i)).unwrap_or_default())
+        .flat_map(|log| {
+            log.lines()
+                .filter_map(|l| l.split(": stopped ").nth(1)?.split(' ').next()?.parse::<u64>().ok())
+                .collect::<Vec<_>>()
+        })
+        .sum();
     let dropped = dropped_updates(&url).await;
     if dropped != Some(0) {
         failures.push(format!("agents dropped spooled updates: {dropped:?}"));
@@ -622,7 +628,7 @@ async fn inner(args: &[String], prefix: &str) -> bool {
     );
     println!("  tasks: {} submitted in {rounds} rounds; ended {ends:?}; {retried} ran more than once", expected.len());
     println!(
-        "  cut off: {} task(s) UNREACHABLE on agent 1 ({kept} keep), {cut_a2} on agent 2; {stopped_by_agent} stopped by their agent",
+        "  cut off: {} task(s) UNREACHABLE on agent 1 ({kept} keep), {cut_a2} on agent 2; {stopped_by_agent} stopped by their agent (stop-after)",
         cut_a1.len()
     );
     println!("  status events observed: {}; spooled updates dropped: {dropped:?}", seen.events);
