@@ -287,7 +287,9 @@ async fn inner(args: &[String], prefix: &str) -> bool {
     let part = arg(args, "--partition")
         .map(|s| wasmos_model::parse_duration(&s).expect("--partition DUR, e.g. 60s"))
         .unwrap_or(Duration::from_secs(60));
-    let after = Duration::from_secs((part.as_secs() / 4).max(3));
+    // The stop-after/replace-after deadline: short, so that the pinned
+    // tasks (tens of seconds) still run when it passes, however long the cut.
+    let after = (part / 4).clamp(Duration::from_secs(3), Duration::from_secs(5));
     let dir = tempfile::tempdir().unwrap();
     let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
     let url = format!("https://127.0.0.1:{port}");
