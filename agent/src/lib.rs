@@ -143,7 +143,8 @@ pub fn default_resources() -> Resources {
                 .find(|l| l.starts_with("MemTotal:"))
                 .and_then(|l| l.split_whitespace().nth(1)?.parse::<u64>().ok())
         })
-        .map(|kib| kib * 1024)
+        // Whole MiB, so that it reads as such (`mem:23.5GiB`, not KiB).
+        .map(|kib| kib / 1024 * (1 << 20))
         .unwrap_or(1 << 30);
     Resources::parse(&format!("cpus:{cores};mem:{mem}")).unwrap_or_default()
 }
