@@ -79,38 +79,65 @@ impl Updates {
 
     /// Queues an update; when the spool is then over its bytes, drops the
     /// oldest updates that are not a task's end (a later update supersedes
-    /// them), then the oldest of any kind, never the one just queued. Every
-    /// drop is counted (and leaves the checkpoint).
+    /// them), then strips the oldest ends of their output (the end itself
+    /// still arrives: the master never waits for a task the agent forgot),
+    /// and only then drops the oldest updates of any kind; never the one just
+    /// queued. Every drop and strip is counted (and reaches the checkpoint).
     fn push(&self, st: v1::TaskStatus) {
-        let dropped = {
+        let (dropped, stripped) = {
             let mut q = self.lock();
             let len = wasmos_proto::encoded_len(&st) as u64;
             q.push_back(st);
             let mut total = self.bytes.fetch_add(len, Ordering::Relaxed) + len;
             let mut dropped = Vec::new();
+            let mut stripped = Vec::new();
             while total > self.max_bytes && q.len() > 1 {
                 let last = q.len() - 1;
-                let i = q.iter().take(last).position(|u| !is_final(u)).unwrap_or(0);
-                let Some(u) = q.remove(i) else { break };
-                let l = wasmos_proto::encoded_len(&u) as u64;
-                total -= l;
-                self.bytes.fetch_sub(l, Ordering::Relaxed);
-                dropped.push(u.uuid);
+                if let Some(i) = q.iter().take(last).position(|u| !is_final(u)) {
+                    let Some(u) = q.remove(i) else { break };
+                    let l = wasmos_proto::encoded_len(&u) as u64;
+                    total -= l;
+                    self.bytes.fetch_sub(l, Ordering::Relaxed);
+                    dropped.push(u.uuid);
+                } else if let Some(u) = q.iter_mut().take(last).find(|u| !is_stripped(u)) {
+                    let before = wasmos_proto::encoded_len(u) as u64;
+                    strip(u);
+                    let after = wasmos_proto::encoded_len(u) as u64;
+                    // (An end with no output may grow by the note: counted too.)
+                    total = total - before + after;
+                    self.bytes.fetch_sub(before, Ordering::Relaxed);
+                    self.bytes.fetch_add(after, Ordering::Relaxed);
+                    stripped.push(u.clone());
+                } else {
+                    let Some(u) = q.pop_front() else { break };
+                    let l = wasmos_proto::encoded_len(&u) as u64;
+                    total -= l;
+                    self.bytes.fetch_sub(l, Ordering::Relaxed);
+                    dropped.push(u.uuid);
+                }
             }
-            dropped
+            (dropped, stripped)
         };
-        if !dropped.is_empty() {
-            let before = self.dropped.fetch_add(dropped.len() as u64, Ordering::Relaxed);
-            let after = before + dropped.len() as u64;
+        if let Some(cp) = &self.checkpoint {
+            for u in &stripped {
+                cp.update(u);
+            }
+        }
+        let lost = dropped.len() + stripped.len();
+        if lost > 0 {
+            let before = self.dropped.fetch_add(lost as u64, Ordering::Relaxed);
+            let after = before + lost as u64;
             // Said once, then at each power of two: never silent, never a flood.
             if before == 0 || before.leading_zeros() != after.leading_zeros() {
                 eprintln!(
                     "wasmos agent: the spool of undelivered status updates is full ({} bytes, --max-spool); \
-                     {after} update(s) dropped so far, oldest first",
+                     {after} update(s) dropped or stripped of their output so far, oldest first",
                     self.max_bytes
                 );
             }
-            if let Some(cp) = &self.checkpoint {
+            if let Some(cp) = &self.checkpoint
+                && !dropped.is_empty()
+            {
                 cp.acked(&dropped, &[]);
             }
         }
@@ -211,6 +238,26 @@ impl Updates {
     }
 }
 
+/// What an end stripped of its output says instead (short: it is kept).
+pub(crate) const STRIPPED: &str = "output dropped: agent spool full";
+
+fn is_stripped(u: &v1::TaskStatus) -> bool {
+    u.message == STRIPPED
+}
+
+/// An end without its output: the state, the outcome's kind and numbers stay.
+fn strip(u: &mut v1::TaskStatus) {
+    u.message = STRIPPED.into();
+    u.snapshot.clear();
+    if let Some(o) = &mut u.outcome {
+        o.stdout_truncated |= !o.stdout.is_empty();
+        o.stderr_truncated |= !o.stderr.is_empty();
+        o.stdout.clear();
+        o.stderr.clear();
+        o.message = None;
+    }
+}
+
 fn is_final(u: &v1::TaskStatus) -> bool {
     wasmos_proto::state_from_wire(u.state).is_some_and(|s| s.is_terminal())
 }
@@ -307,13 +354,29 @@ mod tests {
             [("a".into(), Finished as i32), ("c".into(), Running as i32), ("b".into(), Finished as i32), ("d".into(), Running as i32)]
         );
         assert_eq!(u.dropped.load(Ordering::Relaxed), 2);
-        // Only ends left: the oldest end goes (counted), never the newest update.
-        let u = Updates::new(None, one * 2 + one / 2);
+        // Only ends left: the oldest are stripped of their output first (the
+        // end still arrives; counted), never the newest update.
+        let end = |t: &str| v1::TaskStatus {
+            outcome: Some(v1::Outcome { stdout: vec![b'x'; 200], stderr: vec![b'y'; 50], ..Default::default() }),
+            ..status(t, Finished)
+        };
+        let full = wasmos_proto::encoded_len(&v1::TaskStatus { uuid: vec![0; 16], timestamp_ms: now_ms(), ..end("a") }) as u64;
+        let u = Updates::new(None, full * 2 + 20);
         for t in ["a", "b", "c"] {
+            u.report(end(t));
+        }
+        let q = u.front(10);
+        assert_eq!(q.iter().map(|s| s.task_id.as_str()).collect::<Vec<_>>(), ["a", "b", "c"], "every end kept");
+        assert!(q[..2].iter().all(|s| s.message == STRIPPED && s.outcome.as_ref().is_some_and(|o| o.stdout.is_empty() && o.stdout_truncated)));
+        assert_eq!(q[2].outcome.as_ref().unwrap().stdout.len(), 200, "the newest untouched");
+        assert_eq!(u.dropped.load(Ordering::Relaxed), 2);
+        assert!(u.bytes.load(Ordering::Relaxed) <= full * 2 + 20);
+        // Ends already stripped and still too many: the oldest goes.
+        let u = Updates::new(None, 1);
+        for t in ["a", "b"] {
             u.report(status(t, Finished));
         }
-        assert_eq!(queued(&u), [("b".into(), Finished as i32), ("c".into(), Finished as i32)]);
-        assert_eq!(u.dropped.load(Ordering::Relaxed), 1);
+        assert_eq!(queued(&u), [("b".into(), Finished as i32)]);
     }
 
     #[test]

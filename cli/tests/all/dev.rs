@@ -78,6 +78,11 @@ impl Cluster {
     }
 
     /// What it printed on stderr so far.
+    /// The `wasmos dev` process (to SIGSTOP it: every agent is cut off).
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
     pub fn log(&self) -> String {
         self.log.lock().unwrap().join("\n")
     }

@@ -220,3 +220,85 @@ fn an_edge_agent_runs_what_the_master_compiled_for_it_and_refuses_anything_else(
     }
     assert!(c.log().contains("for aarch64-unknown-linux-gnu"), "{}", c.log());
 }
+
+/// The agent with `name`'s entry in `wasmos agents --json` (by its `site`).
+fn agent_json(c: &Cluster, site: &str) -> Option<serde_json::Value> {
+    let o = wasmos(c, &["agents", "--json"]);
+    out(&o).lines().filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok()).find(|a| {
+        a["attributes"].as_array().is_some_and(|v| v.iter().any(|x| x.as_str() == Some(&format!("site={site}"))))
+    })
+}
+
+#[test]
+fn a_full_spool_drops_the_oldest_updates_and_says_how_many_never_silently() {
+    // The master is stopped for 25 s below: a longer agent timeout, so that
+    // nothing is declared lost when it wakes (its clock moved on meanwhile).
+    let c = Cluster::start_with(&["--agent-timeout", "60s"]);
+    let work = tempfile::tempdir().unwrap();
+    // A spool of 1.5 KiB holds about seven whole ends; ten tasks at 0.1 cpus (hard;
+    // the agent offers 1) take seconds, so they end while the master is
+    // stopped, and their ends do not all fit: the oldest lose their output.
+    let edge = Edge::start(
+        &c,
+        None,
+        &bin("WASMOS_EDGE_BIN"),
+        work.path(),
+        "spool",
+        &["--max-spool", "1536B", "--cpu-limit", "hard"],
+    );
+    let primes = guest("primes");
+    // Under a second of CPU each: several seconds at 0.1 cpus, ending
+    // within the master's stop.
+    let input = work.path().join("input");
+    std::fs::write(&input, "4000000").unwrap();
+    let o = wasmos(
+        &c,
+        &[
+            "submit",
+            "--count",
+            "10",
+            "--cpus",
+            "0.1",
+            "--mem",
+            "16MiB",
+            "--constraint",
+            "site=spool",
+            "--input",
+            input.to_str().unwrap(),
+            primes.to_str().unwrap(),
+        ],
+    );
+    assert_eq!(o.status.code(), Some(0), "{}", err(&o));
+    wait_for("10 tasks running on the edge agent", 60, || {
+        let a = agent_json(&c, "spool");
+        a.is_some_and(|a| a["tasks_live"].as_u64() == Some(10))
+    });
+    // Every agent is cut off: the master stops answering.
+    let pid = c.pid().to_string();
+    assert!(Command::new("kill").args(["-STOP", &pid]).status().unwrap().success());
+    std::thread::sleep(std::time::Duration::from_secs(25));
+    assert!(Command::new("kill").args(["-CONT", &pid]).status().unwrap().success());
+    let dropped = || agent_json(&c, "spool").and_then(|a| a["updates_dropped"].as_u64()).unwrap_or(0);
+    wait_for("the drops to be reported", 60, || dropped() > 0);
+    assert!(edge.log().contains("the spool of undelivered status updates is full"), "{}", edge.log());
+    // Every end still arrives (the oldest without their output): all ten
+    // tasks finish, once each; some say their output was dropped.
+    let t0 = std::time::Instant::now();
+    while out(&wasmos(&c, &["tasks", "--json", "--state", "finished"])).lines().count() < 10 {
+        assert!(
+            t0.elapsed() < std::time::Duration::from_secs(120),
+            "not every task finished:\n{}\n{}\n{}",
+            out(&wasmos(&c, &["tasks"])),
+            edge.log(),
+            c.log()
+        );
+        std::thread::sleep(std::time::Duration::from_millis(500));
+    }
+    let o = wasmos(&c, &["tasks", "--json"]);
+    let tasks: Vec<serde_json::Value> = out(&o).lines().filter_map(|l| serde_json::from_str(l).ok()).collect();
+    assert_eq!(tasks.len(), 10, "{}", out(&o));
+    assert!(tasks.iter().all(|t| t["attempt"].as_u64() == Some(1)), "a task ran twice: {}", out(&o));
+    let stripped = out(&o).matches("output dropped: agent spool full").count();
+    assert!(stripped >= 1, "no end says its output was dropped: {}", out(&o));
+    eprintln!("{} updates dropped or stripped; all 10 tasks finished, {stripped} without their output", dropped());
+}
