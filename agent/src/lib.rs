@@ -217,7 +217,9 @@ async fn disconnect_guard(agent: Arc<Agent>) {
         }
         let n = agent.executor.stop_cut_off(cut);
         if n > 0 {
-            eprintln!("wasmos agent: cut off from the master for {cut:?}: stopped {n} task(s) (--on-disconnect stop-after)");
+            eprintln!(
+                "wasmos agent: cut off from the master for {cut:?}: stopped {n} task(s) (--on-disconnect stop-after)"
+            );
         }
     }
 }

@@ -63,7 +63,8 @@ impl Modules {
     async fn download(&self, sha: &str) -> Result<Vec<u8>, tonic::Status> {
         let mut client = ArtifactsClient::new(self.channel.read().unwrap_or_else(|e| e.into_inner()).clone())
             .max_decoding_message_size(wasmos_proto::MAX_MESSAGE_BYTES);
-        let mut stream = client.download(v1::DownloadRequest { sha256: sha.to_string(), offset: 0 }).await?.into_inner();
+        let mut stream =
+            client.download(v1::DownloadRequest { sha256: sha.to_string(), offset: 0 }).await?.into_inner();
         let mut bytes = Vec::new();
         while let Some(chunk) = stream.message().await? {
             bytes.extend_from_slice(&chunk.data);
@@ -128,11 +129,19 @@ impl Modules {
                     let _ = tokio::fs::remove_file(&part).await;
                 }
                 Ok(None) => {}
-                Err(s) if matches!(s.code(), tonic::Code::NotFound | tonic::Code::InvalidArgument | tonic::Code::FailedPrecondition) => {
+                Err(s)
+                    if matches!(
+                        s.code(),
+                        tonic::Code::NotFound | tonic::Code::InvalidArgument | tonic::Code::FailedPrecondition
+                    ) =>
+                {
                     return Err(format!("cannot get module {sha} compiled for this agent: {}", s.message()));
                 }
                 Err(s) if started.elapsed() >= FETCH_PATIENCE => {
-                    return Err(format!("cannot download the artifact of {sha} within {FETCH_PATIENCE:?}: {}", s.message()));
+                    return Err(format!(
+                        "cannot download the artifact of {sha} within {FETCH_PATIENCE:?}: {}",
+                        s.message()
+                    ));
                 }
                 Err(_) => {}
             }

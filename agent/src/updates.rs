@@ -342,16 +342,26 @@ mod tests {
 
     #[test]
     fn a_full_spool_drops_the_oldest_non_final_updates_first_and_counts_them() {
-        let one = wasmos_proto::encoded_len(&v1::TaskStatus { uuid: vec![0; 16], timestamp_ms: now_ms(), ..status("a", Running) }) as u64;
+        let one = wasmos_proto::encoded_len(&v1::TaskStatus {
+            uuid: vec![0; 16],
+            timestamp_ms: now_ms(),
+            ..status("a", Running)
+        }) as u64;
         // Room for about four updates.
         let u = Updates::new(None, one * 4 + one / 2);
-        for (t, s) in [("a", Running), ("a", Finished), ("b", Running), ("c", Running), ("b", Finished), ("d", Running)] {
+        for (t, s) in [("a", Running), ("a", Finished), ("b", Running), ("c", Running), ("b", Finished), ("d", Running)]
+        {
             u.report(status(t, s));
         }
         // a RUNNING went first, then b RUNNING: both superseded by their ends.
         assert_eq!(
             queued(&u),
-            [("a".into(), Finished as i32), ("c".into(), Running as i32), ("b".into(), Finished as i32), ("d".into(), Running as i32)]
+            [
+                ("a".into(), Finished as i32),
+                ("c".into(), Running as i32),
+                ("b".into(), Finished as i32),
+                ("d".into(), Running as i32)
+            ]
         );
         assert_eq!(u.dropped.load(Ordering::Relaxed), 2);
         // Only ends left: the oldest are stripped of their output first (the
@@ -360,14 +370,18 @@ mod tests {
             outcome: Some(v1::Outcome { stdout: vec![b'x'; 200], stderr: vec![b'y'; 50], ..Default::default() }),
             ..status(t, Finished)
         };
-        let full = wasmos_proto::encoded_len(&v1::TaskStatus { uuid: vec![0; 16], timestamp_ms: now_ms(), ..end("a") }) as u64;
+        let full =
+            wasmos_proto::encoded_len(&v1::TaskStatus { uuid: vec![0; 16], timestamp_ms: now_ms(), ..end("a") }) as u64;
         let u = Updates::new(None, full * 2 + 20);
         for t in ["a", "b", "c"] {
             u.report(end(t));
         }
         let q = u.front(10);
         assert_eq!(q.iter().map(|s| s.task_id.as_str()).collect::<Vec<_>>(), ["a", "b", "c"], "every end kept");
-        assert!(q[..2].iter().all(|s| s.message == STRIPPED && s.outcome.as_ref().is_some_and(|o| o.stdout.is_empty() && o.stdout_truncated)));
+        assert!(
+            q[..2].iter().all(|s| s.message == STRIPPED
+                && s.outcome.as_ref().is_some_and(|o| o.stdout.is_empty() && o.stdout_truncated))
+        );
         assert_eq!(q[2].outcome.as_ref().unwrap().stdout.len(), 200, "the newest untouched");
         assert_eq!(u.dropped.load(Ordering::Relaxed), 2);
         assert!(u.bytes.load(Ordering::Relaxed) <= full * 2 + 20);

@@ -106,7 +106,9 @@ async fn cluster(wasmos: &std::path::Path, agent_flags: &[String]) -> Cluster {
 async fn upload(ch: &wasmos_security::client::AuthChannel, bytes: Vec<u8>) -> String {
     let sha = hex::encode(Sha256::digest(&bytes));
     let mut art = v1::artifacts_client::ArtifactsClient::new(ch.clone());
-    art.upload(tokio_stream::iter(vec![v1::Chunk { sha256: sha.clone(), data: bytes, ..Default::default() }])).await.expect("upload");
+    art.upload(tokio_stream::iter(vec![v1::Chunk { sha256: sha.clone(), data: bytes, ..Default::default() }]))
+        .await
+        .expect("upload");
     sha
 }
 

@@ -125,7 +125,9 @@ async fn chaos() -> bool {
     let (primes_sha, primes_bytes) = upload("primes");
     let (hello_sha, hello_bytes) = upload("hello");
     for (sha, bytes) in [(&primes_sha, primes_bytes), (&hello_sha, hello_bytes)] {
-        art.upload(tokio_stream::iter(vec![v1::Chunk { sha256: sha.clone(), data: bytes, ..Default::default() }])).await.expect("upload");
+        art.upload(tokio_stream::iter(vec![v1::Chunk { sha256: sha.clone(), data: bytes, ..Default::default() }]))
+            .await
+            .expect("upload");
     }
 
     let mut expected: HashMap<String, u64> = HashMap::new();

@@ -230,7 +230,9 @@ async fn chaos() -> bool {
         let bytes = std::fs::read(guests.join(format!("{name}.wasm")))
             .unwrap_or_else(|e| panic!("{name}.wasm: {e}; run `cargo xtask guests`"));
         let s = hex::encode(Sha256::digest(&bytes));
-        art.upload(tokio_stream::iter(vec![v1::Chunk { sha256: s.clone(), data: bytes, ..Default::default() }])).await.expect("upload");
+        art.upload(tokio_stream::iter(vec![v1::Chunk { sha256: s.clone(), data: bytes, ..Default::default() }]))
+            .await
+            .expect("upload");
         sha.insert(name, s);
     }
     let (primes_sha, hello_sha) = (sha["primes"].clone(), sha["hello"].clone());

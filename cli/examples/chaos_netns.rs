@@ -150,11 +150,19 @@ fn build_net(prefix: &str) -> Net {
         // The cap, both ways: on the agent's end (upload) and the bridge's
         // port (download).
         for (ns, dev) in [(&m, &mv), (&a, &av)] {
-            in_ns(ns, "tc", &["qdisc", "add", "dev", dev, "root", "tbf", "rate", RATE, "burst", "32kbit", "latency", "400ms"]);
+            in_ns(
+                ns,
+                "tc",
+                &["qdisc", "add", "dev", dev, "root", "tbf", "rate", RATE, "burst", "32kbit", "latency", "400ms"],
+            );
         }
         // Random loss both ways, in the agent's namespace.
         for chain in ["INPUT", "OUTPUT"] {
-            in_ns(&a, "iptables", &["-A", chain, "-m", "statistic", "--mode", "random", "--probability", LOSS, "-j", "DROP"]);
+            in_ns(
+                &a,
+                "iptables",
+                &["-A", chain, "-m", "statistic", "--mode", "random", "--probability", LOSS, "-j", "DROP"],
+            );
         }
     }
     net
@@ -446,7 +454,9 @@ async fn inner(args: &[String], prefix: &str) -> bool {
         pinned.push((id, policy));
     }
     let running = |seen: &History, id: &str| {
-        seen.events_kept().iter().any(|e| e.task_id == id && e.agent_id == a1 && e.state == v1::TaskState::TaskRunning as i32)
+        seen.events_kept()
+            .iter()
+            .any(|e| e.task_id == id && e.agent_id == a1 && e.state == v1::TaskState::TaskRunning as i32)
     };
     let t_wait = Instant::now();
     while !pinned.iter().all(|(id, _)| running(&seen.lock().unwrap(), id)) {
@@ -454,7 +464,10 @@ async fn inner(args: &[String], prefix: &str) -> bool {
             let ts = list(&url).await.unwrap_or_default();
             for (id, _) in &pinned {
                 let t = ts.iter().find(|t| &t.task_id == id);
-                eprintln!("chaos_netns: pinned {id}: {:?}", t.map(|t| (common::state_name(t.state), &t.agent_id, &t.message)));
+                eprintln!(
+                    "chaos_netns: pinned {id}: {:?}",
+                    t.map(|t| (common::state_name(t.state), &t.agent_id, &t.message))
+                );
             }
             panic!("the pinned tasks did not start on agent 1 within 60 s");
         }
@@ -472,11 +485,7 @@ async fn inner(args: &[String], prefix: &str) -> bool {
     partition(prefix, 2, true);
     at(Duration::from_secs(5) + part / 2).await;
     agents[2].restart();
-    faults.push(format!(
-        "agent 2 (edge) cut off for {:?}, kill -9 and restarted {:?} into it",
-        part,
-        part / 4
-    ));
+    faults.push(format!("agent 2 (edge) cut off for {:?}, kill -9 and restarted {:?} into it", part, part / 4));
     at(Duration::from_secs(5) + part).await;
     partition(prefix, 1, false);
     at(Duration::from_secs(5) + part * 5 / 4).await;
@@ -520,7 +529,8 @@ async fn inner(args: &[String], prefix: &str) -> bool {
         match state {
             Some(TaskState::Finished) => {
                 let want = *cache.entry(*input).or_insert_with(|| primes_below(*input));
-                let out = t.outcome.as_ref().map(|o| String::from_utf8_lossy(&o.stdout).to_string()).unwrap_or_default();
+                let out =
+                    t.outcome.as_ref().map(|o| String::from_utf8_lossy(&o.stdout).to_string()).unwrap_or_default();
                 if out != format!("{want} primes below {input}\n") {
                     failures.push(format!("task {id} finished with wrong output {out:?}"));
                 }
@@ -595,10 +605,8 @@ async fn inner(args: &[String], prefix: &str) -> bool {
             Policy::ReplaceAfter => has("replaced_on_disconnect") && attempt >= 2,
         };
         if !ok {
-            let h: Vec<String> = ev
-                .iter()
-                .map(|e| format!("{}:{}:a{}", common::state_name(e.state), e.reason, e.attempt))
-                .collect();
+            let h: Vec<String> =
+                ev.iter().map(|e| format!("{}:{}:a{}", common::state_name(e.state), e.reason, e.attempt)).collect();
             failures.push(format!(
                 "pinned {policy:?} task {id} (final attempt {attempt}{}): {}",
                 if *policy == Policy::StopAfter && !agent_stopped { ", agent 1 never said it stopped it" } else { "" },

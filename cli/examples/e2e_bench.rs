@@ -44,7 +44,9 @@ async fn main() {
     let mut art = v1::artifacts_client::ArtifactsClient::new(ch.clone());
     let bytes = wat::parse_str(NOOP).unwrap();
     let sha = hex::encode(Sha256::digest(&bytes));
-    art.upload(tokio_stream::iter(vec![v1::Chunk { sha256: sha.clone(), data: bytes, ..Default::default() }])).await.unwrap();
+    art.upload(tokio_stream::iter(vec![v1::Chunk { sha256: sha.clone(), data: bytes, ..Default::default() }]))
+        .await
+        .unwrap();
     let template = v1::TaskSpec {
         name: "noop".into(),
         module_sha256: sha,

@@ -181,14 +181,17 @@ mod tests {
         let cli = Cli::try_parse_from(["wasmos", "agent", "--attributes", "zone=eu,rack=r1", "--attributes", "arch=x"])
             .unwrap();
         let Command::Agent(AgentCmd { run, .. }) = cli.command else { panic!("not agent") };
-        let want: Vec<(String, String)> =
-            [("zone", "eu"), ("rack", "r1"), ("arch", "x")].iter().map(|(k, v)| (k.to_string(), v.to_string())).collect();
+        let want: Vec<(String, String)> = [("zone", "eu"), ("rack", "r1"), ("arch", "x")]
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect();
         assert_eq!(run.attributes, want);
         let err = Cli::try_parse_from(["wasmos", "agent", "--attributes", "zone"]).unwrap_err().to_string();
         assert!(err.contains("is not k=v"), "{err}");
         let s = Cli::try_parse_from(["wasmos", "submit", "x.wasm", "--on-disconnect", "stop-after 30s"]);
         assert!(s.is_ok(), "{s:?}");
-        let err = Cli::try_parse_from(["wasmos", "submit", "x.wasm", "--on-disconnect", "later"]).unwrap_err().to_string();
+        let err =
+            Cli::try_parse_from(["wasmos", "submit", "x.wasm", "--on-disconnect", "later"]).unwrap_err().to_string();
         assert!(err.contains("keep, stop-after DUR, replace-after DUR"), "{err}");
     }
 }

@@ -176,9 +176,17 @@ pub async fn upload(ch: &wasmos_security::client::AuthChannel, bytes: &[u8]) -> 
     let chunks: Vec<v1::Chunk> = bytes
         .chunks(wasmos_proto::CHUNK_BYTES)
         .enumerate()
-        .map(|(i, c)| v1::Chunk { sha256: if i == 0 { sha.clone() } else { String::new() }, data: c.to_vec(), ..Default::default() })
+        .map(|(i, c)| v1::Chunk {
+            sha256: if i == 0 { sha.clone() } else { String::new() },
+            data: c.to_vec(),
+            ..Default::default()
+        })
         .collect();
-    let chunks = if chunks.is_empty() { vec![v1::Chunk { sha256: sha.clone(), data: vec![], ..Default::default() }] } else { chunks };
+    let chunks = if chunks.is_empty() {
+        vec![v1::Chunk { sha256: sha.clone(), data: vec![], ..Default::default() }]
+    } else {
+        chunks
+    };
     art.upload(tokio_stream::iter(chunks)).await.map_err(|e| format!("upload refused: {}", status_msg(&e)))?;
     Ok(sha)
 }

@@ -16,7 +16,11 @@ const EDGE_MAX_TASKS: u32 = 256;
 const EDGE_MAX_METERED_TASKS: u32 = 32;
 
 #[derive(Parser, Debug)]
-#[command(name = "wasmos-edge", version, about = "A wasmos agent without a compiler: it runs only modules the master compiled for it")]
+#[command(
+    name = "wasmos-edge",
+    version,
+    about = "A wasmos agent without a compiler: it runs only modules the master compiled for it"
+)]
 struct Args {
     /// The master's URL(s), comma-separated for several masters.
     #[arg(long, value_name = "URL", env = "WASMOS_MASTER", default_value = "https://127.0.0.1:5050")]

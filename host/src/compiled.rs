@@ -95,16 +95,15 @@ impl CompiledCache {
         let cell = self.inflight.lock().unwrap_or_else(|e| e.into_inner()).entry(key.clone()).or_default().clone();
         let r = cell
             .get_or_init(|| {
-                let (this, store, module, profile) =
-                    (self.clone(), store.clone(), module.to_string(), profile.clone());
+                let (this, store, module, profile) = (self.clone(), store.clone(), module.to_string(), profile.clone());
                 async move {
                     let permit = this.workers.clone().acquire_owned().await.map_err(|e| e.to_string())?;
                     tokio::task::spawn_blocking(move || {
                         let _permit = permit;
                         this.load_or_compile(&store, &module, &profile, metered, &path)
                     })
-                        .await
-                        .unwrap_or_else(|e| Err(format!("compiling crashed: {e}")))
+                    .await
+                    .unwrap_or_else(|e| Err(format!("compiling crashed: {e}")))
                 }
             })
             .await

@@ -33,8 +33,8 @@ use wasmos_proto::v1;
 
 pub use artifacts::{ArtifactError, ArtifactStore, DEFAULT_MAX_MODULE_BYTES};
 pub use audit::DEFAULT_AUDIT_LOG_SIZE;
-pub use compiled::{DEFAULT_COMPILE_WORKERS, DEFAULT_COMPILED_CACHE_BYTES};
 pub use batch::{DEFAULT_MAX_ATTEMPTS, MAX_SKIPPED_PER_OFFER};
+pub use compiled::{DEFAULT_COMPILE_WORKERS, DEFAULT_COMPILED_CACHE_BYTES};
 pub use hosted::{MAX_CALLS_PER_CALLBACK, MAX_TIMER};
 pub use wasmos_sandbox::SchedulerLimits;
 pub use watch::{DEFAULT_WATCH_HISTORY, DEFAULT_WATCH_HISTORY_BYTES, EPOCH_SHIFT};

@@ -74,10 +74,8 @@ impl OnDisconnect {
         if s == "keep" {
             return Ok(OnDisconnect::Keep);
         }
-        let (word, dur) = s
-            .split_once([' ', '=', ':'])
-            .map(|(w, d)| (w.trim(), d.trim()))
-            .ok_or_else(|| Self::problem(s))?;
+        let (word, dur) =
+            s.split_once([' ', '=', ':']).map(|(w, d)| (w.trim(), d.trim())).ok_or_else(|| Self::problem(s))?;
         let d = crate::parse_duration(dur).map_err(|e| format!("on-disconnect {s:?}: {e}"))?;
         match word {
             "stop-after" => Ok(OnDisconnect::StopAfter(d)),
@@ -125,7 +123,10 @@ mod on_disconnect_tests {
         assert_eq!(OnDisconnect::parse("").unwrap(), OnDisconnect::Default);
         assert_eq!(OnDisconnect::parse("keep").unwrap(), OnDisconnect::Keep);
         assert_eq!(OnDisconnect::parse("stop-after 5m").unwrap(), OnDisconnect::StopAfter(Duration::from_secs(300)));
-        assert_eq!(OnDisconnect::parse("replace-after=30s").unwrap(), OnDisconnect::ReplaceAfter(Duration::from_secs(30)));
+        assert_eq!(
+            OnDisconnect::parse("replace-after=30s").unwrap(),
+            OnDisconnect::ReplaceAfter(Duration::from_secs(30))
+        );
         for p in [OnDisconnect::Keep, OnDisconnect::StopAfter(Duration::from_millis(1500))] {
             assert_eq!(OnDisconnect::parse(&p.to_string()).unwrap(), p);
         }

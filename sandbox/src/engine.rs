@@ -65,7 +65,9 @@ pub(crate) fn build_engine(cfg: &SandboxConfig, slots: u32, metered: bool) -> Re
     let profile = crate::EngineProfile::of(cfg);
     let mut c = code_config(&profile, metered);
     if let Some(t) = &cfg.target {
-        c.target(t).map_err(|e| SandboxError::Config(format!("unknown engine target {t:?}: {e}; give pulley64 or leave it out")))?;
+        c.target(t).map_err(|e| {
+            SandboxError::Config(format!("unknown engine target {t:?}: {e}; give pulley64 or leave it out"))
+        })?;
     }
     c.async_stack_zeroing(true).allocation_strategy(InstanceAllocationStrategy::Pooling(pool));
     Engine::new(&c).map_err(|e| {

@@ -155,9 +155,9 @@ impl EngineProfile {
     pub fn parse(key: &str) -> Result<EngineProfile, String> {
         let mut fields = std::collections::HashMap::new();
         for part in key.split(';') {
-            let (k, v) = part
-                .split_once('=')
-                .ok_or_else(|| format!("engine profile part {part:?} is not key=value; the agent sent a damaged profile"))?;
+            let (k, v) = part.split_once('=').ok_or_else(|| {
+                format!("engine profile part {part:?} is not key=value; the agent sent a damaged profile")
+            })?;
             if fields.insert(k, v).is_some() {
                 return Err(format!("engine profile names {k:?} twice"));
             }
@@ -177,7 +177,9 @@ impl EngineProfile {
             wasmtime: get("wasmtime")?.to_string(),
         };
         if fields.len() != 5 {
-            return Err(format!("engine profile {key:?} has unknown parts; this master knows target, features, mem, stack, wasmtime"));
+            return Err(format!(
+                "engine profile {key:?} has unknown parts; this master knows target, features, mem, stack, wasmtime"
+            ));
         }
         Ok(p)
     }
@@ -251,11 +253,8 @@ impl ArtifactHeader {
             ))
         };
         let rest = artifact.strip_prefix(MAGIC.as_bytes()).ok_or_else(|| bad("no wasmos-artifact/1 header"))?;
-        let end = rest
-            .windows(2)
-            .take(MAX_HEADER)
-            .position(|w| w == b"\n\n")
-            .ok_or_else(|| bad("the header never ends"))?;
+        let end =
+            rest.windows(2).take(MAX_HEADER).position(|w| w == b"\n\n").ok_or_else(|| bad("the header never ends"))?;
         let head = std::str::from_utf8(&rest[..end]).map_err(|_| bad("the header is not text"))?;
         let (mut module, mut kind, mut lane, mut profile) = (None, None, None, None);
         for line in head.lines() {

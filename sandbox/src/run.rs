@@ -264,9 +264,8 @@ pub(crate) fn load_precompiled(
         )));
     }
     let lane = if metered { &inner.metered } else { &inner.plain };
-    let refused = |e: wasmtime::Error| {
-        SandboxError::InvalidModule(format!("refusing an artifact this engine cannot run: {e:#}"))
-    };
+    let refused =
+        |e: wasmtime::Error| SandboxError::InvalidModule(format!("refusing an artifact this engine cannot run: {e:#}"));
     Ok(match head.kind {
         ArtifactKind::Core => {
             let module = unsafe { Module::deserialize(&lane.engine, code) }.map_err(refused)?;

@@ -32,17 +32,7 @@ pub fn chaos(root: &Path, args: &ChaosArgs) -> Result<()> {
         let flags = [("--tasks", args.tasks.to_string()), ("--framework-tasks", args.framework_tasks.to_string())];
         ("chaos", flags.to_vec())
     };
-    run(Command::new("cargo").current_dir(root).args([
-        "build",
-        "--quiet",
-        "-p",
-        "wasmos",
-        "--bin",
-        "wasmos",
-        "--example",
-        example,
-    ]))?;
-    let mut c = Command::new(root.join("target/debug/examples").join(example));
+    let mut c = build_example(root, example)?;
     c.arg("--wasmos").arg(root.join("target/debug/wasmos")).arg("--guests").arg(guests_dir(root));
     for (flag, value) in flags {
         c.args([flag, &value]);
@@ -55,6 +45,19 @@ pub fn chaos(root: &Path, args: &ChaosArgs) -> Result<()> {
 fn netns(root: &Path, args: &ChaosArgs) -> Result<()> {
     crate::setup::apt_install(&["iproute2", "iptables"])?;
     let edge = crate::edge::build_native(root)?;
+    run(build_example(root, "chaos_netns")?
+        .arg("--wasmos")
+        .arg(root.join("target/debug/wasmos"))
+        .arg("--edge")
+        .arg(edge)
+        .arg("--guests")
+        .arg(guests_dir(root))
+        .args(["--partition", &format!("{}s", args.partition.as_secs().max(4))]))
+}
+
+/// Builds `wasmos` and the example (debug, reusing the test build) and
+/// returns the command that runs the example.
+fn build_example(root: &Path, example: &str) -> Result<Command> {
     run(Command::new("cargo").current_dir(root).args([
         "build",
         "--quiet",
@@ -63,14 +66,7 @@ fn netns(root: &Path, args: &ChaosArgs) -> Result<()> {
         "--bin",
         "wasmos",
         "--example",
-        "chaos_netns",
+        example,
     ]))?;
-    run(Command::new(root.join("target/debug/examples/chaos_netns"))
-        .arg("--wasmos")
-        .arg(root.join("target/debug/wasmos"))
-        .arg("--edge")
-        .arg(edge)
-        .arg("--guests")
-        .arg(guests_dir(root))
-        .args(["--partition", &format!("{}s", args.partition.as_secs().max(4))]))
+    Ok(Command::new(root.join("target/debug/examples").join(example)))
 }

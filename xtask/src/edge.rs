@@ -25,7 +25,9 @@ pub fn build(root: &Path) -> Result<(PathBuf, Option<PathBuf>)> {
     if !installed.map(|o| String::from_utf8_lossy(&o.stdout).lines().any(|l| l == AARCH64)).unwrap_or(false)
         && let Err(e) = run(Command::new("rustup").args(["target", "add", AARCH64]))
     {
-        eprintln!("xtask: WARNING: cannot add the {AARCH64} target ({e:#}); the aarch64 edge agent is not built and its test part is skipped");
+        eprintln!(
+            "xtask: WARNING: cannot add the {AARCH64} target ({e:#}); the aarch64 edge agent is not built and its test part is skipped"
+        );
         return Ok((x86, None));
     }
     run(Command::new("cargo")

@@ -522,7 +522,11 @@ impl History {
     pub fn check(&self, attempts: impl Fn(&str) -> u32) -> Vec<String> {
         let mut failures = Vec::new();
         for (task, uuid) in &self.dup_uuids {
-            failures.push(format!("status update {} of task {task} applied twice{}", hex::encode(uuid), self.history_of(task)));
+            failures.push(format!(
+                "status update {} of task {task} applied twice{}",
+                hex::encode(uuid),
+                self.history_of(task)
+            ));
         }
         let mut repeated: Vec<_> = self.repeated.iter().collect();
         repeated.sort();

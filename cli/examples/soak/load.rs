@@ -130,7 +130,9 @@ impl Modules {
         let wat = |s: &str| wat::parse_str(s).expect("valid WAT");
         for bytes in [hello, wat(NOOP), wat(TRAP), wat(SPIN)] {
             let sha = hex::encode(Sha256::digest(&bytes));
-            art.upload(tokio_stream::iter(vec![v1::Chunk { sha256: sha.clone(), data: bytes, ..Default::default() }])).await.expect("upload");
+            art.upload(tokio_stream::iter(vec![v1::Chunk { sha256: sha.clone(), data: bytes, ..Default::default() }]))
+                .await
+                .expect("upload");
             shas.push(sha);
         }
         let [hello, noop, trap, spin] = shas.try_into().unwrap();

@@ -126,7 +126,9 @@ fn an_edge_agent_runs_what_the_master_compiled_for_it_and_refuses_anything_else(
     assert!(last.contains("finished exit=0"), "{text}");
 
     // The same guests, same output, on the compiling agent and on the edge.
-    for (g, args) in [("hello", vec!["edge"]), ("primes", vec![]), ("primes-c", vec!["50000"]), ("hello-component", vec!["7"])] {
+    for (g, args) in
+        [("hello", vec!["edge"]), ("primes", vec![]), ("primes-c", vec!["50000"]), ("hello-component", vec!["7"])]
+    {
         let (full, full_last) = run_on(&c, "compiler=yes", &[], g, &args);
         let (edge_out, edge_last) = run_on(&c, "site=x86", &[], g, &args);
         assert!(full_last.contains("finished exit=0"), "{g} on the full agent: {full}");
@@ -145,7 +147,8 @@ fn an_edge_agent_runs_what_the_master_compiled_for_it_and_refuses_anything_else(
     let names: Vec<String> =
         std::fs::read_dir(&dir).unwrap().map(|e| e.unwrap().file_name().into_string().unwrap()).collect();
     let hello_sha = sha_of(&guest("hello"));
-    let hello_art = names.iter().find(|n| n.starts_with(&hello_sha) && n.ends_with("-plain.cwasm")).expect("hello's artifact");
+    let hello_art =
+        names.iter().find(|n| n.starts_with(&hello_sha) && n.ends_with("-plain.cwasm")).expect("hello's artifact");
     let profile_part = hello_art.trim_start_matches(&hello_sha).to_string(); // -<profile>-plain.cwasm
     let hc_sha = sha_of(&guest("hello-c"));
     std::fs::copy(dir.join(hello_art), dir.join(format!("{hc_sha}{profile_part}"))).unwrap();
@@ -171,11 +174,7 @@ fn an_edge_agent_runs_what_the_master_compiled_for_it_and_refuses_anything_else(
     let edge = Edge::start(&c, None, &bin("WASMOS_EDGE_BIN"), work.path(), "x86", &[]);
     let (text2, last2) = run_on(&c, "site=x86", &[], g, &[]);
     assert!(last2.contains("finished exit=0"), "{text2}\n{}", edge.log());
-    assert!(
-        edge.log().contains(&format!("at {cut} of {} bytes", whole.len())),
-        "no resume at {cut}: {}",
-        edge.log()
-    );
+    assert!(edge.log().contains(&format!("at {cut} of {} bytes", whole.len())), "no resume at {cut}: {}", edge.log());
     assert_eq!(std::fs::read(dir.join(&name)).unwrap(), whole, "the resumed artifact differs");
     assert_eq!(body(&text), body(&text2));
     drop(edge);
@@ -184,8 +183,7 @@ fn an_edge_agent_runs_what_the_master_compiled_for_it_and_refuses_anything_else(
     // same binary told to run Wasmtime's interpreter; the master compiles
     // pulley bytecode for it.
     let p_work = tempfile::tempdir().unwrap();
-    let pulley =
-        Edge::start(&c, None, &bin("WASMOS_EDGE_BIN"), p_work.path(), "pulley", &["--target", "pulley64"]);
+    let pulley = Edge::start(&c, None, &bin("WASMOS_EDGE_BIN"), p_work.path(), "pulley", &["--target", "pulley64"]);
     assert!(pulley.log().contains("target=pulley64"), "{}", pulley.log());
     for (g, args) in [("hello", vec!["pulley"]), ("primes-c", vec!["2000"])] {
         let (x86, _) = run_on(&c, "compiler=yes", &[], g, &args);
@@ -203,14 +201,8 @@ fn an_edge_agent_runs_what_the_master_compiled_for_it_and_refuses_anything_else(
         return;
     };
     let arm_work = tempfile::tempdir().unwrap();
-    let arm = Edge::start(
-        &c,
-        Some(&["qemu-aarch64", "-L", "/usr/aarch64-linux-gnu"]),
-        &arm_bin,
-        arm_work.path(),
-        "arm",
-        &[],
-    );
+    let arm =
+        Edge::start(&c, Some(&["qemu-aarch64", "-L", "/usr/aarch64-linux-gnu"]), &arm_bin, arm_work.path(), "arm", &[]);
     assert!(arm.log().contains("target=aarch64-unknown-linux-gnu"), "{}", arm.log());
     for (g, args) in [("hello", vec!["arm"]), ("primes", vec![]), ("primes-c", vec!["50000"])] {
         let (x86, _) = run_on(&c, "compiler=yes", &[], g, &args);

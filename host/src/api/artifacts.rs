@@ -107,11 +107,9 @@ impl v1::artifacts_server::Artifacts for MasterHandle {
         if self.artifacts.size(&req.sha256).is_none() {
             return Err(artifact_status(ArtifactError::Missing(req.sha256)));
         }
-        let art = self
-            .compiled
-            .get(&self.artifacts, &req.sha256, &profile, req.metered)
-            .await
-            .map_err(|e| Status::invalid_argument(format!("cannot compile module {} for this agent: {e}", req.sha256)))?;
+        let art = self.compiled.get(&self.artifacts, &req.sha256, &profile, req.metered).await.map_err(|e| {
+            Status::invalid_argument(format!("cannot compile module {} for this agent: {e}", req.sha256))
+        })?;
         // Resume only where the artifact is still the one the agent has a part of.
         let offset = if req.expect_sha256 == art.sha256 { req.offset } else { 0 };
         let sent = (art.bytes.len() as u64).saturating_sub(offset);

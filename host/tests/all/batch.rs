@@ -108,13 +108,21 @@ async fn queued_tasks_can_be_killed_and_bad_submits_are_refused() {
     // uploads that are not wasm are refused with a reason
     let mut art = v1::artifacts_client::ArtifactsClient::new(c.channel.clone());
     let e = art
-        .upload(tokio_stream::iter(vec![v1::Chunk { sha256: String::new(), data: b"#!/bin/sh".to_vec(), ..Default::default() }]))
+        .upload(tokio_stream::iter(vec![v1::Chunk {
+            sha256: String::new(),
+            data: b"#!/bin/sh".to_vec(),
+            ..Default::default()
+        }]))
         .await
         .unwrap_err();
     assert_eq!(e.code(), tonic::Code::InvalidArgument);
     assert!(e.message().contains("not a wasm module"), "{e}");
     let e = art
-        .upload(tokio_stream::iter(vec![v1::Chunk { sha256: "ab".repeat(32), data: wat::parse_str(SPIN).unwrap(), ..Default::default() }]))
+        .upload(tokio_stream::iter(vec![v1::Chunk {
+            sha256: "ab".repeat(32),
+            data: wat::parse_str(SPIN).unwrap(),
+            ..Default::default()
+        }]))
         .await
         .unwrap_err();
     assert!(e.message().contains("hash mismatch"), "{e}");
